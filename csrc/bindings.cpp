@@ -1,0 +1,228 @@
+// Python bindings: a thin layer holding native handles. Every blocking call
+// releases the GIL. Argument checks with good messages live in Python
+// (storecomp.io); the checks here only keep bad input from crashing.
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <stddef.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+#include "engine.hpp"
+
+namespace py = pybind11;
+using sc::Batch;
+using sc::Engine;
+
+namespace {
+
+// One aligned, zero-filled allocation exposed through the buffer protocol.
+// Views (memoryview, numpy, torch) keep this object alive, so they cannot
+// dangle.
+class HostBuffer {
+ public:
+  HostBuffer(uint64_t nbytes) : nbytes_(nbytes) {
+    if (nbytes == 0) throw std::invalid_argument("HostBuffer size must be positive");
+    void* p = ::mmap(nullptr, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap staging buffer");
+    ptr_ = static_cast<uint8_t*>(p);
+  }
+  ~HostBuffer() {
+    if (ptr_) ::munmap(ptr_, nbytes_);
+  }
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+  uintptr_t address() const { return reinterpret_cast<uintptr_t>(ptr_); }
+  uint64_t nbytes() const { return nbytes_; }
+  // Touches every page so that first use does not pay page faults.
+  void prefault() {
+    for (uint64_t i = 0; i < nbytes_; i += 4096) ptr_[i] = 0;
+  }
+  uint8_t* ptr_ = nullptr;
+  uint64_t nbytes_;
+};
+
+template <typename T>
+py::array_t<T> checked(const py::array& a, const char* name, size_t n) {
+  auto out = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
+  if (!out) throw std::invalid_argument(std::string(name) + ": not convertible to an array");
+  if (out.ndim() != 1 || static_cast<size_t>(out.shape(0)) != n)
+    throw std::invalid_argument(std::string(name) + ": must be 1-D with one entry per request");
+  return out;
+}
+
+std::shared_ptr<Batch> submit(Engine& e, const py::array& file_ids, const py::array& ops,
+                              const py::array& offsets, const py::array& lengths,
+                              const py::array& addrs, uint8_t mode) {
+  if (mode > sc::MODE_AUTO) throw std::invalid_argument("mode must be 0, 1 or 2");
+  size_t n = static_cast<size_t>(py::len(offsets));
+  auto f = checked<uint32_t>(file_ids, "file_ids", n);
+  auto o = checked<uint8_t>(ops, "ops", n);
+  auto off = checked<uint64_t>(offsets, "offsets", n);
+  auto len = checked<uint64_t>(lengths, "lengths", n);
+  auto ad = checked<uint64_t>(addrs, "addrs", n);
+  auto batch = std::make_shared<Batch>(n);
+  const uint32_t* fp = f.data();
+  const uint8_t* op = o.data();
+  const uint64_t* offp = off.data();
+  const uint64_t* lenp = len.data();
+  const uint64_t* adp = ad.data();
+  py::gil_scoped_release nogil;
+  std::shared_ptr<sc::FileEntry> last;
+  uint32_t last_id = 0;
+  for (size_t i = 0; i < n; ++i) {
+    auto& r = batch->reqs[i];
+    if (fp[i] != last_id || !last) {
+      last = e.files().get(fp[i]);
+      last_id = fp[i];
+    }
+    r.file = last;
+    r.op = op[i] ? sc::OP_WRITE : sc::OP_READ;
+    r.offset = offp[i];
+    r.length = lenp[i];
+    r.addr = static_cast<uintptr_t>(adp[i]);
+  }
+  return e.submit(batch, mode);
+}
+
+py::dict stats_dict(Engine& e) {
+  auto& s = e.stats();
+  py::dict d;
+  d["requests"] = s.requests.load();
+  d["pieces"] = s.pieces.load();
+  d["bytes_read"] = s.bytes_read.load();
+  d["bytes_written"] = s.bytes_written.load();
+  d["errors"] = s.errors.load();
+  d["bounce_pieces"] = s.bounce_pieces.load();
+  d["direct_fallbacks"] = s.direct_fallbacks.load();
+  d["nowait_hits"] = s.nowait_hits.load();
+  d["nowait_misses"] = s.nowait_misses.load();
+  d["fixed_buffer_pieces"] = s.fixed_buffer_pieces.load();
+  d["cancelled"] = s.cancelled.load();
+  return d;
+}
+
+// Installs a seccomp filter that makes io_uring_setup fail with EPERM, as
+// container runtimes' default profiles do. Irreversible for this process:
+// tests call it in a child process.
+void block_io_uring() {
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])), filter};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+    throw std::system_error(errno, std::generic_category(), "seccomp");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "storecomp native I/O engine";
+#ifdef STORECOMP_HAVE_LIBURING
+  m.attr("HAVE_LIBURING") = true;
+#else
+  m.attr("HAVE_LIBURING") = false;
+#endif
+  m.attr("MODE_BUFFERED") = static_cast<int>(sc::MODE_BUFFERED);
+  m.attr("MODE_DIRECT") = static_cast<int>(sc::MODE_DIRECT);
+  m.attr("MODE_AUTO") = static_cast<int>(sc::MODE_AUTO);
+
+  m.def("probe_io_uring", [] {
+    sc::UringProbe p;
+    {
+      py::gil_scoped_release nogil;
+      p = sc::probe_uring();
+    }
+    py::dict d;
+    d["compiled"] = p.compiled;
+    d["permitted"] = p.permitted;
+    d["reason"] = p.reason;
+    return d;
+  });
+  m.def("_block_io_uring_for_tests", &block_io_uring);
+
+  py::class_<HostBuffer>(m, "HostBuffer", py::buffer_protocol())
+      .def(py::init<uint64_t>(), py::arg("nbytes"))
+      .def_property_readonly("address", &HostBuffer::address)
+      .def_property_readonly("nbytes", &HostBuffer::nbytes)
+      .def("prefault", &HostBuffer::prefault, py::call_guard<py::gil_scoped_release>())
+      .def_buffer([](HostBuffer& b) -> py::buffer_info {
+        return py::buffer_info(b.ptr_, 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.nbytes_)}, {1});
+      });
+
+  py::class_<Batch, std::shared_ptr<Batch>>(m, "Batch")
+      .def("wait", &Batch::wait, py::arg("timeout") = -1.0, py::call_guard<py::gil_scoped_release>())
+      .def("done", &Batch::is_finished)
+      .def("__len__", [](Batch& b) { return b.reqs.size(); })
+      .def("results", [](Batch& b) {
+        if (!b.is_finished()) throw std::runtime_error("batch not finished");
+        size_t n = b.reqs.size();
+        py::array_t<uint64_t> nbytes(n), err_offsets(n);
+        py::array_t<int32_t> errs(n);
+        auto* nb = nbytes.mutable_data();
+        auto* eo = err_offsets.mutable_data();
+        auto* er = errs.mutable_data();
+        for (size_t i = 0; i < n; ++i) {
+          nb[i] = b.reqs[i].valid.load();
+          er[i] = b.reqs[i].err.load();
+          eo[i] = b.reqs[i].err_offset.load();
+        }
+        return py::make_tuple(nbytes, errs, err_offsets);
+      });
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init([](const std::string& backend, unsigned queue_depth, unsigned threads,
+                       uint64_t split_bytes, uint64_t align, uint64_t bounce_bytes) {
+             sc::Config c;
+             c.backend = backend;
+             c.queue_depth = queue_depth;
+             c.threads = threads;
+             c.split_bytes = split_bytes;
+             c.align = align;
+             c.bounce_bytes = bounce_bytes;
+             py::gil_scoped_release nogil;
+             return new Engine(c);
+           }),
+           py::arg("backend") = "auto", py::arg("queue_depth") = 64, py::arg("threads") = 4,
+           py::arg("split_bytes") = 1 << 20, py::arg("align") = 4096, py::arg("bounce_bytes") = 1 << 20)
+      .def_property_readonly("backend", &Engine::backend)
+      .def_property_readonly("backend_reason", &Engine::backend_reason)
+      .def_property_readonly("queue_depth", [](Engine& e) { return e.config().queue_depth; })
+      .def_property_readonly("threads", [](Engine& e) { return e.config().threads; })
+      .def_property_readonly("split_bytes", [](Engine& e) { return e.config().split_bytes; })
+      .def_property_readonly("align", [](Engine& e) { return e.config().align; })
+      .def(
+          "open",
+          [](Engine& e, const std::string& path, bool writable, bool create) {
+            try {
+              py::gil_scoped_release nogil;
+              return e.files().open(path, writable, create);
+            } catch (const std::system_error& ex) {
+              // OSError(errno, strerror, filename)
+              py::object err = py::module_::import("builtins").attr("OSError")(
+                  ex.code().value(), std::strerror(ex.code().value()), path);
+              PyErr_SetObject(PyExc_OSError, err.ptr());
+              throw py::error_already_set();
+            }
+          },
+          py::arg("path"), py::arg("writable") = false, py::arg("create") = false)
+      .def("close_file", [](Engine& e, uint32_t id) { e.files().close(id); })
+      .def("open_files", [](Engine& e) { return e.files().size(); })
+      .def("submit", &submit, py::arg("file_ids"), py::arg("ops"), py::arg("offsets"),
+           py::arg("lengths"), py::arg("addrs"), py::arg("mode"))
+      .def("register_buffer", &Engine::register_buffer, py::call_guard<py::gil_scoped_release>())
+      .def("unregister_buffer", &Engine::unregister_buffer, py::call_guard<py::gil_scoped_release>())
+      .def("stats", &stats_dict)
+      .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>());
+}

@@ -1,0 +1,455 @@
+#include "engine.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <system_error>
+
+#include "uring.hpp"
+
+namespace sc {
+
+namespace {
+
+uint64_t round_down(uint64_t x, uint64_t a) { return x - x % a; }
+uint64_t round_up(uint64_t x, uint64_t a) { return round_down(x + a - 1, a); }
+
+// pread until `len` bytes, end of file or an error. A short O_DIRECT read
+// means end of file: the next read would start unaligned, so stop there.
+uint64_t pread_full(int fd, uint8_t* dst, uint64_t len, uint64_t off, bool direct, int* err) {
+  uint64_t done = 0;
+  while (done < len) {
+    ssize_t r = ::pread(fd, dst + done, len - done, static_cast<off_t>(off + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      *err = errno;
+      break;
+    }
+    if (r == 0) break;
+    bool short_read = static_cast<uint64_t>(r) < len - done;
+    done += static_cast<uint64_t>(r);
+    if (direct && short_read) break;
+  }
+  return done;
+}
+
+uint64_t pwrite_full(int fd, const uint8_t* src, uint64_t len, uint64_t off, int* err) {
+  uint64_t done = 0;
+  while (done < len) {
+    ssize_t r = ::pwrite(fd, src + done, len - done, static_cast<off_t>(off + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      *err = errno;
+      break;
+    }
+    if (r == 0) {
+      *err = EIO;
+      break;
+    }
+    done += static_cast<uint64_t>(r);
+  }
+  return done;
+}
+
+// Reads [off, off+len) with O_DIRECT through the aligned bounce area.
+uint64_t bounce_read(int fd, uint64_t off, uint64_t len, uint8_t* dst, uint64_t align,
+                     uint8_t* bounce, uint64_t bounce_bytes, int* err) {
+  uint64_t done = 0;
+  while (done < len) {
+    uint64_t cur = off + done;
+    uint64_t aoff = round_down(cur, align);
+    uint64_t skip = cur - aoff;
+    uint64_t want = std::min(len - done, bounce_bytes - skip);
+    uint64_t alen = round_up(skip + want, align);
+    uint64_t got = pread_full(fd, bounce, alen, aoff, true, err);
+    if (*err) break;
+    uint64_t n = got > skip ? std::min(got - skip, want) : 0;
+    std::memcpy(dst + done, bounce + skip, n);
+    done += n;
+    if (n < want) break;  // end of file
+  }
+  return done;
+}
+
+// O_DIRECT read of any range into any address. When the destination and the
+// file offset share their alignment, only the unaligned head and tail go
+// through the bounce area; the middle lands in place.
+uint64_t direct_read(int fd, uint64_t off, uint64_t len, uint8_t* dst, uint64_t align,
+                     uint8_t* bounce, uint64_t bounce_bytes, Stats& stats, int* err) {
+  auto addr = reinterpret_cast<uintptr_t>(dst);
+  if (direct_aligned(off, len, addr, align)) return pread_full(fd, dst, len, off, true, err);
+  stats.bounce_pieces++;
+  if (addr % align != off % align) return bounce_read(fd, off, len, dst, align, bounce, bounce_bytes, err);
+  uint64_t head = std::min(round_up(off, align) - off, len);
+  uint64_t mid = round_down(len - head, align);
+  uint64_t tail = len - head - mid;
+  uint64_t done = 0;
+  if (head) {
+    done = bounce_read(fd, off, head, dst, align, bounce, bounce_bytes, err);
+    if (*err || done < head) return done;
+  }
+  if (mid) {
+    uint64_t got = pread_full(fd, dst + head, mid, off + head, true, err);
+    done += got;
+    if (*err || got < mid) return done;
+  }
+  if (tail) done += bounce_read(fd, off + head + mid, tail, dst + head + mid, align, bounce, bounce_bytes, err);
+  return done;
+}
+
+}  // namespace
+
+bool direct_aligned(uint64_t offset, uint64_t len, uintptr_t addr, uint64_t align) {
+  return offset % align == 0 && len % align == 0 && addr % align == 0;
+}
+
+// ---------------------------------------------------------------- files
+
+FileEntry::~FileEntry() {
+  if (fd_buffered >= 0) ::close(fd_buffered);
+  int fd = fd_direct.load();
+  if (fd >= 0) ::close(fd);
+}
+
+int FileEntry::direct_fd() {
+  int fd = fd_direct.load(std::memory_order_acquire);
+  if (fd >= 0 || direct_unsupported.load()) return fd;
+  std::lock_guard<std::mutex> g(open_mu);
+  fd = fd_direct.load();
+  if (fd >= 0 || direct_unsupported.load()) return fd;
+  fd = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) {
+    direct_unsupported = true;  // e.g. tmpfs: EINVAL; reads go buffered
+    return -1;
+  }
+  fd_direct.store(fd, std::memory_order_release);
+  return fd;
+}
+
+uint32_t FileTable::open(const std::string& path, bool writable, bool create) {
+  int flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC;
+  if (writable && create) flags |= O_CREAT;
+  int fd = ::open(path.c_str(), flags, 0644);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+    int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    ::close(fd);
+    throw std::system_error(e, std::generic_category(), path);
+  }
+  auto entry = std::make_shared<FileEntry>();
+  entry->path = path;
+  entry->writable = writable;
+  entry->fd_buffered = fd;
+  std::lock_guard<std::mutex> g(mu_);
+  uint32_t id = next_id_++;
+  by_id_[id] = std::move(entry);
+  return id;
+}
+
+std::shared_ptr<FileEntry> FileTable::get(uint32_t id) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = by_id_.find(id);
+  return it == by_id_.end() ? nullptr : it->second;
+}
+
+void FileTable::close(uint32_t id) {
+  std::shared_ptr<FileEntry> e;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = by_id_.find(id);
+    if (it == by_id_.end()) return;
+    e = std::move(it->second);
+    by_id_.erase(it);
+  }
+}
+
+size_t FileTable::size() {
+  std::lock_guard<std::mutex> g(mu_);
+  return by_id_.size();
+}
+
+// ---------------------------------------------------------------- batches
+
+void Batch::complete(Piece& p, uint64_t got, int err) {
+  Request& r = reqs[p.req];
+  if (err) {
+    int expected = 0;
+    if (r.err.compare_exchange_strong(expected, err)) r.err_offset = r.offset + p.rel + got;
+  }
+  if (got < p.len) {
+    uint64_t end = p.rel + got;
+    uint64_t cur = r.valid.load();
+    while (end < cur && !r.valid.compare_exchange_weak(cur, end)) {
+    }
+  }
+  if (left.fetch_sub(1) == 1) {
+    std::shared_ptr<Batch> keep;
+    std::lock_guard<std::mutex> g(mu);
+    finished = true;
+    keep.swap(self);
+    cv.notify_all();
+    // `keep` is released after the lock guard: it may free this batch.
+  }
+}
+
+bool Batch::wait(double timeout) {
+  std::unique_lock<std::mutex> g(mu);
+  if (timeout < 0) {
+    cv.wait(g, [this] { return finished; });
+    return true;
+  }
+  return cv.wait_for(g, std::chrono::duration<double>(timeout), [this] { return finished; });
+}
+
+bool Batch::is_finished() {
+  std::lock_guard<std::mutex> g(mu);
+  return finished;
+}
+
+uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t* bounce,
+                        Stats& stats, int* err) {
+  Request& r = p.batch->reqs[p.req];
+  FileEntry& f = *r.file;
+  uint64_t off = r.offset + p.rel + p.done;
+  uint64_t len = p.len - p.done;
+  auto* dst = reinterpret_cast<uint8_t*>(r.addr + p.rel + p.done);
+  uint64_t got = 0;
+  if (r.op == OP_WRITE) {
+    int fd = -1;
+    if (p.mode == MODE_DIRECT) {
+      fd = f.direct_fd();
+      if (fd < 0 || !direct_aligned(off, len, reinterpret_cast<uintptr_t>(dst), align)) {
+        stats.direct_fallbacks++;
+        fd = -1;
+      }
+    }
+    got = pwrite_full(fd >= 0 ? fd : f.fd_buffered, dst, len, off, err);
+    stats.bytes_written += got;
+    return p.done + got;
+  }
+  uint8_t mode = p.mode;
+  if (mode == MODE_AUTO && !p.nowait_tried) {
+    struct iovec iov = {dst, static_cast<size_t>(len)};
+    ssize_t n;
+    do {
+      n = ::preadv2(f.fd_buffered, &iov, 1, static_cast<off_t>(off), RWF_NOWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n >= 0 && static_cast<uint64_t>(n) == len) {
+      stats.nowait_hits++;
+      stats.bytes_read += len;
+      return p.len;
+    }
+    if (n == 0) return p.done;  // end of file
+    if (n < 0 && errno != EAGAIN && errno != EOPNOTSUPP && errno != EINVAL) {
+      *err = errno;
+      return p.done;
+    }
+    if (n < 0 && errno != EAGAIN) {
+      mode = MODE_BUFFERED;  // no RWF_NOWAIT on this file system
+    } else {
+      stats.nowait_misses++;
+      mode = MODE_DIRECT;
+    }
+    if (n > 0) {
+      got = static_cast<uint64_t>(n);
+      off += got;
+      len -= got;
+      dst += got;
+    }
+  }
+  int fd = -1;
+  if (mode != MODE_BUFFERED) {
+    fd = f.direct_fd();
+    if (fd < 0) stats.direct_fallbacks++;
+  }
+  if (fd >= 0)
+    got += direct_read(fd, off, len, dst, align, bounce, bounce_bytes, stats, err);
+  else
+    got += pread_full(f.fd_buffered, dst, len, off, false, err);
+  stats.bytes_read += got;
+  return p.done + got;
+}
+
+// ---------------------------------------------------------------- thread pool
+
+ThreadPool::ThreadPool(unsigned threads, uint64_t align, uint64_t bounce_bytes, Stats& stats)
+    : align_(align), bounce_bytes_(bounce_bytes), stats_(stats) {
+  for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { worker(); });
+}
+
+ThreadPool::~ThreadPool() { shutdown(); }
+
+void ThreadPool::submit(Piece* const* pieces, size_t n) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!stopping_) {
+      queue_.insert(queue_.end(), pieces, pieces + n);
+      n = 0;
+    }
+  }
+  if (n == 0) {
+    cv_.notify_all();
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {  // submitted after shutdown
+    stats_.cancelled++;
+    pieces[i]->batch->complete(*pieces[i], pieces[i]->done, ECANCELED);
+  }
+}
+
+void ThreadPool::worker() {
+  void* mem = nullptr;
+  if (posix_memalign(&mem, align_, bounce_bytes_) != 0) mem = nullptr;
+  auto* bounce = static_cast<uint8_t*>(mem);
+  for (;;) {
+    Piece* p;
+    {
+      std::unique_lock<std::mutex> g(mu_);
+      cv_.wait(g, [this] { return stopping_ || !queue_.empty(); });
+      if (stopping_) break;
+      p = queue_.front();
+      queue_.pop_front();
+    }
+    int err = 0;
+    uint64_t got = bounce ? run_piece_sync(*p, align_, bounce_bytes_, bounce, stats_, &err) : p->done;
+    if (!bounce) err = ENOMEM;
+    if (err) stats_.errors++;
+    p->batch->complete(*p, got, err);
+  }
+  std::free(mem);
+}
+
+void ThreadPool::shutdown() {
+  std::deque<Piece*> left;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (stopping_ && workers_.empty()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    left.swap(queue_);
+  }
+  for (Piece* p : left) {
+    stats_.cancelled++;
+    p->batch->complete(*p, p->done, ECANCELED);
+  }
+}
+
+// ---------------------------------------------------------------- engine
+
+Engine::Engine(const Config& cfg) : cfg_(cfg) {
+  if (cfg_.align == 0 || (cfg_.align & (cfg_.align - 1)) != 0 || cfg_.align < 512)
+    throw std::invalid_argument("align must be a power of two of at least 512 bytes");
+  if (cfg_.split_bytes == 0 || cfg_.split_bytes % cfg_.align != 0 || cfg_.split_bytes > (1ull << 30))
+    throw std::invalid_argument("split_bytes must be a multiple of align and at most 1 GiB");
+  if (cfg_.bounce_bytes < 2 * cfg_.align || cfg_.bounce_bytes % cfg_.align != 0)
+    throw std::invalid_argument("bounce_bytes must be a multiple of align and at least 2*align");
+  if (cfg_.queue_depth == 0 || cfg_.queue_depth > 4096)
+    throw std::invalid_argument("queue_depth must be between 1 and 4096");
+  if (cfg_.threads == 0 || cfg_.threads > 1024)
+    throw std::invalid_argument("threads must be between 1 and 1024");
+  if (cfg_.backend != "auto" && cfg_.backend != "io_uring" && cfg_.backend != "threads")
+    throw std::invalid_argument("backend must be auto, io_uring or threads");
+  pool_ = std::make_unique<ThreadPool>(cfg_.threads, cfg_.align, cfg_.bounce_bytes, stats_);
+  if (cfg_.backend != "threads") {
+    UringProbe probe = probe_uring();
+    if (probe.permitted) {
+      uring_ = make_uring(cfg_.queue_depth, *pool_, stats_, cfg_.align, &backend_reason_);
+    } else {
+      backend_reason_ = probe.reason;
+    }
+    if (!uring_ && cfg_.backend == "io_uring") {
+      pool_->shutdown();
+      throw std::runtime_error("io_uring unavailable: " + backend_reason_);
+    }
+  } else {
+    backend_reason_ = "threads requested";
+  }
+  backend_ = uring_ ? "io_uring" : "threads";
+}
+
+Engine::~Engine() { shutdown(); }
+
+std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode) {
+  if (stopped_) throw std::runtime_error("engine is shut down");
+  size_t npieces = 0;
+  for (auto& r : batch->reqs) {
+    r.valid = r.length;
+    if (r.length == 0) continue;
+    bool bad = r.offset > static_cast<uint64_t>(INT64_MAX) || r.length > static_cast<uint64_t>(INT64_MAX) - r.offset;
+    if (!bad && (r.addr == 0 || r.addr > UINTPTR_MAX - r.length)) bad = true;
+    if (!r.file) {
+      r.err = EBADF;
+    } else if (bad) {
+      r.err = EINVAL;
+    } else if (r.op == OP_WRITE && !r.file->writable) {
+      r.err = EBADF;
+    }
+    if (r.err) {
+      r.err_offset = r.offset;
+      r.valid = 0;
+      stats_.errors++;
+      continue;
+    }
+    npieces += (r.length + cfg_.split_bytes - 1) / cfg_.split_bytes;
+  }
+  batch->pieces.resize(npieces);
+  size_t k = 0;
+  for (uint32_t i = 0; i < batch->reqs.size(); ++i) {
+    auto& r = batch->reqs[i];
+    if (r.length == 0 || r.err) continue;
+    for (uint64_t rel = 0; rel < r.length; rel += cfg_.split_bytes) {
+      Piece& p = batch->pieces[k++];
+      p.batch = batch.get();
+      p.req = i;
+      p.rel = rel;
+      p.len = std::min(cfg_.split_bytes, r.length - rel);
+      p.mode = mode;
+    }
+  }
+  stats_.requests += batch->reqs.size();
+  stats_.pieces += npieces;
+  if (npieces == 0) {
+    std::lock_guard<std::mutex> g(batch->mu);
+    batch->finished = true;
+    return batch;
+  }
+  batch->left = npieces;
+  batch->self = batch;
+  std::vector<Piece*> ptrs(npieces);
+  for (size_t i = 0; i < npieces; ++i) ptrs[i] = &batch->pieces[i];
+  if (uring_)
+    uring_->submit(ptrs.data(), ptrs.size());
+  else
+    pool_->submit(ptrs.data(), ptrs.size());
+  return batch;
+}
+
+bool Engine::register_buffer(uintptr_t addr, uint64_t len) {
+  return uring_ ? uring_->register_buffer(addr, len) : false;
+}
+
+void Engine::unregister_buffer() {
+  if (uring_) uring_->unregister_buffer();
+}
+
+void Engine::shutdown() {
+  if (stopped_.exchange(true)) return;
+  if (uring_) uring_->shutdown();  // may still hand pieces to the pool
+  pool_->shutdown();
+}
+
+}  // namespace sc

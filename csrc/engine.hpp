@@ -1,0 +1,181 @@
+// storecomp native I/O engine: batched reads and writes between files and
+// memory addresses, completed off the calling thread.
+//
+// A Batch holds requests {file, op, offset, length, address}. The engine
+// splits each request into pieces of at most `split_bytes`, and a backend
+// (io_uring when permitted, a pread/pwrite thread pool always) completes the
+// pieces. O_DIRECT pieces whose offset, length or address are not aligned go
+// through a per-thread aligned bounce area, so EINVAL never reaches a caller.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace sc {
+
+enum Op : uint8_t { OP_READ = 0, OP_WRITE = 1 };
+
+// How a piece reaches the file.
+//   BUFFERED: through the page cache.
+//   DIRECT:   O_DIRECT (aligned bounce for unaligned parts).
+//   AUTO:     reads try the page cache without blocking (RWF_NOWAIT) and read
+//             what is not cached with O_DIRECT; writes are buffered.
+enum Mode : uint8_t { MODE_BUFFERED = 0, MODE_DIRECT = 1, MODE_AUTO = 2 };
+
+struct FileEntry {
+  std::string path;
+  bool writable = false;
+  int fd_buffered = -1;
+  std::atomic<int> fd_direct{-1};
+  std::atomic<bool> direct_unsupported{false};
+  std::mutex open_mu;
+  ~FileEntry();
+  // O_DIRECT descriptor, opened on first use; -1 when the file system refuses
+  // O_DIRECT (the caller then falls back to the buffered descriptor).
+  int direct_fd();
+};
+
+// Open files by id. A batch holds its files, so closing an id while I/O is
+// in flight only closes the descriptors once that I/O has finished. Caching
+// descriptors by path is the Python wrapper's job (storecomp.io.engine).
+class FileTable {
+ public:
+  // Opens the file; throws std::system_error whose message is the path.
+  uint32_t open(const std::string& path, bool writable, bool create);
+  std::shared_ptr<FileEntry> get(uint32_t id);  // nullptr when not open
+  void close(uint32_t id);
+  size_t size();
+
+ private:
+  std::mutex mu_;
+  uint32_t next_id_ = 1;
+  std::unordered_map<uint32_t, std::shared_ptr<FileEntry>> by_id_;
+};
+
+struct Batch;
+
+struct Piece {
+  Batch* batch = nullptr;
+  uint32_t req = 0;
+  uint64_t rel = 0;    // offset of this piece inside its request
+  uint64_t len = 0;    // bytes in this piece
+  uint64_t done = 0;   // bytes completed so far (io_uring resubmits the rest)
+  uint8_t mode = MODE_BUFFERED;
+  uint8_t issued = 0;  // io_uring: what the last submission was (Issued)
+  bool nowait_tried = false;
+};
+
+enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2 };
+
+struct Request {
+  std::shared_ptr<FileEntry> file;
+  uint8_t op = OP_READ;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uintptr_t addr = 0;
+  std::atomic<uint64_t> valid{0};  // bytes valid from the start (min short end)
+  std::atomic<int> err{0};
+  std::atomic<uint64_t> err_offset{0};
+};
+
+struct Batch {
+  explicit Batch(size_t n) : reqs(n) {}
+  std::vector<Request> reqs;
+  std::vector<Piece> pieces;
+  std::atomic<size_t> left{0};
+  std::shared_ptr<Batch> self;  // keeps the batch alive while pieces are in flight
+  std::mutex mu;
+  std::condition_variable cv;
+  bool finished = false;
+
+  void complete(Piece& p, uint64_t got, int err);
+  // Waits up to timeout seconds (negative: forever); true when finished.
+  bool wait(double timeout);
+  bool is_finished();
+};
+
+struct Stats {
+  std::atomic<uint64_t> requests{0}, pieces{0}, bytes_read{0}, bytes_written{0},
+      errors{0}, bounce_pieces{0}, direct_fallbacks{0}, nowait_hits{0},
+      nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0};
+};
+
+struct Config {
+  std::string backend = "auto";  // auto | io_uring | threads
+  unsigned queue_depth = 64;
+  unsigned threads = 4;
+  uint64_t split_bytes = 1 << 20;
+  uint64_t align = 4096;
+  uint64_t bounce_bytes = 1 << 20;
+};
+
+// Executes one piece synchronously (thread pool and bounce pieces).
+// Returns bytes transferred; sets *err to an errno on failure.
+uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes,
+                        uint8_t* bounce, Stats& stats, int* err);
+
+// Whether a DIRECT piece can go to the kernel as it is (no bounce needed).
+bool direct_aligned(uint64_t offset, uint64_t len, uintptr_t addr, uint64_t align);
+
+class ThreadPool {
+ public:
+  ThreadPool(unsigned threads, uint64_t align, uint64_t bounce_bytes, Stats& stats);
+  ~ThreadPool();
+  void submit(Piece* const* pieces, size_t n);
+  void shutdown();
+
+ private:
+  void worker();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Piece*> queue_;
+  std::vector<std::thread> workers_;
+  bool stopping_ = false;
+  uint64_t align_, bounce_bytes_;
+  Stats& stats_;
+};
+
+class UringBackend;  // defined in uring.cpp when liburing is present
+
+struct UringProbe {
+  bool compiled = false;
+  bool permitted = false;
+  std::string reason;
+};
+UringProbe probe_uring();
+
+class Engine {
+ public:
+  explicit Engine(const Config& cfg);  // throws std::invalid_argument
+  ~Engine();
+  const std::string& backend() const { return backend_; }
+  const std::string& backend_reason() const { return backend_reason_; }
+  FileTable& files() { return files_; }
+  // Splits and submits; the returned batch completes asynchronously.
+  std::shared_ptr<Batch> submit(std::shared_ptr<Batch> batch, uint8_t mode);
+  // Registers [addr, addr+len) as io_uring fixed buffer; false when not used.
+  bool register_buffer(uintptr_t addr, uint64_t len);
+  void unregister_buffer();
+  void shutdown();
+  Stats& stats() { return stats_; }
+  const Config& config() const { return cfg_; }
+
+ private:
+  Config cfg_;
+  std::string backend_, backend_reason_;
+  Stats stats_;
+  FileTable files_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<UringBackend> uring_;
+  std::atomic<bool> stopped_{false};
+};
+
+}  // namespace sc

@@ -1,0 +1,311 @@
+#include "uring.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#ifdef STORECOMP_HAVE_LIBURING
+#include <liburing.h>
+#include <sys/uio.h>
+#endif
+
+namespace sc {
+
+#ifndef STORECOMP_HAVE_LIBURING
+
+UringProbe probe_uring() { return {false, false, "built without liburing"}; }
+
+std::unique_ptr<UringBackend> make_uring(unsigned, ThreadPool&, Stats&, uint64_t, std::string* reason) {
+  *reason = "built without liburing";
+  return nullptr;
+}
+
+#else
+
+UringProbe probe_uring() {
+  UringProbe p;
+  p.compiled = true;
+  struct io_uring ring;
+  int r = io_uring_queue_init(4, &ring, 0);
+  if (r < 0) {
+    p.reason = std::string("io_uring_setup: ") + std::strerror(-r);
+    return p;
+  }
+  io_uring_queue_exit(&ring);
+  p.permitted = true;
+  p.reason = "io_uring permitted";
+  return p;
+}
+
+namespace {
+
+// One ring. Callers submit under mu_; a reaper thread waits for completions,
+// finishes pieces and refills the ring from the pending queue, keeping at
+// most queue_depth pieces in flight. Pieces that need the aligned bounce
+// area (unaligned O_DIRECT reads) go to the thread pool.
+class Uring final : public UringBackend {
+ public:
+  Uring(unsigned qd, ThreadPool& pool, Stats& stats, uint64_t align)
+      : qd_(qd), pool_(pool), stats_(stats), align_(align) {}
+
+  int init() {
+    int r = io_uring_queue_init(qd_ + 1, &ring_, 0);  // +1: the shutdown NOP
+    if (r < 0) return r;
+    inited_ = true;
+    reaper_ = std::thread([this] { reap(); });
+    return 0;
+  }
+
+  ~Uring() override {
+    shutdown();
+  }
+
+  void submit(Piece* const* pieces, size_t n) override {
+    std::vector<Piece*> to_pool, cancelled;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (stopping_) {
+        cancelled.assign(pieces, pieces + n);
+      } else {
+        pending_.insert(pending_.end(), pieces, pieces + n);
+        fill_locked(&to_pool);
+      }
+    }
+    if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
+    cancel(cancelled);
+  }
+
+  bool register_buffer(uintptr_t addr, uint64_t len) override {
+    std::lock_guard<std::mutex> g(mu_);
+    if (fixed_len_ || stopping_) return false;
+    struct iovec iov = {reinterpret_cast<void*>(addr), static_cast<size_t>(len)};
+    if (io_uring_register_buffers(&ring_, &iov, 1) < 0) return false;
+    fixed_base_ = addr;
+    fixed_len_ = len;
+    return true;
+  }
+
+  void unregister_buffer() override {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!fixed_len_) return;
+    io_uring_unregister_buffers(&ring_);
+    fixed_base_ = 0;
+    fixed_len_ = 0;
+  }
+
+  void shutdown() override {
+    if (!inited_) return;
+    std::vector<Piece*> cancelled;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+      cancelled.assign(pending_.begin(), pending_.end());
+      pending_.clear();
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (sqe) {
+        io_uring_prep_nop(sqe);
+        io_uring_sqe_set_data(sqe, nullptr);
+        inflight_++;
+        io_uring_submit(&ring_);
+      }
+    }
+    cancel(cancelled);
+    reaper_.join();  // returns once nothing is in flight
+    io_uring_queue_exit(&ring_);
+    inited_ = false;
+  }
+
+ private:
+  void cancel(const std::vector<Piece*>& pieces) {
+    for (Piece* p : pieces) {
+      stats_.cancelled++;
+      p->batch->complete(*p, p->done, ECANCELED);
+    }
+  }
+
+  // Prepares an SQE for the piece; false when the piece must go to the pool.
+  bool prep(io_uring_sqe* sqe, Piece* p) {
+    Request& r = p->batch->reqs[p->req];
+    FileEntry& f = *r.file;
+    uint64_t off = r.offset + p->rel + p->done;
+    auto len = static_cast<unsigned>(p->len - p->done);
+    uintptr_t addr = r.addr + p->rel + p->done;
+    bool aligned = direct_aligned(off, len, addr, align_);
+    int fd = f.fd_buffered;
+    p->issued = ISSUED_BUFFERED;
+    if (r.op == OP_READ && p->mode == MODE_AUTO && !p->nowait_tried) {
+      p->issued = ISSUED_NOWAIT;
+    } else if (p->mode != MODE_BUFFERED && (r.op == OP_READ || aligned)) {
+      int dfd = f.direct_fd();
+      if (dfd < 0) {
+        stats_.direct_fallbacks++;
+      } else if (!aligned) {
+        return false;  // unaligned O_DIRECT read: bounce in the pool
+      } else {
+        fd = dfd;
+        p->issued = ISSUED_DIRECT;
+      }
+    } else if (p->mode == MODE_DIRECT) {
+      stats_.direct_fallbacks++;  // unaligned O_DIRECT write goes buffered
+    }
+    void* buf = reinterpret_cast<void*>(addr);
+    bool fixed = p->issued == ISSUED_DIRECT && fixed_len_ && addr >= fixed_base_ &&
+                 addr + len <= fixed_base_ + fixed_len_;
+    if (r.op == OP_READ) {
+      if (fixed)
+        io_uring_prep_read_fixed(sqe, fd, buf, len, off, 0);
+      else
+        io_uring_prep_read(sqe, fd, buf, len, off);
+      if (p->issued == ISSUED_NOWAIT) sqe->rw_flags = RWF_NOWAIT;
+    } else {
+      if (fixed)
+        io_uring_prep_write_fixed(sqe, fd, buf, len, off, 0);
+      else
+        io_uring_prep_write(sqe, fd, buf, len, off);
+    }
+    if (fixed) stats_.fixed_buffer_pieces++;
+    io_uring_sqe_set_data(sqe, p);
+    return true;
+  }
+
+  void fill_locked(std::vector<Piece*>* to_pool) {
+    unsigned queued = 0;
+    while (inflight_ < qd_ && !pending_.empty()) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (!sqe) break;
+      Piece* p = pending_.front();
+      pending_.pop_front();
+      if (!prep(sqe, p)) {
+        io_uring_prep_nop(sqe);  // the SQE is taken; make it a no-op
+        io_uring_sqe_set_data(sqe, nullptr);
+        to_pool->push_back(p);
+      }
+      inflight_++;
+      queued++;
+    }
+    if (queued) io_uring_submit(&ring_);
+  }
+
+  // Decides what a completion means for its piece: done, resubmit, or error.
+  void handle(Piece* p, int res, std::vector<Piece*>* again,
+              std::vector<std::pair<Piece*, int>>* done) {
+    Request& r = p->batch->reqs[p->req];
+    if (res < 0) {
+      if (res == -EAGAIN && p->issued == ISSUED_NOWAIT) {
+        stats_.nowait_misses++;
+        p->nowait_tried = true;
+        again->push_back(p);
+      } else if (res == -EOPNOTSUPP && p->issued == ISSUED_NOWAIT) {
+        p->nowait_tried = true;  // file system without RWF_NOWAIT
+        p->mode = MODE_BUFFERED;
+        again->push_back(p);
+      } else if (res == -EINTR || res == -EAGAIN) {
+        again->push_back(p);
+      } else {
+        stats_.errors++;
+        done->emplace_back(p, -res);
+      }
+      return;
+    }
+    auto n = static_cast<uint64_t>(res);
+    if (r.op == OP_READ)
+      stats_.bytes_read += n;
+    else
+      stats_.bytes_written += n;
+    uint64_t want = p->len - p->done;
+    p->done += n;
+    if (n == want) {
+      if (p->issued == ISSUED_NOWAIT) stats_.nowait_hits++;
+      done->emplace_back(p, 0);
+    } else if (n == 0 && r.op == OP_READ) {
+      done->emplace_back(p, 0);  // end of file
+    } else if (n == 0) {
+      done->emplace_back(p, EIO);
+    } else if (p->issued == ISSUED_DIRECT && r.op == OP_READ) {
+      done->emplace_back(p, 0);  // a short O_DIRECT read ends at end of file
+    } else {
+      if (p->issued == ISSUED_NOWAIT) {
+        stats_.nowait_misses++;  // partly cached: the rest with O_DIRECT
+        p->nowait_tried = true;
+      }
+      again->push_back(p);
+    }
+  }
+
+  void reap() {
+    std::vector<Piece*> again, to_pool, cancelled;
+    std::vector<std::pair<Piece*, int>> done;
+    for (;;) {
+      io_uring_cqe* cqe;
+      int r = io_uring_wait_cqe(&ring_, &cqe);
+      if (r == -EINTR) continue;
+      if (r < 0) {  // cannot happen with a valid ring; avoid spinning
+        std::this_thread::yield();
+        continue;
+      }
+      unsigned head, count = 0;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        count++;
+        auto* p = static_cast<Piece*>(io_uring_cqe_get_data(cqe));
+        if (p) handle(p, cqe->res, &again, &done);
+      }
+      io_uring_cq_advance(&ring_, count);
+      bool exit;
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        inflight_ -= count;
+        if (stopping_) {
+          cancelled.insert(cancelled.end(), again.begin(), again.end());
+        } else {
+          pending_.insert(pending_.begin(), again.begin(), again.end());
+          fill_locked(&to_pool);
+        }
+        exit = stopping_ && inflight_ == 0;
+      }
+      again.clear();
+      if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
+      to_pool.clear();
+      for (auto& [p, err] : done) p->batch->complete(*p, p->done, err);
+      done.clear();
+      cancel(cancelled);
+      cancelled.clear();
+      if (exit) return;
+    }
+  }
+
+  unsigned qd_;
+  ThreadPool& pool_;
+  Stats& stats_;
+  uint64_t align_;
+  struct io_uring ring_ {};
+  bool inited_ = false;
+  std::mutex mu_;
+  std::deque<Piece*> pending_;
+  unsigned inflight_ = 0;
+  bool stopping_ = false;
+  uintptr_t fixed_base_ = 0;
+  uint64_t fixed_len_ = 0;
+  std::thread reaper_;
+};
+
+}  // namespace
+
+std::unique_ptr<UringBackend> make_uring(unsigned queue_depth, ThreadPool& pool, Stats& stats,
+                                         uint64_t align, std::string* reason) {
+  auto u = std::make_unique<Uring>(queue_depth, pool, stats, align);
+  int r = u->init();
+  if (r < 0) {
+    *reason = std::string("io_uring_queue_init: ") + std::strerror(-r);
+    return nullptr;
+  }
+  *reason = "io_uring permitted";
+  return u;
+}
+
+#endif
+
+}  // namespace sc
