@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -209,15 +210,20 @@ PYBIND11_MODULE(_native, m) {
               py::gil_scoped_release nogil;
               return e.files().open(path, writable, create);
             } catch (const std::system_error& ex) {
-              // OSError(errno, strerror, filename)
-              py::object err = py::module_::import("builtins").attr("OSError")(
-                  ex.code().value(), std::strerror(ex.code().value()), path);
-              PyErr_SetObject(PyExc_OSError, err.ptr());
+              errno = ex.code().value();  // OSError subclass chosen by errno
+              PyErr_SetFromErrnoWithFilename(PyExc_OSError, path.c_str());
               throw py::error_already_set();
             }
           },
           py::arg("path"), py::arg("writable") = false, py::arg("create") = false)
       .def("close_file", [](Engine& e, uint32_t id) { e.files().close(id); })
+      .def("fsync",
+           [](Engine& e, uint32_t id) {
+             auto f = e.files().get(id);
+             if (!f) throw std::invalid_argument("file is not open");
+             py::gil_scoped_release nogil;
+             if (::fsync(f->fd_buffered) != 0) throw std::system_error(errno, std::generic_category(), f->path);
+           })
       .def("open_files", [](Engine& e) { return e.files().size(); })
       .def("submit", &submit, py::arg("file_ids"), py::arg("ops"), py::arg("offsets"),
            py::arg("lengths"), py::arg("addrs"), py::arg("mode"))

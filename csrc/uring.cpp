@@ -137,9 +137,19 @@ class Uring final : public UringBackend {
     bool aligned = direct_aligned(off, len, addr, align_);
     int fd = f.fd_buffered;
     p->issued = ISSUED_BUFFERED;
-    if (r.op == OP_READ && p->mode == MODE_AUTO && !p->nowait_tried) {
+    if (r.op == OP_WRITE) {
+      if (p->mode == MODE_DIRECT) {  // AUTO writes are buffered
+        int dfd = aligned ? f.direct_fd() : -1;
+        if (dfd < 0) {
+          stats_.direct_fallbacks++;  // unaligned O_DIRECT write goes buffered
+        } else {
+          fd = dfd;
+          p->issued = ISSUED_DIRECT;
+        }
+      }
+    } else if (p->mode == MODE_AUTO && !p->nowait_tried) {
       p->issued = ISSUED_NOWAIT;
-    } else if (p->mode != MODE_BUFFERED && (r.op == OP_READ || aligned)) {
+    } else if (p->mode != MODE_BUFFERED) {
       int dfd = f.direct_fd();
       if (dfd < 0) {
         stats_.direct_fallbacks++;
@@ -149,8 +159,6 @@ class Uring final : public UringBackend {
         fd = dfd;
         p->issued = ISSUED_DIRECT;
       }
-    } else if (p->mode == MODE_DIRECT) {
-      stats_.direct_fallbacks++;  // unaligned O_DIRECT write goes buffered
     }
     void* buf = reinterpret_cast<void*>(addr);
     bool fixed = p->issued == ISSUED_DIRECT && fixed_len_ && addr >= fixed_base_ &&

@@ -1,0 +1,123 @@
+"""The storecomp error hierarchy.
+
+Every error raised by storecomp derives from :class:`StorecompError` and also
+from the matching built-in, so ``except FileNotFoundError`` keeps working.
+Native and backend errors are translated here, at one boundary, with the
+path and offset in the message.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class StorecompError(Exception):
+    """Root of every storecomp error."""
+
+
+class InvalidArgumentError(StorecompError, ValueError):
+    """An argument is out of range or of the wrong kind (checked before any I/O)."""
+
+
+class ConfigError(StorecompError, ValueError):
+    """A configuration file or ``STORECOMP_*`` variable is malformed; the message names where."""
+
+
+class ReadOnlyDestinationError(InvalidArgumentError):
+    """A read was asked to land in memory that is read-only."""
+
+
+class UnsupportedBufferError(StorecompError, TypeError):
+    """An object is not a buffer storecomp can read into or write from."""
+
+
+class ClosedError(StorecompError, ValueError):
+    """I/O on a closed file handle or a shut-down engine."""
+
+
+class UnavailableError(StorecompError, RuntimeError):
+    """A feature was requested that this machine cannot provide (io_uring, GDS, CUDA)."""
+
+
+class StorageIOError(StorecompError, OSError):
+    """An I/O operation failed; ``errno``, ``filename`` and ``offset`` say which and where."""
+
+    def __init__(self, err: int, path: str, offset: int | None = None, op: str = "read") -> None:
+        where = f" at offset {offset}" if offset is not None else ""
+        msg = f"{op} failed{where}: {os.strerror(err)} [errno {err} {_errno.errorcode.get(err, '?')}]"
+        super().__init__(err, msg, path)
+        self.offset = offset
+        self.op = op
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+class NotFoundError(StorageIOError, FileNotFoundError):
+    """The file or object does not exist."""
+
+
+class IsADirectoryError_(StorageIOError, IsADirectoryError):
+    """A directory was given where a file was expected."""
+
+
+class PermissionDeniedError(StorageIOError, PermissionError):
+    """The operating system or store refused access."""
+
+
+class CancelledIOError(StorageIOError):
+    """The operation was cancelled because its engine shut down."""
+
+
+class ShortReadError(StorecompError, EOFError):
+    """Fewer bytes than requested were available (the range runs past the end of the file)."""
+
+    def __init__(self, path: str, offset: int, requested: int, got: int) -> None:
+        super().__init__(
+            f"{path}: short read at offset {offset}: requested {requested} bytes, "
+            f"got {got} (end of file at {offset + got})"
+        )
+        self.path = path
+        self.offset = offset
+        self.requested = requested
+        self.got = got
+
+
+class CorruptDataError(StorecompError, ValueError):
+    """Bytes failed their integrity check; the message names the object and range."""
+
+
+def from_errno(err: int, path: str, offset: int | None = None, op: str = "read") -> StorageIOError:
+    """The storecomp error for an errno raised while doing ``op`` on ``path``."""
+    cls: type[StorageIOError]
+    if err == _errno.ENOENT:
+        cls = NotFoundError
+    elif err == _errno.EISDIR:
+        cls = IsADirectoryError_
+    elif err in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+        cls = PermissionDeniedError
+    elif err == _errno.ECANCELED:
+        cls = CancelledIOError
+    else:
+        cls = StorageIOError
+    return cls(err, path, offset, op)
+
+
+__all__ = [
+    "StorecompError",
+    "InvalidArgumentError",
+    "ConfigError",
+    "ReadOnlyDestinationError",
+    "UnsupportedBufferError",
+    "ClosedError",
+    "UnavailableError",
+    "StorageIOError",
+    "NotFoundError",
+    "IsADirectoryError_",
+    "PermissionDeniedError",
+    "CancelledIOError",
+    "ShortReadError",
+    "CorruptDataError",
+    "from_errno",
+]

@@ -1,0 +1,84 @@
+"""storecomp.io: bytes from files into host or accelerator memory.
+
+>>> import numpy as np, storecomp.io as scio
+>>> buf = np.empty(1 << 20, np.uint8)
+>>> n = scio.read_into("/data/shard-0", buf, offset=0)
+
+``read_into`` and ``read_batch`` use a process-wide default engine built from
+``IOOptions.load()`` (environment and config file) on first use; pass
+``engine=`` to use your own :class:`Engine`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .buffers import BufferRef, StagingPool, StagingSlot, as_buffer
+from .engine import Engine, File, IOFuture, ReadRequest
+from .paths import PATHS, choose
+
+_default: Engine | None = None
+_default_lock = threading.Lock()
+
+
+def default_engine() -> Engine:
+    """The process-wide engine, created on first use from the environment."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            _default = Engine()
+        return _default
+
+
+def read_into(
+    path: str | os.PathLike[str],
+    dst: Any,
+    offset: int = 0,
+    *,
+    length: int | None = None,
+    dst_offset: int = 0,
+    exact: bool = True,
+    engine: Engine | None = None,
+) -> int:
+    """Read ``length`` bytes (default: all of ``dst``) of ``path`` at ``offset`` into ``dst``.
+
+    ``dst`` may be a numpy array, a torch tensor (cpu or cuda), a cupy array
+    or anything with the buffer protocol, ``__cuda_array_interface__`` or
+    DLPack. Returns the bytes read. Raises ShortReadError when the file ends
+    first (``exact=False`` returns the shorter count instead), NotFoundError,
+    InvalidArgumentError and the other storecomp errors.
+    """
+    eng = engine or default_engine()
+    return eng.cached_file(path).pread_into(dst, offset, length=length, dst_offset=dst_offset, exact=exact)
+
+
+def read_batch(requests: Sequence[ReadRequest], *, exact: bool = True, engine: Engine | None = None) -> IOFuture:
+    """Submit many reads (any files, any destinations) at once; returns an :class:`IOFuture`."""
+    return (engine or default_engine()).read_batch(requests, exact=exact)
+
+
+def io_path_for(dst: Any, engine: Engine | None = None) -> str:
+    """The device path (gds, bounce or posix) a read into ``dst`` would take."""
+    ref = as_buffer(dst)
+    options = engine.options if engine else default_engine().options
+    return choose(options.io_path, ref.device)
+
+
+__all__ = [
+    "BufferRef",
+    "Engine",
+    "File",
+    "IOFuture",
+    "PATHS",
+    "ReadRequest",
+    "StagingPool",
+    "StagingSlot",
+    "as_buffer",
+    "default_engine",
+    "io_path_for",
+    "read_batch",
+    "read_into",
+]

@@ -1,0 +1,585 @@
+"""The Python side of the native engine: :class:`Engine`, :class:`File` and
+:class:`IOFuture`.
+
+The engine holds a native handle; all I/O happens in native code with the
+GIL released. Arguments are checked here, before the native call, so that
+bad input gets a clear storecomp error. Errors that come back from the
+kernel are translated by :func:`storecomp.errors.from_errno`.
+
+Read modes (``IOOptions.direct``):
+
+* ``auto`` (default): try the page cache without blocking (``RWF_NOWAIT``);
+  what is not cached is read with O_DIRECT. The page cache is a tier.
+* ``on``: O_DIRECT always (unaligned heads and tails through an aligned
+  bounce area); falls back to buffered reads, counted in
+  ``stats()["direct_fallbacks"]``, on file systems without O_DIRECT.
+* ``off``: buffered reads.
+
+Writes are buffered unless ``direct="on"`` (then O_DIRECT when aligned).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .. import _native
+from ..config import IOOptions
+from ..errors import (
+    ClosedError,
+    InvalidArgumentError,
+    ShortReadError,
+    StorecompError,
+    UnavailableError,
+    from_errno,
+)
+from .buffers import BufferRef, StagingPool, as_buffer, span
+
+_MODES = {"auto": _native.MODE_AUTO, "on": _native.MODE_DIRECT, "off": _native.MODE_BUFFERED}
+_MAX_OFFSET = (1 << 63) - 1
+
+
+class IOFuture:
+    """Completion of a batch of reads or writes.
+
+    ``result()`` returns the bytes transferred per request (a uint64 array)
+    or raises the first failure as a storecomp error naming path and offset.
+    With ``exact`` (the default for reads), a request that ran past end of
+    file raises :class:`ShortReadError`; bytes past the end are never
+    touched. The future keeps every destination alive until the I/O is done;
+    dropping it early waits for the I/O.
+    """
+
+    def __init__(
+        self,
+        parts: list[Any],
+        paths: list[str],
+        file_index: np.ndarray,
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        ops: str,
+        exact: bool,
+        keepalive: list[Any],
+        io_paths: tuple[str, ...],
+        device_part: Future[np.ndarray] | None = None,
+        order: np.ndarray | None = None,
+    ) -> None:
+        self._parts = parts  # native batches, in request order
+        self._paths = paths
+        self._file_index = file_index
+        self._offsets = offsets
+        self._lengths = lengths
+        self._op = ops
+        self._exact = exact
+        self._keepalive = keepalive
+        self._device_part = device_part  # yields bytes per request (device paths)
+        self._order = order  # request index of each result, when parts are reordered
+        self.io_paths = io_paths
+        self._result: np.ndarray | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return all(p.done() for p in self._parts) and (self._device_part is None or self._device_part.done())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: until done); True when done."""
+        for p in self._parts:
+            if not p.wait(-1.0 if timeout is None else timeout):
+                return False
+        if self._device_part is not None:
+            try:
+                self._device_part.result(timeout)
+            except TimeoutError:
+                return False
+            except BaseException:
+                pass  # reported by result()
+        return True
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """Bytes transferred per request. Raises TimeoutError or the first failure."""
+        if self._result is None and self._error is None:
+            if not self.wait(timeout):
+                raise TimeoutError(f"I/O not finished within {timeout} s")
+            self._collect()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def _collect(self) -> None:
+        counts, errs, err_offsets = [], [], []
+        for p in self._parts:
+            n, e, o = p.results()
+            counts.append(n)
+            errs.append(e)
+            err_offsets.append(o)
+        self._keepalive = []
+        if self._device_part is not None:
+            try:
+                counts.append(self._device_part.result())
+            except BaseException as e:  # reported as raised by the device path
+                self._error = e
+                return
+            errs.append(np.zeros(counts[-1].size, np.int32))
+            err_offsets.append(np.zeros(counts[-1].size, np.uint64))
+        nbytes = np.concatenate(counts) if counts else np.zeros(0, np.uint64)
+        err = np.concatenate(errs) if errs else np.zeros(0, np.int32)
+        err_off = np.concatenate(err_offsets) if err_offsets else np.zeros(0, np.uint64)
+        failed = np.flatnonzero(err)
+        if failed.size:
+            i = int(failed[0])
+            exc = from_errno(int(err[i]), self._path(i), int(err_off[i]), self._op)
+            if failed.size > 1:
+                exc.add_note(f"{failed.size - 1} more of {err.size} requests in this batch failed too")
+            self._error = exc
+            return
+        if self._exact:
+            short = np.flatnonzero(nbytes < self._lengths)
+            if short.size:
+                i = int(short[0])
+                self._error = ShortReadError(
+                    self._path(i), int(self._offsets[i]), int(self._lengths[i]), int(nbytes[i])
+                )
+                return
+        if self._order is not None:
+            ordered = np.empty_like(nbytes)
+            ordered[self._order] = nbytes
+            nbytes = ordered
+        self._result = nbytes
+
+    def _path(self, i: int) -> str:
+        return self._paths[int(self._file_index[i])] if self._file_index.size else self._paths[0]
+
+    def __del__(self) -> None:
+        # The kernel may still be writing into destinations this future keeps
+        # alive: never let them go before the I/O is done.
+        if self._keepalive:
+            self.wait()
+
+
+class File:
+    """An open file; reads and writes at explicit offsets into any buffer.
+
+    Not positioned (no seek): every call names its offset. Thread-safe.
+    """
+
+    def __init__(self, engine: Engine, path: str | os.PathLike[str], writable: bool, create: bool) -> None:
+        self._engine = engine
+        self.path = os.fspath(path)
+        self.writable = writable
+        self._id = engine._open_native(self.path, writable, create)
+        self._finalizer = weakref.finalize(self, engine._native.close_file, self._id)
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def _check_open(self) -> int:
+        if self.closed:
+            raise ClosedError(f"{self.path}: I/O on a closed file")
+        return self._id
+
+    def size(self) -> int:
+        """Current size in bytes."""
+        self._check_open()
+        return os.stat(self.path).st_size
+
+    def pread_into(
+        self, dst: Any, offset: int = 0, *, length: int | None = None, dst_offset: int = 0, exact: bool = False
+    ) -> int:
+        """Read ``length`` bytes (default: the rest of ``dst``) at file ``offset``.
+
+        Returns the bytes read, fewer at end of file (``exact=True`` raises
+        ShortReadError instead). Destinations on a CUDA device take the
+        device path chosen by ``IOOptions.io_path``.
+        """
+        ref = as_buffer(dst)
+        _, n = span(ref, dst_offset, length)
+        fut = self.read_many_into(ref, [offset], [n], [dst_offset], exact=exact)
+        return int(fut.result()[0])
+
+    def read_many_into(
+        self,
+        dst: Any,
+        offsets: Sequence[int] | np.ndarray,
+        lengths: Sequence[int] | np.ndarray | int,
+        dst_offsets: Sequence[int] | np.ndarray,
+        *,
+        exact: bool = True,
+    ) -> IOFuture:
+        """Submit many reads from this file into one destination; returns at once.
+
+        Request i reads ``lengths[i]`` bytes at file offset ``offsets[i]``
+        into ``dst`` at byte ``dst_offsets[i]``. This is the hot path for
+        batches of samples: no per-request Python.
+        """
+        fid = self._check_open()
+        ref = as_buffer(dst)
+        offs = _as_u64(offsets, "offsets")
+        n = offs.size
+        lens = np.full(n, lengths, np.uint64) if np.isscalar(lengths) else _as_u64(lengths, "lengths")
+        douts = _as_u64(dst_offsets, "dst_offsets")
+        if lens.size != n or douts.size != n:
+            raise InvalidArgumentError(
+                f"offsets, lengths and dst_offsets differ in length ({n}, {lens.size}, {douts.size})"
+            )
+        _check_ranges(offs, lens, douts, ref, self.path)
+        return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact)
+
+    def pwrite(self, src: Any, offset: int = 0) -> int:
+        """Write all of ``src`` at file ``offset``; returns the bytes written."""
+        fid = self._check_open()
+        if not self.writable:
+            raise InvalidArgumentError(f"{self.path}: file is open read-only")
+        ref = as_buffer(src, writable=False, what="source")
+        if ref.is_cuda:
+            raise InvalidArgumentError(f"{self.path}: writes from CUDA memory: copy to host first")
+        offs = _as_u64([offset], "offset")
+        lens = np.array([ref.nbytes], np.uint64)
+        _check_ranges(offs, lens, np.zeros(1, np.uint64), ref, self.path)
+        fut = self._engine._submit(
+            [self.path], np.array([fid], np.uint32), 1, offs, lens, np.array([ref.address], np.uint64),
+            self._engine._write_mode, [ref], exact=False, io_paths=("posix",)
+        )
+        return int(fut.result()[0])
+
+    def sync(self) -> None:
+        """fsync: written data and metadata reach stable storage."""
+        fid = self._check_open()
+        try:
+            self._engine._native.fsync(fid)
+        except OSError as e:
+            raise from_errno(e.errno or 5, self.path, None, "fsync") from None
+
+    def close(self) -> None:
+        """Close; I/O still in flight finishes first. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> File:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("rw" if self.writable else "r")
+        return f"<storecomp.io.File {self.path!r} {state}>"
+
+
+def _as_u64(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.size and arr.dtype.kind == "i" and int(arr.min()) < 0:
+        raise InvalidArgumentError(f"{name} must be non-negative, got {int(arr.min())}")
+    return arr.astype(np.uint64, copy=False)
+
+
+def _check_ranges(offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, path: str) -> None:
+    if not offs.size:
+        return
+    if int(offs.max()) > _MAX_OFFSET or int(lens.max()) > _MAX_OFFSET:
+        raise InvalidArgumentError(f"{path}: offset or length exceeds 2**63-1")
+    end = offs.astype(object) + lens.astype(object) if int(offs.max()) > (1 << 62) else offs + lens
+    if max(end) > _MAX_OFFSET:
+        raise InvalidArgumentError(f"{path}: offset + length overflows (exceeds 2**63-1)")
+    dend = douts + lens
+    if int(douts.max()) > ref.nbytes or int(dend.max()) > ref.nbytes:
+        i = int(np.argmax(dend))
+        raise InvalidArgumentError(
+            f"destination too small: request {i} needs bytes [{int(douts[i])}, {int(dend[i])}) "
+            f"of a {ref.nbytes}-byte buffer"
+        )
+
+
+class Engine:
+    """A native I/O engine with its own backend, threads and descriptor cache.
+
+    ``Engine()`` reads :class:`~storecomp.config.IOOptions` from the
+    environment; keyword arguments override single options. Use as a context
+    manager or call :meth:`close`; in-flight work is cancelled cleanly
+    (``CancelledIOError``) on close.
+    """
+
+    def __init__(self, options: IOOptions | None = None, **overrides: Any) -> None:
+        opts = IOOptions.load(**overrides) if options is None else options.replace(**overrides)
+        self.options = opts
+        try:
+            self._native = _native.Engine(
+                opts.engine, opts.queue_depth, opts.threads, opts.split_bytes, opts.align,
+                max(1 << 20, 2 * opts.align),
+            )
+        except RuntimeError as e:
+            raise UnavailableError(f"{e} (set STORECOMP_ENGINE=threads or auto)") from None
+        self._read_mode = _MODES[opts.direct]
+        self._write_mode = _native.MODE_DIRECT if opts.direct == "on" else _native.MODE_BUFFERED
+        self._lock = threading.Lock()
+        self._files: collections.OrderedDict[tuple[str, bool], File] = collections.OrderedDict()
+        self._staging: StagingPool | None = None
+        self._copier: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def backend(self) -> str:
+        """``io_uring`` or ``threads``: what completes the I/O."""
+        return str(self._native.backend)
+
+    @property
+    def backend_reason(self) -> str:
+        """Why this backend (for example why io_uring is not used)."""
+        return str(self._native.backend_reason)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation: requests, pieces, bytes, bounces, page-cache hits, errors."""
+        return dict(self._native.stats())
+
+    # ------------------------------------------------------------ files
+
+    def open(self, path: str | os.PathLike[str], mode: str = "r") -> File:
+        """Open ``path``: ``"r"`` read-only, ``"r+"`` read-write, ``"w"`` read-write, created if missing."""
+        if mode not in ("r", "r+", "w"):
+            raise InvalidArgumentError(f"mode must be 'r', 'r+' or 'w', got {mode!r}")
+        self._check_open()
+        return File(self, path, writable=mode != "r", create=mode == "w")
+
+    def cached_file(self, path: str | os.PathLike[str]) -> File:
+        """A read-only File for ``path`` from the descriptor cache (LRU, ``max_open_files``)."""
+        key = (os.fspath(path), False)
+        with self._lock:
+            f = self._files.get(key)
+            if f is not None and not f.closed:
+                self._files.move_to_end(key)
+                return f
+        f = self.open(key[0])
+        with self._lock:
+            self._files[key] = f
+            while len(self._files) > self.options.max_open_files:
+                # Dropped, not closed: a caller may still hold it; the
+                # descriptor closes when the last reference goes.
+                self._files.popitem(last=False)
+        return f
+
+    def _open_native(self, path: str, writable: bool, create: bool) -> int:
+        self._check_open()
+        if not isinstance(path, str) or not path:
+            raise InvalidArgumentError(f"path must be a non-empty string, got {path!r}")
+        try:
+            return int(self._native.open(path, writable, create))
+        except OSError as e:
+            raise from_errno(e.errno or 5, path, None, "open") from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("engine is closed")
+
+    # ------------------------------------------------------------ submission
+
+    def _submit(
+        self,
+        paths: list[str],
+        fids: np.ndarray,
+        op: int,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        addrs: np.ndarray,
+        mode: int,
+        keepalive: list[Any],
+        *,
+        exact: bool,
+        io_paths: tuple[str, ...],
+        file_index: np.ndarray | None = None,
+    ) -> IOFuture:
+        self._check_open()
+        n = offs.size
+        try:
+            batch = self._native.submit(
+                fids if fids.size == n else np.full(n, fids[0], np.uint32),
+                np.full(n, op, np.uint8), offs, lens, addrs, mode,
+            )
+        except RuntimeError as e:
+            raise ClosedError(str(e)) from None
+        index = np.zeros(0, np.int64) if file_index is None else file_index
+        return IOFuture(
+            [batch], paths, index, offs, lens, "write" if op else "read", exact, keepalive, io_paths
+        )
+
+    def _submit_reads(
+        self, f: File, fid: int, ref: BufferRef, offs: np.ndarray, lens: np.ndarray,
+        douts: np.ndarray, exact: bool,
+    ) -> IOFuture:
+        if ref.is_cuda:
+            from . import paths
+
+            return paths.submit_device_reads(self, f, ref, offs, lens, douts, exact)
+        addrs = douts + np.uint64(ref.address)
+        return self._submit(
+            [f.path], np.array([fid], np.uint32), 0, offs, lens, addrs, self._read_mode, [ref, f],
+            exact=exact, io_paths=("posix",),
+        )
+
+    def read_batch(self, requests: Sequence[ReadRequest], *, exact: bool = True) -> IOFuture:
+        """Submit reads from any files into any destinations; returns an IOFuture at once."""
+        self._check_open()
+        if not requests:
+            return IOFuture([], [""], np.zeros(0, np.int64), np.zeros(0, np.uint64),
+                            np.zeros(0, np.uint64), "read", exact, [], ())
+        for i, r in enumerate(requests):
+            if not isinstance(r, ReadRequest):
+                raise InvalidArgumentError(f"requests[{i}] is {type(r).__name__}, expected ReadRequest")
+        refs = [as_buffer(r.dst) for r in requests]
+        files = [self.cached_file(r.path) for r in requests]
+        host = [i for i, ref in enumerate(refs) if not ref.is_cuda]
+        device = [i for i, ref in enumerate(refs) if ref.is_cuda]
+        if not device:
+            return self._host_batch(requests, refs, files, host, exact)
+        parts = [self._host_batch(requests, refs, files, host, exact)] if host else []
+        for i in device:
+            r = requests[i]
+            parts.append(files[i].read_many_into(refs[i], [r.offset], [_length(r, refs[i])], [r.dst_offset], exact=exact))
+        return _join(parts, exact, np.array(host + device, np.int64))
+
+    def _host_batch(
+        self, requests: Sequence[ReadRequest], refs: list[BufferRef], files: list[File], idx: list[int], exact: bool
+    ) -> IOFuture:
+        paths: list[str] = []
+        slot: dict[str, int] = {}
+        file_index = np.empty(len(idx), np.int64)
+        fids = np.empty(len(idx), np.uint32)
+        offs = np.empty(len(idx), np.uint64)
+        lens = np.empty(len(idx), np.uint64)
+        addrs = np.empty(len(idx), np.uint64)
+        for k, i in enumerate(idx):
+            r, ref, f = requests[i], refs[i], files[i]
+            if f.path not in slot:
+                slot[f.path] = len(paths)
+                paths.append(f.path)
+            file_index[k] = slot[f.path]
+            fids[k] = f._check_open()
+            n = _length(r, ref)
+            offs[k:k + 1] = _as_u64([r.offset], "offset")
+            lens[k] = n
+            addrs[k] = span(ref, r.dst_offset, n)[0]
+            _check_ranges(offs[k:k + 1], lens[k:k + 1], np.array([r.dst_offset], np.uint64), ref, f.path)
+        return self._submit(
+            paths, fids, 0, offs, lens, addrs, self._read_mode, [refs, files], exact=exact,
+            io_paths=("posix",) * len(idx), file_index=file_index,
+        )
+
+    # ------------------------------------------------------------ staging
+
+    def staging_pool(self) -> StagingPool:
+        """This engine's staging pool for the bounce path, created on first use."""
+        with self._lock:
+            if self._staging is None:
+                self._staging = StagingPool(
+                    self.options.staging_bytes, self.options.staging_slot_bytes, engine=self
+                )
+            return self._staging
+
+    def _copier_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._copier is None:
+                self._copier = ThreadPoolExecutor(2, thread_name_prefix="storecomp-device")
+            return self._copier
+
+    def _register_buffer(self, address: int, nbytes: int) -> bool:
+        return bool(self._native.register_buffer(address, nbytes))
+
+    def _unregister_buffer(self) -> None:
+        self._native.unregister_buffer()
+
+    # ------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Cancel queued work, wait for in-flight work, release threads and descriptors."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._copier is not None:
+            self._copier.shutdown(wait=True, cancel_futures=True)
+        self._native.shutdown()
+        if self._staging is not None:
+            self._staging.close()
+        with self._lock:
+            files = list(self._files.values())
+            self._files.clear()
+        for f in files:
+            f.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<storecomp.io.Engine backend={self.backend} qd={self.options.queue_depth} threads={self.options.threads}>"
+
+
+class ReadRequest:
+    """One read: ``length`` bytes (default: the rest of ``dst``) at ``offset`` of ``path``."""
+
+    __slots__ = ("path", "dst", "offset", "length", "dst_offset")
+
+    def __init__(
+        self, path: str | os.PathLike[str], dst: Any, offset: int = 0, length: int | None = None, dst_offset: int = 0
+    ) -> None:
+        self.path = os.fspath(path)
+        self.dst = dst
+        self.offset = offset
+        self.length = length
+        self.dst_offset = dst_offset
+
+    def __repr__(self) -> str:
+        return f"ReadRequest({self.path!r}, offset={self.offset}, length={self.length})"
+
+
+def _length(r: ReadRequest, ref: BufferRef) -> int:
+    return span(ref, r.dst_offset, r.length)[1]
+
+
+class _Joined:
+    """Adapts an IOFuture to the part interface of another IOFuture."""
+
+    def __init__(self, fut: IOFuture) -> None:
+        self.fut = fut
+
+    def done(self) -> bool:
+        return self.fut.done()
+
+    def wait(self, timeout: float) -> bool:
+        return self.fut.wait(None if timeout < 0 else timeout)
+
+    def results(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        try:
+            n = self.fut.result()
+        except StorecompError:
+            raise
+        return n, np.zeros(n.size, np.int32), np.zeros(n.size, np.uint64)
+
+
+def _join(parts: list[IOFuture], exact: bool, order: np.ndarray) -> IOFuture:
+    """One future over several; ``order`` maps results back to request order."""
+    offs = np.concatenate([p._offsets for p in parts])
+    lens = np.concatenate([p._lengths for p in parts])
+    io_paths = np.empty(order.size, object)
+    io_paths[order] = [x for p in parts for x in p.io_paths]
+    return IOFuture(
+        [_Joined(p) for p in parts], [""], np.zeros(0, np.int64), offs, lens, "read", exact,
+        list(parts), tuple(io_paths), order=order,
+    )

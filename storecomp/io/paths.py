@@ -1,0 +1,194 @@
+"""Device paths: how bytes reach a CUDA destination.
+
+* ``gds``: GPUDirect Storage through kvikio/cuFile, storage to GPU memory.
+* ``bounce``: the native engine reads into pinned staging slots; each slot
+  is copied to the device asynchronously on a stream of its own. Several
+  slots are in flight, so the read of slot n+1 overlaps the copy of slot n.
+  Small requests are packed into one slot and copied as one run when their
+  destinations are contiguous (a batch of samples).
+* ``posix``: a plain read into pageable host memory, then a synchronous
+  copy; the baseline the other two are measured against.
+
+Host destinations always take ``posix``: the engine reads straight into
+them. ``IOOptions.io_path`` (``STORECOMP_IO_PATH``) forces a path; ``auto``
+takes GDS only where cuFile reports it truly available (not compat mode),
+because a good bounce path often beats GDS.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import UnavailableError
+from . import cuda
+from .buffers import BufferRef, _is_torch_tensor
+
+if TYPE_CHECKING:
+    from .engine import Engine, File, IOFuture
+
+PATHS = ("gds", "bounce", "posix")
+
+
+def choose(io_path: str, device: str) -> str:
+    """The path a destination on ``device`` ("cpu" or "cuda") takes under setting ``io_path``.
+
+    Raises UnavailableError when ``gds`` is forced but GDS does not work here.
+    """
+    if device != "cuda":
+        return "posix"
+    if io_path == "gds":
+        status = cuda.gds_status()
+        if not status["available"]:
+            raise UnavailableError(f"GDS forced (io_path=gds) but unavailable: {status['reason']}")
+        return "gds"
+    if io_path in ("bounce", "posix"):
+        return io_path
+    return "gds" if cuda.gds_status()["available"] else "bounce"
+
+
+def submit_device_reads(
+    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, exact: bool
+) -> IOFuture:
+    """Reads from ``f`` into the CUDA destination ``ref``, in the background."""
+    from .engine import IOFuture
+
+    if not cuda.device_count():
+        raise UnavailableError("a CUDA destination was given but no CUDA device is usable here")
+    path = choose(engine.options.io_path, "cuda")
+    runner = {"gds": _gds, "bounce": _bounce, "posix": _posix}[path]
+    fut = engine._copier_pool().submit(runner, engine, f, ref, offs, lens, douts)
+    return IOFuture(
+        [], [f.path], np.zeros(0, np.int64), offs, lens, "read", exact, [ref, f], (path,) * offs.size,
+        device_part=fut,
+    )
+
+
+def _flat_u8(ref: BufferRef) -> Any:
+    """The CUDA destination as a flat torch uint8 tensor (zero-copy)."""
+    torch = cuda.import_torch()
+    if torch is None:
+        raise UnavailableError("the bounce path to CUDA memory needs torch (pip install torch)")
+    owner = ref.owner
+    t = owner if _is_torch_tensor(owner) else torch.as_tensor(owner, device=f"cuda:{ref.device_index}")
+    return t.reshape(-1).view(torch.uint8)
+
+
+def _short(nbytes: np.ndarray, req: int, end: int) -> None:
+    nbytes[req] = min(int(nbytes[req]), end)
+
+
+def _bounce(
+    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray
+) -> np.ndarray:
+    torch = cuda.import_torch()
+    dst = _flat_u8(ref)
+    pool = engine.staging_pool()
+    slot_bytes = pool.slot_bytes
+    # Pack requests (split at slot size) into slot loads: (req, rel, n, slot_off).
+    loads: list[list[tuple[int, int, int, int]]] = [[]]
+    used = 0
+    for req in range(offs.size):
+        rel, total = 0, int(lens[req])
+        while rel < total:
+            if used == slot_bytes:
+                loads.append([])
+                used = 0
+            n = min(total - rel, slot_bytes - used)
+            loads[-1].append((req, rel, n, used))
+            used += n
+            rel += n
+    nbytes = lens.copy()
+    stream = torch.cuda.Stream(device=ref.device_index)
+    depth = max(2, min(4, pool.nslots // 2))
+    reads: collections.deque[Any] = collections.deque()
+    copies: collections.deque[Any] = collections.deque()
+
+    def start(load: list[tuple[int, int, int, int]]) -> None:
+        while copies and pool.free_slots == 0:
+            slot, event = copies.popleft()
+            event.synchronize()
+            slot.release()
+        slot = pool.acquire()
+        fut = f.read_many_into(
+            slot.array,
+            [int(offs[r]) + rel for r, rel, _, _ in load],
+            [n for _, _, n, _ in load],
+            [so for _, _, _, so in load],
+            exact=False,
+        )
+        reads.append((load, slot, fut))
+
+    pending = collections.deque(load for load in loads if load)
+    try:
+        while pending and len(reads) < depth:
+            start(pending.popleft())
+        while reads:
+            load, slot, fut = reads.popleft()
+            got = fut.result()
+            src = slot.tensor()
+            runs: list[list[int]] = []  # [dst_start, slot_start, n], merged when contiguous
+            for (req, rel, n, slot_off), g in zip(load, got.tolist()):
+                if g < n:
+                    _short(nbytes, req, rel + g)
+                if g == 0:
+                    continue
+                d = int(douts[req]) + rel
+                if runs and runs[-1][0] + runs[-1][2] == d and runs[-1][1] + runs[-1][2] == slot_off:
+                    runs[-1][2] += g
+                else:
+                    runs.append([d, slot_off, g])
+            with torch.cuda.stream(stream):
+                for d, s, n in runs:
+                    dst[d : d + n].copy_(src[s : s + n], non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(stream)
+            copies.append((slot, event))
+            if pending:
+                start(pending.popleft())
+        stream.synchronize()
+    finally:
+        for _, slot, fut in reads:
+            fut.wait()
+            slot.release()
+        for slot, _ in copies:
+            slot.release()
+    return nbytes
+
+
+def _posix(
+    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray
+) -> np.ndarray:
+    torch = cuda.import_torch()
+    dst = _flat_u8(ref)
+    nbytes = lens.copy()
+    for i in range(offs.size):
+        host = np.empty(int(lens[i]), np.uint8)
+        got = f.pread_into(host, int(offs[i]))
+        nbytes[i] = got
+        d = int(douts[i])
+        dst[d : d + got].copy_(torch.from_numpy(host[:got]))
+    torch.cuda.synchronize(ref.device_index)
+    return nbytes
+
+
+def _gds(
+    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray
+) -> np.ndarray:
+    import kvikio
+
+    dst = _flat_u8(ref)
+    nbytes = lens.copy()
+    with kvikio.CuFile(f.path, "r") as cf:
+        futs = []
+        for i in range(offs.size):
+            d, n = int(douts[i]), int(lens[i])
+            futs.append(cf.pread(dst[d : d + n], n, int(offs[i])))
+        for i, fut in enumerate(futs):
+            nbytes[i] = fut.get()
+    return nbytes
+
+
+__all__ = ["PATHS", "choose", "submit_device_reads"]
