@@ -1,0 +1,73 @@
+"""The ``storecomp`` command line: ``storecomp info`` and ``storecomp bench``."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+
+from ..errors import StorecompError
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that suggests the nearest command or option on a typo."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        hint = ""
+        words = [a for a in sys.argv[1:] if not a.startswith("-")] + [a for a in sys.argv[1:] if a.startswith("--")]
+        choices = _words(self)
+        for w in words:
+            match = difflib.get_close_matches(w.split("=")[0], choices, n=1)
+            if match and match[0] != w:
+                hint = f"\ndid you mean {match[0]!r}?"
+                break
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+
+def _words(parser: argparse.ArgumentParser) -> list[str]:
+    """Every command and option name of ``parser`` and its subcommands."""
+    out = []
+    for action in parser._actions:
+        out += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                out.append(name)
+                out += _words(child)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="storecomp", description="Storage-compute coordination: storage to accelerator memory.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    info = sub.add_parser("info", help="versions, engine, io_uring, O_DIRECT on PATH, CUDA/GDS, chosen paths")
+    info.add_argument("path", nargs="?", help="a file or directory to probe for O_DIRECT")
+    info.add_argument("--json", action="store_true", help="print the stable JSON document (docs/info.md)")
+    from . import bench
+
+    bench.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "info":
+            from . import info
+
+            return info.main(args)
+        from . import bench
+
+        return bench.main(args)
+    except StorecompError as e:
+        print(f"storecomp: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
