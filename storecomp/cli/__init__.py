@@ -8,6 +8,7 @@ import sys
 
 from ..errors import StorecompError
 
+
 class _Parser(argparse.ArgumentParser):
     """argparse that suggests the nearest command or option on a typo."""
 
@@ -26,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _words(parser: argparse.ArgumentParser) -> list[str]:
     """Every command and option name of ``parser`` and its subcommands."""
-    out = []
+    out: list[str] = []
     for action in parser._actions:
         out += action.option_strings
         if isinstance(action, argparse._SubParsersAction):

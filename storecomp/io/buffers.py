@@ -54,6 +54,7 @@ def as_buffer(obj: Any, *, writable: bool = True, what: str = "destination") -> 
     not contiguous, and ReadOnlyDestinationError when ``writable`` is asked of
     read-only memory.
     """
+    ref: BufferRef
     if isinstance(obj, BufferRef):
         ref = obj
     elif _is_torch_tensor(obj):
@@ -61,9 +62,7 @@ def as_buffer(obj: Any, *, writable: bool = True, what: str = "destination") -> 
     elif hasattr(obj, "__cuda_array_interface__"):
         ref = _from_cai(obj, what)
     else:
-        ref = _from_buffer_protocol(obj, what)
-        if ref is None:
-            ref = _from_dlpack(obj, what)
+        ref = _from_buffer_protocol(obj, what) or _from_dlpack(obj, what)
     if writable and ref.readonly:
         raise ReadOnlyDestinationError(f"{what} is read-only ({type(obj).__name__}); reads need writable memory")
     return ref
@@ -178,7 +177,7 @@ class StagingPool:
         self.nslots = nbytes // slot_bytes
         self._buffer = _native.HostBuffer(self.nslots * slot_bytes)
         self._buffer.prefault()
-        self._array = np.frombuffer(self._buffer, dtype=np.uint8)
+        self._array = np.frombuffer(self._buffer, dtype=np.uint8)  # type: ignore[call-overload]
         self._free = list(range(self.nslots - 1, -1, -1))
         self._cond = threading.Condition()
         self._closed = False

@@ -130,7 +130,7 @@ def _bounce(
             got = fut.result()
             src = slot.tensor()
             runs: list[list[int]] = []  # [dst_start, slot_start, n], merged when contiguous
-            for (req, rel, n, slot_off), g in zip(load, got.tolist()):
+            for (req, rel, n, slot_off), g in zip(load, got.tolist(), strict=True):
                 if g < n:
                     _short(nbytes, req, rel + g)
                 if g == 0:

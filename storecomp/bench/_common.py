@@ -1,0 +1,132 @@
+"""Pieces shared by the benchmarks: the data file, cache dropping, CPU time."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_WRITE_CHUNK = 64 << 20
+MIB = 1 << 20
+
+
+def data_file(directory: str, size_bytes: int, progress: Callable[[str], None] | None = None) -> str:
+    """Path of a ``size_bytes`` file of random-looking bytes in ``directory``.
+
+    An existing file of that name and size is reused; otherwise it is written
+    with large buffered writes, fsynced, and renamed into place (a partly
+    written file is never reused). ``size_bytes`` must be a positive
+    multiple of 1 MiB (O_DIRECT reads of the whole file stay aligned).
+    """
+    if size_bytes <= 0 or size_bytes % MIB:
+        raise ValueError(f"size_bytes={size_bytes}: expected a positive multiple of 1 MiB")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"storecomp-bench-{size_bytes}.dat")
+    try:
+        if os.stat(path).st_size == size_bytes:
+            return path
+    except FileNotFoundError:
+        pass
+    if progress:
+        progress(f"writing {size_bytes / 2**30:.2f} GiB data file {path}")
+    block = np.random.default_rng(0x5C).integers(0, 256, min(_WRITE_CHUNK, size_bytes), np.uint8)
+    view = memoryview(block)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        written, i = 0, 0
+        while written < size_bytes:
+            # Each chunk is the block rotated by a different odd amount, so no
+            # two 4 KiB blocks of the file are alike.
+            rot = (i * 4099) % len(block)
+            n = min(len(block), size_bytes - written)
+            piece = (view[rot:].tobytes() + view[:rot].tobytes())[:n] if rot else view[:n]
+            done = 0
+            while done < n:
+                done += os.pwrite(fd, memoryview(piece)[done:], written + done)
+            written += n
+            i += 1
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    return path
+
+
+def can_drop_caches() -> tuple[bool, str]:
+    """Whether this process may write /proc/sys/vm/drop_caches, and why not."""
+    if os.geteuid() != 0:
+        return False, "not root: page cache not dropped (O_DIRECT reads are unaffected)"
+    if not os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        return False, "/proc/sys/vm/drop_caches is not writable"
+    return True, "caches dropped before each cold measurement"
+
+
+def drop_caches() -> None:
+    """sync, then drop the page cache, dentries and inodes (needs root)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def cache_file(path: str) -> None:
+    """Read ``path`` once through the page cache so that later reads hit it."""
+    buf = bytearray(16 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
+class Window:
+    """Wall time and this process's CPU time (all threads) over a measured window."""
+
+    def __init__(self) -> None:
+        self._t0 = time.perf_counter()
+        self._cpu0 = _cpu()
+
+    def close(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) since creation."""
+        return time.perf_counter() - self._t0, _cpu() - self._cpu0
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+@dataclass
+class Run:
+    """One measurement: bytes moved, requests, wall seconds, CPU seconds."""
+
+    nbytes: int
+    requests: int
+    seconds: float
+    cpu_seconds: float
+
+    def figures(self) -> dict[str, float]:
+        gb = self.nbytes / 1e9
+        return {
+            "gbps": gb / self.seconds if self.seconds > 0 else 0.0,
+            "iops": self.requests / self.seconds if self.seconds > 0 else 0.0,
+            "cpu_s_per_gb": self.cpu_seconds / gb if gb > 0 else 0.0,
+            "bytes": self.nbytes,
+            "seconds": self.seconds,
+        }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of gbps, iops and cpu_s_per_gb over runs, with the runs themselves."""
+    out: dict[str, Any] = {}
+    for key in ("gbps", "iops", "cpu_s_per_gb"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["runs"] = runs
+    return out

@@ -1,0 +1,58 @@
+"""fio, the storage limit storecomp is compared with, run in the same process tree."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+
+def fio_path() -> str | None:
+    return shutil.which("fio")
+
+
+def fio_version() -> str | None:
+    exe = fio_path()
+    if exe is None:
+        return None
+    try:
+        return subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def fio_read(path: str, rw: str, block_bytes: int, iodepth: int, duration_s: float) -> dict[str, Any]:
+    """One time-based fio read job on ``path``: O_DIRECT, io_uring.
+
+    Returns figures like :meth:`storecomp.bench._common.Run.figures` plus the
+    command line; raises RuntimeError with fio's message when fio fails.
+    """
+    exe = fio_path()
+    if exe is None:
+        raise RuntimeError("fio not found on PATH")
+    cmd = [
+        exe, "--name=storecomp-limit", f"--filename={path}", "--readonly", "--direct=1",
+        "--ioengine=io_uring", f"--iodepth={iodepth}", f"--bs={block_bytes}", f"--rw={rw}",
+        "--time_based", f"--runtime={max(1, round(duration_s * 1000))}ms", "--norandommap",
+        "--randrepeat=0", "--output-format=json",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    text = proc.stdout[proc.stdout.find("{"):]  # fio may print notes before the JSON
+    job = json.loads(text)["jobs"][0]
+    if job.get("error"):
+        raise RuntimeError(f"fio job error {job['error']}")
+    read = job["read"]
+    seconds = read["runtime"] / 1000.0
+    gb = read["io_bytes"] / 1e9
+    cpu_s = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * job["job_runtime"] / 1000.0
+    return {
+        "gbps": read["bw_bytes"] / 1e9,
+        "iops": read["iops"],
+        "cpu_s_per_gb": cpu_s / gb if gb > 0 else 0.0,
+        "bytes": int(read["io_bytes"]),
+        "seconds": seconds,
+        "command": " ".join(cmd[1:]),
+    }
