@@ -215,6 +215,40 @@ bool Batch::is_finished() {
   return finished;
 }
 
+bool nowait_read(Piece& p, Stats& stats, int* err) {
+  Request& r = p.batch->reqs[p.req];
+  uint64_t len = p.len - p.done;
+  struct iovec iov = {reinterpret_cast<void*>(r.addr + p.rel + p.done), static_cast<size_t>(len)};
+  auto off = static_cast<off_t>(r.offset + p.rel + p.done);
+  p.nowait_tried = true;
+  ssize_t n;
+  do {
+    n = ::preadv2(r.file->fd_buffered, &iov, 1, off, RWF_NOWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EOPNOTSUPP || errno == EINVAL) {
+      p.mode = MODE_BUFFERED;  // no RWF_NOWAIT on this file system
+      return false;
+    }
+    if (errno == EAGAIN) {
+      stats.nowait_misses++;
+      return false;
+    }
+    *err = errno;
+    return true;
+  }
+  auto got = static_cast<uint64_t>(n);
+  p.done += got;
+  stats.bytes_read += got;
+  if (got == len) {
+    stats.nowait_hits++;
+    return true;
+  }
+  if (got == 0) return true;  // end of file
+  stats.nowait_misses++;  // partly cached
+  return false;
+}
+
 uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t* bounce,
                         Stats& stats, int* err) {
   Request& r = p.batch->reqs[p.req];
@@ -238,33 +272,13 @@ uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t
   }
   uint8_t mode = p.mode;
   if (mode == MODE_AUTO && !p.nowait_tried) {
-    struct iovec iov = {dst, static_cast<size_t>(len)};
-    ssize_t n;
-    do {
-      n = ::preadv2(f.fd_buffered, &iov, 1, static_cast<off_t>(off), RWF_NOWAIT);
-    } while (n < 0 && errno == EINTR);
-    if (n >= 0 && static_cast<uint64_t>(n) == len) {
-      stats.nowait_hits++;
-      stats.bytes_read += len;
-      return p.len;
-    }
-    if (n == 0) return p.done;  // end of file
-    if (n < 0 && errno != EAGAIN && errno != EOPNOTSUPP && errno != EINVAL) {
-      *err = errno;
-      return p.done;
-    }
-    if (n < 0 && errno != EAGAIN) {
-      mode = MODE_BUFFERED;  // no RWF_NOWAIT on this file system
-    } else {
-      stats.nowait_misses++;
-      mode = MODE_DIRECT;
-    }
-    if (n > 0) {
-      got = static_cast<uint64_t>(n);
-      off += got;
-      len -= got;
-      dst += got;
-    }
+    uint64_t before = p.done;
+    if (nowait_read(p, stats, err)) return p.done;
+    mode = p.mode == MODE_BUFFERED ? MODE_BUFFERED : MODE_DIRECT;
+    uint64_t n = p.done - before;
+    off += n;
+    len -= n;
+    dst += n;
   }
   int fd = -1;
   if (mode != MODE_BUFFERED) {
@@ -320,8 +334,19 @@ void ThreadPool::worker() {
       queue_.pop_front();
     }
     int err = 0;
-    uint64_t got = bounce ? run_piece_sync(*p, align_, bounce_bytes_, bounce, stats_, &err) : p->done;
-    if (!bounce) err = ENOMEM;
+    uint64_t got = p->done;
+    if (p->nowait_probe && miss_sink_) {
+      p->nowait_probe = false;
+      if (!nowait_read(*p, stats_, &err)) {
+        miss_sink_(p);  // the rest from the device, through the submitter (io_uring)
+        continue;
+      }
+      got = p->done;
+    } else if (bounce) {
+      got = run_piece_sync(*p, align_, bounce_bytes_, bounce, stats_, &err);
+    } else {
+      err = ENOMEM;
+    }
     if (err) stats_.errors++;
     p->batch->complete(*p, got, err);
   }
@@ -442,8 +467,8 @@ bool Engine::register_buffer(uintptr_t addr, uint64_t len) {
   return uring_ ? uring_->register_buffer(addr, len) : false;
 }
 
-void Engine::unregister_buffer() {
-  if (uring_) uring_->unregister_buffer();
+void Engine::unregister_buffer(uintptr_t addr) {
+  if (uring_) uring_->unregister_buffer(addr);
 }
 
 void Engine::shutdown() {

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -71,6 +72,7 @@ struct Piece {
   uint8_t mode = MODE_BUFFERED;
   uint8_t issued = 0;  // io_uring: what the last submission was (Issued)
   bool nowait_tried = false;
+  bool nowait_probe = false;  // thread pool: only try the page cache, hand a miss back
 };
 
 enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2 };
@@ -122,6 +124,13 @@ struct Config {
 uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes,
                         uint8_t* bounce, Stats& stats, int* err);
 
+// Tries the page cache without blocking (preadv2 RWF_NOWAIT) for the rest of
+// an AUTO read piece and advances p.done by what it got. True when the piece
+// is finished (all read, end of file, or an error in *err); false when the
+// rest must come from the device: with O_DIRECT, or buffered where the file
+// system has no RWF_NOWAIT (p.mode is then MODE_BUFFERED).
+bool nowait_read(Piece& p, Stats& stats, int* err);
+
 // Whether a DIRECT piece can go to the kernel as it is (no bounce needed).
 bool direct_aligned(uint64_t offset, uint64_t len, uintptr_t addr, uint64_t align);
 
@@ -130,10 +139,14 @@ class ThreadPool {
   ThreadPool(unsigned threads, uint64_t align, uint64_t bounce_bytes, Stats& stats);
   ~ThreadPool();
   void submit(Piece* const* pieces, size_t n);
+  // Where pieces submitted with nowait_probe go when the page cache misses.
+  // Set once, before such pieces are submitted.
+  void set_miss_sink(std::function<void(Piece*)> sink) { miss_sink_ = std::move(sink); }
   void shutdown();
 
  private:
   void worker();
+  std::function<void(Piece*)> miss_sink_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Piece*> queue_;
@@ -163,7 +176,7 @@ class Engine {
   std::shared_ptr<Batch> submit(std::shared_ptr<Batch> batch, uint8_t mode);
   // Registers [addr, addr+len) as io_uring fixed buffer; false when not used.
   bool register_buffer(uintptr_t addr, uint64_t len);
-  void unregister_buffer();
+  void unregister_buffer(uintptr_t addr);
   void shutdown();
   Stats& stats() { return stats_; }
   const Config& config() const { return cfg_; }

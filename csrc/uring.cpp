@@ -42,10 +42,18 @@ UringProbe probe_uring() {
 
 namespace {
 
+// AUTO reads of at least this many bytes try the page cache in the thread
+// pool rather than in the ring. A cached read is a copy done by whichever
+// thread issues it; issued from the ring, all copies would fall to the one
+// submitting thread, while the pool spreads them over every core. Below this
+// size the hand-off costs more than the copy.
+constexpr uint64_t kPoolNowaitBytes = 256 << 10;
+
 // One ring. Callers submit under mu_; a reaper thread waits for completions,
 // finishes pieces and refills the ring from the pending queue, keeping at
 // most queue_depth pieces in flight. Pieces that need the aligned bounce
-// area (unaligned O_DIRECT reads) go to the thread pool.
+// area (unaligned O_DIRECT reads) go to the thread pool, and so do large
+// AUTO reads for their page-cache attempt (misses come back here).
 class Uring final : public UringBackend {
  public:
   Uring(unsigned qd, ThreadPool& pool, Stats& stats, uint64_t align)
@@ -56,6 +64,7 @@ class Uring final : public UringBackend {
     if (r < 0) return r;
     inited_ = true;
     reaper_ = std::thread([this] { reap(); });
+    pool_.set_miss_sink([this](Piece* p) { submit(&p, 1); });
     return 0;
   }
 
@@ -88,9 +97,11 @@ class Uring final : public UringBackend {
     return true;
   }
 
-  void unregister_buffer() override {
+  void unregister_buffer(uintptr_t addr) override {
     std::lock_guard<std::mutex> g(mu_);
-    if (!fixed_len_) return;
+    // After shutdown the ring is gone (its fd may already belong to another
+    // ring); only the registration of addr is undone.
+    if (!fixed_len_ || stopping_ || addr != fixed_base_) return;
     io_uring_unregister_buffers(&ring_);
     fixed_base_ = 0;
     fixed_len_ = 0;
@@ -115,8 +126,10 @@ class Uring final : public UringBackend {
     }
     cancel(cancelled);
     reaper_.join();  // returns once nothing is in flight
-    io_uring_queue_exit(&ring_);
+    io_uring_queue_exit(&ring_);  // drops the fixed buffer registration too
     inited_ = false;
+    fixed_base_ = 0;
+    fixed_len_ = 0;
   }
 
  private:
@@ -180,12 +193,23 @@ class Uring final : public UringBackend {
     return true;
   }
 
+  static bool probe_in_pool(const Piece* p) {
+    return p->mode == MODE_AUTO && !p->nowait_tried && p->len - p->done >= kPoolNowaitBytes &&
+           p->batch->reqs[p->req].op == OP_READ;
+  }
+
   void fill_locked(std::vector<Piece*>* to_pool) {
     unsigned queued = 0;
     while (inflight_ < qd_ && !pending_.empty()) {
+      Piece* p = pending_.front();
+      if (probe_in_pool(p)) {
+        pending_.pop_front();
+        p->nowait_probe = true;
+        to_pool->push_back(p);
+        continue;
+      }
       io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
       if (!sqe) break;
-      Piece* p = pending_.front();
       pending_.pop_front();
       if (!prep(sqe, p)) {
         io_uring_prep_nop(sqe);  // the SQE is taken; make it a no-op

@@ -15,7 +15,7 @@ class UringBackend {
   virtual ~UringBackend() = default;
   virtual void submit(Piece* const* pieces, size_t n) = 0;
   virtual bool register_buffer(uintptr_t addr, uint64_t len) = 0;
-  virtual void unregister_buffer() = 0;
+  virtual void unregister_buffer(uintptr_t addr) = 0;
   virtual void shutdown() = 0;
 };
 

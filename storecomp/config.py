@@ -53,6 +53,9 @@ _ENV = {
     "max_open_files": "STORECOMP_MAX_OPEN_FILES",
 }
 
+# The native engine's limits (csrc/engine.cpp Engine::Engine).
+_MAX = {"queue_depth": 4096, "threads": 1024, "split_bytes": 1 << 30, "align": 1 << 20}
+
 
 @dataclass(frozen=True)
 class IOOptions:
@@ -91,7 +94,10 @@ class IOOptions:
         values: dict[str, Any] = {}
         cfg = env.get("STORECOMP_CONFIG")
         if cfg:
-            values.update(_read_toml(Path(cfg)).get("io", {}))
+            table = _read_toml(Path(cfg)).get("io", {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{cfg}: [io] must be a table, not {type(table).__name__}")
+            values.update(table)
             unknown = set(values) - set(_ENV)
             if unknown:
                 raise ConfigError(f"{cfg}: [io]: unknown key {sorted(unknown)[0]!r}; known: {', '.join(_ENV)}")
@@ -100,6 +106,7 @@ class IOOptions:
         for key, var in _ENV.items():
             if var in env:
                 values[key] = _parse_env(key, var, env[var])
+                _check(key, values[key], f"{var}={env[var]!r}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -112,6 +119,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found (named by STORECOMP_CONFIG)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file (named by STORECOMP_CONFIG): {e.strerror}") from None
 
 
 def _parse_env(key: str, var: str, raw: str) -> Any:
@@ -130,6 +139,8 @@ def _check(key: str, value: Any, where: str) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{where}: {key}={value!r}: expected a positive integer")
+    if key in _MAX and value > _MAX[key]:
+        raise ConfigError(f"{where}: {key}={value}: at most {_MAX[key]}")
     if key == "align" and (value < 512 or value & (value - 1)):
         raise ConfigError(f"{where}: align={value}: expected a power of two of at least 512")
     if key == "split_bytes" and value % 4096:

@@ -50,6 +50,9 @@ class StorageIOError(StorecompError, OSError):
         self.offset = offset
         self.op = op
 
+    def __reduce__(self) -> tuple[object, ...]:  # survive pickling (worker processes, futures)
+        return (type(self), (self.errno, self.filename, self.offset, self.op))
+
     def __str__(self) -> str:
         return f"{self.filename}: {self.strerror}"
 
@@ -75,13 +78,15 @@ class ShortReadError(StorecompError, EOFError):
 
     def __init__(self, path: str, offset: int, requested: int, got: int) -> None:
         super().__init__(
-            f"{path}: short read at offset {offset}: requested {requested} bytes, "
-            f"got {got} (end of file at {offset + got})"
+            f"{path}: short read at offset {offset}: requested {requested} bytes, got {got} (end of file at {offset + got})"
         )
         self.path = path
         self.offset = offset
         self.requested = requested
         self.got = got
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.offset, self.requested, self.got))
 
 
 class CorruptDataError(StorecompError, ValueError):

@@ -14,12 +14,14 @@ import numpy as np
 
 _WRITE_CHUNK = 64 << 20
 MIB = 1 << 20
+DATA_FILE_NAME = "storecomp-bench.dat"
 
 
 def data_file(directory: str, size_bytes: int, progress: Callable[[str], None] | None = None) -> str:
     """Path of a ``size_bytes`` file of random-looking bytes in ``directory``.
 
-    An existing file of that name and size is reused; otherwise it is written
+    The file is named :data:`DATA_FILE_NAME`. An existing file of that name
+    and size is reused; otherwise it is (re)written
     with large buffered writes, fsynced, and renamed into place (a partly
     written file is never reused). ``size_bytes`` must be a positive
     multiple of 1 MiB (O_DIRECT reads of the whole file stay aligned).
@@ -27,7 +29,7 @@ def data_file(directory: str, size_bytes: int, progress: Callable[[str], None] |
     if size_bytes <= 0 or size_bytes % MIB:
         raise ValueError(f"size_bytes={size_bytes}: expected a positive multiple of 1 MiB")
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"storecomp-bench-{size_bytes}.dat")
+    path = os.path.join(directory, DATA_FILE_NAME)
     try:
         if os.stat(path).st_size == size_bytes:
             return path
@@ -36,7 +38,7 @@ def data_file(directory: str, size_bytes: int, progress: Callable[[str], None] |
     if progress:
         progress(f"writing {size_bytes / 2**30:.2f} GiB data file {path}")
     block = np.random.default_rng(0x5C).integers(0, 256, min(_WRITE_CHUNK, size_bytes), np.uint8)
-    view = memoryview(block)
+    view = block.data
     tmp = f"{path}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -87,20 +89,43 @@ def cache_file(path: str) -> None:
 
 
 class Window:
-    """Wall time and this process's CPU time (all threads) over a measured window."""
+    """Wall time, this process's CPU time (all threads) and the whole machine's
+    busy CPU time over a measured window."""
 
     def __init__(self) -> None:
         self._t0 = time.perf_counter()
         self._cpu0 = _cpu()
+        self._busy0 = machine_busy_seconds()
 
-    def close(self) -> tuple[float, float]:
-        """(wall seconds, CPU seconds) since creation."""
-        return time.perf_counter() - self._t0, _cpu() - self._cpu0
+    def close(self) -> tuple[float, float, float | None]:
+        """(wall seconds, own CPU seconds, machine busy CPU seconds or None) since creation."""
+        busy1 = machine_busy_seconds()
+        busy = None if busy1 is None or self._busy0 is None else busy1 - self._busy0
+        return time.perf_counter() - self._t0, _cpu() - self._cpu0, busy
 
 
 def _cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU-seconds all CPUs spent busy since boot (/proc/stat, without idle,
+    iowait and steal); None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def background_cores(busy_seconds: float | None, own_cpu_seconds: float, wall_seconds: float) -> float | None:
+    """Average cores kept busy by everything else on the machine during a window."""
+    if busy_seconds is None or wall_seconds <= 0:
+        return None
+    return max(0.0, (busy_seconds - own_cpu_seconds) / wall_seconds)
 
 
 @dataclass
@@ -111,8 +136,9 @@ class Run:
     requests: int
     seconds: float
     cpu_seconds: float
+    busy_seconds: float | None = None
 
-    def figures(self) -> dict[str, float]:
+    def figures(self) -> dict[str, Any]:
         gb = self.nbytes / 1e9
         return {
             "gbps": gb / self.seconds if self.seconds > 0 else 0.0,
@@ -120,6 +146,7 @@ class Run:
             "cpu_s_per_gb": self.cpu_seconds / gb if gb > 0 else 0.0,
             "bytes": self.nbytes,
             "seconds": self.seconds,
+            "background_cores": background_cores(self.busy_seconds, self.cpu_seconds, self.seconds),
         }
 
 
@@ -128,5 +155,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("gbps", "iops", "cpu_s_per_gb"):
         out[key] = statistics.median(r[key] for r in runs)
+    background = [r["background_cores"] for r in runs if r.get("background_cores") is not None]
+    out["background_cores_max"] = max(background) if background else None
     out["runs"] = runs
     return out

@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from typing import Any
 
+from ._common import Window, background_cores
+
 
 def fio_path() -> str | None:
     return shutil.which("fio")
@@ -32,15 +34,27 @@ def fio_read(path: str, rw: str, block_bytes: int, iodepth: int, duration_s: flo
     if exe is None:
         raise RuntimeError("fio not found on PATH")
     cmd = [
-        exe, "--name=storecomp-limit", f"--filename={path}", "--readonly", "--direct=1",
-        "--ioengine=io_uring", f"--iodepth={iodepth}", f"--bs={block_bytes}", f"--rw={rw}",
-        "--time_based", f"--runtime={max(1, round(duration_s * 1000))}ms", "--norandommap",
-        "--randrepeat=0", "--output-format=json",
+        exe,
+        "--name=storecomp-limit",
+        f"--filename={path}",
+        "--readonly",
+        "--direct=1",
+        "--ioengine=io_uring",
+        f"--iodepth={iodepth}",
+        f"--bs={block_bytes}",
+        f"--rw={rw}",
+        "--time_based",
+        f"--runtime={max(1, round(duration_s * 1000))}ms",
+        "--norandommap",
+        "--randrepeat=0",
+        "--output-format=json",
     ]
+    window = Window()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 120)
+    wall, _own, busy = window.close()
     if proc.returncode != 0:
         raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    text = proc.stdout[proc.stdout.find("{"):]  # fio may print notes before the JSON
+    text = proc.stdout[proc.stdout.find("{") :]  # fio may print notes before the JSON
     job = json.loads(text)["jobs"][0]
     if job.get("error"):
         raise RuntimeError(f"fio job error {job['error']}")
@@ -54,5 +68,6 @@ def fio_read(path: str, rw: str, block_bytes: int, iodepth: int, duration_s: flo
         "cpu_s_per_gb": cpu_s / gb if gb > 0 else 0.0,
         "bytes": int(read["io_bytes"]),
         "seconds": seconds,
+        "background_cores": background_cores(busy, cpu_s, wall),
         "command": " ".join(cmd[1:]),
     }

@@ -61,8 +61,7 @@ def _check_space(directory: Path, size: int) -> None:
     need = max(0, size - have) + (64 << 20)
     if need > free:
         raise InvalidArgumentError(
-            f"{directory}: {size / 2**30:.2f} GiB requested but only {free / 2**30:.2f} GiB free; "
-            "use --size or --dir"
+            f"{directory}: {size / 2**30:.2f} GiB requested but only {free / 2**30:.2f} GiB free; use --size or --dir"
         )
 
 
@@ -82,9 +81,7 @@ def main(args: argparse.Namespace) -> int:
         directory = Path(tmp)
     try:
         _check_space(directory, args.size)
-        results = run_read_bench(
-            str(directory), args.size, args.duration, fio=not args.no_fio, progress=_progress
-        )
+        results = run_read_bench(str(directory), args.size, args.duration, fio=not args.no_fio, progress=_progress)
     finally:
         if not args.keep:
             data = directory / "storecomp-bench.dat"

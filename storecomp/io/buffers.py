@@ -10,6 +10,7 @@ already comes from them.
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,8 +126,7 @@ def _from_buffer_protocol(obj: Any, what: str) -> BufferRef | None:
 def _from_dlpack(obj: Any, what: str) -> BufferRef:
     if not hasattr(obj, "__dlpack__") or not hasattr(obj, "__dlpack_device__"):
         raise UnsupportedBufferError(
-            f"{what}: {type(obj).__name__} exposes no memory (buffer protocol, "
-            "__cuda_array_interface__ or DLPack expected)"
+            f"{what}: {type(obj).__name__} exposes no memory (buffer protocol, __cuda_array_interface__ or DLPack expected)"
         )
     kind, _ = obj.__dlpack_device__()
     if kind in (_DLPACK_CPU, _DLPACK_CUDA_HOST):
@@ -152,8 +152,7 @@ def span(ref: BufferRef, offset: int, length: int | None, what: str = "destinati
         raise InvalidArgumentError(f"length must be a non-negative integer, got {length!r}")
     if offset + length > ref.nbytes:
         raise InvalidArgumentError(
-            f"{what} too small: {length} bytes at offset {offset} need {offset + length} bytes, "
-            f"it has {ref.nbytes}"
+            f"{what} too small: {length} bytes at offset {offset} need {offset + length} bytes, it has {ref.nbytes}"
         )
     return ref.address + int(offset), int(length)
 
@@ -181,13 +180,14 @@ class StagingPool:
         self._free = list(range(self.nslots - 1, -1, -1))
         self._cond = threading.Condition()
         self._closed = False
-        self.pinned = False
         if pin is None:
             pin = cuda.device_count() > 0
-        if pin:
-            self.pinned = cuda.host_register(self._buffer.address, self._buffer.nbytes)
-        self._engine = engine
+        self.pinned = bool(pin) and cuda.host_register(self._buffer.address, self._buffer.nbytes)
         self.fixed = bool(engine is not None and engine._register_buffer(self._buffer.address, self._buffer.nbytes))
+        # Unpin and unregister however the pool goes (close() or garbage
+        # collection): a registration outliving its memory would let the
+        # kernel read into the old pages.
+        self._finalizer = weakref.finalize(self, _release_pool, self._buffer, self.pinned, engine if self.fixed else None)
 
     @property
     def address(self) -> int:
@@ -227,18 +227,21 @@ class StagingPool:
                 return
             self._closed = True
             self._cond.notify_all()
-        if self.pinned:
-            cuda.host_unregister(self._buffer.address)
-            self.pinned = False
-        if self.fixed:
-            self._engine._unregister_buffer()
-            self.fixed = False
+        self._finalizer()
+        self.pinned = self.fixed = False
 
     def __enter__(self) -> StagingPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _release_pool(buffer: Any, pinned: bool, engine: Any) -> None:
+    if pinned:
+        cuda.host_unregister(buffer.address)
+    if engine is not None:
+        engine._unregister_buffer(buffer.address)
 
 
 class StagingSlot:

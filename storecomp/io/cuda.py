@@ -106,9 +106,13 @@ def gds_status() -> dict[str, Any]:
         try:
             kvikio = importlib.import_module("kvikio")
             status["available"] = _kvikio_gds_available(kvikio)
-            status["reason"] = "cuFile reports GDS available" if status["available"] else (
-                "cuFile reports GDS unavailable (nvidia-fs not loaded or file system unsupported); "
-                "kvikio would run in compat mode"
+            status["reason"] = (
+                "cuFile reports GDS available"
+                if status["available"]
+                else (
+                    "cuFile reports GDS unavailable (nvidia-fs not loaded or file system unsupported); "
+                    "kvikio would run in compat mode"
+                )
             )
         except Exception as e:  # kvikio present but broken: report, never crash
             status["reason"] = f"kvikio failed to load: {e}"

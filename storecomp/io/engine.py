@@ -51,8 +51,11 @@ class IOFuture:
     ``result()`` returns the bytes transferred per request (a uint64 array)
     or raises the first failure as a storecomp error naming path and offset.
     With ``exact`` (the default for reads), a request that ran past end of
-    file raises :class:`ShortReadError`; bytes past the end are never
-    touched. The future keeps every destination alive until the I/O is done;
+    file raises :class:`ShortReadError`. Past the count read, the requested
+    part of the destination keeps its old bytes or holds zeros (an O_DIRECT
+    read may zero the rest of the file's last block, as the kernel does);
+    it never holds other data, and memory outside the requested ranges is
+    never touched. The future keeps every destination alive until the I/O is done;
     dropping it early waits for the I/O.
     """
 
@@ -143,9 +146,7 @@ class IOFuture:
             short = np.flatnonzero(nbytes < self._lengths)
             if short.size:
                 i = int(short[0])
-                self._error = ShortReadError(
-                    self._path(i), int(self._offsets[i]), int(self._lengths[i]), int(nbytes[i])
-                )
+                self._error = ShortReadError(self._path(i), int(self._offsets[i]), int(self._lengths[i]), int(nbytes[i]))
                 return
         if self._order is not None:
             ordered = np.empty_like(nbytes)
@@ -223,12 +224,10 @@ class File:
         ref = as_buffer(dst)
         offs = _as_u64(offsets, "offsets")
         n = offs.size
-        lens = np.full(n, lengths, np.uint64) if np.isscalar(lengths) else _as_u64(lengths, "lengths")
+        lens = _as_u64(np.full(n, lengths) if np.isscalar(lengths) else lengths, "lengths")
         douts = _as_u64(dst_offsets, "dst_offsets")
         if lens.size != n or douts.size != n:
-            raise InvalidArgumentError(
-                f"offsets, lengths and dst_offsets differ in length ({n}, {lens.size}, {douts.size})"
-            )
+            raise InvalidArgumentError(f"offsets, lengths and dst_offsets differ in length ({n}, {lens.size}, {douts.size})")
         _check_ranges(offs, lens, douts, ref, self.path)
         return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact)
 
@@ -244,8 +243,16 @@ class File:
         lens = np.array([ref.nbytes], np.uint64)
         _check_ranges(offs, lens, np.zeros(1, np.uint64), ref, self.path)
         fut = self._engine._submit(
-            [self.path], np.array([fid], np.uint32), 1, offs, lens, np.array([ref.address], np.uint64),
-            self._engine._write_mode, [ref], exact=False, io_paths=("posix",)
+            [self.path],
+            np.array([fid], np.uint32),
+            1,
+            offs,
+            lens,
+            np.array([ref.address], np.uint64),
+            self._engine._write_mode,
+            [ref],
+            exact=False,
+            io_paths=("posix",),
         )
         return int(fut.result()[0])
 
@@ -302,8 +309,7 @@ def _check_ranges(offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: Bu
     if int(dend.max()) > ref.nbytes:
         i = int(np.argmax(dend))
         raise InvalidArgumentError(
-            f"destination too small: request {i} needs bytes [{int(douts[i])}, {int(dend[i])}) "
-            f"of a {ref.nbytes}-byte buffer"
+            f"destination too small: request {i} needs bytes [{int(douts[i])}, {int(dend[i])}) of a {ref.nbytes}-byte buffer"
         )
 
 
@@ -321,7 +327,11 @@ class Engine:
         self.options = opts
         try:
             self._native = _native.Engine(
-                opts.engine, opts.queue_depth, opts.threads, opts.split_bytes, opts.align,
+                opts.engine,
+                opts.queue_depth,
+                opts.threads,
+                opts.split_bytes,
+                opts.align,
                 max(1 << 20, 2 * opts.align),
             )
         except RuntimeError as e:
@@ -415,18 +425,26 @@ class Engine:
         try:
             batch = self._native.submit(
                 fids if fids.size == n else np.full(n, fids[0], np.uint32),
-                np.full(n, op, np.uint8), offs, lens, addrs, mode,
+                np.full(n, op, np.uint8),
+                offs,
+                lens,
+                addrs,
+                mode,
             )
         except RuntimeError as e:
             raise ClosedError(str(e)) from None
         index = np.zeros(0, np.int64) if file_index is None else file_index
-        return IOFuture(
-            [batch], paths, index, offs, lens, "write" if op else "read", exact, keepalive, io_paths
-        )
+        return IOFuture([batch], paths, index, offs, lens, "write" if op else "read", exact, keepalive, io_paths)
 
     def _submit_reads(
-        self, f: File, fid: int, ref: BufferRef, offs: np.ndarray, lens: np.ndarray,
-        douts: np.ndarray, exact: bool,
+        self,
+        f: File,
+        fid: int,
+        ref: BufferRef,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        exact: bool,
     ) -> IOFuture:
         if ref.is_cuda:
             from . import paths
@@ -434,16 +452,25 @@ class Engine:
             return paths.submit_device_reads(self, f, ref, offs, lens, douts, exact)
         addrs = douts + np.uint64(ref.address)
         return self._submit(
-            [f.path], np.array([fid], np.uint32), 0, offs, lens, addrs, self._read_mode, [ref, f],
-            exact=exact, io_paths=("posix",),
+            [f.path],
+            np.array([fid], np.uint32),
+            0,
+            offs,
+            lens,
+            addrs,
+            self._read_mode,
+            [ref, f],
+            exact=exact,
+            io_paths=("posix",),
         )
 
     def read_batch(self, requests: Sequence[ReadRequest], *, exact: bool = True) -> IOFuture:
         """Submit reads from any files into any destinations; returns an IOFuture at once."""
         self._check_open()
         if not requests:
-            return IOFuture([], [""], np.zeros(0, np.int64), np.zeros(0, np.uint64),
-                            np.zeros(0, np.uint64), "read", exact, [], ())
+            return IOFuture(
+                [], [""], np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.uint64), "read", exact, [], ()
+            )
         for i, r in enumerate(requests):
             if not isinstance(r, ReadRequest):
                 raise InvalidArgumentError(f"requests[{i}] is {type(r).__name__}, expected ReadRequest")
@@ -477,13 +504,22 @@ class Engine:
             file_index[k] = slot[f.path]
             fids[k] = f._check_open()
             n = _length(r, ref)
-            offs[k:k + 1] = _as_u64([r.offset], "offset")
+            offs[k : k + 1] = _as_u64([r.offset], "offset")
             lens[k] = n
             addrs[k] = span(ref, r.dst_offset, n)[0]
-            _check_ranges(offs[k:k + 1], lens[k:k + 1], np.array([r.dst_offset], np.uint64), ref, f.path)
+            _check_ranges(offs[k : k + 1], lens[k : k + 1], np.array([r.dst_offset], np.uint64), ref, f.path)
         return self._submit(
-            paths, fids, 0, offs, lens, addrs, self._read_mode, [refs, files], exact=exact,
-            io_paths=("posix",) * len(idx), file_index=file_index,
+            paths,
+            fids,
+            0,
+            offs,
+            lens,
+            addrs,
+            self._read_mode,
+            [refs, files],
+            exact=exact,
+            io_paths=("posix",) * len(idx),
+            file_index=file_index,
         )
 
     # ------------------------------------------------------------ staging
@@ -492,9 +528,7 @@ class Engine:
         """This engine's staging pool for the bounce path, created on first use."""
         with self._lock:
             if self._staging is None:
-                self._staging = StagingPool(
-                    self.options.staging_bytes, self.options.staging_slot_bytes, engine=self
-                )
+                self._staging = StagingPool(self.options.staging_bytes, self.options.staging_slot_bytes, engine=self)
             return self._staging
 
     def _copier_pool(self) -> ThreadPoolExecutor:
@@ -506,8 +540,9 @@ class Engine:
     def _register_buffer(self, address: int, nbytes: int) -> bool:
         return bool(self._native.register_buffer(address, nbytes))
 
-    def _unregister_buffer(self) -> None:
-        self._native.unregister_buffer()
+    def _unregister_buffer(self, address: int) -> None:
+        if not self._closed:
+            self._native.unregister_buffer(address)
 
     # ------------------------------------------------------------ lifetime
 
@@ -583,6 +618,14 @@ def _join(parts: list[IOFuture], exact: bool, order: np.ndarray) -> IOFuture:
     io_paths = np.empty(order.size, object)
     io_paths[order] = [x for p in parts for x in p.io_paths]
     return IOFuture(
-        [_Joined(p) for p in parts], [""], np.zeros(0, np.int64), offs, lens, "read", exact,
-        list(parts), tuple(io_paths), order=order,
+        [_Joined(p) for p in parts],
+        [""],
+        np.zeros(0, np.int64),
+        offs,
+        lens,
+        "read",
+        exact,
+        list(parts),
+        tuple(io_paths),
+        order=order,
     )

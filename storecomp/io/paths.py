@@ -61,7 +61,15 @@ def submit_device_reads(
     runner = {"gds": _gds, "bounce": _bounce, "posix": _posix}[path]
     fut = engine._copier_pool().submit(runner, engine, f, ref, offs, lens, douts)
     return IOFuture(
-        [], [f.path], np.zeros(0, np.int64), offs, lens, "read", exact, [ref, f], (path,) * offs.size,
+        [],
+        [f.path],
+        np.zeros(0, np.int64),
+        offs,
+        lens,
+        "read",
+        exact,
+        [ref, f],
+        (path,) * offs.size,
         device_part=fut,
     )
 
@@ -80,9 +88,7 @@ def _short(nbytes: np.ndarray, req: int, end: int) -> None:
     nbytes[req] = min(int(nbytes[req]), end)
 
 
-def _bounce(
-    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray
-) -> np.ndarray:
+def _bounce(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray) -> np.ndarray:
     torch = cuda.import_torch()
     dst = _flat_u8(ref)
     pool = engine.staging_pool()
@@ -158,9 +164,7 @@ def _bounce(
     return nbytes
 
 
-def _posix(
-    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray
-) -> np.ndarray:
+def _posix(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray) -> np.ndarray:
     torch = cuda.import_torch()
     dst = _flat_u8(ref)
     nbytes = lens.copy()
@@ -174,9 +178,7 @@ def _posix(
     return nbytes
 
 
-def _gds(
-    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray
-) -> np.ndarray:
+def _gds(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray) -> np.ndarray:
     import kvikio
 
     dst = _flat_u8(ref)

@@ -1,0 +1,446 @@
+"""The foundation read benchmark: storecomp's native engine next to fio and memcpy.
+
+:func:`run_read_bench` measures, in one run and on one data file:
+
+* ``seq_1m``: sequential 1 MiB O_DIRECT reads (io_uring, queue depth 32)
+  against ``fio --rw=read --bs=1M --iodepth=32 --direct=1 --ioengine=io_uring``.
+* ``rand_4k`` / ``rand_64k``: random aligned O_DIRECT reads at queue depth
+  32, io_uring and the 32-thread pread pool, against fio ``randread``.
+* ``hot``: reads of a file already in the page cache, with ``direct="auto"``
+  (RWF_NOWAIT, O_DIRECT on a miss) and ``direct="off"``, against
+  single-threaded memcpy (``np.copyto`` of 256 MiB).
+
+Every comparison runs ``repeats`` times interleaved (ours, the limit, ours,
+the limit, ...) and reports medians, because this storage is noisy. CPU cost
+is CPU-seconds per GB moved: ``getrusage`` of this process (every thread)
+over the measured window for storecomp, fio's own ``usr_cpu + sys_cpu`` for
+fio.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from ..config import IOOptions
+from ..errors import StorecompError, UnavailableError
+from ..io import Engine, StagingPool
+from . import _fio
+from ._common import Run, Window, cache_file, can_drop_caches, data_file, drop_caches, summarize
+
+CASES = ("seq_1m", "rand_4k", "rand_64k", "hot")
+TARGETS = {"seq_1m": 0.95, "rand_4k": 0.9, "rand_64k": 0.9, "hot": 0.8}
+
+QUEUE_DEPTH = 32
+_BATCH_BYTES = 32 << 20  # destination bytes per submitted batch
+_BATCH_REQUESTS = 4096  # at most this many requests per batch
+_SLOTS = 4  # batches in flight: the engine's queue depth bounds what the kernel sees
+_MEMCPY_BYTES = 256 << 20
+
+Progress = Callable[[str], None]
+
+
+def run_read_bench(
+    directory: str,
+    size_bytes: int,
+    duration_s: float,
+    *,
+    cases: Iterable[str] = CASES,
+    fio: bool = True,
+    drop_caches: bool = True,
+    progress: Progress | None = None,
+    repeats: int = 3,
+    options: IOOptions | None = None,
+) -> dict[str, Any]:
+    """Run the read benchmark on a ``size_bytes`` file in ``directory``.
+
+    ``size_bytes`` is rounded down to a whole MiB (at least 1 MiB); the file
+    is reused when present with that size, and left in place (the caller
+    deletes it). Each measurement lasts about ``duration_s`` seconds;
+    ``repeats`` interleaved rounds are run per case. ``options`` is the base
+    engine configuration (default ``IOOptions.load()``); the benchmark
+    overrides engine, queue depth, threads and direct mode per measurement.
+
+    Returns a JSON-able dict ``{"meta": {...}, "cases": {case: {...}}}``;
+    each case holds ``storecomp`` (and where measured ``storecomp_threads``,
+    ``storecomp_buffered``), each with median ``gbps``, ``iops`` and
+    ``cpu_s_per_gb`` plus the single ``runs``; ``limit`` (fio or memcpy, or
+    ``skipped`` with a reason); ``ratio`` (storecomp / limit, None when the
+    limit was skipped), ``ratios`` per variant, ``target`` and
+    ``meets_target``. Failures of fio are reported in the dict, never raised.
+    Raises ValueError for an unknown case or a bad size or duration.
+    """
+    cases = tuple(cases)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise ValueError(f"unknown case {unknown[0]!r}; known: {', '.join(CASES)}")
+    if duration_s <= 0 or repeats < 1:
+        raise ValueError("duration_s must be positive and repeats at least 1")
+    size = max(1 << 20, size_bytes - size_bytes % (1 << 20))
+    say = progress or (lambda _msg: None)
+    base = options if options is not None else IOOptions.load()
+
+    notes: list[str] = []
+    if size != size_bytes:
+        notes.append(f"size rounded down to {size} bytes (a whole MiB)")
+    drop = False
+    if drop_caches:
+        drop, why = can_drop_caches()
+        notes.append(why)
+    else:
+        notes.append("drop_caches=False: page cache not dropped before cold measurements")
+    use_fio = fio and _fio.fio_path() is not None
+    fio_skip = None
+    if not fio:
+        fio_skip = "fio disabled (fio=False)"
+    elif not use_fio:
+        fio_skip = "fio not found on PATH (Debian/Ubuntu: apt-get install fio)"
+
+    path = data_file(directory, size, say)
+    bench = _Bench(path, size, duration_s, repeats, base, drop, use_fio, fio_skip, say)
+    out: dict[str, Any] = {
+        "meta": {
+            "file": path,
+            "size_bytes": size,
+            "duration_s": duration_s,
+            "repeats": repeats,
+            "queue_depth": QUEUE_DEPTH,
+            "cpu_count": os.cpu_count(),
+            "kernel": platform.release(),
+            "fio": _fio.fio_version() if use_fio else None,
+            "caches_dropped": drop,
+            "notes": notes,
+        },
+        "cases": {},
+    }
+    for case in cases:
+        say(f"{case}: starting")
+        result = bench.run_case(case)
+        result["target"] = TARGETS[case]
+        ratio = result.get("ratio")
+        result["meets_target"] = None if ratio is None else ratio >= TARGETS[case]
+        out["cases"][case] = result
+        if ratio is not None:
+            say(f"{case}: ratio {ratio:.2f} (target {TARGETS[case]})")
+    return out
+
+
+class _Bench:
+    """One benchmark run: the data file, settings and the measurements."""
+
+    def __init__(
+        self,
+        path: str,
+        size: int,
+        duration_s: float,
+        repeats: int,
+        base: IOOptions,
+        drop: bool,
+        use_fio: bool,
+        fio_skip: str | None,
+        say: Progress,
+    ) -> None:
+        self.path = path
+        self.size = size
+        self.duration_s = duration_s
+        self.repeats = repeats
+        self.base = base
+        self.drop = drop
+        self.use_fio = use_fio
+        self.fio_skip = fio_skip
+        self.say = say
+
+    # ------------------------------------------------------------ cases
+
+    def run_case(self, case: str) -> dict[str, Any]:
+        if case == "seq_1m":
+            return self._cold(
+                "sequential 1 MiB O_DIRECT reads, queue depth 32",
+                "gbps",
+                1 << 20,
+                sequential=True,
+                variants={"storecomp": ("io_uring", "on")},
+                fio_rw="read",
+            )
+        if case in ("rand_4k", "rand_64k"):
+            bs = 4096 if case == "rand_4k" else 65536
+            return self._cold(
+                f"random aligned {bs // 1024} KiB O_DIRECT reads, queue depth 32",
+                "iops",
+                bs,
+                sequential=False,
+                variants={"storecomp": ("io_uring", "on"), "storecomp_threads": ("threads", "on")},
+                fio_rw="randread",
+            )
+        return self._hot()
+
+    def _cold(
+        self,
+        description: str,
+        metric: str,
+        bs: int,
+        *,
+        sequential: bool,
+        variants: dict[str, tuple[str, str]],
+        fio_rw: str,
+    ) -> dict[str, Any]:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+        info: dict[str, dict[str, Any]] = {name: {} for name in variants}
+        limit_runs: list[dict[str, Any]] = []
+        limit_name = f"fio {fio_rw} io_uring iodepth={QUEUE_DEPTH} bs={_bs_name(bs)} direct=1"
+        limit: dict[str, Any] = {"name": limit_name}
+        if self.fio_skip:
+            limit["skipped"] = self.fio_skip
+        for rnd in range(self.repeats):
+            for name, (backend, direct) in variants.items():
+                if self.drop:
+                    drop_caches()
+                try:
+                    fig, meta = self._storecomp(backend, direct, bs, sequential)
+                except (StorecompError, OSError) as e:
+                    info[name]["error"] = f"{type(e).__name__}: {e}"
+                    continue
+                runs[name].append(fig)
+                info[name].update(meta)
+                self.say(f"  {name} {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
+            if self.use_fio and "skipped" not in limit:
+                if self.drop:
+                    drop_caches()
+                try:
+                    fig = _fio.fio_read(self.path, fio_rw, bs, QUEUE_DEPTH, self.duration_s)
+                except (RuntimeError, OSError, ValueError, KeyError) as e:
+                    limit["skipped"] = f"fio failed: {e}"
+                    continue
+                limit["command"] = "fio " + fig.pop("command")
+                limit_runs.append(fig)
+                self.say(f"  fio {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
+        if limit_runs and "skipped" not in limit:
+            limit.update(summarize(limit_runs))
+        return self._result(description, metric, runs, info, limit)
+
+    def _hot(self) -> dict[str, Any]:
+        self.say("  caching the file (one buffered read)")
+        cache_file(self.path)
+        variants = {
+            "storecomp": ("auto", "auto"),
+            "storecomp_buffered": ("auto", "off"),
+            "storecomp_threads": ("threads", "auto"),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+        info: dict[str, dict[str, Any]] = {name: {} for name in variants}
+        limit_runs: list[dict[str, Any]] = []
+        for rnd in range(self.repeats):
+            for name, (backend, direct) in variants.items():
+                try:
+                    fig, meta = self._storecomp(backend, direct, 1 << 20, True)
+                except (StorecompError, OSError) as e:
+                    info[name]["error"] = f"{type(e).__name__}: {e}"
+                    continue
+                runs[name].append(fig)
+                info[name].update(meta)
+                self.say(f"  {name} {rnd + 1}/{self.repeats}: {_fmt(fig, 'gbps')}")
+            fig = _memcpy(self.duration_s)
+            limit_runs.append(fig)
+            self.say(f"  memcpy {rnd + 1}/{self.repeats}: {_fmt(fig, 'gbps')}")
+        limit = {"name": f"memcpy (np.copyto, {_MEMCPY_BYTES >> 20} MiB, one thread)"}
+        limit.update(summarize(limit_runs))
+        return self._result("sequential 1 MiB reads of a file in the page cache", "gbps", runs, info, limit)
+
+    def _result(
+        self,
+        description: str,
+        metric: str,
+        runs: dict[str, list[dict[str, Any]]],
+        info: dict[str, dict[str, Any]],
+        limit: dict[str, Any],
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {"description": description, "metric": metric}
+        ratios: dict[str, float | None] = {}
+        for name, rs in runs.items():
+            variant = dict(info[name])
+            if rs:
+                variant.update(summarize(rs))
+            out[name] = variant
+            ok = rs and "skipped" not in limit and limit.get(metric)
+            ratios[name] = variant[metric] / limit[metric] if ok else None
+        out["limit"] = limit
+        out["ratio"] = ratios.get("storecomp")
+        out["ratios"] = ratios
+        return out
+
+    # ------------------------------------------------------------ storecomp
+
+    def _engine(self, backend: str, direct: str) -> tuple[Engine, str | None]:
+        threads = QUEUE_DEPTH if backend == "threads" else self.base.threads
+        opts = self.base.replace(engine=backend, queue_depth=QUEUE_DEPTH, threads=threads, direct=direct)
+        try:
+            return Engine(opts), None
+        except UnavailableError as e:
+            note = f"io_uring unavailable ({e}); measured the thread pool instead"
+            return Engine(opts.replace(engine="threads", threads=QUEUE_DEPTH)), note
+
+    def _storecomp(self, backend: str, direct: str, bs: int, sequential: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        engine, note = self._engine(backend, direct)
+        try:
+            nreq = max(1, min(_BATCH_REQUESTS, _BATCH_BYTES // bs, self.size // bs))
+            pool = StagingPool(_SLOTS * nreq * bs, nreq * bs, engine=engine)
+            fixed = pool.fixed
+            try:
+                with engine.open(self.path) as f:
+                    run = _drive(f, pool, nreq, bs, self.size, sequential, self.duration_s)
+            finally:
+                pool.close()
+            stats = engine.stats()
+            meta: dict[str, Any] = {
+                "name": f"storecomp {engine.backend} qd={QUEUE_DEPTH} direct={direct} bs={_bs_name(bs)}",
+                "backend": engine.backend,
+                "fixed_buffers": fixed,
+                "engine_stats": {
+                    k: stats[k]
+                    for k in (
+                        "pieces",
+                        "bounce_pieces",
+                        "direct_fallbacks",
+                        "nowait_hits",
+                        "nowait_misses",
+                        "fixed_buffer_pieces",
+                    )
+                },
+            }
+            if engine.backend == "threads":
+                meta["threads"] = engine.options.threads
+            if note:
+                meta["note"] = note
+            return run.figures(), meta
+        finally:
+            engine.close()
+
+
+def _drive(f: Any, pool: StagingPool, nreq: int, bs: int, size: int, sequential: bool, duration_s: float) -> Run:
+    """Keep ``pool.nslots`` batches of ``nreq`` reads of ``bs`` bytes in flight for ``duration_s``.
+
+    Sequential batches walk the file and wrap around at its end; random
+    batches draw aligned offsets uniformly. Each batch lands in its own
+    staging slot, which is reused once the batch completes.
+    """
+    rng = np.random.default_rng()
+    blocks = size // bs
+    dst = np.arange(nreq, dtype=np.uint64) * np.uint64(bs)
+    step = np.arange(nreq, dtype=np.uint64)
+    slots = [pool.acquire() for _ in range(pool.nslots)]
+    inflight: collections.deque[tuple[Any, Any]] = collections.deque()
+    nbytes = requests = 0
+    cursor = 0
+
+    def submit(slot: Any) -> None:
+        nonlocal cursor
+        if sequential:
+            offs = ((step + np.uint64(cursor)) % np.uint64(blocks)) * np.uint64(bs)
+            cursor = (cursor + nreq) % blocks
+        else:
+            offs = rng.integers(0, blocks, nreq, dtype=np.uint64) * np.uint64(bs)
+        inflight.append((f.read_many_into(slot.array, offs, bs, dst), slot))
+
+    try:
+        window = Window()
+        deadline = time.perf_counter() + duration_s
+        for slot in slots:
+            submit(slot)
+        while inflight:
+            fut, slot = inflight.popleft()
+            fut.result()
+            nbytes += nreq * bs
+            requests += nreq
+            if time.perf_counter() < deadline:
+                submit(slot)
+        seconds, cpu, busy = window.close()
+    finally:
+        for fut, _ in inflight:
+            fut.wait()
+        for slot in slots:
+            slot.release()
+    return Run(nbytes, requests, seconds, cpu, busy)
+
+
+def _memcpy(duration_s: float) -> dict[str, Any]:
+    """Single-threaded memcpy bandwidth between two preallocated, touched arrays."""
+    src = np.ones(_MEMCPY_BYTES, np.uint8)
+    dst = np.zeros(_MEMCPY_BYTES, np.uint8)
+    np.copyto(dst, src)  # warm: page tables and TLB
+    window = Window()
+    deadline = time.perf_counter() + duration_s
+    copies = 0
+    while True:
+        np.copyto(dst, src)
+        copies += 1
+        if time.perf_counter() >= deadline:
+            break
+    seconds, cpu, busy = window.close()
+    return Run(copies * _MEMCPY_BYTES, copies, seconds, cpu, busy).figures()
+
+
+def _bs_name(bs: int) -> str:
+    return f"{bs >> 20}M" if bs % (1 << 20) == 0 else f"{bs >> 10}k"
+
+
+def _fmt(fig: dict[str, Any], metric: str) -> str:
+    head = f"{fig['iops'] / 1000:.1f}k IOPS, " if metric == "iops" else ""
+    return f"{head}{fig['gbps']:.2f} GB/s, {fig['cpu_s_per_gb']:.3f} CPU-s/GB"
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """A plain-text table of :func:`run_read_bench`'s results: each figure
+    next to its limit, as a ratio, with the CPU cost and the other variants."""
+    head = ("case", "storecomp", "limit", "ratio", "target", "CPU-s/GB ours/limit", "also measured")
+    rows: list[tuple[str, ...]] = []
+    for case, r in results["cases"].items():
+        metric = r["metric"]
+        ours, limit = r.get("storecomp", {}), r["limit"]
+        others = [
+            f"{name.removeprefix('storecomp_')} {_figure(v, metric)} ({_ratio(r['ratios'].get(name))})"
+            for name, v in r.items()
+            if name.startswith("storecomp_") and isinstance(v, dict)
+        ]
+        target = f">={r['target']}" + ("" if r["meets_target"] is None else (" ok" if r["meets_target"] else " MISSED"))
+        rows.append(
+            (
+                case,
+                _figure(ours, metric),
+                f"{_figure(limit, metric)} {limit['name'].split(' ')[0]}" if "skipped" not in limit else "skipped",
+                _ratio(r["ratio"]),
+                target,
+                f"{_cpu(ours)} / {_cpu(limit)}",
+                "; ".join(others) or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (head, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for case, r in results["cases"].items():
+        for name, v in r.items():
+            if isinstance(v, dict) and (v.get("error") or v.get("skipped") or v.get("note")):
+                lines.append(f"{case} {name}: {v.get('error') or v.get('skipped') or v.get('note')}")
+    lines.extend(f"note: {n}" for n in results["meta"]["notes"])
+    return "\n".join(lines)
+
+
+def _figure(v: dict[str, Any], metric: str) -> str:
+    if "gbps" not in v:
+        return "n/a"
+    if metric == "iops":
+        return f"{v['iops'] / 1000:.1f}k IOPS"
+    return f"{v['gbps']:.2f} GB/s"
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def _cpu(v: dict[str, Any]) -> str:
+    return f"{v['cpu_s_per_gb']:.3f}" if "cpu_s_per_gb" in v else "n/a"

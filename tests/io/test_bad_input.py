@@ -1,0 +1,433 @@
+"""Bad input and faults: every one gets a clear storecomp error (or a defined result), never a crash.
+
+Each case of the issue list is its own test: negative and overflowing
+offsets and lengths, reads past end of file, read-only, too small,
+non-contiguous and memory-less destinations, missing files, directories,
+closed handles and engines, io_uring refused by seccomp, and the translation
+of kernel errors into StorageIOError with path, offset and errno name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DataFile, NoMemory, drop_cache, make_engine, run_python, warm_cache
+
+import storecomp.io as scio
+from storecomp.errors import (
+    ClosedError,
+    InvalidArgumentError,
+    IsADirectoryError_,
+    NotFoundError,
+    ReadOnlyDestinationError,
+    ShortReadError,
+    StorageIOError,
+    StorecompError,
+    UnavailableError,
+    UnsupportedBufferError,
+)
+from storecomp.io import Engine, ReadRequest, StagingPool
+
+# ---------------------------------------------------------------- offsets and lengths
+
+
+@pytest.mark.parametrize("offset", [-1, -(2**63), -4096])
+def test_negative_offset(engine: Engine, small_file: DataFile, offset: int) -> None:
+    dst = np.zeros(10, np.uint8)
+    f = engine.open(small_file.path)
+    with pytest.raises(InvalidArgumentError, match="non-negative"):
+        f.pread_into(dst, offset)
+    with pytest.raises(InvalidArgumentError, match="non-negative"):
+        f.read_many_into(dst, [0, offset], [5, 5], [0, 5])
+    with pytest.raises(InvalidArgumentError, match="non-negative"):
+        engine.read_batch([ReadRequest(small_file.path, dst, offset)])
+    assert not dst.any()
+    assert engine.stats()["requests"] == 0  # refused before any I/O
+
+
+def test_negative_length(engine: Engine, small_file: DataFile) -> None:
+    dst = np.zeros(10, np.uint8)
+    f = engine.open(small_file.path)
+    with pytest.raises(InvalidArgumentError, match="length"):
+        f.pread_into(dst, 0, length=-1)
+    with pytest.raises(InvalidArgumentError, match="lengths"):
+        f.read_many_into(dst, [0, 0], [5, -5], [0, 5])
+    with pytest.raises(InvalidArgumentError, match="length"):
+        engine.read_batch([ReadRequest(small_file.path, dst, 0, length=-3)])
+    assert engine.stats()["requests"] == 0
+
+
+def test_negative_scalar_length_in_read_many_into(engine: Engine, small_file: DataFile) -> None:
+    with pytest.raises(InvalidArgumentError, match="length"):
+        engine.open(small_file.path).read_many_into(np.zeros(10, np.uint8), [0], -1, [0])
+
+
+@pytest.mark.parametrize(
+    "offset,length",
+    [(2**63, 1), (2**64, 1), (2**64 + 5, 1), (2**63 - 1, 2), (2**63 - 10, 100), ((1 << 62) + 1, 2**63 - 1)],
+    ids=["2^63", "2^64", "past-2^64", "end-2^63+1", "end-overflows", "huge-both"],
+)
+def test_offset_plus_length_overflowing_2_63(engine: Engine, small_file: DataFile, offset: int, length: int) -> None:
+    dst = np.zeros(128, np.uint8)
+    f = engine.open(small_file.path)
+    with pytest.raises(InvalidArgumentError):
+        f.read_many_into(dst, [offset], [length], [0])
+    with pytest.raises(InvalidArgumentError):
+        engine.read_batch([ReadRequest(small_file.path, dst, offset, length=length)])
+    if offset + min(length, 128) > 2**63 - 1:
+        with pytest.raises(InvalidArgumentError):
+            f.pread_into(dst, offset, length=min(length, 128))
+    assert engine.stats()["requests"] == 0
+
+
+def test_length_beyond_2_63_is_refused(engine: Engine, small_file: DataFile) -> None:
+    dst = np.zeros(8, np.uint8)
+    with pytest.raises(InvalidArgumentError):
+        engine.open(small_file.path).read_many_into(dst, [0], [2**63], [0])
+    with pytest.raises(InvalidArgumentError):
+        engine.open(small_file.path).read_many_into(dst, [0], [2**64], [0])
+
+
+def test_non_integer_offsets_and_mismatched_arrays(engine: Engine, small_file: DataFile) -> None:
+    dst = np.zeros(8, np.uint8)
+    f = engine.open(small_file.path)
+    with pytest.raises(InvalidArgumentError, match="integers"):
+        f.read_many_into(dst, [0.5], [1], [0])
+    with pytest.raises(InvalidArgumentError, match="integers"):
+        f.read_many_into(dst, [0], [1], ["0"])
+    with pytest.raises(InvalidArgumentError, match="differ in length"):
+        f.read_many_into(dst, [0, 1], [1], [0, 1])
+    with pytest.raises(InvalidArgumentError):
+        f.pread_into(dst, 0, dst_offset=-1)
+
+
+# ---------------------------------------------------------------- end of file
+
+
+def test_read_past_eof_exact_raises_short_read(engine: Engine, small_file: DataFile) -> None:
+    dst = np.zeros(4096, np.uint8)
+    with pytest.raises(ShortReadError) as info:
+        scio.read_into(small_file.path, dst, small_file.size - 1000, engine=engine)
+    e = info.value
+    assert isinstance(e, EOFError) and isinstance(e, StorecompError)
+    assert (e.path, e.offset, e.requested, e.got) == (str(small_file.path), small_file.size - 1000, 4096, 1000)
+    assert str(small_file.path) in str(e) and f"end of file at {small_file.size}" in str(e)
+    assert dst[:1000].tobytes() == small_file.data[-1000:]  # what exists is still delivered
+
+
+def test_read_past_eof_inexact_returns_the_count(engine: Engine, small_file: DataFile) -> None:
+    dst = np.zeros(4096, np.uint8)
+    assert scio.read_into(small_file.path, dst, small_file.size - 10, exact=False, engine=engine) == 10
+    assert dst[:10].tobytes() == small_file.data[-10:]
+    assert scio.read_into(small_file.path, dst, small_file.size, exact=False, engine=engine) == 0
+    assert scio.read_into(small_file.path, dst, 10**12, exact=False, engine=engine) == 0
+    f = engine.open(small_file.path)
+    fut = f.read_many_into(dst, [0, small_file.size - 5, small_file.size + 5], [100, 100, 100], [0, 100, 200], exact=False)
+    assert fut.result().tolist() == [100, 5, 0]
+
+
+@pytest.mark.parametrize("aligned_dst", [True, False], ids=["aligned-dst", "unaligned-dst"])
+@pytest.mark.parametrize("cache", ["hot", "cold"])
+def test_read_past_eof_never_leaves_garbage_in_the_destination(
+    engine: Engine, small_file: DataFile, aligned_dst: bool, cache: str
+) -> None:
+    # The documented contract (io.engine): past the returned count, the requested
+    # range of dst holds its old bytes or zeros (an aligned O_DIRECT read lets the
+    # kernel zero the rest of the last block, as pread with O_DIRECT does); dst
+    # beyond the requested range is never touched.
+    pool = StagingPool(1 << 16, 1 << 16, pin=False)
+    with pool.acquire() as slot:
+        dst = slot.array if aligned_dst else slot.array[1:]
+        dst[:] = 0xAB
+        if cache == "hot":
+            warm_cache(small_file.path)
+        elif not drop_cache(small_file.path):
+            pytest.skip("cannot evict the file from the page cache here")
+        # file is 10,000 bytes: [8192, 8192 + 8192) crosses EOF at 10,000 inside a block
+        n = scio.read_into(small_file.path, dst, 8192, length=8192, exact=False, engine=engine)
+        assert n == small_file.size - 8192
+        assert dst[:n].tobytes() == small_file.data[8192:]
+        rest = dst[n:8192]
+        assert ((rest == 0xAB) | (rest == 0)).all(), "bytes past end of file are neither old nor zero"
+        assert (dst[8192:] == 0xAB).all(), "bytes past the requested range were overwritten"
+    pool.close()
+
+
+# ---------------------------------------------------------------- destinations
+
+
+@pytest.mark.parametrize("backend_name", ["io_uring", "threads"])
+def test_unaligned_buffers_with_o_direct_get_no_einval(backend_name: str, data_file: DataFile) -> None:
+    eng = make_engine(backend_name, "on")
+    try:
+        f = eng.open(data_file.path)
+        for misalign in (1, 3, 511, 513, 4095):
+            back = bytearray(70_000 + misalign)
+            dst = memoryview(back)[misalign:]
+            drop_cache(data_file.path)
+            assert f.pread_into(dst, 12_345) == 70_000
+            assert bytes(dst) == data_file.data[12_345:82_345]
+        assert eng.stats()["errors"] == 0
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("kind", ["bytes", "readonly-numpy", "readonly-memoryview"])
+def test_read_only_destination(engine: Engine, small_file: DataFile, kind: str) -> None:
+    if kind == "bytes":
+        dst = bytes(100)
+    elif kind == "readonly-numpy":
+        dst = np.zeros(100, np.uint8)
+        dst.flags.writeable = False
+    else:
+        dst = memoryview(bytearray(100)).toreadonly()
+    with pytest.raises(ReadOnlyDestinationError):
+        scio.read_into(small_file.path, dst, 0, engine=engine)
+    with pytest.raises(ReadOnlyDestinationError):
+        engine.open(small_file.path).read_many_into(dst, [0], [10], [0])
+    with pytest.raises(ReadOnlyDestinationError):
+        engine.read_batch([ReadRequest(small_file.path, dst)])
+    assert bytes(dst) == bytes(100)
+    assert issubclass(ReadOnlyDestinationError, InvalidArgumentError)
+
+
+def test_destination_smaller_than_request(engine: Engine, small_file: DataFile) -> None:
+    dst = np.zeros(100, np.uint8)
+    f = engine.open(small_file.path)
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        f.pread_into(dst, 0, length=101)
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        f.pread_into(dst, 0, length=50, dst_offset=51)
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        f.read_many_into(dst, [0, 0], [50, 60], [0, 50])
+    with pytest.raises(InvalidArgumentError):
+        f.read_many_into(dst, [0], [1], [2**64 - 1])
+    with pytest.raises(InvalidArgumentError, match="too small"):
+        engine.read_batch([ReadRequest(small_file.path, dst, 0, length=10, dst_offset=95)])
+    assert not dst.any() and engine.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("kind", ["numpy-strided", "numpy-2d-column", "memoryview-strided", "torch-transposed"])
+def test_non_contiguous_destination(engine: Engine, small_file: DataFile, kind: str) -> None:
+    if kind == "numpy-strided":
+        dst = np.zeros(200, np.uint8)[::2]
+    elif kind == "numpy-2d-column":
+        dst = np.zeros((10, 10), np.uint8)[:, 3]
+    elif kind == "memoryview-strided":
+        dst = memoryview(bytearray(200))[::2]
+    else:
+        torch = pytest.importorskip("torch")
+        dst = torch.zeros(10, 10).t()
+    with pytest.raises(UnsupportedBufferError, match="contiguous"):
+        scio.read_into(small_file.path, dst, 0, engine=engine)
+
+
+@pytest.mark.parametrize("obj", [NoMemory(), None, 42, "a string", {"a": 1}], ids=repr)
+def test_destination_with_no_memory(engine: Engine, small_file: DataFile, obj) -> None:
+    with pytest.raises(UnsupportedBufferError, match="exposes no memory"):
+        scio.read_into(small_file.path, obj, 0, engine=engine)
+    with pytest.raises(UnsupportedBufferError):
+        engine.read_batch([ReadRequest(small_file.path, obj)])
+
+
+def test_cuda_destination_without_cuda_is_refused(engine: Engine, small_file: DataFile) -> None:
+    from storecomp.io import cuda
+
+    if cuda.device_count():
+        pytest.skip("a CUDA device exists")
+
+    class FakeCuda:
+        __cuda_array_interface__ = {"shape": (16,), "typestr": "|u1", "data": (1 << 40, False), "version": 3}
+
+    with pytest.raises(UnavailableError, match="CUDA"):
+        scio.read_into(small_file.path, FakeCuda(), 0, engine=engine)
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_missing_file(engine: Engine, tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "missing.bin"
+    for call in (
+        lambda: scio.read_into(missing, np.zeros(1, np.uint8), engine=engine),
+        lambda: engine.open(missing),
+        lambda: engine.read_batch([ReadRequest(missing, np.zeros(1, np.uint8))]),
+    ):
+        with pytest.raises(NotFoundError) as info:
+            call()
+        e = info.value
+        assert isinstance(e, FileNotFoundError) and isinstance(e, StorecompError)
+        assert e.errno == errno.ENOENT and e.filename == str(missing)
+        assert str(missing) in str(e) and "ENOENT" in str(e)
+
+
+def test_directory_given_as_file(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError) as info:
+        scio.read_into(tmp_path, np.zeros(1, np.uint8), engine=engine)
+    assert isinstance(info.value, IsADirectoryError_) and isinstance(info.value, StorecompError)
+    assert info.value.errno == errno.EISDIR and str(tmp_path) in str(info.value)
+    with pytest.raises(IsADirectoryError):
+        engine.open(tmp_path, "r+")
+
+
+def test_empty_path(engine: Engine) -> None:
+    with pytest.raises(InvalidArgumentError, match="path"):
+        engine.open("")
+
+
+def test_closed_file_handle(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "c.bin"
+    path.write_bytes(b"x" * 100)
+    f = engine.open(path, "r+")
+    f.close()
+    dst = np.zeros(10, np.uint8)
+    for call in (
+        lambda: f.pread_into(dst, 0),
+        lambda: f.read_many_into(dst, [0], [1], [0]),
+        lambda: f.pwrite(b"y", 0),
+        lambda: f.sync(),
+        lambda: f.size(),
+    ):
+        with pytest.raises(ClosedError, match="closed"):
+            call()
+    assert not dst.any()
+
+
+def test_closed_engine(backend: str, small_file: DataFile) -> None:
+    eng = make_engine(backend)
+    f = eng.open(small_file.path)
+    eng.close()
+    dst = np.zeros(10, np.uint8)
+    for call in (
+        lambda: eng.open(small_file.path),
+        lambda: eng.cached_file(small_file.path),
+        lambda: eng.read_batch([ReadRequest(small_file.path, dst)]),
+        lambda: scio.read_into(small_file.path, dst, engine=eng),
+        lambda: f.pread_into(dst, 0),  # a File opened before the close
+    ):
+        with pytest.raises(ClosedError):
+            call()
+    assert not dst.any()
+
+
+# ---------------------------------------------------------------- engine configuration
+
+
+@pytest.mark.parametrize("option", [{"queue_depth": 5000}, {"threads": 2000}, {"split_bytes": 2 << 30}])
+def test_engine_options_beyond_native_limits(option: dict) -> None:
+    with pytest.raises(StorecompError):
+        Engine(engine="threads", **option)
+
+
+def test_forcing_io_uring_when_seccomp_blocks_it() -> None:
+    out = run_python(
+        """
+        from storecomp import _native
+        from storecomp.errors import UnavailableError
+        from storecomp.io import Engine
+        _native._block_io_uring_for_tests()
+        try:
+            Engine(engine="io_uring")
+        except UnavailableError as e:
+            assert isinstance(e, RuntimeError)
+            print("refused:", e)
+        else:
+            raise SystemExit("Engine(engine='io_uring') did not raise")
+        """
+    )
+    assert "refused: io_uring unavailable" in out.stdout
+    assert "STORECOMP_ENGINE" in out.stdout  # the message says what to do
+
+
+def test_io_uring_blocked_at_run_time_falls_back_to_threads(small_file: DataFile) -> None:
+    out = run_python(
+        f"""
+        import numpy as np
+        import storecomp.io as scio
+        from storecomp import _native
+        from storecomp.errors import UnavailableError
+        _native._block_io_uring_for_tests()
+        for direct in ("auto", "on", "off"):
+            with scio.Engine(direct=direct) as eng:
+                assert eng.backend == "threads", eng.backend
+                reason = eng.backend_reason
+                dst = np.zeros({small_file.size}, np.uint8)
+                assert scio.read_into({str(small_file.path)!r}, dst, engine=eng) == {small_file.size}
+                assert dst.tobytes() == open({str(small_file.path)!r}, "rb").read()
+        assert scio.default_engine().backend == "threads"
+        print("reason:", reason)
+        """
+    )
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("reason:"))
+    if scio.Engine is not None and __import__("storecomp")._native.HAVE_LIBURING:
+        assert "io_uring_setup" in line and "Operation not permitted" in line
+    else:
+        assert "liburing" in line
+
+
+def test_io_uring_forced_by_environment_when_blocked() -> None:
+    out = run_python(
+        """
+        from storecomp import _native
+        from storecomp.errors import UnavailableError
+        from storecomp.io import Engine
+        _native._block_io_uring_for_tests()
+        try:
+            Engine()
+        except UnavailableError as e:
+            print("refused:", e)
+        """,
+        env={"STORECOMP_ENGINE": "io_uring"},
+    )
+    assert "refused: io_uring unavailable" in out.stdout
+
+
+# ---------------------------------------------------------------- kernel errors
+
+
+@pytest.mark.parametrize("offset", [0, 8192])
+def test_kernel_read_error_names_path_offset_and_errno(engine: Engine, offset: int) -> None:
+    path = "/proc/self/mem"  # reading an unmapped address of our own memory fails with EIO
+    if not os.path.exists(path):
+        pytest.skip("no procfs")
+    dst = np.zeros(4096, np.uint8)
+    with pytest.raises(StorageIOError) as info:
+        engine.open(path).pread_into(dst, offset)
+    e = info.value
+    assert e.errno == errno.EIO and e.filename == path and e.offset == offset and e.op == "read"
+    assert isinstance(e, OSError) and isinstance(e, StorecompError)
+    text = str(e)
+    assert path in text and f"at offset {offset}" in text and "EIO" in text
+    assert engine.stats()["errors"] >= 1
+
+
+def test_kernel_write_error_names_path_offset_and_errno(engine: Engine, tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    with engine.open(path, "w") as f:
+        with pytest.raises(StorageIOError) as info:
+            f.pwrite(b"x" * 4096, 1 << 50)  # beyond ext4's maximum file size
+    e = info.value
+    if e.errno != errno.EFBIG:
+        pytest.skip(f"this file system allows {1 << 50}-byte files ({e})")
+    assert e.op == "write" and e.offset == 1 << 50
+    assert str(path) in str(e) and f"at offset {1 << 50}" in str(e) and "EFBIG" in str(e)
+
+
+def test_first_of_several_failures_is_raised_with_a_note(engine: Engine) -> None:
+    dst = np.zeros(3 * 4096, np.uint8)
+    f = engine.open("/proc/self/mem")
+    with pytest.raises(StorageIOError) as info:
+        f.read_many_into(dst, [0, 4096, 8192], 4096, [0, 4096, 8192]).result()
+    assert info.value.offset == 0
+    assert any("2 more of 3 requests" in n for n in info.value.__notes__)
+
+
+def test_sync_error_is_translated(engine: Engine) -> None:
+    f = engine.open("/dev/null")  # fsync on a character device fails with EINVAL
+    with pytest.raises(StorageIOError) as info:
+        f.sync()
+    assert info.value.errno == errno.EINVAL and "/dev/null" in str(info.value) and "EINVAL" in str(info.value)
