@@ -93,6 +93,22 @@ class CorruptDataError(StorecompError, ValueError):
     """Bytes failed their integrity check; the message names the object and range."""
 
 
+class ConflictError(StorecompError, RuntimeError):
+    """A conditional write lost: the object changed (or appeared) since it was read."""
+
+
+class StoreUnavailableError(StorecompError, ConnectionError):
+    """A store could not be reached after bounded retries; ``endpoint`` names it."""
+
+    def __init__(self, endpoint: str, detail: str) -> None:
+        super().__init__(f"{endpoint}: store unavailable: {detail}")
+        self.endpoint = endpoint
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.endpoint, self.detail))
+
+
 def from_errno(err: int, path: str, offset: int | None = None, op: str = "read") -> StorageIOError:
     """The storecomp error for an errno raised while doing ``op`` on ``path``."""
     cls: type[StorageIOError]
@@ -124,5 +140,7 @@ __all__ = [
     "CancelledIOError",
     "ShortReadError",
     "CorruptDataError",
+    "ConflictError",
+    "StoreUnavailableError",
     "from_errno",
 ]
