@@ -1,12 +1,23 @@
-"""The ``storecomp`` command line: ``storecomp info`` and ``storecomp bench``."""
+"""The ``storecomp`` command line.
+
+Each command lives in its own module under ``storecomp.cli`` with two
+functions: ``add_parser(sub)`` registers its subparser(s) and sets
+``func=main`` on them, ``main(args) -> int`` runs it. Modules are listed in
+:data:`COMMANDS`; heavy imports stay inside ``main``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import sys
 
 from ..errors import StorecompError
+
+
+#: Command modules, in the order ``storecomp --help`` lists them.
+COMMANDS = ("info", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,12 +51,8 @@ def _words(parser: argparse.ArgumentParser) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="storecomp", description="Storage-compute coordination: storage to accelerator memory.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    info = sub.add_parser("info", help="versions, engine, io_uring, O_DIRECT on PATH, CUDA/GDS, chosen paths")
-    info.add_argument("path", nargs="?", help="a file or directory to probe for O_DIRECT")
-    info.add_argument("--json", action="store_true", help="print the stable JSON document (docs/info.md)")
-    from . import bench
-
-    bench.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return p
 
 
@@ -56,13 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "info":
-            from . import info
-
-            return info.main(args)
-        from . import bench
-
-        return bench.main(args)
+        return int(args.func(args))
     except StorecompError as e:
         print(f"storecomp: error: {e}", file=sys.stderr)
         return 1

@@ -43,6 +43,7 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--no-fio", action="store_true", help="skip the fio baseline")
     b.add_argument("--keep", action="store_true", help="keep the generated data file")
+    b.set_defaults(func=main)
 
 
 def _check_output(path: str | None) -> None:

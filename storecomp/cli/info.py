@@ -215,6 +215,13 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("info", help="versions, engine, io_uring, O_DIRECT on PATH, CUDA/GDS, chosen paths")
+    p.add_argument("path", nargs="?", help="a file or directory to probe for O_DIRECT")
+    p.add_argument("--json", action="store_true", help="print the stable JSON document (docs/info.md)")
+    p.set_defaults(func=main)
+
+
 def main(args: Any) -> int:
     import json
 
