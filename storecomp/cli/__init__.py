@@ -15,7 +15,6 @@ import sys
 
 from ..errors import StorecompError
 
-
 #: Command modules, in the order ``storecomp --help`` lists them.
 COMMANDS = ("info", "bench")
 
