@@ -1,5 +1,7 @@
 """One namespace over local files, S3-compatible object stores and fsspec backends."""
 
 from .base import Capabilities, ObjectInfo, RangeFuture, Store
+from .keys import validate_key, validate_prefix
+from .local import LocalStore
 
-__all__ = ["Capabilities", "ObjectInfo", "RangeFuture", "Store"]
+__all__ = ["Capabilities", "LocalStore", "ObjectInfo", "RangeFuture", "Store", "validate_key", "validate_prefix"]

@@ -1,0 +1,351 @@
+"""LocalStore: objects are files under a root directory.
+
+Reads go through the native engine (io_uring or a pread pool, O_DIRECT when
+the page cache misses). Writes publish atomically:
+
+* ``put``: write a temp file ``.sc-tmp-*`` in the target's directory, fsync
+  it, ``rename(2)`` it over the key, fsync the directory. Readers see the old
+  file or the new one; a crash leaves at most a hidden temp file.
+* ``put_if_absent``: the same temp file, published with ``link(2)``, which
+  fails with EEXIST when the key exists (then False, nothing changed).
+* ``compare_and_swap``: the temp file is written first; then, holding
+  ``flock(2)`` on a sidecar lock file ``.sc-lock.<name>`` next to the key,
+  the current version is compared with ``expected`` and the temp file is
+  renamed over the key. Every CAS writer of a key on this machine (any
+  process) serialises on that lock; no server is involved. The lock is
+  advisory and local: it is not safe on NFS mounts shared by several nodes.
+
+Version tokens are ``"<st_ino>-<st_size>-<st_mtime_ns>-<st_ctime_ns>"``
+digested to 16 hex digits: every publish renames a new inode into place, so
+the token changes even when the size and mtime happen to match.
+
+Temp and lock files (names starting with ``.sc-``) are never listed;
+:meth:`LocalStore.sweep_temp` removes temp files left by crashed writers.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import IOOptions
+from ..errors import ConflictError, InvalidArgumentError, NotFoundError, from_errno
+from ..io import Engine, File, IOFuture, default_engine
+from .base import Capabilities, ObjectInfo, Store
+from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
+
+_TMP = RESERVED_PREFIX + "tmp-"
+_LOCK = RESERVED_PREFIX + "lock."
+_MAX_CACHED_FILES = 128
+
+
+def version_of(st: os.stat_result) -> str:
+    """The version token of a file from its stat result (16 hex digits)."""
+    raw = f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}".encode()
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+class LocalStore(Store):
+    """A directory as a store. ``root`` is created if missing.
+
+    ``options`` configures a private native engine; without it the
+    process-wide default engine is used. Raises InvalidArgumentError when
+    ``root`` exists and is not a directory.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], options: IOOptions | None = None, *, engine: Engine | None = None):
+        self.root = Path(root).expanduser().absolute()
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidArgumentError(f"{self.root}: not a directory, cannot be a store root")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = self.root.as_uri()
+        self._own_engine = engine is None and options is not None
+        self._engine = engine if engine is not None else (Engine(options) if options is not None else None)
+        self._files: OrderedDict[str, tuple[File, int, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(conditional_writes=True, ranged_reads=True, native_reads=True, local=True)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine if self._engine is not None else default_engine()
+
+    def path_of(self, key: str) -> Path:
+        """The file that holds ``key`` (it may not exist)."""
+        return self.root / validate_key(key)
+
+    # ------------------------------------------------------------ reads
+
+    def _open(self, key: str) -> File:
+        """A read handle on the file currently published under ``key``.
+
+        Handles are cached but checked against the path's inode on every
+        call, so a replaced object is never read through a stale descriptor.
+        """
+        path = str(self.path_of(key))
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise from_errno(e.errno or errno.EIO, path, None, "open") from None
+        if not _is_file(st):
+            raise NotFoundError(errno.ENOENT, path, None, "open")
+        with self._lock:
+            hit = self._files.get(path)
+            if hit is not None and hit[1] == st.st_ino and hit[2] == st.st_dev and not hit[0].closed:
+                self._files.move_to_end(path)
+                return hit[0]
+        f = self.engine.open(path)
+        with self._lock:
+            self._files[path] = (f, st.st_ino, st.st_dev)
+            while len(self._files) > _MAX_CACHED_FILES:
+                self._files.popitem(last=False)  # closed when the last reference goes
+        return f
+
+    def submit_ranges(
+        self,
+        key: str,
+        offsets: Sequence[int] | np.ndarray,
+        lengths: Sequence[int] | np.ndarray,
+        dst: Any,
+        dst_offsets: Sequence[int] | np.ndarray,
+        *,
+        exact: bool = True,
+    ) -> IOFuture:
+        return self._open(key).read_many_into(dst, offsets, lengths, dst_offsets, exact=exact)
+
+    # ------------------------------------------------------------ writes
+
+    def _write_temp(self, key: str, data: Any) -> tuple[Path, Path]:
+        """Write ``data`` to a fsynced temp file beside ``key``; returns (temp, final)."""
+        final = self.path_of(key)
+        view = payload_view(data)
+        parent = final.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise InvalidArgumentError(f"{key!r}: a parent of this key is an object, not a directory") from None
+        except NotADirectoryError:
+            raise InvalidArgumentError(f"{key!r}: a parent of this key is an object, not a directory") from None
+        tmp = parent / f"{_TMP}{uuid.uuid4().hex}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise from_errno(e.errno or errno.EIO, str(tmp), None, "create") from None
+        try:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.write(fd, view[done : done + (64 << 20)])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            _unlink_quiet(tmp)
+            raise from_errno(e.errno or errno.EIO, str(final), None, "write") from None
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        return tmp, final
+
+    def _info(self, key: str, path: Path) -> ObjectInfo:
+        st = os.stat(path)
+        return ObjectInfo(key, st.st_size, version_of(st), st.st_mtime)
+
+    def put(self, key: str, data: Any) -> ObjectInfo:
+        tmp, final = self._write_temp(validate_key(key), data)
+        try:
+            # A key that CAS writers use has a lock file: take it so that a
+            # put never lands between a CAS's compare and its rename.
+            with _flock(final.parent / f"{_LOCK}{final.name}", create=False):
+                _publish_rename(tmp, final)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        return self._info(key, final)
+
+    def put_if_absent(self, key: str, data: Any) -> bool:
+        tmp, final = self._write_temp(validate_key(key), data)
+        try:
+            return _publish_link(tmp, final)
+        finally:
+            _unlink_quiet(tmp)
+
+    def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
+        tmp, final = self._write_temp(validate_key(key), data)
+        try:
+            with _flock(final.parent / f"{_LOCK}{final.name}"):
+                if expected is None:
+                    if not _publish_link(tmp, final):
+                        raise ConflictError(f"{self.url}/{key}: compare-and-swap expected no object, but one exists")
+                else:
+                    try:
+                        current = version_of(os.stat(final))
+                    except FileNotFoundError:
+                        raise ConflictError(
+                            f"{self.url}/{key}: compare-and-swap expected version {expected}, but the object is gone"
+                        ) from None
+                    if current != expected:
+                        raise ConflictError(f"{self.url}/{key}: compare-and-swap expected version {expected}, found {current}")
+                    _publish_rename(tmp, final)
+                return self._info(key, final)
+        finally:
+            _unlink_quiet(tmp)
+
+    # ------------------------------------------------------------ metadata
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self.path_of(key)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ENOTDIR:
+                raise NotFoundError(errno.ENOENT, str(path), None, "stat") from None
+            raise from_errno(e.errno or errno.EIO, str(path), None, "stat") from None
+        if not _is_file(st):
+            raise NotFoundError(errno.ENOENT, str(path), None, "stat")
+        return ObjectInfo(key, st.st_size, version_of(st), st.st_mtime)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        prefix = validate_prefix(prefix)
+        # Walk only the directory that holds every match.
+        base_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root / base_rel if base_rel else self.root
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(RESERVED_PREFIX)]
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                if name.startswith(RESERVED_PREFIX):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                if _is_file(st):
+                    found.append(ObjectInfo(key, st.st_size, version_of(st), st.st_mtime))
+        found.sort(key=lambda info: info.key)
+        yield from found
+
+    def delete(self, key: str) -> None:
+        path = self.path_of(key)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except IsADirectoryError:
+            return  # a "directory" is not an object
+        except OSError as e:
+            raise from_errno(e.errno or errno.EIO, str(path), None, "delete") from None
+        _fsync_dir(path.parent)
+
+    # ------------------------------------------------------------ maintenance
+
+    def sweep_temp(self, max_age_s: float = 3600.0) -> int:
+        """Remove temp files older than ``max_age_s`` seconds (left by crashed writers); returns how many."""
+        removed = 0
+        cutoff = time.time() - max_age_s
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.startswith(_TMP):
+                    p = os.path.join(dirpath, name)
+                    try:
+                        if os.stat(p).st_mtime < cutoff:
+                            os.unlink(p)
+                            removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
+
+    def close(self) -> None:
+        with self._lock:
+            files = [f for f, _, _ in self._files.values()]
+            self._files.clear()
+        for f in files:
+            f.close()
+        if self._own_engine and self._engine is not None:
+            self._engine.close()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+
+def _is_file(st: os.stat_result) -> bool:
+    import stat as _stat
+
+    return _stat.S_ISREG(st.st_mode)
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish_rename(tmp: Path, final: Path) -> None:
+    try:
+        os.rename(tmp, final)
+    except IsADirectoryError:
+        raise InvalidArgumentError(f"{final}: a directory of other objects exists under this key") from None
+    except OSError as e:
+        raise from_errno(e.errno or errno.EIO, str(final), None, "rename") from None
+    _fsync_dir(final.parent)
+
+
+def _publish_link(tmp: Path, final: Path) -> bool:
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise from_errno(e.errno or errno.EIO, str(final), None, "link") from None
+    _fsync_dir(final.parent)
+    return True
+
+
+class _flock:
+    """Exclusive flock(2) on ``path`` (created if missing) for a ``with`` block."""
+
+    def __init__(self, path: Path, create: bool = True) -> None:
+        self.path = path
+        self.create = create
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0), 0o644)
+        except FileNotFoundError:
+            if self.create:
+                raise
+            return  # no lock file: nobody uses CAS on this key
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,69 @@
+"""LocalStore specifics: atomic publishing, hidden temp files, stale handles, sweeping."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from storecomp.errors import ConflictError, InvalidArgumentError, NotFoundError
+from storecomp.store import LocalStore
+
+
+def test_overwrite_is_read_through_a_fresh_handle(tmp_path):
+    s = LocalStore(tmp_path)
+    s.put("k", b"a" * 4096)
+    assert s.get("k") == b"a" * 4096  # caches a handle on the first inode
+    s.put("k", b"b" * 100)
+    assert s.get("k") == b"b" * 100
+
+
+def test_temp_and_lock_files_are_hidden(tmp_path):
+    s = LocalStore(tmp_path)
+    s.compare_and_swap("refs/main", None, b"v1")
+    (tmp_path / "refs" / ".sc-tmp-crashed").write_bytes(b"partial")
+    assert [i.key for i in s.list()] == ["refs/main"]
+    assert s.sweep_temp(max_age_s=3600) == 0
+    old = time.time() - 7200
+    os.utime(tmp_path / "refs" / ".sc-tmp-crashed", (old, old))
+    assert s.sweep_temp(max_age_s=3600) == 1
+    assert sorted(os.listdir(tmp_path / "refs")) == [".sc-lock.main", "main"]
+
+
+def test_cas_then_put_then_stale_cas(tmp_path):
+    s = LocalStore(tmp_path)
+    v1 = s.compare_and_swap("r", None, b"1").version
+    s.put("r", b"2")
+    with pytest.raises(ConflictError):
+        s.compare_and_swap("r", v1, b"3")
+    assert s.get("r") == b"2"
+
+
+def test_key_under_an_object_and_object_over_a_directory(tmp_path):
+    s = LocalStore(tmp_path)
+    s.put("a", b"x")
+    with pytest.raises(InvalidArgumentError):
+        s.put("a/b", b"y")
+    s.put("d/e", b"z")
+    with pytest.raises(InvalidArgumentError):
+        s.put("d", b"w")
+    with pytest.raises(NotFoundError):
+        s.stat("d")
+    assert s.get("d/e") == b"z"
+
+
+def test_root_must_be_a_directory(tmp_path):
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(InvalidArgumentError):
+        LocalStore(tmp_path / "f")
+
+
+def test_reads_use_the_native_engine(tmp_path):
+    s = LocalStore(tmp_path)
+    assert s.capabilities.native_reads and s.capabilities.local
+    s.put("x", np.arange(1000, dtype=np.uint8))
+    assert s.path_of("x") == tmp_path / "x"
+    fut = s.submit_ranges("x", [10], [5], np.zeros(5, np.uint8), [0])
+    assert fut.io_paths == ("posix",)
