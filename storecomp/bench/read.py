@@ -32,7 +32,7 @@ from ..config import IOOptions
 from ..errors import StorecompError, UnavailableError
 from ..io import Engine, StagingPool
 from . import _fio
-from ._common import Run, Window, cache_file, can_drop_caches, data_file, drop_caches, summarize
+from ._common import Run, Window, cache_file, data_file, evict, summarize
 
 CASES = ("seq_1m", "rand_4k", "rand_64k", "hot")
 TARGETS = {"seq_1m": 0.95, "rand_4k": 0.9, "rand_64k": 0.9, "hot": 0.8}
@@ -89,10 +89,9 @@ def run_read_bench(
     notes: list[str] = []
     if size != size_bytes:
         notes.append(f"size rounded down to {size} bytes (a whole MiB)")
-    drop = False
-    if drop_caches:
-        drop, why = can_drop_caches()
-        notes.append(why)
+    drop = drop_caches
+    if drop:
+        notes.append("the data file is evicted from the page cache (fadvise) before each cold measurement")
     else:
         notes.append("drop_caches=False: page cache not dropped before cold measurements")
     use_fio = fio and _fio.fio_path() is not None
@@ -197,10 +196,26 @@ class _Bench:
         limit: dict[str, Any] = {"name": limit_name}
         if self.fio_skip:
             limit["skipped"] = self.fio_skip
+        # The order alternates between rounds (ours then fio, fio then ours):
+        # a trend in the storage (a host cache warming up) favours neither.
         for rnd in range(self.repeats):
-            for name, (backend, direct) in variants.items():
+            order = [*variants, "fio"] if rnd % 2 == 0 else ["fio", *variants]
+            for name in order:
                 if self.drop:
-                    drop_caches()
+                    evict(self.path)
+                if name == "fio":
+                    if not self.use_fio or "skipped" in limit:
+                        continue
+                    try:
+                        fig = _fio.fio_read(self.path, fio_rw, bs, QUEUE_DEPTH, self.duration_s)
+                    except (RuntimeError, OSError, ValueError, KeyError) as e:
+                        limit["skipped"] = f"fio failed: {e}"
+                        continue
+                    limit["command"] = "fio " + fig.pop("command")
+                    limit_runs.append(fig)
+                    self.say(f"  fio {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
+                    continue
+                backend, direct = variants[name]
                 try:
                     fig, meta = self._storecomp(backend, direct, bs, sequential)
                 except (StorecompError, OSError) as e:
@@ -209,24 +224,11 @@ class _Bench:
                 runs[name].append(fig)
                 info[name].update(meta)
                 self.say(f"  {name} {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
-            if self.use_fio and "skipped" not in limit:
-                if self.drop:
-                    drop_caches()
-                try:
-                    fig = _fio.fio_read(self.path, fio_rw, bs, QUEUE_DEPTH, self.duration_s)
-                except (RuntimeError, OSError, ValueError, KeyError) as e:
-                    limit["skipped"] = f"fio failed: {e}"
-                    continue
-                limit["command"] = "fio " + fig.pop("command")
-                limit_runs.append(fig)
-                self.say(f"  fio {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
         if limit_runs and "skipped" not in limit:
             limit.update(summarize(limit_runs))
         return self._result(description, metric, runs, info, limit)
 
     def _hot(self) -> dict[str, Any]:
-        self.say("  caching the file (one buffered read)")
-        cache_file(self.path)
         variants = {
             "storecomp": ("auto", "auto"),
             "storecomp_buffered": ("auto", "off"),
@@ -237,6 +239,7 @@ class _Bench:
         limit_runs: list[dict[str, Any]] = []
         for rnd in range(self.repeats):
             for name, (backend, direct) in variants.items():
+                cache_file(self.path)  # again each time: anything else on the machine may evict it
                 try:
                     fig, meta = self._storecomp(backend, direct, 1 << 20, True)
                 except (StorecompError, OSError) as e:

@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default 3)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--no-fio", action="store_true", help="skip the fio baseline")
-    b.add_argument("--keep", action="store_true", help="keep the generated data file")
+    b.add_argument("--keep", action="store_true", help="keep the generated data file (a later run with --dir reuses it)")
     b.set_defaults(func=main)
 
 
@@ -80,16 +80,16 @@ def main(args: argparse.Namespace) -> int:
     else:
         tmp = tempfile.mkdtemp(prefix="storecomp-bench-", dir=os.environ.get("STORECOMP_BENCH_DIR"))
         directory = Path(tmp)
+    data = directory / "storecomp-bench.dat"
+    existed = data.exists()
     try:
         _check_space(directory, args.size)
         results = run_read_bench(str(directory), args.size, args.duration, fio=not args.no_fio, progress=_progress)
     finally:
-        if not args.keep:
-            data = directory / "storecomp-bench.dat"
-            if tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif data.exists() and args.dir is None:
-                data.unlink()
+        if tmp and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif not existed and not args.keep:
+            data.unlink(missing_ok=True)  # made by this run: --keep keeps it, for the next run to reuse
     doc = {"suite": args.suite, "size_bytes": args.size, "duration_s": args.duration, "read": results}
     print(render(doc))
     if args.json:

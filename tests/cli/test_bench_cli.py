@@ -1,0 +1,101 @@
+"""``storecomp bench``: a smoke run at a tiny size (the benchmark must not rot),
+the JSON document, and the refusals that come before any data is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storecomp.bench.read import CASES, render_table, run_read_bench
+from storecomp.cli import main
+from storecomp.cli.bench import parse_size
+
+
+def test_smoke_read_bench_json_and_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    data = tmp_path / "data"
+    data.mkdir()
+    rc = main(["bench", "read", "--dir", str(data), "--size", "4M", "--duration", "0.05", "--json", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    cases = doc["read"]["cases"]
+    assert set(cases) == set(CASES)
+    for name, case in cases.items():
+        ours = case["storecomp"]
+        assert "error" not in ours, (name, ours)
+        assert ours["gbps"] > 0 and ours["cpu_s_per_gb"] >= 0 and ours["runs"]
+        limit = case["limit"]
+        if "skipped" not in limit:
+            assert limit[case["metric"]] > 0
+            assert case["ratio"] == pytest.approx(ours[case["metric"]] / limit[case["metric"]])
+    assert cases["hot"]["limit"]["name"].startswith("memcpy")
+    table = capsys.readouterr().out
+    for name in CASES:
+        assert name in table
+    assert "ratio" in table
+    assert not (data / "storecomp-bench.dat").exists()  # made by this run, no --keep: removed
+
+
+def test_fio_missing_is_skipped_with_a_reason(tmp_path: Path) -> None:
+    result = run_read_bench(str(tmp_path), 2 << 20, 0.05, cases=["rand_4k"], fio=False, repeats=1, drop_caches=False)
+    case = result["cases"]["rand_4k"]
+    assert "fio disabled" in case["limit"]["skipped"]
+    assert case["ratio"] is None and case["meets_target"] is None
+    assert "skipped" in render_table(result)
+
+
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed")
+def test_fio_limit_measured_in_the_same_run(tmp_path: Path) -> None:
+    result = run_read_bench(str(tmp_path), 4 << 20, 0.2, cases=["seq_1m"], repeats=1, drop_caches=False)
+    limit = result["cases"]["seq_1m"]["limit"]
+    assert "skipped" not in limit, limit
+    assert limit["gbps"] > 0 and "--direct=1" in limit["command"] and "--ioengine=io_uring" in limit["command"]
+
+
+def test_unwritable_json_output_is_refused_before_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "missing-dir" / "out.json"
+    assert main(["bench", "--json", str(target), "--size", "1M", "--duration", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and str(target) in err
+
+
+def test_json_output_that_is_a_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--json", str(tmp_path), "--size", "1M", "--duration", "0.01"]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_too_little_free_disk_is_refused_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    size = f"{(free >> 30) + 64}G"
+    assert main(["bench", "read", "--dir", str(tmp_path), "--size", size, "--duration", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "free" in err and "--size" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_duration_and_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--duration", "0", "--size", "1M"]) == 1
+    assert "--duration" in capsys.readouterr().err
+    assert main(["bench", "--dir", str(tmp_path / "nope"), "--size", "1M"]) == 1
+    assert "not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,value", [("4096", 4096), ("512M", 512 << 20), ("1.5g", 3 << 29), ("4GiB", 4 << 30)])
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+def test_bad_size_and_unknown_suite_get_usage() -> None:
+    for args in (["bench", "--size", "lots"], ["bench", "raed"]):
+        proc = subprocess.run([sys.executable, "-m", "storecomp", *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert "usage:" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "storecomp", "bench", "--sise", "1M"], capture_output=True, text=True, timeout=60
+    )
+    assert "did you mean '--size'?" in proc.stderr
