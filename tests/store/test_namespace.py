@@ -1,0 +1,235 @@
+"""Namespace: mount tables (TOML, environment, Python API), URL resolution,
+path traversal, replicas with preference, latency order and failover."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storecomp.errors import ConfigError, InvalidArgumentError, NotFoundError, PermissionDeniedError, StoreUnavailableError
+from storecomp.store import LocalStore, Mount, Namespace, Replica, ReplicatedStore, load_mounts
+from storecomp.store.base import Capabilities, ObjectInfo, RangeFuture, Store
+from storecomp.store.namespace import split_url
+
+
+class FlakyStore(Store):
+    """A real LocalStore behind a switch that makes it unreachable (fault injection)."""
+
+    def __init__(self, inner: Store, name: str) -> None:
+        self.inner, self.url, self.down, self.calls = inner, f"flaky://{name}", False, 0
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise StoreUnavailableError(self.url, "connection refused")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.inner.capabilities
+
+    def submit_ranges(
+        self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, *, exact: bool = True
+    ) -> RangeFuture:
+        self._check()
+        return self.inner.submit_ranges(key, offsets, lengths, dst, dst_offsets, exact=exact)
+
+    def put(self, key: str, data: Any) -> ObjectInfo:
+        self._check()
+        return self.inner.put(key, data)
+
+    def put_if_absent(self, key: str, data: Any) -> bool:
+        self._check()
+        return self.inner.put_if_absent(key, data)
+
+    def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
+        self._check()
+        return self.inner.compare_and_swap(key, expected, data)
+
+    def stat(self, key: str) -> ObjectInfo:
+        self._check()
+        return self.inner.stat(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        self._check()
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self._check()
+        self.inner.delete(key)
+
+
+def write_toml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_mount_table_from_config_file_env_file_env_var_and_api(tmp_path: Path) -> None:
+    cfg = write_toml(
+        tmp_path / "c.toml",
+        f'[io]\nthreads = 4\n\n[mounts.data]\nurl = "{tmp_path}/a"\n\n[mounts.ckpt]\nurl = "{tmp_path}/x"\n',
+    )
+    mnt = write_toml(tmp_path / "m.toml", f'[mounts.ckpt]\nurl = "{tmp_path}/b"\nread_only = true\n')
+    env = {"STORECOMP_CONFIG": str(cfg), "STORECOMP_MOUNTS": str(mnt), "STORECOMP_MOUNT_LOGS": f"{tmp_path}/c"}
+    mounts = load_mounts(env)
+    assert mounts["data"].replicas[0].url == f"{tmp_path}/a"
+    assert mounts["ckpt"].replicas[0].url == f"{tmp_path}/b" and mounts["ckpt"].read_only  # STORECOMP_MOUNTS wins
+    assert mounts["logs"].replicas[0].url == f"{tmp_path}/c"
+    ns = Namespace([Mount.of("data", str(tmp_path / "d"))], environ=env)  # the API wins
+    store, key = ns.resolve("sc://data/x/y.bin")
+    store.put(key, b"hello")
+    assert (tmp_path / "d" / "x" / "y.bin").read_bytes() == b"hello"
+    with ns.open("sc://data/x/y.bin") as f:
+        assert f.read() == b"hello"
+    with pytest.raises(PermissionDeniedError):
+        ns.resolve("sc://ckpt/k")[0].put("k", b"no")
+    ns.close()
+
+
+def test_plain_path_file_url_and_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "f.bin").write_bytes(b"abc")
+    ns = Namespace(environ={})
+    for url in (str(tmp_path / "f.bin"), (tmp_path / "f.bin").as_uri()):
+        store, key = ns.resolve(url)
+        assert key == str(tmp_path / "f.bin").lstrip("/")
+        assert store.get(key) == b"abc"
+    monkeypatch.chdir(tmp_path)
+    assert ns.open("f.bin").read() == b"abc"
+    assert split_url("s3://bucket/a/b") == ("s3://bucket", "a/b")
+    assert split_url("s3://bucket") == ("s3://bucket", "")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sc://data/../etc/passwd", "sc://data/a/../../x", "sc://data//etc/passwd", "sc://data/a/./b", "sc://data/a\0b", "sc:///x"],
+)
+def test_path_traversal_is_refused(tmp_path: Path, url: str) -> None:
+    ns = Namespace([Mount.of("data", str(tmp_path))], environ={})
+    with pytest.raises(InvalidArgumentError):
+        ns.resolve(url)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "..", ".", "", "/", "c.d"]), min_size=1, max_size=6))
+def test_resolved_keys_never_escape_the_mount(tmp_path_factory: pytest.TempPathFactory, parts: list[str]) -> None:
+    root = tmp_path_factory.getbasetemp() / "ns-prop"
+    ns = Namespace([Mount.of("m", str(root))], environ={})
+    path = "/".join(parts)
+    try:
+        store, key = ns.resolve("sc://m/" + path)
+    except InvalidArgumentError:
+        return
+    assert isinstance(store, LocalStore)
+    if key:
+        target = os.path.normpath(store.root / key)
+        assert target.startswith(str(store.root) + os.sep)
+
+
+def test_unknown_mount_and_malformed_urls(tmp_path: Path) -> None:
+    ns = Namespace(environ={})
+    with pytest.raises(InvalidArgumentError, match="no such mount"):
+        ns.resolve("sc://nope/x")
+    with pytest.raises(InvalidArgumentError):
+        ns.resolve("file://relative/x")
+    with pytest.raises(InvalidArgumentError):
+        ns.resolve("s3:///key")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("[mounts.data]\nurl = 5\n", 2, "url"),
+        ('[mounts.data]\nurl = "/x"\nbogus = 1\n', 3, "bogus"),
+        ('[mounts.data]\nreplicas = [{url = "/a", site = 3}]\n', 2, "replicas"),
+        ('[mounts.data]\nurl = "/a"\nprimary = "mars"\n', 3, "primary"),
+        ('[mounts.data]\nurl = "/a"\nread_only = "yes"\n', 3, "read_only"),
+        ("[mounts]\ndata = 7\n", 2, ""),
+        ('[mounts.data\nurl = "/a"\n', 1, ""),
+    ],
+)
+def test_malformed_config_names_file_line_and_key(tmp_path: Path, text: str, line: int, key: str) -> None:
+    path = write_toml(tmp_path / "mounts.toml", text)
+    with pytest.raises(ConfigError) as e:
+        load_mounts({"STORECOMP_MOUNTS": str(path)})
+    msg = str(e.value)
+    assert str(path) in msg
+    assert f"line {line}" in msg or f"{path}:{line}:" in msg
+    assert key in msg
+
+
+def test_missing_config_file_and_bad_env_mount(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_mounts({"STORECOMP_MOUNTS": str(tmp_path / "none.toml")})
+    with pytest.raises(ConfigError, match="STORECOMP_MOUNT_X"):
+        load_mounts({"STORECOMP_MOUNT_X": " , "})
+
+
+def _replicated(
+    tmp_path: Path, prefs: Sequence[int], sites: Sequence[str] = (), **kw: Any
+) -> tuple[ReplicatedStore, list[FlakyStore]]:
+    sites = list(sites) or [f"s{i}" for i in range(len(prefs))]
+    mount = Mount("m", tuple(Replica(f"{tmp_path}/r{i}", sites[i], p) for i, p in enumerate(prefs)), primary=sites[0])
+    flaky = [FlakyStore(LocalStore(tmp_path / f"r{i}"), f"r{i}") for i in range(len(prefs))]
+    for f in flaky:
+        f.inner.put("obj", b"0123456789")
+    return ReplicatedStore(mount, flaky, **kw), flaky
+
+
+def test_reads_prefer_configured_replica_then_fail_over(tmp_path: Path) -> None:
+    rs, flaky = _replicated(tmp_path, [1, 0, 2])
+    assert rs.read_order()[0] == 1
+    assert rs.get("obj") == b"0123456789" and flaky[1].calls == 2 and flaky[0].calls == 0  # stat + read
+    flaky[1].down = True
+    buf = np.zeros(4, np.uint8)
+    assert int(rs.read_ranges("obj", [2], [4], buf, [0])[0]) == 4 and bytes(buf) == b"2345"
+    assert flaky[0].calls >= 1
+    assert rs.read_order()[-1] == 1  # marked down: tried last during the cooldown
+    assert not rs.health()[1]["healthy"] and "connection refused" in rs.health()[1]["last_error"]
+    assert rs.stat("obj").size == 10
+    for f in flaky:
+        f.down = True
+    with pytest.raises(StoreUnavailableError):
+        rs.get("obj")
+    rs.close()
+
+
+def test_local_site_and_latency_order(tmp_path: Path) -> None:
+    rs, _ = _replicated(tmp_path, [0, 0, 0], ["eu", "us", "us"], local_site="us")
+    assert rs.read_order()[:2] == [1, 2]
+    rs._succeeded(1, 0.5)
+    rs._succeeded(2, 0.01)
+    assert rs.read_order()[0] == 2
+    rs.probe("obj")
+    assert all(h["latency_s"] > 0 for h in rs.health())
+
+
+def test_not_found_does_not_fail_over_and_writes_go_to_primary(tmp_path: Path) -> None:
+    rs, flaky = _replicated(tmp_path, [0, 1])
+    with pytest.raises(NotFoundError):
+        rs.stat("missing")
+    assert flaky[1].calls == 0
+    rs.put("new", b"x")
+    assert flaky[0].inner.exists("new") and not flaky[1].inner.exists("new")
+    flaky[0].down = True
+    with pytest.raises(StoreUnavailableError):
+        rs.put("new2", b"x")  # no failover for writes: the primary takes them
+
+
+def test_toml_replicas_build_a_replicated_store(tmp_path: Path) -> None:
+    text = (
+        '[mounts.ds]\nprimary = "west"\nreplicas = [\n'
+        f'  {{url = "{tmp_path}/e", site = "east", preference = 0}},\n'
+        f'  {{url = "{tmp_path}/w", site = "west", preference = 1}},\n]\n'
+    )
+    path = write_toml(tmp_path / "m.toml", text)
+    ns = Namespace(environ={"STORECOMP_MOUNTS": str(path)})
+    store, key = ns.resolve("sc://ds/a/b")
+    assert isinstance(store, ReplicatedStore)
+    store.put(key, b"w")
+    assert (tmp_path / "w" / "a" / "b").exists() and not (tmp_path / "e" / "a" / "b").exists()
