@@ -1,0 +1,240 @@
+"""crc32c checksums per chunk, and reads that verify them.
+
+Every blob carries a list of crc32c values (the Castagnoli polynomial, S3's
+own checksum algorithm), one per ``chunk_bytes`` chunk (4 MiB by default;
+the last chunk may be short). A ranged read fetches the chunks that cover
+the range, checks them and copies out the requested bytes; a mismatch
+raises :class:`~storecomp.errors.CorruptDataError` naming the object and the
+byte range of the bad chunk.
+
+Sidecar format (``<key>.crc32c``, written before the object it describes;
+all integers little-endian)::
+
+    offset  size  field
+    0       4     magic  b"SCC1"
+    4       4     algorithm  (1 = crc32c)
+    8       8     size of the object in bytes
+    16      8     chunk_bytes
+    24      4*n   crc32c of chunk i, n = ceil(size / chunk_bytes)
+    24+4n   4     crc32c of bytes [0, 24+4n) (the sidecar's own check)
+
+In manifests the same values appear as JSON: ``{"chunk_bytes": N,
+"crc32c": [...]}`` (see :meth:`Checksums.to_json`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import google_crc32c
+import numpy as np
+
+from ..errors import CorruptDataError, InvalidArgumentError, ShortReadError
+from .base import ObjectInfo, Store
+from .keys import payload_view
+
+DEFAULT_CHUNK_BYTES = 4 << 20
+SIDECAR_SUFFIX = ".crc32c"
+_MAGIC = b"SCC1"
+_HEAD = struct.Struct("<4sIQQ")
+_ALGO_CRC32C = 1
+
+
+def crc32c(data: Any) -> int:
+    """crc32c of a bytes-like object or uint8 array."""
+    return int(google_crc32c.value(_u8(data)))
+
+
+def _u8(data: Any) -> np.ndarray:
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 1:
+        return data
+    return np.frombuffer(payload_view(data), np.uint8)
+
+
+@dataclass(frozen=True)
+class Checksums:
+    """crc32c of each ``chunk_bytes`` chunk of an object of ``size`` bytes."""
+
+    size: int
+    chunk_bytes: int
+    crcs: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes <= 0 or self.size < 0:
+            raise InvalidArgumentError(f"checksums: bad size={self.size} or chunk_bytes={self.chunk_bytes}")
+        if len(self.crcs) != -(-self.size // self.chunk_bytes):
+            raise InvalidArgumentError(f"checksums: {len(self.crcs)} crcs for {self.size} bytes in chunks of {self.chunk_bytes}")
+
+    @classmethod
+    def compute(cls, data: Any, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Checksums:
+        """Checksums of ``data`` (bytes-like) in chunks of ``chunk_bytes`` bytes."""
+        if chunk_bytes <= 0:
+            raise InvalidArgumentError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        arr = _u8(data)
+        crcs = tuple(int(google_crc32c.value(arr[i : i + chunk_bytes])) for i in range(0, arr.size, chunk_bytes))
+        return cls(arr.size, chunk_bytes, crcs)
+
+    # -- encodings
+
+    def to_bytes(self) -> bytes:
+        body = _HEAD.pack(_MAGIC, _ALGO_CRC32C, self.size, self.chunk_bytes) + struct.pack(f"<{len(self.crcs)}I", *self.crcs)
+        return body + struct.pack("<I", google_crc32c.value(body))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, name: str = "checksums") -> Checksums:
+        """Parse a sidecar; CorruptDataError (naming ``name``) when it is damaged."""
+        if len(raw) < _HEAD.size + 4:
+            raise CorruptDataError(f"{name}: checksum sidecar truncated ({len(raw)} bytes)")
+        magic, algo, size, chunk = _HEAD.unpack_from(raw)
+        if magic != _MAGIC or algo != _ALGO_CRC32C or chunk <= 0:
+            raise CorruptDataError(f"{name}: not a storecomp crc32c sidecar (magic {magic!r}, algorithm {algo})")
+        n = -(-size // chunk)
+        if len(raw) != _HEAD.size + 4 * n + 4:
+            raise CorruptDataError(f"{name}: checksum sidecar has {len(raw)} bytes, expected {_HEAD.size + 4 * n + 4}")
+        (own,) = struct.unpack_from("<I", raw, len(raw) - 4)
+        if own != google_crc32c.value(raw[:-4]):
+            raise CorruptDataError(f"{name}: checksum sidecar fails its own crc32c")
+        return cls(size, chunk, struct.unpack_from(f"<{n}I", raw, _HEAD.size))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chunk_bytes": self.chunk_bytes, "crc32c": list(self.crcs)}
+
+    @classmethod
+    def from_json(cls, size: int, obj: Any, name: str = "checksums") -> Checksums:
+        try:
+            return cls(int(size), int(obj["chunk_bytes"]), tuple(int(c) for c in obj["crc32c"]))
+        except (KeyError, TypeError, ValueError, InvalidArgumentError) as e:
+            raise CorruptDataError(f"{name}: malformed checksum record: {e}") from None
+
+    # -- ranges
+
+    def covering(self, offset: int, length: int) -> tuple[int, int]:
+        """The chunk-aligned byte range ``[start, end)`` that covers ``[offset, offset+length)``,
+        clipped to the object. InvalidArgumentError for a negative range."""
+        if offset < 0 or length < 0:
+            raise InvalidArgumentError(f"bad range: offset={offset} length={length}")
+        end = min(offset + length, self.size)
+        if end <= offset:
+            return offset, offset
+        c = self.chunk_bytes
+        return (offset // c) * c, min(-(-end // c) * c, self.size)
+
+    def verify(self, data: Any, start: int, name: str) -> None:
+        """Check ``data``, which holds the object's bytes from ``start`` (a chunk
+        boundary) to a chunk boundary or the end. Raises CorruptDataError naming
+        ``name`` and the byte range of the first bad chunk."""
+        arr = _u8(data)
+        c = self.chunk_bytes
+        if start % c or start < 0:
+            raise InvalidArgumentError(f"{name}: verify start {start} is not a chunk boundary ({c} bytes)")
+        end = start + arr.size
+        if end > self.size or (end % c and end != self.size):
+            raise CorruptDataError(f"{name}: bytes [{start}, {end}) do not end on a chunk boundary of a {self.size}-byte object")
+        for i, pos in enumerate(range(start, end, c)):
+            got = int(google_crc32c.value(arr[i * c : i * c + c]))
+            want = self.crcs[pos // c]
+            if got != want:
+                stop = min(pos + c, self.size)
+                raise CorruptDataError(f"{name}: crc32c mismatch in bytes [{pos}, {stop}): expected {want:08x}, got {got:08x}")
+
+
+def sidecar_key(key: str) -> str:
+    """The key of ``key``'s checksum sidecar."""
+    return key + SIDECAR_SUFFIX
+
+
+def put_checked(store: Store, key: str, data: Any, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Checksums:
+    """Put ``data`` with its sidecar (sidecar first, so a visible object always has one)."""
+    sums = Checksums.compute(data, chunk_bytes)
+    store.put(sidecar_key(key), sums.to_bytes())
+    store.put(key, data)
+    return sums
+
+
+def load_checksums(store: Store, key: str) -> Checksums:
+    """The sidecar of ``key``: NotFoundError when it has none, CorruptDataError when damaged."""
+    return Checksums.from_bytes(store.get(sidecar_key(key)), f"{store.url}/{sidecar_key(key)}")
+
+
+def read_verified(
+    store: Store,
+    key: str,
+    sums: Checksums,
+    offsets: Sequence[int],
+    lengths: Sequence[int],
+    dst: np.ndarray,
+    dst_offsets: Sequence[int],
+    *,
+    name: str | None = None,
+) -> np.ndarray:
+    """Read ranges of ``key`` into host array ``dst`` (uint8), verifying every
+    covering chunk. Ranges are clipped at the object's end (as ``exact=False``);
+    returns bytes read per range (uint64). Chunk-aligned ranges land straight
+    in ``dst``; others go through a scratch buffer. Raises CorruptDataError
+    (naming the object and byte range) and never leaves unverified bytes
+    reported as read."""
+    label = name or f"{store.url}/{key}"
+    out = np.zeros(len(offsets), np.uint64)
+    direct: list[int] = []
+    staged: list[tuple[int, int, int]] = []  # range index, start, end
+    for i, (off, ln) in enumerate(zip(offsets, lengths, strict=True)):
+        start, end = sums.covering(int(off), int(ln))
+        if end <= start:
+            continue
+        if start == off and end == min(int(off) + int(ln), sums.size):
+            direct.append(i)
+        else:
+            staged.append((i, start, end))
+    if direct:
+        offs = [int(offsets[i]) for i in direct]
+        lens = [min(int(lengths[i]), sums.size - int(offsets[i])) for i in direct]
+        douts = [int(dst_offsets[i]) for i in direct]
+        _read(store, key, offs, lens, dst, douts, label)
+        for i, off, ln, d in zip(direct, offs, lens, douts, strict=True):
+            sums.verify(dst[d : d + ln], off, label)
+            out[i] = ln
+    if staged:
+        total = sum(e - s for _, s, e in staged)
+        scratch = np.empty(total, np.uint8)
+        pos, places = 0, []
+        for _, s, e in staged:
+            places.append(pos)
+            pos += e - s
+        _read(store, key, [s for _, s, _ in staged], [e - s for _, s, e in staged], scratch, places, label)
+        for (i, s, e), p in zip(staged, places, strict=True):
+            sums.verify(scratch[p : p + e - s], s, label)
+            off, d = int(offsets[i]), int(dst_offsets[i])
+            n = min(int(lengths[i]), sums.size - off)
+            dst[d : d + n] = scratch[p + off - s : p + off - s + n]
+            out[i] = n
+    return out
+
+
+def _read(store: Store, key: str, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int], label: str) -> None:
+    try:
+        store.read_ranges(key, offs, lens, dst, douts, exact=True)
+    except ShortReadError as e:
+        raise CorruptDataError(f"{label}: object is shorter than its checksums say ({e})") from None
+
+
+def get_verified(store: Store, key: str, sums: Checksums | None = None, offset: int = 0, length: int | None = None) -> bytes:
+    """Bytes of ``key`` from ``offset`` (``length`` bytes, or to the end), verified
+    against ``sums`` (default: the object's sidecar)."""
+    if sums is None:
+        sums = load_checksums(store, key)
+    if length is None:
+        length = max(0, sums.size - offset)
+    buf = np.empty(max(0, min(length, sums.size - offset)), np.uint8)
+    if buf.size == 0:
+        return b""
+    read_verified(store, key, sums, [offset], [buf.size], buf, [0])
+    return buf.tobytes()
+
+
+def check_size(info: ObjectInfo, sums: Checksums, name: str) -> None:
+    """CorruptDataError when an object's size differs from its checksum record."""
+    if info.size != sums.size:
+        raise CorruptDataError(f"{name}: object has {info.size} bytes, its checksums describe {sums.size}")
