@@ -109,6 +109,22 @@ class StoreUnavailableError(StorecompError, ConnectionError):
         return (type(self), (self.endpoint, self.detail))
 
 
+class CredentialsError(StorecompError, PermissionError):
+    """Credentials for a store are missing or were refused; the message never holds a secret."""
+
+
+class BucketNotFoundError(StorecompError, FileNotFoundError):
+    """The bucket (or container) a store URL names does not exist; ``bucket`` names it."""
+
+    def __init__(self, bucket: str, endpoint: str) -> None:
+        super().__init__(f"bucket {bucket!r} does not exist at {endpoint} (create it first)")
+        self.bucket = bucket
+        self.endpoint = endpoint
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.bucket, self.endpoint))
+
+
 def from_errno(err: int, path: str, offset: int | None = None, op: str = "read") -> StorageIOError:
     """The storecomp error for an errno raised while doing ``op`` on ``path``."""
     cls: type[StorageIOError]
@@ -142,5 +158,7 @@ __all__ = [
     "CorruptDataError",
     "ConflictError",
     "StoreUnavailableError",
+    "CredentialsError",
+    "BucketNotFoundError",
     "from_errno",
 ]

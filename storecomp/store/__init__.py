@@ -1,23 +1,58 @@
-"""One namespace over local files, S3-compatible object stores and fsspec backends."""
+"""One namespace over local files, S3-compatible object stores and fsspec backends.
+
+``open_store(url)`` returns the backend for a path, ``file://``, ``s3://`` or
+any fsspec URL; backends other than local files are imported on first use.
+"""
 
 from .base import Capabilities, ObjectInfo, RangeFuture, Store
+from .integrity import Checksums
 from .keys import validate_key, validate_prefix
 from .local import LocalStore
 from .namespace import Mount, Namespace, Replica, ReplicatedStore, StoreReader, load_mounts
+from .registry import backends, open_store, register_backend
+from .retry import RetryPolicy
+from .snapshots import ANY, Entry, GCReport, Manifest, RefState, Repository, Snapshot, SnapshotWriter
 
 __all__ = [
     "Capabilities",
     "LocalStore",
     "ObjectInfo",
     "RangeFuture",
+    "RetryPolicy",
     "Store",
+    "backends",
+    "open_store",
+    "register_backend",
     "validate_key",
     "validate_prefix",
-    # namespace
+    # namespace (namespace.py)
     "Mount",
     "Namespace",
     "Replica",
     "ReplicatedStore",
     "StoreReader",
     "load_mounts",
+    # integrity, blobs, manifests, refs (integrity.py, snapshots.py)
+    "ANY",
+    "Checksums",
+    "Entry",
+    "GCReport",
+    "Manifest",
+    "RefState",
+    "Repository",
+    "Snapshot",
+    "SnapshotWriter",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Remote backends import their client libraries: only on first use.
+    if name == "S3Store":
+        from .s3 import S3Store
+
+        return S3Store
+    if name == "FsspecStore":
+        from .fsspec_store import FsspecStore
+
+        return FsspecStore
+    raise AttributeError(name)

@@ -1,0 +1,37 @@
+"""A :class:`~storecomp.store.base.RangeFuture` over a ``concurrent.futures.Future`` (remote backends)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+import numpy as np
+
+
+class PendingRanges:
+    """Completion of a remote ``submit_ranges``: bytes read per range, or the first failure.
+
+    Holds the destination until the reads are done; dropping it early waits.
+    """
+
+    def __init__(self, fut: concurrent.futures.Future[np.ndarray], keepalive: Any) -> None:
+        self._fut = fut
+        self._keepalive = keepalive
+
+    def done(self) -> bool:
+        return self._fut.done()
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        """Bytes read per range (uint64). Raises TimeoutError after ``timeout`` seconds, or the failure."""
+        try:
+            return self._fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"ranged read not finished within {timeout} s") from None
+
+    def __del__(self) -> None:
+        # Parts may still be copied into the destination: never free it early.
+        if not self._fut.done():
+            try:
+                self._fut.result()
+            except BaseException:
+                pass

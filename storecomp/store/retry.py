@@ -1,0 +1,143 @@
+"""Bounded retries with exponential backoff and full jitter, for remote backends.
+
+A :class:`RetryPolicy` bounds both the number of attempts and the total time
+(``deadline_s`` from the first attempt); nothing retries forever. Backends
+classify their own exceptions as transient (5xx, 429, timeouts, connection
+resets) with a predicate; everything else is raised at once.
+
+The S3 backend hands the same policy to obstore, whose client retries 5xx,
+connection errors and timeouts itself (see :meth:`RetryPolicy.obstore_config`);
+the loop here covers what the client does not (429 throttling, a connection
+dropped while a body streams). The fsspec adapter uses the loop for all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from ..errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry. Times in seconds.
+
+    * ``max_attempts``: attempts in all (1: no retry).
+    * ``initial_backoff_s`` / ``max_backoff_s``: the sleep before retry n is
+      uniform in ``[0, min(max_backoff_s, initial_backoff_s * 2**n)]``.
+    * ``deadline_s``: no attempt starts after this long since the first.
+    * ``connect_timeout_s`` / ``request_timeout_s``: per connection and per
+      request (a request that stalls longer fails and may be retried).
+    """
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    deadline_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ConfigError(f"RetryPolicy: max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        for name in ("initial_backoff_s", "max_backoff_s", "deadline_s", "connect_timeout_s", "request_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"RetryPolicy: {name} must be a positive number of seconds, got {value!r}")
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to sleep before retry number ``attempt`` (1-based): full jitter."""
+        cap = min(self.max_backoff_s, self.initial_backoff_s * (2 ** (attempt - 1)))
+        return (rng or random).uniform(0, cap)
+
+    def obstore_config(self) -> dict[str, Any]:
+        """The same bounds as obstore's ``retry_config`` (its client retries 5xx, resets, timeouts)."""
+        return {
+            "max_retries": self.max_attempts - 1,
+            "retry_timeout": timedelta(seconds=self.deadline_s),
+            "backoff": {
+                "init_backoff": timedelta(seconds=self.initial_backoff_s),
+                "max_backoff": timedelta(seconds=self.max_backoff_s),
+                "base": 2,
+            },
+        }
+
+
+def call_with_retry(fn: Callable[[], T], policy: RetryPolicy, is_transient: Callable[[BaseException], bool]) -> T:
+    """``fn()``, retried on transient errors within ``policy``; the last error is raised."""
+    start = time.monotonic()
+    attempt = 1
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            delay = _next_delay(e, policy, is_transient, attempt, start)
+            if delay is None:
+                raise
+        time.sleep(delay)
+        attempt += 1
+
+
+async def acall_with_retry(
+    fn: Callable[[], Awaitable[T]], policy: RetryPolicy, is_transient: Callable[[BaseException], bool]
+) -> T:
+    """The ``async`` twin of :func:`call_with_retry` (for concurrent ranged reads)."""
+    start = time.monotonic()
+    attempt = 1
+    while True:
+        try:
+            return await fn()
+        except Exception as e:
+            delay = _next_delay(e, policy, is_transient, attempt, start)
+            if delay is None:
+                raise
+        await asyncio.sleep(delay)
+        attempt += 1
+
+
+def _next_delay(
+    e: BaseException, policy: RetryPolicy, is_transient: Callable[[BaseException], bool], attempt: int, start: float
+) -> float | None:
+    if attempt >= policy.max_attempts or not is_transient(e):
+        return None
+    delay = policy.backoff(attempt)
+    if time.monotonic() - start + delay > policy.deadline_s:
+        return None
+    return delay
+
+
+_TRANSIENT_WORDS = (
+    "429",
+    "too many requests",
+    "slowdown",
+    "slow down",
+    "500 internal",
+    "502 bad gateway",
+    "503 service",
+    "504 gateway",
+    "timed out",
+    "timeout",
+    "connection reset",
+    "connection refused",
+    "broken pipe",
+    "error sending request",
+    "error decoding response body",
+    "connection closed",
+    "unexpected eof",
+)
+
+
+def looks_transient(e: BaseException) -> bool:
+    """Generic test: timeouts, dropped connections, 5xx and 429 by type or message."""
+    if isinstance(e, (TimeoutError, ConnectionError)):
+        return True
+    text = str(e).lower()
+    return any(w in text for w in _TRANSIENT_WORDS)

@@ -1,0 +1,444 @@
+"""S3Store: any S3-compatible object store (AWS S3, SeaweedFS, MinIO, Ceph RGW) via obstore.
+
+* Reads: each range is cut into parts of ``part_bytes``; all parts of a call
+  are fetched concurrently (at most ``max_concurrency`` requests in flight)
+  on a background event loop and copied straight into the caller's
+  destination (numpy, torch CPU, anything :func:`storecomp.io.as_buffer`
+  takes; CUDA destinations get one host-to-device copy per part).
+* ``put``: one atomic PUT (multipart past ``multipart_bytes``; an unfinished
+  multipart upload is never visible).
+* ``put_if_absent``: PUT with ``If-None-Match: *``; ``compare_and_swap``:
+  PUT with ``If-Match: <etag>``. A 412 becomes False / ``ConflictError``.
+  Versions are ETags.
+* Errors are translated at one boundary (:meth:`S3Store._translate`):
+  missing key → ``NotFoundError`` naming ``s3://bucket/prefix/key``; missing
+  bucket → ``BucketNotFoundError``; refused or missing credentials →
+  ``CredentialsError`` (the secret is never in a message); unreachable →
+  ``StoreUnavailableError`` naming the endpoint.
+* Retries: obstore's client retries 5xx, connection errors and timeouts
+  within :class:`~storecomp.store.retry.RetryPolicy`; the loop in
+  ``retry.py`` adds 429 and dropped bodies, within the same bounds.
+
+Credentials come from the arguments, else the standard variables
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``,
+``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``.
+With none, a ``CredentialsError`` is raised up front (``anonymous=True``
+for public buckets), instead of a slow probe of instance metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import errno
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    BucketNotFoundError,
+    ConflictError,
+    CredentialsError,
+    InvalidArgumentError,
+    NotFoundError,
+    ShortReadError,
+    StorageIOError,
+    StorecompError,
+    StoreUnavailableError,
+)
+from ..io.buffers import BufferRef, as_buffer
+from .base import Capabilities, ObjectInfo, Store
+from .futures import PendingRanges
+from .keys import payload_view, validate_key, validate_prefix
+from .retry import RetryPolicy, acall_with_retry, call_with_retry
+
+_UNREACHABLE_WORDS = ("error sending request", "connection refused", "timed out", "timeout", "connection reset", "dns error")
+
+
+class _Loop:
+    """A private asyncio loop on a daemon thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="storecomp-s3", daemon=True).start()
+                self._loop = loop
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loop is not None and not self._loop.is_closed():
+                loop = self._loop
+                loop.call_soon_threadsafe(loop.stop)
+                self._loop = None
+
+
+class S3Store(Store):
+    """Objects under ``s3://bucket/prefix`` of an S3-compatible store.
+
+    Times in seconds, sizes in bytes. ``endpoint`` is the server URL
+    (``http://`` allowed); ``retry`` bounds retries and timeouts. Raises
+    CredentialsError when no credentials are given or found in the
+    environment (unless ``anonymous``), InvalidArgumentError for a bad
+    bucket name or option.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        anonymous: bool = False,
+        retry: RetryPolicy | None = None,
+        part_bytes: int = 8 << 20,
+        max_concurrency: int = 32,
+        multipart_bytes: int = 64 << 20,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        from obstore.store import S3Store as _ObS3Store
+
+        env = os.environ if environ is None else environ
+        if not bucket or "/" in bucket:
+            raise InvalidArgumentError(f"bad bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+        if part_bytes <= 0 or max_concurrency <= 0 or multipart_bytes < (5 << 20):
+            raise InvalidArgumentError("part_bytes and max_concurrency must be positive, multipart_bytes >= 5 MiB")
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self.endpoint = endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        self.region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self.retry = retry or RetryPolicy()
+        self.part_bytes = part_bytes
+        self.max_concurrency = max_concurrency
+        self.multipart_bytes = multipart_bytes
+        key_id = access_key_id if access_key_id is not None else env.get("AWS_ACCESS_KEY_ID")
+        secret = secret_access_key if secret_access_key is not None else env.get("AWS_SECRET_ACCESS_KEY")
+        token = session_token if session_token is not None else env.get("AWS_SESSION_TOKEN")
+        self._secrets = tuple(s for s in (secret, token) if s)
+        self.access_key_id = key_id
+        config: dict[str, Any] = {"region": self.region}
+        if anonymous:
+            config["skip_signature"] = True
+        elif not key_id or not secret:
+            missing = "AWS_ACCESS_KEY_ID" if not key_id else "AWS_SECRET_ACCESS_KEY"
+            raise CredentialsError(
+                f"{self.url}: no S3 credentials ({missing} missing): pass access_key_id= and "
+                "secret_access_key=, set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or anonymous=True for a public bucket"
+            )
+        else:
+            config["access_key_id"] = key_id
+            config["secret_access_key"] = secret
+            if token:
+                config["session_token"] = token
+        if self.endpoint:
+            config["endpoint"] = self.endpoint
+        client: dict[str, Any] = {
+            "allow_http": bool(self.endpoint and self.endpoint.startswith("http://")),
+            "connect_timeout": f"{int(self.retry.connect_timeout_s * 1000)}ms",
+            "timeout": f"{int(self.retry.request_timeout_s * 1000)}ms",
+            "pool_max_idle_per_host": str(max_concurrency),
+        }
+        try:
+            self._store = _ObS3Store(
+                bucket,
+                prefix=prefix or None,
+                config=config,  # type: ignore[arg-type]
+                client_options=client,  # type: ignore[arg-type]
+                retry_config=self.retry.obstore_config(),  # type: ignore[arg-type]
+            )
+        except Exception as e:
+            raise InvalidArgumentError(f"{self.url}: bad S3 configuration: {self._redact(str(e))}") from None
+        self._loop = _Loop()
+        self._bucket_checked = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(conditional_writes=True, ranged_reads=True, native_reads=False, local=False)
+
+    @property
+    def where(self) -> str:
+        """The endpoint as named in errors (``s3://bucket`` on AWS's default endpoint)."""
+        return self.endpoint or f"s3://{self.bucket} ({self.region})"
+
+    # ------------------------------------------------------------ errors
+
+    def _redact(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _translate(self, e: BaseException, key: str | None, op: str) -> StorecompError:
+        """The storecomp error for an obstore error raised by ``op`` on ``key``."""
+        import obstore.exceptions as oe
+
+        if isinstance(e, StorecompError):
+            return e
+        text = str(e)
+        low = text.lower()
+        name = f"{self.url}/{key}" if key else self.url
+        first_line = self._redact(text.split("\n", 1)[0])[:400]
+        if "nosuchbucket" in low:
+            return BucketNotFoundError(self.bucket, self.where)
+        if isinstance(e, (oe.NotFoundError, FileNotFoundError)):
+            if key is not None and not self._bucket_exists():
+                return BucketNotFoundError(self.bucket, self.where)
+            return NotFoundError(errno.ENOENT, name, None, op)
+        if isinstance(e, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or "403 forbidden" in low:
+            return CredentialsError(
+                f"{name}: {op} refused by {self.where} for access key id {self.access_key_id!r}: "
+                "check the credentials and the bucket policy"
+            )
+        if any(w in low for w in _UNREACHABLE_WORDS) or any(f" {c} " in text for c in ("500", "502", "503", "504")):
+            return StoreUnavailableError(self.where, f"{op} {name}: {first_line}")
+        err = StorageIOError(errno.EIO, name, None, op)
+        err.add_note(first_line)
+        return err
+
+    def _bucket_exists(self) -> bool:
+        """Probe once whether the bucket exists (a HEAD 404 cannot tell a key from a bucket)."""
+        if self._bucket_checked:
+            return True
+        import obstore
+
+        try:
+            obstore.list_with_delimiter(self._store, prefix="storecomp-probe/")
+        except Exception as e:
+            if "nosuchbucket" in str(e).lower() or "404" in str(e):
+                return False
+            return True  # unknown: do not mask the original error
+        self._bucket_checked = True
+        return True
+
+    def _call(self, fn: Any, key: str | None, op: str) -> Any:
+        """``fn()`` with retries; obstore errors translated (a lost precondition becomes ``_Lost``)."""
+        try:
+            return call_with_retry(fn, self.retry, _outer_transient)
+        except Exception as e:
+            if _is_precondition(e):
+                raise _Lost(str(e)) from None
+            raise self._translate(e, key, op) from None
+
+    # ------------------------------------------------------------ reads
+
+    def submit_ranges(
+        self,
+        key: str,
+        offsets: Sequence[int] | np.ndarray,
+        lengths: Sequence[int] | np.ndarray,
+        dst: Any,
+        dst_offsets: Sequence[int] | np.ndarray,
+        *,
+        exact: bool = True,
+    ) -> PendingRanges:
+        validate_key(key)
+        ref = as_buffer(dst)
+        offs, lens, douts = _check_ranges(offsets, lengths, dst_offsets, ref)
+        fut = self._loop.submit(self._read(key, offs, lens, douts, ref, exact))
+        return PendingRanges(fut, ref)
+
+    async def _read(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, exact: bool
+    ) -> np.ndarray:
+        import obstore
+
+        got = np.zeros(offs.size, np.uint64)
+        sem = asyncio.Semaphore(self.max_concurrency)
+        device = _device_view(ref) if ref.is_cuda else None
+        store = self._store
+
+        async def part(i: int, off: int, n: int, dpos: int) -> None:
+            async with sem:
+                try:
+                    data = await acall_with_retry(
+                        lambda: obstore.get_range_async(store, key, start=off, length=n), self.retry, _outer_transient
+                    )
+                except Exception as e:
+                    if "416" in str(e) or "invalidrange" in str(e).lower():
+                        return  # starts at or past the end: 0 bytes
+                    raise
+                m = min(len(data), n)
+                if m:
+                    if device is None:
+                        ctypes.memmove(ref.address + dpos, _address_of(data), m)
+                    else:
+                        _copy_to_device(device, dpos, data, m)
+                got[i] += m
+
+        tasks = []
+        step = self.part_bytes
+        for i in range(offs.size):
+            off, n, d = int(offs[i]), int(lens[i]), int(douts[i])
+            for p in range(0, n, step):
+                tasks.append(part(i, off + p, min(step, n - p), d + p))
+        try:
+            await asyncio.gather(*tasks)
+        except Exception as e:
+            raise self._translate(e, key, "read") from None
+        if exact:
+            short = np.flatnonzero(got < lens)
+            if short.size:
+                i = int(short[0])
+                raise ShortReadError(f"{self.url}/{key}", int(offs[i]), int(lens[i]), int(got[i]))
+        return got
+
+    # ------------------------------------------------------------ writes
+
+    def _put(self, key: str, data: Any, mode: Any) -> dict[str, Any]:
+        import obstore
+
+        view = payload_view(data)
+        multipart = mode is None and len(view) > self.multipart_bytes
+        return dict(
+            self._call(
+                lambda: obstore.put(
+                    self._store,
+                    key,
+                    view,
+                    mode=mode,
+                    use_multipart=multipart,
+                    chunk_size=max(5 << 20, self.part_bytes),
+                    max_concurrency=min(self.max_concurrency, 16),
+                ),
+                key,
+                "put",
+            )
+        )
+
+    def put(self, key: str, data: Any) -> ObjectInfo:
+        validate_key(key)
+        res = self._put(key, data, None)
+        return ObjectInfo(key, len(payload_view(data)), str(res["e_tag"]), None)
+
+    def put_if_absent(self, key: str, data: Any) -> bool:
+        validate_key(key)
+        try:
+            self._put(key, data, "create")
+        except _Lost:
+            return False
+        return True
+
+    def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
+        validate_key(key)
+        mode: Any = "create" if expected is None else {"e_tag": expected}
+        try:
+            res = self._put(key, data, mode)
+        except _Lost:
+            what = "no object" if expected is None else f"version {expected}"
+            raise ConflictError(f"{self.url}/{key}: compare-and-swap expected {what}, but the object changed") from None
+        return ObjectInfo(key, len(payload_view(data)), str(res["e_tag"]), None)
+
+    # ------------------------------------------------------------ metadata
+
+    def stat(self, key: str) -> ObjectInfo:
+        import obstore
+
+        validate_key(key)
+        meta = self._call(lambda: obstore.head(self._store, key), key, "stat")
+        return _info(key, meta)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        import obstore
+
+        validate_prefix(prefix)
+        # obstore lists whole path segments: list the directory, filter by string prefix.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+
+        def collect() -> list[Any]:
+            out: list[Any] = []
+            for batch in obstore.list(self._store, prefix=base or None, chunk_size=1000):
+                out.extend(batch)
+            return out
+
+        metas = self._call(collect, None, "list")
+        found = [_info(str(m["path"]), m) for m in metas if str(m["path"]).startswith(prefix)]
+        found.sort(key=lambda info: info.key)
+        yield from found
+
+    def delete(self, key: str) -> None:
+        import obstore
+
+        validate_key(key)
+        self._call(lambda: obstore.delete(self._store, key), key, "delete")
+
+    def close(self) -> None:
+        self._loop.close()
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("S3Store cannot be pickled (it holds connections); pass its URL and options instead")
+
+
+class _Lost(StorecompError):
+    """A conditional put lost (412 / already exists); mapped by the caller."""
+
+
+def _is_precondition(e: BaseException | None) -> bool:
+    import obstore.exceptions as oe
+
+    return isinstance(e, (oe.AlreadyExistsError, oe.PreconditionError))
+
+
+def _outer_transient(e: BaseException) -> bool:
+    """What the loop retries beyond obstore's client: throttling and dropped bodies."""
+    text = str(e).lower()
+    return any(
+        w in text
+        for w in ("429", "too many requests", "slowdown", "error decoding response body", "connection reset", "unexpected eof")
+    )
+
+
+def _info(key: str, meta: Mapping[str, Any]) -> ObjectInfo:
+    mtime = meta.get("last_modified")
+    return ObjectInfo(key, int(meta["size"]), str(meta.get("e_tag") or ""), mtime.timestamp() if mtime else None)
+
+
+def _check_ranges(
+    offsets: Sequence[int] | np.ndarray,
+    lengths: Sequence[int] | np.ndarray,
+    dst_offsets: Sequence[int] | np.ndarray,
+    ref: BufferRef,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from ..io.engine import _as_u64, _check_ranges
+
+    offs = _as_u64(offsets, "offsets")
+    lens = _as_u64(lengths, "lengths")
+    douts = _as_u64(dst_offsets, "dst_offsets")
+    if not (offs.size == lens.size == douts.size):
+        raise InvalidArgumentError(f"offsets, lengths and dst_offsets differ in length ({offs.size}, {lens.size}, {douts.size})")
+    _check_ranges(offs, lens, douts, ref, "s3 read")
+    return offs, lens, douts
+
+
+def _address_of(data: Any) -> int:
+    return int(np.frombuffer(data, np.uint8).ctypes.data)
+
+
+def _device_view(ref: BufferRef) -> Any:
+    from ..io.paths import _flat_u8
+
+    return _flat_u8(ref)
+
+
+def _copy_to_device(device: Any, dpos: int, data: Any, m: int) -> None:
+    import torch
+
+    device[dpos : dpos + m].copy_(torch.from_numpy(np.frombuffer(data, np.uint8)[:m].copy()))
