@@ -1,0 +1,26 @@
+"""KV-cache offload: reused prefixes' KV in host memory, on local disk and in a shared store.
+
+See docs/kvcache.md. ``keys`` and ``format`` need only numpy; the store and
+the layouts import torch when first used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .format import ChunkLayout
+from .keys import ModelFingerprint, chunk_keys, token_array
+
+__all__ = ["ChunkLayout", "ContiguousLayout", "KVCacheStore", "ModelFingerprint", "PagedLayout", "chunk_keys", "token_array"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KVCacheStore":
+        from .store import KVCacheStore
+
+        return KVCacheStore
+    if name in ("ContiguousLayout", "PagedLayout", "KVLayout"):
+        from . import layouts
+
+        return getattr(layouts, name)
+    raise AttributeError(f"module 'storecomp.kvcache' has no attribute {name!r}")

@@ -1,0 +1,186 @@
+"""KV-cache keys: a model fingerprint, its namespace, and the chunk key chain.
+
+The scheme is byte-exact and documented in docs/kvcache.md so that another
+engine (C++, Rust, another Python) computes the same keys:
+
+* the fingerprint's canonical form is compact JSON (sorted keys, no spaces,
+  UTF-8) of its ten fields;
+* ``fingerprint digest = SHA-256(b"storecomp-kv-fingerprint\\x00" + canonical)``;
+* ``root = SHA-256(b"storecomp-kv-root\\x00" + fingerprint digest)``;
+* chunk ``i`` (tokens ``[i*N, (i+1)*N)``) has key
+  ``k_i = SHA-256(k_{i-1} + tokens as little-endian int32)``, with
+  ``k_{-1} = root``.
+
+Key i therefore names the whole prefix ``tokens[: (i+1)*N]`` under one
+model configuration: two prompts share key i exactly when they share that
+prefix. Python's ``hash()`` is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+
+#: Version of the KV payload layout inside an object (see format.py). Part of
+#: the fingerprint so that a layout change never reads old bytes as new.
+KV_LAYOUT_VERSION = 1
+
+#: Element sizes in bytes of the dtypes a fingerprint may name (torch names).
+DTYPE_SIZES = {
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "int8": 1,
+    "uint8": 1,
+}
+
+_FP_DOMAIN = b"storecomp-kv-fingerprint\x00"
+_ROOT_DOMAIN = b"storecomp-kv-root\x00"
+_MAX_TOKEN = (1 << 31) - 1
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """Everything that makes two KV caches interchangeable.
+
+    Two engines may share a chunk only when every field is equal: the model
+    (name and revision), the KV dtype, the number of layers, KV heads and
+    head dimension *of this rank's shard*, the payload layout version, the
+    tensor-parallel size and rank, and a free user tag (for example a LoRA
+    adapter id or a RoPE scaling setting the other fields miss).
+    """
+
+    model: str
+    dtype: str
+    layers: int
+    kv_heads: int
+    head_dim: int
+    revision: str = ""
+    tp_size: int = 1
+    tp_rank: int = 0
+    tag: str = ""
+    layout_version: int = KV_LAYOUT_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise InvalidArgumentError(f"ModelFingerprint.model must be a non-empty string, got {self.model!r}")
+        if self.dtype not in DTYPE_SIZES:
+            raise InvalidArgumentError(f"ModelFingerprint.dtype {self.dtype!r} is not one of {', '.join(DTYPE_SIZES)}")
+        for name in ("layers", "kv_heads", "head_dim", "tp_size", "layout_version"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InvalidArgumentError(f"ModelFingerprint.{name} must be a positive int, got {value!r}")
+        if not isinstance(self.tp_rank, int) or not 0 <= self.tp_rank < self.tp_size:
+            raise InvalidArgumentError(f"ModelFingerprint.tp_rank must be in [0, tp_size={self.tp_size}), got {self.tp_rank!r}")
+        for name in ("revision", "tag"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidArgumentError(f"ModelFingerprint.{name} must be a string")
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per KV element."""
+        return DTYPE_SIZES[self.dtype]
+
+    def canonical(self) -> bytes:
+        """The canonical serialization: compact sorted-key JSON in UTF-8."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @cached_property
+    def digest(self) -> bytes:
+        """SHA-256 of the domain tag and :meth:`canonical` (32 bytes)."""
+        return hashlib.sha256(_FP_DOMAIN + self.canonical()).digest()
+
+    @cached_property
+    def namespace(self) -> str:
+        """Hex fingerprint digest: the directory / key prefix of this model's chunks."""
+        return self.digest.hex()
+
+    @cached_property
+    def root(self) -> bytes:
+        """The chain's starting value (32 bytes)."""
+        return hashlib.sha256(_ROOT_DOMAIN + self.digest).digest()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelFingerprint:
+        return cls(**d)
+
+    @classmethod
+    def from_hf_config(cls, config: Any, dtype: str, *, model: str | None = None, **extra: Any) -> ModelFingerprint:
+        """A fingerprint from a transformers config (``num_hidden_layers``,
+        ``num_key_value_heads``, ``head_dim`` or ``hidden_size // num_attention_heads``)."""
+        heads = int(config.num_attention_heads)
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        name = model or getattr(config, "_name_or_path", "") or getattr(config, "model_type", "model")
+        return cls(
+            model=str(name),
+            dtype=dtype,
+            layers=int(config.num_hidden_layers),
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            **extra,
+        )
+
+
+def token_array(tokens: Any) -> np.ndarray:
+    """Token ids as a 1-D little-endian int32 array.
+
+    Accepts a sequence of ints, a numpy array or a 1-D torch tensor (or a
+    [1, n] batch of one). Raises InvalidArgumentError for ids outside
+    [0, 2**31) or a tensor of more than one row.
+    """
+    if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # torch tensor, without importing torch
+        tokens = tokens.detach().cpu().numpy()
+    arr = np.asarray(tokens)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"tokens must be 1-D (or a batch of one), got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, "<i4")
+    if arr.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"tokens must be integers, got dtype {arr.dtype}")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > _MAX_TOKEN:
+        raise InvalidArgumentError(f"token ids must be in [0, 2**31), got values in [{lo}, {hi}]")
+    return arr.astype("<i4", copy=False)
+
+
+def chunk_keys(
+    fingerprint: ModelFingerprint, tokens: Any, chunk_tokens: int = 256, *, max_chunks: int | None = None
+) -> list[bytes]:
+    """Keys (32-byte digests) of every *full* chunk of ``tokens``.
+
+    A trailing partial chunk (fewer than ``chunk_tokens`` tokens) has no key:
+    it is never stored, and callers recompute it.
+    """
+    if chunk_tokens <= 0:
+        raise InvalidArgumentError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    arr = token_array(tokens)
+    n = arr.size // chunk_tokens
+    if max_chunks is not None:
+        n = min(n, max_chunks)
+    data = arr[: n * chunk_tokens].tobytes()
+    step = 4 * chunk_tokens
+    keys: list[bytes] = []
+    parent = fingerprint.root
+    sha = hashlib.sha256
+    for i in range(n):
+        parent = sha(parent + data[i * step : (i + 1) * step]).digest()
+        keys.append(parent)
+    return keys
+
+
+def chunk_key_hex(fingerprint: ModelFingerprint, tokens: Sequence[int], chunk_tokens: int = 256) -> list[str]:
+    """:func:`chunk_keys` as lowercase hex strings."""
+    return [k.hex() for k in chunk_keys(fingerprint, tokens, chunk_tokens)]

@@ -1,0 +1,488 @@
+"""KVCacheStore: reused prefixes' KV cache in host memory, on local disk and in a shared store.
+
+>>> fp = ModelFingerprint("llama-3-8b", "bfloat16", layers=32, kv_heads=8, head_dim=128)
+>>> kv = KVCacheStore(fp, host_bytes=8 << 30, disk_dir="/nvme/kv", shared="s3://bucket/kv")
+>>> n = kv.lookup(tokens)             # tokens of the longest stored prefix
+>>> n = kv.retrieve(tokens, out=cache)  # loaded into the engine's KV tensors
+>>> kv.store(tokens, cache)          # after prefill
+
+Only whole chunks of ``chunk_tokens`` tokens are stored and returned; a
+trailing partial chunk is the caller's to recompute. Every chunk loaded
+from disk or the shared store is checked (fingerprint, key, shape, crc32c
+per layer) before any of it is used; a failed check is counted and treated
+as a miss.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ..config import IOOptions
+from ..errors import InvalidArgumentError, StorecompError
+from ..io import Engine
+from ..store.base import Store
+from . import format as fmt
+from .fetch import Fetch
+from .keys import ModelFingerprint, chunk_keys, token_array
+from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
+
+GiB = 1 << 30
+
+
+def _open_shared(shared: str | Store) -> Store:
+    if isinstance(shared, Store):
+        return shared
+    try:
+        from ..store.registry import open_store  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        from ..store.local import LocalStore
+
+        path = shared.removeprefix("file://")
+        if "://" in path:
+            raise InvalidArgumentError(f"shared store {shared!r}: only local paths are supported by this build") from None
+        return LocalStore(path)
+    store: Store = open_store(shared)
+    return store
+
+
+class KVCacheStore:
+    """A tiered KV-cache store for one model configuration (its ``fingerprint``).
+
+    ``host_bytes`` and ``disk_bytes`` are the tiers' budgets in bytes;
+    ``disk_dir`` (None: no disk tier) and ``shared`` (a URL or a
+    :class:`~storecomp.store.Store`; None: no shared tier) enable the lower
+    tiers. Writes land in host memory during :meth:`store` and reach the
+    lower tiers in the background, unless ``write_through`` (then
+    :meth:`store` returns once every tier has the chunk). A shared store
+    that cannot be reached never fails a request: it is skipped, and
+    background writes retry for up to ``shared_retry_seconds``.
+    """
+
+    def __init__(
+        self,
+        fingerprint: ModelFingerprint,
+        *,
+        chunk_tokens: int = 256,
+        host_bytes: int = 4 * GiB,
+        disk_dir: str | os.PathLike[str] | None = None,
+        disk_bytes: int = 64 * GiB,
+        shared: str | Store | None = None,
+        shared_prefix: str = "kvcache",
+        write_through: bool = False,
+        disk_direct: bool = True,
+        shared_retry_seconds: float = 60.0,
+        shared_backoff: float = 0.5,
+        io_options: IOOptions | None = None,
+        workers: int = 8,
+    ) -> None:
+        if not isinstance(fingerprint, ModelFingerprint):
+            raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
+        if chunk_tokens <= 0:
+            raise InvalidArgumentError(f"chunk_tokens must be positive, got {chunk_tokens}")
+        if host_bytes < 0 or disk_bytes < 0:
+            raise InvalidArgumentError("tier budgets must be non-negative byte counts")
+        self.fingerprint = fingerprint
+        self.chunk_tokens = chunk_tokens
+        self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
+        self.write_through = write_through
+        self.shared_retry_seconds = shared_retry_seconds
+        self.pool = BufferPool(keep_bytes=min(host_bytes, 8 * self.layout.nbytes) + 4 * self.layout.nbytes)
+        self.host = HostTier(host_bytes, self.pool)
+        opts = io_options or IOOptions.load()
+        self.engine = Engine(opts, direct="on" if disk_direct else "auto")
+        self.disk = DiskTier(disk_dir, fingerprint.namespace, disk_bytes, self.engine) if disk_dir is not None else None
+        self.shared = (
+            SharedTier(_open_shared(shared), fingerprint.namespace, shared_prefix, backoff=shared_backoff)
+            if shared is not None
+            else None
+        )
+        self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="storecomp-kv-disk")
+        self._shared_writer = ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="storecomp-kv-shared")
+        self._meta = ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-meta")
+        self._requests = ThreadPoolExecutor(2, thread_name_prefix="storecomp-kv-req")
+        self._pending: set[Future[Any]] = set()
+        self._pending_lock = threading.Lock()
+        self._counts = TierStats()  # store-level: hits = chunks served, misses = chunks not found
+        self._closed = False
+
+    # ------------------------------------------------------------ helpers
+
+    def _keys(self, tokens: Any, max_tokens: int | None = None) -> list[bytes]:
+        arr = token_array(tokens)
+        limit = None if max_tokens is None else max_tokens // self.chunk_tokens
+        return chunk_keys(self.fingerprint, arr, self.chunk_tokens, max_chunks=limit)
+
+    def _layout_of(self, kv: Any) -> Any:
+        from .layouts import as_layout
+
+        layout = as_layout(kv)
+        layout.check(self.fingerprint)
+        return layout
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgumentError("KVCacheStore is closed")
+
+    def _track(self, fut: Future[Any]) -> Future[Any]:
+        with self._pending_lock:
+            self._pending.add(fut)
+        fut.add_done_callback(lambda f: self._discard(f))
+        return fut
+
+    def _discard(self, fut: Future[Any]) -> None:
+        with self._pending_lock:
+            self._pending.discard(fut)
+
+    # ------------------------------------------------------------ lookup
+
+    def lookup(self, tokens: Any) -> int:
+        """Tokens of the longest prefix of ``tokens`` whose chunks are all stored (a multiple of chunk_tokens).
+
+        Host and disk answer from their in-memory index; the shared store
+        gets one batch of concurrent existence checks for the chunks the
+        upper tiers lack (skipped while it is unreachable).
+        """
+        self._check_open()
+        keys = self._keys(tokens)
+        n = 0
+        disk = self.disk
+        for k in keys:
+            if k in self.host.entries or (disk is not None and k in disk.entries):
+                n += 1
+            else:
+                break
+        if n < len(keys) and self.shared is not None:
+            rest = keys[n:]
+            present = self.shared.exists_many(rest, self._meta)
+            for k in rest:
+                if k not in present:
+                    break
+                n += 1
+        return n * self.chunk_tokens
+
+    # ------------------------------------------------------------ store
+
+    def store(self, tokens: Any, kv: Any) -> int:
+        """Store every whole chunk of ``tokens`` whose KV is in ``kv``.
+
+        ``kv``: per-layer (key, value) tensors ``[batch, kv_heads, seq,
+        head_dim]``, a transformers ``DynamicCache`` or a :mod:`layouts`
+        adapter (paged caches). Returns the tokens now covered by stored
+        chunks (chunks already stored are not rewritten). Raises
+        InvalidArgumentError when the tensors do not match the fingerprint
+        (layers, heads, head_dim, dtype).
+        """
+        self._check_open()
+        layout = self._layout_of(kv)
+        keys = self._keys(tokens, layout.tokens)
+        lower: list[Future[Any]] = []
+        for i, key in enumerate(keys):
+            if key in self.host.entries or (self.disk is not None and key in self.disk.entries):
+                if self.write_through:
+                    lower.extend(self._write_missing_lower(key))
+                continue
+            buf = self._build(key, layout, i * self.chunk_tokens)
+            self.host.put(key, buf)
+            lower.extend(self._write_lower(key, buf, disk=True))
+            self.host.unref(buf)  # the host tier and the writers hold their own references
+            self._counts.add(bytes_written=buf.array.nbytes)
+        if self.write_through:
+            for f in lower:
+                f.result()
+        return len(keys) * self.chunk_tokens
+
+    def _write_missing_lower(self, key: bytes) -> list[Future[Any]]:
+        buf = self.host.acquire(key)
+        if buf is None:
+            return []
+        try:
+            return self._write_lower(key, buf, disk=self.disk is not None and key not in self.disk.entries)
+        finally:
+            self.host.release(key, buf)
+
+    def _build(self, key: bytes, layout: Any, start: int) -> Buffer:
+        from .layouts import payload_view
+
+        lay = self.layout
+        buf = self._new_buf()
+        for layer in range(self.fingerprint.layers):
+            raw = lay.layer_view(buf.array, layer)
+            layout.gather(layer, start, payload_view(raw, self.fingerprint, self.chunk_tokens))
+        return buf
+
+    def _seal(self, key: bytes, buf: Buffer) -> None:
+        """Checksums and header, computed once, by the first lower-tier writer (not on the request path)."""
+        with buf.seal_lock:
+            if buf.sealed:
+                return
+            lay = self.layout
+            crcs = [fmt.crc(lay.layer_view(buf.array, i)) for i in range(self.fingerprint.layers)]
+            fmt.write_header(buf.array, lay, key, crcs)
+            buf.sealed = True
+
+    def _write_lower(self, key: bytes, buf: Buffer, *, disk: bool) -> list[Future[Any]]:
+        futs = []
+        if disk and self.disk is not None:
+            self.host.ref(buf)
+            futs.append(self._track(self._disk_writer.submit(self._disk_job, key, buf)))
+        if self.shared is not None and key not in self.shared.known:
+            self.host.ref(buf)
+            futs.append(self._track(self._shared_writer.submit(self._shared_job, key, buf)))
+        return futs
+
+    def _disk_job(self, key: bytes, buf: Buffer) -> bool:
+        try:
+            assert self.disk is not None
+            self._seal(key, buf)
+            return self.disk.put(key, buf.array)
+        finally:
+            self.host.unref(buf)
+
+    def _shared_job(self, key: bytes, buf: Buffer) -> bool:
+        shared = self.shared
+        assert shared is not None
+        deadline = time.monotonic() + self.shared_retry_seconds
+        try:
+            self._seal(key, buf)
+            while True:
+                wait = shared.down_until - time.monotonic()
+                if wait > 0:
+                    if time.monotonic() + wait > deadline or self._closed:
+                        shared.stats.add(write_failures=1)
+                        return False
+                    time.sleep(wait)
+                try:
+                    return shared.put(key, buf.array)
+                except (StorecompError, OSError) as e:
+                    shared.mark_down(e)
+        finally:
+            self.host.unref(buf)
+
+    # ------------------------------------------------------------ retrieve
+
+    def _plan(self, keys: list[bytes], per_layer: bool) -> list[Fetch]:
+        """Start loading the chunks of ``keys`` in order; stops at the first chunk no tier may hold."""
+        fetches: list[Fetch] = []
+        shared_present: set[bytes] | None = None
+        for i, key in enumerate(keys):
+            buf = self.host.acquire(key)
+            if buf is not None:
+                f = Fetch(i, key, "host", buf, self.layout)
+                f.header = fmt.Header(self.chunk_tokens, ())
+                f.checked = set(range(self.fingerprint.layers))
+                fetches.append(f)
+                continue
+            self.host.stats.add(misses=1)
+            if self.disk is not None and self.disk.pin(key):
+                f = Fetch(i, key, "disk", self._new_buf(), self.layout)
+                f.start_disk(self.disk, per_layer)
+                fetches.append(f)
+                continue
+            if self.disk is not None:
+                self.disk.stats.add(misses=1)
+            if self.shared is None or not self.shared.up:
+                break
+            if shared_present is None:
+                shared_present = self.shared.exists_many(keys[i:], self._meta)
+            if key not in shared_present:
+                self.shared.stats.add(misses=1)
+                break
+            f = Fetch(i, key, "shared", self._new_buf(), self.layout)
+            f.start_shared(self.shared, per_layer)
+            fetches.append(f)
+        return fetches
+
+    def _new_buf(self) -> Buffer:
+        buf = self.pool.get(self.layout.nbytes)
+        buf.refs = 1
+        buf.sealed = False
+        return buf
+
+    def _tier(self, name: str) -> Any:
+        return {"host": self.host, "disk": self.disk, "shared": self.shared}[name]
+
+    def _finish(self, fetches: list[Fetch], good: int) -> None:
+        """Account, promote the good chunks upward, release everything."""
+        for f in fetches:
+            f.drain()
+            tier = self._tier(f.tier)
+            if f.index < good:
+                n = self.layout.nbytes
+                secs = (f.t1 or time.perf_counter()) - f.t0 if f.tier != "host" else 0.0
+                tier.stats.add(hits=1, bytes_read=n, read_seconds=secs)
+                self._counts.add(hits=1, bytes_read=n)
+            elif f.bad:
+                self._fail(f)
+            if f.tier == "host":
+                self.host.release(f.key, f.buf)
+                continue
+            if f.tier == "disk":
+                assert self.disk is not None
+                self.disk.unpin(f.key)
+            if f.index < good:
+                f.buf.sealed = True
+                self.host.put(f.key, f.buf)
+                if f.tier == "shared" and self.disk is not None:
+                    self._write_lower(f.key, f.buf, disk=True)
+            self.host.unref(f.buf)
+
+    def _fail(self, f: Fetch) -> None:
+        tier = self._tier(f.tier)
+        if f.corrupt:
+            tier.stats.add(verify_failures=1, misses=1)
+            self._counts.add(verify_failures=1)
+            if f.tier == "disk":
+                self.disk.forget(f.key)  # type: ignore[union-attr]
+            elif f.tier == "shared":
+                self.shared.forget(f.key)  # type: ignore[union-attr]
+                try:  # a corrupt object would shadow the good one forever (put_if_absent)
+                    self.shared.store.delete(self.shared.object_key(f.key))  # type: ignore[union-attr]
+                except (StorecompError, OSError):
+                    pass
+        elif f.error and f.error.startswith("unavailable"):
+            tier.stats.add(unavailable=1, misses=1)
+            if f.tier == "shared":
+                self.shared.mark_down(RuntimeError(f.error))  # type: ignore[union-attr]
+        else:
+            tier.stats.add(misses=1)
+            if f.tier == "disk":
+                self.disk.forget(f.key, delete=False)  # type: ignore[union-attr]
+            elif f.tier == "shared":
+                self.shared.forget(f.key)  # type: ignore[union-attr]
+
+    def retrieve(self, tokens: Any, out: Any) -> int:
+        """Load the longest stored prefix of ``tokens`` into ``out``; returns its length in tokens.
+
+        ``out`` takes the same forms as ``kv`` in :meth:`store` and must have
+        room for the tokens (its positions past the returned count are left
+        as they were). Every chunk is verified before any of it is written
+        to ``out``; a chunk that fails is a counted miss and ends the prefix.
+        """
+        self._check_open()
+        from .layouts import payload_view
+
+        layout = self._layout_of(out)
+        keys = self._keys(tokens, layout.tokens)
+        fetches = self._plan(keys, per_layer=False)
+        good = 0
+        try:
+            for f in fetches:
+                if not f.wait_all():
+                    break
+                good += 1
+            for f in fetches[:good]:
+                for layer in range(self.fingerprint.layers):
+                    src = payload_view(self.layout.layer_view(f.buf.array, layer), self.fingerprint, self.chunk_tokens)
+                    layout.scatter(layer, f.index * self.chunk_tokens, src)
+        finally:
+            self._finish(fetches, good)
+        self._counts.add(misses=len(keys) - good)
+        return good * self.chunk_tokens
+
+    def retrieve_layerwise(self, tokens: Any, out: Any) -> Iterator[tuple[int, int]]:
+        """Load layer by layer: yields ``(layer, tokens)`` once ``layer`` is in ``out``.
+
+        All reads are issued at once; layer i is verified and scattered as
+        soon as its bytes arrive, so the caller can run layer i while i+1
+        loads. ``tokens`` is the prefix valid for that layer. It can only
+        shrink from one layer to the next (a chunk whose later layer fails
+        its check is dropped), so use the last value yielded as the
+        retrieved length and recompute from there.
+        """
+        self._check_open()
+        from .layouts import payload_view
+
+        layout = self._layout_of(out)
+        keys = self._keys(tokens, layout.tokens)
+        fetches = self._plan(keys, per_layer=True)
+        good = len(fetches)
+        try:
+            for layer in range(self.fingerprint.layers):
+                for f in fetches[:good]:
+                    if not f.wait_layer(layer):
+                        good = f.index
+                        break
+                for f in fetches[:good]:
+                    src = payload_view(self.layout.layer_view(f.buf.array, layer), self.fingerprint, self.chunk_tokens)
+                    layout.scatter(layer, f.index * self.chunk_tokens, src)
+                yield layer, good * self.chunk_tokens
+        finally:
+            self._finish(fetches, good)
+            self._counts.add(misses=len(keys) - good)
+
+    # ------------------------------------------------------------ non-blocking
+
+    def lookup_async(self, tokens: Any) -> Future[int]:
+        """:meth:`lookup` in the background."""
+        return self._requests.submit(self.lookup, tokens)
+
+    def store_async(self, tokens: Any, kv: Any) -> Future[int]:
+        """:meth:`store` in the background; ``kv`` must not change until the future is done."""
+        return self._requests.submit(self.store, tokens, kv)
+
+    def retrieve_async(self, tokens: Any, out: Any) -> Future[int]:
+        """:meth:`retrieve` in the background; do not read ``out`` before the future is done."""
+        return self._requests.submit(self.retrieve, tokens, out)
+
+    # ------------------------------------------------------------ lifetime, stats
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until background writes to the lower tiers finish (or give up)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._pending_lock:
+                pending = list(self._pending)
+            if not pending:
+                return
+            for f in pending:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    f.result(left)
+                except TimeoutError:
+                    raise
+                except BaseException:  # noqa: BLE001 - counted by the job
+                    pass
+
+    def stats(self) -> dict[str, Any]:
+        """Counters per tier (hits, misses, bytes, GB/s, evictions, verification and write failures)."""
+        out: dict[str, Any] = {"chunk_tokens": self.chunk_tokens, "chunk_bytes": self.layout.nbytes}
+        total = self._counts.as_dict()
+        out["chunks_hit"] = total["hits"]
+        out["chunks_missed"] = total["misses"]
+        out["verify_failures"] = total["verify_failures"]
+        out["host"] = self.host.stats.as_dict() | {"used_bytes": self.host.used, "budget_bytes": self.host.budget}
+        if self.disk is not None:
+            out["disk"] = self.disk.stats.as_dict() | {
+                "used_bytes": self.disk.used,
+                "budget_bytes": self.disk.budget,
+                "rebuild_seconds": self.disk.rebuild_seconds,
+            }
+        if self.shared is not None:
+            out["shared"] = self.shared.stats.as_dict() | {
+                "url": self.shared.store.url,
+                "up": self.shared.up,
+                "last_error": self.shared.last_error,
+            }
+        return out
+
+    def close(self) -> None:
+        """Finish background writes (shared ones while the store is up), stop threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.shutdown(wait=True)
+        self._disk_writer.shutdown(wait=True)
+        self._shared_writer.shutdown(wait=True)
+        self._meta.shutdown(wait=True)
+        self.engine.close()
+
+    def __enter__(self) -> KVCacheStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,447 @@
+"""The three tiers of a KV store: host memory, local disk, a shared Store.
+
+Each tier keeps an LRU index under a byte budget and counts what it does
+(:class:`TierStats`). Entries being read are *pinned* and never evicted;
+an entry whose buffer is still being written to a lower tier may leave the
+index, but its memory is reused only once every writer let go.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import _native
+from ..errors import NotFoundError, StorecompError
+from ..io import Engine, cuda
+from ..store.base import Store
+
+
+@dataclass
+class TierStats:
+    """Counters of one tier. Bytes in bytes, seconds of wall time spent in I/O."""
+
+    hits: int = 0
+    misses: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    read_seconds: float = 0.0
+    write_seconds: float = 0.0
+    evictions: int = 0
+    verify_failures: int = 0
+    write_failures: int = 0
+    skipped: int = 0  # entries not admitted (no room: all pinned, or larger than the budget)
+    unavailable: int = 0  # operations skipped or failed because the tier could not be reached
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: float) -> None:
+        with self.lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict[str, float]:
+        with self.lock:
+            d = {k: v for k, v in vars(self).items() if k != "lock"}
+        d["read_gbps"] = d["bytes_read"] / d["read_seconds"] / 1e9 if d["read_seconds"] else 0.0
+        d["write_gbps"] = d["bytes_written"] / d["write_seconds"] / 1e9 if d["write_seconds"] else 0.0
+        return d
+
+
+# ---------------------------------------------------------------- host memory
+
+
+class Buffer:
+    """One aligned host allocation (page-aligned, pinned when CUDA exists)."""
+
+    __slots__ = ("native", "array", "pinned", "refs", "sealed", "seal_lock", "__weakref__")
+
+    def __init__(self, nbytes: int, pin: bool) -> None:
+        self.native = _native.HostBuffer(nbytes)
+        self.native.prefault()
+        self.array: np.ndarray = np.frombuffer(self.native, np.uint8)  # type: ignore[call-overload]
+        self.pinned = bool(pin) and cuda.host_register(self.native.address, self.native.nbytes)
+        self.refs = 0  # readers and lower-tier writers holding this buffer
+        self.sealed = False  # header and checksums written (done lazily, off the request path)
+        self.seal_lock = threading.Lock()
+
+    def free(self) -> None:
+        if self.pinned:
+            cuda.host_unregister(self.native.address)
+            self.pinned = False
+
+
+class BufferPool:
+    """Reuses freed buffers of the same size (page faults and pinning cost more than the copy)."""
+
+    def __init__(self, keep_bytes: int) -> None:
+        self.keep_bytes = keep_bytes
+        self._free: dict[int, list[Buffer]] = collections.defaultdict(list)
+        self._free_bytes = 0
+        self._lock = threading.Lock()
+        self.pin = cuda.device_count() > 0
+
+    def get(self, nbytes: int) -> Buffer:
+        with self._lock:
+            lst = self._free.get(nbytes)
+            if lst:
+                self._free_bytes -= nbytes
+                return lst.pop()
+        return Buffer(nbytes, self.pin)
+
+    def put(self, buf: Buffer) -> None:
+        n = buf.array.nbytes
+        with self._lock:
+            if self._free_bytes + n <= self.keep_bytes:
+                self._free[n].append(buf)
+                self._free_bytes += n
+                return
+        buf.free()
+
+
+@dataclass
+class _HostEntry:
+    buf: Buffer
+    pins: int = 0
+
+
+class HostTier:
+    """Chunk objects in host memory under ``budget`` bytes, LRU."""
+
+    name = "host"
+
+    def __init__(self, budget: int, pool: BufferPool) -> None:
+        self.budget = budget
+        self.pool = pool
+        self.used = 0
+        self.entries: collections.OrderedDict[bytes, _HostEntry] = collections.OrderedDict()
+        self.lock = threading.Lock()
+        self.stats = TierStats()
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.entries
+
+    def put(self, key: bytes, buf: Buffer) -> bool:
+        """Admit ``buf`` under ``key`` (the tier takes a reference); False when there is no room."""
+        n = buf.array.nbytes
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return True
+            if n > self.budget or not self._make_room(n):
+                self.stats.add(skipped=1)
+                return False
+            buf.refs += 1
+            self.entries[key] = _HostEntry(buf)
+            self.used += n
+        return True
+
+    def _make_room(self, n: int) -> bool:
+        victims = []
+        freed = self.budget - self.used
+        if freed >= n:
+            return True
+        for k, e in self.entries.items():
+            if e.pins == 0:
+                victims.append(k)
+                freed += e.buf.array.nbytes
+                if freed >= n:
+                    break
+        if freed < n:
+            return False
+        for k in victims:
+            e = self.entries.pop(k)
+            self.used -= e.buf.array.nbytes
+            self._unref(e.buf)
+        self.stats.add(evictions=len(victims))
+        return True
+
+    def _unref(self, buf: Buffer) -> None:
+        buf.refs -= 1
+        if buf.refs == 0:
+            self.pool.put(buf)
+
+    def acquire(self, key: bytes) -> Buffer | None:
+        """The buffer of ``key``, pinned (call :meth:`release`), or None."""
+        with self.lock:
+            e = self.entries.get(key)
+            if e is None:
+                return None
+            e.pins += 1
+            e.buf.refs += 1
+            self.entries.move_to_end(key)
+            return e.buf
+
+    def release(self, key: bytes, buf: Buffer) -> None:
+        with self.lock:
+            e = self.entries.get(key)
+            if e is not None and e.buf is buf:
+                e.pins -= 1
+            self._unref(buf)
+
+    def ref(self, buf: Buffer) -> None:
+        """Hold ``buf`` (for a lower-tier write) so its memory is not reused."""
+        with self.lock:
+            buf.refs += 1
+
+    def unref(self, buf: Buffer) -> None:
+        with self.lock:
+            self._unref(buf)
+
+    def drop(self, key: bytes) -> None:
+        with self.lock:
+            e = self.entries.get(key)
+            if e is not None and e.pins == 0:
+                del self.entries[key]
+                self.used -= e.buf.array.nbytes
+                self._unref(e.buf)
+
+
+# ---------------------------------------------------------------- local disk
+
+
+class DiskTier:
+    """Chunk files under ``root/<namespace>/<xx>/<key>.kv``, LRU under ``budget`` bytes.
+
+    Files are written to a temp name in the same directory, fsynced and
+    renamed into place: a reader sees a whole chunk or none, even after a
+    crash. The index is rebuilt at start by listing the directory (temp
+    files left by dead writers are removed).
+    """
+
+    name = "disk"
+    SUFFIX = ".kv"
+
+    def __init__(self, root: str | os.PathLike[str], namespace: str, budget: int, engine: Engine) -> None:
+        self.root = os.path.join(os.fspath(root), namespace)
+        self.budget = budget
+        self.engine = engine
+        self.used = 0
+        self.entries: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self.pins: collections.Counter[bytes] = collections.Counter()
+        self.lock = threading.Lock()
+        self.stats = TierStats()
+        os.makedirs(self.root, exist_ok=True)
+        self.rebuild_seconds = self.rebuild()
+
+    def path(self, key: bytes) -> str:
+        h = key.hex()
+        return os.path.join(self.root, h[:2], h + self.SUFFIX)
+
+    def rebuild(self) -> float:
+        """Re-read the index from disk (oldest mtime first in LRU order); returns seconds taken."""
+        t0 = time.perf_counter()
+        found: list[tuple[float, bytes, int]] = []
+        with os.scandir(self.root) as top:
+            subdirs = [d.path for d in top if d.is_dir(follow_symlinks=False)]
+        for sub in subdirs:
+            with os.scandir(sub) as it:
+                for f in it:
+                    name = f.name
+                    if name.endswith(self.SUFFIX) and len(name) == 64 + len(self.SUFFIX):
+                        st = f.stat(follow_symlinks=False)
+                        found.append((st.st_mtime, bytes.fromhex(name[:64]), st.st_size))
+                    elif ".tmp-" in name and not _writer_alive(name):
+                        _unlink_quiet(f.path)
+        found.sort()
+        with self.lock:
+            self.entries = collections.OrderedDict((k, size) for _, k, size in found)
+            self.used = sum(size for _, _, size in found)
+        return time.perf_counter() - t0
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self.entries
+
+    def put(self, key: bytes, data: np.ndarray) -> bool:
+        """Write ``data`` as chunk ``key``; False (counted) when it cannot be stored."""
+        n = data.nbytes
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return True
+            if n > self.budget or not self._make_room(n):
+                self.stats.add(skipped=1)
+                return False
+            self.used += n  # reserved while writing
+        final = self.path(key)
+        tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        t0 = time.perf_counter()
+        try:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            with self.engine.open(tmp, "w") as f:
+                f.pwrite(data, 0)
+                f.sync()
+            os.rename(tmp, final)
+        except (OSError, StorecompError):
+            _unlink_quiet(tmp)
+            with self.lock:
+                self.used -= n
+            self.stats.add(write_failures=1)
+            return False
+        self.stats.add(bytes_written=n, write_seconds=time.perf_counter() - t0)
+        with self.lock:
+            self.entries[key] = n
+        return True
+
+    def _make_room(self, n: int) -> bool:
+        victims, freed = [], self.budget - self.used
+        if freed >= n:
+            return True
+        for k, size in self.entries.items():
+            if self.pins[k] == 0:
+                victims.append(k)
+                freed += size
+                if freed >= n:
+                    break
+        if freed < n:
+            return False
+        for k in victims:
+            self.used -= self.entries.pop(k)
+            _unlink_quiet(self.path(k))
+        self.stats.add(evictions=len(victims))
+        return True
+
+    def pin(self, key: bytes) -> bool:
+        with self.lock:
+            if key not in self.entries:
+                return False
+            self.pins[key] += 1
+            self.entries.move_to_end(key)
+            return True
+
+    def unpin(self, key: bytes) -> None:
+        with self.lock:
+            self.pins[key] -= 1
+            if self.pins[key] <= 0:
+                del self.pins[key]
+
+    def forget(self, key: bytes, delete: bool = True) -> None:
+        """Drop ``key`` from the index (and the file, when ``delete``): a corrupt or vanished chunk."""
+        with self.lock:
+            size = self.entries.pop(key, None)
+            if size is not None:
+                self.used -= size
+        if delete:
+            _unlink_quiet(self.path(key))
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that owns temp file ``name`` (``...tmp-<pid>-<rand>``) still runs."""
+    try:
+        pid = int(name.rsplit(".tmp-", 1)[1].split("-")[0])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------- shared store
+
+
+class SharedTier:
+    """Chunk objects in a :class:`Store` under ``<prefix>/<namespace>/<xx>/<key>``.
+
+    Writes use ``put_if_absent`` (a lost race is a success: the content is
+    the same). When the store cannot be reached the tier marks itself down
+    for ``backoff`` seconds (doubling up to ``max_backoff``): lookups and
+    reads skip it meanwhile, background writes wait and retry.
+    """
+
+    name = "shared"
+
+    def __init__(self, store: Store, namespace: str, prefix: str = "kvcache", *, backoff: float = 0.5, max_backoff: float = 30.0):
+        self.store = store
+        self.prefix = f"{prefix.strip('/')}/{namespace}" if prefix else namespace
+        self.stats = TierStats()
+        self.known: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.lock = threading.Lock()
+        self.base_backoff = backoff
+        self.max_backoff = max_backoff
+        self._backoff = backoff
+        self.down_until = 0.0
+        self.last_error = ""
+
+    def object_key(self, key: bytes) -> str:
+        h = key.hex()
+        return f"{self.prefix}/{h[:2]}/{h}"
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def mark_down(self, err: BaseException) -> None:
+        with self.lock:
+            self.down_until = time.monotonic() + self._backoff
+            self._backoff = min(self.max_backoff, self._backoff * 2)
+            self.last_error = f"{type(err).__name__}: {err}"
+        self.stats.add(unavailable=1)
+
+    def mark_up(self) -> None:
+        with self.lock:
+            self._backoff = self.base_backoff
+
+    def remember(self, key: bytes) -> None:
+        with self.lock:
+            self.known[key] = None
+            self.known.move_to_end(key)
+            while len(self.known) > 1_000_000:
+                self.known.popitem(last=False)
+
+    def forget(self, key: bytes) -> None:
+        with self.lock:
+            self.known.pop(key, None)
+
+    def exists_many(self, keys: Iterable[bytes], executor: Any) -> set[bytes]:
+        """Which of ``keys`` the store holds: one batch of concurrent stats (known keys skip it).
+
+        On an unreachable store, returns only the known keys and marks the tier down.
+        """
+        keys = list(keys)
+        present = {k for k in keys if k in self.known}
+        ask = [k for k in keys if k not in present]
+        if not ask or not self.up:
+            return present
+
+        def one(k: bytes) -> bool:
+            try:
+                self.store.stat(self.object_key(k))
+                return True
+            except NotFoundError:
+                return False
+
+        try:
+            for k, ok in zip(ask, executor.map(one, ask), strict=True):
+                if ok:
+                    present.add(k)
+                    self.remember(k)
+        except (StorecompError, OSError) as e:
+            self.mark_down(e)
+        else:
+            self.mark_up()
+        return present
+
+    def put(self, key: bytes, data: np.ndarray) -> bool:
+        """put_if_absent; True when the chunk is in the store now (written by us or another)."""
+        t0 = time.perf_counter()
+        wrote = self.store.put_if_absent(self.object_key(key), data)
+        if wrote:
+            self.stats.add(bytes_written=data.nbytes, write_seconds=time.perf_counter() - t0)
+        self.remember(key)
+        self.mark_up()
+        return True
