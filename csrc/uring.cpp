@@ -60,7 +60,11 @@ class Uring final : public UringBackend {
       : qd_(qd), pool_(pool), stats_(stats), align_(align) {}
 
   int init() {
-    int r = io_uring_queue_init(qd_ + 1, &ring_, 0);  // +1: the shutdown NOP
+    // COOP_TASKRUN: completions are posted when the reaper next enters the
+    // kernel instead of by an interrupt to it (fewer IPIs and context
+    // switches at high IOPS); kernels before 5.19 refuse the flag.
+    int r = io_uring_queue_init(qd_ + 1, &ring_, IORING_SETUP_COOP_TASKRUN);  // +1: the shutdown NOP
+    if (r == -EINVAL) r = io_uring_queue_init(qd_ + 1, &ring_, 0);
     if (r < 0) return r;
     inited_ = true;
     reaper_ = std::thread([this] { reap(); });

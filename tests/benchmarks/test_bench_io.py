@@ -1,0 +1,23 @@
+"""Smoke run of benchmarks/bench_io.py at a tiny size, so the script does not rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_bench_io_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "io.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_io.py"), "--tiny", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["cases"]) == {"seq_1m", "rand_4k", "rand_64k", "hot"}
+    assert all(case["storecomp"]["gbps"] > 0 for case in doc["cases"].values())
+    assert "seq_1m" in proc.stdout and "ratio" in proc.stdout
