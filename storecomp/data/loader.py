@@ -1,0 +1,444 @@
+"""``storecomp.DataLoader``: batches read straight into their slots, on the device you name.
+
+>>> loader = DataLoader("/data/ds", batch_size=64, seed=1, device="cuda")
+>>> for batch in loader:          # dict of tensors, already on the device
+...     loss = model(batch["x"]).sum()
+
+Per batch: the sample indices (sorted, so neighbours merge) become one
+native submission per object into a slot of one aligned staging pool. On
+the CPU the yielded tensors are views of that slot (no copy); the slot goes
+back to the pool when the consumer drops the batch. On CUDA the slot is
+copied to the device once (from pinned memory, on a side stream).
+
+Several batches are in flight; the read-ahead grows whenever the consumer
+has to wait, up to what ``max_memory`` (bytes of staging) allows.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, StorecompError
+from ..io import Engine, StagingPool
+from ._plan import BatchPlan, SlotLayout, build_tensors, corrupt_error, drop_rows, find_corrupt, plan_batch
+from .datasets import Dataset, open_dataset
+from .order import epoch_order, rank_steps
+from .readers import LocalReader
+
+STATE_FORMAT = "storecomp.loader/1"
+
+
+@dataclass
+class _InFlight:
+    plan: BatchPlan
+    slot: Any
+    futures: list[Any]
+    submitted: float
+    end_position: int
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank): torch.distributed when initialised, else RANK/WORLD_SIZE/LOCAL_RANK, else (0, 1, 0)."""
+    try:
+        import torch.distributed as td
+
+        if td.is_available() and td.is_initialized():
+            return td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+class DataLoader:
+    """Batches of ``dataset`` as dicts of tensors on ``device``.
+
+    ``dataset``: a :class:`~storecomp.data.Dataset` or anything
+    :func:`~storecomp.data.open_dataset` takes (``seq_len`` for token files).
+    Variable-length fields come as ``name`` (values) and ``name_offsets``
+    (int64, batch + 1). ``shuffle_block``/``shuffle_window`` (samples) set the
+    locality of the shuffle (defaults: blocks of about 1 MiB, windows of 16
+    blocks). ``max_memory`` bounds the staging bytes. ``verify`` checks
+    crc32c where the dataset has checksums; ``on_corrupt="skip"`` drops bad
+    samples (counted in ``metrics()["corrupt_skipped"]``) instead of raising
+    CorruptDataError. ``transform`` runs on each batch on the device.
+
+    Raises InvalidArgumentError for bad arguments (batch_size <= 0, an empty
+    dataset, a budget too small for two batches).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset | str | os.PathLike[str],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        device: str | Any = "cpu",
+        drop_last: bool = False,
+        seq_len: int | None = None,
+        shuffle_block: int | None = None,
+        shuffle_window: int | None = None,
+        max_memory: int | None = None,
+        read_ahead: int | None = None,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        verify: bool = True,
+        on_corrupt: str = "raise",
+        rank: int | None = None,
+        world_size: int | None = None,
+        engine: Engine | None = None,
+        progress: bool = False,
+    ) -> None:
+        import torch
+
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+        if on_corrupt not in ("raise", "skip"):
+            raise InvalidArgumentError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
+        self.dataset = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, seq_len=seq_len)
+        if engine is not None and isinstance(self.dataset.reader, LocalReader):
+            self.dataset.reader._engine = engine
+        if len(self.dataset) == 0:
+            raise InvalidArgumentError("the dataset has zero samples: nothing to load")
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.drop_last = drop_last
+        per_sample = max(1, self.dataset.sample_nbytes + sum(self.dataset.max_var_nbytes))
+        self.shuffle_block = int(shuffle_block or max(1, min(256, (1 << 20) // per_sample)))
+        self.shuffle_window = int(shuffle_window or 16 * self.shuffle_block)
+        if self.shuffle_block <= 0 or self.shuffle_window <= 0:
+            raise InvalidArgumentError("shuffle_block and shuffle_window must be positive")
+        r, w, _ = dist_info()
+        self.rank = r if rank is None else rank
+        self.world_size = w if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise InvalidArgumentError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        self.layout = SlotLayout.for_dataset(self.dataset, batch_size)
+        slot = self.layout.nbytes
+        budget = max_memory if max_memory is not None else max(256 << 20, 4 * slot)
+        self.max_slots = min(64, budget // slot)
+        if self.max_slots < 2:
+            raise InvalidArgumentError(
+                f"max_memory={budget} bytes holds {self.max_slots} batch slot(s) of {slot} bytes; at least 2 are needed"
+            )
+        self.max_memory = budget
+        self.read_ahead = min(read_ahead or 2, self.max_slots - 1)
+        self._adaptive = read_ahead is None
+        self.transform = transform
+        self.verify = verify
+        self.on_corrupt = on_corrupt
+        self.progress = progress
+        self.epoch = 0
+        self.position = 0
+        self._pool: StagingPool | None = None
+        self._copy_stream: Any = None
+        self._reset_metrics()
+
+    # ------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the run is: epoch and global position (samples of the epoch's order consumed by all ranks)."""
+        return {
+            "format": STATE_FORMAT,
+            "dataset": self.dataset.fingerprint,
+            "num_samples": len(self.dataset),
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shuffle_block": self.shuffle_block,
+            "shuffle_window": self.shuffle_window,
+            "epoch": self.epoch,
+            "position": self.position,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (any world size or batch size).
+
+        Raises InvalidArgumentError, saying why, when the state comes from
+        another dataset, seed or shuffle setting.
+        """
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise InvalidArgumentError(f"not a storecomp loader state (expected a dict with format {STATE_FORMAT!r})")
+        mine = self.state_dict()
+        for key, why in (
+            ("dataset", "it was saved for another dataset"),
+            ("num_samples", "it was saved for a dataset of another size"),
+            ("seed", "it was saved with another seed"),
+            ("shuffle", "it was saved with another shuffle setting"),
+            ("shuffle_block", "it was saved with another shuffle_block"),
+            ("shuffle_window", "it was saved with another shuffle_window"),
+        ):
+            if state.get(key) != mine[key]:
+                raise InvalidArgumentError(f"cannot resume: {why} ({key}={state.get(key)!r}, this loader has {mine[key]!r})")
+        pos = int(state["position"])
+        if not 0 <= pos <= len(self.dataset) or int(state["epoch"]) < 0:
+            raise InvalidArgumentError(f"cannot resume: position {pos} outside [0, {len(self.dataset)}]")
+        self.epoch = int(state["epoch"])
+        self.position = pos
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning at the next iteration."""
+        self.epoch, self.position = int(epoch), 0
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the rest of the current epoch."""
+        return sum(
+            1 for _ in rank_steps(len(self.dataset), self.position, self.batch_size, self.world_size, self.rank, self.drop_last)
+        )
+
+    # ------------------------------------------------------------ iteration
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._run_epoch()
+
+    def _pool_for(self) -> StagingPool:
+        if self._pool is None:
+            engine = self.dataset.reader.engine if isinstance(self.dataset.reader, LocalReader) else None
+            self._pool = StagingPool(self.max_slots * self.layout.nbytes, self.layout.nbytes, engine=engine)
+        return self._pool
+
+    def _run_epoch(self) -> Iterator[dict[str, Any]]:
+        n = len(self.dataset)
+        order = epoch_order(n, self.seed, self.epoch, shuffle=self.shuffle, block=self.shuffle_block, window=self.shuffle_window)
+        steps = _Lookahead(rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last))
+        pool = self._pool_for()
+        pending: collections.deque[_InFlight] = collections.deque()
+        bar = _progress_bar(self) if self.progress else None
+        exhausted = False
+        t_start = time.perf_counter()
+        try:
+            while True:
+                # Top up the read-ahead with slots the consumer has given back.
+                while not exhausted and len(pending) < self.read_ahead:
+                    blocking = not pending
+                    item = self._submit_next(order, steps, pool, blocking)
+                    if item is None:
+                        exhausted = steps.peek() is None
+                        break
+                    pending.append(item)
+                if not pending:
+                    break
+                t0 = time.perf_counter()
+                head = pending.popleft()
+                ready = sum(1 for p in pending if _done(p)) + int(_done(head))
+                waited = not _done(head)
+                batch = self._complete(head)
+                t1 = time.perf_counter()
+                self.position = head.end_position
+                self._account(head, t0, t1, ready, waited, t_start)
+                if waited and self._adaptive and self.read_ahead < self.max_slots - 1:
+                    self.read_ahead += 1
+                if bar is not None:
+                    bar.update(1)
+                t_yield = time.perf_counter()
+                # Yield without keeping a reference in this frame: the slot must
+                # come back as soon as the consumer drops the batch.
+                holder = [batch]
+                del batch
+                yield holder.pop()
+                self._m["step_s"] += time.perf_counter() - t_yield
+            self.epoch += 1
+            self.position = 0
+        finally:
+            for item in pending:
+                for f in item.futures:
+                    try:
+                        f.result()
+                    except StorecompError:
+                        pass
+                item.slot.release()
+            if bar is not None:
+                bar.close()
+
+    def _submit_next(self, order: np.ndarray, steps: _Lookahead, pool: StagingPool, blocking: bool) -> _InFlight | None:
+        if steps.peek() is None:
+            return None
+        try:
+            slot = pool.acquire(timeout=600.0 if blocking else 0)
+        except TimeoutError:
+            if blocking:
+                raise StorecompError(
+                    f"no batch slot came back within 600 s: the consumer holds all {pool.nslots} batches "
+                    "(copy batches you keep, or raise max_memory)"
+                ) from None
+            return None
+        first, count, end = next(steps)
+        indices = np.sort(order[first : first + count])
+        plan = plan_batch(self.dataset, self.layout, indices, self.verify)
+        futures = []
+        submitted = time.perf_counter()
+        try:
+            for key, offs, lens, dst in plan.reads:
+                futures.append(self.dataset.reader.submit(key, slot.array, offs, lens, dst))
+        except BaseException:
+            for f in futures:
+                f.result()
+            slot.release()
+            raise
+        return _InFlight(plan, slot, futures, submitted, end)
+
+    def _complete(self, item: _InFlight) -> dict[str, Any]:
+        import torch
+
+        try:
+            for f in item.futures:
+                f.result()
+        except BaseException:
+            item.slot.release()
+            raise
+        self._m["io_s"] += time.perf_counter() - item.submitted
+        plan = item.plan
+        bad = find_corrupt(plan, item.slot.array) if plan.checks else []
+        if bad and self.on_corrupt == "raise":
+            item.slot.release()
+            raise corrupt_error(self.dataset, plan, bad)
+        # A fresh array per batch whose lifetime is the batch's: when the
+        # consumer drops every tensor of the batch, the slot is reused.
+        owner = np.frombuffer(memoryview(item.slot.array), np.uint8)
+        weakref.finalize(owner, item.slot.release)
+        host = torch.from_numpy(owner)
+        del owner
+        if self.device.type == "cpu":
+            batch = build_tensors(self.dataset, self.layout, plan, host)
+        else:
+            batch = self._to_device(plan, host)
+        if bad:
+            keep = np.ones(plan.n, bool)
+            keep[[i for i, _ in bad]] = False
+            self._m["corrupt_skipped"] += len(bad)
+            batch = drop_rows(batch, self.dataset, keep)
+        if self.transform is not None:
+            batch = self.transform(batch)
+        return batch
+
+    def _to_device(self, plan: BatchPlan, host: Any) -> dict[str, Any]:
+        """One copy of the used part of the slot to the device (pinned memory, side stream), then views."""
+        import torch
+
+        t0 = time.perf_counter()
+        used = max([s + plan.n * c.nbytes for s, c in zip(self.layout.columns, self.dataset.columns, strict=True)] + [0])
+        used = max([used] + [s + int(v.sum()) for s, v in zip(self.layout.vars, plan.var_lengths, strict=True)])
+        if self.device.type == "cuda":
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(self._copy_stream):
+                dev = host[:used].to(self.device, non_blocking=True)
+            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
+            self._copy_stream.synchronize()  # the slot may be reused once this returns
+        else:
+            dev = host[:used].to(self.device)
+        self._m["h2d_s"] += time.perf_counter() - t0
+        return build_tensors(self.dataset, self.layout, plan, dev)
+
+    # ------------------------------------------------------------ metrics
+
+    def _reset_metrics(self) -> None:
+        self._m: dict[str, float] = collections.defaultdict(float)
+
+    def _account(self, item: _InFlight, t0: float, t1: float, ready: int, waited: bool, t_start: float) -> None:
+        m = self._m
+        m["batches"] += 1
+        m["samples"] += item.plan.n
+        m["bytes"] += item.plan.nbytes
+        m["wait_s"] += t1 - t0
+        m["ready_sum"] += ready
+        m["waited_batches"] += int(waited)
+        m["wall_s"] = time.perf_counter() - t_start + m.get("wall_prev", 0.0)
+        if m["batches"] <= 10:
+            m["wait_s_first10"] += t1 - t0
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters since the loader was made (or :meth:`reset_metrics`).
+
+        ``data_wait_s`` is the time the consumer blocked in ``next()``;
+        ``data_wait_fraction`` its share of the wall time; ``gbps`` bytes
+        delivered per second of wall time (1e9 bytes); ``storage_gbps`` bytes
+        per second of I/O time; ``queue_occupancy`` batches already read when
+        the consumer asked; ``bottleneck`` is ``consumer`` (data waits under
+        5 %), ``host-to-device`` or ``storage``.
+        """
+        m = self._m
+        b = max(1.0, m["batches"])
+        wall = m["wall_s"]
+        wait = m["wait_s"]
+        frac = wait / wall if wall > 0 else 0.0
+        after10 = max(0.0, wall - m["wait_s_first10"])
+        h2d, io = m["h2d_s"], m["io_s"]
+        if frac < 0.05:
+            hint = "consumer"
+        elif h2d > 0.5 * wait:
+            hint = "host-to-device"
+        else:
+            hint = "storage"
+        pool = self._pool
+        return {
+            "batches": int(m["batches"]),
+            "samples": int(m["samples"]),
+            "bytes": int(m["bytes"]),
+            "wall_s": wall,
+            "data_wait_s": wait,
+            "data_wait_fraction": frac,
+            "data_wait_fraction_after_10": (wait - m["wait_s_first10"]) / after10 if after10 > 0 else 0.0,
+            "step_s": m["step_s"] / b,
+            "gbps": m["bytes"] / wall / 1e9 if wall > 0 else 0.0,
+            "samples_per_s": m["samples"] / wall if wall > 0 else 0.0,
+            "storage_gbps": m["bytes"] / io / 1e9 if io > 0 else 0.0,
+            "h2d_s": h2d,
+            "queue_occupancy": m["ready_sum"] / b,
+            "read_ahead": self.read_ahead,
+            "max_slots": self.max_slots,
+            "staging_bytes": (pool.nbytes if pool is not None else 0),
+            "max_memory": self.max_memory,
+            "corrupt_skipped": int(m["corrupt_skipped"]),
+            "bottleneck": hint,
+        }
+
+    def reset_metrics(self) -> None:
+        self._reset_metrics()
+
+    def close(self) -> None:
+        """Release the staging pool (memory goes when the last batch view is dropped)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+def _done(item: _InFlight) -> bool:
+    return all(f.done() for f in item.futures)
+
+
+class _Lookahead:
+    def __init__(self, it: Iterator[tuple[int, int, int]]) -> None:
+        self._it = it
+        self._next: tuple[int, int, int] | None = None
+        self._have = False
+
+    def peek(self) -> tuple[int, int, int] | None:
+        if not self._have:
+            self._next = next(self._it, None)
+            self._have = True
+        return self._next
+
+    def __iter__(self) -> _Lookahead:
+        return self
+
+    def __next__(self) -> tuple[int, int, int]:
+        item = self.peek()
+        self._have = False
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def _progress_bar(loader: DataLoader) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=len(loader), unit="batch", desc=f"epoch {loader.epoch}")

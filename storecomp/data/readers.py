@@ -1,0 +1,87 @@
+"""Where dataset bytes come from: local files (native engine) or a Store.
+
+A reader names objects by key (a local path, or a key in a store) and has
+three operations: ``size``, ``read`` (small reads: manifests, indexes) and
+``submit`` (a batch of ranges into one destination, returning a future with
+``result()``). Local reads go straight to :meth:`storecomp.io.File.read_many_into`
+(one native submission, O_DIRECT when aligned); store reads go through
+:meth:`storecomp.store.base.Store.submit_ranges` (concurrent ranged GETs).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import NotFoundError
+from ..io import Engine, default_engine
+from ..store.base import RangeFuture, Store
+
+
+class Reader(Protocol):
+    """What a dataset needs from its storage."""
+
+    def size(self, key: str) -> int: ...
+
+    def read(self, key: str, offset: int, length: int) -> bytes: ...
+
+    def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> RangeFuture: ...
+
+    def join(self, base: str, key: str) -> str: ...
+
+    def describe(self, key: str) -> str: ...
+
+
+class LocalReader:
+    """Local files through the native engine (``engine``: default engine when None)."""
+
+    def __init__(self, engine: Engine | None = None) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine or default_engine()
+
+    def size(self, key: str) -> int:
+        try:
+            return os.stat(key).st_size
+        except FileNotFoundError:
+            raise NotFoundError(2, key, None, "stat") from None
+
+    def read(self, key: str, offset: int, length: int) -> bytes:
+        buf = np.empty(length, np.uint8)
+        n = self.engine.cached_file(key).pread_into(buf, offset, exact=False)
+        return buf[:n].tobytes()
+
+    def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> RangeFuture:
+        return self.engine.cached_file(key).read_many_into(dst, offsets, lengths, dst_offsets)
+
+    def join(self, base: str, key: str) -> str:
+        return os.path.join(base, key)
+
+    def describe(self, key: str) -> str:
+        return key
+
+
+class StoreReader:
+    """Objects of a :class:`~storecomp.store.base.Store` (ranged reads into the destination)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def size(self, key: str) -> int:
+        return self.store.stat(key).size
+
+    def read(self, key: str, offset: int, length: int) -> bytes:
+        return self.store.get(key, offset, length)
+
+    def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> RangeFuture:
+        return self.store.submit_ranges(key, offsets, lengths, dst, dst_offsets)
+
+    def join(self, base: str, key: str) -> str:
+        return f"{base.rstrip('/')}/{key}" if base else key
+
+    def describe(self, key: str) -> str:
+        return f"{self.store.url.rstrip('/')}/{key}"

@@ -1,0 +1,358 @@
+"""Writing datasets in the storecomp shard format.
+
+>>> from storecomp.data import write_dataset
+>>> write_dataset("/data/ds", {"x": np.zeros((1000, 64), np.float32), "y": np.arange(1000)})
+
+Nothing is visible until the whole dataset is written: shards go to a
+temporary folder, are renamed to their content hash, and the manifest is
+written last (atomically). Bad input (a field whose shape or dtype changes,
+an unsupported dtype) is refused with InvalidArgumentError and nothing is
+published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from .format import (
+    MAGIC,
+    MANIFEST_FORMAT,
+    SECTION_ALIGN,
+    SHARD_FORMAT,
+    TRAILER,
+    VERSION,
+    FieldSpec,
+    check_field,
+    crc32c,
+    encode_index,
+    record_layout,
+)
+
+MANIFEST_NAME = "manifest.json"
+SHARD_DIR = "shards"
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return np.frombuffer(bytes(value), np.uint8)
+    if isinstance(value, str):
+        return np.frombuffer(value.encode(), np.uint8)
+    return np.asarray(value)
+
+
+def infer_fields(sample: Mapping[str, Any], var: Sequence[str] = ()) -> list[FieldSpec]:
+    """Field specs from one sample: arrays are fixed fields, bytes/str (or names in ``var``) variable-length."""
+    out = []
+    for name, value in sample.items():
+        arr = _to_numpy(value)
+        if name in var or isinstance(value, bytes | bytearray | memoryview | str):
+            out.append(FieldSpec(name, arr.dtype, (-1,), var=True))
+        else:
+            out.append(FieldSpec(name, arr.dtype, tuple(arr.shape)))
+    return out
+
+
+class DatasetWriter:
+    """Writes samples into shards of about ``shard_bytes`` under ``path`` (a local folder).
+
+    ``fields`` fixes the schema; when None it is taken from the first sample.
+    Call :meth:`close` to publish (returns the manifest) or :meth:`abort`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fields: Sequence[FieldSpec] | None = None,
+        *,
+        shard_bytes: int = 256 << 20,
+        align: int | str = "auto",
+        var: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if shard_bytes <= 0:
+            raise InvalidArgumentError(f"shard_bytes must be positive, got {shard_bytes}")
+        self.path = os.fspath(path)
+        if os.path.exists(os.path.join(self.path, MANIFEST_NAME)):
+            raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
+        self._tmp = os.path.join(self.path, f".tmp-{uuid.uuid4().hex[:12]}")
+        os.makedirs(self._tmp)
+        self._shard_bytes = shard_bytes
+        self._align = align
+        self._var_names = tuple(var)
+        self._metadata = dict(metadata or {})
+        self.fields: list[FieldSpec] | None = None
+        self._shards: list[dict[str, Any]] = []
+        self._file: Any = None
+        self._shard: dict[str, Any] = {}
+        self._closed = False
+        if fields is not None:
+            self._set_fields(list(fields))
+
+    def _set_fields(self, fields: list[FieldSpec]) -> None:
+        if not fields:
+            raise InvalidArgumentError("a dataset needs at least one field")
+        names = [f.name for f in fields]
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError(f"duplicate field names in {names}")
+        for f in fields:
+            check_field(f)
+        self.fields = fields
+        self._offsets, self._stride = record_layout(fields, self._align)
+        self._fixed = [f for f in fields if not f.var]
+        self._var = [f for f in fields if f.var]
+
+    # ------------------------------------------------------------ input
+
+    def write(self, sample: Mapping[str, Any]) -> None:
+        """Append one sample (a mapping of field name to array, tensor, bytes or str)."""
+        if self.fields is None:
+            self._set_fields(infer_fields(sample, self._var_names))
+        batch = {}
+        for f in self._fields():
+            if f.name not in sample:
+                raise InvalidArgumentError(f"sample has no field {f.name!r} (fields: {[g.name for g in self._fields()]})")
+            arr = _to_numpy(sample[f.name])
+            batch[f.name] = [arr] if f.var else arr[None]
+        self._check_extra(sample)
+        self.write_batch(batch)
+
+    def write_batch(self, columns: Mapping[str, Any]) -> None:
+        """Append many samples: fixed fields as arrays of shape (n, *shape), var fields as sequences of 1-D arrays."""
+        self._check_open()
+        if self.fields is None:
+            first = {k: (v[0] if k in self._var_names or isinstance(v, list) else _to_numpy(v)[0]) for k, v in columns.items()}
+            self._set_fields(
+                infer_fields(first, tuple(self._var_names) + tuple(k for k, v in columns.items() if isinstance(v, list)))
+            )
+        self._check_extra(columns)
+        fixed: dict[str, np.ndarray] = {}
+        var: dict[str, list[np.ndarray]] = {}
+        n = None
+        for f in self._fields():
+            if f.name not in columns:
+                raise InvalidArgumentError(f"batch has no field {f.name!r}")
+            if f.var:
+                var[f.name] = [self._check_var(f, _to_numpy(v)) for v in columns[f.name]]
+                m = len(var[f.name])
+            else:
+                arr = _to_numpy(columns[f.name])
+                if arr.dtype != f.dtype or tuple(arr.shape[1:]) != f.shape:
+                    raise InvalidArgumentError(
+                        f"field {f.name!r}: got samples of dtype {arr.dtype} shape {tuple(arr.shape[1:])}, "
+                        f"the dataset has dtype {f.dtype} shape {f.shape}; nothing was published"
+                    )
+                fixed[f.name] = arr
+                m = arr.shape[0]
+            if n is not None and m != n:
+                raise InvalidArgumentError(f"fields have different sample counts ({n} and {m} for {f.name!r})")
+            n = m
+        start = 0
+        while n and start < n:
+            shard = self._current()
+            room = max(1, (self._shard_bytes - shard["bytes"]) // max(1, self._stride))
+            end = min(n, start + room)
+            self._append(
+                shard, {k: v[start:end] for k, v in fixed.items()}, {k: v[start:end] for k, v in var.items()}, end - start
+            )
+            if shard["bytes"] >= self._shard_bytes:
+                self._finish_shard()
+            start = end
+
+    def _fields(self) -> list[FieldSpec]:
+        assert self.fields is not None
+        return self.fields
+
+    def _check_extra(self, given: Mapping[str, Any]) -> None:
+        extra = set(given) - {f.name for f in self._fields()}
+        if extra:
+            raise InvalidArgumentError(f"unknown fields {sorted(extra)} (the dataset has {[f.name for f in self._fields()]})")
+
+    def _check_var(self, f: FieldSpec, arr: np.ndarray) -> np.ndarray:
+        if arr.ndim != 1 or arr.dtype != f.dtype:
+            raise InvalidArgumentError(
+                f"field {f.name!r}: got a value of dtype {arr.dtype} with {arr.ndim} dims, "
+                f"expected 1-D {f.dtype}; nothing was published"
+            )
+        return arr
+
+    # ------------------------------------------------------------ shards
+
+    def _current(self) -> dict[str, Any]:
+        if self._file is None:
+            name = os.path.join(self._tmp, f"shard-{len(self._shards):06d}")
+            self._file = open(name, "wb")  # noqa: SIM115 - closed in _finish_shard
+            self._shard = {
+                "tmp": name,
+                "n": 0,
+                "bytes": 0,
+                "crc": [],
+                "values": {f.name: [] for f in self._var},
+                "lens": {f.name: [] for f in self._var},
+                "vcrc": {f.name: [] for f in self._var},
+            }
+        return self._shard
+
+    def _append(self, shard: dict[str, Any], fixed: dict[str, np.ndarray], var: dict[str, list[np.ndarray]], n: int) -> None:
+        if self._fixed:
+            rec = np.zeros((n, self._stride), np.uint8)
+            for f in self._fixed:
+                off = self._offsets[f.name]
+                rec[:, off : off + f.nbytes] = np.ascontiguousarray(fixed[f.name]).reshape(n, -1).view(np.uint8)
+            self._file.write(rec.tobytes())
+            shard["crc"].extend(crc32c(rec[i]) for i in range(n))
+            shard["bytes"] += rec.nbytes
+        for f in self._var:
+            for v in var[f.name]:
+                b = np.ascontiguousarray(v).tobytes()
+                shard["values"][f.name].append(b)
+                shard["lens"][f.name].append(len(b))
+                shard["vcrc"][f.name].append(crc32c(b))
+                shard["bytes"] += len(b)
+        shard["n"] += n
+
+    def _finish_shard(self) -> None:
+        if self._file is None:
+            return
+        shard: dict[str, Any] = self._shard
+        f = self._file
+        pos = shard["n"] * self._stride if self._fixed else 0
+        blobs: dict[str, np.ndarray] = {}
+        if self._fixed:
+            blobs["record_crc"] = np.array(shard["crc"], np.uint32)
+        var_json = []
+        for spec in self._var:
+            pad = (-pos) % SECTION_ALIGN
+            f.write(b"\0" * pad)
+            pos += pad
+            vals = b"".join(shard["values"][spec.name])
+            f.write(vals)
+            offs = np.zeros(shard["n"] + 1, np.uint64)
+            np.cumsum(np.array(shard["lens"][spec.name], np.uint64), out=offs[1:])
+            blobs[f"offsets/{spec.name}"] = offs
+            blobs[f"crc/{spec.name}"] = np.array(shard["vcrc"][spec.name], np.uint32)
+            var_json.append({"name": spec.name, "values_offset": pos, "values_nbytes": len(vals)})
+            pos += len(vals)
+        header = {
+            "format": SHARD_FORMAT,
+            "num_records": shard["n"],
+            "record_stride": self._stride,
+            "fields": [dict(s.to_json(), offset=self._offsets.get(s.name, -1)) for s in self._fields()],
+            "var_fields": var_json,
+        }
+        index = encode_index(header, blobs)
+        f.write(index)
+        f.write(TRAILER.pack(MAGIC, pos, len(index), crc32c(index), VERSION))
+        f.close()
+        self._file = None
+        size = os.path.getsize(shard["tmp"])
+        self._shards.append({"tmp": shard["tmp"], "num_records": shard["n"], "size": size})
+
+    # ------------------------------------------------------------ publish
+
+    def close(self) -> dict[str, Any]:
+        """Finish the last shard, move shards into place and publish the manifest (returned)."""
+        self._check_open()
+        try:
+            if self.fields is None:
+                raise InvalidArgumentError("no samples and no fields: nothing to write")
+            self._finish_shard()
+            os.makedirs(os.path.join(self.path, SHARD_DIR), exist_ok=True)
+            shards = []
+            for s in self._shards:
+                digest = _sha256_file(s["tmp"])
+                key = f"{SHARD_DIR}/{digest}.scs"
+                os.replace(s["tmp"], os.path.join(self.path, key))
+                shards.append({"key": key, "sha256": digest, "size": s["size"], "num_records": s["num_records"]})
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "kind": "records",
+                "fields": [f.to_json() for f in self._fields()],
+                "record_stride": self._stride,
+                "num_samples": sum(s["num_records"] for s in shards),
+                "shards": shards,
+                "metadata": self._metadata,
+            }
+            _publish_json(os.path.join(self.path, MANIFEST_NAME), manifest)
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        return manifest
+
+    def abort(self) -> None:
+        """Drop everything written so far; nothing is published."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._closed = True
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgumentError(f"{self.path}: writer is closed")
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _publish_json(path: str, doc: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_dataset(
+    path: str | os.PathLike[str],
+    data: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    *,
+    fields: Sequence[FieldSpec] | None = None,
+    shard_bytes: int = 256 << 20,
+    align: int | str = "auto",
+    var: Sequence[str] = (),
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a dataset from columns (dict of arrays/tensors, lists for var fields) or an iterable of sample dicts.
+
+    Returns the manifest. Raises InvalidArgumentError on inconsistent input
+    (nothing is published then).
+    """
+    w = DatasetWriter(path, fields, shard_bytes=shard_bytes, align=align, var=var, metadata=metadata)
+    try:
+        if isinstance(data, Mapping):
+            w.write_batch(data)
+        else:
+            for sample in data:
+                w.write(sample)
+    except BaseException:
+        w.abort()
+        raise
+    return w.close()

@@ -1,0 +1,155 @@
+"""DataLoader on the CPU: exact epochs, shuffling, sharding, zero-copy slots, resume, metrics."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import storecomp
+from storecomp.data import DataLoader, epoch_order, open_dataset, rank_steps
+
+
+def labels(loader: DataLoader, limit: int | None = None) -> list[np.ndarray]:
+    out = []
+    for k, b in enumerate(loader):
+        out.append(b["label"].numpy().copy())
+        if limit is not None and k + 1 == limit:
+            break
+    return out
+
+
+def test_export_is_lazy() -> None:
+    assert storecomp.DataLoader is DataLoader
+
+
+def test_batches_match_the_data(shard_ds: str, columns: dict[str, Any]) -> None:
+    loader = DataLoader(shard_ds, 32, seed=5)
+    seen = []
+    for b in loader:
+        lab = b["label"].numpy()
+        assert b["x"].dtype == torch.float32 and b["x"].shape == (lab.size, 3, 5)
+        assert np.array_equal(b["x"].numpy(), columns["x"][lab])
+        offs = b["text_offsets"].numpy()
+        vals = b["text"].numpy()
+        for k, i in enumerate(lab):
+            assert np.array_equal(vals[offs[k] : offs[k + 1]], columns["text"][i])
+        seen.append(lab)
+    assert sorted(np.concatenate(seen).tolist()) == list(range(len(columns["label"])))
+    assert loader.epoch == 1 and loader.position == 0
+
+
+def test_order_deterministic_and_world_size_independent() -> None:
+    a = epoch_order(1000, 3, 0, block=8, window=64)
+    assert np.array_equal(a, epoch_order(1000, 3, 0, block=8, window=64))
+    assert not np.array_equal(a, epoch_order(1000, 3, 1, block=8, window=64))
+    assert not np.array_equal(a, epoch_order(1000, 4, 0, block=8, window=64))
+    assert sorted(a.tolist()) == list(range(1000))
+    for world in (1, 2, 3, 5):
+        got = sorted(
+            p for r in range(world) for first, n, _ in rank_steps(1000, 0, 16, world, r, False) for p in range(first, first + n)
+        )
+        assert got == list(range(1000))
+
+
+def test_shuffle_has_locality() -> None:
+    a = epoch_order(4096, 0, 0, block=16, window=16)
+    # with window == block, each block stays together
+    assert np.all(np.sort(a.reshape(-1, 16), axis=1) // 16 == (np.sort(a.reshape(-1, 16), axis=1) // 16)[:, :1])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_partition_the_epoch(shard_ds: str, world: int) -> None:
+    ds = open_dataset(shard_ds)
+    per_rank = [np.concatenate(labels(DataLoader(ds, 20, seed=9, rank=r, world_size=world))) for r in range(world)]
+    allv = np.concatenate(per_rank)
+    assert allv.size == len(ds) and np.unique(allv).size == len(ds)
+
+
+def test_cpu_batches_are_views_of_the_slot_and_recycled_when_dropped(shard_ds: str) -> None:
+    loader = DataLoader(shard_ds, 16, seed=1, max_memory=6 * 16384)
+    it = iter(loader)
+    b = next(it)
+    pool = loader._pool
+    assert pool is not None and loader.metrics()["staging_bytes"] <= loader.max_memory
+    ptr = b["x"].data_ptr()
+    assert pool.address <= ptr < pool.address + pool.nbytes
+    held = [next(it) for _ in range(3)]
+    free_before = pool.free_slots
+    del held
+    gc.collect()
+    assert pool.free_slots == free_before + 3
+    del b
+    it.close()
+
+
+def test_mid_epoch_resume_is_exact(shard_ds: str) -> None:
+    ds = open_dataset(shard_ds)
+    full = labels(DataLoader(ds, 25, seed=11))
+    first = DataLoader(ds, 25, seed=11)
+    part = labels(first, limit=7)
+    state = first.state_dict()
+    second = DataLoader(ds, 25, seed=11)
+    second.load_state_dict(state)
+    rest = labels(second)
+    assert [x.tolist() for x in part + rest] == [x.tolist() for x in full]
+    assert second.epoch == 1
+
+
+def test_resume_with_another_world_size(shard_ds: str) -> None:
+    ds = open_dataset(shard_ds)
+    old = [DataLoader(ds, 10, seed=4, rank=r, world_size=2) for r in range(2)]
+    seen = [x for r in range(2) for x in labels(old[r], limit=9)]
+    state = old[0].state_dict()
+    assert state == old[1].state_dict()
+    new = [DataLoader(ds, 10, seed=4, rank=r, world_size=3) for r in range(3)]
+    for loader in new:
+        loader.load_state_dict(state)
+        seen += labels(loader)
+    allv = np.concatenate(seen)
+    assert allv.size == len(ds) and np.unique(allv).size == len(ds)
+
+
+def test_drop_last_and_len(shard_ds: str) -> None:
+    loader = DataLoader(shard_ds, 64, drop_last=True, seed=0)
+    n = len(loader)
+    got = labels(loader)
+    assert len(got) == n == 600 // 64 and all(x.size == 64 for x in got)
+
+
+def test_transform_runs_on_batches(shard_ds: str) -> None:
+    loader = DataLoader(shard_ds, 50, transform=lambda b: {"y": b["label"] * 2})
+    b = next(iter(loader))
+    assert set(b) == {"y"} and int(b["y"].max()) % 2 == 0
+
+
+def test_metrics_and_progress_bar(shard_ds: str, capsys: pytest.CaptureFixture[str]) -> None:
+    loader = DataLoader(shard_ds, 50, progress=True)
+    labels(loader)
+    m = loader.metrics()
+    assert m["batches"] == 12 and m["samples"] == 600 and m["bytes"] > 600 * 72
+    assert 0 <= m["data_wait_fraction"] <= 1 and m["bottleneck"] in ("storage", "consumer", "host-to-device")
+    assert 1 <= m["read_ahead"] < m["max_slots"] and m["samples_per_s"] > 0
+    assert "batch" in capsys.readouterr().err
+
+
+def test_unshuffled_runs_merge_into_single_reads(shard_ds: str) -> None:
+    from storecomp.data._plan import SlotLayout, plan_batch
+
+    ds = open_dataset(shard_ds)
+    plan = plan_batch(ds, SlotLayout.for_dataset(ds, 64), np.arange(64), verify=True)
+    fixed_reads = [r for r in plan.reads if r[2][0] % ds.columns[0].nbytes == 0 and r[2][0] >= ds.columns[0].nbytes]
+    assert len(fixed_reads) <= 1 + len({ds.locate(np.arange(64))[0].tolist().count(p) for p in range(len(ds.parts))})
+
+
+@pytest.mark.gpu
+def test_cuda_batches() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    np.save("/tmp/storecomp-gpu-test.npy", np.arange(10000, dtype=np.uint16))
+    loader = DataLoader("/tmp/storecomp-gpu-test.npy", 8, seq_len=16, device="cuda")
+    b = next(iter(loader))
+    assert b["tokens"].device.type == "cuda" and b["tokens"].shape == (8, 17)
