@@ -34,20 +34,12 @@ from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
 GiB = 1 << 30
 
 
-def _open_shared(shared: str | Store) -> Store:
+def _open_shared(shared: str | os.PathLike[str] | Store, options: dict[str, Any]) -> Store:
     if isinstance(shared, Store):
         return shared
-    try:
-        from ..store.registry import open_store  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        from ..store.local import LocalStore
+    from ..store.registry import open_store
 
-        path = shared.removeprefix("file://")
-        if "://" in path:
-            raise InvalidArgumentError(f"shared store {shared!r}: only local paths are supported by this build") from None
-        return LocalStore(path)
-    store: Store = open_store(shared)
-    return store
+    return open_store(shared, **options)
 
 
 class KVCacheStore:
@@ -55,8 +47,8 @@ class KVCacheStore:
 
     ``host_bytes`` and ``disk_bytes`` are the tiers' budgets in bytes;
     ``disk_dir`` (None: no disk tier) and ``shared`` (a URL or a
-    :class:`~storecomp.store.Store`; None: no shared tier) enable the lower
-    tiers. Writes land in host memory during :meth:`store` and reach the
+    :class:`~storecomp.store.Store`; None: no shared tier; ``shared_options``
+    go to ``open_store``) enable the lower tiers. Writes land in host memory during :meth:`store` and reach the
     lower tiers in the background, unless ``write_through`` (then
     :meth:`store` returns once every tier has the chunk). A shared store
     that cannot be reached never fails a request: it is skipped, and
@@ -71,7 +63,8 @@ class KVCacheStore:
         host_bytes: int = 4 * GiB,
         disk_dir: str | os.PathLike[str] | None = None,
         disk_bytes: int = 64 * GiB,
-        shared: str | Store | None = None,
+        shared: str | os.PathLike[str] | Store | None = None,
+        shared_options: dict[str, Any] | None = None,
         shared_prefix: str = "kvcache",
         write_through: bool = False,
         disk_direct: bool = True,
@@ -97,7 +90,7 @@ class KVCacheStore:
         self.engine = Engine(opts, direct="on" if disk_direct else "auto")
         self.disk = DiskTier(disk_dir, fingerprint.namespace, disk_bytes, self.engine) if disk_dir is not None else None
         self.shared = (
-            SharedTier(_open_shared(shared), fingerprint.namespace, shared_prefix, backoff=shared_backoff)
+            SharedTier(_open_shared(shared, shared_options or {}), fingerprint.namespace, shared_prefix, backoff=shared_backoff)
             if shared is not None
             else None
         )
