@@ -226,7 +226,7 @@ class FsspecStore(Store):
         if etag:
             version = str(etag)
         else:
-            raw = f"{info.get('size')}-{mtime}-{info.get('ino', '')}-{info.get('created', '')}"
+            raw = f"{info.get('size')}-{mtime}-{info.get('ino', '')}"
             version = hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
         return ObjectInfo(key, int(info.get("size") or 0), version, mtime)
 

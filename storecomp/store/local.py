@@ -15,9 +15,10 @@ the page cache misses). Writes publish atomically:
   process) serialises on that lock; no server is involved. The lock is
   advisory and local: it is not safe on NFS mounts shared by several nodes.
 
-Version tokens are ``"<st_ino>-<st_size>-<st_mtime_ns>-<st_ctime_ns>"``
-digested to 16 hex digits: every publish renames a new inode into place, so
-the token changes even when the size and mtime happen to match.
+Version tokens are ``"<st_dev>-<st_ino>-<st_size>-<st_mtime_ns>"`` digested
+to 16 hex digits: every publish puts a new inode in place, so the token
+changes even when size and mtime happen to match (ctime is left out: it
+moves when the temp name of a linked file is removed).
 
 Temp and lock files (names starting with ``.sc-``) are never listed;
 :meth:`LocalStore.sweep_temp` removes temp files left by crashed writers.
@@ -52,7 +53,7 @@ _MAX_CACHED_FILES = 128
 
 def version_of(st: os.stat_result) -> str:
     """The version token of a file from its stat result (16 hex digits)."""
-    raw = f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}".encode()
+    raw = f"{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}".encode()
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
