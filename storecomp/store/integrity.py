@@ -169,13 +169,15 @@ def read_verified(
     dst_offsets: Sequence[int],
     *,
     name: str | None = None,
+    base: int = 0,
 ) -> np.ndarray:
     """Read ranges of ``key`` into host array ``dst`` (uint8), verifying every
     covering chunk. Ranges are clipped at the object's end (as ``exact=False``);
     returns bytes read per range (uint64). Chunk-aligned ranges land straight
     in ``dst``; others go through a scratch buffer. Raises CorruptDataError
     (naming the object and byte range) and never leaves unverified bytes
-    reported as read."""
+    reported as read. ``base``: where the object starts inside ``key`` (bytes;
+    for files that carry a header before the object)."""
     label = name or f"{store.url}/{key}"
     out = np.zeros(len(offsets), np.uint64)
     direct: list[int] = []
@@ -192,7 +194,7 @@ def read_verified(
         offs = [int(offsets[i]) for i in direct]
         lens = [min(int(lengths[i]), sums.size - int(offsets[i])) for i in direct]
         douts = [int(dst_offsets[i]) for i in direct]
-        _read(store, key, offs, lens, dst, douts, label)
+        _read(store, key, [o + base for o in offs], lens, dst, douts, label)
         for i, off, ln, d in zip(direct, offs, lens, douts, strict=True):
             sums.verify(dst[d : d + ln], off, label)
             out[i] = ln
@@ -203,7 +205,7 @@ def read_verified(
         for _, s, e in staged:
             places.append(pos)
             pos += e - s
-        _read(store, key, [s for _, s, _ in staged], [e - s for _, s, e in staged], scratch, places, label)
+        _read(store, key, [s + base for _, s, _ in staged], [e - s for _, s, e in staged], scratch, places, label)
         for (i, s, e), p in zip(staged, places, strict=True):
             sums.verify(scratch[p : p + e - s], s, label)
             off, d = int(offsets[i]), int(dst_offsets[i])

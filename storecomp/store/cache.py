@@ -1,0 +1,546 @@
+"""A node-local cache tier in front of any Store (remote objects on local NVMe).
+
+:class:`CachedStore` wraps a store (composition): reads are served from
+entry files under ``cache_dir`` through a :class:`LocalStore` (the native
+engine), misses are fetched from the inner store and published into the
+cache. Every process on the node may share one ``cache_dir`` (training
+ranks): there is no daemon, only files, ``flock(2)`` and ``rename(2)``.
+
+Layout of ``cache_dir``::
+
+    entries/<d[:2]>/<d>        whole object   (d = SHA-256 of inner url + key, 40 hex)
+    entries/<d[:2]>/<d>.b<i>   block i        (with block_bytes)
+    tmp/                       entries being written (renamed into entries/)
+    locks/<nn>                 fill locks (256 stripes: one fetch per entry at a time)
+    state.lock, usage          byte accounting and eviction
+
+Entry file: a header, padded to a multiple of 4096 bytes (so the data stays
+O_DIRECT-aligned), then the data::
+
+    magic b"SCCACHE1", u32 header_len, u32 meta_len, u64 data_len,
+    u64 chunk_bytes, u32 n, meta JSON {url, key, version, size, block},
+    n x u32 crc32c (one per chunk of the data), u32 crc32c of all the above
+
+Safety: an entry is written to ``tmp/`` and renamed into place, so a
+partial entry is never visible; the header carries its own crc32c and every
+read checks the crc32c of the chunks it returns (``verify="always"``, the
+default) or, with ``verify="open"``, the whole entry once per process
+before its first use. A failed check deletes the entry and refetches from
+the inner store: bytes that failed verification are never returned.
+
+Budget: ``usage`` holds the bytes the entries take; a fill adds to it under
+``state.lock`` and, past ``max_bytes``, the directory is rescanned (the
+truth; this also repairs drift after a crash) and the least recently used
+entries (oldest mtime; a hit refreshes it at most once a second) are
+deleted down to 90% of the budget. The index is the directory itself, so
+the cache survives restarts.
+
+The cache assumes an object does not change once visible (true for blobs
+and manifests, see snapshots.py). Writes through the CachedStore invalidate
+this node's entry; ``revalidate=True`` compares the inner version on every
+read for objects that may change elsewhere. ``stat``/``list`` and refs are
+never cached.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import json
+import os
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import numpy as np
+
+from ..errors import (
+    CorruptDataError,
+    InvalidArgumentError,
+    NotFoundError,
+    ShortReadError,
+    UnsupportedBufferError,
+)
+from ..io.buffers import as_buffer
+from .base import Capabilities, ObjectInfo, Store
+from .integrity import Checksums, read_verified
+from .keys import validate_key
+from .local import LocalStore
+
+_MAGIC = b"SCACHE01"
+_FIXED = struct.Struct("<8sIIQQI")
+_ALIGN = 4096
+_STRIPES = 256
+_TOUCH_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Header:
+    header_len: int
+    data_len: int
+    sums: Checksums
+    meta: dict[str, Any]
+
+
+@dataclass
+class CacheStats:
+    """Process-local counters (bytes are payload bytes)."""
+
+    hits: int = 0
+    misses: int = 0
+    bytes_from_cache: int = 0
+    bytes_from_inner: int = 0
+    evictions: int = 0
+    corrupt_discarded: int = 0
+
+
+class _Done:
+    """A finished RangeFuture (CachedStore reads complete before returning)."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self._value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        return self._value
+
+
+def _encode_header(data_len: int, sums: Checksums, meta: dict[str, Any]) -> bytes:
+    mj = json.dumps(meta, sort_keys=True).encode()
+    body_len = _FIXED.size + len(mj) + 4 * len(sums.crcs) + 4
+    header_len = -(-body_len // _ALIGN) * _ALIGN
+    body = _FIXED.pack(_MAGIC, header_len, len(mj), data_len, sums.chunk_bytes, len(sums.crcs)) + mj
+    body += struct.pack(f"<{len(sums.crcs)}I", *sums.crcs)
+    body += struct.pack("<I", google_crc32c.value(body))
+    return body + b"\0" * (header_len - len(body))
+
+
+def _decode_header(raw: bytes, name: str) -> _Header:
+    if len(raw) < _FIXED.size:
+        raise CorruptDataError(f"{name}: cache entry header truncated")
+    magic, header_len, meta_len, data_len, chunk, n = _FIXED.unpack_from(raw)
+    if magic != _MAGIC:
+        raise CorruptDataError(f"{name}: not a cache entry (magic {magic!r})")
+    end = _FIXED.size + meta_len + 4 * n
+    if end + 4 > min(len(raw), header_len):
+        raise CorruptDataError(f"{name}: cache entry header truncated")
+    (own,) = struct.unpack_from("<I", raw, end)
+    if own != google_crc32c.value(raw[:end]):
+        raise CorruptDataError(f"{name}: cache entry header fails its crc32c")
+    meta = json.loads(raw[_FIXED.size : _FIXED.size + meta_len])
+    crcs = struct.unpack_from(f"<{n}I", raw, _FIXED.size + meta_len)
+    return _Header(header_len, data_len, Checksums(data_len, chunk, crcs), meta)
+
+
+def _host_array(dst: Any) -> np.ndarray:
+    """A flat writable uint8 view of host memory ``dst``."""
+    if isinstance(dst, np.ndarray) and dst.dtype == np.uint8 and dst.ndim == 1 and dst.flags.writeable:
+        return dst
+    ref = as_buffer(dst, writable=True)
+    if ref.is_cuda:
+        raise UnsupportedBufferError("CachedStore reads into host memory; read into a host buffer, then copy to the GPU")
+    if ref.nbytes == 0:
+        return np.empty(0, np.uint8)
+    return np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
+
+
+class _flock:
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> int:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self._fd
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+class CachedStore(Store):
+    """``inner`` with a node-local cache in ``cache_dir`` of at most ``max_bytes`` bytes.
+
+    ``block_bytes=None`` caches whole objects; otherwise blocks of that many
+    bytes (a multiple of 4096), so a ranged read fetches only the blocks it
+    touches. ``chunk_bytes``: checksum granularity inside entries (bytes).
+    ``verify``: ``"always"`` (every read checks its chunks) or ``"open"``
+    (an entry is checked whole once per process, then trusted).
+    Objects larger than ``max_bytes`` (whole mode) bypass the cache.
+    """
+
+    def __init__(
+        self,
+        inner: Store,
+        cache_dir: str | os.PathLike[str],
+        max_bytes: int,
+        block_bytes: int | None = None,
+        *,
+        chunk_bytes: int = 64 << 10,
+        verify: str = "always",
+        revalidate: bool = False,
+    ) -> None:
+        if max_bytes <= 0:
+            raise InvalidArgumentError(f"max_bytes must be positive, got {max_bytes}")
+        if block_bytes is not None and (block_bytes <= 0 or block_bytes % _ALIGN):
+            raise InvalidArgumentError(f"block_bytes must be a positive multiple of {_ALIGN}, got {block_bytes}")
+        if chunk_bytes <= 0 or chunk_bytes % _ALIGN:
+            raise InvalidArgumentError(f"chunk_bytes must be a positive multiple of {_ALIGN}, got {chunk_bytes}")
+        if verify not in ("always", "open"):
+            raise InvalidArgumentError(f"verify must be 'always' or 'open', got {verify!r}")
+        self.inner = inner
+        self.url = inner.url
+        self.cache_dir = Path(cache_dir).expanduser().absolute()
+        self.max_bytes = max_bytes
+        self.block_bytes = block_bytes
+        self.chunk_bytes = min(chunk_bytes, block_bytes) if block_bytes else chunk_bytes
+        self.verify = verify
+        self.revalidate = revalidate
+        self.stats = CacheStats()
+        for sub in ("entries", "tmp", "locks"):
+            (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._local = LocalStore(self.cache_dir / "entries")
+        self._headers: dict[str, tuple[tuple[int, int, int], _Header]] = {}
+        self._verified: set[tuple[int, int, int]] = set()
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._sweep_tmp()
+        with _flock(self.cache_dir / "state.lock"):
+            self._write_usage(self._scan()[0])
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def capabilities(self) -> Capabilities:
+        c = self.inner.capabilities
+        return Capabilities(c.conditional_writes, True, True, c.local)
+
+    def usage(self) -> int:
+        """Bytes the cache's entries take on disk (by the last accounting)."""
+        try:
+            return int((self.cache_dir / "usage").read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def entries(self) -> list[tuple[str, int]]:
+        """(entry key, bytes) of every cache entry (a directory scan)."""
+        return [(k, n) for k, n, _ in self._scan()[1]]
+
+    # ------------------------------------------------------------ entry files
+
+    def _entry_key(self, key: str, block: int | None) -> str:
+        d = hashlib.sha256(f"{self.inner.url}\0{key}".encode()).hexdigest()[:40]
+        return f"{d[:2]}/{d}" + ("" if block is None else f".b{block}")
+
+    def _header(self, ekey: str) -> _Header | None:
+        """The entry's header (memoised by inode), or None when the entry is absent."""
+        path = self._local.root / ekey
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        ident = (st.st_ino, st.st_dev, st.st_size)
+        with self._lock:
+            hit = self._headers.get(ekey)
+        if hit is not None and hit[0] == ident:
+            hdr = hit[1]
+        else:
+            try:
+                raw = self._local.get(ekey, 0, min(st.st_size, 1 << 20))
+                hdr = _decode_header(raw, str(path))
+                if hdr.header_len > len(raw):
+                    hdr = _decode_header(self._local.get(ekey, 0, hdr.header_len), str(path))
+                if hdr.header_len + hdr.data_len != st.st_size:
+                    raise CorruptDataError(f"{path}: cache entry has {st.st_size} bytes, header says more or less")
+            except NotFoundError:
+                return None
+            except CorruptDataError:
+                self._discard(ekey)
+                return None
+            with self._lock:
+                self._headers[ekey] = (ident, hdr)
+        if time.time() - st.st_mtime > _TOUCH_INTERVAL_S:
+            try:
+                os.utime(path)  # LRU: mtime is the last use
+            except FileNotFoundError:
+                return None
+        return hdr
+
+    def _discard(self, ekey: str) -> None:
+        path = self._local.root / ekey
+        with self._lock:
+            self._headers.pop(ekey, None)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        self._account(-size)
+
+    def _fill(self, key: str, block: int | None) -> _Header | None:
+        """Fetch ``key`` (or one block) from the inner store into the cache;
+        None when it bypasses the cache (larger than the budget)."""
+        ekey = self._entry_key(key, block)
+        stripe = int(ekey[:2], 16) % _STRIPES
+        with _flock(self.cache_dir / "locks" / f"{stripe:02x}"):
+            hdr = self._header(ekey)  # another process may have filled it meanwhile
+            if hdr is not None:
+                return hdr
+            info = self.inner.stat(key)
+            if block is None:
+                if info.size > self.max_bytes:
+                    return None
+                data = np.empty(info.size, np.uint8)
+                if info.size:
+                    self.inner.read_ranges(key, [0], [info.size], data, [0])
+            else:
+                assert self.block_bytes is not None
+                start = block * self.block_bytes
+                n = max(0, min(self.block_bytes, info.size - start))
+                data = np.empty(n, np.uint8)
+                if n:
+                    self.inner.read_ranges(key, [start], [n], data, [0])
+            self._sizes[key] = info.size
+            self.stats.misses += 1
+            self.stats.bytes_from_inner += data.size
+            sums = Checksums.compute(data, self.chunk_bytes)
+            meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size, "block": block}
+            header = _encode_header(data.size, sums, meta)
+            tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}"
+            final = self._local.root / ekey
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.write(fd, header)
+                    view = memoryview(data.data)
+                    while view.nbytes:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+                final.parent.mkdir(exist_ok=True)
+                os.rename(tmp, final)
+            finally:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+            self._account(len(header) + data.size)
+            return _Header(len(header), data.size, sums, meta)
+
+    # ------------------------------------------------------------ accounting
+
+    def _read_usage(self) -> int:
+        try:
+            return int((self.cache_dir / "usage").read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _write_usage(self, n: int) -> None:
+        tmp = self.cache_dir / "tmp" / f"usage-{uuid.uuid4().hex}"
+        tmp.write_text(str(max(0, n)))
+        os.rename(tmp, self.cache_dir / "usage")
+
+    def _scan(self) -> tuple[int, list[tuple[str, int, float]]]:
+        found: list[tuple[str, int, float]] = []
+        root = self._local.root
+        for sub in os.scandir(root):
+            if not sub.is_dir():
+                continue
+            for e in os.scandir(sub.path):
+                try:
+                    st = e.stat()
+                except FileNotFoundError:
+                    continue
+                found.append((f"{sub.name}/{e.name}", st.st_size, st.st_mtime))
+        return sum(n for _, n, _ in found), found
+
+    def _account(self, delta: int) -> None:
+        with _flock(self.cache_dir / "state.lock"):
+            total = self._read_usage() + delta
+            if total > self.max_bytes:
+                total, found = self._scan()
+                found.sort(key=lambda e: e[2])
+                target = int(self.max_bytes * 0.9)
+                for ekey, n, _ in found:
+                    if total <= target:
+                        break
+                    try:
+                        os.unlink(self._local.root / ekey)
+                    except FileNotFoundError:
+                        continue
+                    total -= n
+                    self.stats.evictions += 1
+            self._write_usage(total)
+
+    def _sweep_tmp(self, max_age_s: float = 3600.0) -> None:
+        """Remove temp files left by crashed fills (older than ``max_age_s``)."""
+        now = time.time()
+        for e in os.scandir(self.cache_dir / "tmp"):
+            try:
+                if now - e.stat().st_mtime > max_age_s:
+                    os.unlink(e.path)
+            except FileNotFoundError:
+                pass
+
+    # ------------------------------------------------------------ reads
+
+    def _entry(self, key: str, block: int | None) -> tuple[str, _Header] | None:
+        ekey = self._entry_key(key, block)
+        hdr = self._header(ekey)
+        if hdr is not None and self.revalidate and hdr.meta.get("version") != self.inner.stat(key).version:
+            self._discard(ekey)
+            hdr = None
+        if hdr is None:
+            hdr = self._fill(key, block)
+        else:
+            self.stats.hits += 1
+        return None if hdr is None else (ekey, hdr)
+
+    def _read_entry(self, ekey: str, hdr: _Header, off: int, ln: int, dst: np.ndarray, d: int) -> int:
+        """Read ``ln`` bytes at ``off`` of an entry's data into ``dst[d:]``, verified."""
+        name = f"cache entry {self._local.root / ekey} ({hdr.meta.get('url')}/{hdr.meta.get('key')})"
+        if self.verify == "open":
+            path = self._local.root / ekey
+            st = os.stat(path)
+            ident = (st.st_ino, st.st_dev, st.st_size)
+            if ident not in self._verified:
+                whole = np.empty(hdr.data_len, np.uint8)
+                read_verified(self._local, ekey, hdr.sums, [0], [hdr.data_len], whole, [0], name=name, base=hdr.header_len)
+                self._verified.add(ident)
+            n = max(0, min(ln, hdr.data_len - off))
+            if n:
+                try:
+                    self._local.read_ranges(ekey, [hdr.header_len + off], [n], dst, [d])
+                except ShortReadError as e:
+                    raise CorruptDataError(f"{name}: truncated ({e})") from None
+            return n
+        got = read_verified(self._local, ekey, hdr.sums, [off], [ln], dst, [d], name=name, base=hdr.header_len)
+        return int(got[0])
+
+    def _read_range(self, key: str, off: int, ln: int, dst: np.ndarray, d: int) -> int:
+        """One range: from cache entries (filled on miss), falling back to the inner store
+        for objects that bypass the cache. Retries once after discarding a bad entry."""
+        pieces: list[tuple[int | None, int, int, int]] = []  # block, offset in entry, length, dst offset
+        if self.block_bytes is None:
+            pieces.append((None, off, ln, d))
+        else:
+            b = self.block_bytes
+            pos = off
+            while pos < off + ln:
+                blk = pos // b
+                n = min(off + ln, (blk + 1) * b) - pos
+                pieces.append((blk, pos - blk * b, n, d + pos - off))
+                pos += n
+        total = 0
+        for block, eoff, n, dd in pieces:
+            for attempt in (0, 1):
+                ent = self._entry(key, block)
+                if ent is None:  # too large to cache: straight from the inner store
+                    got = int(self.inner.read_ranges(key, [off], [ln], dst, [d], exact=False)[0])
+                    self.stats.bytes_from_inner += got
+                    return got
+                ekey, hdr = ent
+                try:
+                    got = self._read_entry(ekey, hdr, eoff, n, dst, dd)
+                except (CorruptDataError, NotFoundError):
+                    self.stats.corrupt_discarded += 1
+                    self._discard(ekey)
+                    if attempt:
+                        raise
+                    continue
+                break
+            self.stats.bytes_from_cache += got
+            total += got
+            if got < n:
+                break
+        return total
+
+    def submit_ranges(
+        self,
+        key: str,
+        offsets: Sequence[int] | np.ndarray,
+        lengths: Sequence[int] | np.ndarray,
+        dst: Any,
+        dst_offsets: Sequence[int] | np.ndarray,
+        *,
+        exact: bool = True,
+    ) -> _Done:
+        """Read ranges (synchronously; the returned future is already done)."""
+        validate_key(key)
+        arr = _host_array(dst)
+        offs, lens, douts = (np.asarray(x, np.int64).reshape(-1) for x in (offsets, lengths, dst_offsets))
+        if not (len(offs) == len(lens) == len(douts)):
+            raise InvalidArgumentError("offsets, lengths and dst_offsets differ in length")
+        if (offs < 0).any() or (lens < 0).any() or (douts < 0).any() or (douts + lens > arr.size).any():
+            raise InvalidArgumentError(f"{self.url}/{key}: a range is negative or does not fit the destination")
+        out = np.zeros(len(offs), np.uint64)
+        for i, (o, n, d) in enumerate(zip(offs.tolist(), lens.tolist(), douts.tolist(), strict=True)):
+            got = self._read_range(key, o, n, arr, d) if n else 0
+            if exact and got < n:
+                raise ShortReadError(f"{self.url}/{key}", o, n, got)
+            out[i] = got
+        return _Done(out)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if length is None:
+            size = self._sizes.get(key)
+            if size is None:
+                ent = self._entry(key, None if self.block_bytes is None else 0)
+                size = int(ent[1].meta["size"]) if ent is not None else self.inner.stat(key).size
+                self._sizes[key] = size
+            length = max(0, size - offset)
+        buf = np.empty(length, np.uint8)
+        n = int(self.read_ranges(key, [offset], [length], buf, [0], exact=False)[0])
+        return buf[:n].tobytes()
+
+    # ------------------------------------------------------------ pass-through
+
+    def invalidate(self, key: str) -> None:
+        """Drop this node's cached copies of ``key`` (whole entry and blocks)."""
+        whole = self._entry_key(key, None)
+        d = self._local.root / whole.split("/")[0]
+        self._sizes.pop(key, None)
+        if not d.is_dir():
+            return
+        name = whole.split("/")[1]
+        for e in os.scandir(d):
+            if e.name == name or e.name.startswith(name + ".b"):
+                self._discard(f"{d.name}/{e.name}")
+
+    def put(self, key: str, data: Any) -> ObjectInfo:
+        info = self.inner.put(key, data)
+        self.invalidate(key)
+        return info
+
+    def put_if_absent(self, key: str, data: Any) -> bool:
+        return self.inner.put_if_absent(key, data)
+
+    def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
+        info = self.inner.compare_and_swap(key, expected, data)
+        self.invalidate(key)
+        return info
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.inner.stat(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+        self.invalidate(key)
+
+    def close(self) -> None:
+        self._local.close()
+        self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"CachedStore({self.inner!r}, {str(self.cache_dir)!r}, max_bytes={self.max_bytes})"

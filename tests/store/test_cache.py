@@ -1,0 +1,188 @@
+"""CachedStore: whole-object and block granularity, LRU budget, crash safety,
+corruption handling, restarts, and several processes sharing one cache."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storecomp.errors import InvalidArgumentError, NotFoundError, ShortReadError
+from storecomp.store import LocalStore
+from storecomp.store.cache import CachedStore
+
+KiB = 1024
+
+
+def blob(n: int, seed: int = 0) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> LocalStore:
+    store = LocalStore(tmp_path / "remote")
+    for i in range(6):
+        store.put(f"obj/{i}", blob(100 * KiB + i, seed=i))
+    return store
+
+
+def test_whole_object_miss_then_hit(tmp_path: Path, remote: LocalStore) -> None:
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20)
+    assert c.get("obj/1") == blob(100 * KiB + 1, 1)
+    assert c.stats.misses == 1
+    dst = np.zeros(300, np.uint8)
+    assert c.read_ranges("obj/1", [5, 70_000], [100, 200], dst, [0, 100]).tolist() == [100, 200]
+    data = blob(100 * KiB + 1, 1)
+    assert dst[:100].tobytes() == data[5:105] and dst[100:].tobytes() == data[70_000:70_200]
+    assert c.stats.misses == 1 and c.stats.hits >= 1 and c.stats.bytes_from_inner == len(data)
+    with pytest.raises(ShortReadError):
+        c.read_ranges("obj/1", [len(data) - 10], [20], dst, [0])
+    assert c.read_ranges("obj/1", [len(data) - 10], [20], dst, [0], exact=False).tolist() == [10]
+    with pytest.raises(NotFoundError):
+        c.get("obj/missing")
+    ba = bytearray(10)  # any host buffer works as a destination
+    c.read_ranges("obj/1", [0], [10], ba, [0])
+    assert bytes(ba) == data[:10]
+
+
+def test_block_granularity_fetches_only_touched_blocks(tmp_path: Path, remote: LocalStore) -> None:
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20, block_bytes=16 * KiB)
+    data = blob(100 * KiB + 2, 2)
+    assert c.get("obj/2", 20 * KiB, 100) == data[20 * KiB : 20 * KiB + 100]
+    assert c.stats.bytes_from_inner == 16 * KiB
+    assert c.get("obj/2", 30 * KiB, 4 * KiB) == data[30 * KiB : 34 * KiB]  # spans blocks 1 and 2
+    assert c.stats.bytes_from_inner == 32 * KiB
+    assert c.get("obj/2") == data
+    assert len(c.entries()) == 7
+
+
+def test_lru_eviction_keeps_budget_and_recent_entries(tmp_path: Path, remote: LocalStore) -> None:
+    budget = 350 * KiB  # room for three ~104 KiB entries
+    c = CachedStore(remote, tmp_path / "cache", budget)
+    for i in range(3):
+        c.get(f"obj/{i}")
+    paths = {k: n for k, n in c.entries()}
+    assert len(paths) == 3
+    now = time.time()
+    for age, i in ((300, 0), (200, 1), (100, 2)):
+        os.utime(c._local.root / c._entry_key(f"obj/{i}", None), (now - age, now - age))
+    c.get("obj/0")  # a hit makes obj/0 the most recently used
+    c.get("obj/3")  # over budget: the least recently used (obj/1) goes
+    assert c.usage() <= budget and sum(n for _, n in c.entries()) == c.usage()
+    keys = {k for k, _ in c.entries()}
+    assert c._entry_key("obj/1", None) not in keys
+    assert c._entry_key("obj/0", None) in keys and c._entry_key("obj/3", None) in keys
+    assert c.stats.evictions >= 1
+
+
+def test_objects_larger_than_the_budget_bypass(tmp_path: Path, remote: LocalStore) -> None:
+    c = CachedStore(remote, tmp_path / "cache", 50 * KiB)
+    assert c.get("obj/4") == blob(100 * KiB + 4, 4)
+    assert c.entries() == []
+
+
+def test_partial_and_corrupt_entries_are_never_served(tmp_path: Path, remote: LocalStore) -> None:
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20)
+    data = blob(100 * KiB + 3, 3)
+    c.get("obj/3")
+    path = c._local.root / c._entry_key("obj/3", None)
+    raw = bytearray(path.read_bytes())
+    raw[-5000] ^= 0xFF  # bit rot in the data
+    path.write_bytes(bytes(raw))
+    assert c.get("obj/3") == data  # detected, discarded, refetched
+    assert c.stats.corrupt_discarded == 1 and c.stats.misses == 2
+    path.write_bytes(path.read_bytes()[:5000])  # truncated entry (as after a crash without rename)
+    c2 = CachedStore(remote, tmp_path / "cache", 10 << 20)
+    assert c2.get("obj/3") == data
+    raw = bytearray(path.read_bytes())
+    raw[20] ^= 1  # damaged header
+    path.write_bytes(bytes(raw))
+    c3 = CachedStore(remote, tmp_path / "cache", 10 << 20)
+    assert c3.get("obj/3") == data and c3.stats.misses == 1
+    # A fill that crashed before its rename leaves only a temp file: never served, swept later.
+    stale = tmp_path / "cache" / "tmp" / "deadbeef"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    c4 = CachedStore(remote, tmp_path / "cache", 10 << 20)
+    assert not stale.exists()
+    assert c4.get("obj/3") == data and c4.stats.hits >= 1
+
+
+def test_verify_open_mode_checks_before_first_use(tmp_path: Path, remote: LocalStore) -> None:
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20, verify="open")
+    data = blob(100 * KiB, 0)
+    assert c.get("obj/0") == data
+    path = c._local.root / c._entry_key("obj/0", None)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    tmp = path.with_name("x")
+    tmp.write_bytes(bytes(raw))
+    os.rename(tmp, path)  # a new inode: this process has not verified it
+    assert c.get("obj/0", 0, 10) == data[:10]
+    assert c.stats.corrupt_discarded == 1
+
+
+def test_restart_reuses_entries_and_rebuilds_usage(tmp_path: Path, remote: LocalStore) -> None:
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20, block_bytes=32 * KiB)
+    c.get("obj/5")
+    used = c.usage()
+    (tmp_path / "cache" / "usage").write_text("999999999")  # drift, as after a crash
+    c2 = CachedStore(remote, tmp_path / "cache", 10 << 20, block_bytes=32 * KiB)
+    assert c2.usage() == used
+    assert c2.get("obj/5") == blob(100 * KiB + 5, 5)
+    assert c2.stats.misses == 0 and c2.stats.bytes_from_inner == 0
+
+
+def test_writes_invalidate_and_revalidate_sees_remote_changes(tmp_path: Path, remote: LocalStore) -> None:
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20, block_bytes=16 * KiB)
+    c.get("obj/0")
+    c.put("obj/0", b"new bytes")
+    assert c.get("obj/0") == b"new bytes"
+    c.delete("obj/0")
+    with pytest.raises(NotFoundError):
+        c.get("obj/0")
+    rv = CachedStore(remote, tmp_path / "cache2", 10 << 20, revalidate=True)
+    rv.get("obj/1")
+    remote.put("obj/1", b"changed elsewhere")
+    assert rv.get("obj/1") == b"changed elsewhere"
+
+
+def test_bad_arguments(tmp_path: Path, remote: LocalStore) -> None:
+    for kw in ({"max_bytes": 0}, {"max_bytes": 1 << 20, "block_bytes": 1000}, {"max_bytes": 1 << 20, "verify": "never"}):
+        with pytest.raises(InvalidArgumentError):
+            CachedStore(remote, tmp_path / "c", **kw)  # type: ignore[arg-type]
+    c = CachedStore(remote, tmp_path / "c", 1 << 20)
+    with pytest.raises(InvalidArgumentError):
+        c.read_ranges("obj/0", [0], [100], np.zeros(10, np.uint8), [0])
+    with pytest.raises(InvalidArgumentError):
+        c.get("../x")
+
+
+def _reader(remote_root: str, cache_dir: str, budget: int, rank: int) -> None:
+    c = CachedStore(LocalStore(remote_root), cache_dir, budget, block_bytes=16 * KiB)
+    rng = np.random.default_rng(rank)
+    for _ in range(60):
+        i = int(rng.integers(0, 6))
+        off = int(rng.integers(0, 100 * KiB))
+        want = blob(100 * KiB + i, i)[off : off + 5000]
+        got = c.get(f"obj/{i}", off, 5000)
+        if got != want:
+            raise SystemExit(f"rank {rank}: wrong bytes for obj/{i} at {off}")
+
+
+def test_processes_share_one_cache(tmp_path: Path, remote: LocalStore) -> None:
+    budget = 300 * KiB  # less than the 6 objects: fills and evictions race across processes
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_reader, args=(str(remote.root), str(tmp_path / "cache"), budget, r)) for r in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    c = CachedStore(remote, tmp_path / "cache", budget, block_bytes=16 * KiB)
+    assert c.usage() <= budget
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
