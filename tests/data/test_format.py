@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import datahelpers
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,9 @@ from hypothesis import strategies as st
 from storecomp.data import DatasetWriter, FieldSpec, open_dataset, write_dataset
 from storecomp.data.format import TRAILER, decode_index, encode_index, record_layout
 from storecomp.errors import InvalidArgumentError
+
+columns = datahelpers.columns  # fixtures
+shard_ds = datahelpers.shard_ds
 
 
 def test_record_layout_pads_only_when_cheap() -> None:

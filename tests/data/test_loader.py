@@ -5,12 +5,16 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+import datahelpers
 import numpy as np
 import pytest
 import torch
 
 import storecomp
 from storecomp.data import DataLoader, epoch_order, open_dataset, rank_steps
+
+columns = datahelpers.columns  # fixtures
+shard_ds = datahelpers.shard_ds
 
 
 def labels(loader: DataLoader, limit: int | None = None) -> list[np.ndarray]:

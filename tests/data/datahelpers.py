@@ -1,4 +1,4 @@
-"""Small datasets for the data tests (real files in tmp_path, nothing mocked)."""
+"""Small datasets for the data tests (real files in tmp_path, nothing mocked); import the fixtures you use."""
 
 from __future__ import annotations
 
