@@ -19,7 +19,8 @@ import json
 import sys
 import tempfile
 
-from storecomp.bench.read import CASES, render_table, run_read_bench
+from storecomp.bench.read import CASES, figures, run_read_bench
+from storecomp.bench.report import table
 from storecomp.cli.bench import parse_size
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             progress=lambda m: print(f"  .. {m}", file=sys.stderr, flush=True),
         )
-    print(render_table(results))
+    print(table(figures(results)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)

@@ -31,8 +31,9 @@ import numpy as np
 from ..config import IOOptions
 from ..errors import StorecompError, UnavailableError
 from ..io import Engine, StagingPool
-from . import _fio
+from . import Context, _fio
 from ._common import Run, Window, cache_file, data_file, evict, summarize
+from .report import Figure
 
 CASES = ("seq_1m", "rand_4k", "rand_64k", "hot")
 TARGETS = {"seq_1m": 0.95, "rand_4k": 0.9, "rand_64k": 0.9, "hot": 0.8}
@@ -397,53 +398,36 @@ def _fmt(fig: dict[str, Any], metric: str) -> str:
     return f"{head}{fig['gbps']:.2f} GB/s, {fig['cpu_s_per_gb']:.3f} CPU-s/GB"
 
 
-def render_table(results: dict[str, Any]) -> str:
-    """A plain-text table of :func:`run_read_bench`'s results: each figure
-    next to its limit, as a ratio, with the CPU cost and the other variants."""
-    head = ("case", "storecomp", "limit", "ratio", "target", "CPU-s/GB ours/limit", "also measured")
-    rows: list[tuple[str, ...]] = []
-    for case, r in results["cases"].items():
+def run_suite(ctx: Context) -> dict[str, Any]:
+    """``storecomp bench read``: :func:`run_read_bench` on the context's directory."""
+    return run_read_bench(ctx.directory, ctx.size_bytes, ctx.duration_s, fio=ctx.fio, repeats=ctx.repeats, progress=ctx.progress)
+
+
+def figures(result: dict[str, Any]) -> list[Figure]:
+    """Rows for the final table: ours against fio or memcpy; the other engine variants as peers."""
+    out = []
+    for case, r in result["cases"].items():
         metric = r["metric"]
-        ours, limit = r.get("storecomp", {}), r["limit"]
-        others = [
-            f"{name.removeprefix('storecomp_')} {_figure(v, metric)} ({_ratio(r['ratios'].get(name))})"
+        unit = "IOPS" if metric == "iops" else "GB/s"
+        ours = r.get("storecomp", {})
+        limit = r["limit"]
+        peers = {
+            name.removeprefix("storecomp_") + " engine": v[metric]
             for name, v in r.items()
-            if name.startswith("storecomp_") and isinstance(v, dict)
+            if name.startswith("storecomp_") and isinstance(v, dict) and metric in v
+        }
+        notes = [
+            f"{n}: {v.get('error') or v.get('note')}"
+            for n, v in r.items()
+            if isinstance(v, dict) and (v.get("error") or v.get("note"))
         ]
-        target = f">={r['target']}" + ("" if r["meets_target"] is None else (" ok" if r["meets_target"] else " MISSED"))
-        rows.append(
-            (
-                case,
-                _figure(ours, metric),
-                f"{_figure(limit, metric)} {limit['name'].split(' ')[0]}" if "skipped" not in limit else "skipped",
-                _ratio(r["ratio"]),
-                target,
-                f"{_cpu(ours)} / {_cpu(limit)}",
-                "; ".join(others) or "-",
-            )
-        )
-    widths = [max(len(row[i]) for row in (head, *rows)) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in (head, *rows)]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    for case, r in results["cases"].items():
-        for name, v in r.items():
-            if isinstance(v, dict) and (v.get("error") or v.get("skipped") or v.get("note")):
-                lines.append(f"{case} {name}: {v.get('error') or v.get('skipped') or v.get('note')}")
-    lines.extend(f"note: {n}" for n in results["meta"]["notes"])
-    return "\n".join(lines)
-
-
-def _figure(v: dict[str, Any], metric: str) -> str:
-    if "gbps" not in v:
-        return "n/a"
-    if metric == "iops":
-        return f"{v['iops'] / 1000:.1f}k IOPS"
-    return f"{v['gbps']:.2f} GB/s"
-
-
-def _ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
-
-
-def _cpu(v: dict[str, Any]) -> str:
-    return f"{v['cpu_s_per_gb']:.3f}" if "cpu_s_per_gb" in v else "n/a"
+        if "skipped" in limit:
+            notes.append(f"limit skipped: {limit['skipped']}")
+        if metric in ours and "cpu_s_per_gb" in ours:
+            notes.append(f"CPU-s/GB {ours['cpu_s_per_gb']:.3f} (limit {limit.get('cpu_s_per_gb', float('nan')):.3f})")
+        out.append(Figure(
+            suite="read", case=case, unit=unit, value=float(ours.get(metric, float("nan"))),
+            limit=None if "skipped" in limit else (limit["name"].split(" ")[0], float(limit[metric])),
+            target=r["target"], peers=peers, note="; ".join(notes),
+        ))  # fmt: skip
+    return out

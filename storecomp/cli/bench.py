@@ -1,13 +1,17 @@
-"""``storecomp bench``: measured figures next to the hardware limit.
+"""``storecomp bench``: measured figures next to the hardware limit and the peers.
 
-With no arguments it runs the embedded default: a temporary local data file,
-no server, a few minutes on a 2-core machine. ``read`` measures the native
-engine against fio (the storage limit) and memcpy (the page-cache limit).
+With no arguments it runs the embedded default, ``all``: every suite that
+needs no server, on a temporary local dataset generated on the fly, in a few
+minutes on a 2-core machine. ``read`` measures the native engine against
+fio (the storage limit) and memcpy (the page-cache limit); ``loader`` the
+DataLoader; ``kvcache`` the KV-cache tiers; ``store`` the store layer.
+``--compare`` adds the peer libraries in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -17,10 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..bench import SUITES, Context
+from ..bench._common import DATA_FILE_NAME
 from ..errors import InvalidArgumentError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-SUBCOMMANDS = ("read", "all")
+_HEADROOM = 64 << 20  # free bytes left over after the data is written
 
 
 def parse_size(text: str) -> int:
@@ -35,43 +41,56 @@ def parse_size(text: str) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    b = sub.add_parser("bench", help="benchmark the data path against fio and memcpy")
-    b.add_argument("suite", nargs="?", default="all", choices=SUBCOMMANDS, help="what to measure (default: all)")
-    b.add_argument("--dir", help="directory for the data file (default: a temporary directory)")
-    b.add_argument("--size", type=parse_size, default=parse_size("1G"), help="data file size (default 1G)")
-    b.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default 3)")
+    b = sub.add_parser("bench", help="benchmark the data path against fio, memcpy and the peers")
+    b.add_argument("suite", nargs="?", default="all", choices=(*SUITES, "all"), help="what to measure (default: all)")
+    b.add_argument("--dir", help="directory for the data (default: a temporary directory)")
+    b.add_argument("--size", type=parse_size, default=None, help="data size (default 1G for read, 256M for all)")
+    b.add_argument("--duration", type=float, default=None, help="seconds per measurement (default 3; 1 for all)")
+    b.add_argument("--repeats", type=int, default=2, help="interleaved rounds per comparison (default 2)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="draw the ratios to the limits and peers (matplotlib)")
+    b.add_argument("--compare", action="store_true", help="also run the peer libraries in the same run")
+    b.add_argument("--path", choices=("auto", "gds", "bounce", "posix"), default="auto", help="CUDA destination path")
     b.add_argument("--no-fio", action="store_true", help="skip the fio baseline")
-    b.add_argument("--keep", action="store_true", help="keep the generated data file (a later run with --dir reuses it)")
+    b.add_argument("--keep", action="store_true", help="keep the generated data (a later run with --dir reuses it)")
     b.set_defaults(func=main)
 
 
-def _check_output(path: str | None) -> None:
+def _check_output(flag: str, path: str | None) -> None:
     if path is None:
         return
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
-    if out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise InvalidArgumentError(f"--json {path}: cannot write there (check the directory exists and is writable)")
+    writable = parent.is_dir() and os.access(parent, os.W_OK) and (not out.exists() or os.access(out, os.W_OK))
+    if out.is_dir() or not writable:
+        raise InvalidArgumentError(f"{flag} {path}: cannot write there (check the directory exists and is writable)")
 
 
 def _check_space(directory: Path, size: int) -> None:
-    existing = directory / "storecomp-bench.dat"
+    existing = directory / DATA_FILE_NAME
     have = existing.stat().st_size if existing.exists() else 0
     free = shutil.disk_usage(directory).free
-    need = max(0, size - have) + (64 << 20)
-    if need > free:
+    if max(0, size - have) + _HEADROOM > free:
         raise InvalidArgumentError(
             f"{directory}: {size / 2**30:.2f} GiB requested but only {free / 2**30:.2f} GiB free; use --size or --dir"
         )
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..bench.read import run_read_bench
+    from ..bench import report
 
-    _check_output(args.json)
-    if args.duration <= 0:
-        raise InvalidArgumentError(f"--duration must be positive, got {args.duration}")
+    _check_output("--json", args.json)
+    _check_output("--plot", args.plot)
+    whole = args.suite == "all"
+    size = args.size if args.size is not None else (256 << 20 if whole else 1 << 30)
+    duration = args.duration if args.duration is not None else (1.0 if whole else 3.0)
+    if duration <= 0 or args.repeats < 1:
+        raise InvalidArgumentError(f"--duration must be positive and --repeats at least 1, got {duration}, {args.repeats}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InvalidArgumentError("--plot needs matplotlib: pip install matplotlib") from None
     tmp = None
     if args.dir:
         directory = Path(args.dir)
@@ -80,29 +99,48 @@ def main(args: argparse.Namespace) -> int:
     else:
         tmp = tempfile.mkdtemp(prefix="storecomp-bench-", dir=os.environ.get("STORECOMP_BENCH_DIR"))
         directory = Path(tmp)
-    data = directory / "storecomp-bench.dat"
-    existed = data.exists()
+    before = set(os.listdir(directory))
+    ctx = Context(
+        str(directory), size, duration, repeats=args.repeats, fio=not args.no_fio, compare=args.compare,
+        io_path=args.path, progress=_progress,
+    )  # fmt: skip
+    results: dict[str, Any] = {}
+    figures: list[report.Figure] = []
+    hints: list[str] = []
     try:
-        _check_space(directory, args.size)
-        results = run_read_bench(str(directory), args.size, args.duration, fio=not args.no_fio, progress=_progress)
+        _check_space(directory, size)
+        for name in SUITES if whole else (args.suite,):
+            suite = importlib.import_module(f"storecomp.bench.{name}")
+            _progress(f"suite {name}")
+            results[name] = suite.run_suite(ctx)
+            figures += suite.figures(results[name])
+            hints += getattr(suite, "hints", lambda _r: [])(results[name])
     finally:
         if tmp and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
-        elif not existed and not args.keep:
-            data.unlink(missing_ok=True)  # made by this run: --keep keeps it, for the next run to reuse
-    doc = {"suite": args.suite, "size_bytes": args.size, "duration_s": args.duration, "read": results}
-    print(render(doc))
+        elif not args.keep:
+            for made in set(os.listdir(directory)) - before:  # only what this run wrote
+                path = directory / made
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    tips = report.advice(figures, hints)
+    print(report.table(figures))
+    if tips:
+        print("\nadvice:\n" + "\n".join(f"  - {t}" for t in tips))
+    doc = {
+        "schema": "storecomp.bench/1",
+        "suite": args.suite,
+        "size_bytes": size,
+        "duration_s": duration,
+        "figures": [f.as_dict() for f in figures],
+        "advice": tips,
+        "results": results,
+    }
     if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        Path(args.json).write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    if args.plot:
+        report.plot(figures, args.plot)
     return 0
 
 
 def _progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
-
-
-def render(doc: dict[str, Any]) -> str:
-    """A table: each figure next to its limit, as a ratio."""
-    from ..bench.read import render_table
-
-    return render_table(doc["read"])

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from storecomp.bench.read import CASES, render_table, run_read_bench
+from storecomp.bench.read import CASES, figures, run_read_bench
+from storecomp.bench.report import table
 from storecomp.cli import main
 from storecomp.cli.bench import parse_size
 
@@ -23,7 +24,8 @@ def test_smoke_read_bench_json_and_table(capsys: pytest.CaptureFixture[str], tmp
     rc = main(["bench", "read", "--dir", str(data), "--size", "4M", "--duration", "0.05", "--json", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
-    cases = doc["read"]["cases"]
+    cases = doc["results"]["read"]["cases"]
+    assert doc["schema"] == "storecomp.bench/1" and len(doc["figures"]) == len(CASES)
     assert set(cases) == set(CASES)
     for name, case in cases.items():
         ours = case["storecomp"]
@@ -46,7 +48,7 @@ def test_fio_missing_is_skipped_with_a_reason(tmp_path: Path) -> None:
     case = result["cases"]["rand_4k"]
     assert "fio disabled" in case["limit"]["skipped"]
     assert case["ratio"] is None and case["meets_target"] is None
-    assert "skipped" in render_table(result)
+    assert "limit skipped: fio disabled" in table(figures(result))
 
 
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed")
@@ -99,3 +101,17 @@ def test_bad_size_and_unknown_suite_get_usage() -> None:
         [sys.executable, "-m", "storecomp", "bench", "--sise", "1M"], capture_output=True, text=True, timeout=60
     )
     assert "did you mean '--size'?" in proc.stderr
+
+
+def test_plot_and_compare(tmp_path: Path) -> None:
+    png = tmp_path / "ratios.png"
+    rc = main(
+        ["bench", "read", "--size", "2M", "--duration", "0.02", "--repeats", "1", "--no-fio", "--compare", "--plot", str(png)]
+    )
+    assert rc == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unwritable_plot_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--plot", str(tmp_path / "no" / "x.png")]) == 1
+    assert "--plot" in capsys.readouterr().err
