@@ -122,6 +122,7 @@ class SeaweedFS:
             f"-s3.port={p['s3']}",
             f"-s3.port.grpc={p['s3'] + 10000}",
             "-s3.port.iceberg=0",
+            "-s3.port.lance=0",  # default 9101 is fixed: a second server (or a parallel run) would fail to start
             f"-s3.config={self.dir / 's3.json'}",
             "-s3.autoCreateBucket=false",
             "-metricsPort=0",
