@@ -162,10 +162,11 @@ def _open_shards(reader: Reader, root: str, manifest_key: str) -> Dataset:
     var = [f for f in fields if f.var]
     parts: list[Part] = []
     stride = int(manifest["record_stride"])
-    offsets: dict[str, int] = {}
+    offsets = {f["name"]: int(f.get("offset", -1)) for f in manifest["fields"]}
     for s in shards:
         part, field_offsets = _open_shard(reader, reader.join(root, s["key"]), s, fields, stride)
-        offsets = field_offsets
+        if field_offsets != {k: v for k, v in offsets.items() if k in field_offsets}:
+            raise CorruptDataError(f"{reader.describe(part.name)}: field offsets differ from the manifest's")
         parts.append(part)
     columns = [Column([(f, offsets[f.name]) for f in fixed], stride, stride)] if fixed else []
     if not fixed:

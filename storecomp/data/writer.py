@@ -63,6 +63,22 @@ def infer_fields(sample: Mapping[str, Any], var: Sequence[str] = ()) -> list[Fie
     return out
 
 
+def _infer_column_fields(columns: Mapping[str, Any], var: Sequence[str]) -> list[FieldSpec]:
+    """Field specs from columns: arrays of shape (n, *shape) are fixed, lists of 1-D arrays variable-length."""
+    out = []
+    for name, value in columns.items():
+        if name in var or isinstance(value, list):
+            if not len(value):
+                raise InvalidArgumentError(f"field {name!r}: no values to take a dtype from; pass fields=")
+            out.append(FieldSpec(name, _to_numpy(value[0]).dtype, (-1,), var=True))
+        else:
+            arr = _to_numpy(value)
+            if arr.ndim == 0:
+                raise InvalidArgumentError(f"field {name!r}: a column needs a first (sample) dimension")
+            out.append(FieldSpec(name, arr.dtype, tuple(arr.shape[1:])))
+    return out
+
+
 class DatasetWriter:
     """Writes samples into shards of about ``shard_bytes`` under ``path`` (a local folder).
 
@@ -131,10 +147,7 @@ class DatasetWriter:
         """Append many samples: fixed fields as arrays of shape (n, *shape), var fields as sequences of 1-D arrays."""
         self._check_open()
         if self.fields is None:
-            first = {k: (v[0] if k in self._var_names or isinstance(v, list) else _to_numpy(v)[0]) for k, v in columns.items()}
-            self._set_fields(
-                infer_fields(first, tuple(self._var_names) + tuple(k for k, v in columns.items() if isinstance(v, list)))
-            )
+            self._set_fields(_infer_column_fields(columns, self._var_names))
         self._check_extra(columns)
         fixed: dict[str, np.ndarray] = {}
         var: dict[str, list[np.ndarray]] = {}
@@ -277,7 +290,7 @@ class DatasetWriter:
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "kind": "records",
-                "fields": [f.to_json() for f in self._fields()],
+                "fields": [dict(f.to_json(), offset=self._offsets.get(f.name, -1)) for f in self._fields()],
                 "record_stride": self._stride,
                 "num_samples": sum(s["num_records"] for s in shards),
                 "shards": shards,

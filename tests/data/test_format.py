@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import datahelpers
+from tests.data import datahelpers
 import numpy as np
 import pytest
 import torch

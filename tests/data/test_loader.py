@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-import datahelpers
+from tests.data import datahelpers
 import numpy as np
 import pytest
 import torch
