@@ -5,6 +5,7 @@ any fsspec URL; backends other than local files are imported on first use.
 """
 
 from .base import Capabilities, ObjectInfo, RangeFuture, Store
+from .cache import CachedStore
 from .integrity import Checksums
 from .keys import validate_key, validate_prefix
 from .local import LocalStore
@@ -32,7 +33,8 @@ __all__ = [
     "ReplicatedStore",
     "StoreReader",
     "load_mounts",
-    # integrity, blobs, manifests, refs (integrity.py, snapshots.py)
+    # integrity, blobs, manifests, refs, cache (integrity.py, snapshots.py, cache.py)
+    "CachedStore",
     "ANY",
     "Checksums",
     "Entry",

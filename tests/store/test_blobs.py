@@ -230,3 +230,44 @@ def test_bad_names(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError):
         repo.set_ref("main", "not-a-hash")
     assert isinstance(repo.store, Store)
+
+
+# ---------------------------------------------------------------- on S3 (SeaweedFS)
+
+
+def test_s3_commit_conflict_concurrent_updates_and_gc(s3_store: Store) -> None:
+    import threading
+
+    repo = Repository(s3_store, "repo", chunk_bytes=CHUNK, keep_history=0, cas_retries=100)
+    collector = Repository(s3_store, "repo", chunk_bytes=CHUNK, grace_s=1.0, keep_history=0)
+    w = repo.writer()
+    old = w.add("old", b"o" * 3000)
+    h1 = w.commit("main", expected=None)
+    w_late = repo.writer("main")
+    with pytest.raises(ConflictError):
+        repo.set_ref("main", h1, expected=None)  # If-None-Match lost: the ref exists
+
+    def adder(t: int) -> None:
+        for r in range(2):
+            e = repo.put_blob(f"{t}/{r}".encode())
+            repo.update("main", lambda m, e=e, k=f"t{t}/{r}": Manifest({**(m.entries if m else {}), k: e}))
+
+    threads = [threading.Thread(target=adder, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = repo.snapshot("main")
+    assert len(snap.paths()) == 7 and snap.read("t2/1") == b"2/1"  # no lost update
+    late = w_late.add("x", b"late")
+    with pytest.raises(ConflictError):
+        w_late.commit("main", expected=h1)  # If-Match lost: the ref moved
+    w2 = repo.writer("main")
+    w2.remove("old")
+    w2.commit("main")
+    assert collector.gc().deleted_blobs == 0  # everything is younger than the grace period
+    time.sleep(2.2)  # S3 mtimes have 1 s resolution
+    rep = collector.gc()
+    assert rep.deleted_blobs == 2  # "old", and the blob of the writer that lost its commit
+    assert not s3_store.exists(repo.blob_key(old.blob)) and not s3_store.exists(repo.blob_key(late.blob))
+    assert repo.snapshot("main").read("t0/0") == b"0/0"

@@ -186,3 +186,19 @@ def test_processes_share_one_cache(tmp_path: Path, remote: LocalStore) -> None:
     c = CachedStore(remote, tmp_path / "cache", budget, block_bytes=16 * KiB)
     assert c.usage() <= budget
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+# ---------------------------------------------------------------- over S3 (SeaweedFS)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 16 * KiB])
+def test_cache_over_s3(tmp_path: Path, s3_store: LocalStore, block_bytes: int | None) -> None:
+    data = blob(70 * KiB, 9)
+    s3_store.put("big", data)
+    c = CachedStore(s3_store, tmp_path / "cache", 1 << 20, block_bytes=block_bytes)
+    assert c.get("big", 1000, 20_000) == data[1000:21_000]
+    fetched = c.stats.bytes_from_inner
+    assert fetched == (len(data) if block_bytes is None else 32 * KiB)
+    again = CachedStore(s3_store, tmp_path / "cache", 1 << 20, block_bytes=block_bytes)  # a restart
+    assert again.get("big", 1000, 20_000) == data[1000:21_000]
+    assert again.stats.bytes_from_inner == 0 and again.stats.hits >= 1

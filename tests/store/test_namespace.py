@@ -233,3 +233,38 @@ def test_toml_replicas_build_a_replicated_store(tmp_path: Path) -> None:
     assert isinstance(store, ReplicatedStore)
     store.put(key, b"w")
     assert (tmp_path / "w" / "a" / "b").exists() and not (tmp_path / "e" / "a" / "b").exists()
+
+
+# ---------------------------------------------------------------- replicas on S3 (SeaweedFS)
+
+
+def test_s3_replica_failover(tmp_path: Path, running_seaweedfs: Any) -> None:
+    from storecomp.store import open_store
+    from storecomp.store.retry import RetryPolicy
+
+    fast = RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.2, deadline_s=3.0, connect_timeout_s=1.0)
+
+    sw = running_seaweedfs
+    good = sw.url()
+    opts = sw.store_options()
+    dead_opts = {**opts, "endpoint": "http://127.0.0.1:9"}  # nothing listens on the discard port
+
+    def opener(url: str) -> Store:
+        o = dead_opts if url.startswith("s3://dead-") else opts
+        real = url.replace("s3://dead-", "s3://")
+        return open_store(real, retry=fast, **o)
+
+    dead = good.replace("s3://", "s3://dead-")
+    mount = Mount("ds", (Replica(dead, "near", 0), Replica(good, "far", 1)), primary="far")
+    ns = Namespace([mount], environ={}, opener=opener)
+    store, key = ns.resolve("sc://ds/a/obj")
+    store.put(key, b"replicated")
+    assert ns.open("sc://ds/a/obj").read() == b"replicated"  # the near replica is down: read from far
+    assert isinstance(store, ReplicatedStore)
+    health = store.health()
+    assert not health[0]["healthy"] and health[1]["healthy"]
+    assert "127.0.0.1:9" in health[0]["last_error"]
+    assert [i.key for i in store.list("a/")] == ["a/obj"]
+    only_dead = Namespace([Mount("x", (Replica(dead),))], environ={}, opener=opener)
+    with pytest.raises(StoreUnavailableError, match="127.0.0.1:9"):
+        only_dead.resolve("sc://x/a/obj")[0].get("a/obj")
