@@ -70,6 +70,7 @@ class KVCacheStore:
         disk_direct: bool = True,
         shared_retry_seconds: float = 60.0,
         shared_backoff: float = 0.5,
+        shared_max_backoff: float = 30.0,
         io_options: IOOptions | None = None,
         workers: int = 8,
     ) -> None:
@@ -90,7 +91,13 @@ class KVCacheStore:
         self.engine = Engine(opts, direct="on" if disk_direct else "auto")
         self.disk = DiskTier(disk_dir, fingerprint.namespace, disk_bytes, self.engine) if disk_dir is not None else None
         self.shared = (
-            SharedTier(_open_shared(shared, shared_options or {}), fingerprint.namespace, shared_prefix, backoff=shared_backoff)
+            SharedTier(
+                _open_shared(shared, shared_options or {}),
+                fingerprint.namespace,
+                shared_prefix,
+                backoff=shared_backoff,
+                max_backoff=shared_max_backoff,
+            )
             if shared is not None
             else None
         )

@@ -386,10 +386,13 @@ class SharedTier:
         return time.monotonic() >= self.down_until
 
     def mark_down(self, err: BaseException) -> None:
+        now = time.monotonic()
         with self.lock:
-            self.down_until = time.monotonic() + self._backoff
-            self._backoff = min(self.max_backoff, self._backoff * 2)
             self.last_error = f"{type(err).__name__}: {err}"
+            if now < self.down_until:  # already down: concurrent failures do not stack the backoff
+                return
+            self.down_until = now + self._backoff
+            self._backoff = min(self.max_backoff, self._backoff * 2)
         self.stats.add(unavailable=1)
 
     def mark_up(self) -> None:

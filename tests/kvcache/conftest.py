@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kvhelpers import CHUNK, FP
+from tests.kvcache.kvhelpers import CHUNK, FP
 
 from storecomp.kvcache import KVCacheStore
 from storecomp.testing.seaweedfs import SeaweedFS

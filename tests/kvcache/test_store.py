@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kvhelpers import CHUNK, FP, make_kv, same_prefix, untouched_after, zeros_kv
+from tests.kvcache.kvhelpers import CHUNK, FP, make_kv, same_prefix, untouched_after, zeros_kv
 
 from storecomp import KVCacheStore
 from storecomp.kvcache import PagedLayout
