@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_python
+from tests.conftest import run_python
 
 import storecomp
 import storecomp.io

@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.data import datahelpers
 import numpy as np
 import pytest
 
 from storecomp.data import DataLoader, DatasetWriter, FieldSpec, open_dataset, write_dataset
 from storecomp.data.format import TRAILER
 from storecomp.errors import CorruptDataError, InvalidArgumentError, StorecompError
+from tests.data import datahelpers
 
 columns = datahelpers.columns  # fixtures
 shard_ds = datahelpers.shard_ds

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.data import datahelpers
 import numpy as np
 import pytest
 import torch
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from storecomp.data import DatasetWriter, FieldSpec, open_dataset, write_dataset
 from storecomp.data.format import TRAILER, decode_index, encode_index, record_layout
 from storecomp.errors import InvalidArgumentError
+from tests.data import datahelpers
 
 columns = datahelpers.columns  # fixtures
 shard_ds = datahelpers.shard_ds

@@ -5,13 +5,13 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from tests.data import datahelpers
 import numpy as np
 import pytest
 import torch
 
 import storecomp
 from storecomp.data import DataLoader, epoch_order, open_dataset, rank_steps
+from tests.data import datahelpers
 
 columns = datahelpers.columns  # fixtures
 shard_ds = datahelpers.shard_ds

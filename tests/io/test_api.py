@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from tests.conftest import (
     BACKENDS,
     DataFile,
     Dest,
@@ -480,7 +480,7 @@ def test_engine_reports_backend(backend: str) -> None:
 
 
 def test_auto_engine_prefers_io_uring_when_permitted() -> None:
-    from conftest import IO_URING_OK
+    from tests.conftest import IO_URING_OK
 
     with Engine() as eng:
         assert eng.backend == ("io_uring" if IO_URING_OK else "threads")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DataFile, NoMemory, drop_cache, make_engine, run_python, warm_cache
+from tests.conftest import DataFile, NoMemory, drop_cache, make_engine, run_python, warm_cache
 
 import storecomp.io as scio
 from storecomp.errors import (

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import DST_KINDS, DataFile, DLPackOnly, NoMemory, make_engine, needs_io_uring
+from tests.conftest import DST_KINDS, DataFile, DLPackOnly, NoMemory, make_engine, needs_io_uring
 
 from storecomp.errors import (
     ClosedError,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import DataFile
+from tests.conftest import DataFile
 
 import storecomp.io as scio
 from storecomp.errors import ShortReadError, UnavailableError

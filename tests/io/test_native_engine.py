@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, IO_URING_OK, DataFile, drop_cache, needs_io_uring, run_python
+from tests.conftest import BACKENDS, IO_URING_OK, DataFile, drop_cache, needs_io_uring, run_python
 
 from storecomp import _native
 

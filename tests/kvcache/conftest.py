@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.kvcache.kvhelpers import CHUNK, FP
 
 from storecomp.kvcache import KVCacheStore
 from storecomp.testing.seaweedfs import SeaweedFS
+from tests.kvcache.kvhelpers import CHUNK, FP
 
 
 @pytest.fixture

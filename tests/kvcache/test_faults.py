@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.kvcache.kvhelpers import CHUNK, FAST_RETRY, FP, make_kv, same_prefix, untouched_after, zeros_kv
 
 from storecomp import KVCacheStore
 from storecomp.errors import InvalidArgumentError
 from storecomp.kvcache import ModelFingerprint, PagedLayout
 from storecomp.store import LocalStore
 from storecomp.testing.seaweedfs import SeaweedFS, free_port
+from tests.kvcache.kvhelpers import CHUNK, FAST_RETRY, FP, make_kv, same_prefix, untouched_after, zeros_kv
 
 Make = Callable[..., KVCacheStore]
 TOKENS = list(range(50, 50 + 4 * CHUNK))
@@ -171,7 +171,7 @@ def test_full_disk_write_errors_are_counted_and_serving_goes_on(tmp_path: Path) 
     code = textwrap.dedent(
         f"""
         import os, resource, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
         from tests.kvcache.kvhelpers import CHUNK, FP, make_kv, same_prefix, zeros_kv

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.kvcache.kvhelpers import CHUNK, FP, make_kv, same_prefix, untouched_after, zeros_kv
 
 from storecomp import KVCacheStore
 from storecomp.kvcache import PagedLayout
+from tests.kvcache.kvhelpers import CHUNK, FP, make_kv, same_prefix, untouched_after, zeros_kv
 
 Make = Callable[..., KVCacheStore]
 TOKENS = list(range(1000, 1000 + 5 * CHUNK + 3))  # 5 whole chunks and 3 tokens
