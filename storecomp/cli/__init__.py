@@ -16,7 +16,7 @@ import sys
 from ..errors import StorecompError
 
 #: Command modules, in the order ``storecomp --help`` lists them.
-COMMANDS = ("info", "bench")
+COMMANDS = ("info", "bench", "store")
 
 
 class _Parser(argparse.ArgumentParser):

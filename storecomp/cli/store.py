@@ -1,0 +1,291 @@
+"""``storecomp ls | stat | cat | cp | du URL`` and ``storecomp mounts``.
+
+URLs are anything :class:`storecomp.store.Namespace` resolves: ``sc://mount/path``,
+plain paths, ``file://``, ``s3://bucket/key`` and fsspec URLs. Credentials
+come from the usual places (``AWS_*`` variables for S3) and are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..store import ObjectInfo, Store
+
+#: Bytes per read when streaming an object (cat, cp).
+STREAM_BYTES = 8 << 20
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("ls", help="list objects under a URL (sc://mount/path, path, file://, s3://...)")
+    p.add_argument("url")
+    p.add_argument("-r", "--recursive", action="store_true", help="list every object below, not just children")
+    p.add_argument("-l", "--long", action="store_true", help="show size, modification time and version")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=main, store_cmd="ls")
+
+    p = sub.add_parser("stat", help="size, version and modification time of one object")
+    p.add_argument("url")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=main, store_cmd="stat")
+
+    p = sub.add_parser("cat", help="write an object's bytes to stdout")
+    p.add_argument("url")
+    p.add_argument("--offset", type=int, default=0, help="first byte (default 0)")
+    p.add_argument("--length", type=int, default=None, help="bytes to write (default: to the end)")
+    p.set_defaults(func=main, store_cmd="cat")
+
+    p = sub.add_parser("cp", help="copy an object (or, with -r, every object under a prefix) to another URL")
+    p.add_argument("src")
+    p.add_argument("dst", help="destination URL; ending in '/' copies into it under the source's name")
+    p.add_argument("-r", "--recursive", action="store_true")
+    p.set_defaults(func=main, store_cmd="cp")
+
+    p = sub.add_parser("du", help="bytes and objects under a URL, per child (or in total with -s)")
+    p.add_argument("url")
+    p.add_argument("-s", "--summarize", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=main, store_cmd="du")
+
+    p = sub.add_parser("mounts", help="the sc:// mount table (STORECOMP_CONFIG, STORECOMP_MOUNTS, STORECOMP_MOUNT_*)")
+    p.add_argument("--probe", action="store_true", help="measure each replica's latency and health now")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=main, store_cmd="mounts")
+
+
+def main(args: Any) -> int:
+    from ..store import Namespace
+
+    with Namespace() as ns:
+        cmd = {"ls": _ls, "stat": _stat, "cat": _cat, "cp": _cp, "du": _du, "mounts": _mounts}[args.store_cmd]
+        try:
+            return cmd(ns, args)
+        except BrokenPipeError:  # `storecomp cat ... | head`
+            return 0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _when(mtime: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime)) if mtime is not None else "-"
+
+
+def _below(store: Store, key: str) -> tuple[str, Iterator[ObjectInfo]]:
+    """``(prefix, objects)`` under ``key`` seen as a directory (all objects for the root)."""
+    prefix = "" if not key else key if key.endswith("/") else key + "/"
+    return prefix, store.list(prefix)
+
+
+def _join(url: str, rel: str) -> str:
+    return url.rstrip("/") + "/" + rel
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _ls(ns: Any, args: Any) -> int:
+    from ..errors import NotFoundError
+
+    store, key = ns.resolve(args.url)
+    if key and not key.endswith("/") and store.exists(key):
+        rows: list[tuple[str, ObjectInfo | None]] = [(key.rsplit("/", 1)[-1], store.stat(key))]
+    else:
+        prefix, infos = _below(store, key)
+        rows, dirs = [], set()
+        for info in infos:
+            rel = info.key[len(prefix) :]
+            if not args.recursive and "/" in rel:
+                d = rel.split("/", 1)[0] + "/"
+                if d not in dirs:
+                    dirs.add(d)
+                    rows.append((d, None))
+                continue
+            rows.append((rel, info))
+        if not rows and key:
+            raise NotFoundError(2, args.url, None, "ls")
+    for name, info in rows:
+        if args.json:
+            doc: dict[str, Any] = {"name": name, "dir": info is None}
+            if info is not None:
+                doc.update(key=info.key, size=info.size, version=info.version, mtime=info.mtime)
+            print(json.dumps(doc))
+        elif args.long:
+            if info is None:
+                print(f"{'DIR':>12}  {'':19}  {'':16}  {name}")
+            else:
+                print(f"{info.size:>12}  {_when(info.mtime):19}  {info.version[:16]:16}  {name}")
+        else:
+            print(name)
+    return 0
+
+
+def _stat(ns: Any, args: Any) -> int:
+    store, key = ns.resolve(args.url)
+    from ..store.keys import validate_key
+
+    info = store.stat(validate_key(key))
+    doc = {"url": args.url, "store": store.url, "key": info.key, "size": info.size, "version": info.version}
+    doc["mtime"] = info.mtime
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        for k, v in doc.items():
+            print(f"{k + ':':9} {_when(v) if k == 'mtime' else v}")
+    return 0
+
+
+def _stream(store: Store, key: str, offset: int, length: int | None) -> Iterator[memoryview]:
+    import numpy as np
+
+    size = store.stat(key).size
+    end = size if length is None else min(size, offset + length)
+    buf = np.empty(min(STREAM_BYTES, max(0, end - offset)), np.uint8)
+    pos = offset
+    while pos < end:
+        n = min(buf.size, end - pos)
+        got = int(store.read_ranges(key, [pos], [n], buf, [0])[0])
+        yield memoryview(buf)[:got]
+        pos += got
+
+
+def _cat(ns: Any, args: Any) -> int:
+    from ..errors import InvalidArgumentError
+    from ..store.keys import validate_key
+
+    if args.offset < 0 or (args.length is not None and args.length < 0):
+        raise InvalidArgumentError("--offset and --length must not be negative")
+    store, key = ns.resolve(args.url)
+    out = sys.stdout.buffer
+    for chunk in _stream(store, validate_key(key), args.offset, args.length):
+        out.write(chunk)
+    out.flush()
+    return 0
+
+
+def _copy_one(src: Store, skey: str, dst: Store, dkey: str) -> int:
+    import numpy as np
+
+    from ..errors import CorruptDataError
+
+    size = src.stat(skey).size
+    data = np.empty(size, np.uint8)
+    if size:
+        src.read_ranges(skey, [0], [size], data, [0])
+    info = dst.put(dkey, data)
+    if info.size != size:
+        raise CorruptDataError(f"{dst.url}/{dkey}: wrote {size} bytes, the store reports {info.size}")
+    return size
+
+
+def _cp(ns: Any, args: Any) -> int:
+    from ..errors import InvalidArgumentError, NotFoundError
+    from ..store.keys import validate_key
+
+    src, skey = ns.resolve(args.src)
+    dst, dkey = ns.resolve(args.dst)
+    into = args.dst.endswith("/") or not dkey
+    if args.recursive:
+        prefix, infos = _below(src, skey)
+        base = skey.rstrip("/").rsplit("/", 1)[-1] if into and skey else ""
+        total = count = 0
+        for info in list(infos):
+            rel = info.key[len(prefix) :]
+            target = "/".join(p for p in (dkey.rstrip("/"), base, rel) if p)
+            total += _copy_one(src, info.key, dst, validate_key(target))
+            count += 1
+        if count == 0:
+            raise NotFoundError(2, args.src, None, "cp")
+        print(f"copied {count} objects, {_human(total)}", file=sys.stderr)
+        return 0
+    if not skey or skey.endswith("/"):
+        raise InvalidArgumentError(f"{args.src}: not an object (use -r to copy a prefix)")
+    if into:
+        dkey = "/".join(p for p in (dkey.rstrip("/"), skey.rsplit("/", 1)[-1]) if p)
+    _copy_one(src, skey, dst, validate_key(dkey))
+    return 0
+
+
+def _du(ns: Any, args: Any) -> int:
+    from ..errors import NotFoundError
+
+    store, key = ns.resolve(args.url)
+    if key and not key.endswith("/") and store.exists(key):
+        groups = {key.rsplit("/", 1)[-1]: [store.stat(key).size, 1]}
+    else:
+        prefix, infos = _below(store, key)
+        groups = {}
+        for info in infos:
+            rel = info.key[len(prefix) :]
+            name = rel.split("/", 1)[0] + ("/" if "/" in rel else "")
+            g = groups.setdefault(name, [0, 0])
+            g[0] += info.size
+            g[1] += 1
+        if not groups and key:
+            raise NotFoundError(2, args.url, None, "du")
+    total = sum(g[0] for g in groups.values())
+    count = sum(g[1] for g in groups.values())
+    if args.json:
+        doc = {"url": args.url, "bytes": total, "objects": count}
+        if not args.summarize:
+            doc["children"] = {k: {"bytes": v[0], "objects": v[1]} for k, v in sorted(groups.items())}
+        print(json.dumps(doc, indent=2))
+        return 0
+    if not args.summarize:
+        for name, (n, c) in sorted(groups.items()):
+            print(f"{n:>14}  {_human(n):>10}  {c:>8}  {name}")
+    print(f"{total:>14}  {_human(total):>10}  {count:>8}  total")
+    return 0
+
+
+def _mounts(ns: Any, args: Any) -> int:
+    from ..store import ReplicatedStore
+
+    rows = []
+    for name, m in sorted(ns.mounts.items()):
+        primary = m.primary_replica
+        doc: dict[str, Any] = {
+            "name": name,
+            "url": f"sc://{name}",
+            "read_only": m.read_only,
+            "replicas": [{"url": r.url, "site": r.site, "preference": r.preference, "primary": r is primary} for r in m.replicas],
+        }
+        if args.probe:
+            store = ns.store(name)
+            rs = store if isinstance(store, ReplicatedStore) else ReplicatedStore(m, [store])
+            rs.probe()
+            for rep, h in zip(doc["replicas"], rs.health(), strict=True):
+                rep.update(healthy=h["healthy"], latency_s=h["latency_s"], error=h["last_error"])
+        rows.append(doc)
+    if args.json:
+        print(json.dumps({"site": ns.local_site, "mounts": rows}, indent=2))
+        return 0
+    if not rows:
+        print("no mounts (set STORECOMP_MOUNTS or a [mounts] table in STORECOMP_CONFIG; see docs/store.md)")
+        return 0
+    for doc in rows:
+        flags = " (read-only)" if doc["read_only"] else ""
+        print(f"{doc['url']}{flags}")
+        for r in doc["replicas"]:
+            line = f"  {'*' if r['primary'] else ' '} {r['url']}"
+            if r["site"]:
+                line += f"  site={r['site']}"
+            line += f"  preference={r['preference']}"
+            if args.probe:
+                line += f"  {'ok' if r['healthy'] else 'DOWN'} {r['latency_s'] * 1e3:.1f} ms"
+                if r["error"]:
+                    line += f"  ({r['error']})"
+            print(line)
+    return 0
