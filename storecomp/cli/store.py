@@ -116,17 +116,17 @@ def _ls(ns: Any, args: Any) -> int:
             rows.append((rel, info))
         if not rows and key:
             raise NotFoundError(2, args.url, None, "ls")
-    for name, info in rows:
+    for name, obj in rows:
         if args.json:
-            doc: dict[str, Any] = {"name": name, "dir": info is None}
-            if info is not None:
-                doc.update(key=info.key, size=info.size, version=info.version, mtime=info.mtime)
+            doc: dict[str, Any] = {"name": name, "dir": obj is None}
+            if obj is not None:
+                doc.update(key=obj.key, size=obj.size, version=obj.version, mtime=obj.mtime)
             print(json.dumps(doc))
         elif args.long:
-            if info is None:
+            if obj is None:
                 print(f"{'DIR':>12}  {'':19}  {'':16}  {name}")
             else:
-                print(f"{info.size:>12}  {_when(info.mtime):19}  {info.version[:16]:16}  {name}")
+                print(f"{obj.size:>12}  {_when(obj.mtime):19}  {obj.version[:16]:16}  {name}")
         else:
             print(name)
     return 0
@@ -157,7 +157,7 @@ def _stream(store: Store, key: str, offset: int, length: int | None) -> Iterator
     while pos < end:
         n = min(buf.size, end - pos)
         got = int(store.read_ranges(key, [pos], [n], buf, [0])[0])
-        yield memoryview(buf)[:got]
+        yield memoryview(buf.data)[:got]
         pos += got
 
 
