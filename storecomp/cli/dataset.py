@@ -1,0 +1,76 @@
+"""``storecomp dataset write | convert | inspect | verify``.
+
+* ``write DST FIELD=FILE.npy ...``: a shard dataset from .npy files (row i of each file is sample i);
+* ``convert SRC DST [--from FORMAT]``: from Parquet, .npy folders, .npz, Zarr, safetensors or WebDataset tar;
+* ``inspect URL``: fields, sample count, parts, sizes (JSON);
+* ``verify URL``: read everything and check every checksum; exit 1 on the first bad record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import InvalidArgumentError
+
+
+def add_parser(sub: Any) -> None:
+    d = sub.add_parser("dataset", help="write, convert, inspect and verify datasets")
+    dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
+
+    w = dsub.add_parser("write", help="write a shard dataset from .npy files")
+    w.add_argument("dst", help="folder of the new dataset")
+    w.add_argument("fields", nargs="+", metavar="FIELD=FILE.npy", help="one field per .npy file (same first dimension)")
+    w.add_argument("--shard-bytes", type=int, default=256 << 20, help="target shard size in bytes (default 256 MiB)")
+    w.set_defaults(func=main)
+
+    c = dsub.add_parser("convert", help="convert Parquet, .npy folders, .npz, Zarr, safetensors or WebDataset tar")
+    c.add_argument("src")
+    c.add_argument("dst", help="folder of the new dataset")
+    c.add_argument("--from", dest="fmt", choices=("parquet", "npy", "npz", "zarr", "safetensors", "wds"), help="source format")
+    c.add_argument("--shard-bytes", type=int, default=256 << 20, help="target shard size in bytes (default 256 MiB)")
+    c.set_defaults(func=main)
+
+    i = dsub.add_parser("inspect", help="describe a dataset (JSON)")
+    i.add_argument("url", help="dataset folder, store URL, token file (.bin/.idx/.npy with --seq-len), .npy or Zarr")
+    i.add_argument("--seq-len", type=int, help="read token files as windows of seq_len + 1 tokens")
+    i.set_defaults(func=main)
+
+    v = dsub.add_parser("verify", help="read everything and check every checksum")
+    v.add_argument("url")
+    v.add_argument("--seq-len", type=int)
+    v.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..data import convert, open_dataset, write_dataset
+
+    cmd = args.dataset_command
+    if cmd == "write":
+        import numpy as np
+
+        arrays = {}
+        for item in args.fields:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise InvalidArgumentError(f"expected FIELD=FILE.npy, got {item!r}")
+            arrays[name] = np.load(path, mmap_mode="r")
+        manifest = write_dataset(args.dst, arrays, shard_bytes=args.shard_bytes)
+        print(json.dumps({"dataset": args.dst, "num_samples": manifest["num_samples"], "shards": len(manifest["shards"])}))
+        return 0
+    if cmd == "convert":
+        manifest = convert.convert(args.src, args.dst, args.fmt, shard_bytes=args.shard_bytes)
+        print(json.dumps({"dataset": args.dst, "num_samples": manifest["num_samples"], "shards": len(manifest["shards"])}))
+        return 0
+    ds = open_dataset(args.url, seq_len=args.seq_len)
+    if cmd == "inspect":
+        doc = ds.describe()
+        doc["part_list"] = [{"name": p.name, "samples": p.count} for p in ds.parts[:1000]]
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+        return 0
+    result = convert.verify(ds)
+    print(json.dumps(result))
+    return 0
