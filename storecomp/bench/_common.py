@@ -54,6 +54,8 @@ def data_file(directory: str, size_bytes: int, progress: Callable[[str], None] |
                 done += os.pwrite(fd, memoryview(piece)[done:], written + done)
             written += n
             i += 1
+            if progress and (written * 20 // size_bytes) != ((written - n) * 20 // size_bytes):
+                progress(f"writing data file: {100 * written // size_bytes}%")
         os.fsync(fd)
     except BaseException:
         os.close(fd)

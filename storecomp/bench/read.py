@@ -403,6 +403,9 @@ def run_suite(ctx: Context) -> dict[str, Any]:
     return run_read_bench(ctx.directory, ctx.size_bytes, ctx.duration_s, fio=ctx.fio, repeats=ctx.repeats, progress=ctx.progress)
 
 
+_PEER_NAMES = {"storecomp_threads": "threads engine", "storecomp_buffered": "direct=off"}
+
+
 def figures(result: dict[str, Any]) -> list[Figure]:
     """Rows for the final table: ours against fio or memcpy; the other engine variants as peers."""
     out = []
@@ -412,7 +415,7 @@ def figures(result: dict[str, Any]) -> list[Figure]:
         ours = r.get("storecomp", {})
         limit = r["limit"]
         peers = {
-            name.removeprefix("storecomp_") + " engine": v[metric]
+            _PEER_NAMES.get(name, name): v[metric]
             for name, v in r.items()
             if name.startswith("storecomp_") and isinstance(v, dict) and metric in v
         }

@@ -100,9 +100,10 @@ def main(args: argparse.Namespace) -> int:
         tmp = tempfile.mkdtemp(prefix="storecomp-bench-", dir=os.environ.get("STORECOMP_BENCH_DIR"))
         directory = Path(tmp)
     before = set(os.listdir(directory))
+    progress = _Progress()
     ctx = Context(
         str(directory), size, duration, repeats=args.repeats, fio=not args.no_fio, compare=args.compare,
-        io_path=args.path, progress=_progress,
+        io_path=args.path, progress=progress,
     )  # fmt: skip
     results: dict[str, Any] = {}
     figures: list[report.Figure] = []
@@ -111,11 +112,12 @@ def main(args: argparse.Namespace) -> int:
         _check_space(directory, size)
         for name in SUITES if whole else (args.suite,):
             suite = importlib.import_module(f"storecomp.bench.{name}")
-            _progress(f"suite {name}")
+            progress(f"suite {name}")
             results[name] = suite.run_suite(ctx)
             figures += suite.figures(results[name])
             hints += getattr(suite, "hints", lambda _r: [])(results[name])
     finally:
+        progress.close()
         if tmp and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         elif not args.keep:
@@ -142,5 +144,25 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(message: str) -> None:
-    print(f"  .. {message}", file=sys.stderr, flush=True)
+class _Progress:
+    """Progress on stderr: a live rich status line on a terminal, plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self._status: Any = None
+        if sys.stderr.isatty():
+            try:
+                from rich.console import Console
+            except ImportError:
+                return
+            self._status = Console(stderr=True).status("storecomp bench")
+            self._status.start()
+
+    def __call__(self, message: str) -> None:
+        if self._status is not None:
+            self._status.update(message)
+        else:
+            print(f"  .. {message}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
