@@ -195,11 +195,12 @@ def verify(ds: Dataset | str) -> dict[str, Any]:
     for part in ds.parts:
         key = part.name
         size = ds.reader.size(key)
-        data = np.frombuffer(ds.reader.read(key, 0, size), np.uint8)
+        raw = ds.reader.read(key, 0, size)
+        data = np.frombuffer(raw, np.uint8)
         nbytes += size
         name = os.path.basename(key)
         if name.endswith(".scs"):
-            digest = hashlib.sha256(memoryview(data)).hexdigest()
+            digest = hashlib.sha256(raw).hexdigest()
             if name != f"{digest}.scs":
                 raise CorruptDataError(f"{ds.reader.describe(key)}: content hash {digest} does not match its name")
         for col, pc in zip(ds.columns, part.columns, strict=True):
