@@ -305,6 +305,10 @@ class CachedStore(Store):
                 assert self.block_bytes is not None
                 start = block * self.block_bytes
                 n = max(0, min(self.block_bytes, info.size - start))
+                if n == 0:  # past the end of the object: nothing to cache
+                    self._sizes[key] = info.size
+                    meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size}
+                    return _Header(0, 0, Checksums(0, self.chunk_bytes, ()), {**meta, "block": block})
                 data = np.empty(n, np.uint8)
                 if n:
                     self.inner.read_ranges(key, [start], [n], data, [0])
@@ -404,64 +408,58 @@ class CachedStore(Store):
             self.stats.hits += 1
         return None if hdr is None else (ekey, hdr)
 
-    def _read_entry(self, ekey: str, hdr: _Header, off: int, ln: int, dst: np.ndarray, d: int) -> int:
-        """Read ``ln`` bytes at ``off`` of an entry's data into ``dst[d:]``, verified."""
+    def _read_entry(
+        self, ekey: str, hdr: _Header, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]
+    ) -> list[int]:
+        """Read ranges of an entry's data into ``dst``, verified; bytes read per range
+        (ranges are clipped at the end of the entry's data)."""
+        if hdr.data_len == 0:
+            return [0] * len(offs)
         name = f"cache entry {self._local.root / ekey} ({hdr.meta.get('url')}/{hdr.meta.get('key')})"
         if self.verify == "open":
-            path = self._local.root / ekey
-            st = os.stat(path)
+            st = os.stat(self._local.root / ekey)
             ident = (st.st_ino, st.st_dev, st.st_size)
             if ident not in self._verified:
                 whole = np.empty(hdr.data_len, np.uint8)
                 read_verified(self._local, ekey, hdr.sums, [0], [hdr.data_len], whole, [0], name=name, base=hdr.header_len)
                 self._verified.add(ident)
-            n = max(0, min(ln, hdr.data_len - off))
-            if n:
+            ns = [max(0, min(n, hdr.data_len - o)) for o, n in zip(offs, lens, strict=True)]
+            live = [i for i, n in enumerate(ns) if n]
+            if live:
                 try:
-                    self._local.read_ranges(ekey, [hdr.header_len + off], [n], dst, [d])
+                    self._local.read_ranges(
+                        ekey, [hdr.header_len + offs[i] for i in live], [ns[i] for i in live], dst, [douts[i] for i in live]
+                    )
                 except ShortReadError as e:
                     raise CorruptDataError(f"{name}: truncated ({e})") from None
-            return n
-        got = read_verified(self._local, ekey, hdr.sums, [off], [ln], dst, [d], name=name, base=hdr.header_len)
-        return int(got[0])
+            return ns
+        got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len)
+        return [int(g) for g in got]
 
-    def _read_range(self, key: str, off: int, ln: int, dst: np.ndarray, d: int) -> int:
-        """One range: from cache entries (filled on miss), falling back to the inner store
-        for objects that bypass the cache. Retries once after discarding a bad entry."""
-        pieces: list[tuple[int | None, int, int, int]] = []  # block, offset in entry, length, dst offset
-        if self.block_bytes is None:
-            pieces.append((None, off, ln, d))
-        else:
-            b = self.block_bytes
-            pos = off
-            while pos < off + ln:
-                blk = pos // b
-                n = min(off + ln, (blk + 1) * b) - pos
-                pieces.append((blk, pos - blk * b, n, d + pos - off))
-                pos += n
-        total = 0
-        for block, eoff, n, dd in pieces:
-            for attempt in (0, 1):
-                ent = self._entry(key, block)
-                if ent is None:  # too large to cache: straight from the inner store
-                    got = int(self.inner.read_ranges(key, [off], [ln], dst, [d], exact=False)[0])
-                    self.stats.bytes_from_inner += got
-                    return got
-                ekey, hdr = ent
-                try:
-                    got = self._read_entry(ekey, hdr, eoff, n, dst, dd)
-                except (CorruptDataError, NotFoundError):
-                    self.stats.corrupt_discarded += 1
-                    self._discard(ekey)
-                    if attempt:
-                        raise
-                    continue
-                break
-            self.stats.bytes_from_cache += got
-            total += got
-            if got < n:
-                break
-        return total
+    def _read_block(
+        self, key: str, block: int | None, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]
+    ) -> list[int]:
+        """Ranges of one cache entry (the whole object, or one block), filled on a
+        miss; objects that bypass the cache are read from the inner store. A bad
+        entry is discarded and refetched once."""
+        for attempt in (0, 1):
+            ent = self._entry(key, block)
+            if ent is None:  # too large to cache: straight from the inner store
+                got = self.inner.read_ranges(key, offs, lens, dst, douts, exact=False)
+                self.stats.bytes_from_inner += int(got.sum())
+                return [int(g) for g in got]
+            ekey, hdr = ent
+            try:
+                out = self._read_entry(ekey, hdr, offs, lens, dst, douts)
+            except (CorruptDataError, NotFoundError):
+                self.stats.corrupt_discarded += 1
+                self._discard(ekey)
+                if attempt:
+                    raise
+                continue
+            self.stats.bytes_from_cache += sum(out)
+            return out
+        raise AssertionError("unreachable")
 
     def submit_ranges(
         self,
@@ -482,11 +480,34 @@ class CachedStore(Store):
         if (offs < 0).any() or (lens < 0).any() or (douts < 0).any() or (douts + lens > arr.size).any():
             raise InvalidArgumentError(f"{self.url}/{key}: a range is negative or does not fit the destination")
         out = np.zeros(len(offs), np.uint64)
-        for i, (o, n, d) in enumerate(zip(offs.tolist(), lens.tolist(), douts.tolist(), strict=True)):
-            got = self._read_range(key, o, n, arr, d) if n else 0
-            if exact and got < n:
-                raise ShortReadError(f"{self.url}/{key}", o, n, got)
-            out[i] = got
+        ol, ll, dl = offs.tolist(), lens.tolist(), douts.tolist()
+        if self.block_bytes is None:
+            live = [i for i in range(len(ol)) if ll[i]]
+            if live:
+                got = self._read_block(key, None, [ol[i] for i in live], [ll[i] for i in live], arr, [dl[i] for i in live])
+                out[live] = got
+        else:
+            b = self.block_bytes
+            pieces: dict[int, list[tuple[int, int, int, int]]] = {}  # block -> (range, offset in block, length, dst)
+            for i, (o, n, d) in enumerate(zip(ol, ll, dl, strict=True)):
+                pos = o
+                while pos < o + n:
+                    blk = pos // b
+                    m = min(o + n, (blk + 1) * b) - pos
+                    pieces.setdefault(blk, []).append((i, pos - blk * b, m, d + pos - o))
+                    pos += m
+            short: set[int] = set()
+            for blk in sorted(pieces):
+                ps = pieces[blk]
+                got = self._read_block(key, blk, [p[1] for p in ps], [p[2] for p in ps], arr, [p[3] for p in ps])
+                for (i, _, m, _), g in zip(ps, got, strict=True):
+                    if i not in short:
+                        out[i] += g
+                    if g < m:
+                        short.add(i)  # past the end: later blocks add nothing to this range
+        if exact:
+            for i in np.flatnonzero(out < lens.astype(np.uint64)).tolist():
+                raise ShortReadError(f"{self.url}/{key}", ol[i], ll[i], int(out[i]))
         return _Done(out)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

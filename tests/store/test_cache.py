@@ -58,6 +58,12 @@ def test_block_granularity_fetches_only_touched_blocks(tmp_path: Path, remote: L
     assert c.stats.bytes_from_inner == 32 * KiB
     assert c.get("obj/2") == data
     assert len(c.entries()) == 7
+    dst = np.zeros(64 * KiB, np.uint8)
+    assert c.read_ranges("obj/2", [90 * KiB], [64 * KiB], dst, [0], exact=False).tolist() == [10 * KiB + 2]
+    assert dst[: 10 * KiB + 2].tobytes() == data[90 * KiB :]
+    assert len(c.entries()) == 7  # nothing cached for blocks past the end
+    with pytest.raises(ShortReadError):
+        c.read_ranges("obj/2", [90 * KiB], [64 * KiB], dst, [0])
 
 
 def test_lru_eviction_keeps_budget_and_recent_entries(tmp_path: Path, remote: LocalStore) -> None:
@@ -113,6 +119,8 @@ def test_partial_and_corrupt_entries_are_never_served(tmp_path: Path, remote: Lo
 
 
 def test_verify_open_mode_checks_before_first_use(tmp_path: Path, remote: LocalStore) -> None:
+    b = CachedStore(remote, tmp_path / "cache-b", 10 << 20, block_bytes=64 * KiB, verify="open")
+    assert b.get("obj/0", 90 * KiB) == blob(100 * KiB, 0)[90 * KiB :]
     c = CachedStore(remote, tmp_path / "cache", 10 << 20, verify="open")
     data = blob(100 * KiB, 0)
     assert c.get("obj/0") == data
@@ -202,3 +210,24 @@ def test_cache_over_s3(tmp_path: Path, s3_store: LocalStore, block_bytes: int | 
     again = CachedStore(s3_store, tmp_path / "cache", 1 << 20, block_bytes=block_bytes)  # a restart
     assert again.get("big", 1000, 20_000) == data[1000:21_000]
     assert again.stats.bytes_from_inner == 0 and again.stats.hits >= 1
+
+
+def test_bench_cache_tiny(tmp_path: Path) -> None:
+    """Smoke run of benchmarks/bench_cache.py, so the script does not rot."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "cache.json"
+    root = Path(__file__).parents[2]
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "bench_cache.py"), "--tiny", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["cases"]) == {"large_4m", "random_64k"}
+    assert all(c["plain_gbps"] > 0 and c["cache_always_gbps"] > 0 for c in doc["cases"].values())
+    assert "ratio" in proc.stdout
