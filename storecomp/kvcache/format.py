@@ -89,6 +89,11 @@ class ChunkLayout:
         return obj[off : off + self.layer_bytes]
 
 
+def stored_key(obj: np.ndarray) -> bytes:
+    """The chunk key recorded in an object's header (unverified: call :func:`verify` with it)."""
+    return bytes(obj[44:76])
+
+
 def write_header(obj: np.ndarray, layout: ChunkLayout, key: bytes, crcs: list[int]) -> None:
     """Fill ``obj[:header_bytes]`` for a payload already in place with per-layer ``crcs``."""
     fp = layout.fingerprint
