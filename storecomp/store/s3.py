@@ -8,7 +8,10 @@
 * ``put``: one atomic PUT (multipart past ``multipart_bytes``; an unfinished
   multipart upload is never visible).
 * ``put_if_absent``: PUT with ``If-None-Match: *``; ``compare_and_swap``:
-  PUT with ``If-Match: <etag>``. A 412 becomes False / ``ConflictError``.
+  PUT with ``If-Match: <etag>``, sent only by the writer that first creates
+  a hidden claim object for that version (``cas_claims``, on by default:
+  SeaweedFS 4.48's If-Match check races with concurrent PUTs, its
+  If-None-Match does not). A 412 becomes False / ``ConflictError``.
   Versions are ETags.
 * Errors are translated at one boundary (:meth:`S3Store._translate`):
   missing key → ``NotFoundError`` naming ``s3://bucket/prefix/key``; missing
@@ -32,8 +35,10 @@ import asyncio
 import concurrent.futures
 import ctypes
 import errno
+import hashlib
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -53,7 +58,7 @@ from ..errors import (
 from ..io.buffers import BufferRef, as_buffer
 from .base import Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
-from .keys import payload_view, validate_key, validate_prefix
+from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import RetryPolicy, acall_with_retry, call_with_retry
 
 _UNREACHABLE_WORDS = ("error sending request", "connection refused", "timed out", "timeout", "connection reset", "dns error")
@@ -64,13 +69,15 @@ class _Loop:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         with self._lock:
             if self._loop is None or self._loop.is_closed():
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="storecomp-s3", daemon=True).start()
+                self._thread = threading.Thread(target=_run_loop, args=(loop,), name="storecomp-s3", daemon=True)
+                self._thread.start()
                 self._loop = loop
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
@@ -79,7 +86,17 @@ class _Loop:
             if self._loop is not None and not self._loop.is_closed():
                 loop = self._loop
                 loop.call_soon_threadsafe(loop.stop)
+                if self._thread is not None and self._thread is not threading.current_thread():
+                    self._thread.join(10)
                 self._loop = None
+                self._thread = None
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 class S3Store(Store):
@@ -107,6 +124,8 @@ class S3Store(Store):
         part_bytes: int = 8 << 20,
         max_concurrency: int = 32,
         multipart_bytes: int = 64 << 20,
+        cas_claims: bool = True,
+        claim_lease_s: float = 60.0,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         from obstore.store import S3Store as _ObS3Store
@@ -128,6 +147,8 @@ class S3Store(Store):
         self.part_bytes = part_bytes
         self.max_concurrency = max_concurrency
         self.multipart_bytes = multipart_bytes
+        self.cas_claims = cas_claims
+        self.claim_lease_s = claim_lease_s
         key_id = access_key_id if access_key_id is not None else env.get("AWS_ACCESS_KEY_ID")
         secret = secret_access_key if secret_access_key is not None else env.get("AWS_SECRET_ACCESS_KEY")
         token = session_token if session_token is not None else env.get("AWS_SESSION_TOKEN")
@@ -336,13 +357,64 @@ class S3Store(Store):
 
     def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
         validate_key(key)
-        mode: Any = "create" if expected is None else {"e_tag": expected}
+        what = "no object" if expected is None else f"version {expected}"
+        lost = ConflictError(f"{self.url}/{key}: compare-and-swap expected {what}, but the object changed")
+        if expected is None:
+            try:
+                res = self._put(key, data, "create")
+            except _Lost:
+                raise lost from None
+            return ObjectInfo(key, len(payload_view(data)), str(res["e_tag"]), None)
+        claim = self._claim_key(key, expected) if self.cas_claims else None
+        if claim is not None and not self._take_claim(claim):
+            raise lost
         try:
-            res = self._put(key, data, mode)
+            res = self._put(key, data, {"e_tag": expected})
         except _Lost:
-            what = "no object" if expected is None else f"version {expected}"
-            raise ConflictError(f"{self.url}/{key}: compare-and-swap expected {what}, but the object changed") from None
+            raise lost from None
+        finally:
+            if claim is not None:
+                self._release_claim(claim)
         return ObjectInfo(key, len(payload_view(data)), str(res["e_tag"]), None)
+
+    # A claim is a hidden object ``<dir>/.sc-cas/<name>/<digest of expected>``
+    # created with If-None-Match: of all writers holding the same expected
+    # version, only the one that creates the claim sends its If-Match PUT.
+    # Servers whose If-Match check races with concurrent writes (SeaweedFS
+    # 4.48 lets two PUTs with the same If-Match both succeed) then still have
+    # exactly one winner per version. The claim is deleted after the PUT; a
+    # claim older than ``claim_lease_s`` (its writer died) is removed by the
+    # next writer, which then reports a conflict so that its caller retries.
+
+    def _claim_key(self, key: str, expected: str) -> str:
+        head, _, name = key.rpartition("/")
+        digest = hashlib.sha256(expected.encode()).hexdigest()[:32]
+        return f"{head + '/' if head else ''}{RESERVED_PREFIX}cas/{name}/{digest}"
+
+    def _take_claim(self, claim: str) -> bool:
+        import obstore
+
+        try:
+            self._call(lambda: obstore.put(self._store, claim, b"claim", mode="create"), claim, "claim")
+            return True
+        except _Lost:
+            pass
+        try:
+            meta = self._call(lambda: obstore.head(self._store, claim), claim, "claim")
+        except NotFoundError:
+            return False  # released meanwhile: the caller's expected version is likely stale anyway
+        modified = meta.get("last_modified")
+        if modified is not None and time.time() - modified.timestamp() > self.claim_lease_s:
+            self._release_claim(claim)
+        return False
+
+    def _release_claim(self, claim: str) -> None:
+        import obstore
+
+        try:
+            self._call(lambda: obstore.delete(self._store, claim), claim, "release claim")
+        except StorecompError:
+            pass  # a leftover claim expires after claim_lease_s
 
     # ------------------------------------------------------------ metadata
 
@@ -367,7 +439,7 @@ class S3Store(Store):
             return out
 
         metas = self._call(collect, None, "list")
-        found = [_info(str(m["path"]), m) for m in metas if str(m["path"]).startswith(prefix)]
+        found = [_info(str(m["path"]), m) for m in metas if str(m["path"]).startswith(prefix) and not _hidden(str(m["path"]))]
         found.sort(key=lambda info: info.key)
         yield from found
 
@@ -389,6 +461,10 @@ class S3Store(Store):
 
 class _Lost(StorecompError):
     """A conditional put lost (412 / already exists); mapped by the caller."""
+
+
+def _hidden(key: str) -> bool:
+    return any(seg.startswith(RESERVED_PREFIX) for seg in key.split("/"))
 
 
 def _is_precondition(e: BaseException | None) -> bool:
