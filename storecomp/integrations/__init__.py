@@ -1,0 +1,1 @@
+"""Integrations of storecomp with inference engines (imported on demand: each pulls in its engine)."""
