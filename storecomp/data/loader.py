@@ -124,7 +124,7 @@ class DataLoader:
             raise InvalidArgumentError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
         self.layout = SlotLayout.for_dataset(self.dataset, batch_size)
         slot = self.layout.nbytes
-        budget = max_memory if max_memory is not None else max(256 << 20, 4 * slot)
+        budget = max_memory if max_memory is not None else max(64 << 20, 3 * slot)
         self.max_slots = min(64, budget // slot)
         if self.max_slots < 2:
             raise InvalidArgumentError(

@@ -1,0 +1,28 @@
+"""Smoke run of benchmarks/bench_loader.py at a tiny size, so the script does not rot (no speed asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_bench_loader_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "loader.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_loader.py"), "--tiny", "--dir", str(tmp_path), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["cases"]) == {"rand_64k", "rand_4k", "tokens", "data_wait", "rss"}
+    for case in ("rand_64k", "rand_4k", "tokens"):
+        assert doc["cases"][case]["storecomp"]["samples_per_s"] > 0
+    assert doc["cases"]["rand_64k"]["torch"]["samples_per_s"] > 0
+    assert doc["cases"]["rss"]["staging_bytes"] <= doc["cases"]["rss"]["max_memory"]
+    assert "rand_64k" in proc.stdout and "x torch" in proc.stdout
