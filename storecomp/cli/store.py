@@ -251,7 +251,7 @@ def _du(ns: Any, args: Any) -> int:
 
 
 def _mounts(ns: Any, args: Any) -> int:
-    from ..store import ReplicatedStore
+    from ..store import CachedStore, ReplicatedStore
 
     rows = []
     for name, m in sorted(ns.mounts.items()):
@@ -262,8 +262,12 @@ def _mounts(ns: Any, args: Any) -> int:
             "read_only": m.read_only,
             "replicas": [{"url": r.url, "site": r.site, "preference": r.preference, "primary": r is primary} for r in m.replicas],
         }
+        if m.cache_dir:
+            doc["cache"] = {"dir": m.cache_dir, "max_bytes": m.cache_max_bytes, "block_bytes": m.cache_block_bytes}
         if args.probe:
             store = ns.store(name)
+            if isinstance(store, CachedStore):
+                store = store.inner
             rs = store if isinstance(store, ReplicatedStore) else ReplicatedStore(m, [store])
             rs.probe()
             for rep, h in zip(doc["replicas"], rs.health(), strict=True):
@@ -277,6 +281,10 @@ def _mounts(ns: Any, args: Any) -> int:
         return 0
     for doc in rows:
         flags = " (read-only)" if doc["read_only"] else ""
+        if "cache" in doc:
+            c = doc["cache"]
+            flags += f"  cache={c['dir']} ({_human(c['max_bytes'])}"
+            flags += f", blocks of {_human(c['block_bytes'])})" if c["block_bytes"] else ", whole objects)"
         print(f"{doc['url']}{flags}")
         for r in doc["replicas"]:
             line = f"  {'*' if r['primary'] else ' '} {r['url']}"

@@ -79,6 +79,11 @@ class Mount:
     replicas: tuple[Replica, ...]
     primary: str = ""
     read_only: bool = False
+    #: Node-local cache (storecomp.store.cache.CachedStore) in front of the
+    #: mount when set: directory, byte budget, block size (None: whole objects).
+    cache_dir: str = ""
+    cache_max_bytes: int = 0
+    cache_block_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not _MOUNT_NAME.match(self.name):
@@ -87,6 +92,8 @@ class Mount:
             raise InvalidArgumentError(f"mount {self.name!r} has no replicas")
         if self.primary and self.primary_replica is None:
             raise InvalidArgumentError(f"mount {self.name!r}: primary {self.primary!r} is no replica's site or url")
+        if self.cache_dir and self.cache_max_bytes <= 0:
+            raise InvalidArgumentError(f"mount {self.name!r}: cache_dir needs a positive cache_max_bytes")
 
     @classmethod
     def of(cls, name: str, *urls: str, read_only: bool = False) -> Mount:
@@ -156,7 +163,7 @@ def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
 
     if not isinstance(spec, dict):
         return _raise(fail("", "a mount must be a table with 'url' or 'replicas'"))
-    known = {"url", "replicas", "primary", "read_only"}
+    known = {"url", "replicas", "primary", "read_only", "cache_dir", "cache_max_bytes", "cache_block_bytes"}
     for key in spec:
         if key not in known:
             raise fail(key, f"unknown key; known: {', '.join(sorted(known))}")
@@ -190,10 +197,18 @@ def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
         raise fail("primary", "expected a site name or replica url")
     if not isinstance(read_only, bool):
         raise fail("read_only", "expected true or false")
+    cache_dir, cache_max, cache_block = spec.get("cache_dir", ""), spec.get("cache_max_bytes", 0), spec.get("cache_block_bytes")
+    if not isinstance(cache_dir, str):
+        raise fail("cache_dir", "expected a directory path")
+    if not isinstance(cache_max, int) or isinstance(cache_max, bool) or cache_max < 0:
+        raise fail("cache_max_bytes", "expected a positive integer (bytes)")
+    if cache_block is not None and (not isinstance(cache_block, int) or isinstance(cache_block, bool) or cache_block <= 0):
+        raise fail("cache_block_bytes", "expected a positive integer (bytes), a multiple of 4096")
     try:
-        return Mount(name, tuple(replicas), primary, read_only)
+        return Mount(name, tuple(replicas), primary, read_only, cache_dir, cache_max, cache_block)
     except InvalidArgumentError as e:
-        raise fail("primary" if "primary" in str(e) else "url", str(e)) from None
+        msg = str(e)
+        raise fail("primary" if "primary" in msg else "cache_max_bytes" if "cache" in msg else "url", msg) from None
 
 
 def _raise(e: Exception) -> Any:
@@ -564,6 +579,10 @@ class Namespace:
             st = stores[0]
         else:
             st = ReplicatedStore(mount, stores, local_site=self.local_site)
+        if mount.cache_dir:
+            from .cache import CachedStore
+
+            st = CachedStore(st, mount.cache_dir, mount.cache_max_bytes, mount.cache_block_bytes)
         with self._lock:
             return self._stores.setdefault(key, st)
 

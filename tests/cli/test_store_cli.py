@@ -30,7 +30,8 @@ def tree(tmp_path: Path) -> Path:
 def mounted(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cfg = tmp_path / "mounts.toml"
     cfg.write_text(
-        f'[mounts.data]\nurl = "{tree}"\n\n[mounts.mirror]\nprimary = "b"\n'
+        f'[mounts.data]\nurl = "{tree}"\ncache_dir = "{tmp_path}/cache"\ncache_max_bytes = 1048576\n\n'
+        '[mounts.mirror]\nprimary = "b"\n'
         f'replicas = [{{url = "{tmp_path}/m1", site = "a"}}, {{url = "{tmp_path}/m2", site = "b", preference = 5}}]\n'
     )
     monkeypatch.setenv("STORECOMP_MOUNTS", str(cfg))
@@ -79,7 +80,7 @@ def test_cp_and_du(mounted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_mounts_listing_and_probe(mounted: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(["mounts"], capsys)
-    assert rc == 0 and "sc://data" in out and "sc://mirror" in out and "site=b" in out
+    assert rc == 0 and "sc://data" in out and "sc://mirror" in out and "site=b" in out and "cache=" in out
     rc, out, _ = run(["mounts", "--json", "--probe"], capsys)
     doc = json.loads(out)
     mirror = next(m for m in doc["mounts"] if m["name"] == "mirror")

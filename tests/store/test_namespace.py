@@ -221,6 +221,35 @@ def test_not_found_does_not_fail_over_and_writes_go_to_primary(tmp_path: Path) -
         rs.put("new2", b"x")  # no failover for writes: the primary takes them
 
 
+def test_mount_with_a_cache_tier(tmp_path: Path) -> None:
+    from storecomp.store import CachedStore
+
+    (tmp_path / "remote").mkdir()
+    (tmp_path / "remote" / "obj").write_bytes(b"x" * 10_000)
+    text = (
+        f'[mounts.ds]\nurl = "{tmp_path}/remote"\ncache_dir = "{tmp_path}/cache"\n'
+        "cache_max_bytes = 1048576\ncache_block_bytes = 4096\n"
+    )
+    path = write_toml(tmp_path / "m.toml", text)
+    ns = Namespace(environ={"STORECOMP_MOUNTS": str(path)})
+    store, key = ns.resolve("sc://ds/obj")
+    assert isinstance(store, CachedStore) and store.block_bytes == 4096
+    assert ns.open("sc://ds/obj").read() == b"x" * 10_000
+    assert store.stats.misses == 3 and len(store.entries()) == 3
+    bad = write_toml(tmp_path / "bad.toml", f'[mounts.ds]\nurl = "/x"\ncache_dir = "{tmp_path}/c"\n')
+    with pytest.raises(ConfigError, match="cache_max_bytes"):
+        load_mounts({"STORECOMP_MOUNTS": str(bad)})
+
+
+def test_fsspec_urls_resolve_through_the_registry() -> None:
+    ns = Namespace(environ={})
+    store, key = ns.resolve("memory://sc-ns-test/a/b.bin")
+    assert key == "a/b.bin"
+    store.put(key, b"in memory")
+    assert ns.open("memory://sc-ns-test/a/b.bin").read() == b"in memory"
+    ns.close()
+
+
 def test_toml_replicas_build_a_replicated_store(tmp_path: Path) -> None:
     text = (
         '[mounts.ds]\nprimary = "west"\nreplicas = [\n'
