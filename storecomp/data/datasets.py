@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from ..store.base import Store
 from .format import MANIFEST_FORMAT, TRAILER, FieldSpec, crc32c, decode_index, parse_trailer
 from .readers import LocalReader, Reader, StoreReader
 
@@ -70,6 +71,7 @@ class Dataset:
     """
 
     kind = "records"
+    remote: str | None = None  # "ranges" or "cache" for datasets read through a Store
 
     def __init__(
         self, reader: Reader, columns: list[Column], var_fields: list[FieldSpec], parts: list[Part], fingerprint: str
@@ -428,24 +430,38 @@ def _zarr_chunk_path(path: str, meta: Any, k: int, ndim: int) -> str:
 
 
 def open_dataset(
-    source: str | os.PathLike[str] | Mapping[str, str] | Sequence[str],
+    source: str | os.PathLike[str] | Mapping[str, str] | Sequence[str] | Store,
     *,
     seq_len: int | None = None,
     field: str = "x",
+    store_options: Mapping[str, Any] | None = None,
+    remote: str = "ranges",
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_bytes: int = 64 << 30,
 ) -> Dataset:
     """Open a dataset by what it is.
 
-    * a folder (or store URL) with ``manifest.json``: storecomp shards;
+    * a folder with ``manifest.json``: storecomp shards;
     * ``*.bin``/``*.idx`` (Megatron) or ``*.npy`` with ``seq_len``: a token stream;
       a list of such files: several streams;
     * a ``*.npy`` without ``seq_len``: field ``field``, one sample per row; a
       mapping of field name to .npy path: several fields;
-    * a Zarr array folder (uncompressed, chunked along axis 0).
+    * a Zarr array folder (uncompressed, chunked along axis 0);
+    * a remote shard dataset: a URL (``s3://bucket/prefix``, ``sc://mount/path``,
+      any fsspec URL; resolved through the namespace, or by
+      :func:`storecomp.store.open_store` with ``store_options``) or a
+      :class:`~storecomp.store.base.Store` whose root holds the manifest.
+      ``remote="ranges"``: each batch is concurrent ranged GETs straight into
+      its slot; ``remote="cache"``: whole shards go through the node-local
+      cache tier (:class:`~storecomp.store.CachedStore` in ``cache_dir``, at
+      most ``cache_bytes``) and are read from there.
 
-    Remote datasets (``s3://``, ``sc://``, ...) go through
-    :func:`storecomp.store.open_store`. Raises NotFoundError,
-    InvalidArgumentError or CorruptDataError.
+    Raises NotFoundError, InvalidArgumentError or CorruptDataError.
     """
+    if remote not in ("ranges", "cache"):
+        raise InvalidArgumentError(f"remote must be 'ranges' or 'cache', got {remote!r}")
+    if isinstance(source, Store):
+        return _open_remote(source, "", remote, cache_dir, cache_bytes)
     if isinstance(source, Mapping):
         return NpyDataset(source)
     if not isinstance(source, str | os.PathLike):
@@ -454,7 +470,14 @@ def open_dataset(
         return TokenDataset([os.fspath(p) for p in source], seq_len)
     src = os.fspath(source)
     if "://" in src and not src.startswith("file://"):
-        return _open_remote(src)
+        if store_options is not None:
+            from ..store import open_store
+
+            return _open_remote(open_store(src, **store_options), "", remote, cache_dir, cache_bytes)
+        from ..store import Namespace
+
+        store, prefix = Namespace().resolve(src.rstrip("/") + "/")
+        return _open_remote(store, prefix, remote, cache_dir, cache_bytes)
     if src.startswith("file://"):
         src = src[len("file://") :]
     if os.path.isdir(src):
@@ -475,12 +498,15 @@ def open_dataset(
     raise InvalidArgumentError(f"{src}: unknown dataset layout (expected a shard folder, .bin/.idx, .npy or Zarr)")
 
 
-def _open_remote(url: str) -> Dataset:
-    try:
-        from ..store import open_store
-    except ImportError:
-        raise InvalidArgumentError(
-            f"{url}: remote datasets need storecomp.store.open_store, not available in this build"
-        ) from None
-    store = open_store(url)
-    return _open_shards(StoreReader(store), "", "manifest.json")
+def _open_remote(store: Store, prefix: str, remote: str, cache_dir: Any, cache_bytes: int) -> Dataset:
+    if remote == "cache":
+        if cache_dir is None:
+            raise InvalidArgumentError("remote='cache' needs cache_dir (a node-local folder for whole shards)")
+        from ..store import CachedStore
+
+        store = CachedStore(store, cache_dir, cache_bytes)
+    reader = StoreReader(store)
+    prefix = prefix.rstrip("/")
+    ds = _open_shards(reader, prefix, reader.join(prefix, "manifest.json"))
+    ds.remote = remote
+    return ds
