@@ -71,3 +71,47 @@ def fio_read(path: str, rw: str, block_bytes: int, iodepth: int, duration_s: flo
         "background_cores": background_cores(busy, cpu_s, wall),
         "command": " ".join(cmd[1:]),
     }
+
+
+def fio_write(path: str, block_bytes: int, iodepth: int, size_bytes: int) -> dict[str, Any]:
+    """One sequential O_DIRECT write job of ``size_bytes`` to ``path`` (io_uring, fsync at the end).
+
+    Returns the same figures as :func:`fio_read`; raises RuntimeError with fio's message when fio fails.
+    """
+    exe = fio_path()
+    if exe is None:
+        raise RuntimeError("fio not found on PATH")
+    cmd = [
+        exe,
+        "--name=storecomp-limit-write",
+        f"--filename={path}",
+        "--direct=1",
+        "--ioengine=io_uring",
+        f"--iodepth={iodepth}",
+        f"--bs={block_bytes}",
+        "--rw=write",
+        f"--size={size_bytes}",
+        "--end_fsync=1",
+        "--output-format=json",
+    ]
+    window = Window()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    wall, _own, busy = window.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    job = json.loads(proc.stdout[proc.stdout.find("{") :])["jobs"][0]
+    if job.get("error"):
+        raise RuntimeError(f"fio job error {job['error']}")
+    write = job["write"]
+    gb = write["io_bytes"] / 1e9
+    cpu_s = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * job["job_runtime"] / 1000.0
+    seconds = job["job_runtime"] / 1000.0  # includes the final fsync
+    return {
+        "gbps": gb / seconds if seconds > 0 else 0.0,
+        "iops": write["iops"],
+        "cpu_s_per_gb": cpu_s / gb if gb > 0 else 0.0,
+        "bytes": int(write["io_bytes"]),
+        "seconds": seconds,
+        "background_cores": background_cores(busy, cpu_s, wall),
+        "command": " ".join(cmd[1:]),
+    }
