@@ -142,9 +142,7 @@ def run(args: argparse.Namespace, bucket: str, conn: dict[str, Any], open_store:
         region_name=conn["region"],
         config=Config(max_pool_connections=args.concurrency * 2, retries={"max_attempts": 3}),
     )
-    tconf = TransferConfig(
-        multipart_threshold=part, multipart_chunksize=part, max_concurrency=args.concurrency, use_threads=True
-    )
+    tconf = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=args.concurrency, use_threads=True)
     fs = s3fs.S3FileSystem(
         key=conn["access_key_id"],
         secret=conn["secret_access_key"],
@@ -167,9 +165,9 @@ def run(args: argparse.Namespace, bucket: str, conn: dict[str, Any], open_store:
     def large_s3fs() -> None:
         starts = list(range(0, size, part))
         for k in keys:
-            parts = fs.cat_ranges(
-                [f"{bucket}/{prefix}/{k}"] * len(starts), starts, [min(s + part, size) for s in starts], batch_size=args.concurrency
-            )
+            ends = [min(s + part, size) for s in starts]
+            paths = [f"{bucket}/{prefix}/{k}"] * len(starts)
+            parts = fs.cat_ranges(paths, starts, ends, batch_size=args.concurrency)
             for s, p in zip(starts, parts, strict=True):
                 dst[k][s : s + len(p)] = np.frombuffer(p, np.uint8)
 
