@@ -308,10 +308,12 @@ class S3Store(Store):
             off, n, d = int(offs[i]), int(lens[i]), int(douts[i])
             for p in range(0, n, step):
                 tasks.append(part(i, off + p, min(step, n - p), d + p))
-        try:
-            await asyncio.gather(*tasks)
-        except Exception as e:
-            raise self._translate(e, key, "read") from None
+        # Wait for every part, even after a failure: none may write into the
+        # destination once the caller has seen the result.
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise self._translate(outcome, key, "read") from None
         if exact:
             short = np.flatnonzero(got < lens)
             if short.size:
