@@ -167,28 +167,31 @@ class PagedLayout(KVLayout):
             raise InvalidArgumentError(f"token range [{start}, {start + n}) does not cover whole blocks of {self.block_size}")
         return self.block_ids[start // self.block_size : (start + n) // self.block_size]
 
-    def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
-        _, n, h, d = dst.shape
-        ids = self._blocks(start, n)
+    def _kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.caches[layer]
-        if self.combined:
-            x = c.index_select(0, ids)  # [nb, 2, bs, H, D]
-            dst.view(2, -1, self.block_size, h, d).copy_(x.transpose(0, 1))
-        else:
-            dst[0].view(-1, self.block_size, h, d).copy_(c[0].index_select(0, ids))
-            dst[1].view(-1, self.block_size, h, d).copy_(c[1].index_select(0, ids))
+        return (c[:, 0], c[:, 1]) if self.combined else (c[0], c[1])
+
+    def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
+        n = dst.shape[1]
+        ids = self._blocks(start, n)
+        for src, part in zip(self._kv(layer), (dst[0], dst[1]), strict=True):
+            # Blocks as flat rows: torch's 2-D index_select copies whole rows (memcpy
+            # speed); on 4-D or strided-inner views it goes element by element.
+            rows = src.flatten(1)
+            out = part.view(ids.numel(), -1)
+            if rows.device == out.device:
+                torch.index_select(rows, 0, ids, out=out)
+            else:
+                out.copy_(rows.index_select(0, ids))  # gathered on the device, one copy to host
 
     def scatter(self, layer: int, start: int, src: torch.Tensor) -> None:
-        _, n, h, d = src.shape
+        n = src.shape[1]
         ids = self._blocks(start, n)
-        c = self.caches[layer]
-        dev = c.device if self.combined else c[0].device
-        s = src.to(dev, non_blocking=src.is_pinned())
-        if self.combined:
-            c.index_copy_(0, ids, s.view(2, -1, self.block_size, h, d).transpose(0, 1))
-        else:
-            c[0].index_copy_(0, ids, s[0].reshape(-1, self.block_size, h, d))
-            c[1].index_copy_(0, ids, s[1].reshape(-1, self.block_size, h, d))
+        for dst, part in zip(self._kv(layer), (src[0], src[1]), strict=True):
+            rows = part.reshape(ids.numel(), -1)
+            if rows.device != dst.device:
+                rows = rows.to(dst.device, non_blocking=rows.is_pinned())
+            dst.flatten(1).index_copy_(0, ids, rows)
 
 
 def as_layout(kv: Any) -> KVLayout:
