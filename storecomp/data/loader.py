@@ -43,6 +43,7 @@ class _InFlight:
     futures: list[Any]
     submitted: float
     end_position: int
+    done_at: float | None = None
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -213,9 +214,10 @@ class DataLoader:
         pending: collections.deque[_InFlight] = collections.deque()
         bar = _progress_bar(self) if self.progress else None
         exhausted = False
-        t_start = time.perf_counter()
         try:
             while True:
+                t_enter = time.perf_counter()  # the consumer is blocked in next() from here
+                self._poll(pending, t_enter)
                 # Top up the read-ahead with slots the consumer has given back.
                 while not exhausted and len(pending) < self.read_ahead:
                     blocking = not pending
@@ -226,25 +228,22 @@ class DataLoader:
                     pending.append(item)
                 if not pending:
                     break
-                t0 = time.perf_counter()
                 head = pending.popleft()
-                ready = sum(1 for p in pending if _done(p)) + int(_done(head))
-                waited = not _done(head)
+                ready = sum(1 for p in pending if p.done_at) + int(head.done_at is not None)
+                waited = head.done_at is None
                 batch = self._complete(head)
-                t1 = time.perf_counter()
+                t_out = time.perf_counter()
                 self.position = head.end_position
-                self._account(head, t0, t1, ready, waited, t_start)
-                if waited and self._adaptive and self.read_ahead < self.max_slots - 1:
-                    self.read_ahead += 1
+                self._account(head, t_enter, t_out, ready, waited)
+                self._size_read_ahead(waited)
                 if bar is not None:
                     bar.update(1)
-                t_yield = time.perf_counter()
                 # Yield without keeping a reference in this frame: the slot must
                 # come back as soon as the consumer drops the batch.
                 holder = [batch]
                 del batch
                 yield holder.pop()
-                self._m["step_s"] += time.perf_counter() - t_yield
+                self._m["step_s"] += time.perf_counter() - t_out
             self.epoch += 1
             self.position = 0
         finally:
@@ -275,9 +274,13 @@ class DataLoader:
         plan = plan_batch(self.dataset, self.layout, indices, self.verify)
         futures = []
         submitted = time.perf_counter()
+        reader = self.dataset.reader
         try:
-            for key, offs, lens, dst in plan.reads:
-                futures.append(self.dataset.reader.submit(key, slot.array, offs, lens, dst))
+            if isinstance(reader, LocalReader) and plan.reads:
+                futures.append(reader.submit_many(slot.array, plan.reads))
+            else:
+                for key, offs, lens, dst in plan.reads:
+                    futures.append(reader.submit(key, slot.array, offs, lens, dst))
         except BaseException:
             for f in futures:
                 f.result()
@@ -294,7 +297,9 @@ class DataLoader:
         except BaseException:
             item.slot.release()
             raise
-        self._m["io_s"] += time.perf_counter() - item.submitted
+        if item.done_at is None:
+            item.done_at = time.perf_counter()
+        self._busy(item)
         plan = item.plan
         bad = find_corrupt(plan, item.slot.array) if plan.checks else []
         if bad and self.on_corrupt == "raise":
@@ -338,12 +343,48 @@ class DataLoader:
         self._m["h2d_s"] += time.perf_counter() - t0
         return build_tensors(self.dataset, self.layout, plan, dev)
 
+    # ------------------------------------------------------------ coordination
+
+    def _poll(self, pending: collections.deque[_InFlight], now: float) -> None:
+        """Note when in-flight batches completed (to within one consumer step)."""
+        for item in pending:
+            if item.done_at is None and _done(item):
+                item.done_at = now
+
+    def _busy(self, item: _InFlight) -> None:
+        """Storage busy time: the union of the batches' in-flight intervals (they overlap)."""
+        m = self._m
+        end = item.done_at or time.perf_counter()
+        m["io_busy_s"] += max(0.0, end - max(item.submitted, m["io_last_end"]))
+        m["io_last_end"] = max(m["io_last_end"], end)
+        lat = end - item.submitted
+        m["latency_ema"] = lat if not m["latency_ema"] else 0.8 * m["latency_ema"] + 0.2 * lat
+
+    def _size_read_ahead(self, waited: bool) -> None:
+        """Batches in flight: enough to cover one batch's I/O latency with consumer steps, within max_memory.
+
+        Needed depth = ceil(latency / consumer step) + 1, from measured
+        averages; a wait that still happens adds one more. One slot stays
+        with the consumer (the batch it holds).
+        """
+        if not self._adaptive:
+            return
+        m = self._m
+        n = max(1.0, m["batches"])
+        step = (m["step_s"] + m["wait_s"]) / n  # consumer time per batch, including what it waited
+        need = self.read_ahead
+        if step > 0 and m["latency_ema"] > 0:
+            need = max(need, int(np.ceil(m["latency_ema"] / step)) + 1)
+        if waited and m["batches"] > 1:
+            need = max(need, self.read_ahead + 1)
+        self.read_ahead = int(min(max(1, need), self.max_slots - 1))
+
     # ------------------------------------------------------------ metrics
 
     def _reset_metrics(self) -> None:
         self._m: dict[str, float] = collections.defaultdict(float)
 
-    def _account(self, item: _InFlight, t0: float, t1: float, ready: int, waited: bool, t_start: float) -> None:
+    def _account(self, item: _InFlight, t0: float, t1: float, ready: int, waited: bool) -> None:
         m = self._m
         m["batches"] += 1
         m["samples"] += item.plan.n
@@ -351,7 +392,6 @@ class DataLoader:
         m["wait_s"] += t1 - t0
         m["ready_sum"] += ready
         m["waited_batches"] += int(waited)
-        m["wall_s"] = time.perf_counter() - t_start + m.get("wall_prev", 0.0)
         if m["batches"] <= 10:
             m["wait_s_first10"] += t1 - t0
 
@@ -361,21 +401,24 @@ class DataLoader:
         ``data_wait_s`` is the time the consumer blocked in ``next()``;
         ``data_wait_fraction`` its share of the wall time; ``gbps`` bytes
         delivered per second of wall time (1e9 bytes); ``storage_gbps`` bytes
-        per second of I/O time; ``queue_occupancy`` batches already read when
+        per second of storage busy time (the union of the batches' in-flight
+        intervals); ``latency_s`` a batch's I/O time (moving average); ``queue_occupancy`` batches already read when
         the consumer asked; ``bottleneck`` is ``consumer`` (data waits under
         5 %), ``host-to-device`` or ``storage``.
         """
         m = self._m
         b = max(1.0, m["batches"])
-        wall = m["wall_s"]
+        wall = m["wait_s"] + m["step_s"]  # consumer time covered by the batches delivered
         wait = m["wait_s"]
         frac = wait / wall if wall > 0 else 0.0
         after10 = max(0.0, wall - m["wait_s_first10"])
-        h2d, io = m["h2d_s"], m["io_s"]
+        h2d, io = m["h2d_s"], m["io_busy_s"]
         if frac < 0.05:
             hint = "consumer"
         elif h2d > 0.5 * wait:
             hint = "host-to-device"
+        elif self.read_ahead >= self.max_slots - 1 and m["latency_ema"] > 0:
+            hint = "storage (read-ahead at the max_memory limit)"
         else:
             hint = "storage"
         pool = self._pool
@@ -392,6 +435,7 @@ class DataLoader:
             "samples_per_s": m["samples"] / wall if wall > 0 else 0.0,
             "storage_gbps": m["bytes"] / io / 1e9 if io > 0 else 0.0,
             "h2d_s": h2d,
+            "latency_s": m["latency_ema"],
             "queue_occupancy": m["ready_sum"] / b,
             "read_ahead": self.read_ahead,
             "max_slots": self.max_slots,
