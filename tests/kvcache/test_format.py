@@ -79,3 +79,25 @@ def test_wrong_key_fingerprint_size() -> None:
         fmt.verify(obj[:-4096], lay, key, "t")
     with pytest.raises(CorruptDataError, match="truncated"):
         fmt.read_header(obj[:100], lay, key, "t")
+
+
+def test_header_bytes_at_documented_offsets() -> None:
+    """docs/kvcache.md's table, read back with struct alone."""
+    import struct
+
+    import google_crc32c
+
+    lay, key, obj = make()
+    raw = obj[: lay.header_bytes].tobytes()
+    assert raw[0:4] == b"SCKV"
+    assert struct.unpack_from("<HHI", raw, 4) == (1, 0, 4096)
+    assert raw[12:44] == FP.digest and raw[44:76] == key
+    assert raw[76:92].rstrip(b"\0") == b"bfloat16"
+    assert struct.unpack_from("<IIII", raw, 92) == (16, 3, 2, 8)
+    for i in range(3):
+        off, length, crc, reserved = struct.unpack_from("<QQII", raw, 108 + 24 * i)
+        assert (off, length, reserved) == (4096 * (1 + i), 2 * 16 * 2 * 8 * 2, 0)
+        assert crc == google_crc32c.value(obj[off : off + length].tobytes())
+    end = 108 + 24 * 3
+    assert struct.unpack_from("<I", raw, end)[0] == google_crc32c.value(raw[:end])
+    assert fmt.stored_key(obj) == key
