@@ -24,8 +24,9 @@ O_DIRECT-aligned), then the data::
 Safety: an entry is written to ``tmp/`` and renamed into place, so a
 partial entry is never visible; the header carries its own crc32c and every
 read checks the crc32c of the chunks it returns (``verify="always"``, the
-default) or, with ``verify="open"``, the whole entry once per process
-before its first use. A failed check deletes the entry and refetches from
+default) or, with ``verify="once"``, each chunk the first time this
+process reads it from an entry file (per inode; later reads of that chunk
+are trusted). A failed check deletes the entry and refetches from
 the inner store: bytes that failed verification are never returned.
 
 Budget: ``usage`` holds the bytes the entries take; a fill adds to it under
@@ -53,6 +54,7 @@ import struct
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,7 @@ _FIXED = struct.Struct("<8sIIQQI")
 _ALIGN = 4096
 _STRIPES = 256
 _TOUCH_INTERVAL_S = 1.0
+_MAX_VERIFIED_ENTRIES = 1 << 16  # verify="once": entries whose checked chunks a process remembers
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,9 @@ class CachedStore(Store):
     ``block_bytes=None`` caches whole objects; otherwise blocks of that many
     bytes (a multiple of 4096), so a ranged read fetches only the blocks it
     touches. ``chunk_bytes``: checksum granularity inside entries (bytes).
-    ``verify``: ``"always"`` (every read checks its chunks) or ``"open"``
-    (an entry is checked whole once per process, then trusted).
+    ``verify``: ``"always"`` (every read checks its chunks) or ``"once"``
+    (each chunk of an entry file is checked the first time this process
+    reads it, then trusted).
     Objects larger than ``max_bytes`` (whole mode) bypass the cache.
     """
 
@@ -194,8 +198,8 @@ class CachedStore(Store):
             raise InvalidArgumentError(f"block_bytes must be a positive multiple of {_ALIGN}, got {block_bytes}")
         if chunk_bytes <= 0 or chunk_bytes % _ALIGN:
             raise InvalidArgumentError(f"chunk_bytes must be a positive multiple of {_ALIGN}, got {chunk_bytes}")
-        if verify not in ("always", "open"):
-            raise InvalidArgumentError(f"verify must be 'always' or 'open', got {verify!r}")
+        if verify not in ("always", "once"):
+            raise InvalidArgumentError(f"verify must be 'always' or 'once', got {verify!r}")
         self.inner = inner
         self.url = inner.url
         self.cache_dir = Path(cache_dir).expanduser().absolute()
@@ -209,7 +213,7 @@ class CachedStore(Store):
             (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
         self._local = LocalStore(self.cache_dir / "entries")
         self._headers: dict[str, tuple[tuple[int, int, int], _Header]] = {}
-        self._verified: set[tuple[int, int, int]] = set()
+        self._verified: OrderedDict[tuple[int, int, int], list[Any]] = OrderedDict()  # [checked chunks, unchecked count]
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._sweep_tmp()
@@ -416,25 +420,58 @@ class CachedStore(Store):
         if hdr.data_len == 0:
             return [0] * len(offs)
         name = f"cache entry {self._local.root / ekey} ({hdr.meta.get('url')}/{hdr.meta.get('key')})"
-        if self.verify == "open":
-            st = os.stat(self._local.root / ekey)
-            ident = (st.st_ino, st.st_dev, st.st_size)
-            if ident not in self._verified:
-                whole = np.empty(hdr.data_len, np.uint8)
-                read_verified(self._local, ekey, hdr.sums, [0], [hdr.data_len], whole, [0], name=name, base=hdr.header_len)
-                self._verified.add(ident)
-            ns = [max(0, min(n, hdr.data_len - o)) for o, n in zip(offs, lens, strict=True)]
-            live = [i for i, n in enumerate(ns) if n]
-            if live:
-                try:
-                    self._local.read_ranges(
-                        ekey, [hdr.header_len + offs[i] for i in live], [ns[i] for i in live], dst, [douts[i] for i in live]
-                    )
-                except ShortReadError as e:
-                    raise CorruptDataError(f"{name}: truncated ({e})") from None
-            return ns
+        if self.verify == "once":
+            return self._read_once(ekey, hdr, offs, lens, dst, douts, name)
         got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len)
         return [int(g) for g in got]
+
+    def _read_once(
+        self, ekey: str, hdr: _Header, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int], name: str
+    ) -> list[int]:
+        """``verify="once"``: chunks this process has not checked yet (per entry
+        inode) are read verified; chunks already checked are read plainly."""
+        st = os.stat(self._local.root / ekey)
+        ident = (st.st_ino, st.st_dev, st.st_size)
+        with self._lock:
+            state = self._verified.get(ident)
+            if state is None:
+                state = self._verified[ident] = [np.zeros(len(hdr.sums.crcs), bool), len(hdr.sums.crcs)]
+                while len(self._verified) > _MAX_VERIFIED_ENTRIES:
+                    self._verified.popitem(last=False)
+            else:
+                self._verified.move_to_end(ident)
+        seen, unchecked = state
+        c, size = hdr.sums.chunk_bytes, hdr.data_len
+        ns = [max(0, min(n, size - o)) for o, n in zip(offs, lens, strict=True)]
+        if unchecked == 0:  # every chunk of this entry file was checked already
+            check, plain = [], [i for i, n in enumerate(ns) if n]
+        else:
+            check = [i for i, n in enumerate(ns) if n and not seen[offs[i] // c : -(-(offs[i] + n) // c)].all()]
+            checking = set(check)
+            plain = [i for i, n in enumerate(ns) if n and i not in checking]
+        if check:
+            read_verified(
+                self._local,
+                ekey,
+                hdr.sums,
+                [offs[i] for i in check],
+                [ns[i] for i in check],
+                dst,
+                [douts[i] for i in check],
+                name=name,
+                base=hdr.header_len,
+            )
+            for i in check:
+                seen[offs[i] // c : -(-(offs[i] + ns[i]) // c)] = True
+            state[1] = int(len(seen) - np.count_nonzero(seen))
+        if plain:
+            try:
+                self._local.read_ranges(
+                    ekey, [hdr.header_len + offs[i] for i in plain], [ns[i] for i in plain], dst, [douts[i] for i in plain]
+                )
+            except ShortReadError as e:
+                raise CorruptDataError(f"{name}: truncated ({e})") from None
+        return ns
 
     def _read_block(
         self, key: str, block: int | None, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]

@@ -151,6 +151,10 @@ def test_on_seaweedfs(mounted: Path, seaweedfs: Any, monkeypatch: pytest.MonkeyP
     assert rc == 1 and "none" in err
     rc, _, err = run(["ls", f"s3://no-such-bucket-{os.getpid()}/x"], capsys)
     assert rc == 1 and "no-such-bucket" in err
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    rc, _, err = run(["ls", url], capsys)
+    assert rc == 1 and "AWS_ACCESS_KEY_ID" in err and sw.secret_key not in err  # missing credentials
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", sw.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
     rc, out, err = run(["ls", url], capsys)
     assert rc == 1 and "wrong-secret-value" not in err + out and sw.secret_key not in err + out

@@ -118,10 +118,10 @@ def test_partial_and_corrupt_entries_are_never_served(tmp_path: Path, remote: Lo
     assert c4.get("obj/3") == data and c4.stats.hits >= 1
 
 
-def test_verify_open_mode_checks_before_first_use(tmp_path: Path, remote: LocalStore) -> None:
-    b = CachedStore(remote, tmp_path / "cache-b", 10 << 20, block_bytes=64 * KiB, verify="open")
+def test_verify_once_checks_each_chunk_before_first_use(tmp_path: Path, remote: LocalStore) -> None:
+    b = CachedStore(remote, tmp_path / "cache-b", 10 << 20, block_bytes=64 * KiB, verify="once")
     assert b.get("obj/0", 90 * KiB) == blob(100 * KiB, 0)[90 * KiB :]
-    c = CachedStore(remote, tmp_path / "cache", 10 << 20, verify="open")
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20, verify="once")
     data = blob(100 * KiB, 0)
     assert c.get("obj/0") == data
     path = c._local.root / c._entry_key("obj/0", None)
@@ -130,8 +130,11 @@ def test_verify_open_mode_checks_before_first_use(tmp_path: Path, remote: LocalS
     tmp = path.with_name("x")
     tmp.write_bytes(bytes(raw))
     os.rename(tmp, path)  # a new inode: this process has not verified it
-    assert c.get("obj/0", 0, 10) == data[:10]
+    assert c.get("obj/0", 0, 10) == data[:10]  # chunk 0 is intact
+    assert c.stats.corrupt_discarded == 0
+    assert c.get("obj/0", 90 * KiB) == data[90 * KiB :]  # chunk 1 fails its first check: refetched
     assert c.stats.corrupt_discarded == 1
+    assert c.get("obj/0") == data
 
 
 def test_restart_reuses_entries_and_rebuilds_usage(tmp_path: Path, remote: LocalStore) -> None:
