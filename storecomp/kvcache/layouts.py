@@ -106,9 +106,9 @@ class ContiguousLayout(KVLayout):
         k, v = self.pairs[layer]
         n = src.shape[1]
         b = self.batch_index
-        nb = src.is_pinned() if k.is_cuda else False
-        k[b, :, start : start + n, :].copy_(src[0].transpose(0, 1), non_blocking=nb)
-        v[b, :, start : start + n, :].copy_(src[1].transpose(0, 1), non_blocking=nb)
+        # Synchronous copies: the host buffer is reused as soon as retrieve() returns.
+        k[b, :, start : start + n, :].copy_(src[0].transpose(0, 1))
+        v[b, :, start : start + n, :].copy_(src[1].transpose(0, 1))
 
 
 def _pairs(kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -190,7 +190,7 @@ class PagedLayout(KVLayout):
         for dst, part in zip(self._kv(layer), (src[0], src[1]), strict=True):
             rows = part.reshape(ids.numel(), -1)
             if rows.device != dst.device:
-                rows = rows.to(dst.device, non_blocking=rows.is_pinned())
+                rows = rows.to(dst.device)  # synchronous: the host buffer is reused after retrieve()
             dst.flatten(1).index_copy_(0, ids, rows)
 
 
