@@ -94,6 +94,7 @@ def _run_cas_race(url: str, options: dict[str, Any]) -> None:
         p.join(60)
         assert p.exitcode == 0
     assert int(store.get("counter")) == SWAPS * WORKERS
+    assert [i.key for i in store.list()] == ["counter", "ref"]  # lock files and claims stay hidden
     store.close()
 
 
@@ -198,3 +199,28 @@ def test_server_stopped_mid_read_then_restarted(running_seaweedfs: SeaweedFS) ->
     assert store.read_ranges("obj", [0], [data.size], dst, [0]).tolist() == [data.size]
     assert np.array_equal(dst, data)
     store.close()
+
+
+def test_s3_stale_cas_claim_is_broken_after_its_lease(running_seaweedfs: SeaweedFS) -> None:
+    """A writer that died holding a claim blocks its version only until the lease ends."""
+    import obstore
+
+    from storecomp.store.s3 import S3Store
+
+    store = open_store(running_seaweedfs.url(), claim_lease_s=1.0, **running_seaweedfs.store_options())
+    assert isinstance(store, S3Store)
+    v1 = store.compare_and_swap("refs/main", None, b"1").version
+    obstore.put(store._store, store._claim_key("refs/main", v1), b"claim", mode="create")  # the dead writer's claim
+    with pytest.raises(ConflictError):
+        store.compare_and_swap("refs/main", v1, b"2")
+    assert store.get("refs/main") == b"1"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            store.compare_and_swap("refs/main", v1, b"2")
+            break
+        except ConflictError:
+            assert time.monotonic() < deadline, "a stale claim was never broken"
+            time.sleep(0.3)
+    assert store.get("refs/main") == b"2"
+    assert [i.key for i in store.list()] == ["refs/main"]
