@@ -234,3 +234,36 @@ def test_bench_cache_tiny(tmp_path: Path) -> None:
     assert set(doc["cases"]) == {"large_4m", "random_64k"}
     assert all(c["plain_gbps"] > 0 and c["cache_always_gbps"] > 0 for c in doc["cases"].values())
     assert "ratio" in proc.stdout
+
+
+_FILLER = """
+import sys
+from storecomp.store import CachedStore, LocalStore
+c = CachedStore(LocalStore(sys.argv[1]), sys.argv[2], 1 << 30)
+print("ready", flush=True)
+while True:
+    c.invalidate("huge")
+    c.get("huge")
+"""
+
+
+def test_kill_9_during_fills_never_leaves_a_servable_partial_entry(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    remote = LocalStore(tmp_path / "remote")
+    data = blob(24 << 20, 7)
+    remote.put("huge", data)
+    for delay in (0.05, 0.13, 0.31):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _FILLER, str(remote.root), str(tmp_path / "cache")], stdout=subprocess.PIPE
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)  # somewhere in fetch / write / rename / delete
+        proc.wait(10)
+        c = CachedStore(remote, tmp_path / "cache", 1 << 30)
+        assert c.get("huge", 5 << 20, 1 << 20) == data[5 << 20 : 6 << 20]
+        assert c.get("huge") == data
+        assert c.stats.corrupt_discarded == 0  # entries are whole or absent, never torn
