@@ -53,6 +53,8 @@ class KVCacheStore:
     :meth:`store` returns once every tier has the chunk). A shared store
     that cannot be reached never fails a request: it is skipped, and
     background writes retry for up to ``shared_retry_seconds``.
+    ``spare_bytes`` (default: 16 chunks) of freed chunk buffers are kept for
+    reuse: a fresh buffer costs page faults.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class KVCacheStore:
         shared_max_backoff: float = 30.0,
         io_options: IOOptions | None = None,
         workers: int = 8,
+        spare_bytes: int | None = None,
     ) -> None:
         if not isinstance(fingerprint, ModelFingerprint):
             raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
@@ -85,7 +88,8 @@ class KVCacheStore:
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
         self.write_through = write_through
         self.shared_retry_seconds = shared_retry_seconds
-        self.pool = BufferPool(keep_bytes=min(host_bytes, 8 * self.layout.nbytes) + 4 * self.layout.nbytes)
+        # Spare buffers kept for reuse (loads from lower tiers, chunks evicted from host).
+        self.pool = BufferPool(keep_bytes=16 * self.layout.nbytes if spare_bytes is None else spare_bytes)
         self.host = HostTier(host_bytes, self.pool)
         opts = io_options or IOOptions.load()
         self.engine = Engine(opts, direct="on" if disk_direct else "auto")
@@ -101,7 +105,8 @@ class KVCacheStore:
             if shared is not None
             else None
         )
-        self._disk_writer = ThreadPoolExecutor(1, thread_name_prefix="storecomp-kv-disk")
+        # Two writers: one checksums a chunk while the other's write is on the device.
+        self._disk_writer = ThreadPoolExecutor(2, thread_name_prefix="storecomp-kv-disk")
         self._shared_writer = ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="storecomp-kv-shared")
         self._meta = ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-meta")
         self._requests = ThreadPoolExecutor(2, thread_name_prefix="storecomp-kv-req")
@@ -209,6 +214,7 @@ class KVCacheStore:
         from .layouts import payload_view
 
         lay = self.layout
+        self.host.make_room(lay.nbytes)  # an evicted buffer is reused: no page faults
         buf = self._new_buf()
         for layer in range(self.fingerprint.layers):
             raw = lay.layer_view(buf.array, layer)

@@ -9,6 +9,7 @@ index, but its memory is reused only once every writer let go.
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import threading
 import time
@@ -19,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import _native
 from ..errors import NotFoundError, StorecompError
 from ..io import Engine, cuda
 from ..store.base import Store
@@ -59,22 +59,33 @@ class TierStats:
 
 
 class Buffer:
-    """One aligned host allocation (page-aligned, pinned when CUDA exists)."""
+    """One page-aligned host allocation (transparent huge pages where allowed; pinned when CUDA exists).
 
-    __slots__ = ("native", "array", "pinned", "refs", "sealed", "seal_lock", "__weakref__")
+    Anonymous mmap rather than malloc: page-aligned for O_DIRECT, huge pages
+    cut the first-touch cost and TLB misses of 32 MiB chunk copies, and the
+    memory goes back to the system when the buffer is dropped.
+    """
+
+    __slots__ = ("_map", "array", "address", "pinned", "refs", "sealed", "seal_lock", "__weakref__")
 
     def __init__(self, nbytes: int, pin: bool) -> None:
-        self.native = _native.HostBuffer(nbytes)
-        self.native.prefault()
-        self.array: np.ndarray = np.frombuffer(self.native, np.uint8)  # type: ignore[call-overload]
-        self.pinned = bool(pin) and cuda.host_register(self.native.address, self.native.nbytes)
+        self._map = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            try:
+                self._map.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
+        self.array: np.ndarray = np.frombuffer(self._map, np.uint8, count=nbytes)
+        self.array[::4096] = 0  # fault every page in now, not on the request path
+        self.address = int(self.array.ctypes.data)
+        self.pinned = bool(pin) and nbytes > 0 and cuda.host_register(self.address, nbytes)
         self.refs = 0  # readers and lower-tier writers holding this buffer
         self.sealed = False  # header and checksums written (done lazily, off the request path)
         self.seal_lock = threading.Lock()
 
     def free(self) -> None:
         if self.pinned:
-            cuda.host_unregister(self.native.address)
+            cuda.host_unregister(self.address)
             self.pinned = False
 
 
@@ -142,6 +153,12 @@ class HostTier:
             self.entries[key] = _HostEntry(buf)
             self.used += n
         return True
+
+    def make_room(self, n: int) -> None:
+        """Evict LRU entries now so that ``n`` more bytes fit (their buffers go to the pool for reuse)."""
+        with self.lock:
+            if n <= self.budget:
+                self._make_room(n)
 
     def _make_room(self, n: int) -> bool:
         victims = []
