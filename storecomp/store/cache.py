@@ -150,7 +150,7 @@ def _host_array(dst: Any) -> np.ndarray:
         return dst
     ref = as_buffer(dst, writable=True)
     if ref.is_cuda:
-        raise UnsupportedBufferError("CachedStore reads into host memory; read into a host buffer, then copy to the GPU")
+        raise UnsupportedBufferError("internal: CUDA destinations go through CachedStore._to_device")
     if ref.nbytes == 0:
         return np.empty(0, np.uint8)
     return np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
@@ -508,8 +508,11 @@ class CachedStore(Store):
         *,
         exact: bool = True,
     ) -> _Done:
-        """Read ranges (synchronously; the returned future is already done)."""
+        """Read ranges (synchronously; the returned future is already done).
+        CUDA destinations are filled through a host bounce buffer."""
         validate_key(key)
+        if not isinstance(dst, np.ndarray) and as_buffer(dst, writable=True).is_cuda:
+            return self._to_device(key, offsets, lengths, dst, dst_offsets, exact)
         arr = _host_array(dst)
         offs, lens, douts = (np.asarray(x, np.int64).reshape(-1) for x in (offsets, lengths, dst_offsets))
         if not (len(offs) == len(lens) == len(douts)):
@@ -546,6 +549,26 @@ class CachedStore(Store):
             for i in np.flatnonzero(out < lens.astype(np.uint64)).tolist():
                 raise ShortReadError(f"{self.url}/{key}", ol[i], ll[i], int(out[i]))
         return _Done(out)
+
+    def _to_device(self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, exact: bool) -> _Done:
+        """Verified reads into host memory, then one copy per range to the CUDA ``dst``."""
+        from ..io.cuda import import_torch
+        from ..io.paths import _flat_u8
+
+        ref = as_buffer(dst, writable=True)
+        lens = np.asarray(lengths, np.int64).reshape(-1)
+        douts = np.asarray(dst_offsets, np.int64).reshape(-1)
+        if len(lens) != len(douts) or (lens < 0).any() or (douts < 0).any() or (douts + lens > ref.nbytes).any():
+            raise InvalidArgumentError(f"{self.url}/{key}: a range is negative or does not fit the destination")
+        places = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if len(lens) else lens
+        scratch = np.empty(int(lens.sum()), np.uint8)
+        got = self.submit_ranges(key, offsets, lens, scratch, places, exact=exact).result()
+        torch = import_torch()
+        flat = _flat_u8(ref)
+        for p, d, n in zip(places.tolist(), douts.tolist(), got.tolist(), strict=True):
+            if n:
+                flat[d : d + n].copy_(torch.from_numpy(scratch[p : p + n]))
+        return _Done(got)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if length is None:

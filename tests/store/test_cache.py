@@ -267,3 +267,14 @@ def test_kill_9_during_fills_never_leaves_a_servable_partial_entry(tmp_path: Pat
         assert c.get("huge", 5 << 20, 1 << 20) == data[5 << 20 : 6 << 20]
         assert c.get("huge") == data
         assert c.stats.corrupt_discarded == 0  # entries are whole or absent, never torn
+
+
+@pytest.mark.gpu
+def test_cuda_destination_through_a_host_bounce(tmp_path: Path, remote: LocalStore) -> None:
+    import torch
+
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20, block_bytes=16 * KiB)
+    dst = torch.zeros(300, dtype=torch.uint8, device="cuda")
+    assert c.read_ranges("obj/1", [5, 70_000], [100, 200], dst, [0, 100]).tolist() == [100, 200]
+    data = blob(100 * KiB + 1, 1)
+    assert bytes(dst.cpu().numpy()) == data[5:105] + data[70_000:70_200]
