@@ -463,8 +463,8 @@ class _FailoverFuture:
             try:
                 out = self._fut.result(timeout)
             except Exception as e:
-                if not _failover_worthy(e):
-                    raise
+                if not self._fut.done() or not _failover_worthy(e):
+                    raise  # the caller's wait timed out (the read is still running), or a real answer
                 self._rs._failed(i, e)
                 self._last = e
                 self._pos += 1
