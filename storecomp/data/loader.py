@@ -17,6 +17,7 @@ has to wait, up to what ``max_memory`` (bytes of staging) allows.
 from __future__ import annotations
 
 import collections
+import gc
 import os
 import time
 import weakref
@@ -142,6 +143,7 @@ class DataLoader:
         self.position = 0
         self._pool: StagingPool | None = None
         self._copy_stream: Any = None
+        self._outside = False
         self._reset_metrics()
 
     # ------------------------------------------------------------ state
@@ -260,15 +262,25 @@ class DataLoader:
     def _submit_next(self, order: np.ndarray, steps: _Lookahead, pool: StagingPool, blocking: bool) -> _InFlight | None:
         if steps.peek() is None:
             return None
+        slot: Any
         try:
-            slot = pool.acquire(timeout=600.0 if blocking else 0)
+            slot = pool.acquire(timeout=0)
         except TimeoutError:
-            if blocking:
-                raise StorecompError(
-                    f"no batch slot came back within 600 s: the consumer holds all {pool.nslots} batches "
-                    "(copy batches you keep, or raise max_memory)"
-                ) from None
-            return None
+            if not blocking:
+                return None
+            # Nothing in flight and every slot is held by the consumer (it keeps
+            # batches, e.g. list(loader)). Never deadlock: once garbage is
+            # collected, read this batch into memory of its own, outside the
+            # staging budget, owned by the batch (counted in metrics).
+            if not self._outside:  # collect once per streak: gc.collect costs tens of ms
+                gc.collect()
+            try:
+                slot = pool.acquire(timeout=0.01)
+                self._outside = False
+            except TimeoutError:
+                slot = _OwnSlot(self.layout.nbytes)
+                self._outside = True
+                self._m["batches_outside_staging"] += 1
         first, count, end = next(steps)
         indices = np.sort(order[first : first + count])
         plan = plan_batch(self.dataset, self.layout, indices, self.verify)
@@ -442,6 +454,7 @@ class DataLoader:
             "staging_bytes": (pool.nbytes if pool is not None else 0),
             "max_memory": self.max_memory,
             "corrupt_skipped": int(m["corrupt_skipped"]),
+            "batches_outside_staging": int(m["batches_outside_staging"]),
             "bottleneck": hint,
         }
 
@@ -453,6 +466,19 @@ class DataLoader:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+class _OwnSlot:
+    """Aligned memory for one batch when the consumer holds every staging slot."""
+
+    def __init__(self, nbytes: int) -> None:
+        from .. import _native
+
+        self._buffer = _native.HostBuffer(nbytes)
+        self.array: np.ndarray = np.frombuffer(self._buffer, np.uint8)  # type: ignore[call-overload]
+
+    def release(self) -> None:
+        pass
 
 
 def _done(item: _InFlight) -> bool:

@@ -157,3 +157,29 @@ def test_cuda_batches() -> None:
     loader = DataLoader("/tmp/storecomp-gpu-test.npy", 8, seq_len=16, device="cuda")
     b = next(iter(loader))
     assert b["tokens"].device.type == "cuda" and b["tokens"].shape == (8, 17)
+
+
+def test_read_ahead_is_sized_from_latency_and_step_within_the_budget(shard_ds: str) -> None:
+    import time
+
+    loader = DataLoader(shard_ds, 8, seed=3, max_memory=6 * 8192)
+    assert loader.max_slots == 6
+    for _ in loader:
+        time.sleep(0.002)  # a simulated training step
+    m = loader.metrics()
+    step = (m["data_wait_s"] + m["step_s"] * m["batches"]) / m["batches"]
+    need = int(np.ceil(m["latency_s"] / step)) + 1 if m["latency_s"] else 1
+    assert min(need, loader.max_slots - 1) <= m["read_ahead"] <= loader.max_slots - 1
+    assert m["staging_bytes"] <= loader.max_memory and m["storage_gbps"] > 0 and m["latency_s"] > 0
+    fixed = DataLoader(shard_ds, 8, read_ahead=3)
+    list(fixed)
+    assert fixed.metrics()["read_ahead"] == 3
+
+
+def test_a_consumer_keeping_every_batch_does_not_deadlock(shard_ds: str) -> None:
+    loader = DataLoader(shard_ds, 8, max_memory=3 * 8192)
+    batches = list(loader)  # keeps all 75 batches alive: more than the 3 staging slots
+    assert sum(b["label"].shape[0] for b in batches) == 600
+    assert len({int(b["label"][0]) for b in batches}) == 75
+    m = loader.metrics()
+    assert m["batches_outside_staging"] >= 75 - 3 and m["staging_bytes"] <= loader.max_memory
