@@ -292,6 +292,11 @@ class ReplicatedStore(Store):
         return list(self._stores)
 
     @property
+    def primary(self) -> Store:
+        """The replica that takes writes (and so holds the newest refs)."""
+        return self._stores[self._primary]
+
+    @property
     def capabilities(self) -> Capabilities:
         caps = [s.capabilities for s in self._stores]
         p = caps[self._primary]
@@ -421,6 +426,20 @@ class ReplicatedStore(Store):
 
     def __repr__(self) -> str:
         return f"ReplicatedStore({self.url!r}, replicas={[r.url for r in self.mount.replicas]})"
+
+
+def primary_of(store: Store) -> Store:
+    """The store behind wrappers that takes writes and holds the freshest state:
+    a ReplicatedStore's primary, a CachedStore's inner store (recursively)."""
+    while True:
+        if isinstance(store, ReplicatedStore):
+            store = store.primary
+            continue
+        inner = getattr(store, "inner", None)
+        if isinstance(inner, Store):
+            store = inner
+            continue
+        return store
 
 
 class _FailoverFuture:

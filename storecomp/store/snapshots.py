@@ -30,6 +30,7 @@ from ..errors import ConflictError, CorruptDataError, InvalidArgumentError, NotF
 from .base import Store
 from .integrity import DEFAULT_CHUNK_BYTES, Checksums, read_verified, sidecar_key
 from .keys import payload_view, validate_key
+from .namespace import primary_of
 
 MANIFEST_FORMAT = "storecomp.manifest/1"
 _HEX = frozenset("0123456789abcdef")
@@ -166,6 +167,8 @@ class Repository:
         if grace_s <= 0 or cas_retries < 1 or keep_history < 0 or chunk_bytes <= 0:
             raise InvalidArgumentError("grace_s, cas_retries, chunk_bytes must be positive and keep_history >= 0")
         self.store, self.prefix = store, prefix
+        # Refs, freshness checks and GC go to the primary: a replica may lag.
+        self.primary = primary_of(store)
         self.chunk_bytes, self.grace_s = chunk_bytes, grace_s
         self.keep_history, self.cas_retries = keep_history, cas_retries
 
@@ -197,7 +200,7 @@ class Repository:
         """Rewrite an existing content-addressed object whose age is past half
         the grace period, so GC sees it young while this writer commits."""
         try:
-            info = self.store.stat(key)
+            info = self.primary.stat(key)
         except NotFoundError:
             self.store.put(key, data)  # collected between our put_if_absent and now
             return
@@ -215,7 +218,17 @@ class Repository:
     def read_blob_into(self, entry: Entry, dst: np.ndarray, offsets: Any, lengths: Any, dst_offsets: Any) -> np.ndarray:
         """Verified ranged reads of a blob into host array ``dst``; bytes read per range."""
         key = self.blob_key(entry.blob)
-        return read_verified(self.store, key, entry.checksums, offsets, lengths, dst, dst_offsets, name=f"{self.store.url}/{key}")
+        try:
+            return read_verified(
+                self.store, key, entry.checksums, offsets, lengths, dst, dst_offsets, name=f"{self.store.url}/{key}"
+            )
+        except NotFoundError:
+            if self.primary is self.store:
+                raise
+            # A replica that has not caught up yet: the primary has every committed blob.
+            return read_verified(
+                self.primary, key, entry.checksums, offsets, lengths, dst, dst_offsets, name=f"{self.primary.url}/{key}"
+            )
 
     # ------------------------------------------------------------ manifests
 
@@ -231,7 +244,12 @@ class Repository:
     def get_manifest(self, h: str) -> Manifest:
         """The manifest ``h``; CorruptDataError when its bytes do not hash to ``h``."""
         key = self.manifest_key(h)
-        raw = self.store.get(key)
+        try:
+            raw = self.store.get(key)
+        except NotFoundError:
+            if self.primary is self.store:
+                raise
+            raw = self.primary.get(key)  # a lagging replica
         if sha256_hex(raw) != h:
             raise CorruptDataError(f"{self.store.url}/{key}: manifest content does not match its SHA-256 name")
         return Manifest.from_bytes(raw, f"{self.store.url}/{key}")
@@ -243,19 +261,19 @@ class Repository:
         key = self.ref_key(name)
         for _ in range(self.cas_retries):
             try:
-                info = self.store.stat(key)
-                raw = self.store.get(key)
+                info = self.primary.stat(key)
+                raw = self.primary.get(key)
             except NotFoundError:
                 return None
             # The ref may move between stat and get: accept only a consistent pair.
-            if self.store.stat(key).version == info.version:
-                return RefState.from_bytes(raw, info.version, f"{self.store.url}/{key}")
+            if self.primary.stat(key).version == info.version:
+                return RefState.from_bytes(raw, info.version, f"{self.primary.url}/{key}")
         raise ConflictError(f"{self.store.url}/{key}: ref kept changing while being read")
 
     def refs(self) -> list[str]:
         """Names of every ref."""
         base = f"{self.prefix}refs/"
-        return [i.key[len(base) :] for i in self.store.list(base)]
+        return [i.key[len(base) :] for i in self.primary.list(base)]
 
     def set_ref(self, name: str, manifest: str, *, expected: str | None | _Any = None) -> RefState:
         """Point ``name`` at ``manifest`` by compare-and-swap.
@@ -338,7 +356,7 @@ class Repository:
         now = time.time()
         mprefix = f"{self.prefix}manifests/"
         all_manifests: dict[str, float | None] = {}
-        for info in self.store.list(mprefix):
+        for info in self.primary.list(mprefix):
             h = info.key.rsplit("/", 1)[-1].removesuffix(".json")
             all_manifests[h] = info.mtime
             if info.mtime is None or now - info.mtime < grace:
@@ -350,12 +368,12 @@ class Repository:
                 m = self.get_manifest(h)
             except NotFoundError:
                 raise CorruptDataError(
-                    f"{self.store.url}/{self.manifest_key(h)}: manifest named by a ref is missing; GC aborted"
+                    f"{self.primary.url}/{self.manifest_key(h)}: manifest named by a ref is missing; GC aborted"
                 ) from None
             reachable.update(e.blob for e in m.entries.values())
         report.reachable_blobs = len(reachable)
         bprefix = f"{self.prefix}blobs/sha256/"
-        for info in list(self.store.list(bprefix)):
+        for info in list(self.primary.list(bprefix)):
             if info.key.endswith(".crc32c"):
                 continue
             h = info.key.rsplit("/", 1)[-1]
@@ -367,17 +385,17 @@ class Repository:
             report.deleted_blobs += 1
             report.deleted_bytes += info.size
             if not dry_run:
-                self.store.delete(info.key)  # blob before sidecar: a visible blob always has its sidecar
-                self.store.delete(sidecar_key(info.key))
-        for info in list(self.store.list(bprefix)):  # sidecars whose blob never landed (crashed writers)
+                self.primary.delete(info.key)  # blob before sidecar: a visible blob always has its sidecar
+                self.primary.delete(sidecar_key(info.key))
+        for info in list(self.primary.list(bprefix)):  # sidecars whose blob never landed (crashed writers)
             if info.key.endswith(".crc32c") and self._old(info.key, info.mtime, grace):
-                if not self.store.exists(info.key.removesuffix(".crc32c")) and not dry_run:
-                    self.store.delete(info.key)
+                if not self.primary.exists(info.key.removesuffix(".crc32c")) and not dry_run:
+                    self.primary.delete(info.key)
         for h, mtime in all_manifests.items():
             if h not in roots and self._old(self.manifest_key(h), mtime, grace):
                 report.deleted_manifests += 1
                 if not dry_run:
-                    self.store.delete(self.manifest_key(h))
+                    self.primary.delete(self.manifest_key(h))
         return report
 
     def _old(self, key: str, mtime: float | None, grace: float) -> bool:
@@ -386,7 +404,7 @@ class Repository:
         if mtime is None or time.time() - mtime < grace:
             return False
         try:
-            fresh = self.store.stat(key).mtime
+            fresh = self.primary.stat(key).mtime
         except NotFoundError:
             return False
         return fresh is not None and time.time() - fresh >= grace

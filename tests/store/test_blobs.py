@@ -270,3 +270,22 @@ def test_s3_commit_conflict_concurrent_updates_and_gc(s3_store: Store) -> None:
     assert rep.deleted_blobs == 2  # "old", and the blob of the writer that lost its commit
     assert not s3_store.exists(repo.blob_key(old.blob)) and not s3_store.exists(repo.blob_key(late.blob))
     assert repo.snapshot("main").read("t0/0") == b"0/0"
+
+
+def test_repository_over_a_lagging_replica(tmp_path: Path) -> None:
+    """Refs and GC use the primary; reads fall back to it while a nearer replica lags."""
+    from storecomp.store import CachedStore, Mount, Replica, ReplicatedStore
+
+    near, far = LocalStore(tmp_path / "near"), LocalStore(tmp_path / "far")
+    mount = Mount("m", (Replica(str(near.root), "near", 0), Replica(str(far.root), "far", 1)), primary="far")
+    rs = ReplicatedStore(mount, [near, far])
+    repo = Repository(CachedStore(rs, tmp_path / "cache", 1 << 20), "repo", chunk_bytes=CHUNK, cas_retries=3)
+    assert repo.primary is far
+    w = repo.writer()
+    w.add("a", b"alpha" * 500)
+    w.commit("main", expected=None)  # nothing reaches "near": replication has not happened
+    repo.update("main", lambda m: Manifest({**(m.entries if m else {}), "b": repo.put_blob(b"beta")}))
+    snap = repo.snapshot("main")
+    assert snap.read("a") == b"alpha" * 500 and snap.read("b") == b"beta"
+    assert not near.exists(repo.ref_key("main")) and far.exists(repo.ref_key("main"))
+    assert repo.gc().deleted_blobs == 0
