@@ -157,7 +157,7 @@ class KVCacheStore:
         n = 0
         disk = self.disk
         for k in keys:
-            if k in self.host.entries or (disk is not None and k in disk.entries):
+            if k in self.host.entries or (disk is not None and disk.has(k)):
                 n += 1
             else:
                 break
@@ -187,7 +187,7 @@ class KVCacheStore:
         keys = self._keys(tokens, layout.tokens)
         lower: list[Future[Any]] = []
         for i, key in enumerate(keys):
-            if key in self.host.entries or (self.disk is not None and key in self.disk.entries):
+            if key in self.host.entries or (self.disk is not None and self.disk.has(key)):
                 if self.write_through:
                     lower.extend(self._write_missing_lower(key))
                 continue
@@ -284,7 +284,7 @@ class KVCacheStore:
                 fetches.append(f)
                 continue
             self.host.stats.add(misses=1)
-            if self.disk is not None and self.disk.pin(key):
+            if self.disk is not None and self.disk.has(key) and self.disk.pin(key):
                 f = Fetch(i, key, "disk", self._new_buf(), self.layout)
                 f.start_disk(self.disk, per_layer)
                 fetches.append(f)

@@ -276,6 +276,21 @@ class DiskTier:
     def __contains__(self, key: bytes) -> bool:
         return key in self.entries
 
+    def has(self, key: bytes) -> bool:
+        """Whether chunk ``key`` is on disk: the index, else one stat (another process
+        sharing the directory may have written it since the index was built)."""
+        if key in self.entries:
+            return True
+        try:
+            size = os.stat(self.path(key)).st_size
+        except OSError:
+            return False
+        with self.lock:
+            if key not in self.entries:
+                self.entries[key] = size
+                self.used += size
+        return True
+
     def put(self, key: bytes, data: np.ndarray) -> bool:
         """Write ``data`` as chunk ``key``; False (counted) when it cannot be stored."""
         n = data.nbytes

@@ -147,3 +147,14 @@ def test_from_hf_config() -> None:
     cfg = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)
     fp = ModelFingerprint.from_hf_config(cfg, "float32", model="tiny")
     assert (fp.layers, fp.kv_heads, fp.head_dim) == (2, 2, 16)
+
+
+def test_keys_and_format_do_not_import_torch() -> None:
+    code = (
+        "import sys, storecomp, storecomp.kvcache as k\n"
+        "fp = k.ModelFingerprint('m', 'float16', 1, 1, 8)\n"
+        "k.chunk_keys(fp, list(range(16)), 8); k.ChunkLayout(fp, 8).nbytes\n"
+        "assert 'KVCacheStore' in storecomp.__all__\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -144,12 +144,14 @@ def test_shared_tier_local_store(kvstore: Make, tmp_path: Path) -> None:
     assert b.stats()["host"]["hits"] == 5
 
 
-def test_layerwise(kvstore: Make, tmp_path: Path) -> None:
-    a = kvstore(disk_dir=tmp_path / "disk", write_through=True)
+@pytest.mark.parametrize("tier", ["disk", "shared"])
+def test_layerwise(kvstore: Make, tmp_path: Path, tier: str) -> None:
+    where = {"disk_dir": tmp_path / "disk"} if tier == "disk" else {"shared": str(tmp_path / "shared")}
+    a = kvstore(write_through=True, **where)
     kv = make_kv(len(TOKENS))
     a.store(TOKENS, kv)
     a.close()
-    s = kvstore(disk_dir=tmp_path / "disk")
+    s = kvstore(**where)
     out = zeros_kv(len(TOKENS))
     seen = []
     for layer, n in s.retrieve_layerwise(TOKENS, out):
@@ -159,6 +161,7 @@ def test_layerwise(kvstore: Make, tmp_path: Path) -> None:
         seen.append(layer)
     assert seen == [0, 1, 2]
     assert same_prefix(kv, out, 5 * CHUNK)
+    assert s.stats()[tier]["hits"] == 5
 
 
 def test_async_variants(kvstore: Make) -> None:
@@ -209,3 +212,14 @@ def test_dynamic_cache_layout(kvstore: Make) -> None:
     out = transformers.DynamicCache(ddp_cache_data=zeros_kv(2 * CHUNK))
     assert s.retrieve(TOKENS[: 2 * CHUNK], out) == 2 * CHUNK
     assert all(torch.equal(out.layers[i].keys, kv[i][0]) for i in range(FP.layers))
+
+
+def test_two_stores_share_a_disk_directory(kvstore: Make, tmp_path: Path) -> None:
+    """A chunk file written by another process after this one built its index is still found."""
+    reader = kvstore(host_bytes=0, disk_dir=tmp_path / "disk")
+    writer = kvstore(host_bytes=0, disk_dir=tmp_path / "disk", write_through=True)
+    kv = make_kv(len(TOKENS))
+    writer.store(TOKENS, kv)
+    assert reader.lookup(TOKENS) == 5 * CHUNK
+    out = zeros_kv(len(TOKENS))
+    assert reader.retrieve(TOKENS, out) == 5 * CHUNK and same_prefix(kv, out, 5 * CHUNK)
