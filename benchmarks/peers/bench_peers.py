@@ -6,9 +6,10 @@
 N samples of 64 KiB (random bytes + an int label) are written once per
 format under ``--dir`` (reused by later runs of the same size), then every
 (peer, num_workers) runs in its own process (run_one.py): the data files are
-evicted from the page cache (fsync + posix_fadvise DONTNEED, no root), the
-loader reads batches of 64 in a random order for ``--duration`` seconds or
-one pass, whichever ends first, with an optional simulated step
+evicted from the page cache (fsync + posix_fadvise DONTNEED, no root; again
+whenever a pass over the data ends, so every pass reads from storage), the
+loader reads batches of 64 in a random order for ``--duration`` seconds
+(``--one-pass``: at most one pass), with an optional simulated step
 (``--step-ms``, a sleep) after each batch. storecomp and the torch
 DataLoader run in this Python; MosaicML Streaming, LitData and WebDataset in
 the peer venv (``--python``, default ``$STORECOMP_PEERS_PYTHON`` or
@@ -140,7 +141,7 @@ def ensure_format(directory: str, fmt: str, n: int, python: str, timeout: float)
 def run_cases(python: str, cases: list[tuple[str, int]], root: str, args: argparse.Namespace, n: int) -> list[dict[str, Any]]:
     """Run ``cases`` ((peer, num_workers)) one after another in one process of ``python``; a result (or error) per case."""
     cmd = [python, RUN_ONE, "run", root, *(f"{p}:{w}" for p, w in cases), "--duration", str(args.duration)]
-    cmd += ["--max-samples", str(n), "--step-ms", str(args.step_ms), "--seed", str(args.seed)]
+    cmd += ["--max-samples", str(n if args.one_pass else 0), "--step-ms", str(args.step_ms), "--seed", str(args.seed)]
     timeout = len(cases) * (args.duration + args.startup_timeout)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root)
@@ -215,13 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dir", help="folder for the data (kept and reused; default: a temporary folder)")
     p.add_argument("--size", type=parse_size, default=parse_size("2G"), help="data set size per format (default 2G)")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds per run, at most one pass (default 15)")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per run (default 15)")
     p.add_argument("--step-ms", type=float, default=0.0, help="simulated training step after each batch, ms (default 0)")
     p.add_argument("--workers", type=parse_ints, default=[0, 2], help="num_workers for the peers (default 0,2)")
     p.add_argument("--torch-workers", type=parse_ints, default=[0, 2, 4], help="num_workers for torch (default 0,2,4)")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}")
     p.add_argument("--python", default=os.environ.get("STORECOMP_PEERS_PYTHON", DEFAULT_VENV_PYTHON),
                    help="the peer venv's Python (default $STORECOMP_PEERS_PYTHON or ~/.cache/storecomp-peers-venv)")  # fmt: skip
+    p.add_argument("--one-pass", action="store_true", help="stop each run after one pass over the data")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--startup-timeout", type=float, default=180.0, help="seconds a run may take beyond --duration")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown peer(s) {unknown}; choose from {','.join(PEERS)}")
     if args.tiny:
-        args.size, args.duration = 16 << 20, 0.3
+        args.size, args.duration, args.one_pass = 16 << 20, 0.3, True
     n = max(CHUNK, args.size // SAMPLE_BYTES // CHUNK * CHUNK)
     if args.json:
         try:
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             groups = [[c] for c in cases]
         for group in groups:
-            log(", ".join(f"{p} num_workers={w}" for p, w in group) + f": {args.duration:g} s or one pass each, cold")
+            log(", ".join(f"{p} num_workers={w}" for p, w in group) + f": {args.duration:g} s each, cold")
             results.extend(run_cases(pythons[group[0][0]], group, directory, args, n))
         for path in data.values():
             evict(path)
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample_bytes": SAMPLE_BYTES,
         "batch_size": 64,
         "duration_s": args.duration,
+        "one_pass": args.one_pass,
         "step_ms": args.step_ms,
         "versions": versions,
         "write_s": write_s,

@@ -1,7 +1,7 @@
 """The measurement every peer run shares; stdlib + numpy only (both Pythons import it).
 
-A run iterates a loader for ``duration`` seconds or one pass over the data
-(whichever ends first, so every read comes from a cold page cache), sleeps
+A run iterates a loader for ``duration`` seconds (or ``max_samples``,
+when given), sleeps
 ``step_s`` after each batch (a simulated training step that needs no host
 CPU, like a GPU step) and reports:
 
@@ -14,7 +14,10 @@ CPU, like a GPU step) and reports:
 * ``data_wait_fraction``: time blocked in ``next()`` over wall time, also
   after the first 10 batches.
 
-The first batch (worker start-up, index loading) is not in the window.
+The first batch (worker start-up, index loading) is not in the window. When
+a pass over the data ends inside the window, ``on_pass_end`` runs (the
+driver evicts the data files again, so the next pass starts cold too) and a
+new pass starts; its start-up is in the window, as in a multi-epoch run.
 """
 
 from __future__ import annotations
@@ -116,8 +119,8 @@ def _proc_cpu(pid: int) -> float:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    # utime, stime, cutime, cstime (fields 14-17; index 11-14 after the name)
-    return sum(int(x) for x in fields[11:15]) / _TICK
+    # utime, stime (fields 14-15; index 11-12 after the name)
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _proc_mem(pid: int) -> tuple[int, int]:
@@ -137,9 +140,10 @@ def _proc_mem(pid: int) -> tuple[int, int]:
 class TreeMonitor:
     """CPU-seconds and peak memory of this process and its descendants.
 
-    CPU of a process that exits during the window is still counted when its
-    parent waited for it (cutime/cstime); worker processes alive at the end
-    are counted from their own utime/stime.
+    Each process's own utime + stime, as last sampled: a process that
+    exits during the window keeps what it had at the last sample (at most
+    ``interval`` of its CPU is missed); one started during the window counts
+    whole (its start-up is part of the run).
     """
 
     def __init__(self, interval: float = 0.25) -> None:
@@ -187,13 +191,14 @@ def measure(
     count: Callable[[Any], int],
     *,
     duration: float,
-    max_samples: int,
+    max_samples: int = 0,
     step_s: float = 0.0,
     sample_bytes: int = SAMPLE_BYTES,
+    on_pass_end: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Iterate ``epochs()`` (a fresh iterable per pass) until ``duration``
-    seconds or ``max_samples`` samples; ``count(batch)`` is the batch's sample
-    count. Returns the figures described in the module docstring."""
+    seconds or ``max_samples`` samples (0: no cap); ``count(batch)`` is the
+    batch's sample count. Returns the figures described in the module docstring."""
     mon = TreeMonitor()
     it = iter(epochs())
     t_first = time.perf_counter()
@@ -207,13 +212,18 @@ def measure(
     wait = wait10 = 0.0
     batches = 0
     deadline = t0 + duration
-    while samples < max_samples and time.perf_counter() < deadline:
+    passes = 1
+    cap = max_samples or float("inf")
+    while samples < cap and time.perf_counter() < deadline:
         if step_s:
             time.sleep(step_s)
         t1 = time.perf_counter()
         try:
             batch = next(it)
         except StopIteration:
+            if on_pass_end is not None:
+                on_pass_end()
+            passes += 1
             it = iter(epochs())
             batch = next(it)
         w = time.perf_counter() - t1
@@ -246,5 +256,5 @@ def measure(
         "data_wait_fraction": wait / wall if wall > 0 else 0.0,
         "data_wait_fraction_after_10": (wait - wait10) / after10 if after10 > 0 else 0.0,
         "step_s": step_s,
-        "one_pass": samples >= max_samples,
+        "passes": passes,
     }

@@ -1,11 +1,11 @@
 """One peer step in its own process: write a format, or measure one (peer, num_workers).
 
     python run_one.py write FORMAT OUT N
-    python run_one.py run DATA_ROOT PEER:W [PEER:W ...] --duration S --max-samples N [--step-ms MS] [--seed K]
+    python run_one.py run DATA_ROOT PEER:W [PEER:W ...] --duration S [--max-samples N] [--step-ms MS] [--seed K]
 
 ``run`` measures each (peer, num_workers) in turn, reading
-``DATA_ROOT/<format>``: it evicts the data files from the page cache,
-measures (harness.measure) and prints one line ``RESULT {json}`` per case
+``DATA_ROOT/<format>``: it evicts the data files from the page cache (and
+again whenever a pass ends), measures (harness.measure) and prints one line ``RESULT {json}`` per case
 on stdout. A full benchmark gives one case per process; the smoke run
 (``--tiny``) puts the project-Python cases in one process to save torch's
 import time. The driver
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("data_root")
     r.add_argument("cases", nargs="+", help="PEER:NUM_WORKERS")
     r.add_argument("--duration", type=float, default=15.0)
-    r.add_argument("--max-samples", type=int, required=True)
+    r.add_argument("--max-samples", type=int, default=0, help="stop after this many samples (0: no cap)")
     r.add_argument("--step-ms", type=float, default=0.0)
     r.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
@@ -53,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         data = os.path.join(args.data_root, PEERS[peer][0])
         evicted = evict(data)
         one_pass, count = open_peer(peer, data, int(workers or 0), args.seed)
-        res = measure(one_pass, count, duration=args.duration, max_samples=args.max_samples, step_s=args.step_ms / 1e3)
+        res = measure(
+            one_pass,
+            count,
+            duration=args.duration,
+            max_samples=args.max_samples,
+            step_s=args.step_ms / 1e3,
+            on_pass_end=lambda data=data: evict(data),
+        )
         res.update(peer=peer, workers=int(workers or 0), files_evicted=evicted)
         print(MARK + json.dumps(res), flush=True)
         del one_pass, count
