@@ -19,6 +19,8 @@ from __future__ import annotations
 import collections
 import gc
 import os
+import queue
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -144,6 +146,7 @@ class DataLoader:
         self._pool: StagingPool | None = None
         self._copy_stream: Any = None
         self._outside = False
+        self._consumer_waiting = False
         self._reset_metrics()
 
     # ------------------------------------------------------------ state
@@ -209,35 +212,37 @@ class DataLoader:
         return self._pool
 
     def _run_epoch(self) -> Iterator[dict[str, Any]]:
+        """The consumer side: take finished batches from the producer thread, in order."""
         n = len(self.dataset)
         order = epoch_order(n, self.seed, self.epoch, shuffle=self.shuffle, block=self.shuffle_block, window=self.shuffle_window)
         steps = _Lookahead(rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last))
         pool = self._pool_for()
-        pending: collections.deque[_InFlight] = collections.deque()
+        ready: queue.Queue[Any] = queue.Queue()
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=self._produce, args=(order, steps, pool, ready, stop), name="storecomp-loader", daemon=True
+        )
         bar = _progress_bar(self) if self.progress else None
-        exhausted = False
+        producer.start()
         try:
             while True:
                 t_enter = time.perf_counter()  # the consumer is blocked in next() from here
-                self._poll(pending, t_enter)
-                # Top up the read-ahead with slots the consumer has given back.
-                while not exhausted and len(pending) < self.read_ahead:
-                    blocking = not pending
-                    item = self._submit_next(order, steps, pool, blocking)
-                    if item is None:
-                        exhausted = steps.peek() is None
-                        break
-                    pending.append(item)
-                if not pending:
+                queued = ready.qsize()
+                self._consumer_waiting = True
+                got = ready.get()
+                self._consumer_waiting = False
+                if got is _END:
                     break
-                head = pending.popleft()
-                ready = sum(1 for p in pending if p.done_at) + int(head.done_at is not None)
-                waited = head.done_at is None
-                batch = self._complete(head)
+                if isinstance(got, _Failure):
+                    raise got.error
+                head, batch = got
+                del got
                 t_out = time.perf_counter()
                 self.position = head.end_position
-                self._account(head, t_enter, t_out, ready, waited)
-                self._size_read_ahead(waited)
+                self._account(head, t_enter, t_out, queued, queued == 0)
+                self._size_read_ahead(queued == 0)
+                if self.transform is not None:
+                    batch = self.transform(batch)
                 if bar is not None:
                     bar.update(1)
                 # Yield without keeping a reference in this frame: the slot must
@@ -249,15 +254,55 @@ class DataLoader:
             self.epoch += 1
             self.position = 0
         finally:
-            for item in pending:
+            stop.set()
+            producer.join()
+            while not ready.empty():  # batches read ahead but never delivered: their slots come back
+                ready.get_nowait()
+            if bar is not None:
+                bar.close()
+
+    def _produce(
+        self, order: np.ndarray, steps: _Lookahead, pool: StagingPool, ready: queue.Queue[Any], stop: threading.Event
+    ) -> None:
+        """The producer thread: keep ``read_ahead`` batches submitted, then check, shape and hand them over in order.
+
+        Planning, submission, checksums and the device copy all happen here,
+        so the consumer's ``next()`` only takes a finished batch.
+        """
+        inflight: collections.deque[_InFlight] = collections.deque()
+        try:
+            while not stop.is_set():
+                while len(inflight) + ready.qsize() < self.read_ahead and steps.peek() is not None:
+                    blocking = not inflight and ready.empty() and self._consumer_waiting
+                    item = self._submit_next(order, steps, pool, blocking)
+                    if item is None:
+                        break
+                    inflight.append(item)
+                if inflight:
+                    head = inflight[0]
+                    if not _wait(head, 0.005):  # short slices: honour stop, reuse freed slots
+                        self._poll(inflight, time.perf_counter())
+                        continue
+                    inflight.popleft()
+                    self._poll(inflight, time.perf_counter())
+                    batch = self._complete(head)
+                    ready.put((head, batch))
+                    del batch
+                elif steps.peek() is None:
+                    ready.put(_END)
+                    return
+                else:
+                    time.sleep(0.001)  # every slot is with the consumer: wait for one to come back
+        except BaseException as e:  # handed to the consumer, raised from next()
+            ready.put(_Failure(e))
+        finally:
+            for item in inflight:
                 for f in item.futures:
                     try:
                         f.result()
                     except StorecompError:
                         pass
                 item.slot.release()
-            if bar is not None:
-                bar.close()
 
     def _submit_next(self, order: np.ndarray, steps: _Lookahead, pool: StagingPool, blocking: bool) -> _InFlight | None:
         if steps.peek() is None:
@@ -332,8 +377,6 @@ class DataLoader:
             keep[[i for i, _ in bad]] = False
             self._m["corrupt_skipped"] += len(bad)
             batch = drop_rows(batch, self.dataset, keep)
-        if self.transform is not None:
-            batch = self.transform(batch)
         return batch
 
     def _to_device(self, plan: BatchPlan, host: Any) -> dict[str, Any]:
@@ -479,6 +522,35 @@ class _OwnSlot:
 
     def release(self) -> None:
         pass
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _wait(item: _InFlight, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for every read of ``item``; True when all are done."""
+    deadline = time.perf_counter() + timeout
+    for f in item.futures:
+        if f.done():
+            continue
+        wait = getattr(f, "wait", None)
+        left = max(0.0, deadline - time.perf_counter())
+        if wait is not None:
+            if not wait(left):
+                return False
+        else:
+            try:
+                f.result(timeout=left)
+            except TimeoutError:
+                return False
+            except BaseException:
+                pass  # raised again, with its context, by _complete
+    return True
 
 
 def _done(item: _InFlight) -> bool:
