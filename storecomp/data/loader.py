@@ -418,9 +418,9 @@ class DataLoader:
     def _size_read_ahead(self, waited: bool) -> None:
         """Batches in flight: enough to cover one batch's I/O latency with consumer steps, within max_memory.
 
-        Needed depth = ceil(latency / consumer step) + 1, from measured
-        averages; a wait that still happens adds one more. One slot stays
-        with the consumer (the batch it holds).
+        Needed depth = ceil(2 x latency / consumer step) + 1, from measured
+        averages; a wait that still happens doubles it. It never shrinks
+        within a run; one slot stays with the consumer (the batch it holds).
         """
         if not self._adaptive:
             return
@@ -429,9 +429,10 @@ class DataLoader:
         step = (m["step_s"] + m["wait_s"]) / n  # consumer time per batch, including what it waited
         need = self.read_ahead
         if step > 0 and m["latency_ema"] > 0:
-            need = max(need, int(np.ceil(m["latency_ema"] / step)) + 1)
+            # 2x the mean latency: storage latency has a long tail.
+            need = max(need, int(np.ceil(2 * m["latency_ema"] / step)) + 1)
         if waited and m["batches"] > 1:
-            need = max(need, self.read_ahead + 1)
+            need = max(need, 2 * self.read_ahead)  # a wait despite the estimate: grow fast
         self.read_ahead = int(min(max(1, need), self.max_slots - 1))
 
     # ------------------------------------------------------------ metrics

@@ -169,8 +169,8 @@ def test_read_ahead_is_sized_from_latency_and_step_within_the_budget(shard_ds: s
         time.sleep(0.002)  # a simulated training step
     m = loader.metrics()
     step = (m["data_wait_s"] + m["step_s"] * m["batches"]) / m["batches"]
-    need = int(np.ceil(m["latency_s"] / step)) + 1 if m["latency_s"] else 1
-    assert min(need, loader.max_slots - 1) <= m["read_ahead"] <= loader.max_slots - 1
+    need = int(np.ceil(2 * m["latency_s"] / step)) + 1 if m["latency_s"] else 1
+    assert min(need - 1, loader.max_slots - 1) <= m["read_ahead"] <= loader.max_slots - 1  # -1: averages move
     assert m["staging_bytes"] <= loader.max_memory and m["storage_gbps"] > 0 and m["latency_s"] > 0
     fixed = DataLoader(shard_ds, 8, read_ahead=3)
     list(fixed)
