@@ -65,6 +65,13 @@ class Replica:
     url: str
     site: str = ""
     preference: int = 0
+    #: Backend options for ``open_store(url, **options)`` (endpoint, region...);
+    #: never credentials: those come from the environment.
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+#: Option names refused in mount tables (credentials belong in the environment).
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
 
     if not isinstance(spec, dict):
         return _raise(fail("", "a mount must be a table with 'url' or 'replicas'"))
-    known = {"url", "replicas", "primary", "read_only", "cache_dir", "cache_max_bytes", "cache_block_bytes"}
+    known = {"url", "options", "replicas", "primary", "read_only", "cache_dir", "cache_max_bytes", "cache_block_bytes"}
     for key in spec:
         if key not in known:
             raise fail(key, f"unknown key; known: {', '.join(sorted(known))}")
@@ -173,7 +180,7 @@ def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
     if "url" in spec:
         if not isinstance(spec["url"], str) or not spec["url"]:
             raise fail("url", "expected a non-empty string")
-        replicas.append(Replica(spec["url"]))
+        replicas.append(Replica(spec["url"], options=_options(spec.get("options", {}), lambda m: fail("options", m), 0)))
     else:
         reps = spec["replicas"]
         if not isinstance(reps, list) or not reps:
@@ -183,15 +190,15 @@ def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
                 r = {"url": r}
             if not isinstance(r, dict) or not isinstance(r.get("url"), str) or not r["url"]:
                 raise fail("replicas", f"entry {i}: expected a table with a string 'url'")
-            extra = set(r) - {"url", "site", "preference"}
+            extra = set(r) - {"url", "site", "preference", "options"}
             if extra:
-                raise fail("replicas", f"entry {i}: unknown key {sorted(extra)[0]!r}; known: url, site, preference")
+                raise fail("replicas", f"entry {i}: unknown key {sorted(extra)[0]!r}; known: url, site, preference, options")
             site, pref = r.get("site", ""), r.get("preference", i)
             if not isinstance(site, str):
                 raise fail("replicas", f"entry {i}: site must be a string")
             if not isinstance(pref, int) or isinstance(pref, bool):
                 raise fail("replicas", f"entry {i}: preference must be an integer")
-            replicas.append(Replica(r["url"], site, pref))
+            replicas.append(Replica(r["url"], site, pref, _options(r.get("options", {}), lambda m: fail("replicas", m), i)))
     primary, read_only = spec.get("primary", ""), spec.get("read_only", False)
     if not isinstance(primary, str):
         raise fail("primary", "expected a site name or replica url")
@@ -209,6 +216,16 @@ def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
     except InvalidArgumentError as e:
         msg = str(e)
         raise fail("primary" if "primary" in msg else "cache_max_bytes" if "cache" in msg else "url", msg) from None
+
+
+def _options(obj: Any, fail: Callable[[str], ConfigError], i: int) -> tuple[tuple[str, Any], ...]:
+    """Backend options of a replica, refusing anything that looks like a credential."""
+    if not isinstance(obj, dict):
+        raise fail(f"entry {i}: options must be a table (endpoint, region, ...)")
+    for k in obj:
+        if any(w in k.lower() for w in _SECRET_WORDS):
+            raise fail(f"entry {i}: option {k!r} looks like a credential; set it in the environment (AWS_*), not in a file")
+    return tuple(sorted(obj.items()))
 
 
 def _raise(e: Exception) -> Any:
@@ -533,15 +550,15 @@ def _mount_key(url: str, path: str) -> str:
     return validate_prefix(path) if path.endswith("/") else validate_key(path)
 
 
-def _default_opener(url: str) -> Store:
+def _default_opener(url: str, **options: Any) -> Store:
     """Local paths open a LocalStore directly; any other URL goes through the registry."""
-    if "://" not in url or url.startswith("file://"):
+    if ("://" not in url or url.startswith("file://")) and not options:
         from .local import LocalStore
 
         return LocalStore(url[len("file://") :] if url.startswith("file://") else url)
     from .registry import open_store
 
-    return open_store(url)
+    return open_store(url, **options)
 
 
 class Namespace:
@@ -558,7 +575,7 @@ class Namespace:
         mounts: Sequence[Mount] = (),
         *,
         environ: Mapping[str, str] | None = None,
-        opener: Callable[[str], Store] | None = None,
+        opener: Callable[..., Store] | None = None,
         local_site: str | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
@@ -592,7 +609,7 @@ class Namespace:
         if mount is None:
             known = ", ".join(sorted(self._mounts)) or "none"
             raise InvalidArgumentError(f"{key}: no such mount (known: {known}); see `storecomp mounts`")
-        stores = [self._opener(r.url) for r in mount.replicas]
+        stores = [self._opener(r.url, **dict(r.options)) if r.options else self._opener(r.url) for r in mount.replicas]
         st: Store
         if len(stores) == 1 and not mount.read_only:
             st = stores[0]

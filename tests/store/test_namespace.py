@@ -267,25 +267,18 @@ def test_toml_replicas_build_a_replicated_store(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- replicas on S3 (SeaweedFS)
 
 
-def test_s3_replica_failover(tmp_path: Path, running_seaweedfs: Any) -> None:
-    from storecomp.store import open_store
-    from storecomp.store.retry import RetryPolicy
-
-    fast = RetryPolicy(max_attempts=2, initial_backoff_s=0.05, max_backoff_s=0.2, deadline_s=3.0, connect_timeout_s=1.0)
-
+def test_s3_replica_failover(tmp_path: Path, running_seaweedfs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     sw = running_seaweedfs
+    for k, v in sw.env().items():  # credentials from the environment, never from the mount file
+        monkeypatch.setenv(k, v)
     good = sw.url()
-    opts = sw.store_options()
-    dead_opts = {**opts, "endpoint": "http://127.0.0.1:9"}  # nothing listens on the discard port
-
-    def opener(url: str) -> Store:
-        o = dead_opts if url.startswith("s3://dead-") else opts
-        real = url.replace("s3://dead-", "s3://")
-        return open_store(real, retry=fast, **o)
-
-    dead = good.replace("s3://", "s3://dead-")
-    mount = Mount("ds", (Replica(dead, "near", 0), Replica(good, "far", 1)), primary="far")
-    ns = Namespace([mount], environ={}, opener=opener)
+    text = (
+        '[mounts.ds]\nprimary = "far"\nreplicas = [\n'
+        f'  {{url = "{good}", site = "near", preference = 0, options = {{endpoint = "http://127.0.0.1:9"}}}},\n'
+        f'  {{url = "{good}", site = "far", preference = 1, options = {{endpoint = "{sw.endpoint}"}}}},\n]\n'
+        '[mounts.x]\nurl = "s3://b/p"\noptions = {endpoint = "http://127.0.0.1:9"}\n'
+    )
+    ns = Namespace(environ={"STORECOMP_MOUNTS": str(write_toml(tmp_path / "m.toml", text))})
     store, key = ns.resolve("sc://ds/a/obj")
     store.put(key, b"replicated")
     assert ns.open("sc://ds/a/obj").read() == b"replicated"  # the near replica is down: read from far
@@ -294,6 +287,9 @@ def test_s3_replica_failover(tmp_path: Path, running_seaweedfs: Any) -> None:
     assert not health[0]["healthy"] and health[1]["healthy"]
     assert "127.0.0.1:9" in health[0]["last_error"]
     assert [i.key for i in store.list("a/")] == ["a/obj"]
-    only_dead = Namespace([Mount("x", (Replica(dead),))], environ={}, opener=opener)
     with pytest.raises(StoreUnavailableError, match="127.0.0.1:9"):
-        only_dead.resolve("sc://x/a/obj")[0].get("a/obj")
+        ns.resolve("sc://x/a/obj")[0].get("a/obj")
+    bad = write_toml(tmp_path / "bad.toml", '[mounts.y]\nurl = "s3://b"\noptions = {secret_access_key = "x"}\n')
+    with pytest.raises(ConfigError, match="credential") as e:
+        load_mounts({"STORECOMP_MOUNTS": str(bad)})
+    assert 'x"' not in str(e.value)
