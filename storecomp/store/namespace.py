@@ -566,7 +566,7 @@ class Namespace:
 
     ``mounts``: mounts added on top of ``environ``'s table (see
     :func:`load_mounts`); ``environ=None`` reads ``os.environ``, ``{}``
-    ignores the environment. ``opener(url) -> Store`` opens one replica or
+    ignores the environment. ``opener(url, **options) -> Store`` opens one replica or
     root (default: :func:`storecomp.store.registry.open_store`).
     """
 
