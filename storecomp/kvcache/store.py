@@ -330,7 +330,7 @@ class KVCacheStore:
             if f.tier == "disk":
                 assert self.disk is not None
                 self.disk.unpin(f.key)
-            if f.index < good:
+            if f.index < good and len(f.checked) == self.fingerprint.layers:  # only fully verified chunks move up
                 f.buf.sealed = True
                 self.host.put(f.key, f.buf)
                 if f.tier == "shared" and self.disk is not None:

@@ -223,3 +223,16 @@ def test_two_stores_share_a_disk_directory(kvstore: Make, tmp_path: Path) -> Non
     assert reader.lookup(TOKENS) == 5 * CHUNK
     out = zeros_kv(len(TOKENS))
     assert reader.retrieve(TOKENS, out) == 5 * CHUNK and same_prefix(kv, out, 5 * CHUNK)
+
+
+def test_layerwise_stopped_early_promotes_nothing_unverified(kvstore: Make, tmp_path: Path) -> None:
+    kv = make_kv(len(TOKENS))
+    kvstore(disk_dir=tmp_path / "disk", write_through=True).store(TOKENS, kv)
+    s = kvstore(disk_dir=tmp_path / "disk")
+    gen = s.retrieve_layerwise(TOKENS, zeros_kv(len(TOKENS)))
+    assert next(gen) == (0, 5 * CHUNK)
+    gen.close()  # the caller stops after layer 0: layers 1 and 2 were never checked
+    assert not any(k in s.host for k in s._keys(TOKENS))
+    out = zeros_kv(len(TOKENS))
+    assert s.retrieve(TOKENS, out) == 5 * CHUNK and same_prefix(kv, out, 5 * CHUNK)
+    assert all(k in s.host for k in s._keys(TOKENS))
