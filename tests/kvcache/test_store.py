@@ -236,3 +236,17 @@ def test_layerwise_stopped_early_promotes_nothing_unverified(kvstore: Make, tmp_
     out = zeros_kv(len(TOKENS))
     assert s.retrieve(TOKENS, out) == 5 * CHUNK and same_prefix(kv, out, 5 * CHUNK)
     assert all(k in s.host for k in s._keys(TOKENS))
+
+
+def test_disk_entry_being_read_is_not_evicted(kvstore: Make, tmp_path: Path) -> None:
+    chunk_bytes = KVCacheStore(FP, chunk_tokens=CHUNK, host_bytes=0).layout.nbytes
+    s = kvstore(host_bytes=0, disk_dir=tmp_path / "disk", disk_bytes=chunk_bytes, write_through=True)
+    a, b = TOKENS[:CHUNK], TOKENS[CHUNK : 2 * CHUNK]
+    s.store(a, make_kv(CHUNK))
+    key = s._keys(a)[0]
+    assert s.disk is not None and s.disk.pin(key)  # as a reader does while its reads are in flight
+    s.store(b, make_kv(CHUNK, seed=1))
+    assert s.lookup(a) == CHUNK and s.lookup(b) == 0 and s.stats()["disk"]["skipped"] == 1
+    s.disk.unpin(key)
+    s.store(b, make_kv(CHUNK, seed=1))
+    assert s.lookup(b) == CHUNK and s.lookup(a) == 0 and s.stats()["disk"]["evictions"] == 1
