@@ -500,6 +500,7 @@ class DataLoader:
             "corrupt_skipped": int(m["corrupt_skipped"]),
             "batches_outside_staging": int(m["batches_outside_staging"]),
             "bottleneck": hint,
+            "tier": getattr(self.dataset.reader, "tier", "store"),
         }
 
     def reset_metrics(self) -> None:
