@@ -9,6 +9,7 @@ index, but its memory is reused only once every writer let go.
 from __future__ import annotations
 
 import collections
+import errno
 import mmap
 import os
 import threading
@@ -307,7 +308,8 @@ class DiskTier:
         t0 = time.perf_counter()
         try:
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            with self.engine.open(tmp, "w") as f:
+            _preallocate(tmp, n)
+            with self.engine.open(tmp, "r+") as f:
                 f.pwrite(data, 0)
                 f.sync()
             os.rename(tmp, final)
@@ -362,6 +364,20 @@ class DiskTier:
                 self.used -= size
         if delete:
             _unlink_quiet(self.path(key))
+
+
+def _preallocate(path: str, nbytes: int) -> None:
+    """Create ``path`` with its blocks reserved: a full disk fails here (ENOSPC) before any
+    write, and O_DIRECT writes inside the file size run in parallel (extending ones do not)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, nbytes)  # file systems without fallocate
+    finally:
+        os.close(fd)
 
 
 def _writer_alive(name: str) -> bool:
