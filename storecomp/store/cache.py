@@ -46,6 +46,7 @@ never cached.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -70,6 +71,7 @@ from ..errors import (
     ShortReadError,
     UnsupportedBufferError,
 )
+from ..io import File
 from ..io.buffers import as_buffer
 from .base import Capabilities, ObjectInfo, Store
 from .integrity import Checksums, read_verified
@@ -156,6 +158,17 @@ def _host_array(dst: Any) -> np.ndarray:
     return np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
 
 
+class _FileReader:
+    """``read_ranges`` over one open File, offsets shifted by ``base`` (the entry header)."""
+
+    def __init__(self, f: File, base: int) -> None:
+        self.f, self.base, self.url = f, base, f.path
+
+    def read_ranges(self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, *, exact: bool = True) -> np.ndarray:
+        offs = np.asarray(offsets, np.int64) + self.base
+        return self.f.read_many_into(dst, offs, lengths, dst_offsets, exact=exact).result()
+
+
 class _flock:
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -212,7 +225,8 @@ class CachedStore(Store):
         for sub in ("entries", "tmp", "locks"):
             (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
         self._local = LocalStore(self.cache_dir / "entries")
-        self._headers: dict[str, tuple[tuple[int, int, int], _Header]] = {}
+        self._headers: dict[str, tuple[tuple[int, int, int], _Header, File | None]] = {}
+        self._root_s = str(self.cache_dir / "entries")
         self._verified: OrderedDict[tuple[int, int, int], list[Any]] = OrderedDict()  # [checked chunks, unchecked count]
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -244,9 +258,10 @@ class CachedStore(Store):
         d = hashlib.sha256(f"{self.inner.url}\0{key}".encode()).hexdigest()[:40]
         return f"{d[:2]}/{d}" + ("" if block is None else f".b{block}")
 
-    def _header(self, ekey: str) -> _Header | None:
-        """The entry's header (memoised by inode), or None when the entry is absent."""
-        path = self._local.root / ekey
+    def _header(self, ekey: str) -> tuple[_Header, tuple[int, int, int]] | None:
+        """The entry's header (memoised by inode) and the inode's identity,
+        or None when the entry is absent."""
+        path = f"{self._root_s}/{ekey}"
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -270,13 +285,34 @@ class CachedStore(Store):
                 self._discard(ekey)
                 return None
             with self._lock:
-                self._headers[ekey] = (ident, hdr)
+                self._headers[ekey] = (ident, hdr, None)
         if time.time() - st.st_mtime > _TOUCH_INTERVAL_S:
             try:
                 os.utime(path)  # LRU: mtime is the last use
             except FileNotFoundError:
                 return None
-        return hdr
+        return hdr, ident
+
+    def _file(self, ekey: str, ident: tuple[int, int, int]) -> File:
+        """A read handle on exactly the inode ``ident`` of entry ``ekey``
+        (NotFoundError when the entry was replaced or removed meanwhile)."""
+        path = f"{self._root_s}/{ekey}"
+        with self._lock:
+            hit = self._headers.get(ekey)
+        if hit is not None and hit[0] == ident and hit[2] is not None and not hit[2].closed:
+            return hit[2]
+        try:
+            f = self._local.engine.open(path)
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise NotFoundError(errno.ENOENT, path, None, "open") from None
+        if (st.st_ino, st.st_dev, st.st_size) != ident:
+            raise NotFoundError(errno.ENOENT, path, None, "open (entry replaced)")
+        with self._lock:
+            hit = self._headers.get(ekey)
+            if hit is not None and hit[0] == ident:
+                self._headers[ekey] = (ident, hit[1], f)
+        return f
 
     def _discard(self, ekey: str) -> None:
         path = self._local.root / ekey
@@ -295,9 +331,9 @@ class CachedStore(Store):
         ekey = self._entry_key(key, block)
         stripe = int(ekey[:2], 16) % _STRIPES
         with _flock(self.cache_dir / "locks" / f"{stripe:02x}"):
-            hdr = self._header(ekey)  # another process may have filled it meanwhile
-            if hdr is not None:
-                return hdr
+            found = self._header(ekey)  # another process may have filled it meanwhile
+            if found is not None:
+                return found[0]
             info = self.inner.stat(key)
             if block is None:
                 if info.size > self.max_bytes:
@@ -400,38 +436,60 @@ class CachedStore(Store):
 
     # ------------------------------------------------------------ reads
 
-    def _entry(self, key: str, block: int | None) -> tuple[str, _Header] | None:
+    def _entry(self, key: str, block: int | None) -> tuple[str, _Header, tuple[int, int, int] | None] | None:
+        """(entry key, header, inode identity or None for a fresh fill) of ``key``'s
+        entry, filled from the inner store on a miss; None when it bypasses the cache."""
         ekey = self._entry_key(key, block)
-        hdr = self._header(ekey)
-        if hdr is not None and self.revalidate and hdr.meta.get("version") != self.inner.stat(key).version:
+        found = self._header(ekey)
+        if found is not None and self.revalidate and found[0].meta.get("version") != self.inner.stat(key).version:
             self._discard(ekey)
-            hdr = None
-        if hdr is None:
-            hdr = self._fill(key, block)
-        else:
+            found = None
+        if found is not None:
             self.stats.hits += 1
-        return None if hdr is None else (ekey, hdr)
+            return ekey, found[0], found[1]
+        hdr = self._fill(key, block)
+        return None if hdr is None else (ekey, hdr, None)
 
     def _read_entry(
-        self, ekey: str, hdr: _Header, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]
+        self,
+        ekey: str,
+        hdr: _Header,
+        ident: tuple[int, int, int] | None,
+        offs: list[int],
+        lens: list[int],
+        dst: np.ndarray,
+        douts: list[int],
     ) -> list[int]:
         """Read ranges of an entry's data into ``dst``, verified; bytes read per range
         (ranges are clipped at the end of the entry's data)."""
         if hdr.data_len == 0:
             return [0] * len(offs)
-        name = f"cache entry {self._local.root / ekey} ({hdr.meta.get('url')}/{hdr.meta.get('key')})"
+        name = f"cache entry {self._root_s}/{ekey} ({hdr.meta.get('url')}/{hdr.meta.get('key')})"
         if self.verify == "once":
-            return self._read_once(ekey, hdr, offs, lens, dst, douts, name)
+            if ident is None:  # just filled: find the inode it landed on
+                found = self._header(ekey)
+                if found is None:
+                    raise NotFoundError(errno.ENOENT, f"{self._root_s}/{ekey}", None, "open")
+                hdr, ident = found
+            return self._read_once(ekey, hdr, ident, offs, lens, dst, douts, name)
         got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len)
         return [int(g) for g in got]
 
     def _read_once(
-        self, ekey: str, hdr: _Header, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int], name: str
+        self,
+        ekey: str,
+        hdr: _Header,
+        ident: tuple[int, int, int],
+        offs: list[int],
+        lens: list[int],
+        dst: np.ndarray,
+        douts: list[int],
+        name: str,
     ) -> list[int]:
         """``verify="once"``: chunks this process has not checked yet (per entry
-        inode) are read verified; chunks already checked are read plainly."""
-        st = os.stat(self._local.root / ekey)
-        ident = (st.st_ino, st.st_dev, st.st_size)
+        inode) are read verified; chunks already checked are read plainly. All
+        reads go through one handle on that very inode."""
+        f = self._file(ekey, ident)
         with self._lock:
             state = self._verified.get(ident)
             if state is None:
@@ -441,37 +499,32 @@ class CachedStore(Store):
             else:
                 self._verified.move_to_end(ident)
         seen, unchecked = state
-        c, size = hdr.sums.chunk_bytes, hdr.data_len
-        ns = [max(0, min(n, size - o)) for o, n in zip(offs, lens, strict=True)]
-        if unchecked == 0:  # every chunk of this entry file was checked already
-            check, plain = [], [i for i, n in enumerate(ns) if n]
+        c, size, base = hdr.sums.chunk_bytes, hdr.data_len, hdr.header_len
+        o_arr = np.asarray(offs, np.int64)
+        n_arr = np.clip(np.minimum(np.asarray(lens, np.int64), size - o_arr), 0, None)
+        d_arr = np.asarray(douts, np.int64)
+        if unchecked == 0:  # every chunk of this inode was checked already: one plain batched read
+            live = n_arr > 0
+            plain_o, plain_n, plain_d = o_arr[live], n_arr[live], d_arr[live]
         else:
+            ns = n_arr.tolist()
             check = [i for i, n in enumerate(ns) if n and not seen[offs[i] // c : -(-(offs[i] + n) // c)].all()]
-            checking = set(check)
-            plain = [i for i, n in enumerate(ns) if n and i not in checking]
-        if check:
-            read_verified(
-                self._local,
-                ekey,
-                hdr.sums,
-                [offs[i] for i in check],
-                [ns[i] for i in check],
-                dst,
-                [douts[i] for i in check],
-                name=name,
-                base=hdr.header_len,
-            )
-            for i in check:
-                seen[offs[i] // c : -(-(offs[i] + ns[i]) // c)] = True
-            state[1] = int(len(seen) - np.count_nonzero(seen))
-        if plain:
+            if check:
+                reader = _FileReader(f, base)
+                co, cn, cd = [offs[i] for i in check], [ns[i] for i in check], [douts[i] for i in check]
+                read_verified(reader, ekey, hdr.sums, co, cn, dst, cd, name=name)
+                for o, n in zip(co, cn, strict=True):
+                    seen[o // c : -(-(o + n) // c)] = True
+                state[1] = int(len(seen) - np.count_nonzero(seen))
+            mask = n_arr > 0
+            mask[check] = False
+            plain_o, plain_n, plain_d = o_arr[mask], n_arr[mask], d_arr[mask]
+        if plain_o.size:
             try:
-                self._local.read_ranges(
-                    ekey, [hdr.header_len + offs[i] for i in plain], [ns[i] for i in plain], dst, [douts[i] for i in plain]
-                )
+                f.read_many_into(dst, plain_o + base, plain_n, plain_d, exact=True).result()
             except ShortReadError as e:
                 raise CorruptDataError(f"{name}: truncated ({e})") from None
-        return ns
+        return n_arr.tolist()
 
     def _read_block(
         self, key: str, block: int | None, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]
@@ -485,9 +538,9 @@ class CachedStore(Store):
                 got = self.inner.read_ranges(key, offs, lens, dst, douts, exact=False)
                 self.stats.bytes_from_inner += int(got.sum())
                 return [int(g) for g in got]
-            ekey, hdr = ent
+            ekey, hdr, ident = ent
             try:
-                out = self._read_entry(ekey, hdr, offs, lens, dst, douts)
+                out = self._read_entry(ekey, hdr, ident, offs, lens, dst, douts)
             except (CorruptDataError, NotFoundError):
                 self.stats.corrupt_discarded += 1
                 self._discard(ekey)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import google_crc32c
 import numpy as np
@@ -159,8 +159,18 @@ def load_checksums(store: Store, key: str) -> Checksums:
     return Checksums.from_bytes(store.get(sidecar_key(key)), f"{store.url}/{sidecar_key(key)}")
 
 
+class RangeReader(Protocol):
+    """What :func:`read_verified` reads through: a Store, or anything with its ``read_ranges``."""
+
+    url: str
+
+    def read_ranges(
+        self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, *, exact: bool = True
+    ) -> np.ndarray: ...
+
+
 def read_verified(
-    store: Store,
+    store: RangeReader,
     key: str,
     sums: Checksums,
     offsets: Sequence[int],
@@ -215,7 +225,7 @@ def read_verified(
     return out
 
 
-def _read(store: Store, key: str, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int], label: str) -> None:
+def _read(store: RangeReader, key: str, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int], label: str) -> None:
     try:
         store.read_ranges(key, offs, lens, dst, douts, exact=True)
     except ShortReadError as e:
