@@ -30,7 +30,7 @@ from ..errors import ConflictError, CorruptDataError, InvalidArgumentError, NotF
 from .base import Store
 from .integrity import DEFAULT_CHUNK_BYTES, Checksums, read_verified, sidecar_key
 from .keys import payload_view, validate_key
-from .namespace import primary_of
+from .replicas import primary_of
 
 MANIFEST_FORMAT = "storecomp.manifest/1"
 _HEX = frozenset("0123456789abcdef")
