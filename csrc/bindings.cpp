@@ -59,8 +59,12 @@ class HostBuffer {
   HostBuffer& operator=(const HostBuffer&) = delete;
   uintptr_t address() const { return reinterpret_cast<uintptr_t>(ptr_); }
   uint64_t nbytes() const { return nbytes_; }
-  // Touches every page so that first use does not pay page faults.
+  // Maps every page now so that first use does not pay page faults: one
+  // madvise(MADV_POPULATE_WRITE) (Linux 5.14+), else a touch per page.
   void prefault() {
+#ifdef MADV_POPULATE_WRITE
+    if (::madvise(ptr_, nbytes_, MADV_POPULATE_WRITE) == 0) return;
+#endif
     for (uint64_t i = 0; i < nbytes_; i += 4096) ptr_[i] = 0;
   }
   uint8_t* ptr_ = nullptr;
