@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             if peer.startswith("storecomp"):
                 counts = [0]
             else:
-                counts = args.torch_workers if peer == "torch" else args.workers
+                counts = args.torch_workers if peer.startswith("torch") else args.workers
             cases.extend((peer, w) for w in counts)
         if args.tiny:  # the smoke run: project-Python cases share one process (one torch import)
             shared = [c for c in cases if PEERS[c[0]][1] == "project"]

@@ -13,7 +13,9 @@ Layouts under ``DIR/<format>/``:
   ``storecomp-rand``: ``shuffle_block=1``, a uniform permutation like the
   torch sampler's);
 * ``npy``: ``x.npy`` (n, 65536) uint8 and ``label.npy``, read by a torch
-  ``Dataset`` over ``np.load(mmap_mode="r")`` and ``torch.utils.data.DataLoader``;
+  ``Dataset`` and ``torch.utils.data.DataLoader`` (``torch``: samples copied
+  out of ``np.load(mmap_mode="r")``, the baseline issue 5 names;
+  ``torch-pread``: one ``os.preadv`` per sample into a fresh array);
 * ``mosaic``: MDS shards (``streaming.MDSWriter``), ``streaming.StreamingDataset``;
 * ``litdata``: ``litdata.optimize`` chunks, ``litdata.StreamingDataset``;
 * ``wds``: WebDataset tar shards (``webdataset.ShardWriter``), ``webdataset.WebDataset``
@@ -37,6 +39,7 @@ PEERS: dict[str, tuple[str, str, str]] = {
     "storecomp": ("storecomp", "project", "storecomp.data"),
     "storecomp-rand": ("storecomp", "project", "storecomp.data"),
     "torch": ("npy", "project", "torch"),
+    "torch-pread": ("npy", "project", "torch"),
     "mosaic": ("mosaic", "venv", "streaming"),
     "litdata": ("litdata", "venv", "litdata"),
     "wds": ("wds", "venv", "webdataset"),
@@ -137,7 +140,9 @@ def open_peer(peer: str, path: str, workers: int, seed: int) -> Opened:
     """(pass factory, batch counter) for ``peer`` reading the data under ``path``."""
     if peer in ("storecomp", "storecomp-rand"):
         return _open_storecomp(path, workers, seed, peer == "storecomp-rand")
-    return {"torch": _open_torch, "mosaic": _open_mosaic, "litdata": _open_litdata, "wds": _open_wds}[peer](path, workers, seed)
+    if peer in ("torch", "torch-pread"):
+        return _open_torch(path, workers, seed, peer == "torch-pread")
+    return {"mosaic": _open_mosaic, "litdata": _open_litdata, "wds": _open_wds}[peer](path, workers, seed)
 
 
 def _open_storecomp(path: str, workers: int, seed: int, uniform: bool) -> Opened:
@@ -165,12 +170,17 @@ def _bytes_batch(xs: list[bytes], labels: list[int]) -> tuple[Any, Any]:
 class _NpySamples:
     """A torch map-style Dataset over the .npy memmap: one sample = one copy out of the mapping."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, pread: bool = False) -> None:
         import numpy as np
 
         self.path = path
+        self.pread = pread
         self.labels = np.load(os.path.join(path, "label.npy"))
+        x = np.load(os.path.join(path, "x.npy"), mmap_mode="r")
+        self.header = int(x.offset)
+        del x
         self._x: Any = None
+        self._fd = -1
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -179,18 +189,25 @@ class _NpySamples:
         import numpy as np
         import torch
 
-        if self._x is None:  # opened lazily in each worker process
+        if self.pread:
+            if self._fd < 0:  # opened lazily in each worker process
+                self._fd = os.open(os.path.join(self.path, "x.npy"), os.O_RDONLY)
+            out = np.empty(SAMPLE_BYTES, np.uint8)
+            if os.preadv(self._fd, [out], self.header + i * SAMPLE_BYTES) != SAMPLE_BYTES:
+                raise OSError(f"short read of sample {i} in {self.path}/x.npy")
+            return torch.from_numpy(out), int(self.labels[i])
+        if self._x is None:
             self._x = np.load(os.path.join(self.path, "x.npy"), mmap_mode="r")
         return torch.from_numpy(np.array(self._x[i])), int(self.labels[i])
 
 
-def _open_torch(path: str, workers: int, seed: int) -> Opened:
+def _open_torch(path: str, workers: int, seed: int, pread: bool) -> Opened:
     import torch
 
     g = torch.Generator()
     g.manual_seed(seed)
     loader = torch.utils.data.DataLoader(
-        _NpySamples(path), batch_size=BATCH, shuffle=True, num_workers=workers, generator=g, persistent_workers=workers > 0
+        _NpySamples(path, pread), batch_size=BATCH, shuffle=True, num_workers=workers, generator=g, persistent_workers=workers > 0
     )
     return (lambda: loader), _count_pair
 

@@ -30,7 +30,7 @@ def test_tiny_in_environment_loaders_run_and_missing_peers_are_skipped(tmp_path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     ran = {(r["peer"], r["workers"]) for r in doc["results"]}
-    assert ran == {("storecomp", 0), ("storecomp-rand", 0), ("torch", 0), ("torch", 2)}
+    assert ran == {("storecomp", 0), ("storecomp-rand", 0), ("torch", 0), ("torch", 2), ("torch-pread", 0), ("torch-pread", 2)}
     for r in doc["results"]:
         assert "error" not in r, r
         assert r["samples"] > 0 and r["samples_per_s"] > 0 and r["files_evicted"] > 0
