@@ -14,10 +14,10 @@ Layout of ``cache_dir``::
     locks/<nn>                 fill locks (256 stripes: one fetch per entry at a time)
     state.lock, usage          byte accounting and eviction
 
-Entry file: a header, padded to a multiple of 4096 bytes (so the data stays
-O_DIRECT-aligned), then the data::
+Entry file (format in cache_entry.py): a header, padded to a multiple of
+4096 bytes (so the data stays O_DIRECT-aligned), then the data::
 
-    magic b"SCCACHE1", u32 header_len, u32 meta_len, u64 data_len,
+    magic b"SCACHE01", u32 header_len, u32 meta_len, u64 data_len,
     u64 chunk_bytes, u32 n, meta JSON {url, key, version, size, block},
     n x u32 crc32c (one per chunk of the data), u32 crc32c of all the above
 
@@ -45,13 +45,9 @@ never cached.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import hashlib
-import json
 import os
-import struct
 import threading
 import time
 import uuid
@@ -61,7 +57,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numpy as np
 
 from ..errors import (
@@ -69,29 +64,27 @@ from ..errors import (
     InvalidArgumentError,
     NotFoundError,
     ShortReadError,
-    UnsupportedBufferError,
 )
 from ..io import File
 from ..io.buffers import as_buffer
 from .base import Capabilities, ObjectInfo, Store
+from .cache_entry import (
+    ALIGN,
+    Done,
+    FileLock,
+    FileReader,
+    Header,
+    decode_header,
+    encode_header,
+    host_array,
+)
 from .integrity import Checksums, read_verified
 from .keys import validate_key
 from .local import LocalStore
 
-_MAGIC = b"SCACHE01"
-_FIXED = struct.Struct("<8sIIQQI")
-_ALIGN = 4096
 _STRIPES = 256
 _TOUCH_INTERVAL_S = 1.0
 _MAX_VERIFIED_ENTRIES = 1 << 16  # verify="once": entries whose checked chunks a process remembers
-
-
-@dataclass(frozen=True)
-class _Header:
-    header_len: int
-    data_len: int
-    sums: Checksums
-    meta: dict[str, Any]
 
 
 @dataclass
@@ -104,82 +97,6 @@ class CacheStats:
     bytes_from_inner: int = 0
     evictions: int = 0
     corrupt_discarded: int = 0
-
-
-class _Done:
-    """A finished RangeFuture (CachedStore reads complete before returning)."""
-
-    def __init__(self, value: np.ndarray) -> None:
-        self._value = value
-
-    def done(self) -> bool:
-        return True
-
-    def result(self, timeout: float | None = None) -> np.ndarray:
-        return self._value
-
-
-def _encode_header(data_len: int, sums: Checksums, meta: dict[str, Any]) -> bytes:
-    mj = json.dumps(meta, sort_keys=True).encode()
-    body_len = _FIXED.size + len(mj) + 4 * len(sums.crcs) + 4
-    header_len = -(-body_len // _ALIGN) * _ALIGN
-    body = _FIXED.pack(_MAGIC, header_len, len(mj), data_len, sums.chunk_bytes, len(sums.crcs)) + mj
-    body += struct.pack(f"<{len(sums.crcs)}I", *sums.crcs)
-    body += struct.pack("<I", google_crc32c.value(body))
-    return body + b"\0" * (header_len - len(body))
-
-
-def _decode_header(raw: bytes, name: str) -> _Header:
-    if len(raw) < _FIXED.size:
-        raise CorruptDataError(f"{name}: cache entry header truncated")
-    magic, header_len, meta_len, data_len, chunk, n = _FIXED.unpack_from(raw)
-    if magic != _MAGIC:
-        raise CorruptDataError(f"{name}: not a cache entry (magic {magic!r})")
-    end = _FIXED.size + meta_len + 4 * n
-    if end + 4 > min(len(raw), header_len):
-        raise CorruptDataError(f"{name}: cache entry header truncated")
-    (own,) = struct.unpack_from("<I", raw, end)
-    if own != google_crc32c.value(raw[:end]):
-        raise CorruptDataError(f"{name}: cache entry header fails its crc32c")
-    meta = json.loads(raw[_FIXED.size : _FIXED.size + meta_len])
-    crcs = struct.unpack_from(f"<{n}I", raw, _FIXED.size + meta_len)
-    return _Header(header_len, data_len, Checksums(data_len, chunk, crcs), meta)
-
-
-def _host_array(dst: Any) -> np.ndarray:
-    """A flat writable uint8 view of host memory ``dst``."""
-    if isinstance(dst, np.ndarray) and dst.dtype == np.uint8 and dst.ndim == 1 and dst.flags.writeable:
-        return dst
-    ref = as_buffer(dst, writable=True)
-    if ref.is_cuda:
-        raise UnsupportedBufferError("internal: CUDA destinations go through CachedStore._to_device")
-    if ref.nbytes == 0:
-        return np.empty(0, np.uint8)
-    return np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
-
-
-class _FileReader:
-    """``read_ranges`` over one open File, offsets shifted by ``base`` (the entry header)."""
-
-    def __init__(self, f: File, base: int) -> None:
-        self.f, self.base, self.url = f, base, f.path
-
-    def read_ranges(self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, *, exact: bool = True) -> np.ndarray:
-        offs = np.asarray(offsets, np.int64) + self.base
-        return self.f.read_many_into(dst, offs, lengths, dst_offsets, exact=exact).result()
-
-
-class _flock:
-    def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-
-    def __enter__(self) -> int:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self._fd
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
 
 
 class CachedStore(Store):
@@ -207,10 +124,10 @@ class CachedStore(Store):
     ) -> None:
         if max_bytes <= 0:
             raise InvalidArgumentError(f"max_bytes must be positive, got {max_bytes}")
-        if block_bytes is not None and (block_bytes <= 0 or block_bytes % _ALIGN):
-            raise InvalidArgumentError(f"block_bytes must be a positive multiple of {_ALIGN}, got {block_bytes}")
-        if chunk_bytes <= 0 or chunk_bytes % _ALIGN:
-            raise InvalidArgumentError(f"chunk_bytes must be a positive multiple of {_ALIGN}, got {chunk_bytes}")
+        if block_bytes is not None and (block_bytes <= 0 or block_bytes % ALIGN):
+            raise InvalidArgumentError(f"block_bytes must be a positive multiple of {ALIGN}, got {block_bytes}")
+        if chunk_bytes <= 0 or chunk_bytes % ALIGN:
+            raise InvalidArgumentError(f"chunk_bytes must be a positive multiple of {ALIGN}, got {chunk_bytes}")
         if verify not in ("always", "once"):
             raise InvalidArgumentError(f"verify must be 'always' or 'once', got {verify!r}")
         self.inner = inner
@@ -225,13 +142,13 @@ class CachedStore(Store):
         for sub in ("entries", "tmp", "locks"):
             (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
         self._local = LocalStore(self.cache_dir / "entries")
-        self._headers: dict[str, tuple[tuple[int, int, int], _Header, File | None]] = {}
+        self._headers: dict[str, tuple[tuple[int, int, int], Header, File | None]] = {}
         self._root_s = str(self.cache_dir / "entries")
         self._verified: OrderedDict[tuple[int, int, int], list[Any]] = OrderedDict()  # [checked chunks, unchecked count]
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._sweep_tmp()
-        with _flock(self.cache_dir / "state.lock"):
+        with FileLock(self.cache_dir / "state.lock"):
             self._write_usage(self._scan()[0])
 
     # ------------------------------------------------------------ properties
@@ -258,7 +175,7 @@ class CachedStore(Store):
         d = hashlib.sha256(f"{self.inner.url}\0{key}".encode()).hexdigest()[:40]
         return f"{d[:2]}/{d}" + ("" if block is None else f".b{block}")
 
-    def _header(self, ekey: str) -> tuple[_Header, tuple[int, int, int]] | None:
+    def _header(self, ekey: str) -> tuple[Header, tuple[int, int, int]] | None:
         """The entry's header (memoised by inode) and the inode's identity,
         or None when the entry is absent."""
         path = f"{self._root_s}/{ekey}"
@@ -274,9 +191,9 @@ class CachedStore(Store):
         else:
             try:
                 raw = self._local.get(ekey, 0, min(st.st_size, 1 << 20))
-                hdr = _decode_header(raw, str(path))
+                hdr = decode_header(raw, str(path))
                 if hdr.header_len > len(raw):
-                    hdr = _decode_header(self._local.get(ekey, 0, hdr.header_len), str(path))
+                    hdr = decode_header(self._local.get(ekey, 0, hdr.header_len), str(path))
                 if hdr.header_len + hdr.data_len != st.st_size:
                     raise CorruptDataError(f"{path}: cache entry has {st.st_size} bytes, header says more or less")
             except NotFoundError:
@@ -325,12 +242,12 @@ class CachedStore(Store):
             return
         self._account(-size)
 
-    def _fill(self, key: str, block: int | None) -> _Header | None:
+    def _fill(self, key: str, block: int | None) -> Header | None:
         """Fetch ``key`` (or one block) from the inner store into the cache;
         None when it bypasses the cache (larger than the budget)."""
         ekey = self._entry_key(key, block)
         stripe = int(ekey[:2], 16) % _STRIPES
-        with _flock(self.cache_dir / "locks" / f"{stripe:02x}"):
+        with FileLock(self.cache_dir / "locks" / f"{stripe:02x}"):
             found = self._header(ekey)  # another process may have filled it meanwhile
             if found is not None:
                 return found[0]
@@ -348,7 +265,7 @@ class CachedStore(Store):
                 if n == 0:  # past the end of the object: nothing to cache
                     self._sizes[key] = info.size
                     meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size}
-                    return _Header(0, 0, Checksums(0, self.chunk_bytes, ()), {**meta, "block": block})
+                    return Header(0, 0, Checksums(0, self.chunk_bytes, ()), {**meta, "block": block})
                 data = np.empty(n, np.uint8)
                 if n:
                     self.inner.read_ranges(key, [start], [n], data, [0])
@@ -357,7 +274,7 @@ class CachedStore(Store):
             self.stats.bytes_from_inner += data.size
             sums = Checksums.compute(data, self.chunk_bytes)
             meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size, "block": block}
-            header = _encode_header(data.size, sums, meta)
+            header = encode_header(data.size, sums, meta)
             tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}"
             final = self._local.root / ekey
             try:
@@ -377,7 +294,7 @@ class CachedStore(Store):
                 except FileNotFoundError:
                     pass
             self._account(len(header) + data.size)
-            return _Header(len(header), data.size, sums, meta)
+            return Header(len(header), data.size, sums, meta)
 
     # ------------------------------------------------------------ accounting
 
@@ -407,7 +324,7 @@ class CachedStore(Store):
         return sum(n for _, n, _ in found), found
 
     def _account(self, delta: int) -> None:
-        with _flock(self.cache_dir / "state.lock"):
+        with FileLock(self.cache_dir / "state.lock"):
             total = self._read_usage() + delta
             if total > self.max_bytes:
                 total, found = self._scan()
@@ -436,7 +353,7 @@ class CachedStore(Store):
 
     # ------------------------------------------------------------ reads
 
-    def _entry(self, key: str, block: int | None) -> tuple[str, _Header, tuple[int, int, int] | None] | None:
+    def _entry(self, key: str, block: int | None) -> tuple[str, Header, tuple[int, int, int] | None] | None:
         """(entry key, header, inode identity or None for a fresh fill) of ``key``'s
         entry, filled from the inner store on a miss; None when it bypasses the cache."""
         ekey = self._entry_key(key, block)
@@ -453,7 +370,7 @@ class CachedStore(Store):
     def _read_entry(
         self,
         ekey: str,
-        hdr: _Header,
+        hdr: Header,
         ident: tuple[int, int, int] | None,
         offs: list[int],
         lens: list[int],
@@ -478,7 +395,7 @@ class CachedStore(Store):
     def _read_once(
         self,
         ekey: str,
-        hdr: _Header,
+        hdr: Header,
         ident: tuple[int, int, int],
         offs: list[int],
         lens: list[int],
@@ -510,7 +427,7 @@ class CachedStore(Store):
             ns = n_arr.tolist()
             check = [i for i, n in enumerate(ns) if n and not seen[offs[i] // c : -(-(offs[i] + n) // c)].all()]
             if check:
-                reader = _FileReader(f, base)
+                reader = FileReader(f, base)
                 co, cn, cd = [offs[i] for i in check], [ns[i] for i in check], [douts[i] for i in check]
                 read_verified(reader, ekey, hdr.sums, co, cn, dst, cd, name=name)
                 for o, n in zip(co, cn, strict=True):
@@ -560,13 +477,13 @@ class CachedStore(Store):
         dst_offsets: Sequence[int] | np.ndarray,
         *,
         exact: bool = True,
-    ) -> _Done:
+    ) -> Done:
         """Read ranges (synchronously; the returned future is already done).
         CUDA destinations are filled through a host bounce buffer."""
         validate_key(key)
         if not isinstance(dst, np.ndarray) and as_buffer(dst, writable=True).is_cuda:
             return self._to_device(key, offsets, lengths, dst, dst_offsets, exact)
-        arr = _host_array(dst)
+        arr = host_array(dst)
         offs, lens, douts = (np.asarray(x, np.int64).reshape(-1) for x in (offsets, lengths, dst_offsets))
         if not (len(offs) == len(lens) == len(douts)):
             raise InvalidArgumentError("offsets, lengths and dst_offsets differ in length")
@@ -601,9 +518,9 @@ class CachedStore(Store):
         if exact:
             for i in np.flatnonzero(out < lens.astype(np.uint64)).tolist():
                 raise ShortReadError(f"{self.url}/{key}", ol[i], ll[i], int(out[i]))
-        return _Done(out)
+        return Done(out)
 
-    def _to_device(self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, exact: bool) -> _Done:
+    def _to_device(self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, exact: bool) -> Done:
         """Verified reads into host memory, then one copy per range to the CUDA ``dst``."""
         from ..io.cuda import import_torch
         from ..io.paths import _flat_u8
@@ -621,7 +538,7 @@ class CachedStore(Store):
         for p, d, n in zip(places.tolist(), douts.tolist(), got.tolist(), strict=True):
             if n:
                 flat[d : d + n].copy_(torch.from_numpy(scratch[p : p + n]))
-        return _Done(got)
+        return Done(got)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if length is None:

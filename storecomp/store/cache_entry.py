@@ -1,0 +1,111 @@
+"""Cache entry files of :mod:`storecomp.store.cache`: the header format, and the
+small helpers the cache reads with (host views, pinned-file readers, flock)."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import numpy as np
+
+from ..errors import CorruptDataError, UnsupportedBufferError
+from ..io import File
+from ..io.buffers import as_buffer
+from .integrity import Checksums
+
+MAGIC = b"SCACHE01"
+_FIXED = struct.Struct("<8sIIQQI")
+ALIGN = 4096
+
+
+@dataclass(frozen=True)
+class Header:
+    """A decoded entry header: its length, the data length (bytes), checksums, meta."""
+
+    header_len: int
+    data_len: int
+    sums: Checksums
+    meta: dict[str, Any]
+
+
+class Done:
+    """A finished RangeFuture (CachedStore reads complete before returning)."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self._value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        return self._value
+
+
+def encode_header(data_len: int, sums: Checksums, meta: dict[str, Any]) -> bytes:
+    mj = json.dumps(meta, sort_keys=True).encode()
+    body_len = _FIXED.size + len(mj) + 4 * len(sums.crcs) + 4
+    header_len = -(-body_len // ALIGN) * ALIGN
+    body = _FIXED.pack(MAGIC, header_len, len(mj), data_len, sums.chunk_bytes, len(sums.crcs)) + mj
+    body += struct.pack(f"<{len(sums.crcs)}I", *sums.crcs)
+    body += struct.pack("<I", google_crc32c.value(body))
+    return body + b"\0" * (header_len - len(body))
+
+
+def decode_header(raw: bytes, name: str) -> Header:
+    if len(raw) < _FIXED.size:
+        raise CorruptDataError(f"{name}: cache entry header truncated")
+    magic, header_len, meta_len, data_len, chunk, n = _FIXED.unpack_from(raw)
+    if magic != MAGIC:
+        raise CorruptDataError(f"{name}: not a cache entry (magic {magic!r})")
+    end = _FIXED.size + meta_len + 4 * n
+    if end + 4 > min(len(raw), header_len):
+        raise CorruptDataError(f"{name}: cache entry header truncated")
+    (own,) = struct.unpack_from("<I", raw, end)
+    if own != google_crc32c.value(raw[:end]):
+        raise CorruptDataError(f"{name}: cache entry header fails its crc32c")
+    meta = json.loads(raw[_FIXED.size : _FIXED.size + meta_len])
+    crcs = struct.unpack_from(f"<{n}I", raw, _FIXED.size + meta_len)
+    return Header(header_len, data_len, Checksums(data_len, chunk, crcs), meta)
+
+
+def host_array(dst: Any) -> np.ndarray:
+    """A flat writable uint8 view of host memory ``dst``."""
+    if isinstance(dst, np.ndarray) and dst.dtype == np.uint8 and dst.ndim == 1 and dst.flags.writeable:
+        return dst
+    ref = as_buffer(dst, writable=True)
+    if ref.is_cuda:
+        raise UnsupportedBufferError("internal: CUDA destinations go through CachedStore._to_device")
+    if ref.nbytes == 0:
+        return np.empty(0, np.uint8)
+    return np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
+
+
+class FileReader:
+    """``read_ranges`` over one open File, offsets shifted by ``base`` (the entry header)."""
+
+    def __init__(self, f: File, base: int) -> None:
+        self.f, self.base, self.url = f, base, f.path
+
+    def read_ranges(self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, *, exact: bool = True) -> np.ndarray:
+        offs = np.asarray(offsets, np.int64) + self.base
+        return self.f.read_many_into(dst, offs, lengths, dst_offsets, exact=exact).result()
+
+
+class FileLock:
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def __enter__(self) -> int:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self._fd
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
