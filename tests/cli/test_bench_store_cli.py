@@ -41,7 +41,7 @@ def _check_local(figs: dict[str, dict]) -> None:
 
 
 def test_store_is_a_suite_after_read() -> None:
-    assert SUITES.index("store") == SUITES.index("read") + 1
+    assert SUITES.index("store") > SUITES.index("read")
 
 
 @needs_weed
