@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 #: Suites in the order ``storecomp bench all`` runs them.
-SUITES = ("read", "store")
+SUITES = ("read", "kvcache", "store")
 
 
 @dataclass(frozen=True)
