@@ -30,6 +30,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -49,6 +50,17 @@ from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 _TMP = RESERVED_PREFIX + "tmp-"
 _LOCK = RESERVED_PREFIX + "lock."
 _MAX_CACHED_FILES = 128
+
+
+def _unique_mtime_ns() -> int:
+    """Now to the second, with 30 random bits below it.
+
+    Every published file gets one, so a version token (below) never repeats
+    even when a new file reuses a freed inode with the same size within one
+    clock tick (the file system's coarse mtime would repeat, and a stale
+    compare-and-swap would then win: an ABA lost update).
+    """
+    return time.time_ns() // 1_000_000_000 * 1_000_000_000 + secrets.randbelow(1_000_000_000)
 
 
 def version_of(st: os.stat_result) -> str:
@@ -150,6 +162,7 @@ class LocalStore(Store):
                 done = 0
                 while done < len(view):
                     done += os.write(fd, view[done : done + (64 << 20)])
+                os.utime(fd, ns=(stamp := _unique_mtime_ns(), stamp))
                 os.fsync(fd)
             finally:
                 os.close(fd)
