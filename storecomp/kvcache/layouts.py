@@ -142,6 +142,11 @@ class PagedLayout(KVLayout):
         device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
         self.block_ids = torch.as_tensor(block_ids, dtype=torch.long).reshape(-1).to(device)
         self.tokens = int(self.block_ids.numel()) * block_size
+        # On the CPU, blocks move as runs of consecutive ids (one memcpy per run):
+        # faster than index_copy_ (about half of memcpy) and no slower than index_select.
+        self._ids = self.block_ids.tolist() if device.type == "cpu" else None
+        self._run_cache: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+        self._np_layers: dict[int, tuple[Any, Any] | None] = {}
 
     def check(self, fp: ModelFingerprint) -> None:
         if len(self.caches) != fp.layers:
@@ -171,27 +176,97 @@ class PagedLayout(KVLayout):
         c = self.caches[layer]
         return (c[:, 0], c[:, 1]) if self.combined else (c[0], c[1])
 
+    def _runs(self, start: int, n: int) -> list[tuple[int, int, int]]:
+        """``(row, first block id, blocks)`` per run of consecutive block ids in the token range (cached)."""
+        runs = self._run_cache.get((start, n))
+        if runs is not None:
+            return runs
+        self._blocks(start, n)  # range check
+        b0 = start // self.block_size
+        ids = self._ids[b0 : b0 + n // self.block_size]  # type: ignore[index]
+        runs, i = [], 0
+        while i < len(ids):
+            j = i + 1
+            while j < len(ids) and ids[j] == ids[j - 1] + 1:
+                j += 1
+            runs.append((i, ids[i], j - i))
+            i = j
+        self._run_cache[(start, n)] = runs
+        return runs
+
+    def _np_cache(self, layer: int) -> tuple[Any, Any] | None:
+        """uint8 numpy row views ``[blocks, block bytes]`` of layer's K and V (cached), or None."""
+        if layer not in self._np_layers:
+            k, v = (_np_rows(t) for t in self._kv(layer))
+            self._np_layers[layer] = None if k is None or v is None else (k, v)
+        return self._np_layers[layer]
+
+    def _fast(self, layer: int, start: int, payload: torch.Tensor) -> tuple[Any, Any, Any, int] | None:
+        """(K rows, V rows, payload rows [2 * blocks, block bytes], blocks) for the CPU copy path, or None."""
+        if self._ids is None or payload.device.type != "cpu":
+            return None
+        nb = payload.shape[1] // self.block_size
+        cache = self._np_cache(layer)
+        rows = _np_rows(payload, 2 * nb) if payload.shape[1] % self.block_size == 0 else None
+        if cache is None or rows is None:
+            return None
+        return cache[0], cache[1], rows, nb
+
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
         n = dst.shape[1]
+        fast = self._fast(layer, start, dst)
+        if fast is not None:
+            runs = self._runs(start, n)
+            if len(runs) * 2 <= len(self._ids[start // self.block_size : (start + n) // self.block_size]):  # type: ignore[index]
+                # Mostly consecutive blocks: one memcpy per run. (Scattered blocks go
+                # through index_select below, which copies single rows faster.)
+                k, v, out, nb = fast
+                for row, bid, cnt in runs:
+                    out[row : row + cnt] = k[bid : bid + cnt]
+                    out[nb + row : nb + row + cnt] = v[bid : bid + cnt]
+                return
         ids = self._blocks(start, n)
-        for src, part in zip(self._kv(layer), (dst[0], dst[1]), strict=True):
+        for src, part_t in zip(self._kv(layer), (dst[0], dst[1]), strict=True):
             # Blocks as flat rows: torch's 2-D index_select copies whole rows (memcpy
             # speed); on 4-D or strided-inner views it goes element by element.
             rows = src.flatten(1)
-            out = part.view(ids.numel(), -1)
-            if rows.device == out.device:
-                torch.index_select(rows, 0, ids, out=out)
+            out_t = part_t.view(ids.numel(), -1)
+            if rows.device == out_t.device:
+                torch.index_select(rows, 0, ids, out=out_t)
             else:
-                out.copy_(rows.index_select(0, ids))  # gathered on the device, one copy to host
+                out_t.copy_(rows.index_select(0, ids))  # gathered on the device, one copy to host
 
     def scatter(self, layer: int, start: int, src: torch.Tensor) -> None:
         n = src.shape[1]
+        fast = self._fast(layer, start, src)
+        if fast is not None:
+            # One memcpy per run of consecutive block ids: index_copy_ reaches about
+            # half of memcpy on the CPU, per-row slice copies about 0.7x.
+            k, v, rows, nb = fast
+            for row, bid, cnt in self._runs(start, n):
+                k[bid : bid + cnt] = rows[row : row + cnt]
+                v[bid : bid + cnt] = rows[nb + row : nb + row + cnt]
+            return
         ids = self._blocks(start, n)
-        for dst, part in zip(self._kv(layer), (src[0], src[1]), strict=True):
-            rows = part.reshape(ids.numel(), -1)
-            if rows.device != dst.device:
-                rows = rows.to(dst.device)  # synchronous: the host buffer is reused after retrieve()
-            dst.flatten(1).index_copy_(0, ids, rows)
+        for dst, part_t in zip(self._kv(layer), (src[0], src[1]), strict=True):
+            part_rows = part_t.reshape(ids.numel(), -1)
+            if part_rows.device != dst.device:
+                part_rows = part_rows.to(dst.device)  # synchronous: the host buffer is reused after retrieve()
+            dst.flatten(1).index_copy_(0, ids, part_rows)
+
+
+def _np_rows(t: torch.Tensor, rows: int | None = None) -> Any:
+    """A uint8 numpy view ``[rows, bytes per row]`` over a CPU tensor's first dimension
+    (``t.shape[0]`` rows by default), or None when its rows are not contiguous (no copy is ever made)."""
+    if t.device.type != "cpu":
+        return None
+    try:
+        r = t.detach().view(t.shape[0] if rows is None else rows, -1)
+        if r.shape[1] and r.stride(1) != 1:
+            return None
+        return r.view(torch.uint8).numpy()
+    except (RuntimeError, TypeError):
+        return None
 
 
 def as_layout(kv: Any) -> KVLayout:

@@ -367,7 +367,9 @@ class KVCacheStore:
         ``out`` takes the same forms as ``kv`` in :meth:`store` and must have
         room for the tokens (its positions past the returned count are left
         as they were). Every chunk is verified before any of it is written
-        to ``out``; a chunk that fails is a counted miss and ends the prefix.
+        to ``out`` (chunks are written in order, each once verified, while
+        later ones load); a chunk that fails is a counted miss and ends the
+        prefix.
         """
         self._check_open()
         from .layouts import payload_view
@@ -377,14 +379,15 @@ class KVCacheStore:
         fetches = self._plan(keys, per_layer=False)
         good = 0
         try:
+            # Chunk i is scattered as soon as it is verified, while the reads of
+            # the later chunks are still in flight (copies overlap the I/O).
             for f in fetches:
                 if not f.wait_all():
                     break
-                good += 1
-            for f in fetches[:good]:
                 for layer in range(self.fingerprint.layers):
                     src = payload_view(self.layout.layer_view(f.buf.array, layer), self.fingerprint, self.chunk_tokens)
                     layout.scatter(layer, f.index * self.chunk_tokens, src)
+                good += 1
         finally:
             self._finish(fetches, good)
         self._counts.add(misses=len(keys) - good)
