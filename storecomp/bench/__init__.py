@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 #: Suites in the order ``storecomp bench all`` runs them.
-SUITES = ("read", "kvcache", "store")
+SUITES = ("read", "loader", "kvcache", "store")
 
 
 @dataclass(frozen=True)

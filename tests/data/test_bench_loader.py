@@ -25,4 +25,4 @@ def test_bench_loader_tiny(tmp_path: Path) -> None:
         assert doc["cases"][case]["storecomp"]["samples_per_s"] > 0
     assert doc["cases"]["rand_64k"]["torch"]["samples_per_s"] > 0
     assert doc["cases"]["rss"]["staging_bytes"] <= doc["cases"]["rss"]["max_memory"]
-    assert "rand_64k" in proc.stdout and "x torch" in proc.stdout
+    assert "rand_64k" in proc.stdout and "torch DataLoader" in proc.stdout

@@ -1,0 +1,304 @@
+"""The DataLoader next to fio and torch.utils.data.DataLoader, measured in one run.
+
+Cases (random order, batch 64, each data file evicted from the page cache
+before each measurement):
+
+* ``rand_64k``: 64 KiB samples from storecomp shards vs ``fio --rw=randread
+  --bs=64k --iodepth=32 --direct=1`` on a file of the same rows; with
+  ``compare``, torch DataLoader as a peer (best of num_workers 0, 2, 4; a
+  Dataset indexing one .npy memmap of the same rows);
+* ``rand_4k``: the same with 4 KiB samples vs fio at 4 KiB;
+* ``tokens``: windows of 2049 uint16 tokens at random offsets of a token
+  .npy, read as they are, vs fio randread bandwidth at 4 KiB blocks (the
+  window is 4098 bytes: two 4 KiB blocks at most);
+* ``data_wait``: a simulated training step 1.5x longer than the loader
+  needs per batch; the fraction of wall time blocked in ``next()`` after
+  the first 10 batches (torch DataLoader with 2 workers beside it with
+  ``compare``);
+* ``rss``: peak RSS growth of a fresh process running the loader vs its
+  ``max_memory`` staging budget, which must hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from . import Context, _fio
+from ._common import evict
+from .report import Figure
+
+BATCH = 64
+TARGETS = {"rand_64k": 0.9, "rand_4k": 0.8, "tokens": 0.9}
+TORCH_TARGET = 3.0  #: storecomp / best torch DataLoader, 64 KiB samples
+WAIT_TARGET = 0.01  #: data-wait fraction after the first 10 batches
+RSS_BUDGET = 64 << 20
+TORCH_WORKERS = (0, 2, 4)  #: num_workers tried for the torch peer (best reported)
+
+
+def make_data(directory: str, size: int, say: Any) -> dict[str, str]:
+    """A .npy of random 64 KiB rows and one of 4 KiB rows, shard datasets of both, a uint16 token .npy.
+
+    Reused when present with the right size.
+    """
+    from ..data import write_dataset
+
+    base = os.path.join(directory, "storecomp-bench-loader")
+    os.makedirs(base, exist_ok=True)
+    paths = {k: os.path.join(base, v) for k, v in (("npy", "x64k.npy"), ("npy4k", "x4k.npy"), ("tokens", "tokens.npy"))}
+    paths.update(shards64=os.path.join(base, "ds64k"), shards4=os.path.join(base, "ds4k"))
+    rows = max(BATCH * 4, size // 65536)
+    if os.path.exists(paths["npy"]) and np.load(paths["npy"], mmap_mode="r").shape[0] == rows:
+        return paths
+    say(f"writing {rows * 65536 / 2**30:.2f} GiB of loader data in {base}")
+    rng = np.random.default_rng(0)
+    for key, shape, dtype in (
+        ("npy", (rows, 65536), np.uint8),
+        ("npy4k", (rows * 16, 4096), np.uint8),
+        ("tokens", (rows * 32768,), np.uint16),
+    ):
+        arr = np.lib.format.open_memmap(paths[key], mode="w+", dtype=dtype, shape=shape)
+        flat = arr.reshape(-1).view(np.uint8)
+        step = 64 << 20
+        for i in range(0, flat.size, step):
+            flat[i : i + step] = rng.integers(0, 256, min(step, flat.size - i), np.uint8)
+        arr.flush()
+        del arr, flat
+    for key, src in (("shards64", "npy"), ("shards4", "npy4k")):
+        shutil.rmtree(paths[key], ignore_errors=True)
+        write_dataset(paths[key], {"x": np.load(paths[src], mmap_mode="r")}, shard_bytes=max(1 << 20, min(256 << 20, size // 4)))
+    return paths
+
+
+def _evict_tree(path: str) -> None:
+    """Evict a file, or every file below a directory, from the page cache."""
+    if os.path.isdir(path):
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                evict(os.path.join(root, name))
+    else:
+        evict(path)
+
+
+def run_storecomp(source: Any, duration: float, step_s: float = 0.0, **kw: Any) -> dict[str, Any]:
+    """Iterate storecomp.DataLoader for ``duration`` seconds (start-up untimed)."""
+    from ..data import DataLoader
+
+    loader = DataLoader(source, BATCH, seed=1, shuffle_block=1, shuffle_window=1, **kw)
+    it = iter(loader)
+    next(it)  # start-up (staging pool, first reads) is not timed, for storecomp nor torch
+    loader.reset_metrics()
+    t0 = time.perf_counter()
+    n = batches = 0
+    for b in it:
+        n += next(iter(b.values())).shape[0]
+        batches += 1
+        if step_s:
+            time.sleep(step_s)
+        if time.perf_counter() - t0 > duration and batches >= 2:
+            break
+    dt = time.perf_counter() - t0
+    m = loader.metrics()
+    loader.close()
+    return {
+        "samples_per_s": n / dt,
+        "gbps": m["bytes"] / dt / 1e9,
+        "seconds": dt,
+        "batches": batches,
+        "data_wait_fraction": m["data_wait_fraction"],
+        "data_wait_fraction_after_10": m["data_wait_fraction_after_10"],
+        "read_ahead": m["read_ahead"],
+        "bottleneck": m["bottleneck"],
+    }
+
+
+class _NpyRows:
+    """The torch baseline: a map-style Dataset indexing one .npy memmap."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.arr: Any = None
+        self.n = int(np.load(path, mmap_mode="r").shape[0])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        import torch
+
+        if self.arr is None:
+            self.arr = np.load(self.path, mmap_mode="r")
+        return torch.from_numpy(np.array(self.arr[i]))
+
+
+def run_torch(path: str, duration: float, workers: int, step_s: float = 0.0) -> dict[str, Any]:
+    """torch.utils.data.DataLoader over a .npy memmap, the same batch size and order kind."""
+    import torch.utils.data as tud
+
+    # forkserver: workers start from a clean process, not a fork of this one,
+    # whose native I/O threads (storecomp's engine) a forked child must not inherit.
+    ctx = "forkserver" if workers else None
+    dataset: Any = _NpyRows(path)  # map-style: __len__ and __getitem__
+    loader: Any = tud.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=workers, multiprocessing_context=ctx)
+    n = batches = 0
+    wait = wait10 = 0.0
+    it = iter(loader)
+    next(it)  # start-up (worker processes) not timed
+    t0 = time.perf_counter()
+    while True:
+        a = time.perf_counter()
+        b = next(it, None)
+        w = time.perf_counter() - a
+        if b is None:
+            break
+        wait += w
+        if batches < 10:
+            wait10 += w
+        n += b.shape[0]
+        batches += 1
+        if step_s:
+            time.sleep(step_s)
+        if time.perf_counter() - t0 > duration and batches >= 2:
+            break
+    dt = time.perf_counter() - t0
+    del it
+    after = dt - wait10
+    return {
+        "num_workers": workers,
+        "samples_per_s": n / dt,
+        "data_wait_fraction": wait / dt,
+        "data_wait_fraction_after_10": (wait - wait10) / after if after > 0 else 0.0,
+    }
+
+
+def rss_probe(path: str, duration: float, max_memory: int) -> dict[str, Any]:
+    """Peak RSS growth (VmHWM, reset before the loader starts) of a fresh process running the loader."""
+    code = (
+        "import json, time\n"
+        "import torch, numpy\n"
+        "from storecomp.data import DataLoader\n"
+        "def hwm():\n"
+        "    return int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) * 1024\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # reset the peak (VmHWM) to the current RSS\n"
+        "before = hwm()\n"
+        f"loader = DataLoader({path!r}, {BATCH}, seed=1, max_memory={max_memory})\n"
+        "t0 = time.perf_counter()\n"
+        "for b in loader:\n"
+        f"    if time.perf_counter() - t0 > {duration}: break\n"
+        "print(json.dumps({'rss_before': before, 'rss_peak': hwm(), 'staging_bytes': loader.metrics()['staging_bytes']}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    doc = json.loads(out.strip().splitlines()[-1])
+    doc["growth"] = doc["rss_peak"] - doc["rss_before"]
+    doc["max_memory"] = max_memory
+    doc["holds"] = doc["staging_bytes"] <= max_memory and doc["growth"] <= max_memory + (32 << 20)
+    return doc
+
+
+def run_suite(ctx: Context) -> dict[str, Any]:
+    """Measure every case; fio and the torch peer as the context asks."""
+    paths = make_data(ctx.directory, ctx.size_bytes, ctx.say)
+    use_fio = ctx.fio and _fio.fio_path() is not None
+    fio_skip = None if use_fio else ("fio disabled" if not ctx.fio else "fio not found on PATH")
+    workers = TORCH_WORKERS if ctx.compare else ()
+    res: dict[str, Any] = {"size_bytes": ctx.size_bytes, "duration_s": ctx.duration_s, "fio_skipped": fio_skip, "cases": {}}
+
+    def fio(bs: int, path: str) -> dict[str, Any] | None:
+        if not use_fio:
+            return None
+        evict(path)
+        try:
+            return _fio.fio_read(path, "randread", bs, 32, ctx.duration_s)
+        except (RuntimeError, OSError, ValueError, KeyError) as e:
+            return {"error": str(e)}
+
+    def best_torch(path: str) -> dict[str, Any] | None:
+        runs = []
+        for w in workers:
+            evict(path)
+            ctx.say(f"  torch DataLoader num_workers={w}")
+            runs.append(run_torch(path, ctx.duration_s, w))
+        return max(runs, key=lambda r: r["samples_per_s"]) if runs else None
+
+    for case, shards, npy, bs in (("rand_64k", "shards64", "npy", 65536), ("rand_4k", "shards4", "npy4k", 4096)):
+        ctx.say(f"loader {case}")
+        f = fio(bs, paths[npy])
+        _evict_tree(paths[shards])
+        sc = run_storecomp(paths[shards], ctx.duration_s)
+        res["cases"][case] = {"fio": f, "storecomp": sc, "torch": best_torch(paths[npy])}
+    ctx.say("loader tokens")
+    f = fio(4096, paths["tokens"])
+    evict(paths["tokens"])
+    res["cases"]["tokens"] = {"fio": f, "storecomp": run_storecomp(paths["tokens"], ctx.duration_s, seq_len=2048)}
+    # A step 1.5x longer than the loader needs per batch (measured above, cold).
+    per_batch = BATCH / max(1.0, res["cases"]["rand_64k"]["storecomp"]["samples_per_s"])
+    step = min(1.5 * per_batch, 0.2)
+    dur = max(ctx.duration_s, 30 * step)
+    ctx.say(f"loader data_wait: simulated step {step * 1000:.1f} ms")
+    _evict_tree(paths["shards64"])
+    wait: dict[str, Any] = {"step_s": step, "storecomp": run_storecomp(paths["shards64"], dur, step_s=step)}
+    if ctx.compare:
+        evict(paths["npy"])
+        wait["torch"] = run_torch(paths["npy"], dur, min(2, max(TORCH_WORKERS)), step_s=step)
+    res["cases"]["data_wait"] = wait
+    ctx.say("loader rss")
+    res["cases"]["rss"] = rss_probe(paths["shards64"], ctx.duration_s, RSS_BUDGET)
+    return res
+
+
+def figures(result: dict[str, Any]) -> list[Figure]:
+    out = []
+    for case in ("rand_64k", "rand_4k", "tokens"):
+        c = result["cases"][case]
+        sc = c["storecomp"]
+        f = c.get("fio")
+        note = f"bottleneck: {sc['bottleneck']}; read-ahead {sc['read_ahead']} batches"
+        if case == "tokens":
+            # 2049-token windows (4098 B) against fio's 4 KiB randread bandwidth.
+            value, unit = sc["gbps"], "GB/s"
+            limit = ("fio", f["gbps"]) if f and "gbps" in f else None
+        else:
+            value, unit = sc["samples_per_s"], "samples/s"
+            limit = ("fio", f["iops"]) if f and "iops" in f else None
+        if sc["gbps"] * 1e9 * sc["seconds"] > result["size_bytes"]:
+            note += "; NOT COLD: the run read more than the dataset (later passes hit the page cache), use a larger --size"
+        if f is None:
+            note += f"; limit skipped: {result['fio_skipped']}"
+        elif "error" in f:
+            note += f"; fio failed: {f['error']}"
+        peers = {}
+        if c.get("torch"):
+            t = c["torch"]
+            peers[f"torch DataLoader (num_workers={t['num_workers']})"] = t["samples_per_s"]
+            if case == "rand_64k":
+                note += f"; target >= {TORCH_TARGET}x torch DataLoader"
+        out.append(Figure("loader", case, unit, value, limit, TARGETS[case], peers, note=note))
+    dw = result["cases"]["data_wait"]
+    peers = {"torch DataLoader (num_workers=2)": dw["torch"]["data_wait_fraction_after_10"]} if "torch" in dw else {}
+    out.append(Figure(
+        "loader", "data_wait", "fraction", dw["storecomp"]["data_wait_fraction_after_10"], None, None, peers,
+        higher_is_better=False,
+        note=f"time blocked in next() after 10 batches, step {dw['step_s'] * 1000:.1f} ms; target <= {WAIT_TARGET}",
+    ))  # fmt: skip
+    r = result["cases"]["rss"]
+    out.append(Figure(
+        "loader", "peak_rss", "MiB", r["growth"] / 2**20, None, None, {}, higher_is_better=False,
+        note=f"max_memory {r['max_memory'] >> 20} MiB: {'holds' if r['holds'] else 'EXCEEDED'}",
+    ))  # fmt: skip
+    return out
+
+
+def hints(result: dict[str, Any]) -> list[str]:
+    sc = result["cases"]["rand_64k"]["storecomp"]
+    wait = result["cases"]["data_wait"]["storecomp"]["data_wait_fraction_after_10"]
+    out = [f"loader: bottleneck {sc['bottleneck']} (from the loader's own metrics)"]
+    if wait > WAIT_TARGET:
+        out.append(f"loader: the training step waited {wait:.1%} of the time for data: raise max_memory (more read-ahead)")
+    return out

@@ -1,0 +1,24 @@
+"""``storecomp bench loader``: a tiny run through the CLI, with and without the torch peer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from storecomp.cli import main
+
+
+def test_bench_loader_cli(tmp_path: Path) -> None:
+    # The torch peer (--compare) is covered by benchmarks/bench_loader.py --tiny (tests/data).
+    out = tmp_path / "loader.json"
+    args = ["bench", "loader", "--size", "8M", "--duration", "0.1", "--repeats", "1", "--json", str(out)]
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    figs = {f["case"]: f for f in doc["figures"] if f["suite"] == "loader"}
+    assert set(figs) == {"rand_64k", "rand_4k", "tokens", "data_wait", "peak_rss"}
+    for case in ("rand_64k", "rand_4k", "tokens"):
+        assert figs[case]["value"] > 0
+        assert figs[case]["limit"] is None or figs[case]["limit"][0] == "fio"
+    assert figs["rand_64k"]["peers"] == {}
+    assert "holds" in figs["peak_rss"]["note"]
+    assert not (tmp_path / "storecomp-bench-loader").exists()
