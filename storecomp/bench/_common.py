@@ -1,4 +1,4 @@
-"""Pieces shared by the benchmarks: the data file, cache dropping, CPU time."""
+"""Pieces shared by the benchmarks: the data file, page-cache eviction, CPU time."""
 
 from __future__ import annotations
 
@@ -66,27 +66,12 @@ def data_file(directory: str, size_bytes: int, progress: Callable[[str], None] |
     return path
 
 
-def can_drop_caches() -> tuple[bool, str]:
-    """Whether this process may write /proc/sys/vm/drop_caches, and why not."""
-    if os.geteuid() != 0:
-        return False, "not root: page cache not dropped (O_DIRECT reads are unaffected)"
-    if not os.access("/proc/sys/vm/drop_caches", os.W_OK):
-        return False, "/proc/sys/vm/drop_caches is not writable"
-    return True, "caches dropped before each cold measurement"
-
-
-def drop_caches() -> None:
-    """sync, then drop the page cache, dentries and inodes (needs root)."""
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
 def evict(path: str) -> bool:
     """Drop ``path``'s pages from the page cache (``posix_fadvise`` DONTNEED,
     after fsync so that every page is clean). Needs no root and leaves every
-    other file's pages alone, unlike ``drop_caches``: a benchmark here does
-    not disturb whatever else runs on the machine. True when it worked."""
+    other file's pages alone, unlike ``/proc/sys/vm/drop_caches``: a
+    benchmark here does not disturb whatever else runs on the machine. True
+    when it worked."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
