@@ -214,17 +214,17 @@ class PagedLayout(KVLayout):
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
         n = dst.shape[1]
-        fast = self._fast(layer, start, dst)
+        # Mostly consecutive blocks: one memcpy per run. (Scattered blocks go
+        # through index_select below, which copies single rows faster.)
+        mostly_runs = self._ids is not None and 2 * len(self._runs(start, n)) <= n // self.block_size
+        fast = self._fast(layer, start, dst) if mostly_runs else None
         if fast is not None:
             runs = self._runs(start, n)
-            if len(runs) * 2 <= len(self._ids[start // self.block_size : (start + n) // self.block_size]):  # type: ignore[index]
-                # Mostly consecutive blocks: one memcpy per run. (Scattered blocks go
-                # through index_select below, which copies single rows faster.)
-                k, v, out, nb = fast
-                for row, bid, cnt in runs:
-                    out[row : row + cnt] = k[bid : bid + cnt]
-                    out[nb + row : nb + row + cnt] = v[bid : bid + cnt]
-                return
+            k, v, out, nb = fast
+            for row, bid, cnt in runs:
+                out[row : row + cnt] = k[bid : bid + cnt]
+                out[nb + row : nb + row + cnt] = v[bid : bid + cnt]
+            return
         ids = self._blocks(start, n)
         for src, part_t in zip(self._kv(layer), (dst[0], dst[1]), strict=True):
             # Blocks as flat rows: torch's 2-D index_select copies whole rows (memcpy
