@@ -375,7 +375,7 @@ void ThreadPool::shutdown() {
 
 // ---------------------------------------------------------------- engine
 
-Engine::Engine(const Config& cfg) : cfg_(cfg) {
+Engine::Engine(const Config& cfg) : cfg_(cfg), owner_pid_(::getpid()) {
   if (cfg_.align == 0 || (cfg_.align & (cfg_.align - 1)) != 0 || cfg_.align < 512)
     throw std::invalid_argument("align must be a power of two of at least 512 bytes");
   if (cfg_.split_bytes == 0 || cfg_.split_bytes % cfg_.align != 0 || cfg_.split_bytes > (1ull << 30))
@@ -410,6 +410,8 @@ Engine::~Engine() { shutdown(); }
 
 std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode) {
   if (stopped_) throw std::runtime_error("engine is shut down");
+  if (::getpid() != owner_pid_)
+    throw std::runtime_error("engine was created in another process (before a fork); create a new one here");
   size_t npieces = 0;
   for (auto& r : batch->reqs) {
     r.valid = r.length;
@@ -473,6 +475,15 @@ void Engine::unregister_buffer(uintptr_t addr) {
 
 void Engine::shutdown() {
   if (stopped_.exchange(true)) return;
+  if (::getpid() != owner_pid_) {
+    // A forked child: the worker and reaper threads exist only in the
+    // parent, and the ring's queues are memory shared with it. Joining would
+    // throw and submitting a wake-up would write into the parent's ring, so
+    // the child leaves both alone (their memory dies with the process).
+    (void)uring_.release();
+    (void)pool_.release();
+    return;
+  }
   if (uring_) uring_->shutdown();  // may still hand pieces to the pool
   pool_->shutdown();
 }

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <atomic>
+#include <sys/types.h>
+
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -189,6 +191,7 @@ class Engine {
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<UringBackend> uring_;
   std::atomic<bool> stopped_{false};
+  pid_t owner_pid_;  // the process whose threads serve this engine (see shutdown)
 };
 
 }  // namespace sc

@@ -24,6 +24,16 @@ _default: Engine | None = None
 _default_lock = threading.Lock()
 
 
+def _forget_default_after_fork() -> None:
+    # The child gets a fresh default engine on first use (the parent's has
+    # no threads here), and a lock no other thread can be holding.
+    global _default, _default_lock
+    _default, _default_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_default_after_fork)
+
+
 def default_engine() -> Engine:
     """The process-wide engine, created on first use from the environment."""
     global _default

@@ -73,6 +73,7 @@ class IOFuture:
         device_part: Future[np.ndarray] | None = None,
         order: np.ndarray | None = None,
     ) -> None:
+        self._pid = os.getpid()
         self._parts = parts  # native batches, in request order
         self._paths = paths
         self._file_index = file_index
@@ -159,8 +160,9 @@ class IOFuture:
 
     def __del__(self) -> None:
         # The kernel may still be writing into destinations this future keeps
-        # alive: never let them go before the I/O is done.
-        if self._keepalive:
+        # alive: never let them go before the I/O is done. (In a forked child
+        # the I/O belongs to the parent; nothing here would ever finish it.)
+        if self._keepalive and os.getpid() == self._pid:
             self.wait()
 
 
@@ -343,6 +345,7 @@ class Engine:
         self._staging: StagingPool | None = None
         self._copier: ThreadPoolExecutor | None = None
         self._closed = False
+        self._pid = os.getpid()  # engines do not survive fork: their threads stay in the parent
 
     # ------------------------------------------------------------ properties
 
@@ -358,7 +361,8 @@ class Engine:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True after close(), and in a process forked after the engine was made."""
+        return self._closed or os.getpid() != self._pid
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: requests, pieces, bytes, bounces, page-cache hits, errors."""
@@ -402,6 +406,11 @@ class Engine:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("engine is closed")
+        if os.getpid() != self._pid:
+            raise ClosedError(
+                f"engine was created in process {self._pid}, before a fork; its I/O threads are not in this "
+                "process: create a new Engine here (storecomp.io.default_engine() does so by itself)"
+            )
 
     # ------------------------------------------------------------ submission
 
