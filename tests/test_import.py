@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_python
-
 import storecomp
 import storecomp.io
+from tests.conftest import run_python
 
 HEAVY = ("cupy", "kvikio", "torch")
 

@@ -14,6 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import storecomp.io as scio
+from storecomp.errors import CancelledIOError, ClosedError, InvalidArgumentError, ShortReadError
+from storecomp.io import Engine, ReadRequest
 from tests.conftest import (
     BACKENDS,
     DataFile,
@@ -24,12 +30,6 @@ from tests.conftest import (
     warm_cache,
     write_file,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import storecomp.io as scio
-from storecomp.errors import CancelledIOError, ClosedError, InvalidArgumentError, ShortReadError
-from storecomp.io import Engine, ReadRequest
 
 # ---------------------------------------------------------------- whole-file and ranged reads
 

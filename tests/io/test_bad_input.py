@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import DataFile, NoMemory, drop_cache, make_engine, run_python, warm_cache
 
 import storecomp.io as scio
 from storecomp.errors import (
@@ -31,6 +30,7 @@ from storecomp.errors import (
     UnsupportedBufferError,
 )
 from storecomp.io import Engine, ReadRequest, StagingPool
+from tests.conftest import DataFile, NoMemory, drop_cache, make_engine, run_python, warm_cache
 
 # ---------------------------------------------------------------- offsets and lengths
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from tests.conftest import DST_KINDS, DataFile, DLPackOnly, NoMemory, make_engine, needs_io_uring
 
 from storecomp.errors import (
     ClosedError,
@@ -23,6 +22,7 @@ from storecomp.errors import (
 )
 from storecomp.io import BufferRef, StagingPool, as_buffer
 from storecomp.io.buffers import span
+from tests.conftest import DST_KINDS, DataFile, DLPackOnly, NoMemory, make_engine, needs_io_uring
 
 # ---------------------------------------------------------------- as_buffer
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from tests.conftest import DataFile
 
 import storecomp.io as scio
 from storecomp.errors import ShortReadError, UnavailableError
 from storecomp.io import Engine, ReadRequest, cuda
+from tests.conftest import DataFile
 
 pytestmark = pytest.mark.gpu
 

@@ -12,9 +12,9 @@ import threading
 
 import numpy as np
 import pytest
-from tests.conftest import BACKENDS, IO_URING_OK, DataFile, drop_cache, needs_io_uring, run_python
 
 from storecomp import _native
+from tests.conftest import BACKENDS, IO_URING_OK, DataFile, drop_cache, needs_io_uring, run_python
 
 MODES = {"off": _native.MODE_BUFFERED, "on": _native.MODE_DIRECT, "auto": _native.MODE_AUTO}
 
