@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError, StorecompError
+from ..errors import ClosedError, InvalidArgumentError, StorecompError
 from ..io import Engine, StagingPool
 from ._plan import BatchPlan, SlotLayout, build_tensors, corrupt_error, drop_rows, find_corrupt, plan_batch
 from .datasets import Dataset, open_dataset
@@ -135,6 +135,8 @@ class DataLoader:
                 f"max_memory={budget} bytes holds {self.max_slots} batch slot(s) of {slot} bytes; at least 2 are needed"
             )
         self.max_memory = budget
+        if read_ahead is not None and (not isinstance(read_ahead, int) or read_ahead <= 0):
+            raise InvalidArgumentError(f"read_ahead must be a positive int (batches) or None, got {read_ahead!r}")
         self.read_ahead = min(read_ahead or 2, self.max_slots - 1)
         self._adaptive = read_ahead is None
         self.transform = transform
@@ -145,6 +147,7 @@ class DataLoader:
         self.position = 0
         self._pool: StagingPool | None = None
         self._copy_stream: Any = None
+        self._producers: set[tuple[threading.Event, threading.Thread]] = set()
         self._outside = False
         self._consumer_waiting = False
         self._reset_metrics()
@@ -224,6 +227,8 @@ class DataLoader:
         )
         bar = _progress_bar(self) if self.progress else None
         producer.start()
+        running = (stop, producer)
+        self._producers.add(running)
         try:
             while True:
                 t_enter = time.perf_counter()  # the consumer is blocked in next() from here
@@ -241,6 +246,8 @@ class DataLoader:
                 self.position = head.end_position
                 self._account(head, t_enter, t_out, queued, queued == 0)
                 self._size_read_ahead(queued == 0)
+                if self.device.type == "cuda":
+                    _record_consumer_stream(batch, self.device)
                 if self.transform is not None:
                     batch = self.transform(batch)
                 if bar is not None:
@@ -256,6 +263,7 @@ class DataLoader:
         finally:
             stop.set()
             producer.join()
+            self._producers.discard(running)
             while not ready.empty():  # batches read ahead but never delivered: their slots come back
                 ready.get_nowait()
             if bar is not None:
@@ -293,6 +301,8 @@ class DataLoader:
                     return
                 else:
                     time.sleep(0.001)  # every slot is with the consumer: wait for one to come back
+            # Stopped: by the consumer (which reads no further) or by close().
+            ready.put(_Failure(ClosedError("the DataLoader was closed during this iteration")))
         except BaseException as e:  # handed to the consumer, raised from next()
             ready.put(_Failure(e))
         finally:
@@ -326,21 +336,24 @@ class DataLoader:
                 slot = _OwnSlot(self.layout.nbytes)
                 self._outside = True
                 self._m["batches_outside_staging"] += 1
-        first, count, end = next(steps)
-        indices = np.sort(order[first : first + count])
-        plan = plan_batch(self.dataset, self.layout, indices, self.verify)
         futures = []
-        submitted = time.perf_counter()
-        reader = self.dataset.reader
         try:
+            first, count, end = next(steps)
+            indices = np.sort(order[first : first + count])
+            plan = plan_batch(self.dataset, self.layout, indices, self.verify)
+            submitted = time.perf_counter()
+            reader = self.dataset.reader
             if isinstance(reader, LocalReader) and plan.reads:
                 futures.append(reader.submit_many(slot.array, plan.reads))
             else:
                 for key, offs, lens, dst in plan.reads:
                     futures.append(reader.submit(key, slot.array, offs, lens, dst))
         except BaseException:
-            for f in futures:
-                f.result()
+            for f in futures:  # the reads already submitted land in the slot before it is reused
+                try:
+                    f.result()
+                except Exception:
+                    pass  # the error being raised is the one that counts
             slot.release()
             raise
         return _InFlight(plan, slot, futures, submitted, end)
@@ -377,6 +390,8 @@ class DataLoader:
             keep[[i for i, _ in bad]] = False
             self._m["corrupt_skipped"] += len(bad)
             batch = drop_rows(batch, self.dataset, keep)
+            if self.device.type == "cuda":  # the row selection ran on this thread's stream, not the consumer's
+                torch.cuda.current_stream(self.device).synchronize()
         return batch
 
     def _to_device(self, plan: BatchPlan, host: Any) -> dict[str, Any]:
@@ -391,8 +406,12 @@ class DataLoader:
                 self._copy_stream = torch.cuda.Stream(self.device)
             with torch.cuda.stream(self._copy_stream):
                 dev = host[:used].to(self.device, non_blocking=True)
-            torch.cuda.current_stream(self.device).wait_stream(self._copy_stream)
-            self._copy_stream.synchronize()  # the slot may be reused once this returns
+            # The copy is complete once this returns: the slot may be reused and
+            # the consumer (another thread, any stream) needs no event. The
+            # consumer's stream is recorded on the batch when it is handed over
+            # (_record_consumer_stream), so the memory is not reused by the next
+            # copy while the consumer's kernels still read it.
+            self._copy_stream.synchronize()
         else:
             dev = host[:used].to(self.device)
         self._m["h2d_s"] += time.perf_counter() - t0
@@ -507,7 +526,14 @@ class DataLoader:
         self._reset_metrics()
 
     def close(self) -> None:
-        """Release the staging pool (memory goes when the last batch view is dropped)."""
+        """Stop the producers of unfinished iterations, then release the staging pool.
+
+        Memory goes when the last batch view is dropped. An iterator still
+        held after close() raises ClosedError once the batches it had read are taken.
+        """
+        for stop, producer in list(self._producers):
+            stop.set()  # the producer waits for its reads in flight before it exits
+            producer.join()
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -553,6 +579,22 @@ def _wait(item: _InFlight, timeout: float) -> bool:
             except BaseException:
                 pass  # raised again, with its context, by _complete
     return True
+
+
+def _record_consumer_stream(batch: dict[str, Any], device: Any) -> None:
+    """Tie the batch's device memory to the consumer's current stream.
+
+    The batch was allocated on the producer's streams; without this, the
+    caching allocator would hand its memory to the next host-to-device copy
+    as soon as the consumer drops the batch, while kernels the consumer
+    queued on its own stream may still be reading it.
+    """
+    import torch
+
+    stream = torch.cuda.current_stream(device)
+    for t in batch.values():
+        if isinstance(t, torch.Tensor) and t.is_cuda:
+            t.record_stream(stream)
 
 
 def _done(item: _InFlight) -> bool:

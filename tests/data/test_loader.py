@@ -160,6 +160,27 @@ def test_cuda_batches() -> None:
     assert b["tokens"].device.type == "cuda" and b["tokens"].shape == (8, 17)
 
 
+@pytest.mark.gpu
+def test_cuda_batches_consumed_on_a_side_stream(tmp_path: Any) -> None:
+    """Batches read on the consumer's own stream hold their values while the next copies run (record_stream)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    path = str(tmp_path / "tokens.npy")
+    np.save(path, np.arange(1 << 20, dtype=np.int32))
+    loader = DataLoader(path, 64, seq_len=255, device="cuda", shuffle=False)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        for k, b in enumerate(loader):
+            torch.cuda._sleep(1_000_000)  # the consumer's kernels lag behind the producer's copies
+            first = b["tokens"][:, 0].to(torch.int64).sum()
+            del b
+            expected = sum(255 * (64 * k + i) for i in range(64))
+            side.synchronize()
+            assert int(first) == expected
+            if k == 8:
+                break
+
+
 def test_read_ahead_is_sized_from_latency_and_step_within_the_budget(shard_ds: str) -> None:
     import time
 
@@ -215,3 +236,27 @@ def test_tier_goes_direct_when_the_page_cache_misses(tmp_path: Any) -> None:
             f.read_bytes()  # through the page cache: now everything is cached
         hot = DataLoader(str(tmp_path / "d"), 64, seed=2, engine=eng)
         assert sum(b["x"].shape[0] for b in hot) == n and hot.metrics()["tier"] == "auto"
+
+
+def test_close_during_iteration_stops_the_producer(shard_ds: str) -> None:
+    """close() with an iterator still held: the producer thread ends, the iterator raises instead of hanging."""
+    import threading
+
+    from storecomp.errors import ClosedError
+
+    loader = DataLoader(shard_ds, 8, seed=1)
+    it = iter(loader)
+    next(it)
+    loader.close()
+    assert not any(t.name == "storecomp-loader" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(ClosedError, match="closed"):
+        for _ in range(1000):  # the batches already read come first
+            next(it)
+    assert loader.position < len(loader.dataset)  # an interrupted epoch is not counted as done
+    assert sum(1 for _ in loader) > 0  # a new iteration works after close()
+
+
+@pytest.mark.parametrize("read_ahead", [-1, 0.5])
+def test_bad_read_ahead_is_refused(shard_ds: str, read_ahead: Any) -> None:
+    with pytest.raises(storecomp.errors.InvalidArgumentError, match="read_ahead"):
+        DataLoader(shard_ds, 8, read_ahead=read_ahead)
