@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ClosedError
+
 
 class PendingRanges:
     """Completion of a remote ``submit_ranges``: bytes read per range, or the first failure.
@@ -22,11 +24,14 @@ class PendingRanges:
         return self._fut.done()
 
     def result(self, timeout: float | None = None) -> np.ndarray:
-        """Bytes read per range (uint64). Raises TimeoutError after ``timeout`` seconds, or the failure."""
+        """Bytes read per range (uint64). Raises TimeoutError after ``timeout`` seconds,
+        ClosedError when the store was closed before the read finished, or the failure."""
         try:
             return self._fut.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"ranged read not finished within {timeout} s") from None
+        except concurrent.futures.CancelledError:
+            raise ClosedError("ranged read cancelled: its store was closed") from None
 
     def __del__(self) -> None:
         # Parts may still be copied into the destination: never free it early.

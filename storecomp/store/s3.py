@@ -82,10 +82,12 @@ class _Loop:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def close(self) -> None:
+        """Stop the loop. Reads still in flight are cancelled first, so that
+        their futures complete (with CancelledError) instead of never."""
         with self._lock:
             if self._loop is not None and not self._loop.is_closed():
                 loop = self._loop
-                loop.call_soon_threadsafe(loop.stop)
+                loop.call_soon_threadsafe(_cancel_all_and_stop, loop)
                 if self._thread is not None and self._thread is not threading.current_thread():
                     self._thread.join(10)
                 self._loop = None
@@ -97,6 +99,18 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_forever()
     finally:
         loop.close()
+
+
+def _cancel_all_and_stop(loop: asyncio.AbstractEventLoop) -> None:
+    """On the loop's thread: cancel every task, let the cancellations run, then stop."""
+    tasks = asyncio.all_tasks(loop)
+    for t in tasks:
+        t.cancel()
+    if not tasks:
+        loop.stop()
+        return
+    done = asyncio.gather(*tasks, return_exceptions=True)
+    done.add_done_callback(lambda _: loop.stop())
 
 
 class S3Store(Store):
