@@ -250,3 +250,26 @@ def test_disk_entry_being_read_is_not_evicted(kvstore: Make, tmp_path: Path) -> 
     s.disk.unpin(key)
     s.store(b, make_kv(CHUNK, seed=1))
     assert s.lookup(b) == CHUNK and s.lookup(a) == 0 and s.stats()["disk"]["evictions"] == 1
+
+
+def test_close_closes_a_shared_store_opened_from_a_url_only(
+    kvstore: Make, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storecomp.store import LocalStore, registry
+
+    closed: list[str] = []
+
+    class Spy(LocalStore):
+        def close(self) -> None:
+            closed.append(self.url)
+            super().close()
+
+    monkeypatch.setattr(registry, "open_store", lambda url, **kw: Spy(url))
+    kv = kvstore(shared=str(tmp_path / "by-url"))
+    kv.close()
+    assert closed == [(tmp_path / "by-url").as_uri()]  # opened here: closed here (its threads, descriptors)
+
+    mine = Spy(tmp_path / "passed-in")
+    kvstore(shared=mine).close()
+    assert len(closed) == 1  # passed in: the caller's to close
+    mine.close()
