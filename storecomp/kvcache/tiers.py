@@ -244,6 +244,7 @@ class DiskTier:
         self.used = 0
         self.entries: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self.pins: collections.Counter[bytes] = collections.Counter()
+        self.writing: set[bytes] = set()  # keys being written by this process (their bytes reserved in used)
         self.lock = threading.Lock()
         self.stats = TierStats()
         os.makedirs(self.root, exist_ok=True)
@@ -299,10 +300,13 @@ class DiskTier:
             if key in self.entries:
                 self.entries.move_to_end(key)
                 return True
+            if key in self.writing:  # another thread writes the same chunk now: one reservation, one file
+                return True
             if n > self.budget or not self._make_room(n):
                 self.stats.add(skipped=1)
                 return False
             self.used += n  # reserved while writing
+            self.writing.add(key)
         final = self.path(key)
         tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         t0 = time.perf_counter()
@@ -317,11 +321,16 @@ class DiskTier:
             _unlink_quiet(tmp)
             with self.lock:
                 self.used -= n
+                self.writing.discard(key)
             self.stats.add(write_failures=1)
             return False
         self.stats.add(bytes_written=n, write_seconds=time.perf_counter() - t0)
         with self.lock:
-            self.entries[key] = n
+            self.writing.discard(key)
+            if key in self.entries:  # has() saw the renamed file first and counted it
+                self.used -= n
+            else:
+                self.entries[key] = n
         return True
 
     def _make_room(self, n: int) -> bool:

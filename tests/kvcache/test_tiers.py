@@ -1,0 +1,42 @@
+"""Tier bookkeeping under concurrency (tiers.py)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storecomp.io import Engine
+from storecomp.kvcache import tiers
+
+
+def test_disk_put_of_one_key_from_two_threads_reserves_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tiers._preallocate
+    entered, go = threading.Event(), threading.Event()
+
+    def slow_first(path: str, nbytes: int) -> None:
+        if not entered.is_set():
+            entered.set()
+            assert go.wait(10)
+        real(path, nbytes)
+
+    monkeypatch.setattr(tiers, "_preallocate", slow_first)
+    data = np.arange(8192, dtype=np.uint8)
+    with Engine() as engine:
+        disk = tiers.DiskTier(tmp_path, "ns", 1 << 20, engine)
+        key = bytes(32)
+        results: list[bool] = []
+        first = threading.Thread(target=lambda: results.append(disk.put(key, data)))
+        first.start()
+        assert entered.wait(10)
+        results.append(disk.put(key, data))  # the same chunk while the first write is in flight
+        go.set()
+        first.join(10)
+        assert results == [True, True]
+        assert disk.used == data.nbytes  # before the fix: 2x, budget leaked until restart
+        assert list(disk.entries.items()) == [(key, data.nbytes)]
+        assert not disk.writing
+        disk.rebuild()
+        assert disk.used == data.nbytes
