@@ -93,10 +93,20 @@ class KVCacheStore:
         self.host = HostTier(host_bytes, self.pool)
         opts = io_options or IOOptions.load()
         self.engine = Engine(opts, direct="on" if disk_direct else "auto")
-        self.disk = DiskTier(disk_dir, fingerprint.namespace, disk_bytes, self.engine) if disk_dir is not None else None
+        # A shared store opened here from a URL is ours to close; one passed in is the caller's.
+        self._own_shared: Store | None = None
+        try:
+            self.disk = DiskTier(disk_dir, fingerprint.namespace, disk_bytes, self.engine) if disk_dir is not None else None
+            if shared is not None:
+                store = _open_shared(shared, shared_options or {})
+                if store is not shared:
+                    self._own_shared = store
+        except BaseException:
+            self.engine.close()
+            raise
         self.shared = (
             SharedTier(
-                _open_shared(shared, shared_options or {}),
+                store,
                 fingerprint.namespace,
                 shared_prefix,
                 backoff=shared_backoff,
@@ -493,6 +503,8 @@ class KVCacheStore:
         self._shared_writer.shutdown(wait=True)
         self._meta.shutdown(wait=True)
         self.engine.close()
+        if self._own_shared is not None:
+            self._own_shared.close()
 
     def __enter__(self) -> KVCacheStore:
         return self
