@@ -162,8 +162,7 @@ class Namespace:
             from .cache import CachedStore
 
             st = CachedStore(st, mount.cache_dir, mount.cache_max_bytes, mount.cache_block_bytes)
-        with self._lock:
-            return self._stores.setdefault(key, st)
+        return self._keep(key, st)
 
     def resolve(self, url: str) -> tuple[Store, str]:
         """``(store, key)`` for ``url``: ``sc://mount/path``, a plain path,
@@ -183,12 +182,19 @@ class Namespace:
         with self._lock:
             st = self._stores.get(root)
         if st is None:
-            st = self._opener(root)
-            with self._lock:
-                st = self._stores.setdefault(root, st)
+            st = self._keep(root, self._opener(root))
         if key:
             key = validate_prefix(key) if key.endswith("/") else validate_key(key)
         return st, key
+
+    def _keep(self, key: str, st: Store) -> Store:
+        """The store kept under ``key``: ``st``, or the one another thread opened
+        first (then ``st`` is closed: its connections and threads are not leaked)."""
+        with self._lock:
+            kept = self._stores.setdefault(key, st)
+        if kept is not st:
+            st.close()
+        return kept
 
     def open(self, url: str) -> StoreReader:
         """A read-only binary file object over the object at ``url``."""

@@ -293,3 +293,31 @@ def test_s3_replica_failover(tmp_path: Path, running_seaweedfs: Any, monkeypatch
     with pytest.raises(ConfigError, match="credential") as e:
         load_mounts({"STORECOMP_MOUNTS": str(bad)})
     assert 'x"' not in str(e.value)
+
+
+def test_store_opened_twice_at_once_keeps_one_and_closes_the_other(tmp_path: Path) -> None:
+    import threading
+
+    closed: list[Store] = []
+    both_opening = threading.Barrier(2, timeout=10)
+
+    class Tracked(LocalStore):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    def opener(url: str, **options: Any) -> Store:
+        both_opening.wait()  # two threads miss the table at the same time
+        return Tracked(url)
+
+    ns = Namespace([Mount.of("m", str(tmp_path / "m"))], environ={}, opener=opener)
+    got: list[Store] = []
+    threads = [threading.Thread(target=lambda: got.append(ns.store("m"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(got) == 2 and got[0] is got[1]
+    assert len(closed) == 1 and closed[0] is not got[0]  # the loser is closed, not leaked
+    ns.close()
+    assert closed[-1] is got[0]
