@@ -85,6 +85,8 @@ from .local import LocalStore
 _STRIPES = 256
 _TOUCH_INTERVAL_S = 1.0
 _MAX_VERIFIED_ENTRIES = 1 << 16  # verify="once": entries whose checked chunks a process remembers
+_MAX_HEADERS = 1 << 16  # entry headers a process remembers
+_MAX_OPEN_FILES = 128  # verify="once": entry files a process keeps open
 
 
 @dataclass
@@ -142,7 +144,10 @@ class CachedStore(Store):
         for sub in ("entries", "tmp", "locks"):
             (self.cache_dir / sub).mkdir(parents=True, exist_ok=True)
         self._local = LocalStore(self.cache_dir / "entries")
-        self._headers: dict[str, tuple[tuple[int, int, int], Header, File | None]] = {}
+        # Headers memoised by entry (LRU) and, for verify="once", open handles by entry inode
+        # (LRU; bounded, so entries evicted by any process do not pin descriptors and disk space).
+        self._headers: OrderedDict[str, tuple[tuple[int, int, int], Header]] = OrderedDict()
+        self._files: OrderedDict[tuple[int, int, int], File] = OrderedDict()
         self._root_s = str(self.cache_dir / "entries")
         self._verified: OrderedDict[tuple[int, int, int], list[Any]] = OrderedDict()  # [checked chunks, unchecked count]
         self._sizes: dict[str, int] = {}
@@ -186,6 +191,8 @@ class CachedStore(Store):
         ident = (st.st_ino, st.st_dev, st.st_size)
         with self._lock:
             hit = self._headers.get(ekey)
+            if hit is not None:
+                self._headers.move_to_end(ekey)
         if hit is not None and hit[0] == ident:
             hdr = hit[1]
         else:
@@ -202,7 +209,9 @@ class CachedStore(Store):
                 self._discard(ekey)
                 return None
             with self._lock:
-                self._headers[ekey] = (ident, hdr, None)
+                self._headers[ekey] = (ident, hdr)
+                while len(self._headers) > _MAX_HEADERS:
+                    self._headers.popitem(last=False)
         if time.time() - st.st_mtime > _TOUCH_INTERVAL_S:
             try:
                 os.utime(path)  # LRU: mtime is the last use
@@ -215,9 +224,10 @@ class CachedStore(Store):
         (NotFoundError when the entry was replaced or removed meanwhile)."""
         path = f"{self._root_s}/{ekey}"
         with self._lock:
-            hit = self._headers.get(ekey)
-        if hit is not None and hit[0] == ident and hit[2] is not None and not hit[2].closed:
-            return hit[2]
+            hit = self._files.get(ident)
+            if hit is not None and not hit.closed:
+                self._files.move_to_end(ident)
+                return hit
         try:
             f = self._local.engine.open(path)
             st = os.stat(path)
@@ -226,15 +236,17 @@ class CachedStore(Store):
         if (st.st_ino, st.st_dev, st.st_size) != ident:
             raise NotFoundError(errno.ENOENT, path, None, "open (entry replaced)")
         with self._lock:
-            hit = self._headers.get(ekey)
-            if hit is not None and hit[0] == ident:
-                self._headers[ekey] = (ident, hit[1], f)
+            self._files[ident] = f
+            while len(self._files) > _MAX_OPEN_FILES:
+                self._files.popitem(last=False)  # closed when the last reader lets go
         return f
 
     def _discard(self, ekey: str) -> None:
         path = self._local.root / ekey
         with self._lock:
-            self._headers.pop(ekey, None)
+            old = self._headers.pop(ekey, None)
+            if old is not None:
+                self._files.pop(old[0], None)
         try:
             size = path.stat().st_size
             path.unlink()
@@ -337,6 +349,10 @@ class CachedStore(Store):
                         os.unlink(self._local.root / ekey)
                     except FileNotFoundError:
                         continue
+                    with self._lock:
+                        old = self._headers.pop(ekey, None)
+                        if old is not None:
+                            self._files.pop(old[0], None)  # the file's blocks are freed once no handle holds it
                     total -= n
                     self.stats.evictions += 1
             self._write_usage(total)
@@ -590,6 +606,12 @@ class CachedStore(Store):
         self.invalidate(key)
 
     def close(self) -> None:
+        with self._lock:
+            files = list(self._files.values())
+            self._files.clear()
+            self._headers.clear()
+        for f in files:
+            f.close()
         self._local.close()
         self.inner.close()
 

@@ -278,3 +278,34 @@ def test_cuda_destination_through_a_host_bounce(tmp_path: Path, remote: LocalSto
     assert c.read_ranges("obj/1", [5, 70_000], [100, 200], dst, [0, 100]).tolist() == [100, 200]
     data = blob(100 * KiB + 1, 1)
     assert bytes(dst.cpu().numpy()) == data[5:105] + data[70_000:70_200]
+
+
+def test_verify_once_holds_no_handle_on_evicted_entries_and_few_in_all(
+    tmp_path: Path, remote: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import storecomp.store.cache as cache_mod
+
+    def open_idents(c: CachedStore) -> set[tuple[int, int, int]]:
+        return set(c._files)
+
+    def live_idents(c: CachedStore) -> set[tuple[int, int, int]]:
+        out = set()
+        for ekey, _ in c.entries():
+            st = os.stat(c._local.root / ekey)
+            out.add((st.st_ino, st.st_dev, st.st_size))
+        return out
+
+    small = CachedStore(remote, tmp_path / "small", 250 * KiB, verify="once")  # room for two entries
+    for i in range(6):
+        assert small.get(f"obj/{i}") == blob(100 * KiB + i, i)
+    # Before the fix every evicted entry kept an open handle (its disk blocks never freed).
+    assert open_idents(small) <= live_idents(small)
+    small.close()
+
+    monkeypatch.setattr(cache_mod, "_MAX_OPEN_FILES", 2)
+    big = CachedStore(remote, tmp_path / "big", 10 << 20, verify="once")
+    for i in range(6):
+        assert big.get(f"obj/{i}") == blob(100 * KiB + i, i)
+    assert len(big._files) <= 2
+    assert big.get("obj/0") == blob(100 * KiB, 0)  # a dropped handle is reopened
+    big.close()
