@@ -54,6 +54,7 @@ from ..errors import (
     StorageIOError,
     StorecompError,
     StoreUnavailableError,
+    UnavailableError,
 )
 from ..io.buffers import BufferRef, as_buffer
 from .base import Capabilities, ObjectInfo, Store
@@ -142,7 +143,10 @@ class S3Store(Store):
         claim_lease_s: float = 60.0,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        from obstore.store import S3Store as _ObS3Store
+        try:
+            from obstore.store import S3Store as _ObS3Store
+        except ImportError:
+            raise UnavailableError(f"s3://{bucket}: the s3:// backend needs obstore: pip install obstore") from None
 
         env = os.environ if environ is None else environ
         if not bucket or "/" in bucket:

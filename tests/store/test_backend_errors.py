@@ -221,3 +221,13 @@ def test_call_with_retry_recovers_and_skips_permanent_errors() -> None:
 )
 def test_transient_classification(message: str, transient: bool) -> None:
     assert looks_transient(RuntimeError(message)) is transient
+
+
+def test_s3_without_obstore_names_the_package(monkeypatch: pytest.MonkeyPatch, no_aws_env: None) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "obstore", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "obstore.store", None)
+    with pytest.raises(UnavailableError) as exc:  # before: a bare ModuleNotFoundError
+        open_store("s3://bucket/prefix", anonymous=True)
+    assert "pip install obstore" in str(exc.value)
