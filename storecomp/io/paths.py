@@ -112,28 +112,51 @@ def _bounce(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.
     reads: collections.deque[Any] = collections.deque()
     copies: collections.deque[Any] = collections.deque()
 
-    def start(load: list[tuple[int, int, int, int]]) -> None:
+    def start(load: list[tuple[int, int, int, int]], wait: bool) -> bool:
+        """Submit the read of ``load`` into a free slot; False when none is free and ``wait`` is not set.
+
+        The pool is shared by every device read of the engine: never wait for
+        a slot while holding one (two readers would each wait for the other).
+        """
         while copies and pool.free_slots == 0:
-            slot, event = copies.popleft()
-            event.synchronize()
+            done_copy(copies.popleft())
+        if wait:
+            while copies:  # hold nothing while waiting
+                done_copy(copies.popleft())
+        try:
+            slot = pool.acquire(timeout=None if wait else 0)
+        except TimeoutError:
+            return False
+        try:
+            fut = f.read_many_into(
+                slot.array,
+                [int(offs[r]) + rel for r, rel, _, _ in load],
+                [n for _, _, n, _ in load],
+                [so for _, _, _, so in load],
+                exact=False,
+            )
+        except BaseException:
             slot.release()
-        slot = pool.acquire()
-        fut = f.read_many_into(
-            slot.array,
-            [int(offs[r]) + rel for r, rel, _, _ in load],
-            [n for _, _, n, _ in load],
-            [so for _, _, _, so in load],
-            exact=False,
-        )
+            raise
         reads.append((load, slot, fut))
+        return True
+
+    def done_copy(entry: tuple[Any, Any]) -> None:
+        slot, event = entry
+        event.synchronize()  # the device copy has read the slot: it may be reused
+        slot.release()
 
     pending = collections.deque(load for load in loads if load)
     try:
-        while pending and len(reads) < depth:
-            start(pending.popleft())
-        while reads:
+        while pending or reads:
+            while pending and len(reads) < depth and start(pending[0], wait=not reads):
+                pending.popleft()
             load, slot, fut = reads.popleft()
-            got = fut.result()
+            try:
+                got = fut.result()
+            except BaseException:
+                slot.release()  # the read failed: nothing is copied from this slot
+                raise
             src = slot.tensor()
             runs: list[list[int]] = []  # [dst_start, slot_start, n], merged when contiguous
             for (req, rel, n, slot_off), g in zip(load, got.tolist(), strict=True):
@@ -152,15 +175,13 @@ def _bounce(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.
                 event = torch.cuda.Event()
                 event.record(stream)
             copies.append((slot, event))
-            if pending:
-                start(pending.popleft())
         stream.synchronize()
     finally:
         for _, slot, fut in reads:
             fut.wait()
             slot.release()
-        for slot, _ in copies:
-            slot.release()
+        while copies:
+            done_copy(copies.popleft())
     return nbytes
 
 
