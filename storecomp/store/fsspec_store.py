@@ -24,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -45,6 +46,16 @@ from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import RetryPolicy, call_with_retry, looks_transient
 
 
+def public_url(url: str) -> str:
+    """``url`` without the password of its ``user:password@host`` part (safe to print)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}" if ":" in user else f"{name}@{host}"))
+
+
 def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
     """fsspec's filesystem and root path for ``url``.
 
@@ -52,11 +63,12 @@ def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
     implementation is missing, InvalidArgumentError when fsspec knows no such
     protocol.
     """
+    shown = public_url(url)
     try:
         import fsspec
         from fsspec.registry import known_implementations
     except ImportError:
-        raise UnavailableError(f"{url}: this URL needs fsspec: pip install fsspec") from None
+        raise UnavailableError(f"{shown}: this URL needs fsspec: pip install fsspec") from None
     scheme = url.split("://", 1)[0] if "://" in url else "file"
     try:
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
@@ -64,18 +76,18 @@ def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
         known = known_implementations.get(scheme, {})
         package = str(known.get("class", "")).split(".", 1)[0]
         hint = f"pip install {package}" if package else "install its fsspec implementation"
-        raise UnavailableError(f"{url}: the {scheme}:// protocol needs a package: {hint} ({known.get('err', e)})") from None
+        raise UnavailableError(f"{shown}: the {scheme}:// protocol needs a package: {hint} ({known.get('err', e)})") from None
     except ValueError as e:
         if "protocol not known" in str(e).lower():
             raise InvalidArgumentError(
-                f"{url}: unknown URL scheme {scheme!r}: neither storecomp nor fsspec has a backend for it "
+                f"{shown}: unknown URL scheme {scheme!r}: neither storecomp nor fsspec has a backend for it "
                 "(file paths, s3://, and fsspec protocols such as gs:// (pip install gcsfs), az:// (pip install adlfs), "
                 "http(s)://, hdfs:// are supported)"
             ) from None
-        raise InvalidArgumentError(f"{url}: {e}") from None
+        raise InvalidArgumentError(f"{shown}: {e}") from None
     except Exception as e:  # a client that needs more (hdfs:// needs a JVM and libhdfs)
         first = str(e).strip().split("\n", 1)[0][:300]
-        raise UnavailableError(f"{url}: could not open the {scheme}:// file system: {type(e).__name__}: {first}") from None
+        raise UnavailableError(f"{shown}: could not open the {scheme}:// file system: {type(e).__name__}: {first}") from None
     return fs, str(root).rstrip("/")
 
 
@@ -88,7 +100,8 @@ class FsspecStore(Store):
 
     def __init__(self, url: str, *, retry: RetryPolicy | None = None, max_concurrency: int = 16, **storage_options: Any) -> None:
         self.fs, self.root = filesystem_for(url, **storage_options)
-        self.url = url.rstrip("/")
+        self.url = public_url(url.rstrip("/"))
+        self._password = urlsplit(url).password or ""  # kept out of every message
         self.retry = retry or RetryPolicy()
         self._local = "file" in _protocols(self.fs) or "local" in _protocols(self.fs)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="storecomp-fsspec")
@@ -111,10 +124,11 @@ class FsspecStore(Store):
             return NotFoundError(errno.ENOENT, name, None, op)
         if isinstance(e, PermissionError):
             return CredentialsError(f"{name}: {op} refused: check the credentials and permissions")
+        text = str(e).replace(self._password, "***") if self._password else str(e)
         if looks_transient(e):
-            return StoreUnavailableError(self.url, f"{op} {name}: {type(e).__name__}: {str(e)[:300]}")
+            return StoreUnavailableError(self.url, f"{op} {name}: {type(e).__name__}: {text[:300]}")
         err = StorageIOError(getattr(e, "errno", None) or errno.EIO, name, None, op)
-        err.add_note(f"{type(e).__name__}: {str(e)[:300]}")
+        err.add_note(f"{type(e).__name__}: {text[:300]}")
         return err
 
     def _call(self, fn: Any, key: str | None, op: str) -> Any:

@@ -231,3 +231,21 @@ def test_s3_without_obstore_names_the_package(monkeypatch: pytest.MonkeyPatch, n
     with pytest.raises(UnavailableError) as exc:  # before: a bare ModuleNotFoundError
         open_store("s3://bucket/prefix", anonymous=True)
     assert "pip install obstore" in str(exc.value)
+
+
+def test_fsspec_url_password_is_never_shown() -> None:
+    from storecomp.errors import NotFoundError
+    from storecomp.store.fsspec_store import FsspecStore, public_url
+
+    assert public_url("ftp://ann:s3cret@host:21/dir") == "ftp://ann:***@host:21/dir"
+    assert public_url("ftp://ann@host/dir") == "ftp://ann@host/dir"
+    assert public_url("gs://bucket/dir") == "gs://bucket/dir"
+    store = FsspecStore("memory://ann:s3cret@host/dir")
+    with pytest.raises(NotFoundError) as exc:
+        store.stat("missing")
+    for shown in (store.url, repr(store), str(exc.value)):
+        assert "s3cret" not in shown  # before: the URL was kept and printed as given
+    with pytest.raises(InvalidArgumentError) as bad:
+        open_store("nosuchproto://ann:s3cret@x/y")
+    assert "s3cret" not in str(bad.value)
+    store.close()
