@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except StorecompError as e:
         print(f"storecomp: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a local file the command was given: missing, unreadable, not writable
+        print(f"storecomp: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

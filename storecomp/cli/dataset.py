@@ -56,7 +56,12 @@ def main(args: argparse.Namespace) -> int:
             name, sep, path = item.partition("=")
             if not sep or not name or not path:
                 raise InvalidArgumentError(f"expected FIELD=FILE.npy, got {item!r}")
-            arrays[name] = np.load(path, mmap_mode="r")
+            try:
+                arrays[name] = np.load(path, mmap_mode="r")
+            except ValueError as e:  # not a .npy file (np.load sees pickled data)
+                raise InvalidArgumentError(f"{path}: not a readable .npy file ({e})") from None
+            if not isinstance(arrays[name], np.ndarray):
+                raise InvalidArgumentError(f"{path}: not a .npy file (a .npz holds several arrays: use convert)")
         manifest = write_dataset(args.dst, arrays, shard_bytes=args.shard_bytes)
         print(json.dumps({"dataset": args.dst, "num_samples": manifest["num_samples"], "shards": len(manifest["shards"])}))
         return 0
