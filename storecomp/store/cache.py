@@ -165,10 +165,7 @@ class CachedStore(Store):
 
     def usage(self) -> int:
         """Bytes the cache's entries take on disk (by the last accounting)."""
-        try:
-            return int((self.cache_dir / "usage").read_text() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
+        return self._read_usage()
 
     def entries(self) -> list[tuple[str, int]]:
         """(entry key, bytes) of every cache entry (a directory scan)."""
@@ -588,7 +585,10 @@ class CachedStore(Store):
         return info
 
     def put_if_absent(self, key: str, data: Any) -> bool:
-        return self.inner.put_if_absent(key, data)
+        wrote = self.inner.put_if_absent(key, data)
+        if wrote:  # an entry left from an object removed elsewhere would shadow the new one
+            self.invalidate(key)
+        return wrote
 
     def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
         info = self.inner.compare_and_swap(key, expected, data)

@@ -309,3 +309,14 @@ def test_verify_once_holds_no_handle_on_evicted_entries_and_few_in_all(
     assert len(big._files) <= 2
     assert big.get("obj/0") == blob(100 * KiB, 0)  # a dropped handle is reopened
     big.close()
+
+
+def test_put_if_absent_drops_an_entry_of_an_object_removed_elsewhere(tmp_path: Path, remote: LocalStore) -> None:
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20)
+    assert c.get("obj/2") == blob(100 * KiB + 2, 2)  # cached
+    remote.delete("obj/2")  # another node removes it
+    assert c.put_if_absent("obj/2", b"new object")
+    assert c.get("obj/2") == b"new object"  # before: the old entry was served
+    assert not c.put_if_absent("obj/2", b"other")
+    assert c.get("obj/2") == b"new object"
+    c.close()
