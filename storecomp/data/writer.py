@@ -266,6 +266,8 @@ class DatasetWriter:
         index = encode_index(header, blobs)
         f.write(index)
         f.write(TRAILER.pack(MAGIC, pos, len(index), crc32c(index), VERSION))
+        f.flush()
+        os.fsync(f.fileno())  # on stable storage before a manifest can name it
         f.close()
         self._file = None
         size = os.path.getsize(shard["tmp"])
@@ -287,6 +289,7 @@ class DatasetWriter:
                 key = f"{SHARD_DIR}/{digest}.scs"
                 os.replace(s["tmp"], os.path.join(self.path, key))
                 shards.append({"key": key, "sha256": digest, "size": s["size"], "num_records": s["num_records"]})
+            _fsync_dir(os.path.join(self.path, SHARD_DIR))  # the renames, before the manifest that names them
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "kind": "records",
@@ -341,6 +344,15 @@ def _publish_json(path: str, doc: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_dataset(

@@ -86,3 +86,27 @@ def test_writer_context_manager_and_aligned_records(tmp_path: Path) -> None:
 def test_publishing_twice_is_refused(shard_ds: str) -> None:
     with pytest.raises(InvalidArgumentError, match="already published"):
         write_dataset(shard_ds, {"a": np.zeros(3)})
+
+
+def test_shards_are_durable_before_the_manifest_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shard's bytes and the renames into shards/ reach stable storage before manifest.json is published."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append("replace " + os.path.basename(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_dataset(tmp_path / "ds", {"x": np.arange(3000, dtype=np.int64)}, shard_bytes=8192)
+    shards = os.listdir(tmp_path / "ds" / "shards")
+    assert len(shards) > 1
+    assert sum(e.startswith("fsync shard-") for e in events) == len(shards)
+    published = events.index("replace manifest.json")
+    assert "fsync shards" in events[:published]
+    assert events[-1] == "fsync ds"
