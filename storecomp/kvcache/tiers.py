@@ -265,7 +265,10 @@ class DiskTier:
                 for f in it:
                     name = f.name
                     if name.endswith(self.SUFFIX) and len(name) == 64 + len(self.SUFFIX):
-                        st = f.stat(follow_symlinks=False)
+                        try:
+                            st = f.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue  # evicted by another process sharing the directory
                         found.append((st.st_mtime, bytes.fromhex(name[:64]), st.st_size))
                     elif ".tmp-" in name and not _writer_alive(name):
                         _unlink_quiet(f.path)

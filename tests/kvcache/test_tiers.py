@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -40,3 +41,37 @@ def test_disk_put_of_one_key_from_two_threads_reserves_once(tmp_path: Path, monk
         assert not disk.writing
         disk.rebuild()
         assert disk.used == data.nbytes
+
+
+def test_disk_rebuild_skips_a_chunk_removed_while_listing(tmp_path: Path) -> None:
+    with Engine() as engine:
+        disk = tiers.DiskTier(tmp_path, "ns", 1 << 20, engine)
+        data = np.ones(4096, np.uint8)
+        keys = [bytes([i]) * 32 for i in range(3)]
+        for k in keys:
+            assert disk.put(k, data)
+        real_scandir = os.scandir
+        gone = disk.path(keys[1])
+
+        class Vanishing:
+            """os.scandir of a chunk directory whose entry is deleted just before its stat."""
+
+            def __init__(self, path: str) -> None:
+                self._it = real_scandir(path)
+
+            def __enter__(self) -> Vanishing:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self._it.close()
+
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                for e in self._it:
+                    if e.path == gone:
+                        os.unlink(gone)  # another process evicts it now
+                    yield e
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(tiers.os, "scandir", Vanishing)
+            disk.rebuild()  # before: FileNotFoundError (a KVCacheStore failed to start)
+        assert set(disk.entries) == {keys[0], keys[2]} and disk.used == 2 * data.nbytes
