@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
 from ..store.base import Store
 from .format import MANIFEST_FORMAT, TRAILER, FieldSpec, crc32c, decode_index, parse_trailer
 from .readers import LocalReader, Reader, StoreReader
@@ -158,15 +158,22 @@ def _open_shards(reader: Reader, root: str, manifest_key: str) -> Dataset:
             raise ValueError(f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
         fields = [FieldSpec.from_json(f) for f in manifest["fields"]]
         shards = manifest["shards"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptDataError(f"{reader.describe(manifest_key)}: malformed manifest ({e})") from None
+        stride = int(manifest["record_stride"])
+        offsets = {f["name"]: int(f.get("offset", -1)) for f in manifest["fields"]}
+        keys = [str(s["key"]) for s in shards]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CorruptDataError(f"{reader.describe(manifest_key)}: malformed manifest ({type(e).__name__}: {e})") from None
     fixed = [f for f in fields if not f.var]
     var = [f for f in fields if f.var]
     parts: list[Part] = []
-    stride = int(manifest["record_stride"])
-    offsets = {f["name"]: int(f.get("offset", -1)) for f in manifest["fields"]}
-    for s in shards:
-        part, field_offsets = _open_shard(reader, reader.join(root, s["key"]), s, fields, stride)
+    for s, key in zip(shards, keys, strict=True):
+        where = reader.join(root, key)
+        try:
+            part, field_offsets = _open_shard(reader, where, s, fields, stride)
+        except StorecompError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:  # a field missing from the manifest entry or the shard index
+            raise CorruptDataError(f"{reader.describe(where)}: malformed shard entry or index ({e!r})") from None
         if field_offsets != {k: v for k, v in offsets.items() if k in field_offsets}:
             raise CorruptDataError(f"{reader.describe(part.name)}: field offsets differ from the manifest's")
         parts.append(part)

@@ -147,3 +147,18 @@ def test_errors_share_the_root(shard_ds: str) -> None:
         open_dataset(os.path.join(shard_ds, "nope"))
     with pytest.raises(InvalidArgumentError, match="at least 2"):
         DataLoader(shard_ds, 8, max_memory=4096)
+
+
+@pytest.mark.parametrize("drop", ["record_stride", "shards/0/size", "shards/0/key"])
+def test_manifest_missing_a_key_is_corrupt_data(shard_ds: str, drop: str) -> None:
+    """A manifest without a required entry is CorruptDataError naming the file, not a KeyError."""
+    path = Path(shard_ds, "manifest.json")
+    doc = json.loads(path.read_text())
+    *where, last = drop.split("/")
+    node = doc
+    for k in where:
+        node = node[int(k)] if k.isdigit() else node[k]
+    del node[last]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CorruptDataError, match="malformed"):
+        open_dataset(shard_ds)
