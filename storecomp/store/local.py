@@ -9,7 +9,8 @@ the page cache misses). Writes publish atomically:
 * ``put_if_absent``: the same temp file, published with ``link(2)``, which
   fails with EEXIST when the key exists (then False, nothing changed).
 * ``compare_and_swap``: the temp file is written first; then, holding
-  ``flock(2)`` on a sidecar lock file ``.sc-lock.<name>`` next to the key,
+  ``flock(2)`` on a sidecar lock file ``.sc-lock.<name>`` next to the key
+  (``.sc-lock.h-<digest of name>`` when that name would be too long),
   the current version is compared with ``expected`` and the temp file is
   renamed over the key. Every CAS writer of a key on this machine (any
   process) serialises on that lock; no server is involved. The lock is
@@ -152,6 +153,8 @@ class LocalStore(Store):
             raise InvalidArgumentError(f"{key!r}: a parent of this key is an object, not a directory") from None
         except NotADirectoryError:
             raise InvalidArgumentError(f"{key!r}: a parent of this key is an object, not a directory") from None
+        except OSError as e:
+            raise from_errno(e.errno or errno.EIO, str(parent), None, "mkdir") from None
         tmp = parent / f"{_TMP}{uuid.uuid4().hex}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -183,7 +186,7 @@ class LocalStore(Store):
         try:
             # A key that CAS writers use has a lock file: take it so that a
             # put never lands between a CAS's compare and its rename.
-            with _flock(final.parent / f"{_LOCK}{final.name}", create=False):
+            with _flock(_lock_path(final), create=False):
                 _publish_rename(tmp, final)
         except BaseException:
             _unlink_quiet(tmp)
@@ -200,7 +203,7 @@ class LocalStore(Store):
     def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
         tmp, final = self._write_temp(validate_key(key), data)
         try:
-            with _flock(final.parent / f"{_LOCK}{final.name}"):
+            with _flock(_lock_path(final)):
                 if expected is None:
                     if not _publish_link(tmp, final):
                         raise ConflictError(f"{self.url}/{key}: compare-and-swap expected no object, but one exists")
@@ -299,6 +302,15 @@ class LocalStore(Store):
         return f"LocalStore({str(self.root)!r})"
 
 
+def _lock_path(final: Path) -> Path:
+    """The CAS lock file of ``final``: ``.sc-lock.<name>``, or a digest of the name
+    when that would pass the file system's 255-byte name limit."""
+    name = f"{_LOCK}{final.name}"
+    if len(name.encode()) > 255:
+        name = f"{_LOCK}h-{hashlib.blake2b(final.name.encode(), digest_size=16).hexdigest()}"
+    return final.parent / name
+
+
 def _is_file(st: os.stat_result) -> bool:
     import stat as _stat
 
@@ -354,8 +366,10 @@ class _flock:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0), 0o644)
         except FileNotFoundError:
             if self.create:
-                raise
+                raise from_errno(errno.ENOENT, str(self.path), None, "lock") from None
             return  # no lock file: nobody uses CAS on this key
+        except OSError as e:
+            raise from_errno(e.errno or errno.EIO, str(self.path), None, "lock") from None
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from storecomp.errors import ConflictError, InvalidArgumentError, NotFoundError
+from storecomp.errors import ConflictError, InvalidArgumentError, NotFoundError, StorecompError
 from storecomp.store import LocalStore
 
 
@@ -67,3 +67,22 @@ def test_reads_use_the_native_engine(tmp_path):
     assert s.path_of("x") == tmp_path / "x"
     fut = s.submit_ranges("x", [10], [5], np.zeros(5, np.uint8), [0])
     assert fut.io_paths == ("posix",)
+
+
+def test_long_names_take_put_and_cas(tmp_path):
+    s = LocalStore(tmp_path)
+    key = "d/" + "n" * 250  # a valid file name; ".sc-lock." + it is not
+    info = s.put(key, b"one")  # before: OSError ENAMETOOLONG from the lock file
+    info = s.compare_and_swap(key, info.version, b"two")
+    s.put(key, b"three")  # takes the same (digest-named) lock as the CAS
+    with pytest.raises(ConflictError):
+        s.compare_and_swap(key, info.version, b"stale")
+    assert s.get(key) == b"three" and [i.key for i in s.list("d/")] == [key]
+
+
+def test_os_errors_become_storecomp_errors(tmp_path):
+    s = LocalStore(tmp_path)
+    with pytest.raises(StorecompError):
+        s.put("x" * 300 + "/y", b"1")  # mkdir of a too-long name: was a bare OSError
+    with pytest.raises(StorecompError):
+        s.compare_and_swap("x" * 300, None, b"1")
