@@ -71,21 +71,28 @@ class _Loop:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         with self._lock:
+            if self._pid != os.getpid():
+                # A forked child (DataLoader workers): the parent's loop thread does not
+                # exist here, and work queued on its loop would never run. Start afresh.
+                self._loop, self._thread, self._pid = None, None, os.getpid()
             if self._loop is None or self._loop.is_closed():
                 loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(target=_run_loop, args=(loop,), name="storecomp-s3", daemon=True)
                 self._thread.start()
                 self._loop = loop
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+            return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def close(self) -> None:
         """Stop the loop. Reads still in flight are cancelled first, so that
         their futures complete (with CancelledError) instead of never."""
         with self._lock:
+            if self._pid != os.getpid():  # the parent's loop: not ours to stop (its thread is not here)
+                self._loop, self._thread, self._pid = None, None, os.getpid()
             if self._loop is not None and not self._loop.is_closed():
                 loop = self._loop
                 loop.call_soon_threadsafe(_cancel_all_and_stop, loop)

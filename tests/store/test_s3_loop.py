@@ -41,3 +41,26 @@ def test_loop_restarts_after_close() -> None:
     loop.close()
     assert loop.submit(one()).result(5) == 1
     loop.close()
+
+
+def test_forked_child_gets_a_loop_of_its_own() -> None:
+    import os
+
+    loop = _Loop()
+
+    async def pid() -> int:
+        return os.getpid()
+
+    assert loop.submit(pid()).result(5) == os.getpid()  # the parent's loop thread runs
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            code = 0 if loop.submit(pid()).result(5) == os.getpid() else 2  # before: timed out (no loop thread here)
+            loop.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert loop.submit(pid()).result(5) == os.getpid()  # the parent's loop is untouched
+    loop.close()
