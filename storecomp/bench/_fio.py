@@ -49,26 +49,17 @@ def fio_read(path: str, rw: str, block_bytes: int, iodepth: int, duration_s: flo
         "--randrepeat=0",
         "--output-format=json",
     ]
-    window = Window()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 120)
-    wall, _own, busy = window.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    text = proc.stdout[proc.stdout.find("{") :]  # fio may print notes before the JSON
-    job = json.loads(text)["jobs"][0]
-    if job.get("error"):
-        raise RuntimeError(f"fio job error {job['error']}")
+    job, cpu_s, background = _run_job(cmd, duration_s + 120)
     read = job["read"]
     seconds = read["runtime"] / 1000.0
     gb = read["io_bytes"] / 1e9
-    cpu_s = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * job["job_runtime"] / 1000.0
     return {
         "gbps": read["bw_bytes"] / 1e9,
         "iops": read["iops"],
         "cpu_s_per_gb": cpu_s / gb if gb > 0 else 0.0,
         "bytes": int(read["io_bytes"]),
         "seconds": seconds,
-        "background_cores": background_cores(busy, cpu_s, wall),
+        "background_cores": background,
         "command": " ".join(cmd[1:]),
     }
 
@@ -94,17 +85,9 @@ def fio_write(path: str, block_bytes: int, iodepth: int, size_bytes: int) -> dic
         "--end_fsync=1",
         "--output-format=json",
     ]
-    window = Window()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wall, _own, busy = window.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    job = json.loads(proc.stdout[proc.stdout.find("{") :])["jobs"][0]
-    if job.get("error"):
-        raise RuntimeError(f"fio job error {job['error']}")
+    job, cpu_s, background = _run_job(cmd, 600)
     write = job["write"]
     gb = write["io_bytes"] / 1e9
-    cpu_s = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * job["job_runtime"] / 1000.0
     seconds = job["job_runtime"] / 1000.0  # includes the final fsync
     return {
         "gbps": gb / seconds if seconds > 0 else 0.0,
@@ -112,6 +95,30 @@ def fio_write(path: str, block_bytes: int, iodepth: int, size_bytes: int) -> dic
         "cpu_s_per_gb": cpu_s / gb if gb > 0 else 0.0,
         "bytes": int(write["io_bytes"]),
         "seconds": seconds,
-        "background_cores": background_cores(busy, cpu_s, wall),
+        "background_cores": background,
         "command": " ".join(cmd[1:]),
     }
+
+
+def _run_job(cmd: list[str], timeout_s: float) -> tuple[dict[str, Any], float, float | None]:
+    """Run one fio job: (its JSON job record, CPU seconds it used, background cores busy meanwhile).
+
+    Every failure (fio's exit status, a job error, a hang past ``timeout_s``,
+    output that is not fio's JSON) is RuntimeError with fio's message.
+    """
+    window = Window()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"fio did not finish within {timeout_s:.0f} s") from None
+    wall, _own, busy = window.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    try:
+        job = json.loads(proc.stdout[proc.stdout.find("{") :])["jobs"][0]  # fio may print notes before the JSON
+        if job.get("error"):
+            raise RuntimeError(f"fio job error {job['error']}")
+        cpu_s = (job["usr_cpu"] + job["sys_cpu"]) / 100.0 * job["job_runtime"] / 1000.0
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise RuntimeError(f"fio printed no readable JSON ({e!r}): {proc.stdout.strip()[:200]}") from None
+    return job, cpu_s, background_cores(busy, cpu_s, wall)

@@ -115,3 +115,21 @@ def test_plot_and_compare(tmp_path: Path) -> None:
 def test_unwritable_plot_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--plot", str(tmp_path / "no" / "x.png")]) == 1
     assert "--plot" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("cmd", "timeout_s", "message"),
+    [
+        ([sys.executable, "-c", "import time; time.sleep(30)"], 0.5, "did not finish"),
+        ([sys.executable, "-c", "print('note: no json here')"], 30, "no readable JSON"),
+        ([sys.executable, "-c", "print('{\"jobs\": []}')"], 30, "no readable JSON"),
+        ([sys.executable, "-c", "import sys; sys.exit(3)"], 30, "fio failed"),
+    ],
+    ids=["hang", "not-json", "no-job", "exit-status"],
+)
+def test_fio_failures_are_runtime_errors(cmd: list[str], timeout_s: float, message: str) -> None:
+    """Whatever goes wrong with fio is the RuntimeError the suites catch, never a crash of the whole run."""
+    from storecomp.bench import _fio
+
+    with pytest.raises(RuntimeError, match=message):
+        _fio._run_job(cmd, timeout_s)
