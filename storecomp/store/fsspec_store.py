@@ -20,6 +20,7 @@ import concurrent.futures
 import ctypes
 import errno
 import hashlib
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -104,7 +105,9 @@ class FsspecStore(Store):
         self._password = urlsplit(url).password or ""  # kept out of every message
         self.retry = retry or RetryPolicy()
         self._local = "file" in _protocols(self.fs) or "local" in _protocols(self.fs)
+        self._max_concurrency = max_concurrency
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency, thread_name_prefix="storecomp-fsspec")
+        self._pid = os.getpid()
         self._cas_lock = threading.Lock()
 
     @property
@@ -154,8 +157,16 @@ class FsspecStore(Store):
         path = self._path(key)
         ref = as_buffer(dst)
         offs, lens, douts = _check_ranges(offsets, lengths, dst_offsets, ref)
-        fut = self._pool.submit(self._read, key, path, offs, lens, douts, ref, exact)
+        fut = self._executor().submit(self._read, key, path, offs, lens, douts, ref, exact)
         return PendingRanges(fut, ref)
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The read pool; a forked child (DataLoader workers) makes its own: the
+        parent's worker threads do not exist there, and its queue would never drain."""
+        if self._pid != os.getpid():
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._max_concurrency, thread_name_prefix="storecomp-fsspec")
+            self._pid = os.getpid()
+        return self._pool
 
     def _read(
         self, key: str, path: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, exact: bool
@@ -281,7 +292,8 @@ class FsspecStore(Store):
             pass
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pid == os.getpid():
+            self._pool.shutdown(wait=True)
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"
