@@ -57,8 +57,11 @@ def make_data(directory: str, size: int, say: Any) -> dict[str, str]:
     paths = {k: os.path.join(base, v) for k, v in (("npy", "x64k.npy"), ("npy4k", "x4k.npy"), ("tokens", "tokens.npy"))}
     paths.update(shards64=os.path.join(base, "ds64k"), shards4=os.path.join(base, "ds4k"))
     rows = max(BATCH * 4, size // 65536)
-    if os.path.exists(paths["npy"]) and np.load(paths["npy"], mmap_mode="r").shape[0] == rows:
-        return paths
+    complete = all(os.path.exists(paths[k]) for k in ("npy4k", "tokens")) and all(
+        os.path.exists(os.path.join(paths[k], "manifest.json")) for k in ("shards64", "shards4")
+    )
+    if complete and os.path.exists(paths["npy"]) and np.load(paths["npy"], mmap_mode="r").shape[0] == rows:
+        return paths  # a run interrupted while writing leaves some missing: those are written again
     say(f"writing {rows * 65536 / 2**30:.2f} GiB of loader data in {base}")
     rng = np.random.default_rng(0)
     for key, shape, dtype in (

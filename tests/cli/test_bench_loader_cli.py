@@ -22,3 +22,16 @@ def test_bench_loader_cli(tmp_path: Path) -> None:
     assert figs["rand_64k"]["peers"] == {}
     assert "holds" in figs["peak_rss"]["note"]
     assert not (tmp_path / "storecomp-bench-loader").exists()
+
+
+def test_loader_data_interrupted_while_writing_is_written_again(tmp_path: Path) -> None:
+    """--dir reuse: data left half-written by an interrupted run (a shard dataset missing) is completed, not reused."""
+    import shutil
+
+    from storecomp.bench.loader import make_data
+    from storecomp.data import open_dataset
+
+    paths = make_data(str(tmp_path), 4 << 20, lambda _m: None)
+    shutil.rmtree(paths["shards4"])
+    again = make_data(str(tmp_path), 4 << 20, lambda _m: None)
+    assert len(open_dataset(again["shards4"])) == len(open_dataset(again["shards64"])) * 16
