@@ -65,13 +65,21 @@ def devices() -> list[dict[str, Any]]:
     return out
 
 
+_HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable
+
+
 def host_register(address: int, nbytes: int) -> bool:
-    """Pin host memory for DMA (cudaHostRegister); False when not possible."""
+    """Pin host memory for DMA (cudaHostRegister); False when not possible.
+
+    Registered as portable: pinned for every device's context, not only the
+    one current in the calling thread (a pool made on device 0 may feed
+    copies to device 1, and the copier threads start on device 0).
+    """
     if not device_count():
         return False
     torch = import_torch()
     try:
-        err = torch.cuda.cudart().cudaHostRegister(address, nbytes, 0)
+        err = torch.cuda.cudart().cudaHostRegister(address, nbytes, _HOST_REGISTER_PORTABLE)
     except Exception:
         return False
     return int(getattr(err, "value", err)) == 0

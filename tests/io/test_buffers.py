@@ -353,3 +353,23 @@ def test_every_buffer_error_is_a_storecomp_error() -> None:
     for exc in (ReadOnlyDestinationError, UnsupportedBufferError, InvalidArgumentError, ClosedError):
         assert issubclass(exc, StorecompError)
     assert isinstance(as_buffer(bytearray(1)), BufferRef)
+
+
+def test_host_register_pins_for_every_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cudaHostRegister is asked for portable memory (pinned in every device's context, not just the current one)."""
+    import types
+
+    from storecomp.io import cuda
+
+    calls: list[tuple[int, int, int]] = []
+
+    class _Cudart:
+        def cudaHostRegister(self, address: int, nbytes: int, flags: int) -> int:  # noqa: N802 - the CUDA name
+            calls.append((address, nbytes, flags))
+            return 0
+
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(cudart=_Cudart))
+    monkeypatch.setattr(cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cuda, "import_torch", lambda: fake_torch)
+    assert cuda.host_register(4096, 8192)
+    assert calls == [(4096, 8192, 1)]  # cudaHostRegisterPortable
