@@ -69,3 +69,21 @@ def test_disk_part_without_fio_says_why(tmp_path: Path) -> None:
     assert d["fio_skipped"].startswith("fio disabled") and "ratio_store" not in d
     assert d["gbps"]["store"] > 0 and d["gbps"]["retrieve"] > 0 and d["gbps"]["fio_read"] is None
     assert not (tmp_path / "kv").exists()
+
+
+def test_bench_host_refuses_to_time_a_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retrieve that loads nothing is fast; the host part raises instead of reporting it as bandwidth."""
+    from typing import Any
+
+    from storecomp.bench import kvcache as bench
+    from storecomp.kvcache import KVCacheStore, ModelFingerprint
+
+    real = KVCacheStore.retrieve
+
+    def miss_contiguous(self: Any, tokens: Any, out: Any, *a: Any, **kw: Any) -> int:
+        return 0 if isinstance(out, list) else real(self, tokens, out, *a, **kw)
+
+    monkeypatch.setattr(KVCacheStore, "retrieve", miss_contiguous)
+    fp = ModelFingerprint("tiny", "bfloat16", layers=1, kv_heads=1, head_dim=8)
+    with pytest.raises(RuntimeError, match="contiguous layout"):
+        bench.bench_host(fp, 1, 1)
