@@ -21,6 +21,8 @@ Writes are buffered unless ``direct="on"`` (then O_DIRECT when aligned).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import errno
 import os
 import threading
 import weakref
@@ -33,6 +35,7 @@ import numpy as np
 from .. import _native
 from ..config import IOOptions
 from ..errors import (
+    CancelledIOError,
     ClosedError,
     InvalidArgumentError,
     ShortReadError,
@@ -127,6 +130,9 @@ class IOFuture:
         if self._device_part is not None:
             try:
                 counts.append(self._device_part.result())
+            except concurrent.futures.CancelledError:  # queued when the engine closed: never ran
+                self._error = CancelledIOError(errno.ECANCELED, self._paths[0], None, self._op)
+                return
             except BaseException as e:  # reported as raised by the device path
                 self._error = e
                 return

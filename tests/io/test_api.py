@@ -518,3 +518,19 @@ def test_many_threads_read_through_one_engine(engine: Engine, data_file: DataFil
     for t in threads:
         t.join(60)
     assert not errors, errors[0]
+
+
+def test_device_read_cancelled_by_close_is_cancelled_io_error() -> None:
+    """A device read still queued when its engine closes raises CancelledIOError, as host reads do."""
+    import concurrent.futures
+
+    from storecomp.errors import CancelledIOError
+    from storecomp.io import IOFuture
+
+    queued: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+    assert queued.cancel()  # what the copier pool's shutdown(cancel_futures=True) does
+    one = np.array([4096], np.uint64)
+    fut = IOFuture([], ["/data/x"], np.zeros(0, np.int64), one, one, "read", True, [], ("bounce",), device_part=queued)
+    assert fut.wait(1.0)
+    with pytest.raises(CancelledIOError, match="/data/x"):
+        fut.result()
