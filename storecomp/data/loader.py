@@ -216,6 +216,13 @@ class DataLoader:
 
     def _run_epoch(self) -> Iterator[dict[str, Any]]:
         """The consumer side: take finished batches from the producer thread, in order."""
+        if self.device.type == "cuda" and self.device.index is None:
+            # The producer thread starts on device 0 (the current device is per
+            # thread): name the consumer's current device (torch.cuda.set_device
+            # of this rank) so batches land there, not on cuda:0.
+            import torch
+
+            self.device = torch.device("cuda", torch.cuda.current_device())
         n = len(self.dataset)
         order = epoch_order(n, self.seed, self.epoch, shuffle=self.shuffle, block=self.shuffle_block, window=self.shuffle_window)
         steps = _Lookahead(rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last))

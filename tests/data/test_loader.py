@@ -158,6 +158,8 @@ def test_cuda_batches() -> None:
     loader = DataLoader("/tmp/storecomp-gpu-test.npy", 8, seq_len=16, device="cuda")
     b = next(iter(loader))
     assert b["tokens"].device.type == "cuda" and b["tokens"].shape == (8, 17)
+    # device="cuda" means this thread's current device, not the producer thread's (always cuda:0)
+    assert b["tokens"].device.index == torch.cuda.current_device() == loader.device.index
 
 
 @pytest.mark.gpu
