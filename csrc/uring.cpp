@@ -9,7 +9,10 @@
 
 #ifdef STORECOMP_HAVE_LIBURING
 #include <liburing.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
+#include <unistd.h>
 #endif
 
 namespace sc {
@@ -49,9 +52,12 @@ namespace {
 // size the hand-off costs more than the copy.
 constexpr uint64_t kPoolNowaitBytes = 256 << 10;
 
-// One ring. Callers submit under mu_; a reaper thread waits for completions,
-// finishes pieces and refills the ring from the pending queue, keeping at
-// most queue_depth pieces in flight. Pieces that need the aligned bounce
+// One ring, one submitter. Callers append pieces to the pending queue under
+// mu_ and wake the reaper through an eventfd (a multishot poll on it sits in
+// the ring); only the reaper touches the submission queue. Each round it
+// fills the ring from the pending queue (at most queue_depth pieces in
+// flight), then submits and waits for completions in one system call, as
+// fio does. Pieces that need the aligned bounce
 // area (unaligned O_DIRECT reads) go to the thread pool, and so do large
 // AUTO reads for their page-cache attempt (misses come back here).
 class Uring final : public UringBackend {
@@ -63,9 +69,17 @@ class Uring final : public UringBackend {
     // COOP_TASKRUN: completions are posted when the reaper next enters the
     // kernel instead of by an interrupt to it (fewer IPIs and context
     // switches at high IOPS); kernels before 5.19 refuse the flag.
-    int r = io_uring_queue_init(qd_ + 1, &ring_, IORING_SETUP_COOP_TASKRUN);  // +1: the shutdown NOP
+    int r = io_uring_queue_init(qd_ + 1, &ring_, IORING_SETUP_COOP_TASKRUN);  // +1: re-arming the wake poll
     if (r == -EINVAL) r = io_uring_queue_init(qd_ + 1, &ring_, 0);
     if (r < 0) return r;
+    efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd_ < 0) {
+      int err = errno;
+      io_uring_queue_exit(&ring_);
+      return -err;
+    }
+    arm_wake();
+    io_uring_submit(&ring_);
     inited_ = true;
     reaper_ = std::thread([this] { reap(); });
     pool_.set_miss_sink([this](Piece* p) { submit(&p, 1); });
@@ -77,17 +91,18 @@ class Uring final : public UringBackend {
   }
 
   void submit(Piece* const* pieces, size_t n) override {
-    std::vector<Piece*> to_pool, cancelled;
+    std::vector<Piece*> cancelled;
+    bool wake = false;
     {
       std::lock_guard<std::mutex> g(mu_);
       if (stopping_) {
         cancelled.assign(pieces, pieces + n);
       } else {
         pending_.insert(pending_.end(), pieces, pieces + n);
-        fill_locked(&to_pool);
+        wake = reaper_waiting_;
       }
     }
-    if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
+    if (wake) this->wake();
     cancel(cancelled);
   }
 
@@ -120,17 +135,12 @@ class Uring final : public UringBackend {
       stopping_ = true;
       cancelled.assign(pending_.begin(), pending_.end());
       pending_.clear();
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-      if (sqe) {
-        io_uring_prep_nop(sqe);
-        io_uring_sqe_set_data(sqe, nullptr);
-        inflight_++;
-        io_uring_submit(&ring_);
-      }
     }
     cancel(cancelled);
+    wake();
     reaper_.join();  // returns once nothing is in flight
     io_uring_queue_exit(&ring_);  // drops the fixed buffer registration too
+    ::close(efd_);
     inited_ = false;
     fixed_base_ = 0;
     fixed_len_ = 0;
@@ -202,8 +212,8 @@ class Uring final : public UringBackend {
            p->batch->reqs[p->req].op == OP_READ;
   }
 
+  // Prepares SQEs for pending pieces; the reaper submits them.
   void fill_locked(std::vector<Piece*>* to_pool) {
-    unsigned queued = 0;
     while (inflight_ < qd_ && !pending_.empty()) {
       Piece* p = pending_.front();
       if (probe_in_pool(p)) {
@@ -221,9 +231,24 @@ class Uring final : public UringBackend {
         to_pool->push_back(p);
       }
       inflight_++;
-      queued++;
     }
-    if (queued) io_uring_submit(&ring_);
+  }
+
+  // A tag no piece can have: the completion of the wake-up poll.
+  static void* wake_tag() { return reinterpret_cast<void*>(uintptr_t{1}); }
+
+  void arm_wake() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // a slot is kept free for it (qd_ + 1 entries)
+    io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
+    io_uring_sqe_set_data(sqe, wake_tag());
+  }
+
+  void wake() {
+    uint64_t one = 1;
+    ssize_t n;
+    do {
+      n = ::write(efd_, &one, sizeof one);
+    } while (n < 0 && errno == EINTR);  // EAGAIN: the counter is full, a wake-up is pending anyway
   }
 
   // Decides what a completion means for its piece: done, resubmit, or error.
@@ -276,40 +301,56 @@ class Uring final : public UringBackend {
     std::vector<Piece*> again, to_pool, cancelled;
     std::vector<std::pair<Piece*, int>> done;
     for (;;) {
-      io_uring_cqe* cqe;
-      int r = io_uring_wait_cqe(&ring_, &cqe);
-      if (r == -EINTR) continue;
-      if (r < 0) {  // cannot happen with a valid ring; avoid spinning
-        std::this_thread::yield();
-        continue;
-      }
-      unsigned head, count = 0;
-      io_uring_for_each_cqe(&ring_, head, cqe) {
-        count++;
-        auto* p = static_cast<Piece*>(io_uring_cqe_get_data(cqe));
-        if (p) handle(p, cqe->res, &again, &done);
-      }
-      io_uring_cq_advance(&ring_, count);
       bool exit;
       {
         std::lock_guard<std::mutex> g(mu_);
-        inflight_ -= count;
+        fill_locked(&to_pool);
+        exit = stopping_ && inflight_ == 0;
+        reaper_waiting_ = !exit;
+      }
+      if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
+      to_pool.clear();
+      if (exit) return;
+      int r = io_uring_submit_and_wait(&ring_, 1);
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        reaper_waiting_ = false;
+      }
+      if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+        std::this_thread::yield();  // cannot happen with a valid ring; avoid spinning hot
+      }
+      unsigned head, count = 0, pieces = 0;
+      bool rearm = false;
+      io_uring_cqe* cqe;
+      io_uring_for_each_cqe(&ring_, head, cqe) {
+        count++;
+        void* data = io_uring_cqe_get_data(cqe);
+        if (data == wake_tag()) {
+          uint64_t v;
+          while (::read(efd_, &v, sizeof v) > 0) {
+          }
+          if (!(cqe->flags & IORING_CQE_F_MORE)) rearm = true;
+          continue;
+        }
+        pieces++;  // a piece, or the no-op left by one handed to the pool
+        if (data) handle(static_cast<Piece*>(data), cqe->res, &again, &done);
+      }
+      io_uring_cq_advance(&ring_, count);
+      if (rearm) arm_wake();
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        inflight_ -= pieces;
         if (stopping_) {
           cancelled.insert(cancelled.end(), again.begin(), again.end());
         } else {
           pending_.insert(pending_.begin(), again.begin(), again.end());
-          fill_locked(&to_pool);
         }
-        exit = stopping_ && inflight_ == 0;
       }
       again.clear();
-      if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
-      to_pool.clear();
       for (auto& [p, err] : done) p->batch->complete(*p, p->done, err);
       done.clear();
       cancel(cancelled);
       cancelled.clear();
-      if (exit) return;
     }
   }
 
@@ -323,6 +364,8 @@ class Uring final : public UringBackend {
   std::deque<Piece*> pending_;
   unsigned inflight_ = 0;
   bool stopping_ = false;
+  bool reaper_waiting_ = false;  // the reaper may be asleep: callers write efd_
+  int efd_ = -1;
   uintptr_t fixed_base_ = 0;
   uint64_t fixed_len_ = 0;
   std::thread reaper_;
