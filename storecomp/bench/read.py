@@ -399,8 +399,63 @@ def _fmt(fig: dict[str, Any], metric: str) -> str:
 
 
 def run_suite(ctx: Context) -> dict[str, Any]:
-    """``storecomp bench read``: :func:`run_read_bench` on the context's directory."""
-    return run_read_bench(ctx.directory, ctx.size_bytes, ctx.duration_s, fio=ctx.fio, repeats=ctx.repeats, progress=ctx.progress)
+    """``storecomp bench read``: :func:`run_read_bench` on the context's directory,
+    then the device sweep (:func:`device_sweep`) when a CUDA device exists."""
+    result = run_read_bench(
+        ctx.directory, ctx.size_bytes, ctx.duration_s, fio=ctx.fio, repeats=ctx.repeats, progress=ctx.progress
+    )
+    result["device"] = device_sweep(result["meta"]["file"], ctx)
+    return result
+
+
+SWEEP_SIZES = (64 << 10, 1 << 20, 16 << 20)
+
+
+def device_sweep(path: str, ctx: Context) -> dict[str, Any]:
+    """gdsio-style: sequential reads of ``path`` into a CUDA tensor through each
+    device path (GDS when available, bounce, posix; only ``ctx.io_path`` when
+    it is not ``auto``) and I/O size, next to the same reads into host memory.
+
+    Returns ``{"skipped": reason}`` without a CUDA device.
+    """
+    from ..io import cuda
+    from ..io.paths import PATHS
+
+    if cuda.device_count() == 0:
+        return {"skipped": "no CUDA device: device paths (gds, bounce, posix) apply to CUDA destinations only"}
+    torch = cuda.import_torch()
+    gds = cuda.gds_status()
+    paths = list(PATHS) if ctx.io_path == "auto" else [ctx.io_path]
+    if "gds" in paths and not gds["available"] and ctx.io_path == "auto":
+        paths.remove("gds")
+    size = os.path.getsize(path)
+    out: dict[str, Any] = {"gds": gds, "device": torch.cuda.get_device_name(0), "runs": {}}
+    for bs in SWEEP_SIZES:
+        if bs > size:
+            continue
+        host = np.empty(bs, np.uint8)
+        dev = torch.empty(bs, dtype=torch.uint8, device="cuda")
+        for where, dst in [("host", host)] + [(p, dev) for p in paths]:
+            name = f"{where}_{_bs_name(bs)}"
+            engine = Engine(io_path=where if where != "host" else "auto", queue_depth=QUEUE_DEPTH)
+            try:
+                with engine.open(path) as f:
+                    window = Window()
+                    deadline, off, moved = time.perf_counter() + ctx.duration_s, 0, 0
+                    while time.perf_counter() < deadline:
+                        f.pread_into(dst, off, length=bs)
+                        moved += bs
+                        off = (off + bs) % (size - size % bs)
+                    if where != "host":
+                        torch.cuda.synchronize()
+                    seconds, cpu, busy = window.close()
+                out["runs"][name] = Run(moved, moved // bs, seconds, cpu, busy).figures()
+            except StorecompError as e:
+                out["runs"][name] = {"error": f"{type(e).__name__}: {e}"}
+            finally:
+                engine.close()
+            ctx.say(f"device sweep: {where} {_bs_name(bs)}")
+    return out
 
 
 _PEER_NAMES = {"storecomp_threads": "threads engine", "storecomp_buffered": "direct=off"}
@@ -432,5 +487,18 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             suite="read", case=case, unit=unit, value=float(ours.get(metric, float("nan"))),
             limit=None if "skipped" in limit else (limit["name"].split(" ")[0], float(limit[metric])),
             target=r["target"], peers=peers, note="; ".join(notes),
+        ))  # fmt: skip
+    device = result.get("device", {})
+    if "skipped" in device:
+        out.append(Figure("read", "to_gpu", "GB/s", float("nan"), note=f"skipped: {device['skipped']}"))
+    for name, run in device.get("runs", {}).items():
+        where, bs = name.rsplit("_", 1)
+        if where == "host":
+            continue
+        host = device["runs"].get(f"host_{bs}", {})
+        out.append(Figure(
+            "read", f"to_gpu_{where}_{bs}", "GB/s", float(run.get("gbps", float("nan"))),
+            limit=("host reads", float(host["gbps"])) if "gbps" in host else None,
+            note=run.get("error", f"sequential {bs} reads into a CUDA tensor through {where}"),
         ))  # fmt: skip
     return out

@@ -25,7 +25,9 @@ def test_smoke_read_bench_json_and_table(capsys: pytest.CaptureFixture[str], tmp
     assert rc == 0
     doc = json.loads(out.read_text())
     cases = doc["results"]["read"]["cases"]
-    assert doc["schema"] == "storecomp.bench/1" and len(doc["figures"]) == len(CASES)
+    assert doc["schema"] == "storecomp.bench/1" and len(doc["figures"]) == len(CASES) + 1
+    (to_gpu,) = [f for f in doc["figures"] if f["case"].startswith("to_gpu")]
+    assert "no CUDA device" in to_gpu["note"] and "no CUDA device" in doc["results"]["read"]["device"]["skipped"]
     assert set(cases) == set(CASES)
     for name, case in cases.items():
         ours = case["storecomp"]
@@ -133,3 +135,16 @@ def test_fio_failures_are_runtime_errors(cmd: list[str], timeout_s: float, messa
 
     with pytest.raises(RuntimeError, match=message):
         _fio._run_job(cmd, timeout_s)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["auto", "bounce", "posix"])
+def test_device_sweep_reads_into_the_gpu(tmp_path: Path, path: str) -> None:
+    out = tmp_path / "gpu.json"
+    args = ["bench", "read", "--size", "32M", "--duration", "0.05", "--repeats", "1", "--no-fio", "--path", path]
+    assert main([*args, "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["results"]["read"]["device"]["runs"]
+    wanted = {"bounce", "posix"} if path == "auto" else {path}
+    for where in wanted:
+        for bs in ("64k", "1M", "16M"):
+            assert runs[f"{where}_{bs}"]["gbps"] > 0, runs[f"{where}_{bs}"]
