@@ -50,13 +50,8 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="draw the ratios to the limits and peers (matplotlib)")
     b.add_argument("--compare", action="store_true", help="also run the peer libraries in the same run")
-    b.add_argument(
     paths = ("auto", "gds", "bounce", "posix")
     b.add_argument("--path", choices=paths, default="auto", help="device path for the GPU sweep (auto: each available)")
-        choices=("auto", "gds", "bounce", "posix"),
-        default="auto",
-        help="device path for the read suite's GPU sweep (auto: each available)",
-    )
     b.add_argument("--no-fio", action="store_true", help="skip the fio baseline")
     b.add_argument("--keep", action="store_true", help="keep the generated data (a later run with --dir reuses it)")
     b.set_defaults(func=main)
