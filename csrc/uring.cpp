@@ -237,9 +237,20 @@ class Uring final : public UringBackend {
   // A tag no piece can have: the completion of the wake-up poll.
   static void* wake_tag() { return reinterpret_cast<void*>(uintptr_t{1}); }
 
+  // Puts the wake-up poll on efd_ in the ring (submitted with the next
+  // round). Multishot where the kernel has it (5.13+), else one-shot and
+  // re-armed after each wake-up.
   void arm_wake() {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // a slot is kept free for it (qd_ + 1 entries)
-    io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (!sqe) {  // cannot happen: the ring has qd_ + 1 entries and every round submits them all
+      rearm_ = true;
+      return;
+    }
+    rearm_ = false;
+    if (multishot_)
+      io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
+    else
+      io_uring_prep_poll_add(sqe, efd_, POLLIN);
     io_uring_sqe_set_data(sqe, wake_tag());
   }
 
@@ -302,6 +313,7 @@ class Uring final : public UringBackend {
     std::vector<std::pair<Piece*, int>> done;
     for (;;) {
       bool exit;
+      if (rearm_) arm_wake();
       {
         std::lock_guard<std::mutex> g(mu_);
         fill_locked(&to_pool);
@@ -320,7 +332,6 @@ class Uring final : public UringBackend {
         std::this_thread::yield();  // cannot happen with a valid ring; avoid spinning hot
       }
       unsigned head, count = 0, pieces = 0;
-      bool rearm = false;
       io_uring_cqe* cqe;
       io_uring_for_each_cqe(&ring_, head, cqe) {
         count++;
@@ -329,14 +340,14 @@ class Uring final : public UringBackend {
           uint64_t v;
           while (::read(efd_, &v, sizeof v) > 0) {
           }
-          if (!(cqe->flags & IORING_CQE_F_MORE)) rearm = true;
+          if (cqe->res < 0 && multishot_) multishot_ = false;  // a kernel without multishot poll
+          if (!(cqe->flags & IORING_CQE_F_MORE)) rearm_ = true;
           continue;
         }
         pieces++;  // a piece, or the no-op left by one handed to the pool
         if (data) handle(static_cast<Piece*>(data), cqe->res, &again, &done);
       }
       io_uring_cq_advance(&ring_, count);
-      if (rearm) arm_wake();
       {
         std::lock_guard<std::mutex> g(mu_);
         inflight_ -= pieces;
@@ -366,6 +377,8 @@ class Uring final : public UringBackend {
   bool stopping_ = false;
   bool reaper_waiting_ = false;  // the reaper may be asleep: callers write efd_
   int efd_ = -1;
+  bool multishot_ = true;  // reaper thread only (and init, before it starts)
+  bool rearm_ = false;     // reaper thread only
   uintptr_t fixed_base_ = 0;
   uint64_t fixed_len_ = 0;
   std::thread reaper_;
