@@ -86,7 +86,7 @@ class LocalStore(Store):
         self.url = self.root.as_uri()
         self._own_engine = engine is None and options is not None
         self._engine = engine if engine is not None else (Engine(options) if options is not None else None)
-        self._files: OrderedDict[str, tuple[File, int, int]] = OrderedDict()
+        self._files: OrderedDict[str, tuple[File, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -106,27 +106,37 @@ class LocalStore(Store):
     def _open(self, key: str) -> File:
         """A read handle on the file currently published under ``key``.
 
-        Handles are cached but checked against the path's inode on every
+        Handles are cached but checked against the path's version on every
         call, so a replaced object is never read through a stale descriptor.
+        A handle is cached only when the path showed the same version before
+        and after the open: the file opened is then that version (versions
+        never repeat), even if other writers replaced the object meanwhile
+        and a new file reused a freed inode.
         """
         path = str(self.path_of(key))
+        version = self._version(path)
+        with self._lock:
+            hit = self._files.get(path)
+            if hit is not None and hit[1] == version and not hit[0].closed:
+                self._files.move_to_end(path)
+                return hit[0]
+        f = self.engine.open(path)
+        if self._version(path) == version:
+            with self._lock:
+                self._files[path] = (f, version)
+                while len(self._files) > _MAX_CACHED_FILES:
+                    self._files.popitem(last=False)  # closed when the last reference goes
+        return f  # replaced while opening: a whole version either way, not cached
+
+    @staticmethod
+    def _version(path: str) -> str:
         try:
             st = os.stat(path)
         except OSError as e:
             raise from_errno(e.errno or errno.EIO, path, None, "open") from None
         if not _is_file(st):
             raise NotFoundError(errno.ENOENT, path, None, "open")
-        with self._lock:
-            hit = self._files.get(path)
-            if hit is not None and hit[1] == st.st_ino and hit[2] == st.st_dev and not hit[0].closed:
-                self._files.move_to_end(path)
-                return hit[0]
-        f = self.engine.open(path)
-        with self._lock:
-            self._files[path] = (f, st.st_ino, st.st_dev)
-            while len(self._files) > _MAX_CACHED_FILES:
-                self._files.popitem(last=False)  # closed when the last reference goes
-        return f
+        return version_of(st)
 
     def submit_ranges(
         self,
@@ -291,7 +301,7 @@ class LocalStore(Store):
 
     def close(self) -> None:
         with self._lock:
-            files = [f for f, _, _ in self._files.values()]
+            files = [f for f, _ in self._files.values()]
             self._files.clear()
         for f in files:
             f.close()
