@@ -230,13 +230,9 @@ class File:
         """
         fid = self._check_open()
         ref = as_buffer(dst)
-        offs = _as_u64(offsets, "offsets")
-        n = offs.size
-        lens = _as_u64(np.full(n, lengths) if np.isscalar(lengths) else lengths, "lengths")
-        douts = _as_u64(dst_offsets, "dst_offsets")
-        if lens.size != n or douts.size != n:
-            raise InvalidArgumentError(f"offsets, lengths and dst_offsets differ in length ({n}, {lens.size}, {douts.size})")
-        _check_ranges(offs, lens, douts, ref, self.path)
+        if np.isscalar(lengths):
+            lengths = np.full(np.asarray(offsets).size, lengths)
+        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.path)
         return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact)
 
     def pwrite(self, src: Any, offset: int = 0) -> int:
@@ -302,6 +298,23 @@ def _as_u64(values: Any, name: str) -> np.ndarray:
     if out.size and int(out.max()) > _MAX_OFFSET:
         raise InvalidArgumentError(f"{name} must be below 2**63, got {int(out.max())}")
     return out
+
+
+def checked_ranges(
+    offsets: Any, lengths: Any, dst_offsets: Any, ref: BufferRef, where: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranges of a batched read as uint64 arrays, checked before any I/O: the
+    same count of each, every value in [0, 2**63), no offset + length
+    overflow, every destination range inside ``ref``. ``where`` (a path or
+    URL) names the object in errors. Raises InvalidArgumentError.
+    """
+    offs = _as_u64(offsets, "offsets")
+    lens = _as_u64(lengths, "lengths")
+    douts = _as_u64(dst_offsets, "dst_offsets")
+    if not (offs.size == lens.size == douts.size):
+        raise InvalidArgumentError(f"offsets, lengths and dst_offsets differ in length ({offs.size}, {lens.size}, {douts.size})")
+    _check_ranges(offs, lens, douts, ref, where)
+    return offs, lens, douts
 
 
 def _check_ranges(offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, path: str) -> None:

@@ -67,6 +67,7 @@ from ..errors import (
 )
 from ..io import File
 from ..io.buffers import as_buffer
+from ..io.engine import checked_ranges
 from .base import Capabilities, ObjectInfo, Store
 from .cache_entry import (
     ALIGN,
@@ -497,11 +498,7 @@ class CachedStore(Store):
         if not isinstance(dst, np.ndarray) and as_buffer(dst, writable=True).is_cuda:
             return self._to_device(key, offsets, lengths, dst, dst_offsets, exact)
         arr = host_array(dst)
-        offs, lens, douts = (np.asarray(x, np.int64).reshape(-1) for x in (offsets, lengths, dst_offsets))
-        if not (len(offs) == len(lens) == len(douts)):
-            raise InvalidArgumentError("offsets, lengths and dst_offsets differ in length")
-        if (offs < 0).any() or (lens < 0).any() or (douts < 0).any() or (douts + lens > arr.size).any():
-            raise InvalidArgumentError(f"{self.url}/{key}: a range is negative or does not fit the destination")
+        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, as_buffer(arr), f"{self.url}/{key}")
         out = np.zeros(len(offs), np.uint64)
         ol, ll, dl = offs.tolist(), lens.tolist(), douts.tolist()
         if self.block_bytes is None:

@@ -41,6 +41,7 @@ from ..errors import (
     UnavailableError,
 )
 from ..io.buffers import BufferRef, as_buffer
+from ..io.engine import checked_ranges
 from .base import Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
@@ -152,11 +153,9 @@ class FsspecStore(Store):
         *,
         exact: bool = True,
     ) -> PendingRanges:
-        from .s3 import _check_ranges
-
         path = self._path(key)
         ref = as_buffer(dst)
-        offs, lens, douts = _check_ranges(offsets, lengths, dst_offsets, ref)
+        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, f"{self.url}/{key}")
         fut = self._executor().submit(self._read, key, path, offs, lens, douts, ref, exact)
         return PendingRanges(fut, ref)
 

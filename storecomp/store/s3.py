@@ -57,6 +57,7 @@ from ..errors import (
     UnavailableError,
 )
 from ..io.buffers import BufferRef, as_buffer
+from ..io.engine import checked_ranges
 from .base import Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
@@ -295,7 +296,7 @@ class S3Store(Store):
     ) -> PendingRanges:
         validate_key(key)
         ref = as_buffer(dst)
-        offs, lens, douts = _check_ranges(offsets, lengths, dst_offsets, ref)
+        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, f"{self.url}/{key}")
         fut = self._loop.submit(self._read(key, offs, lens, douts, ref, exact))
         return PendingRanges(fut, ref)
 
@@ -512,23 +513,6 @@ def _outer_transient(e: BaseException) -> bool:
 def _info(key: str, meta: Mapping[str, Any]) -> ObjectInfo:
     mtime = meta.get("last_modified")
     return ObjectInfo(key, int(meta["size"]), str(meta.get("e_tag") or ""), mtime.timestamp() if mtime else None)
-
-
-def _check_ranges(
-    offsets: Sequence[int] | np.ndarray,
-    lengths: Sequence[int] | np.ndarray,
-    dst_offsets: Sequence[int] | np.ndarray,
-    ref: BufferRef,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from ..io.engine import _as_u64, _check_ranges
-
-    offs = _as_u64(offsets, "offsets")
-    lens = _as_u64(lengths, "lengths")
-    douts = _as_u64(dst_offsets, "dst_offsets")
-    if not (offs.size == lens.size == douts.size):
-        raise InvalidArgumentError(f"offsets, lengths and dst_offsets differ in length ({offs.size}, {lens.size}, {douts.size})")
-    _check_ranges(offs, lens, douts, ref, "s3 read")
-    return offs, lens, douts
 
 
 def _address_of(data: Any) -> int:
