@@ -107,31 +107,22 @@ def bench_host(fp: Any, chunks: int, repeats: int) -> dict[str, Any]:
     try:
         kv.store(_tokens(tokens, 0), src)  # warm: buffers allocated and faulted in once
         kv.store(_tokens(tokens, 1), src)
+        # Each layout per round: store, memcpy of the same bytes, retrieve.
+        layouts = (("", src, dst, 2, "paged"), ("_hf", hf, hf, 1000, "contiguous"))
         for r in range(repeats):
-            toks = _tokens(tokens, 2 + r)
-            t0 = time.perf_counter()
-            kv.store(toks, src)
-            runs["store"].append(_gbps(payload, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            b.copy_(a)
-            runs["memcpy"].append(_gbps(payload, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            n = kv.retrieve(toks, dst)
-            runs["retrieve"].append(_gbps(payload, time.perf_counter() - t0))
-            if n != tokens:
-                raise RuntimeError(f"host retrieve returned {n} of {tokens} tokens")
-            toks = _tokens(tokens, 1000 + r)
-            t0 = time.perf_counter()
-            kv.store(toks, hf)
-            runs["store_hf"].append(_gbps(payload, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            b.copy_(a)
-            runs["memcpy"].append(_gbps(payload, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            n = kv.retrieve(toks, hf)
-            runs["retrieve_hf"].append(_gbps(payload, time.perf_counter() - t0))
-            if n != tokens:  # a miss is fast: never report it as a bandwidth
-                raise RuntimeError(f"host retrieve (contiguous layout) returned {n} of {tokens} tokens")
+            for suffix, source, out, salt, name in layouts:
+                toks = _tokens(tokens, salt + r)
+                t0 = time.perf_counter()
+                kv.store(toks, source)
+                runs[f"store{suffix}"].append(_gbps(payload, time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                b.copy_(a)
+                runs["memcpy"].append(_gbps(payload, time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                n = kv.retrieve(toks, out)
+                runs[f"retrieve{suffix}"].append(_gbps(payload, time.perf_counter() - t0))
+                if n != tokens:  # a miss is fast: never report it as a bandwidth
+                    raise RuntimeError(f"host retrieve ({name} layout) returned {n} of {tokens} tokens")
     finally:
         kv.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
