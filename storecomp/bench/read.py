@@ -216,15 +216,7 @@ class _Bench:
                     limit_runs.append(fig)
                     self.say(f"  fio {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
                     continue
-                backend, direct = variants[name]
-                try:
-                    fig, meta = self._storecomp(backend, direct, bs, sequential)
-                except (StorecompError, OSError) as e:
-                    info[name]["error"] = f"{type(e).__name__}: {e}"
-                    continue
-                runs[name].append(fig)
-                info[name].update(meta)
-                self.say(f"  {name} {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
+                self._measure(name, variants[name], bs, sequential, metric, rnd, runs, info)
         if limit_runs and "skipped" not in limit:
             limit.update(summarize(limit_runs))
         return self._result(description, metric, runs, info, limit)
@@ -239,22 +231,36 @@ class _Bench:
         info: dict[str, dict[str, Any]] = {name: {} for name in variants}
         limit_runs: list[dict[str, Any]] = []
         for rnd in range(self.repeats):
-            for name, (backend, direct) in variants.items():
+            for name, variant in variants.items():
                 cache_file(self.path)  # again each time: anything else on the machine may evict it
-                try:
-                    fig, meta = self._storecomp(backend, direct, 1 << 20, True)
-                except (StorecompError, OSError) as e:
-                    info[name]["error"] = f"{type(e).__name__}: {e}"
-                    continue
-                runs[name].append(fig)
-                info[name].update(meta)
-                self.say(f"  {name} {rnd + 1}/{self.repeats}: {_fmt(fig, 'gbps')}")
+                self._measure(name, variant, 1 << 20, True, "gbps", rnd, runs, info)
             fig = _memcpy(self.duration_s)
             limit_runs.append(fig)
             self.say(f"  memcpy {rnd + 1}/{self.repeats}: {_fmt(fig, 'gbps')}")
         limit = {"name": f"memcpy (np.copyto, {_MEMCPY_BYTES >> 20} MiB, one thread)"}
         limit.update(summarize(limit_runs))
         return self._result("sequential 1 MiB reads of a file in the page cache", "gbps", runs, info, limit)
+
+    def _measure(
+        self,
+        name: str,
+        variant: tuple[str, str],
+        bs: int,
+        sequential: bool,
+        metric: str,
+        rnd: int,
+        runs: dict[str, list[dict[str, Any]]],
+        info: dict[str, dict[str, Any]],
+    ) -> None:
+        """One measurement of one storecomp variant (backend, direct), recorded in ``runs`` and ``info``."""
+        try:
+            fig, meta = self._storecomp(*variant, bs, sequential)
+        except (StorecompError, OSError) as e:
+            info[name]["error"] = f"{type(e).__name__}: {e}"
+            return
+        runs[name].append(fig)
+        info[name].update(meta)
+        self.say(f"  {name} {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
 
     def _result(
         self,
