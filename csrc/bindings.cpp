@@ -16,6 +16,7 @@
 #include <cstring>
 #include <system_error>
 
+#include "copy.hpp"
 #include "engine.hpp"
 
 namespace py = pybind11;
@@ -23,6 +24,32 @@ using sc::Batch;
 using sc::Engine;
 
 namespace {
+
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+std::vector<sc::CopyRegion> copy_regions(const I64Array& a, const char* what) {
+  if (a.ndim() != 2 || a.shape(1) != 2) throw std::invalid_argument(std::string(what) + " must be an int64 [n, 2] array");
+  std::vector<sc::CopyRegion> out(static_cast<size_t>(a.shape(0)));
+  auto r = a.unchecked<2>();
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (r(i, 1) < 0) throw std::invalid_argument(std::string(what) + ": negative size");
+    out[i] = {static_cast<uintptr_t>(r(i, 0)), static_cast<uint64_t>(r(i, 1))};
+  }
+  return out;
+}
+
+// copy_ops(ops [n, 11], dst regions [k, 2] (address, size), src regions, threads, nontemporal)
+void copy_ops(const I64Array& ops, const I64Array& dst, const I64Array& src, unsigned threads, int nontemporal) {
+  if (ops.ndim() != 2 || ops.shape(1) != static_cast<py::ssize_t>(sc::kCopyOpCols))
+    throw std::invalid_argument("ops must be an int64 [n, 11] array");
+  auto d = copy_regions(dst, "dst regions");
+  auto s = copy_regions(src, "src regions");
+  const size_t n = static_cast<size_t>(ops.shape(0));
+  std::string bad = sc::check_copy_ops(ops.data(), n, d.data(), d.size(), s.data(), s.size());
+  if (!bad.empty()) throw std::invalid_argument(bad);
+  py::gil_scoped_release nogil;
+  sc::run_copy_ops(ops.data(), n, d.data(), s.data(), threads, nontemporal);
+}
 
 // One aligned, zero-filled allocation exposed through the buffer protocol.
 // Views (memoryview, numpy, torch) keep this object alive, so they cannot
@@ -194,6 +221,8 @@ PYBIND11_MODULE(_native, m) {
     return d;
   });
   m.def("_block_io_uring_for_tests", &block_io_uring);
+  m.def("copy_ops", &copy_ops, py::arg("ops"), py::arg("dst"), py::arg("src"), py::arg("threads") = 1,
+        py::arg("nontemporal") = -1);
 
   py::class_<HostBuffer>(m, "HostBuffer", py::buffer_protocol())
       .def(py::init<uint64_t>(), py::arg("nbytes"))

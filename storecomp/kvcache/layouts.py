@@ -20,11 +20,14 @@ Torch is imported here; this module is loaded only when a KV store is used.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError
+from ..io import memcopy
+from .format import ChunkLayout
 from .keys import ModelFingerprint
 
 
@@ -41,7 +44,17 @@ def _dtype_name(dt: torch.dtype) -> str:
 
 
 class KVLayout:
-    """Adapter interface: ``tokens`` (capacity), ``gather`` and ``scatter``."""
+    """Adapter interface: ``tokens`` (capacity), ``check``, ``gather`` and ``scatter``.
+
+    :meth:`gather_chunk` / :meth:`scatter_chunk` move one chunk's layers
+    between the cache and a chunk buffer. When the cache is on the CPU they
+    do it in one native call (:mod:`storecomp.io.memcopy`: bounds-checked,
+    GIL released, streaming stores, optionally threaded), from ops built
+    with numpy from the cache's geometry; otherwise (a CUDA cache, or
+    layers of unlike strides) layer by layer with torch (:meth:`gather` /
+    :meth:`scatter`). A subclass opts into the native path with
+    :meth:`_units` and :meth:`_unit_ops`.
+    """
 
     #: how many token positions the adapter addresses
     tokens: int
@@ -51,12 +64,105 @@ class KVLayout:
         raise NotImplementedError
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
-        """Copy tokens ``[start, start + dst.shape[1])`` of ``layer`` into ``dst`` ([2, T, H, D], host)."""
+        """Copy tokens ``[start, start + dst.shape[1])`` of ``layer`` into ``dst`` ([2, T, H, D]) with torch."""
         raise NotImplementedError
 
     def scatter(self, layer: int, start: int, src: torch.Tensor) -> None:
-        """Copy ``src`` ([2, T, H, D], host) into tokens ``[start, start + T)`` of ``layer``."""
+        """Copy ``src`` ([2, T, H, D]) into tokens ``[start, start + T)`` of ``layer`` with torch."""
         raise NotImplementedError
+
+    def gather_chunk(
+        self, start: int, buf: np.ndarray, chunk: ChunkLayout, layers: Sequence[int] | None = None, threads: int = 1
+    ) -> None:
+        """Copy tokens ``[start, start + chunk.tokens)`` of ``layers`` (default all) into the payloads of ``buf``."""
+        self._move(start, buf, chunk, layers, threads, gather=True)
+
+    def scatter_chunk(
+        self, start: int, buf: np.ndarray, chunk: ChunkLayout, layers: Sequence[int] | None = None, threads: int = 1
+    ) -> None:
+        """Copy the payloads of ``layers`` (default all) in ``buf`` into tokens ``[start, start + chunk.tokens)``."""
+        self._move(start, buf, chunk, layers, threads, gather=False)
+
+    def _move(
+        self, start: int, buf: np.ndarray, chunk: ChunkLayout, layers: Sequence[int] | None, threads: int, gather: bool
+    ) -> None:
+        fp = chunk.fingerprint
+        idx = np.arange(fp.layers, dtype=np.int64) if layers is None else np.asarray(layers, dtype=np.int64)
+        units = self._unit_table(fp)
+        if units is None:
+            for layer in idx.tolist():
+                payload = payload_view(chunk.layer_view(buf, layer), fp, chunk.tokens)
+                (self.gather if gather else self.scatter)(layer, start, payload)
+            return
+        if not 0 <= start <= self.tokens - chunk.tokens:
+            raise InvalidArgumentError(f"tokens [{start}, {start + chunk.tokens}) out of range for {self.tokens} positions")
+        tensors, strides, region, base, step = units
+        # Payloads K and V of each requested layer in the buffer, and the cache units they map to.
+        layer_off = chunk.layer_offset(0) + idx * chunk.layer_stride
+        dst_off = (layer_off[:, None] + [0, chunk.layer_bytes // 2]).ravel()
+        ops = self._unit_ops(fp, start, chunk.tokens, strides, dst_off, region[idx].ravel(), base[idx].ravel(), step[idx].ravel())
+        cache = [memcopy.tensor_region(t) for t in tensors]
+        if gather:
+            memcopy.run(ops, [memcopy.array_region(buf)], cache, threads=threads)
+        else:
+            memcopy.run(memcopy.swapped(ops), cache, [memcopy.array_region(buf)], threads=threads)
+
+    def _units(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per layer the (K, V) tensors the native path addresses, or None for the torch path."""
+        return None
+
+    def _unit_geometry(self, t: torch.Tensor) -> tuple[tuple[int, ...], int, int]:
+        """For a K or V tensor of :meth:`_units`: (the strides all units must share, the unit's offset
+        in its storage and its step, both in elements)."""
+        raise NotImplementedError
+
+    def _unit_ops(
+        self,
+        fp: ModelFingerprint,
+        start: int,
+        n: int,
+        strides: tuple[int, ...],
+        dst_off: np.ndarray,
+        region: np.ndarray,
+        base: np.ndarray,
+        step: np.ndarray,
+    ) -> np.ndarray:
+        """Gather ops for tokens ``[start, start + n)``; one entry per payload in the vectors: its byte
+        offset in the buffer, its unit's region index, byte offset in the region and step in bytes."""
+        raise NotImplementedError
+
+    def _unit_table(self, fp: ModelFingerprint) -> _UnitTable | None:
+        """The native path's view of the cache, made once per adapter; None (torch path) when the
+        cache is not on the CPU or its units differ in strides or dtype."""
+        if "_table" in self.__dict__:
+            return self.__dict__["_table"]
+        table = None
+        units = self._units()
+        if units is not None and all(t.device.type == "cpu" for pair in units for t in pair):
+            tensors = [t for pair in units for t in pair]
+            geometry = [self._unit_geometry(t) for t in tensors]
+            if len({(g[0], t.dtype) for g, t in zip(geometry, tensors, strict=True)}) == 1:
+                shape = (len(units), 2)
+                isz = tensors[0].element_size()
+                table = _UnitTable(
+                    tensors,
+                    geometry[0][0],
+                    np.arange(len(tensors), dtype=np.int64).reshape(shape),
+                    np.asarray([g[1] * isz for g in geometry], dtype=np.int64).reshape(shape),
+                    np.asarray([g[2] * isz for g in geometry], dtype=np.int64).reshape(shape),
+                )
+        self.__dict__["_table"] = table
+        return table
+
+
+class _UnitTable(NamedTuple):
+    """The cache as native copy regions: ``region``, ``base`` and ``step`` are ``[layers, 2]`` (K, V)."""
+
+    tensors: list[torch.Tensor]  #: the regions (their storages)
+    strides: tuple[int, ...]  #: element strides every unit shares
+    region: np.ndarray
+    base: np.ndarray  #: byte offset of each unit in its storage
+    step: np.ndarray  #: bytes per token (contiguous) or per block (paged)
 
 
 def _check_tensor(t: Any, what: str, fp: ModelFingerprint, shape_tail: tuple[str, ...], heads_dim: int) -> None:
@@ -94,6 +200,30 @@ class ContiguousLayout(KVLayout):
                     raise InvalidArgumentError(f"layer {i} {name} has {t.shape[2]} positions, layer 0 key has {self.tokens}")
                 if not 0 <= self.batch_index < t.shape[0]:
                     raise InvalidArgumentError(f"batch_index {self.batch_index} out of range for batch {t.shape[0]}")
+
+    def _units(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        return self.pairs
+
+    def _unit_geometry(self, t: torch.Tensor) -> tuple[tuple[int, ...], int, int]:
+        # Unit: the request's row [kv_heads, seq, head_dim]; it steps by token.
+        return tuple(t.stride()[1:]), int(t.storage_offset()) + self.batch_index * t.stride(0), t.stride(2)
+
+    def _unit_ops(
+        self,
+        fp: ModelFingerprint,
+        start: int,
+        n: int,
+        strides: tuple[int, ...],
+        dst_off: np.ndarray,
+        region: np.ndarray,
+        base: np.ndarray,
+        step: np.ndarray,
+    ) -> np.ndarray:
+        # [kv_heads, n, head_dim] of the cache <-> [n, kv_heads, head_dim] of the payload.
+        shape = (fp.kv_heads, n, fp.head_dim)
+        tpl = memcopy.template(shape, (fp.head_dim, fp.kv_heads * fp.head_dim, 1), strides, fp.itemsize)
+        assert tpl is not None  # head_dim contiguous at both ends: _check_tensor / _unit_table saw to it
+        return memcopy.instantiate(tpl, 0, dst_off, region, base + start * step)
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
         k, v = self.pairs[layer]
@@ -142,11 +272,7 @@ class PagedLayout(KVLayout):
         device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
         self.block_ids = torch.as_tensor(block_ids, dtype=torch.long).reshape(-1).to(device)
         self.tokens = int(self.block_ids.numel()) * block_size
-        # On the CPU, blocks move as runs of consecutive ids (one memcpy per run):
-        # faster than index_copy_ (about half of memcpy) and no slower than index_select.
-        self._ids = self.block_ids.tolist() if device.type == "cpu" else None
-        self._run_cache: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-        self._np_layers: dict[int, tuple[Any, Any] | None] = {}
+        self._ids_np = self.block_ids.cpu().numpy()
 
     def check(self, fp: ModelFingerprint) -> None:
         if len(self.caches) != fp.layers:
@@ -164,8 +290,9 @@ class PagedLayout(KVLayout):
                     raise InvalidArgumentError(
                         f"layer {i} {name} shape {tuple(t.shape)} does not match block_size {self.block_size}"
                     )
-                if self.block_ids.numel() and int(self.block_ids.max()) >= t.shape[0]:
-                    raise InvalidArgumentError(f"block id {int(self.block_ids.max())} out of range for {t.shape[0]} blocks")
+                lo, hi = (int(self.block_ids.min()), int(self.block_ids.max())) if self.block_ids.numel() else (0, -1)
+                if lo < 0 or hi >= t.shape[0]:
+                    raise InvalidArgumentError(f"block ids [{lo}, {hi}] out of range for {t.shape[0]} blocks")
 
     def _blocks(self, start: int, n: int) -> torch.Tensor:
         if start % self.block_size or n % self.block_size:
@@ -176,56 +303,48 @@ class PagedLayout(KVLayout):
         c = self.caches[layer]
         return (c[:, 0], c[:, 1]) if self.combined else (c[0], c[1])
 
-    def _runs(self, start: int, n: int) -> list[tuple[int, int, int]]:
-        """``(row, first block id, blocks)`` per run of consecutive block ids in the token range (cached)."""
-        runs = self._run_cache.get((start, n))
-        if runs is not None:
-            return runs
+    def _units(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        return [self._kv(layer) for layer in range(len(self.caches))]
+
+    def _unit_geometry(self, t: torch.Tensor) -> tuple[tuple[int, ...], int, int]:
+        # Unit: K or V of every block [blocks, block_size, kv_heads, head_dim]; it steps by block.
+        return tuple(t.stride()[1:]), int(t.storage_offset()), t.stride(0)
+
+    def _unit_ops(
+        self,
+        fp: ModelFingerprint,
+        start: int,
+        n: int,
+        strides: tuple[int, ...],
+        dst_off: np.ndarray,
+        region: np.ndarray,
+        base: np.ndarray,
+        step: np.ndarray,
+    ) -> np.ndarray:
+        # Block b of the cache <-> tokens [j * bs, (j + 1) * bs) of the payload, one op per block and unit.
         self._blocks(start, n)  # range check
-        b0 = start // self.block_size
-        ids = self._ids[b0 : b0 + n // self.block_size]  # type: ignore[index]
-        runs, i = [], 0
-        while i < len(ids):
-            j = i + 1
-            while j < len(ids) and ids[j] == ids[j - 1] + 1:
-                j += 1
-            runs.append((i, ids[i], j - i))
-            i = j
-        self._run_cache[(start, n)] = runs
-        return runs
+        ids = self._ids_np[start // self.block_size : (start + n) // self.block_size]
+        bs, row = self.block_size, fp.kv_heads * fp.head_dim
+        tpl = memcopy.template((bs, fp.kv_heads, fp.head_dim), (row, fp.head_dim, 1), strides, fp.itemsize)
+        if tpl is None:
+            raise InvalidArgumentError(f"paged KV with strides {strides} has no contiguous head_dim")
+        j = np.arange(len(ids), dtype=np.int64) * (bs * row * fp.itemsize)
 
-    def _np_cache(self, layer: int) -> tuple[Any, Any] | None:
-        """uint8 numpy row views ``[blocks, block bytes]`` of layer's K and V (cached), or None."""
-        if layer not in self._np_layers:
-            k, v = (_np_rows(t) for t in self._kv(layer))
-            self._np_layers[layer] = None if k is None or v is None else (k, v)
-        return self._np_layers[layer]
+        def block_major(a: np.ndarray) -> np.ndarray:
+            # [layer, part, block] -> [layer, block, part]: a block's K and V (adjacent in a
+            # combined cache) are read one after the other, the source in address order.
+            return np.ascontiguousarray(a.reshape(-1, 2, len(ids)).transpose(0, 2, 1)).ravel()
 
-    def _fast(self, layer: int, start: int, payload: torch.Tensor) -> tuple[Any, Any, Any, int] | None:
-        """(K rows, V rows, payload rows [2 * blocks, block bytes], blocks) for the CPU copy path, or None."""
-        if self._ids is None or payload.device.type != "cpu":
-            return None
-        nb = payload.shape[1] // self.block_size
-        cache = self._np_cache(layer)
-        rows = _np_rows(payload, 2 * nb) if payload.shape[1] % self.block_size == 0 else None
-        if cache is None or rows is None:
-            return None
-        return cache[0], cache[1], rows, nb
+        return memcopy.instantiate(
+            tpl,
+            0,
+            block_major(dst_off[:, None] + j[None, :]),
+            block_major(np.broadcast_to(region[:, None], (len(region), len(ids)))),
+            block_major(base[:, None] + ids[None, :] * step[:, None]),
+        )
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
-        n = dst.shape[1]
-        # Mostly consecutive blocks: one memcpy per run. (Scattered blocks go
-        # through index_select below, which copies single rows faster.)
-        mostly_runs = self._ids is not None and 2 * len(self._runs(start, n)) <= n // self.block_size
-        fast = self._fast(layer, start, dst) if mostly_runs else None
-        if fast is not None:
-            runs = self._runs(start, n)
-            k, v, out, nb = fast
-            for row, bid, cnt in runs:
-                out[row : row + cnt] = k[bid : bid + cnt]
-                out[nb + row : nb + row + cnt] = v[bid : bid + cnt]
-            return
-        ids = self._blocks(start, n)
+        ids = self._blocks(start, dst.shape[1])
         for src, part_t in zip(self._kv(layer), (dst[0], dst[1]), strict=True):
             # Blocks as flat rows: torch's 2-D index_select copies whole rows (memcpy
             # speed); on 4-D or strided-inner views it goes element by element.
@@ -237,36 +356,12 @@ class PagedLayout(KVLayout):
                 out_t.copy_(rows.index_select(0, ids))  # gathered on the device, one copy to host
 
     def scatter(self, layer: int, start: int, src: torch.Tensor) -> None:
-        n = src.shape[1]
-        fast = self._fast(layer, start, src)
-        if fast is not None:
-            # One memcpy per run of consecutive block ids: index_copy_ reaches about
-            # half of memcpy on the CPU, per-row slice copies about 0.7x.
-            k, v, rows, nb = fast
-            for row, bid, cnt in self._runs(start, n):
-                k[bid : bid + cnt] = rows[row : row + cnt]
-                v[bid : bid + cnt] = rows[nb + row : nb + row + cnt]
-            return
-        ids = self._blocks(start, n)
+        ids = self._blocks(start, src.shape[1])
         for dst, part_t in zip(self._kv(layer), (src[0], src[1]), strict=True):
             part_rows = part_t.reshape(ids.numel(), -1)
             if part_rows.device != dst.device:
                 part_rows = part_rows.to(dst.device)  # synchronous: the host buffer is reused after retrieve()
             dst.flatten(1).index_copy_(0, ids, part_rows)
-
-
-def _np_rows(t: torch.Tensor, rows: int | None = None) -> Any:
-    """A uint8 numpy view ``[rows, bytes per row]`` over a CPU tensor's first dimension
-    (``t.shape[0]`` rows by default), or None when its rows are not contiguous (no copy is ever made)."""
-    if t.device.type != "cpu":
-        return None
-    try:
-        r = t.detach().view(t.shape[0] if rows is None else rows, -1)
-        if r.shape[1] and r.stride(1) != 1:
-            return None
-        return r.view(torch.uint8).numpy()
-    except (RuntimeError, TypeError):
-        return None
 
 
 def as_layout(kv: Any) -> KVLayout:

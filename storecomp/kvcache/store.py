@@ -54,7 +54,9 @@ class KVCacheStore:
     that cannot be reached never fails a request: it is skipped, and
     background writes retry for up to ``shared_retry_seconds``.
     ``spare_bytes`` (default: 16 chunks) of freed chunk buffers are kept for
-    reuse: a fresh buffer costs page faults.
+    reuse: a fresh buffer costs page faults. ``copy_threads``: threads for
+    each chunk's copy between CPU KV tensors and the host tier (1: the
+    calling thread only, leaving the other cores to the model).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class KVCacheStore:
         io_options: IOOptions | None = None,
         workers: int = 8,
         spare_bytes: int | None = None,
+        copy_threads: int = 1,
     ) -> None:
         if not isinstance(fingerprint, ModelFingerprint):
             raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
@@ -83,6 +86,9 @@ class KVCacheStore:
             raise InvalidArgumentError(f"chunk_tokens must be positive, got {chunk_tokens}")
         if host_bytes < 0 or disk_bytes < 0:
             raise InvalidArgumentError("tier budgets must be non-negative byte counts")
+        if copy_threads < 1:
+            raise InvalidArgumentError(f"copy_threads must be at least 1, got {copy_threads}")
+        self.copy_threads = copy_threads
         self.fingerprint = fingerprint
         self.chunk_tokens = chunk_tokens
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
@@ -225,14 +231,10 @@ class KVCacheStore:
             self.host.release(key, buf)
 
     def _build(self, key: bytes, layout: Any, start: int) -> Buffer:
-        from .layouts import payload_view
-
         lay = self.layout
         self.host.make_room(lay.nbytes)  # an evicted buffer is reused: no page faults
         buf = self._new_buf()
-        for layer in range(self.fingerprint.layers):
-            raw = lay.layer_view(buf.array, layer)
-            layout.gather(layer, start, payload_view(raw, self.fingerprint, self.chunk_tokens))
+        layout.gather_chunk(start, buf.array, lay, threads=self.copy_threads)
         return buf
 
     def _seal(self, key: bytes, buf: Buffer) -> None:
@@ -386,7 +388,6 @@ class KVCacheStore:
         prefix.
         """
         self._check_open()
-        from .layouts import payload_view
 
         layout = self._layout_of(out)
         keys = self._keys(tokens, layout.tokens)
@@ -398,9 +399,7 @@ class KVCacheStore:
             for f in fetches:
                 if not f.wait_all():
                     break
-                for layer in range(self.fingerprint.layers):
-                    src = payload_view(self.layout.layer_view(f.buf.array, layer), self.fingerprint, self.chunk_tokens)
-                    layout.scatter(layer, f.index * self.chunk_tokens, src)
+                layout.scatter_chunk(f.index * self.chunk_tokens, f.buf.array, self.layout, threads=self.copy_threads)
                 good += 1
         finally:
             self._finish(fetches, good)
@@ -418,7 +417,6 @@ class KVCacheStore:
         retrieved length and recompute from there.
         """
         self._check_open()
-        from .layouts import payload_view
 
         layout = self._layout_of(out)
         keys = self._keys(tokens, layout.tokens)
@@ -431,8 +429,8 @@ class KVCacheStore:
                         good = f.index
                         break
                 for f in fetches[:good]:
-                    src = payload_view(self.layout.layer_view(f.buf.array, layer), self.fingerprint, self.chunk_tokens)
-                    layout.scatter(layer, f.index * self.chunk_tokens, src)
+                    start = f.index * self.chunk_tokens
+                    layout.scatter_chunk(start, f.buf.array, self.layout, [layer], threads=self.copy_threads)
                 yield layer, good * self.chunk_tokens
         finally:
             self._finish(fetches, good)

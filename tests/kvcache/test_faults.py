@@ -55,8 +55,10 @@ def test_paged_bad_input(kvstore: Make) -> None:
     s = kvstore()
     s.store(TOKENS, make_kv(len(TOKENS)))
     caches = [torch.zeros(8, 2, 4, 2, 16, dtype=torch.bfloat16) for _ in range(3)]
-    with pytest.raises(InvalidArgumentError, match="block id 9 out of range"):
+    with pytest.raises(InvalidArgumentError, match=r"block ids \[0, 9\] out of range for 8 blocks"):
         s.retrieve(TOKENS, PagedLayout(caches, [0, 9], 4))
+    with pytest.raises(InvalidArgumentError, match=r"block ids \[-1, 1\] out of range"):
+        s.retrieve(TOKENS, PagedLayout(caches, [1, -1], 4))  # negative ids would wrap in Python slicing
     with pytest.raises(InvalidArgumentError, match="block_size"):
         s.retrieve(TOKENS, PagedLayout(caches, [0, 1], 8))
     odd = [torch.zeros(8, 2, 3, 2, 16, dtype=torch.bfloat16) for _ in range(3)]

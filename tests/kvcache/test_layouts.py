@@ -1,12 +1,19 @@
-"""PagedLayout's CPU copy path (one memcpy per run of consecutive block ids) moves
-exactly the bytes torch's index_select / index_copy_ move, for every id pattern."""
+"""The layouts' native chunk copies (storecomp.io.memcopy) move exactly the bytes
+torch's per-layer gather / scatter move, for every block-id pattern and cache
+geometry; what the native path cannot express falls back to torch."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
 
-from storecomp.kvcache import PagedLayout
+from storecomp.errors import InvalidArgumentError
+from storecomp.kvcache import ContiguousLayout, PagedLayout
+from storecomp.kvcache.format import ChunkLayout
+from tests.kvcache.kvhelpers import FP, make_kv
 
 IDS = {
     "scattered": [3, 4, 5, 0, 9, 10, 2, 7],
@@ -14,48 +21,121 @@ IDS = {
     "descending": [7, 6, 5, 4, 3, 2, 1, 0],
     "runs": [8, 9, 10, 11, 0, 1, 4, 5],
 }
+BS = 4  #: tokens per block
+CH = ChunkLayout(FP, 16)  #: chunks of 4 blocks
 
 
-def _caches(combined: bool, seed: int) -> list:
+def _caches(combined: bool, seed: int) -> list[Any]:
     g = torch.Generator().manual_seed(seed)
+    shape = (12, 2, BS, FP.kv_heads, FP.head_dim) if combined else (12, BS, FP.kv_heads, FP.head_dim)
     if combined:
-        return [torch.randn(12, 2, 4, 2, 8, generator=g).to(torch.bfloat16) for _ in range(2)]
-    return [tuple(torch.randn(12, 4, 2, 8, generator=g).to(torch.bfloat16) for _ in range(2)) for _ in range(2)]
+        return [torch.randn(shape, generator=g).to(torch.bfloat16) for _ in range(FP.layers)]
+    return [tuple(torch.randn(shape, generator=g).to(torch.bfloat16) for _ in range(2)) for _ in range(FP.layers)]
 
 
-def _torch_path(layout: PagedLayout) -> PagedLayout:
-    ref = PagedLayout(layout.caches, layout.block_ids, layout.block_size)
-    ref._ids = None  # the device path: index_select / index_copy_
-    return ref
+def _flat(caches: list[Any]) -> list[torch.Tensor]:
+    return [t for c in caches for t in ((c,) if isinstance(c, torch.Tensor) else c)]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (random payload bytes include NaNs, which torch.equal never calls equal)."""
+    return torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+def _buf(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, CH.nbytes, dtype=np.uint8)
+
+
+def _torch_gather(layout: Any, start: int, layers: list[int]) -> np.ndarray:
+    """The reference: per-layer torch gathers into a zeroed chunk buffer."""
+    from storecomp.kvcache.layouts import payload_view
+
+    buf = np.zeros(CH.nbytes, dtype=np.uint8)
+    for layer in layers:
+        layout.gather(layer, start, payload_view(CH.layer_view(buf, layer), FP, CH.tokens))
+    return buf
+
+
+def _torch_scatter(layout: Any, start: int, buf: np.ndarray, layers: list[int]) -> None:
+    from storecomp.kvcache.layouts import payload_view
+
+    for layer in layers:
+        layout.scatter(layer, start, payload_view(CH.layer_view(buf, layer), FP, CH.tokens))
 
 
 @pytest.mark.parametrize("combined", [True, False])
 @pytest.mark.parametrize("pattern", list(IDS))
-def test_cpu_runs_match_index_ops(combined: bool, pattern: str) -> None:
-    ids = IDS[pattern]
-    fast = PagedLayout(_caches(combined, 0), ids, 4)
-    ref = _torch_path(PagedLayout(_caches(combined, 0), ids, 4))
-    for layer in range(2):
-        for start in (0, 8, 16):
-            a = torch.empty(2, 16, 2, 8, dtype=torch.bfloat16)
-            b = torch.empty_like(a)
-            fast.gather(layer, start, a)
-            ref.gather(layer, start, b)
-            assert torch.equal(a, b)
-            new = torch.randn(2, 16, 2, 8).to(torch.bfloat16)
-            fast.scatter(layer, start, new)
-            ref.scatter(layer, start, new)
-    for x, y in zip(fast.caches, ref.caches, strict=True):
-        for s, t in zip((x,) if combined else x, (y,) if combined else y, strict=True):
-            assert torch.equal(s, t)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_paged_native_matches_torch(combined: bool, pattern: str, threads: int) -> None:
+    native = PagedLayout(_caches(combined, 0), IDS[pattern], BS)
+    ref = PagedLayout(_caches(combined, 0), IDS[pattern], BS)
+    assert native._unit_table(FP) is not None  # the native path is the one under test
+    for start in (0, 16):
+        for layers in (None, [1], [2, 0]):
+            want = _torch_gather(ref, start, layers or [0, 1, 2])
+            got = np.zeros(CH.nbytes, dtype=np.uint8)
+            native.gather_chunk(start, got, CH, layers, threads=threads)
+            assert np.array_equal(got, want)
+            new = _buf(start + len(layers or []))
+            native.scatter_chunk(start, new, CH, layers, threads=threads)
+            _torch_scatter(ref, start, new, layers or [0, 1, 2])
+            assert all(_same(a, b) for a, b in zip(_flat(native.caches), _flat(ref.caches), strict=True))
 
 
-def test_cpu_path_leaves_other_blocks_alone() -> None:
+@pytest.mark.parametrize("batch_index", [0, 2])
+@pytest.mark.parametrize("sliced", [False, True])
+def test_contiguous_native_matches_torch(batch_index: int, sliced: bool) -> None:
+    """transformers' [batch, heads, seq, head_dim], also as a view into a larger (static) cache."""
+
+    def kv(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed)
+        full = [torch.randn(3, FP.kv_heads, 48, FP.head_dim, generator=g).to(torch.bfloat16) for _ in range(2 * FP.layers)]
+        ts = [t[:, :, 5:45] if sliced else t for t in full]
+        return [(ts[2 * i], ts[2 * i + 1]) for i in range(FP.layers)]
+
+    native, ref = ContiguousLayout(kv(1), batch_index), ContiguousLayout(kv(1), batch_index)
+    assert native._unit_table(FP) is not None
+    for start in (0, 7, native.tokens - CH.tokens):
+        got = np.zeros(CH.nbytes, dtype=np.uint8)
+        native.gather_chunk(start, got, CH)
+        assert np.array_equal(got, _torch_gather(ref, start, [0, 1, 2]))
+        new = _buf(start)
+        native.scatter_chunk(start, new, CH, threads=2)
+        _torch_scatter(ref, start, new, [0, 1, 2])
+        assert all(_same(a, b) for pa, pb in zip(native.pairs, ref.pairs, strict=True) for a, b in zip(pa, pb, strict=True))
+
+
+def test_scatter_leaves_other_blocks_and_the_header_alone() -> None:
     caches = _caches(True, 1)
     before = [c.clone() for c in caches]
-    layout = PagedLayout(caches, [5, 6, 1, 2], 4)
-    layout.scatter(0, 0, torch.ones(2, 8, 2, 8, dtype=torch.bfloat16))
+    layout = PagedLayout(caches, [5, 6, 1, 2, 9, 10, 11, 0], BS)
+    buf = _buf(3)
+    layout.scatter_chunk(0, buf, CH)
     touched = torch.zeros(12, dtype=torch.bool)
-    touched[[5, 6]] = True
-    assert torch.equal(caches[0][~touched], before[0][~touched]) and torch.equal(caches[1], before[1])
-    assert bool((caches[0][[5, 6]] == 1).all())
+    touched[[5, 6, 1, 2]] = True
+    for c, b in zip(caches, before, strict=True):
+        assert _same(c[~touched], b[~touched]) and not _same(c[touched], b[touched])
+    head = np.zeros(CH.nbytes, dtype=np.uint8)
+    layout.gather_chunk(0, head, CH)
+    assert not head[: CH.layer_offset(0)].any()  # the header region is never written by a gather
+
+
+def test_unlike_layers_fall_back_to_torch() -> None:
+    """A layer with other strides than the rest: no native plan, same bytes through torch."""
+    kv = make_kv(32)
+    k0, v0 = kv[0]
+    kv[0] = (k0.transpose(2, 3).contiguous().transpose(2, 3), v0)  # same values, head_dim strided
+    layout = ContiguousLayout(kv)
+    assert layout._unit_table(FP) is None
+    got = np.zeros(CH.nbytes, dtype=np.uint8)
+    layout.gather_chunk(16, got, CH)
+    assert np.array_equal(got, _torch_gather(ContiguousLayout(make_kv(32)), 16, [0, 1, 2]))
+
+
+def test_out_of_range_tokens_are_refused() -> None:
+    layout = ContiguousLayout(make_kv(20))
+    with pytest.raises(InvalidArgumentError, match=r"tokens \[8, 24\) out of range for 20"):
+        layout.gather_chunk(8, np.zeros(CH.nbytes, dtype=np.uint8), CH)
+    paged = PagedLayout(_caches(True, 0), [0, 1, 2, 3, 4, 5], BS)
+    with pytest.raises(InvalidArgumentError, match="whole blocks"):
+        paged.gather_chunk(2, np.zeros(CH.nbytes, dtype=np.uint8), CH)

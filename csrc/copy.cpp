@@ -1,0 +1,195 @@
+#include "copy.hpp"
+
+#include <cstring>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SC_X86 1
+#endif
+
+namespace sc {
+namespace {
+
+constexpr uint64_t kStreamMin = 4ull << 20;   // auto: stream batches of at least this
+constexpr uint64_t kPerThreadMin = 1ull << 20;  // bytes per extra thread
+
+#ifdef SC_X86
+__attribute__((target("avx2"))) void stream_avx2(char* d, const char* s, size_t n) {
+  size_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+    __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 64));
+    __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 96));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), a);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
+  }
+  if (i < n) std::memcpy(d + i, s + i, n - i);
+}
+
+void stream_sse2(char* d, const char* s, size_t n) {
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+    __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 16));
+    __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 32));
+    __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + 48), e);
+  }
+  if (i < n) std::memcpy(d + i, s + i, n - i);
+}
+
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+// Streaming copy: plain stores up to the first 32-byte boundary of the
+// destination (stream stores need it), then streaming. Callers fence.
+void stream_copy(char* d, const char* s, size_t n) {
+#ifdef SC_X86
+  size_t head = (32 - reinterpret_cast<uintptr_t>(d) % 32) % 32;
+  if (n < head + 64) {
+    std::memcpy(d, s, n);
+    return;
+  }
+  std::memcpy(d, s, head);
+  if (kHaveAvx2)
+    stream_avx2(d + head, s + head, n - head);
+  else
+    stream_sse2(d + head, s + head, n - head);
+#else
+  std::memcpy(d, s, n);
+#endif
+}
+
+// One op, its loops ordered so the inner loop reads the source in order.
+struct Op {
+  char* dst;
+  const char* src;
+  int64_t outer, d_outer, s_outer, rows, d_row, s_row, len;
+};
+
+Op normalized(const int64_t* o, const CopyRegion* dst, const CopyRegion* src) {
+  Op op{reinterpret_cast<char*>(dst[o[0]].addr) + o[1], reinterpret_cast<const char*>(src[o[2]].addr) + o[3],
+        o[4], o[5], o[6], o[7], o[8], o[9], o[10]};
+  // Inner loop: the smaller source stride. A single outer step becomes the
+  // inner loop (so the outer range, which threads split, has the rows).
+  if (op.outer == 1 || (op.rows > 1 && op.s_outer < op.s_row)) {
+    std::swap(op.outer, op.rows);
+    std::swap(op.d_outer, op.d_row);
+    std::swap(op.s_outer, op.s_row);
+  }
+  return op;
+}
+
+struct Piece {
+  size_t op;
+  int64_t o0, o1;  // outer range
+};
+
+void run_pieces(const Op* ops, const Piece* p, size_t np, bool streaming) {
+  for (size_t k = 0; k < np; ++k) {
+    const Op& op = ops[p[k].op];
+    const size_t len = static_cast<size_t>(op.len);
+    for (int64_t o = p[k].o0; o < p[k].o1; ++o) {
+      char* d = op.dst + o * op.d_outer;
+      const char* s = op.src + o * op.s_outer;
+      for (int64_t r = 0; r < op.rows; ++r) {
+        if (streaming)
+          stream_copy(d + r * op.d_row, s + r * op.s_row, len);
+        else
+          std::memcpy(d + r * op.d_row, s + r * op.s_row, len);
+      }
+    }
+  }
+#ifdef SC_X86
+  if (streaming) _mm_sfence();  // streamed lines visible before this thread reports done
+#endif
+}
+
+// off + (outer-1)*os + (rows-1)*rs + len <= size, without overflow.
+bool in_bounds(int64_t off, int64_t outer, int64_t os, int64_t rows, int64_t rs, int64_t len, uint64_t size) {
+  if (outer == 0 || rows == 0 || len == 0) return true;
+  int64_t a, b, end;
+  if (__builtin_mul_overflow(outer - 1, os, &a) || __builtin_mul_overflow(rows - 1, rs, &b) ||
+      __builtin_add_overflow(off, a, &end) || __builtin_add_overflow(end, b, &end) ||
+      __builtin_add_overflow(end, len, &end))
+    return false;
+  return static_cast<uint64_t>(end) <= size;
+}
+
+}  // namespace
+
+std::string check_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, size_t ndst, const CopyRegion* src,
+                           size_t nsrc) {
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t* o = ops + i * kCopyOpCols;
+    const std::string at = "copy op " + std::to_string(i) + ": ";
+    for (size_t c = 0; c < kCopyOpCols; ++c)
+      if (o[c] < 0) return at + "negative field " + std::to_string(c);
+    if (static_cast<uint64_t>(o[0]) >= ndst || static_cast<uint64_t>(o[2]) >= nsrc) return at + "no such region";
+    if (!in_bounds(o[1], o[4], o[5], o[7], o[8], o[10], dst[o[0]].size)) return at + "destination out of bounds";
+    if (!in_bounds(o[3], o[4], o[6], o[7], o[9], o[10], src[o[2]].size)) return at + "source out of bounds";
+  }
+  return "";
+}
+
+void run_copy_ops(const int64_t* raw, size_t n, const CopyRegion* dst, const CopyRegion* src, unsigned threads,
+                  int nontemporal) {
+  std::vector<Op> ops;
+  ops.reserve(n);
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    ops.push_back(normalized(raw + i * kCopyOpCols, dst, src));
+    const Op& op = ops.back();
+    total += static_cast<uint64_t>(op.outer) * static_cast<uint64_t>(op.rows) * static_cast<uint64_t>(op.len);
+  }
+  if (total == 0) return;
+  const bool streaming = nontemporal > 0 || (nontemporal < 0 && total >= kStreamMin);
+  uint64_t want = threads == 0 ? 1 : threads;
+  if (want > total / kPerThreadMin) want = total / kPerThreadMin > 0 ? total / kPerThreadMin : 1;
+
+  // Cut the ops (splitting outer ranges where needed) into `want` runs of about equal bytes.
+  std::vector<Piece> pieces;
+  std::vector<size_t> cut{0};
+  const uint64_t share = (total + want - 1) / want;
+  uint64_t filled = 0;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const uint64_t per = static_cast<uint64_t>(ops[i].rows) * static_cast<uint64_t>(ops[i].len);
+    int64_t o = 0;
+    while (per > 0 && o < ops[i].outer) {
+      int64_t take = static_cast<int64_t>((share - filled + per - 1) / per);
+      if (take > ops[i].outer - o) take = ops[i].outer - o;
+      pieces.push_back({i, o, o + take});
+      o += take;
+      filled += static_cast<uint64_t>(take) * per;
+      if (filled >= share) {
+        cut.push_back(pieces.size());
+        filled = 0;
+      }
+    }
+  }
+  if (cut.back() != pieces.size()) cut.push_back(pieces.size());
+
+  std::vector<std::thread> helpers;
+  size_t t = 1;
+  try {
+    for (; t + 1 < cut.size(); ++t)
+      helpers.emplace_back(run_pieces, ops.data(), pieces.data() + cut[t], cut[t + 1] - cut[t], streaming);
+  } catch (const std::system_error&) {
+    // No thread to be had: this thread copies what no helper took.
+    run_pieces(ops.data(), pieces.data() + cut[t], cut.back() - cut[t], streaming);
+  }
+  run_pieces(ops.data(), pieces.data(), cut[1], streaming);
+  for (auto& h : helpers) h.join();
+}
+
+}  // namespace sc

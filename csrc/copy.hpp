@@ -1,0 +1,43 @@
+// Batched strided memory copies (the KV-cache gather and scatter between an
+// engine's cache tensors and chunk buffers).
+//
+// One call moves many 3-D regions: `outer` x `rows` rows of `row_bytes`,
+// each end with its own outer and row strides, each end addressed as an
+// offset into a region (base address and size) so that every op is
+// bounds-checked before any byte moves. Rows are visited so that the
+// source is read in address order (strided reads defeat the prefetchers;
+// strided streaming writes do not). Large batches use non-temporal stores:
+// a loop of 32 KiB memcpys from shuffled cache blocks reaches about 0.7x of
+// one large memcpy (each destination line is read before it is written),
+// streaming stores reach it. Optionally spread over threads by bytes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace sc {
+
+struct CopyRegion {
+  uintptr_t addr;
+  uint64_t size;
+};
+
+// Column order of one op (int64): dst region, dst offset, src region, src
+// offset, outer count, dst outer stride, src outer stride, rows, dst row
+// stride, src row stride, row bytes.
+constexpr size_t kCopyOpCols = 11;
+
+// Checks every op against its regions; returns "" when all are in bounds,
+// else a message naming the first bad op.
+std::string check_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, size_t ndst, const CopyRegion* src,
+                           size_t nsrc);
+
+// Runs checked ops. nontemporal: 1 streaming stores, 0 plain memcpy, -1
+// streaming when the batch is at least 4 MiB. threads >= 1 (more are used
+// only for batches of at least 1 MiB per thread). Ops whose destinations
+// overlap give an unspecified (but in-bounds) result.
+void run_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, const CopyRegion* src, unsigned threads,
+                  int nontemporal);
+
+}  // namespace sc
