@@ -1,5 +1,6 @@
 #include "copy.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <system_error>
 #include <thread>
@@ -70,7 +71,28 @@ void stream_copy(char* d, const char* s, size_t n) {
 #endif
 }
 
-// One op, its loops ordered so the inner loop reads the source in order.
+// How many concurrent address streams one end of an op touches when the
+// inner loop has `n` steps of `inner` bytes and the outer loop steps
+// `outer` bytes: 1 when the inner loop is contiguous; n interleaved streams
+// that each advance densely when the outer step is one row; otherwise a
+// sparse walk that leaves gaps for later passes to fill (the slow case:
+// strided 256-byte reads run at half the speed of 8 interleaved streams).
+int64_t streams(int64_t n, int64_t inner, int64_t outer, int64_t len) {
+  if (n <= 1 || inner == len) return 1;
+  if (outer == len) return n;
+  return INT64_MAX / 2;
+}
+
+int64_t order_cost(int64_t n, int64_t d_inner, int64_t s_inner, int64_t d_outer, int64_t s_outer, int64_t len) {
+  return std::max(streams(n, d_inner, d_outer, len), streams(n, s_inner, s_outer, len));
+}
+
+// One op, its loops ordered: the order whose ends touch fewer streams (a
+// transposing copy [heads, tokens, d] <-> [tokens, heads, d] goes token by
+// token: one dense stream on the token-major end, one per head on the
+// other), ties broken so the source is read in address order. A single
+// outer step becomes the inner loop, so the outer range (which threads
+// split) has the rows.
 struct Op {
   char* dst;
   const char* src;
@@ -80,9 +102,9 @@ struct Op {
 Op normalized(const int64_t* o, const CopyRegion* dst, const CopyRegion* src) {
   Op op{reinterpret_cast<char*>(dst[o[0]].addr) + o[1], reinterpret_cast<const char*>(src[o[2]].addr) + o[3],
         o[4], o[5], o[6], o[7], o[8], o[9], o[10]};
-  // Inner loop: the smaller source stride. A single outer step becomes the
-  // inner loop (so the outer range, which threads split, has the rows).
-  if (op.outer == 1 || (op.rows > 1 && op.s_outer < op.s_row)) {
+  const int64_t keep = order_cost(op.rows, op.d_row, op.s_row, op.d_outer, op.s_outer, op.len);
+  const int64_t swap = order_cost(op.outer, op.d_outer, op.s_outer, op.d_row, op.s_row, op.len);
+  if (op.outer == 1 || swap < keep || (swap == keep && op.rows > 1 && op.s_outer < op.s_row)) {
     std::swap(op.outer, op.rows);
     std::swap(op.d_outer, op.d_row);
     std::swap(op.s_outer, op.s_row);

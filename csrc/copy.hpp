@@ -4,12 +4,13 @@
 // One call moves many 3-D regions: `outer` x `rows` rows of `row_bytes`,
 // each end with its own outer and row strides, each end addressed as an
 // offset into a region (base address and size) so that every op is
-// bounds-checked before any byte moves. Rows are visited so that the
-// source is read in address order (strided reads defeat the prefetchers;
-// strided streaming writes do not). Large batches use non-temporal stores:
-// a loop of 32 KiB memcpys from shuffled cache blocks reaches about 0.7x of
-// one large memcpy (each destination line is read before it is written),
-// streaming stores reach it. Optionally spread over threads by bytes.
+// bounds-checked before any byte moves. Of an op's two loop orders the one
+// touching fewer concurrent address streams runs (a sparse walk that leaves
+// gaps for a later pass is the slow case). Large batches use non-temporal
+// stores: a loop of 32 KiB memcpys from shuffled cache blocks reaches about
+// 0.7x of one large memcpy (each destination line is read before it is
+// written), streaming stores reach it. Optionally spread over threads by
+// bytes.
 #pragma once
 
 #include <cstddef>

@@ -4,9 +4,10 @@ A copy is an ``int64 [n, 11]`` array of 3-D ops: ``outer`` x ``rows`` rows
 of ``row_bytes``, each end with its own outer and row strides, each end an
 offset into a *region* (an address and a size: a tensor's storage, a numpy
 array). The native side checks every op against its regions before any
-byte moves, visits rows so that the source is read in address order, uses
-streaming (non-temporal) stores for batches of 4 MiB and more, and can
-spread a batch over threads.
+byte moves, runs each op in the loop order that touches fewer concurrent
+address streams (a transposing copy goes token by token: 1.2-1.3x memcpy
+here, against 0.8x head by head), uses streaming (non-temporal) stores for
+batches of 4 MiB and more, and can spread a batch over threads.
 
 Why by hand: torch's ``index_select`` / ``copy_`` and numpy slice copies
 cost one Python-level call per block and, for blocks of tens of KiB, reach
