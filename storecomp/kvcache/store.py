@@ -206,11 +206,15 @@ class KVCacheStore:
         layout = self._layout_of(kv)
         keys = self._keys(tokens, layout.tokens)
         lower: list[Future[Any]] = []
+        todo = []
         for i, key in enumerate(keys):
             if key in self.host.entries or (self.disk is not None and self.disk.has(key)):
                 if self.write_through:
                     lower.extend(self._write_missing_lower(key))
-                continue
+            else:
+                todo.append((i, key))
+        self._reserve_buffers(len(todo))
+        for i, key in todo:
             buf = self._build(key, layout, i * self.chunk_tokens)
             self.host.put(key, buf)
             lower.extend(self._write_lower(key, buf, disk=True))
@@ -220,6 +224,15 @@ class KVCacheStore:
             for f in lower:
                 f.result()
         return len(keys) * self.chunk_tokens
+
+    def _reserve_buffers(self, chunks: int) -> None:
+        """Allocate, before this call's copies and writes start, the buffers its ``chunks`` new chunks
+        will not get from host-tier evictions. Faulting in a 32 MiB buffer took 4 ms on a quiet
+        2-core machine and 100+ ms once the disk writers' checksums had the cores."""
+        n = self.layout.nbytes
+        host = self.host
+        fits = (host.budget - host.used) // n if host.budget >= n else chunks  # past that, evictions supply buffers
+        self.pool.reserve(n, min(chunks, max(0, fits)))
 
     def _write_missing_lower(self, key: bytes) -> list[Future[Any]]:
         buf = self.host.acquire(key)

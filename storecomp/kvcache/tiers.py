@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import mmap
 import os
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _native
 from ..errors import NotFoundError, StorecompError
 from ..io import Engine, cuda
 from ..store.base import Store
@@ -60,24 +60,23 @@ class TierStats:
 
 
 class Buffer:
-    """One page-aligned host allocation (transparent huge pages where allowed; pinned when CUDA exists).
+    """One host allocation (a native HostBuffer: page-aligned for O_DIRECT, on a
+    2 MiB boundary with transparent huge pages from 2 MiB up; pinned when CUDA exists).
 
-    Anonymous mmap rather than malloc: page-aligned for O_DIRECT, huge pages
-    cut the first-touch cost and TLB misses of 32 MiB chunk copies, and the
-    memory goes back to the system when the buffer is dropped.
+    Every page is faulted in at allocation (one MADV_POPULATE_WRITE, GIL
+    released), not on a request's first copy; huge pages cut the TLB misses
+    of chunk copies; the memory goes back to the system when the buffer is
+    dropped. Allocation is the slow part of a store (4 ms per 32 MiB on a
+    quiet 2-core machine, 100+ ms when disk writers' checksums hold the
+    cores), hence the pool and :meth:`BufferPool.reserve`.
     """
 
-    __slots__ = ("_map", "array", "address", "pinned", "refs", "sealed", "seal_lock", "__weakref__")
+    __slots__ = ("_host", "array", "address", "pinned", "refs", "sealed", "seal_lock", "__weakref__")
 
     def __init__(self, nbytes: int, pin: bool) -> None:
-        self._map = mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if hasattr(mmap, "MADV_HUGEPAGE"):
-            try:
-                self._map.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass
-        self.array: np.ndarray = np.frombuffer(self._map, np.uint8, count=nbytes)
-        self.array[::4096] = 0  # fault every page in now, not on the request path
+        self._host = _native.HostBuffer(max(nbytes, 1))
+        self._host.prefault()  # not on the request path's first copy
+        self.array: np.ndarray = np.frombuffer(memoryview(self._host), np.uint8, count=nbytes)
         self.address = int(self.array.ctypes.data)
         self.pinned = bool(pin) and nbytes > 0 and cuda.host_register(self.address, nbytes)
         self.refs = 0  # readers and lower-tier writers holding this buffer
@@ -107,6 +106,22 @@ class BufferPool:
                 self._free_bytes -= nbytes
                 return lst.pop()
         return Buffer(nbytes, self.pin)
+
+    def reserve(self, nbytes: int, count: int) -> None:
+        """Allocate now what it takes for ``count`` free buffers of ``nbytes`` (within ``keep_bytes``)."""
+        with self._lock:
+            have = len(self._free.get(nbytes, ()))
+            room = (self.keep_bytes - self._free_bytes) // nbytes if nbytes > 0 else 0
+            short = max(0, min(count - have, room))
+            self._free_bytes += short * nbytes  # claimed now, so concurrent reserves do not overshoot
+        made = []
+        try:
+            for _ in range(short):
+                made.append(Buffer(nbytes, self.pin))
+        finally:
+            with self._lock:
+                self._free[nbytes].extend(made)
+                self._free_bytes -= (short - len(made)) * nbytes
 
     def put(self, buf: Buffer) -> None:
         n = buf.array.nbytes

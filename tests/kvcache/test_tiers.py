@@ -75,3 +75,43 @@ def test_disk_rebuild_skips_a_chunk_removed_while_listing(tmp_path: Path) -> Non
             mp.setattr(tiers.os, "scandir", Vanishing)
             disk.rebuild()  # before: FileNotFoundError (a KVCacheStore failed to start)
         assert set(disk.entries) == {keys[0], keys[2]} and disk.used == 2 * data.nbytes
+
+
+def test_buffer_pool_reserve_allocates_within_its_keep() -> None:
+    pool = tiers.BufferPool(keep_bytes=3 * 8192)
+    pool.reserve(8192, 5)  # capped at what the pool keeps
+    assert len(pool._free[8192]) == 3 and pool._free_bytes == 3 * 8192
+    bufs = [pool.get(8192) for _ in range(3)]
+    assert pool._free_bytes == 0 and all(b.array.nbytes == 8192 and b.address % 4096 == 0 for b in bufs)
+    pool.reserve(8192, 1)
+    for b in bufs:
+        pool.put(b)  # the third no longer fits: freed
+    assert len(pool._free[8192]) == 3 and pool._free_bytes == 3 * 8192
+
+
+def test_store_allocates_its_buffers_before_copying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host tier off: a call's buffers are all allocated up front (not while its disk writers run),
+    and a second call of the same size reuses them."""
+    from storecomp.kvcache import KVCacheStore
+    from tests.kvcache.kvhelpers import CHUNK, FP, make_kv
+
+    events: list[str] = []
+    real_buffer, real_build = tiers.Buffer, KVCacheStore._build
+
+    def buffer(nbytes: int, pin: bool) -> tiers.Buffer:
+        events.append("alloc")
+        return real_buffer(nbytes, pin)
+
+    def build(self: KVCacheStore, *a: object) -> tiers.Buffer:
+        events.append("copy")
+        return real_build(self, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tiers, "Buffer", buffer)
+    monkeypatch.setattr(KVCacheStore, "_build", build)
+    with KVCacheStore(FP, chunk_tokens=CHUNK, host_bytes=0, disk_dir=tmp_path, write_through=True) as s:
+        tokens = np.arange(4 * CHUNK)
+        assert s.store(tokens, make_kv(4 * CHUNK)) == 4 * CHUNK
+        assert events == ["alloc"] * 4 + ["copy"] * 4
+        events.clear()
+        assert s.store(tokens + 1, make_kv(4 * CHUNK, seed=1)) == 4 * CHUNK
+        assert events == ["copy"] * 4
