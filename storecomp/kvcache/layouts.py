@@ -1,10 +1,11 @@
 """KV layouts: how an engine's KV tensors map to and from chunk payloads.
 
 A chunk payload for one layer is ``[2, tokens, kv_heads, head_dim]`` (K
-then V, token-major). An adapter gathers a token range of one layer into
-such a host tensor and scatters one back, with torch, on the tensors' own
-device (a CUDA cache gets one device-to-host or host-to-device copy per
-layer and chunk; nothing else moves).
+then V, token-major). An adapter gathers a chunk's token range of every
+layer into a chunk buffer and scatters one back: for a CPU cache in one
+native call (:mod:`storecomp.io.memcopy`), for a CUDA cache with torch on
+the device (one device-to-host or host-to-device copy per layer and chunk;
+nothing else moves).
 
 * :class:`ContiguousLayout`: Hugging Face transformers, per layer a key and
   a value tensor of ``[batch, kv_heads, seq, head_dim]`` (a list of pairs or
@@ -87,7 +88,9 @@ class KVLayout:
         self, start: int, buf: np.ndarray, chunk: ChunkLayout, layers: Sequence[int] | None, threads: int, gather: bool
     ) -> None:
         fp = chunk.fingerprint
-        idx = np.arange(fp.layers, dtype=np.int64) if layers is None else np.asarray(layers, dtype=np.int64)
+        idx = np.arange(fp.layers, dtype=np.int64) if layers is None else np.asarray(layers, dtype=np.int64).reshape(-1)
+        if idx.size and not (0 <= int(idx.min()) and int(idx.max()) < fp.layers):
+            raise InvalidArgumentError(f"layers {idx.tolist()} out of range for {fp.layers} layers")
         units = self._unit_table(fp)
         if units is None:
             for layer in idx.tolist():
@@ -97,6 +100,8 @@ class KVLayout:
         if not 0 <= start <= self.tokens - chunk.tokens:
             raise InvalidArgumentError(f"tokens [{start}, {start + chunk.tokens}) out of range for {self.tokens} positions")
         tensors, strides, region, base, step = units
+        if _dtype_name(tensors[0].dtype) != fp.dtype:
+            raise InvalidArgumentError(f"KV dtype {_dtype_name(tensors[0].dtype)} does not match the fingerprint's {fp.dtype}")
         # Payloads K and V of each requested layer in the buffer, and the cache units they map to.
         layer_off = chunk.layer_offset(0) + idx * chunk.layer_stride
         dst_off = (layer_off[:, None] + [0, chunk.layer_bytes // 2]).ravel()

@@ -139,3 +139,14 @@ def test_out_of_range_tokens_are_refused() -> None:
     paged = PagedLayout(_caches(True, 0), [0, 1, 2, 3, 4, 5], BS)
     with pytest.raises(InvalidArgumentError, match="whole blocks"):
         paged.gather_chunk(2, np.zeros(CH.nbytes, dtype=np.uint8), CH)
+
+
+def test_bad_layers_and_dtype_are_refused() -> None:
+    layout = ContiguousLayout(make_kv(32))
+    buf = np.zeros(CH.nbytes, dtype=np.uint8)
+    for bad in ([3], [-1], [0, 5]):
+        with pytest.raises(InvalidArgumentError, match="out of range for 3 layers"):
+            layout.gather_chunk(0, buf, CH, bad)
+    half = ContiguousLayout([(k.half(), v.half()) for k, v in make_kv(32)])
+    with pytest.raises(InvalidArgumentError, match="dtype float16 does not match the fingerprint's bfloat16"):
+        half.scatter_chunk(0, buf, CH)
