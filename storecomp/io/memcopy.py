@@ -89,13 +89,14 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 def instantiate(tpl: np.ndarray, dst_region: Any, dst_offs: Any, src_region: Any, src_offs: Any) -> np.ndarray:
     """``tpl`` placed once per entry of the offset vectors (regions: scalars or per-entry vectors)."""
     dst_offs = np.asarray(dst_offs, dtype=np.int64).reshape(-1)
-    k = len(tpl)
-    ops = np.tile(tpl, (dst_offs.size, 1))
-    ops[:, 0] = np.repeat(np.broadcast_to(np.asarray(dst_region, dtype=np.int64), dst_offs.shape), k)
-    ops[:, 1] += np.repeat(dst_offs, k)
-    ops[:, 2] = np.repeat(np.broadcast_to(np.asarray(src_region, dtype=np.int64), dst_offs.shape), k)
-    ops[:, 3] += np.repeat(np.broadcast_to(np.asarray(src_offs, dtype=np.int64), dst_offs.shape), k)
-    return ops
+    m, k = dst_offs.size, len(tpl)
+    ops = np.empty((m, k, COLS), dtype=np.int64)
+    ops[:] = tpl  # broadcast over the m placements
+    ops[:, :, 0] = np.asarray(dst_region, dtype=np.int64).reshape(-1, 1)
+    ops[:, :, 1] += dst_offs[:, None]
+    ops[:, :, 2] = np.asarray(src_region, dtype=np.int64).reshape(-1, 1)
+    ops[:, :, 3] += np.asarray(src_offs, dtype=np.int64).reshape(-1, 1)
+    return ops.reshape(m * k, COLS)
 
 
 def swapped(ops: np.ndarray) -> np.ndarray:

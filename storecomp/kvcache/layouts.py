@@ -88,9 +88,12 @@ class KVLayout:
         self, start: int, buf: np.ndarray, chunk: ChunkLayout, layers: Sequence[int] | None, threads: int, gather: bool
     ) -> None:
         fp = chunk.fingerprint
-        idx = np.arange(fp.layers, dtype=np.int64) if layers is None else np.asarray(layers, dtype=np.int64).reshape(-1)
-        if idx.size and not (0 <= int(idx.min()) and int(idx.max()) < fp.layers):
-            raise InvalidArgumentError(f"layers {idx.tolist()} out of range for {fp.layers} layers")
+        if layers is None:
+            idx = np.arange(fp.layers, dtype=np.int64)
+        else:
+            idx = np.asarray(layers, dtype=np.int64).reshape(-1)
+            if idx.size and not (0 <= int(idx.min()) and int(idx.max()) < fp.layers):
+                raise InvalidArgumentError(f"layers {idx.tolist()} out of range for {fp.layers} layers")
         units = self._unit_table(fp)
         if units is None:
             for layer in idx.tolist():
@@ -99,14 +102,12 @@ class KVLayout:
             return
         if not 0 <= start <= self.tokens - chunk.tokens:
             raise InvalidArgumentError(f"tokens [{start}, {start + chunk.tokens}) out of range for {self.tokens} positions")
-        tensors, strides, region, base, step = units
-        if _dtype_name(tensors[0].dtype) != fp.dtype:
-            raise InvalidArgumentError(f"KV dtype {_dtype_name(tensors[0].dtype)} does not match the fingerprint's {fp.dtype}")
-        # Payloads K and V of each requested layer in the buffer, and the cache units they map to.
-        layer_off = chunk.layer_offset(0) + idx * chunk.layer_stride
-        dst_off = (layer_off[:, None] + [0, chunk.layer_bytes // 2]).ravel()
-        ops = self._unit_ops(fp, start, chunk.tokens, strides, dst_off, region[idx].ravel(), base[idx].ravel(), step[idx].ravel())
-        cache = [memcopy.tensor_region(t) for t in tensors]
+        if units.dtype != fp.dtype:
+            raise InvalidArgumentError(f"KV dtype {units.dtype} does not match the fingerprint's {fp.dtype}")
+        # [layers, 2]: payloads K and V of each requested layer in the buffer, and the cache units they map to.
+        dst_off = (chunk.layer_offset(0) + idx * chunk.layer_stride)[:, None] + np.asarray([0, chunk.layer_bytes // 2])
+        ops = self._unit_ops(fp, start, chunk.tokens, units.strides, dst_off, units.region[idx], units.base[idx], units.step[idx])
+        cache = [(st.data_ptr(), st.nbytes()) for st in units.storages]
         if gather:
             memcopy.run(ops, [memcopy.array_region(buf)], cache, threads=threads)
         else:
@@ -132,8 +133,8 @@ class KVLayout:
         base: np.ndarray,
         step: np.ndarray,
     ) -> np.ndarray:
-        """Gather ops for tokens ``[start, start + n)``; one entry per payload in the vectors: its byte
-        offset in the buffer, its unit's region index, byte offset in the region and step in bytes."""
+        """Gather ops for tokens ``[start, start + n)``; ``[layers, 2]`` arrays (K, V) give each payload's
+        byte offset in the buffer, its unit's region index, byte offset in the region and step in bytes."""
         raise NotImplementedError
 
     def _unit_table(self, fp: ModelFingerprint) -> _UnitTable | None:
@@ -150,7 +151,8 @@ class KVLayout:
                 shape = (len(units), 2)
                 isz = tensors[0].element_size()
                 table = _UnitTable(
-                    tensors,
+                    [t.untyped_storage() for t in tensors],
+                    _dtype_name(tensors[0].dtype),
                     geometry[0][0],
                     np.arange(len(tensors), dtype=np.int64).reshape(shape),
                     np.asarray([g[1] * isz for g in geometry], dtype=np.int64).reshape(shape),
@@ -163,7 +165,8 @@ class KVLayout:
 class _UnitTable(NamedTuple):
     """The cache as native copy regions: ``region``, ``base`` and ``step`` are ``[layers, 2]`` (K, V)."""
 
-    tensors: list[torch.Tensor]  #: the regions (their storages)
+    storages: list[torch.UntypedStorage]  #: the regions (held: their memory outlives any copy)
+    dtype: str
     strides: tuple[int, ...]  #: element strides every unit shares
     region: np.ndarray
     base: np.ndarray  #: byte offset of each unit in its storage
@@ -228,7 +231,7 @@ class ContiguousLayout(KVLayout):
         shape = (fp.kv_heads, n, fp.head_dim)
         tpl = memcopy.template(shape, (fp.head_dim, fp.kv_heads * fp.head_dim, 1), strides, fp.itemsize)
         assert tpl is not None  # head_dim contiguous at both ends: _check_tensor / _unit_table saw to it
-        return memcopy.instantiate(tpl, 0, dst_off, region, base + start * step)
+        return memcopy.instantiate(tpl, 0, dst_off.ravel(), region.ravel(), (base + start * step).ravel())
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
         k, v = self.pairs[layer]
@@ -299,10 +302,15 @@ class PagedLayout(KVLayout):
                 if lo < 0 or hi >= t.shape[0]:
                     raise InvalidArgumentError(f"block ids [{lo}, {hi}] out of range for {t.shape[0]} blocks")
 
-    def _blocks(self, start: int, n: int) -> torch.Tensor:
+    def _check_range(self, start: int, n: int) -> int:
+        """The first block of tokens ``[start, start + n)``; InvalidArgumentError unless whole blocks."""
         if start % self.block_size or n % self.block_size:
             raise InvalidArgumentError(f"token range [{start}, {start + n}) does not cover whole blocks of {self.block_size}")
-        return self.block_ids[start // self.block_size : (start + n) // self.block_size]
+        return start // self.block_size
+
+    def _blocks(self, start: int, n: int) -> torch.Tensor:
+        b0 = self._check_range(start, n)
+        return self.block_ids[b0 : b0 + n // self.block_size]
 
     def _kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.caches[layer]
@@ -326,26 +334,23 @@ class PagedLayout(KVLayout):
         base: np.ndarray,
         step: np.ndarray,
     ) -> np.ndarray:
-        # Block b of the cache <-> tokens [j * bs, (j + 1) * bs) of the payload, one op per block and unit.
-        self._blocks(start, n)  # range check
-        ids = self._ids_np[start // self.block_size : (start + n) // self.block_size]
+        # Block ids[j] of the cache <-> tokens [j * bs, (j + 1) * bs) of the payload: one op per
+        # layer, block and part, in that order (a block's K and V, adjacent in a combined cache,
+        # are read one after the other: the source in address order).
+        b0 = self._check_range(start, n)
+        ids = self._ids_np[b0 : b0 + n // self.block_size]
         bs, row = self.block_size, fp.kv_heads * fp.head_dim
         tpl = memcopy.template((bs, fp.kv_heads, fp.head_dim), (row, fp.head_dim, 1), strides, fp.itemsize)
         if tpl is None:
             raise InvalidArgumentError(f"paged KV with strides {strides} has no contiguous head_dim")
-        j = np.arange(len(ids), dtype=np.int64) * (bs * row * fp.itemsize)
-
-        def block_major(a: np.ndarray) -> np.ndarray:
-            # [layer, part, block] -> [layer, block, part]: a block's K and V (adjacent in a
-            # combined cache) are read one after the other, the source in address order.
-            return np.ascontiguousarray(a.reshape(-1, 2, len(ids)).transpose(0, 2, 1)).ravel()
-
+        j = (np.arange(len(ids), dtype=np.int64) * (bs * row * fp.itemsize))[None, :, None]
+        per_block = (len(dst_off), len(ids), 2)
         return memcopy.instantiate(
             tpl,
             0,
-            block_major(dst_off[:, None] + j[None, :]),
-            block_major(np.broadcast_to(region[:, None], (len(region), len(ids)))),
-            block_major(base[:, None] + ids[None, :] * step[:, None]),
+            (dst_off[:, None, :] + j).ravel(),
+            np.broadcast_to(region[:, None, :], per_block).ravel(),
+            (base[:, None, :] + ids[None, :, None] * step[:, None, :]).ravel(),
         )
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
