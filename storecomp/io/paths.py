@@ -9,6 +9,11 @@
 * ``posix``: a plain read into pageable host memory, then a synchronous
   copy; the baseline the other two are measured against.
 
+Device reads are ordered after the work queued on the submitting thread's
+current CUDA stream (captured at submission: the reads run on an engine
+thread): a kernel still writing the destination finishes first. Every path
+has finished writing the destination when its future completes.
+
 Host destinations always take ``posix``: the engine reads straight into
 them. ``IOOptions.io_path`` (``STORECOMP_IO_PATH``) forces a path; ``auto``
 takes GDS only where cuFile reports it truly available (not compat mode),
@@ -59,7 +64,11 @@ def submit_device_reads(
         raise UnavailableError("a CUDA destination was given but no CUDA device is usable here")
     path = choose(engine.options.io_path, "cuda")
     runner = {"gds": _gds, "bounce": _bounce, "posix": _posix}[path]
-    fut = engine._copier_pool().submit(runner, engine, f, ref, offs, lens, douts)
+    torch = cuda.import_torch()
+    if torch is None:
+        raise UnavailableError("reads into CUDA memory need torch (pip install torch)")
+    after = torch.cuda.current_stream(ref.device_index)  # the caller's stream, on the caller's thread
+    fut = engine._copier_pool().submit(runner, engine, f, ref, offs, lens, douts, after)
     return IOFuture(
         [],
         [f.path],
@@ -77,8 +86,7 @@ def submit_device_reads(
 def _flat_u8(ref: BufferRef) -> Any:
     """The CUDA destination as a flat torch uint8 tensor (zero-copy)."""
     torch = cuda.import_torch()
-    if torch is None:
-        raise UnavailableError("the bounce path to CUDA memory needs torch (pip install torch)")
+    assert torch is not None  # submit_device_reads checked
     owner = ref.owner
     t = owner if _is_torch_tensor(owner) else torch.as_tensor(owner, device=f"cuda:{ref.device_index}")
     return t.reshape(-1).view(torch.uint8)
@@ -88,7 +96,9 @@ def _short(nbytes: np.ndarray, req: int, end: int) -> None:
     nbytes[req] = min(int(nbytes[req]), end)
 
 
-def _bounce(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray) -> np.ndarray:
+def _bounce(
+    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, after: Any
+) -> np.ndarray:
     torch = cuda.import_torch()
     dst = _flat_u8(ref)
     pool = engine.staging_pool()
@@ -108,6 +118,7 @@ def _bounce(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.
             rel += n
     nbytes = lens.copy()
     stream = torch.cuda.Stream(device=ref.device_index)
+    stream.wait_stream(after)  # the caller's queued work on the destination comes first
     depth = max(2, min(4, pool.nslots // 2))
     reads: collections.deque[Any] = collections.deque()
     copies: collections.deque[Any] = collections.deque()
@@ -185,24 +196,30 @@ def _bounce(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.
     return nbytes
 
 
-def _posix(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray) -> np.ndarray:
+def _posix(
+    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, after: Any
+) -> np.ndarray:
     torch = cuda.import_torch()
     dst = _flat_u8(ref)
     nbytes = lens.copy()
-    for i in range(offs.size):
-        host = np.empty(int(lens[i]), np.uint8)
-        got = f.pread_into(host, int(offs[i]))
-        nbytes[i] = got
-        d = int(douts[i])
-        dst[d : d + got].copy_(torch.from_numpy(host[:got]))
-    torch.cuda.synchronize(ref.device_index)
+    with torch.cuda.stream(after):  # queued behind the caller's work, as the caller's own copy would be
+        for i in range(offs.size):
+            host = np.empty(int(lens[i]), np.uint8)
+            got = f.pread_into(host, int(offs[i]))
+            nbytes[i] = got
+            d = int(douts[i])
+            dst[d : d + got].copy_(torch.from_numpy(host[:got]))
+    after.synchronize()
     return nbytes
 
 
-def _gds(engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray) -> np.ndarray:
+def _gds(
+    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, after: Any
+) -> np.ndarray:
     import kvikio
 
     dst = _flat_u8(ref)
+    after.synchronize()  # cuFile's DMA is not stream-ordered: the caller's queued work finishes first
     nbytes = lens.copy()
     with kvikio.CuFile(f.path, "r") as cf:
         futs = []

@@ -30,6 +30,9 @@ class _Stream:
     def synchronize(self) -> None:
         pass
 
+    def wait_stream(self, other: Any) -> None:
+        pass
+
 
 class _Event:
     def record(self, stream: Any = None) -> None:
@@ -49,7 +52,9 @@ def cpu_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 def _bounce(eng: Engine, path: Any, offset: int, n: int) -> torch.Tensor:
     dst = torch.zeros(n, dtype=torch.uint8)
     f = eng.open(path)
-    got = paths._bounce(eng, f, as_buffer(dst), np.array([offset], np.uint64), np.array([n], np.uint64), np.zeros(1, np.uint64))
+    got = paths._bounce(
+        eng, f, as_buffer(dst), np.array([offset], np.uint64), np.array([n], np.uint64), np.zeros(1, np.uint64), _Stream()
+    )
     assert got.tolist() == [n]
     return dst
 
@@ -107,6 +112,8 @@ def test_failed_read_gives_its_slot_back(cpu_cuda: None, data_file: DataFile, mo
     for _ in range(3):
         calls = 0
         with pytest.raises(OSError, match="injected"):
-            paths._bounce(eng, f, as_buffer(dst), np.zeros(1, np.uint64), np.array([6 * SLOT], np.uint64), np.zeros(1, np.uint64))
+            paths._bounce(
+                eng, f, as_buffer(dst), np.zeros(1, np.uint64), np.array([6 * SLOT], np.uint64), np.zeros(1, np.uint64), _Stream()
+            )
         assert eng.staging_pool().free_slots == 4
     eng.close()

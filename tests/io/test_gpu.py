@@ -144,3 +144,18 @@ def test_forcing_gds_where_unavailable_is_refused(data_file: DataFile) -> None:
     t = torch.zeros(16, dtype=torch.uint8, device="cuda")
     with Engine(io_path="gds") as eng, pytest.raises(UnavailableError, match="GDS"):
         scio.read_into(data_file.path, t, engine=eng)
+
+
+def test_reads_are_ordered_after_the_callers_stream(gpu_engine: Engine, data_file: DataFile) -> None:
+    """Work still queued on the submitting thread's stream (here a fill behind a ~100 ms sleep)
+    reaches the destination first; the read lands after it, on every path."""
+    torch = _torch()
+    n = min(data_file.size, 4 << 20)
+    t = torch.zeros(n, dtype=torch.uint8, device="cuda")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # the stream stays busy while the read is submitted
+        t.fill_(7)
+        assert scio.read_into(data_file.path, t, 0, engine=gpu_engine) == n
+    torch.cuda.synchronize()
+    assert _host(t).tobytes() == data_file.data[:n]
