@@ -95,18 +95,23 @@ class KVLayout:
             if idx.size and not (0 <= int(idx.min()) and int(idx.max()) < fp.layers):
                 raise InvalidArgumentError(f"layers {idx.tolist()} out of range for {fp.layers} layers")
         units = self._unit_table(fp)
-        if units is None:
+        ops = None
+        if units is not None:
+            if not 0 <= start <= self.tokens - chunk.tokens:
+                raise InvalidArgumentError(f"tokens [{start}, {start + chunk.tokens}) out of range for {self.tokens} positions")
+            if units.dtype != fp.dtype:
+                raise InvalidArgumentError(f"KV dtype {units.dtype} does not match the fingerprint's {fp.dtype}")
+            # [layers, 2]: payloads K and V of each requested layer in the buffer, and the cache units they map to.
+            dst_off = (chunk.layer_offset(0) + idx * chunk.layer_stride)[:, None] + np.asarray([0, chunk.layer_bytes // 2])
+            ops = self._unit_ops(
+                fp, start, chunk.tokens, units.strides, dst_off, units.region[idx], units.base[idx], units.step[idx]
+            )
+        if ops is None:  # a CUDA cache, unlike layers, or a head_dim that is not contiguous: torch
             for layer in idx.tolist():
                 payload = payload_view(chunk.layer_view(buf, layer), fp, chunk.tokens)
                 (self.gather if gather else self.scatter)(layer, start, payload)
             return
-        if not 0 <= start <= self.tokens - chunk.tokens:
-            raise InvalidArgumentError(f"tokens [{start}, {start + chunk.tokens}) out of range for {self.tokens} positions")
-        if units.dtype != fp.dtype:
-            raise InvalidArgumentError(f"KV dtype {units.dtype} does not match the fingerprint's {fp.dtype}")
-        # [layers, 2]: payloads K and V of each requested layer in the buffer, and the cache units they map to.
-        dst_off = (chunk.layer_offset(0) + idx * chunk.layer_stride)[:, None] + np.asarray([0, chunk.layer_bytes // 2])
-        ops = self._unit_ops(fp, start, chunk.tokens, units.strides, dst_off, units.region[idx], units.base[idx], units.step[idx])
+        assert units is not None
         cache = [(st.data_ptr(), st.nbytes()) for st in units.storages]
         if gather:
             memcopy.run(ops, [memcopy.array_region(buf)], cache, threads=threads)
@@ -132,9 +137,10 @@ class KVLayout:
         region: np.ndarray,
         base: np.ndarray,
         step: np.ndarray,
-    ) -> np.ndarray:
-        """Gather ops for tokens ``[start, start + n)``; ``[layers, 2]`` arrays (K, V) give each payload's
-        byte offset in the buffer, its unit's region index, byte offset in the region and step in bytes."""
+    ) -> np.ndarray | None:
+        """Gather ops for tokens ``[start, start + n)``, or None when they are not row copies (the torch
+        path then); ``[layers, 2]`` arrays (K, V) give each payload's byte offset in the buffer, its
+        unit's region index, byte offset in the region and step in bytes."""
         raise NotImplementedError
 
     def _unit_table(self, fp: ModelFingerprint) -> _UnitTable | None:
@@ -226,11 +232,12 @@ class ContiguousLayout(KVLayout):
         region: np.ndarray,
         base: np.ndarray,
         step: np.ndarray,
-    ) -> np.ndarray:
+    ) -> np.ndarray | None:
         # [kv_heads, n, head_dim] of the cache <-> [n, kv_heads, head_dim] of the payload.
         shape = (fp.kv_heads, n, fp.head_dim)
         tpl = memcopy.template(shape, (fp.head_dim, fp.kv_heads * fp.head_dim, 1), strides, fp.itemsize)
-        assert tpl is not None  # head_dim contiguous at both ends: _check_tensor / _unit_table saw to it
+        if tpl is None:
+            return None
         return memcopy.instantiate(tpl, 0, dst_off.ravel(), region.ravel(), (base + start * step).ravel())
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
@@ -333,7 +340,7 @@ class PagedLayout(KVLayout):
         region: np.ndarray,
         base: np.ndarray,
         step: np.ndarray,
-    ) -> np.ndarray:
+    ) -> np.ndarray | None:
         # Block ids[j] of the cache <-> tokens [j * bs, (j + 1) * bs) of the payload: one op per
         # layer, block and part, in that order (a block's K and V, adjacent in a combined cache,
         # are read one after the other: the source in address order).
@@ -342,7 +349,7 @@ class PagedLayout(KVLayout):
         bs, row = self.block_size, fp.kv_heads * fp.head_dim
         tpl = memcopy.template((bs, fp.kv_heads, fp.head_dim), (row, fp.head_dim, 1), strides, fp.itemsize)
         if tpl is None:
-            raise InvalidArgumentError(f"paged KV with strides {strides} has no contiguous head_dim")
+            return None
         j = (np.arange(len(ids), dtype=np.int64) * (bs * row * fp.itemsize))[None, :, None]
         per_block = (len(dst_off), len(ids), 2)
         return memcopy.instantiate(

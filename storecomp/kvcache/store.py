@@ -403,7 +403,6 @@ class KVCacheStore:
         prefix.
         """
         self._check_open()
-
         layout = self._layout_of(out)
         keys = self._keys(tokens, layout.tokens)
         fetches = self._plan(keys, per_layer=False)
@@ -432,7 +431,6 @@ class KVCacheStore:
         retrieved length and recompute from there.
         """
         self._check_open()
-
         layout = self._layout_of(out)
         keys = self._keys(tokens, layout.tokens)
         fetches = self._plan(keys, per_layer=True)

@@ -120,16 +120,28 @@ def test_scatter_leaves_other_blocks_and_the_header_alone() -> None:
     assert not head[: CH.layer_offset(0)].any()  # the header region is never written by a gather
 
 
-def test_unlike_layers_fall_back_to_torch() -> None:
-    """A layer with other strides than the rest: no native plan, same bytes through torch."""
+def _head_dim_strided(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(2, 3).contiguous().transpose(2, 3)  # same values, head_dim not contiguous
+
+
+@pytest.mark.parametrize("which", ["layer 0", "every tensor"])
+def test_what_is_not_row_copies_goes_through_torch(which: str) -> None:
+    """Unlike layers (no unit table) or a strided head_dim everywhere (no row copies): same bytes, via torch."""
     kv = make_kv(32)
-    k0, v0 = kv[0]
-    kv[0] = (k0.transpose(2, 3).contiguous().transpose(2, 3), v0)  # same values, head_dim strided
+    if which == "layer 0":
+        kv[0] = (_head_dim_strided(kv[0][0]), kv[0][1])
+    else:
+        kv = [(_head_dim_strided(k), _head_dim_strided(v)) for k, v in kv]
     layout = ContiguousLayout(kv)
-    assert layout._unit_table(FP) is None
+    assert (layout._unit_table(FP) is None) == (which == "layer 0")
     got = np.zeros(CH.nbytes, dtype=np.uint8)
     layout.gather_chunk(16, got, CH)
     assert np.array_equal(got, _torch_gather(ContiguousLayout(make_kv(32)), 16, [0, 1, 2]))
+    new = _buf(5)
+    layout.scatter_chunk(16, new, CH)
+    back = np.zeros(CH.nbytes, dtype=np.uint8)
+    layout.gather_chunk(16, back, CH)  # what was scattered comes back, byte for byte
+    assert all(np.array_equal(CH.layer_view(back, i), CH.layer_view(new, i)) for i in range(FP.layers))
 
 
 def test_out_of_range_tokens_are_refused() -> None:
