@@ -103,9 +103,8 @@ class KVLayout:
                 raise InvalidArgumentError(f"KV dtype {units.dtype} does not match the fingerprint's {fp.dtype}")
             # [layers, 2]: payloads K and V of each requested layer in the buffer, and the cache units they map to.
             dst_off = (chunk.layer_offset(0) + idx * chunk.layer_stride)[:, None] + np.asarray([0, chunk.layer_bytes // 2])
-            ops = self._unit_ops(
-                fp, start, chunk.tokens, units.strides, dst_off, units.region[idx], units.base[idx], units.step[idx]
-            )
+            picked = units._replace(region=units.region[idx], base=units.base[idx], step=units.step[idx])
+            ops = self._unit_ops(fp, start, chunk.tokens, dst_off, picked)
         if ops is None:  # a CUDA cache, unlike layers, or a head_dim that is not contiguous: torch
             for layer in idx.tolist():
                 payload = payload_view(chunk.layer_view(buf, layer), fp, chunk.tokens)
@@ -127,20 +126,10 @@ class KVLayout:
         in its storage and its step, both in elements)."""
         raise NotImplementedError
 
-    def _unit_ops(
-        self,
-        fp: ModelFingerprint,
-        start: int,
-        n: int,
-        strides: tuple[int, ...],
-        dst_off: np.ndarray,
-        region: np.ndarray,
-        base: np.ndarray,
-        step: np.ndarray,
-    ) -> np.ndarray | None:
+    def _unit_ops(self, fp: ModelFingerprint, start: int, n: int, dst_off: np.ndarray, units: _UnitTable) -> np.ndarray | None:
         """Gather ops for tokens ``[start, start + n)``, or None when they are not row copies (the torch
-        path then); ``[layers, 2]`` arrays (K, V) give each payload's byte offset in the buffer, its
-        unit's region index, byte offset in the region and step in bytes."""
+        path then). ``dst_off`` ``[layers, 2]`` (K, V): each payload's byte offset in the buffer;
+        ``units``: the unit table, its arrays cut to the same layers."""
         raise NotImplementedError
 
     def _unit_table(self, fp: ModelFingerprint) -> _UnitTable | None:
@@ -222,23 +211,13 @@ class ContiguousLayout(KVLayout):
         # Unit: the request's row [kv_heads, seq, head_dim]; it steps by token.
         return tuple(t.stride()[1:]), int(t.storage_offset()) + self.batch_index * t.stride(0), t.stride(2)
 
-    def _unit_ops(
-        self,
-        fp: ModelFingerprint,
-        start: int,
-        n: int,
-        strides: tuple[int, ...],
-        dst_off: np.ndarray,
-        region: np.ndarray,
-        base: np.ndarray,
-        step: np.ndarray,
-    ) -> np.ndarray | None:
+    def _unit_ops(self, fp: ModelFingerprint, start: int, n: int, dst_off: np.ndarray, units: _UnitTable) -> np.ndarray | None:
         # [kv_heads, n, head_dim] of the cache <-> [n, kv_heads, head_dim] of the payload.
         shape = (fp.kv_heads, n, fp.head_dim)
-        tpl = memcopy.template(shape, (fp.head_dim, fp.kv_heads * fp.head_dim, 1), strides, fp.itemsize)
+        tpl = memcopy.template(shape, (fp.head_dim, fp.kv_heads * fp.head_dim, 1), units.strides, fp.itemsize)
         if tpl is None:
             return None
-        return memcopy.instantiate(tpl, 0, dst_off.ravel(), region.ravel(), (base + start * step).ravel())
+        return memcopy.instantiate(tpl, 0, dst_off.ravel(), units.region.ravel(), (units.base + start * units.step).ravel())
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
         k, v = self.pairs[layer]
@@ -330,24 +309,14 @@ class PagedLayout(KVLayout):
         # Unit: K or V of every block [blocks, block_size, kv_heads, head_dim]; it steps by block.
         return tuple(t.stride()[1:]), int(t.storage_offset()), t.stride(0)
 
-    def _unit_ops(
-        self,
-        fp: ModelFingerprint,
-        start: int,
-        n: int,
-        strides: tuple[int, ...],
-        dst_off: np.ndarray,
-        region: np.ndarray,
-        base: np.ndarray,
-        step: np.ndarray,
-    ) -> np.ndarray | None:
+    def _unit_ops(self, fp: ModelFingerprint, start: int, n: int, dst_off: np.ndarray, units: _UnitTable) -> np.ndarray | None:
         # Block ids[j] of the cache <-> tokens [j * bs, (j + 1) * bs) of the payload: one op per
         # layer, block and part, in that order (a block's K and V, adjacent in a combined cache,
         # are read one after the other: the source in address order).
         b0 = self._check_range(start, n)
         ids = self._ids_np[b0 : b0 + n // self.block_size]
         bs, row = self.block_size, fp.kv_heads * fp.head_dim
-        tpl = memcopy.template((bs, fp.kv_heads, fp.head_dim), (row, fp.head_dim, 1), strides, fp.itemsize)
+        tpl = memcopy.template((bs, fp.kv_heads, fp.head_dim), (row, fp.head_dim, 1), units.strides, fp.itemsize)
         if tpl is None:
             return None
         j = (np.arange(len(ids), dtype=np.int64) * (bs * row * fp.itemsize))[None, :, None]
@@ -356,8 +325,8 @@ class PagedLayout(KVLayout):
             tpl,
             0,
             (dst_off[:, None, :] + j).ravel(),
-            np.broadcast_to(region[:, None, :], per_block).ravel(),
-            (base[:, None, :] + ids[None, :, None] * step[:, None, :]).ravel(),
+            np.broadcast_to(units.region[:, None, :], per_block).ravel(),
+            (units.base[:, None, :] + ids[None, :, None] * units.step[:, None, :]).ravel(),
         )
 
     def gather(self, layer: int, start: int, dst: torch.Tensor) -> None:
