@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError
 from .datasets import Dataset, open_dataset
-from .format import crc32c
 from .writer import DatasetWriter
 
 FORMATS = ("parquet", "npy", "npz", "zarr", "safetensors", "wds")

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
 from ..store.base import Store
-from .format import MANIFEST_FORMAT, TRAILER, FieldSpec, crc32c, decode_index, parse_trailer
+from .format import MANIFEST_FORMAT, TRAILER, FieldSpec, decode_index, parse_trailer
 from .readers import LocalReader, Reader, StoreReader
 
 

@@ -19,7 +19,6 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import google_crc32c
 import numpy as np
 
 from ..errors import CorruptDataError, InvalidArgumentError
@@ -33,13 +32,6 @@ SECTION_ALIGN = 4096
 #: Padding a record up to one of these is worth it when it costs at most 1/8 of the record.
 STRIDE_ALIGNS = (4096, 512)
 MAX_PAD_FRACTION = 1 / 8
-
-
-def crc32c(data: Any) -> int:
-    """crc32c of a bytes-like object or a contiguous numpy array (the checksum S3 uses)."""
-    if not isinstance(data, bytes | np.ndarray):
-        data = np.frombuffer(data, np.uint8)
-    return int(google_crc32c.value(data))
 
 
 @dataclass(frozen=True)

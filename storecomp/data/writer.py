@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..crc import crc32c
 from ..errors import InvalidArgumentError
 from .format import (
     MAGIC,
@@ -32,7 +33,6 @@ from .format import (
     VERSION,
     FieldSpec,
     check_field,
-    crc32c,
     encode_index,
     record_layout,
 )

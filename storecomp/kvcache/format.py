@@ -32,9 +32,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import google_crc32c
 import numpy as np
 
+from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError
 from .keys import ModelFingerprint
 
@@ -118,13 +118,8 @@ def write_header(obj: np.ndarray, layout: ChunkLayout, key: bytes, crcs: list[in
     for i, crc in enumerate(crcs):
         _LAYER.pack_into(head, pos, layout.layer_offset(i), layout.layer_bytes, crc, 0)
         pos += _LAYER.size
-    _CRC.pack_into(head, pos, google_crc32c.value(bytes(head[:pos])))
+    _CRC.pack_into(head, pos, crc32c(head[:pos]))
     obj[:hb] = np.frombuffer(head, np.uint8)
-
-
-def crc(data: np.ndarray) -> int:
-    """crc32c of a contiguous uint8 array."""
-    return int(google_crc32c.value(data))  # numpy arrays go in without a copy; GIL released
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,7 @@ def read_header(head: np.ndarray, layout: ChunkLayout, key: bytes, where: str) -
     if header_bytes != hb or end < 0:
         raise CorruptDataError(f"{where}: header size {header_bytes} / {layers} layers do not match the fingerprint")
     (stored_crc,) = _CRC.unpack_from(raw, end)
-    if google_crc32c.value(raw[:end]) != stored_crc:
+    if crc32c(raw[:end]) != stored_crc:
         raise CorruptDataError(f"{where}: header checksum mismatch")
     if digest != fp.digest:
         raise CorruptDataError(f"{where}: fingerprint mismatch (chunk of another model configuration)")
@@ -176,7 +171,7 @@ def read_header(head: np.ndarray, layout: ChunkLayout, key: bytes, where: str) -
 
 def check_layer(obj: np.ndarray, layout: ChunkLayout, header: Header, i: int, where: str) -> None:
     """Raise CorruptDataError when layer ``i``'s payload fails its crc32c."""
-    if crc(layout.layer_view(obj, i)) != header.crcs[i]:
+    if crc32c(layout.layer_view(obj, i)) != header.crcs[i]:
         raise CorruptDataError(f"{where}: layer {i} checksum mismatch")
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..config import IOOptions
+from ..crc import crc32c
 from ..errors import InvalidArgumentError, StorecompError
 from ..io import Engine
 from ..store.base import Store
@@ -258,7 +259,7 @@ class KVCacheStore:
             if buf.sealed:
                 return
             lay = self.layout
-            crcs = [fmt.crc(lay.layer_view(buf.array, i)) for i in range(self.fingerprint.layers)]
+            crcs = [crc32c(lay.layer_view(buf.array, i)) for i in range(self.fingerprint.layers)]
             fmt.write_header(buf.array, lay, key, crcs)
             buf.sealed = True
 

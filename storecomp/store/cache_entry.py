@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 import numpy as np
 
+from ..crc import crc32c
 from ..errors import CorruptDataError, UnsupportedBufferError
 from ..io import File
 from ..io.buffers import as_buffer
@@ -54,7 +54,7 @@ def encode_header(data_len: int, sums: Checksums, meta: dict[str, Any]) -> bytes
     header_len = -(-body_len // ALIGN) * ALIGN
     body = _FIXED.pack(MAGIC, header_len, len(mj), data_len, sums.chunk_bytes, len(sums.crcs)) + mj
     body += struct.pack(f"<{len(sums.crcs)}I", *sums.crcs)
-    body += struct.pack("<I", google_crc32c.value(body))
+    body += struct.pack("<I", crc32c(body))
     return body + b"\0" * (header_len - len(body))
 
 
@@ -68,7 +68,7 @@ def decode_header(raw: bytes, name: str) -> Header:
     if end + 4 > min(len(raw), header_len):
         raise CorruptDataError(f"{name}: cache entry header truncated")
     (own,) = struct.unpack_from("<I", raw, end)
-    if own != google_crc32c.value(raw[:end]):
+    if own != crc32c(raw[:end]):
         raise CorruptDataError(f"{name}: cache entry header fails its crc32c")
     meta = json.loads(raw[_FIXED.size : _FIXED.size + meta_len])
     crcs = struct.unpack_from(f"<{n}I", raw, _FIXED.size + meta_len)

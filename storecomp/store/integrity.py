@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import google_crc32c
 import numpy as np
 
+from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, ShortReadError
 from .base import ObjectInfo, Store
 from .keys import payload_view
@@ -41,11 +41,6 @@ SIDECAR_SUFFIX = ".crc32c"
 _MAGIC = b"SCC1"
 _HEAD = struct.Struct("<4sIQQ")
 _ALGO_CRC32C = 1
-
-
-def crc32c(data: Any) -> int:
-    """crc32c of a bytes-like object or uint8 array."""
-    return int(google_crc32c.value(_u8(data)))
 
 
 def _u8(data: Any) -> np.ndarray:
@@ -74,14 +69,14 @@ class Checksums:
         if chunk_bytes <= 0:
             raise InvalidArgumentError(f"chunk_bytes must be positive, got {chunk_bytes}")
         arr = _u8(data)
-        crcs = tuple(int(google_crc32c.value(arr[i : i + chunk_bytes])) for i in range(0, arr.size, chunk_bytes))
+        crcs = tuple(crc32c(arr[i : i + chunk_bytes]) for i in range(0, arr.size, chunk_bytes))
         return cls(arr.size, chunk_bytes, crcs)
 
     # -- encodings
 
     def to_bytes(self) -> bytes:
         body = _HEAD.pack(_MAGIC, _ALGO_CRC32C, self.size, self.chunk_bytes) + struct.pack(f"<{len(self.crcs)}I", *self.crcs)
-        return body + struct.pack("<I", google_crc32c.value(body))
+        return body + struct.pack("<I", crc32c(body))
 
     @classmethod
     def from_bytes(cls, raw: bytes, name: str = "checksums") -> Checksums:
@@ -95,7 +90,7 @@ class Checksums:
         if len(raw) != _HEAD.size + 4 * n + 4:
             raise CorruptDataError(f"{name}: checksum sidecar has {len(raw)} bytes, expected {_HEAD.size + 4 * n + 4}")
         (own,) = struct.unpack_from("<I", raw, len(raw) - 4)
-        if own != google_crc32c.value(raw[:-4]):
+        if own != crc32c(raw[:-4]):
             raise CorruptDataError(f"{name}: checksum sidecar fails its own crc32c")
         return cls(size, chunk, struct.unpack_from(f"<{n}I", raw, _HEAD.size))
 
@@ -134,7 +129,7 @@ class Checksums:
         if end > self.size or (end % c and end != self.size):
             raise CorruptDataError(f"{name}: bytes [{start}, {end}) do not end on a chunk boundary of a {self.size}-byte object")
         for i, pos in enumerate(range(start, end, c)):
-            got = int(google_crc32c.value(arr[i * c : i * c + c]))
+            got = crc32c(arr[i * c : i * c + c])
             want = self.crcs[pos // c]
             if got != want:
                 stop = min(pos + c, self.size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from storecomp.crc import crc32c
 from storecomp.errors import CorruptDataError
 from storecomp.kvcache import format as fmt
 from storecomp.kvcache.keys import ModelFingerprint, chunk_keys
@@ -21,7 +22,7 @@ def make(tokens: int = 16) -> tuple[fmt.ChunkLayout, bytes, np.ndarray]:
     for i in range(FP.layers):
         v = lay.layer_view(obj, i)
         v[:] = rng.integers(0, 256, v.size, np.uint8)
-        crcs.append(fmt.crc(v))
+        crcs.append(crc32c(v))
     fmt.write_header(obj, lay, key, crcs)
     return lay, key, obj
 

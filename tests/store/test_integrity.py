@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from storecomp.crc import crc32c
 from storecomp.errors import CorruptDataError, InvalidArgumentError, NotFoundError
 from storecomp.store import LocalStore
 from storecomp.store.integrity import (
     Checksums,
-    crc32c,
     get_verified,
     load_checksums,
     put_checked,
