@@ -408,6 +408,22 @@ Engine::Engine(const Config& cfg) : cfg_(cfg), owner_pid_(::getpid()) {
 
 Engine::~Engine() { shutdown(); }
 
+// Whether submit() probes the page cache inline: AUTO-mode reads of at most
+// kInlineBytes in all (larger batches would hold the caller while the engine
+// could be copying on several threads).
+static constexpr uint64_t kInlineBytes = 256 << 10;
+
+static bool inline_probe(const Batch& batch, uint8_t mode) {
+  if (mode != MODE_AUTO) return false;
+  uint64_t total = 0;
+  for (const auto& r : batch.reqs) {
+    if (r.op != OP_READ) return false;
+    if (r.err == 0) total += r.length;
+    if (total > kInlineBytes) return false;
+  }
+  return true;
+}
+
 std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode) {
   if (stopped_) throw std::runtime_error("engine is shut down");
   if (::getpid() != owner_pid_)
@@ -456,8 +472,25 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
   }
   batch->left = npieces;
   batch->self = batch;
-  std::vector<Piece*> ptrs(npieces);
-  for (size_t i = 0; i < npieces; ++i) ptrs[i] = &batch->pieces[i];
+  std::vector<Piece*> ptrs;
+  ptrs.reserve(npieces);
+  if (inline_probe(*batch, mode)) {
+    // Small reads: try the page cache here, on the calling thread (the GIL is
+    // released): a hit completes without waking the engine's threads (64 KiB:
+    // ~3 us instead of ~100 us through the queue). A miss goes on as usual,
+    // its probe done (AUTO: from the device; a file system without
+    // RWF_NOWAIT: buffered).
+    for (auto& p : batch->pieces) {
+      int err = 0;
+      if (nowait_read(p, stats_, &err))
+        batch->complete(p, p.done, err);  // may finish (and release) the batch's self-reference
+      else
+        ptrs.push_back(&p);
+    }
+  } else {
+    for (auto& p : batch->pieces) ptrs.push_back(&p);
+  }
+  if (ptrs.empty()) return batch;
   if (uring_)
     uring_->submit(ptrs.data(), ptrs.size());
   else

@@ -222,6 +222,36 @@ def test_auto_mode_hot_reads_hit_the_page_cache_and_cold_reads_miss(backend: str
         eng.close()
 
 
+def test_small_auto_reads_probe_the_page_cache_at_submission(backend: str, tmp_path: Path) -> None:
+    """AUTO reads of at most 256 KiB in all: a page-cache hit is complete when submit returns
+    (no engine thread involved); a miss still lands, from the device; an end of file is a short read."""
+    data = random_bytes(300 << 10, seed=8)
+    path = write_file(tmp_path / "small.bin", data)
+    eng = make_engine(backend, "auto")
+    try:
+        f = eng.open(path)
+        warm_cache(path)
+        dst = np.zeros(200 << 10, np.uint8)
+        s0 = eng.stats()
+        fut = f.read_many_into(dst, [4096, 150_000], [64 << 10, 100 << 10], [0, 64 << 10])
+        assert fut.done()  # completed on the submitting thread
+        assert fut.result().tolist() == [64 << 10, 100 << 10]
+        assert dst[: 64 << 10].tobytes() == data[4096 : 4096 + (64 << 10)]
+        assert dst[64 << 10 : 164 << 10].tobytes() == data[150_000 : 150_000 + (100 << 10)]
+        assert eng.stats()["nowait_hits"] - s0["nowait_hits"] == 2
+        tail = np.zeros(4096, np.uint8)
+        assert f.pread_into(tail, len(data) - 1000, exact=False) == 1000  # end of file, inline
+        assert tail[:1000].tobytes() == data[-1000:]
+        if not drop_cache(path):
+            pytest.skip("cannot evict the file from the page cache here")
+        dst[:] = 0
+        s1 = eng.stats()
+        assert f.pread_into(dst, 8192) == dst.size and dst.tobytes() == data[8192 : 8192 + dst.size]
+        assert eng.stats()["nowait_misses"] > s1["nowait_misses"]
+    finally:
+        eng.close()
+
+
 @pytest.mark.parametrize("direct_mode", ["on", "off"])
 def test_on_and_off_modes_never_try_the_page_cache_first(backend: str, data_file: DataFile, direct_mode: str) -> None:
     eng = make_engine(backend, direct_mode)
