@@ -152,11 +152,16 @@ bool in_bounds(int64_t off, int64_t outer, int64_t os, int64_t rows, int64_t rs,
 
 std::string check_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, size_t ndst, const CopyRegion* src,
                            size_t nsrc) {
+  int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
     const int64_t* o = ops + i * kCopyOpCols;
     const std::string at = "copy op " + std::to_string(i) + ": ";
     for (size_t c = 0; c < kCopyOpCols; ++c)
       if (o[c] < 0) return at + "negative field " + std::to_string(c);
+    int64_t bytes;  // the batch's byte count must fit (rows may overlap: strides are not checked against it)
+    if (__builtin_mul_overflow(o[4], o[7], &bytes) || __builtin_mul_overflow(bytes, o[10], &bytes) ||
+        __builtin_add_overflow(total, bytes, &total))
+      return at + "the batch moves more than 2**63 bytes";
     if (static_cast<uint64_t>(o[0]) >= ndst || static_cast<uint64_t>(o[2]) >= nsrc) return at + "no such region";
     if (!in_bounds(o[1], o[4], o[5], o[7], o[8], o[10], dst[o[0]].size)) return at + "destination out of bounds";
     if (!in_bounds(o[3], o[4], o[6], o[7], o[9], o[10], src[o[2]].size)) return at + "source out of bounds";

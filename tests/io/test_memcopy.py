@@ -75,6 +75,7 @@ def test_template_declines_what_is_not_row_copies() -> None:
         ({5: -8}, "negative field 5"),
         ({7: 1 << 40, 8: 1 << 40}, "destination out of bounds"),  # (rows - 1) * stride overflows int64
         ({4: 2, 6: 1 << 62}, "source out of bounds"),
+        ({4: 1 << 40, 5: 0, 6: 0, 7: 1 << 30, 8: 0, 9: 0}, "the batch moves more than 2\\*\\*63 bytes"),
     ],
 )
 def test_bad_ops_are_refused_before_any_byte_moves(change: dict[int, int], message: str) -> None:
