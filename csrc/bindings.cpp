@@ -25,7 +25,7 @@ using sc::Engine;
 
 namespace {
 
-using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using I64Array = py::array_t<int64_t, py::array::c_style>;  // no forcecast: float ops are refused, not truncated
 
 std::vector<sc::CopyRegion> copy_regions(const I64Array& a, const char* what) {
   if (a.ndim() != 2 || a.shape(1) != 2) throw std::invalid_argument(std::string(what) + " must be an int64 [n, 2] array");

@@ -207,6 +207,7 @@ void run_copy_ops(const int64_t* raw, size_t n, const CopyRegion* dst, const Cop
   if (cut.back() != pieces.size()) cut.push_back(pieces.size());
 
   std::vector<std::thread> helpers;
+  helpers.reserve(cut.size());  // emplace_back must not throw bad_alloc with threads running
   size_t t = 1;
   try {
     for (; t + 1 < cut.size(); ++t)

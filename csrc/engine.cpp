@@ -412,9 +412,10 @@ Engine::~Engine() { shutdown(); }
 // kInlineBytes in all (larger batches would hold the caller while the engine
 // could be copying on several threads).
 static constexpr uint64_t kInlineBytes = 256 << 10;
+static constexpr size_t kInlineRequests = 64;  // each is one preadv2 on the caller's thread
 
 static bool inline_probe(const Batch& batch, uint8_t mode) {
-  if (mode != MODE_AUTO) return false;
+  if (mode != MODE_AUTO || batch.reqs.size() > kInlineRequests) return false;
   uint64_t total = 0;
   for (const auto& r : batch.reqs) {
     if (r.op != OP_READ) return false;
@@ -482,8 +483,10 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
     // RWF_NOWAIT: buffered).
     for (auto& p : batch->pieces) {
       int err = 0;
-      if (nowait_read(p, stats_, &err))
+      if (nowait_read(p, stats_, &err)) {
+        if (err) stats_.errors++;
         batch->complete(p, p.done, err);  // may finish (and release) the batch's self-reference
+      }
       else
         ptrs.push_back(&p);
     }

@@ -1,5 +1,6 @@
 // storecomp native I/O engine: batched reads and writes between files and
-// memory addresses, completed off the calling thread.
+// memory addresses, completed off the calling thread (small page-cache
+// hits in AUTO mode complete on it, at submission).
 //
 // A Batch holds requests {file, op, offset, length, address}. The engine
 // splits each request into pieces of at most `split_bytes`, and a backend
@@ -174,7 +175,8 @@ class Engine {
   const std::string& backend() const { return backend_; }
   const std::string& backend_reason() const { return backend_reason_; }
   FileTable& files() { return files_; }
-  // Splits and submits; the returned batch completes asynchronously.
+  // Splits and submits; the returned batch completes asynchronously (or is
+  // already complete: a small AUTO-mode batch served from the page cache).
   std::shared_ptr<Batch> submit(std::shared_ptr<Batch> batch, uint8_t mode);
   // Registers [addr, addr+len) as io_uring fixed buffer; false when not used.
   bool register_buffer(uintptr_t addr, uint64_t len);

@@ -110,10 +110,12 @@ def tensor_region(t: Any) -> tuple[int, int]:
     return int(storage.data_ptr()), int(storage.nbytes())
 
 
-def array_region(a: np.ndarray) -> tuple[int, int]:
-    """A C-contiguous numpy array as a region."""
+def array_region(a: np.ndarray, *, writable: bool = False) -> tuple[int, int]:
+    """A C-contiguous numpy array as a region (``writable``: one that will be written)."""
     if not a.flags.c_contiguous:
         raise ValueError("a copy region must be C-contiguous")
+    if writable and not a.flags.writeable:
+        raise ValueError("a copy destination must be writable (this array is read-only)")
     return int(a.ctypes.data), int(a.nbytes)
 
 

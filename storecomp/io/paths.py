@@ -10,8 +10,9 @@
   copy; the baseline the other two are measured against.
 
 Device reads are ordered after the work queued on the submitting thread's
-current CUDA stream (captured at submission: the reads run on an engine
-thread): a kernel still writing the destination finishes first. Every path
+current CUDA stream at submission (an event recorded there: the reads run
+on an engine thread, and work queued later does not hold them up): a
+kernel still writing the destination finishes first. Every path
 has finished writing the destination when its future completes.
 
 Host destinations always take ``posix``: the engine reads straight into
@@ -67,7 +68,8 @@ def submit_device_reads(
     torch = cuda.import_torch()
     if torch is None:
         raise UnavailableError("reads into CUDA memory need torch (pip install torch)")
-    after = torch.cuda.current_stream(ref.device_index)  # the caller's stream, on the caller's thread
+    after = torch.cuda.Event()
+    after.record(torch.cuda.current_stream(ref.device_index))  # the caller's queued work, as of now
     fut = engine._copier_pool().submit(runner, engine, f, ref, offs, lens, douts, after)
     return IOFuture(
         [],
@@ -118,7 +120,7 @@ def _bounce(
             rel += n
     nbytes = lens.copy()
     stream = torch.cuda.Stream(device=ref.device_index)
-    stream.wait_stream(after)  # the caller's queued work on the destination comes first
+    stream.wait_event(after)  # the caller's queued work on the destination comes first
     depth = max(2, min(4, pool.nslots // 2))
     reads: collections.deque[Any] = collections.deque()
     copies: collections.deque[Any] = collections.deque()
@@ -202,14 +204,16 @@ def _posix(
     torch = cuda.import_torch()
     dst = _flat_u8(ref)
     nbytes = lens.copy()
-    with torch.cuda.stream(after):  # queued behind the caller's work, as the caller's own copy would be
+    stream = torch.cuda.Stream(device=ref.device_index)
+    stream.wait_event(after)  # behind the caller's queued work, as the caller's own copy would be
+    with torch.cuda.stream(stream):
         for i in range(offs.size):
             host = np.empty(int(lens[i]), np.uint8)
             got = f.pread_into(host, int(offs[i]))
             nbytes[i] = got
             d = int(douts[i])
             dst[d : d + got].copy_(torch.from_numpy(host[:got]))
-    after.synchronize()
+    stream.synchronize()
     return nbytes
 
 

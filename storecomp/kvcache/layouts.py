@@ -20,6 +20,7 @@ Torch is imported here; this module is loaded only when a KV store is used.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -91,14 +92,14 @@ class KVLayout:
         if layers is None:
             idx = np.arange(fp.layers, dtype=np.int64)
         else:
-            idx = np.asarray(layers, dtype=np.int64).reshape(-1)
+            idx = np.asarray([operator.index(i) for i in layers], dtype=np.int64)
             if idx.size and not (0 <= int(idx.min()) and int(idx.max()) < fp.layers):
                 raise InvalidArgumentError(f"layers {idx.tolist()} out of range for {fp.layers} layers")
-        units = self._unit_table(fp)
+        if not 0 <= start <= self.tokens - chunk.tokens:
+            raise InvalidArgumentError(f"tokens [{start}, {start + chunk.tokens}) out of range for {self.tokens} positions")
+        units = self._unit_table()
         ops = None
         if units is not None:
-            if not 0 <= start <= self.tokens - chunk.tokens:
-                raise InvalidArgumentError(f"tokens [{start}, {start + chunk.tokens}) out of range for {self.tokens} positions")
             if units.dtype != fp.dtype:
                 raise InvalidArgumentError(f"KV dtype {units.dtype} does not match the fingerprint's {fp.dtype}")
             # [layers, 2]: payloads K and V of each requested layer in the buffer, and the cache units they map to.
@@ -113,7 +114,7 @@ class KVLayout:
         assert units is not None
         cache = [(st.data_ptr(), st.nbytes()) for st in units.storages]
         if gather:
-            memcopy.run(ops, [memcopy.array_region(buf)], cache, threads=threads)
+            memcopy.run(ops, [memcopy.array_region(buf, writable=True)], cache, threads=threads)
         else:
             memcopy.run(memcopy.swapped(ops), cache, [memcopy.array_region(buf)], threads=threads)
 
@@ -132,7 +133,7 @@ class KVLayout:
         ``units``: the unit table, its arrays cut to the same layers."""
         raise NotImplementedError
 
-    def _unit_table(self, fp: ModelFingerprint) -> _UnitTable | None:
+    def _unit_table(self) -> _UnitTable | None:
         """The native path's view of the cache, made once per adapter; None (torch path) when the
         cache is not on the CPU or its units differ in strides or dtype."""
         if "_table" in self.__dict__:
@@ -185,12 +186,13 @@ class ContiguousLayout(KVLayout):
 
     ``kv`` is a list of pairs, a transformers ``DynamicCache`` (its
     ``layers[i].keys/.values``) or anything with ``key_cache``/``value_cache``
-    lists; ``batch_index`` picks the request's row.
+    lists; ``batch_index`` picks the request's row (fixed for the adapter's
+    life: the native path's geometry includes it).
     """
 
     def __init__(self, kv: Any, batch_index: int = 0) -> None:
         self.pairs = _pairs(kv)
-        self.batch_index = batch_index
+        self._batch_index = batch_index
         self.tokens = int(self.pairs[0][0].shape[2]) if self.pairs and self.pairs[0][0].dim() == 4 else 0
 
     def check(self, fp: ModelFingerprint) -> None:
@@ -203,6 +205,10 @@ class ContiguousLayout(KVLayout):
                     raise InvalidArgumentError(f"layer {i} {name} has {t.shape[2]} positions, layer 0 key has {self.tokens}")
                 if not 0 <= self.batch_index < t.shape[0]:
                     raise InvalidArgumentError(f"batch_index {self.batch_index} out of range for batch {t.shape[0]}")
+
+    @property
+    def batch_index(self) -> int:
+        return self._batch_index
 
     def _units(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         return self.pairs

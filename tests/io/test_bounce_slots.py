@@ -30,7 +30,7 @@ class _Stream:
     def synchronize(self) -> None:
         pass
 
-    def wait_stream(self, other: Any) -> None:
+    def wait_event(self, event: Any) -> None:
         pass
 
 
@@ -53,7 +53,7 @@ def _bounce(eng: Engine, path: Any, offset: int, n: int) -> torch.Tensor:
     dst = torch.zeros(n, dtype=torch.uint8)
     f = eng.open(path)
     got = paths._bounce(
-        eng, f, as_buffer(dst), np.array([offset], np.uint64), np.array([n], np.uint64), np.zeros(1, np.uint64), _Stream()
+        eng, f, as_buffer(dst), np.array([offset], np.uint64), np.array([n], np.uint64), np.zeros(1, np.uint64), _Event()
     )
     assert got.tolist() == [n]
     return dst
@@ -113,7 +113,7 @@ def test_failed_read_gives_its_slot_back(cpu_cuda: None, data_file: DataFile, mo
         calls = 0
         with pytest.raises(OSError, match="injected"):
             paths._bounce(
-                eng, f, as_buffer(dst), np.zeros(1, np.uint64), np.array([6 * SLOT], np.uint64), np.zeros(1, np.uint64), _Stream()
+                eng, f, as_buffer(dst), np.zeros(1, np.uint64), np.array([6 * SLOT], np.uint64), np.zeros(1, np.uint64), _Event()
             )
         assert eng.staging_pool().free_slots == 4
     eng.close()

@@ -97,6 +97,8 @@ def test_malformed_arrays_are_refused() -> None:
         _native.copy_ops(np.zeros((1, 8), dtype=np.int64), region, region)
     with pytest.raises(ValueError, match=r"dst regions must be an int64 \[n, 2\]"):
         _native.copy_ops(np.zeros((0, 11), dtype=np.int64), np.zeros(3, dtype=np.int64), region)
+    with pytest.raises(TypeError):
+        _native.copy_ops(np.zeros((1, 11)), region, region)  # float ops: refused, never truncated
     with pytest.raises(ValueError, match="negative size"):
         _native.copy_ops(np.zeros((0, 11), dtype=np.int64), np.asarray([[0, -1]]), region)
     with pytest.raises(ValueError, match="C-contiguous"):
