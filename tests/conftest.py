@@ -12,6 +12,11 @@ real) and on the real native engine; nothing is mocked.
   torch cpu float32, bytearray, memoryview, ctypes array, a DLPack-only
   object, a staging slot as numpy and as torch), each with a uint8 numpy view
   of its memory for checking.
+* ``seaweedfs`` (session): one real SeaweedFS server for every test area
+  (:class:`storecomp.testing.seaweedfs.SeaweedFS`: ``url(prefix)``,
+  ``make_bucket()``, ``store_options()``, ``env()``, ``stop()`` / ``kill()``
+  / ``restart()``), started once (~3 s) and stopped by pid at the end;
+  ``running_seaweedfs`` restarts it first when a fault test left it stopped.
 * ``gpu`` marker: tests marked ``@pytest.mark.gpu`` skip with a reason when
   no CUDA device is usable.
 * Every test runs under a watchdog: a hang dumps all thread stacks and ends
@@ -301,3 +306,22 @@ def run_python(code: str, timeout: float = 60, env: dict[str, str] | None = None
     )
     assert proc.returncode == 0, f"child exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from storecomp.testing.seaweedfs import SeaweedFS
+
+    sw = SeaweedFS.start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield sw
+    finally:
+        sw.stop()
+
+
+@pytest.fixture
+def running_seaweedfs(seaweedfs: Any) -> Any:
+    """The session server, restarted first if an earlier (fault) test left it stopped."""
+    if not seaweedfs.running:
+        seaweedfs.restart()
+    return seaweedfs

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,19 +123,10 @@ def test_cli_in_a_subprocess(mounted: Path) -> None:
     assert proc.stdout.split() == ["a.bin", "sub/b.bin", "sub/deep/c.bin"]
 
 
-@pytest.fixture(scope="module")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from storecomp.testing.seaweedfs import SeaweedFS
-
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("seaweedfs-cli"))
-    try:
-        yield sw
-    finally:
-        sw.stop()
-
-
-def test_on_seaweedfs(mounted: Path, seaweedfs: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    sw = seaweedfs
+def test_on_seaweedfs(
+    mounted: Path, running_seaweedfs: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sw = running_seaweedfs
     for k, v in sw.env().items():
         monkeypatch.setenv(k, v)
     url = sw.url()

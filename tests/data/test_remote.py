@@ -7,7 +7,6 @@ shards through the node-local cache tier.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,6 @@ from storecomp.store import LocalStore, Store, open_store
 from storecomp.testing.seaweedfs import SeaweedFS
 
 N = 300
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("sw-data"))
-    try:
-        yield sw
-    finally:
-        sw.stop()
 
 
 def local_dataset(tmp_path: Path) -> tuple[str, dict[str, Any]]:
@@ -73,16 +63,16 @@ def test_store_object_ranges(tmp_path: Path) -> None:
     check_epoch(ds, cols)
 
 
-def test_s3_ranges_and_cache(tmp_path: Path, seaweed: SeaweedFS) -> None:
+def test_s3_ranges_and_cache(tmp_path: Path, running_seaweedfs: SeaweedFS) -> None:
     path, cols = local_dataset(tmp_path)
-    url = seaweed.url()
-    store = open_store(url, **seaweed.store_options())
+    url = running_seaweedfs.url()
+    store = open_store(url, **running_seaweedfs.store_options())
     upload(path, store)
-    ds = open_dataset(url, store_options=seaweed.store_options())
+    ds = open_dataset(url, store_options=running_seaweedfs.store_options())
     assert ds.remote == "ranges"
     check_epoch(ds, cols)
     cache = tmp_path / "cache"
-    ds = open_dataset(url, store_options=seaweed.store_options(), remote="cache", cache_dir=cache)
+    ds = open_dataset(url, store_options=running_seaweedfs.store_options(), remote="cache", cache_dir=cache)
     check_epoch(ds, cols)
     cached = sum(len(f) for _, _, f in os.walk(cache))
     assert cached >= len(ds.parts)  # whole shards landed in the node-local tier
@@ -91,7 +81,7 @@ def test_s3_ranges_and_cache(tmp_path: Path, seaweed: SeaweedFS) -> None:
     data = bytearray(store.get(key))
     data[5] ^= 0xFF
     store.put(key, bytes(data))
-    ds = open_dataset(url, store_options=seaweed.store_options())
+    ds = open_dataset(url, store_options=running_seaweedfs.store_options())
     with pytest.raises(CorruptDataError, match="checksum mismatch in record 0"):
         check_epoch(ds, cols, shuffle=False)
 

@@ -1,8 +1,7 @@
 """Fixtures for KV-cache tests (helpers live in kvhelpers.py).
 
 * ``kvstore(**kw)``: a KVCacheStore of the tiny fingerprint, closed after the test.
-* ``kv_seaweedfs`` (session): a SeaweedFS server of our own (the class from
-  storecomp.testing, as tests/store uses).
+* SeaweedFS: ``running_seaweedfs``, the session server (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 
 from storecomp.kvcache import KVCacheStore
-from storecomp.testing.seaweedfs import SeaweedFS
 from tests.kvcache.kvhelpers import CHUNK, FP
 
 
@@ -31,12 +29,3 @@ def kvstore(tmp_path: Path) -> Iterator[Callable[..., KVCacheStore]]:
     yield make
     for s in made:
         s.close()
-
-
-@pytest.fixture(scope="session")
-def kv_seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("kv-seaweedfs"))
-    try:
-        yield sw
-    finally:
-        sw.stop()

@@ -224,9 +224,9 @@ def test_shared_store_unreachable(kvstore: Make, tmp_path: Path) -> None:
     assert st["unavailable"] >= 1 and st["write_failures"] == 4 and not st["last_error"] == ""
 
 
-def test_shared_store_down_then_back(kvstore: Make, tmp_path: Path, kv_seaweedfs: SeaweedFS) -> None:
+def test_shared_store_down_then_back(kvstore: Make, tmp_path: Path, running_seaweedfs: SeaweedFS) -> None:
     """SeaweedFS stops mid-run: serving goes on; background writes retry and land once it is back."""
-    sw = kv_seaweedfs
+    sw = running_seaweedfs
     url = sw.url()
     opts = dict(sw.store_options(), retry=FAST_RETRY)
     sw.stop()

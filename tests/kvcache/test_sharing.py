@@ -45,7 +45,7 @@ def _shared(kind: str, tmp_path: Path, sw: SeaweedFS | None) -> tuple[str, dict[
 
 @pytest.fixture(params=["local", "s3"])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    sw = request.getfixturevalue("kv_seaweedfs") if request.param == "s3" else None
+    sw = request.getfixturevalue("running_seaweedfs") if request.param == "s3" else None
     return _shared(str(request.param), tmp_path, sw)
 
 
@@ -86,9 +86,9 @@ def test_two_nodes_share_prefixes(shared: tuple[str, dict[str, Any]], tmp_path: 
     assert b["digest"] == digest(kv_for(FP, len(prompt), 5), 3 * CHUNK)
 
 
-def test_concurrent_writers_of_the_same_chunks(kv_seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+def test_concurrent_writers_of_the_same_chunks(running_seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     """Writers on two nodes store the same prompt at the same moment (S3 If-None-Match decides)."""
-    url, opts = _shared("s3", tmp_path, kv_seaweedfs)
+    url, opts = _shared("s3", tmp_path, running_seaweedfs)
     prompt = list(range(100, 100 + 4 * CHUNK))
     start_at = time.time() + 3.0
     procs = [

@@ -1,11 +1,6 @@
 """Fixtures for store tests: a real SeaweedFS server and one store of each backend.
 
-* ``seaweedfs`` (session): a running :class:`storecomp.testing.seaweedfs.SeaweedFS`
-  (``endpoint``, ``bucket``, ``access_key``, ``secret_key``, ``region``,
-  ``url(prefix)``, ``make_bucket()``, ``store_options()``, ``env()``,
-  ``stop()``/``kill()``/``restart()``). Started once per session (~3 s),
-  stopped by pid at the end. Other test areas can use the same class:
-  ``SeaweedFS.start(tmp_path_factory.mktemp("sw"))``.
+* ``seaweedfs`` / ``running_seaweedfs``: the session's SeaweedFS server (tests/conftest.py).
 * ``s3_store``: an S3Store on a fresh prefix of that server.
 * ``any_store``: parametrised over every backend (local, s3, fsspec memory://).
 """
@@ -24,23 +19,6 @@ from storecomp.testing.seaweedfs import SeaweedFS
 
 #: Short bounds so fault tests finish fast; production defaults are longer.
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.5, deadline_s=5.0, connect_timeout_s=1.0)
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        yield sw
-    finally:
-        sw.stop()
-
-
-@pytest.fixture
-def running_seaweedfs(seaweedfs: SeaweedFS) -> SeaweedFS:
-    """The session server, restarted first if an earlier (fault) test left it stopped."""
-    if not seaweedfs.running:
-        seaweedfs.restart()
-    return seaweedfs
 
 
 @pytest.fixture
