@@ -409,9 +409,8 @@ Engine::Engine(const Config& cfg) : cfg_(cfg), owner_pid_(::getpid()) {
 Engine::~Engine() { shutdown(); }
 
 // Whether submit() probes the page cache inline: AUTO-mode reads of at most
-// kInlineBytes in all (larger batches would hold the caller while the engine
-// could be copying on several threads).
-static constexpr uint64_t kInlineBytes = 256 << 10;
+// kNowaitHandoffBytes in all (larger batches would hold the caller while the
+// engine could be copying on several threads).
 static constexpr size_t kInlineRequests = 64;  // each is one preadv2 on the caller's thread
 
 static bool inline_probe(const Batch& batch, uint8_t mode) {
@@ -420,7 +419,7 @@ static bool inline_probe(const Batch& batch, uint8_t mode) {
   for (const auto& r : batch.reqs) {
     if (r.op != OP_READ) return false;
     if (r.err == 0) total += r.length;
-    if (total > kInlineBytes) return false;
+    if (total > kNowaitHandoffBytes) return false;
   }
   return true;
 }

@@ -34,6 +34,11 @@ enum Op : uint8_t { OP_READ = 0, OP_WRITE = 1 };
 //             what is not cached with O_DIRECT; writes are buffered.
 enum Mode : uint8_t { MODE_BUFFERED = 0, MODE_DIRECT = 1, MODE_AUTO = 2 };
 
+// Page-cache copies (AUTO mode) smaller than this cost less than a hand-off
+// to another thread: batches up to it probe on the submitting thread, and
+// reads from it up probe on the thread pool, which spreads copies over cores.
+constexpr uint64_t kNowaitHandoffBytes = 256 << 10;
+
 struct FileEntry {
   std::string path;
   bool writable = false;

@@ -45,12 +45,10 @@ UringProbe probe_uring() {
 
 namespace {
 
-// AUTO reads of at least this many bytes try the page cache in the thread
-// pool rather than in the ring. A cached read is a copy done by whichever
-// thread issues it; issued from the ring, all copies would fall to the one
-// submitting thread, while the pool spreads them over every core. Below this
-// size the hand-off costs more than the copy.
-constexpr uint64_t kPoolNowaitBytes = 256 << 10;
+// AUTO reads of at least kNowaitHandoffBytes try the page cache in the
+// thread pool rather than in the ring. A cached read is a copy done by
+// whichever thread issues it; issued from the ring, all copies would fall to
+// the one submitting thread, while the pool spreads them over every core.
 
 // One ring, one submitter. Callers append pieces to the pending queue under
 // mu_ and wake the reaper through an eventfd (a multishot poll on it sits in
@@ -208,7 +206,7 @@ class Uring final : public UringBackend {
   }
 
   static bool probe_in_pool(const Piece* p) {
-    return p->mode == MODE_AUTO && !p->nowait_tried && p->len - p->done >= kPoolNowaitBytes &&
+    return p->mode == MODE_AUTO && !p->nowait_tried && p->len - p->done >= kNowaitHandoffBytes &&
            p->batch->reqs[p->req].op == OP_READ;
   }
 

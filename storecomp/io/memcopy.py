@@ -106,7 +106,11 @@ def swapped(ops: np.ndarray) -> np.ndarray:
 
 def tensor_region(t: Any) -> tuple[int, int]:
     """A CPU tensor's storage as a region: ops address it from its storage's start."""
-    storage = t.untyped_storage()
+    return storage_region(t.untyped_storage())
+
+
+def storage_region(storage: Any) -> tuple[int, int]:
+    """A CPU torch storage (``UntypedStorage``) as a region."""
     return int(storage.data_ptr()), int(storage.nbytes())
 
 

@@ -112,7 +112,7 @@ class KVLayout:
                 (self.gather if gather else self.scatter)(layer, start, payload)
             return
         assert units is not None
-        cache = [(st.data_ptr(), st.nbytes()) for st in units.storages]
+        cache = [memcopy.storage_region(st) for st in units.storages]
         if gather:
             memcopy.run(ops, [memcopy.array_region(buf, writable=True)], cache, threads=threads)
         else:
