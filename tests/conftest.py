@@ -325,3 +325,27 @@ def running_seaweedfs(seaweedfs: Any) -> Any:
     if not seaweedfs.running:
         seaweedfs.restart()
     return seaweedfs
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``mount_tmpfs(size_bytes, read_only=False)``: a fresh tmpfs (a small disk to fill, or a read-only one).
+
+    Needs root (CI runs as root); elsewhere the test is skipped with the reason.
+    Unmounted at teardown, whatever the test left in it.
+    """
+    mounted: list[Path] = []
+
+    def mount(size_bytes: int, read_only: bool = False) -> Path:
+        target = tmp_path / f"tmpfs{len(mounted)}"
+        target.mkdir()
+        opts = f"size={size_bytes}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
