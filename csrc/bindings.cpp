@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 #include <stddef.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -298,6 +299,16 @@ PYBIND11_MODULE(_native, m) {
                if (rc != 0) err = errno;
              }
              if (rc != 0) throw_oserror(err, f->path);
+           })
+      .def("file_stat",
+           [](Engine& e, uint32_t id) {
+             // (st_dev, st_ino, st_size, st_mtime_ns) of the inode this file id opened.
+             auto f = e.files().get(id);
+             if (!f) throw std::invalid_argument("file is not open");
+             struct stat st;
+             if (::fstat(f->fd_buffered, &st) != 0) throw_oserror(errno, f->path);
+             int64_t mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+             return py::make_tuple(uint64_t(st.st_dev), uint64_t(st.st_ino), int64_t(st.st_size), mtime_ns);
            })
       .def("open_files", [](Engine& e) { return e.files().size(); })
       .def("submit", &submit, py::arg("file_ids"), py::arg("ops"), py::arg("offsets"),

@@ -125,7 +125,18 @@ int FileEntry::direct_fd() {
   std::lock_guard<std::mutex> g(open_mu);
   fd = fd_direct.load();
   if (fd >= 0 || direct_unsupported.load()) return fd;
-  fd = ::open(path.c_str(), (writable ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC);
+  // The O_DIRECT descriptor must refer to the inode fd_buffered opened, not
+  // to whatever the path names now (a writer may have renamed another file
+  // over it): reopen through /proc/self/fd, and check the identity either way.
+  int flags = (writable ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC;
+  std::string self_path = "/proc/self/fd/" + std::to_string(fd_buffered);
+  fd = ::open(self_path.c_str(), flags);
+  if (fd < 0 && errno == ENOENT) fd = ::open(path.c_str(), flags);  // no /proc: the path, checked below
+  struct stat a, b;
+  if (fd >= 0 && (::fstat(fd, &a) != 0 || ::fstat(fd_buffered, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)) {
+    ::close(fd);  // another file now: this one is read through the page cache only
+    fd = -1;
+  }
   if (fd < 0) {
     direct_unsupported = true;  // e.g. tmpfs: EINVAL; reads go buffered
     return -1;
@@ -140,8 +151,8 @@ uint32_t FileTable::open(const std::string& path, bool writable, bool create) {
   int fd = ::open(path.c_str(), flags, 0644);
   if (fd < 0) throw std::system_error(errno, std::generic_category(), path);
   struct stat st;
-  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-    int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+  int e = ::fstat(fd, &st) != 0 ? errno : (S_ISDIR(st.st_mode) ? EISDIR : 0);
+  if (e) {
     ::close(fd);
     throw std::system_error(e, std::generic_category(), path);
   }

@@ -104,6 +104,26 @@ class ShortReadError(StorecompError, EOFError):
         return (type(self), (self.path, self.offset, self.requested, self.got))
 
 
+class VersionChangedError(StorecompError, RuntimeError):
+    """An object changed while it was being read (or is no longer the version
+    the read was pinned to): no bytes of a mix of versions are returned.
+
+    ``name`` is the object's path or URL, ``expected`` the version the read
+    was pinned to, ``found`` the version now there (``""`` when unknown).
+    Read again (from a fresh ``stat``) to get the new version.
+    """
+
+    def __init__(self, name: str, expected: str, found: str = "") -> None:
+        now = f", found {found}" if found else ""
+        super().__init__(f"{name}: object changed while reading: expected version {expected}{now}")
+        self.name = name
+        self.expected = expected
+        self.found = found
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.expected, self.found))
+
+
 class CorruptDataError(StorecompError, ValueError):
     """Bytes failed their integrity check; the message names the object and range."""
 
@@ -171,6 +191,7 @@ __all__ = [
     "CancelledIOError",
     "ShortReadError",
     "CorruptDataError",
+    "VersionChangedError",
     "ConflictError",
     "StoreUnavailableError",
     "CredentialsError",

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .buffers import BufferRef, StagingPool, StagingSlot, as_buffer
-from .engine import Engine, File, IOFuture, ReadRequest
-from .paths import PATHS, choose
+from .engine import Engine, File, IOFuture, ReadRequest, checked_ranges
+from .paths import PATHS, choose, flat_u8, land_bytes
 
 _default: Engine | None = None
 _default_lock = threading.Lock()
@@ -87,8 +87,11 @@ __all__ = [
     "StagingPool",
     "StagingSlot",
     "as_buffer",
+    "checked_ranges",
     "default_engine",
+    "flat_u8",
     "io_path_for",
+    "land_bytes",
     "read_batch",
     "read_into",
 ]

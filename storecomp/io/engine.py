@@ -184,6 +184,9 @@ class File:
         self.writable = writable
         self._id = engine._open_native(self.path, writable, create)
         self._finalizer = weakref.finalize(self, engine._native.close_file, self._id)
+        #: (st_dev, st_ino) of the inode this File opened: every read of it reads that inode,
+        #: even after the path is replaced or removed.
+        self.identity: tuple[int, int] = self.fstat()[:2]
 
     @property
     def closed(self) -> bool:
@@ -194,10 +197,19 @@ class File:
             raise ClosedError(f"{self.path}: I/O on a closed file")
         return self._id
 
+    def fstat(self) -> tuple[int, int, int, int]:
+        """``(st_dev, st_ino, st_size, st_mtime_ns)`` of the opened file (not of
+        what its path names now). Sizes in bytes, times in nanoseconds."""
+        fid = self._check_open()
+        try:
+            dev, ino, size, mtime_ns = self._engine._native.file_stat(fid)
+        except OSError as e:
+            raise from_errno(e.errno or errno.EIO, self.path, None, "fstat") from None
+        return int(dev), int(ino), int(size), int(mtime_ns)
+
     def size(self) -> int:
-        """Current size in bytes."""
-        self._check_open()
-        return os.stat(self.path).st_size
+        """Current size in bytes of the opened file."""
+        return self.fstat()[2]
 
     def pread_into(
         self, dst: Any, offset: int = 0, *, length: int | None = None, dst_offset: int = 0, exact: bool = False
@@ -360,7 +372,10 @@ class Engine:
         self._read_mode = _MODES[opts.direct]
         self._write_mode = _native.MODE_DIRECT if opts.direct == "on" else _native.MODE_BUFFERED
         self._lock = threading.Lock()
-        self._files: collections.OrderedDict[tuple[str, bool], File] = collections.OrderedDict()
+        # path -> (File, its (st_dev, st_ino, st_size, st_mtime_ns) at open)
+        self._files: collections.OrderedDict[tuple[str, bool], tuple[File, tuple[int, int, int, int]]] = (
+            collections.OrderedDict()
+        )
         self._staging: StagingPool | None = None
         self._copier: ThreadPoolExecutor | None = None
         self._closed = False
@@ -397,16 +412,29 @@ class Engine:
         return File(self, path, writable=mode != "r", create=mode == "w")
 
     def cached_file(self, path: str | os.PathLike[str]) -> File:
-        """A read-only File for ``path`` from the descriptor cache (LRU, ``max_open_files``)."""
+        """A read-only File for ``path`` from the descriptor cache (LRU, ``max_open_files``).
+
+        A cached File is served only while ``path`` still names the file it
+        opened (same st_dev, st_ino, size and mtime as at open): a path
+        replaced or rewritten since is opened afresh, a removed one raises
+        NotFoundError.
+        """
         key = (os.fspath(path), False)
         with self._lock:
-            f = self._files.get(key)
-            if f is not None and not f.closed:
-                self._files.move_to_end(key)
-                return f
+            hit = self._files.get(key)
+        if hit is not None and not hit[0].closed:
+            try:
+                st = os.stat(key[0])
+            except OSError as e:
+                raise from_errno(e.errno or errno.EIO, key[0], None, "open") from None
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == hit[1]:
+                with self._lock:
+                    if key in self._files:
+                        self._files.move_to_end(key)
+                return hit[0]
         f = self.open(key[0])
         with self._lock:
-            self._files[key] = f
+            self._files[key] = (f, f.fstat())
             while len(self._files) > self.options.max_open_files:
                 # Dropped, not closed: a caller may still hold it; the
                 # descriptor closes when the last reference goes.
@@ -585,7 +613,7 @@ class Engine:
         if self._staging is not None:
             self._staging.close()
         with self._lock:
-            files = list(self._files.values())
+            files = [f for f, _ in self._files.values()]
             self._files.clear()
         for f in files:
             f.close()

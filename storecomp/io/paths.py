@@ -24,6 +24,7 @@ because a good bounce path often beats GDS.
 from __future__ import annotations
 
 import collections
+import ctypes
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,13 +86,45 @@ def submit_device_reads(
     )
 
 
-def _flat_u8(ref: BufferRef) -> Any:
-    """The CUDA destination as a flat torch uint8 tensor (zero-copy)."""
+def flat_u8(ref: BufferRef) -> Any:
+    """The CUDA destination ``ref`` as a flat writable torch uint8 tensor (zero-copy).
+
+    Raises UnavailableError when torch is missing.
+    """
     torch = cuda.import_torch()
-    assert torch is not None  # submit_device_reads checked
+    if torch is None:
+        raise UnavailableError("reads into CUDA memory need torch (pip install torch)")
     owner = ref.owner
     t = owner if _is_torch_tensor(owner) else torch.as_tensor(owner, device=f"cuda:{ref.device_index}")
     return t.reshape(-1).view(torch.uint8)
+
+
+def land_bytes(ref: BufferRef, dst_offset: int, data: Any, nbytes: int | None = None) -> int:
+    """Copy the first ``nbytes`` (default: all) of host bytes ``data`` (any
+    bytes-like object) into destination ``ref`` at byte ``dst_offset``;
+    returns the bytes copied.
+
+    The one way remote backends (S3, fsspec, the cache tier) land bytes: a
+    host destination gets a memmove; a CUDA one a copy queued on the calling
+    thread's current stream (so after the work the caller queued there, as
+    the device paths promise) that has finished when this returns. The
+    caller has checked that the range fits ``ref`` (``checked_ranges``).
+    """
+    src = np.frombuffer(data, np.uint8)
+    n = src.size if nbytes is None else min(int(nbytes), src.size)
+    if n <= 0:
+        return 0
+    if not ref.is_cuda:
+        ctypes.memmove(ref.address + dst_offset, int(src.ctypes.data), n)
+        return n
+    torch = cuda.import_torch()
+    dst = flat_u8(ref)
+    host = src[:n] if src.flags.writeable else src[:n].copy()  # torch wants writable host memory
+    with torch.cuda.device(ref.device_index):
+        stream = torch.cuda.current_stream(ref.device_index)
+        dst[dst_offset : dst_offset + n].copy_(torch.from_numpy(host), non_blocking=False)
+        stream.synchronize()
+    return n
 
 
 def _short(nbytes: np.ndarray, req: int, end: int) -> None:
@@ -102,7 +135,7 @@ def _bounce(
     engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, after: Any
 ) -> np.ndarray:
     torch = cuda.import_torch()
-    dst = _flat_u8(ref)
+    dst = flat_u8(ref)
     pool = engine.staging_pool()
     slot_bytes = pool.slot_bytes
     # Pack requests (split at slot size) into slot loads: (req, rel, n, slot_off).
@@ -202,7 +235,7 @@ def _posix(
     engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, after: Any
 ) -> np.ndarray:
     torch = cuda.import_torch()
-    dst = _flat_u8(ref)
+    dst = flat_u8(ref)
     nbytes = lens.copy()
     stream = torch.cuda.Stream(device=ref.device_index)
     stream.wait_event(after)  # behind the caller's queued work, as the caller's own copy would be
@@ -222,7 +255,7 @@ def _gds(
 ) -> np.ndarray:
     import kvikio
 
-    dst = _flat_u8(ref)
+    dst = flat_u8(ref)
     after.synchronize()  # cuFile's DMA is not stream-ordered: the caller's queued work finishes first
     nbytes = lens.copy()
     with kvikio.CuFile(f.path, "r") as cf:
@@ -235,4 +268,4 @@ def _gds(
     return nbytes
 
 
-__all__ = ["PATHS", "choose", "submit_device_reads"]
+__all__ = ["PATHS", "choose", "flat_u8", "land_bytes", "submit_device_reads"]

@@ -23,6 +23,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import NotFoundError, ShortReadError, VersionChangedError
+from ..io import BufferRef, as_buffer, checked_ranges
+from .keys import validate_key
+
+#: Times a whole-object read restarts from a fresh stat when the object is
+#: replaced under it, before it raises VersionChangedError.
+VERSION_RETRIES = 5
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -58,8 +66,35 @@ class RangeFuture(Protocol):
         ...
 
 
+class ExactRanges:
+    """A :class:`RangeFuture` that raises ``ShortReadError`` (naming ``name``)
+    when a range got fewer bytes than it asked for."""
+
+    def __init__(self, fut: RangeFuture, name: str, offs: np.ndarray, lens: np.ndarray) -> None:
+        self._fut, self._name, self._offs, self._lens = fut, name, offs, lens
+
+    def __getattr__(self, name: str) -> Any:  # the backend future's extras (io_paths, wait)
+        return getattr(self._fut, name)
+
+    def done(self) -> bool:
+        return self._fut.done()
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        got = self._fut.result(timeout)
+        short = np.flatnonzero(got < self._lens)
+        if short.size:
+            i = int(short[0])
+            raise ShortReadError(self._name, int(self._offs[i]), int(self._lens[i]), int(got[i]))
+        return got
+
+
 class Store(abc.ABC):
-    """One place objects live: a directory, a bucket prefix, an fsspec URL."""
+    """One place objects live: a directory, a bucket prefix, an fsspec URL.
+
+    Reads are a template: :meth:`submit_ranges` checks its arguments, pins the
+    read to one version and checks ``exact`` here, once, around each backend's
+    one small :meth:`_submit_ranges`.
+    """
 
     #: URL of the store's root, without credentials (safe to print).
     url: str
@@ -68,9 +103,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def capabilities(self) -> Capabilities: ...
 
+    def name_of(self, key: str) -> str:
+        """``key`` as named in errors: the store's URL and the key."""
+        return f"{self.url.rstrip('/')}/{key}"
+
     # ------------------------------------------------------------ reads
 
-    @abc.abstractmethod
     def submit_ranges(
         self,
         key: str,
@@ -80,11 +118,34 @@ class Store(abc.ABC):
         dst_offsets: Sequence[int] | np.ndarray,
         *,
         exact: bool = True,
+        version: str | None = None,
     ) -> RangeFuture:
         """Start reading ranges of ``key`` into ``dst`` (any buffer storecomp.io
         accepts); range i is ``lengths[i]`` bytes at ``offsets[i]``, landing
-        at byte ``dst_offsets[i]`` of ``dst``. Returns at once. With
-        ``exact``, a range past the end raises ``ShortReadError``."""
+        at byte ``dst_offsets[i]`` of ``dst``. Returns at once.
+
+        Every range of one call reads the same version of the object. With
+        ``version`` (an :attr:`ObjectInfo.version` from :meth:`stat`), that
+        version or ``VersionChangedError``: a caller that took a size from
+        ``stat`` never gets bytes of another version. With ``exact``, a range
+        past the end raises ``ShortReadError``; without it the count read is
+        shorter. Raises InvalidArgumentError for bad ranges (before any I/O).
+        """
+        validate_key(key)
+        ref = as_buffer(dst)
+        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.name_of(key))
+        fut = self._submit_ranges(key, offs, lens, ref, douts, version)
+        return ExactRanges(fut, self.name_of(key), offs, lens) if exact else fut
+
+    @abc.abstractmethod
+    def _submit_ranges(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
+    ) -> RangeFuture:
+        """The backend's part of :meth:`submit_ranges`: start reading checked
+        ranges (uint64 arrays) into ``ref``. The future gives the bytes read
+        per range, fewer past the end of the object (never an error for
+        that). All ranges read one version: ``version`` when given (else
+        ``VersionChangedError``), else whichever is current."""
 
     def read_ranges(
         self,
@@ -95,17 +156,31 @@ class Store(abc.ABC):
         dst_offsets: Sequence[int] | np.ndarray,
         *,
         exact: bool = True,
+        version: str | None = None,
     ) -> np.ndarray:
         """:meth:`submit_ranges` and wait: bytes read per range (uint64)."""
-        return self.submit_ranges(key, offsets, lengths, dst, dst_offsets, exact=exact).result()
+        return self.submit_ranges(key, offsets, lengths, dst, dst_offsets, exact=exact, version=version).result()
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        """Bytes of ``key`` from ``offset`` (to the end when ``length`` is None)."""
-        if length is None:
-            length = max(0, self.stat(key).size - offset)
-        buf = np.empty(length, np.uint8)
-        n = int(self.read_ranges(key, [offset], [length], buf, [0], exact=False)[0])
-        return buf[:n].tobytes()
+        """Bytes of ``key`` from ``offset`` (to the end when ``length`` is None),
+        all of one version: the size and the bytes come from the same object
+        (a replacement while reading restarts the read from a fresh ``stat``,
+        at most a few times, then raises ``VersionChangedError``)."""
+        if length is not None:
+            buf = np.empty(length, np.uint8)
+            n = int(self.read_ranges(key, [offset], [length], buf, [0], exact=False)[0])
+            return buf[:n].tobytes()
+        for attempt in range(VERSION_RETRIES):
+            info = self.stat(key)
+            buf = np.empty(max(0, info.size - offset), np.uint8)
+            try:
+                n = int(self.read_ranges(key, [offset], [buf.size], buf, [0], exact=False, version=info.version)[0])
+            except VersionChangedError:
+                if attempt == VERSION_RETRIES - 1:
+                    raise
+                continue
+            return buf[:n].tobytes()
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ writes
 
@@ -132,8 +207,6 @@ class Store(abc.ABC):
         """Size and version of ``key``; ``NotFoundError`` when missing."""
 
     def exists(self, key: str) -> bool:
-        from ..errors import NotFoundError
-
         try:
             self.stat(key)
         except NotFoundError:
@@ -156,3 +229,53 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class WrapperStore(Store):
+    """A Store in front of other stores (the cache tier, a mount's replicas).
+
+    :attr:`primary` is the wrapped store that takes writes and holds the
+    freshest state; writes and metadata go to it unless a subclass says
+    otherwise. Reads are the subclass's :meth:`_submit_ranges`, inside the
+    same template as every backend (checks, version pinning, ``exact``).
+    """
+
+    @property
+    @abc.abstractmethod
+    def primary(self) -> Store:
+        """The wrapped store that takes writes."""
+
+    @property
+    def wrapped(self) -> list[Store]:
+        """Every store this one reads from (closed with it)."""
+        return [self.primary]
+
+    def put(self, key: str, data: Any) -> ObjectInfo:
+        return self.primary.put(key, data)
+
+    def put_if_absent(self, key: str, data: Any) -> bool:
+        return self.primary.put_if_absent(key, data)
+
+    def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
+        return self.primary.compare_and_swap(key, expected, data)
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.primary.stat(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.primary.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.primary.delete(key)
+
+    def close(self) -> None:
+        for s in self.wrapped:
+            s.close()
+
+
+def primary_of(store: Store) -> Store:
+    """The store behind wrappers that takes writes and holds the freshest state
+    (a ReplicatedStore's primary, a CachedStore's inner store, recursively)."""
+    while isinstance(store, WrapperStore):
+        store = store.primary
+    return store

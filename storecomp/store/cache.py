@@ -52,7 +52,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,11 +64,10 @@ from ..errors import (
     InvalidArgumentError,
     NotFoundError,
     ShortReadError,
+    VersionChangedError,
 )
-from ..io import File
-from ..io.buffers import as_buffer
-from ..io.engine import checked_ranges
-from .base import Capabilities, ObjectInfo, Store
+from ..io import BufferRef, File, as_buffer, land_bytes
+from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store, WrapperStore
 from .cache_entry import (
     ALIGN,
     Done,
@@ -80,7 +79,6 @@ from .cache_entry import (
     host_array,
 )
 from .integrity import Checksums, read_verified
-from .keys import validate_key
 from .local import LocalStore
 
 _STRIPES = 256
@@ -102,7 +100,7 @@ class CacheStats:
     corrupt_discarded: int = 0
 
 
-class CachedStore(Store):
+class CachedStore(WrapperStore):
     """``inner`` with a node-local cache in ``cache_dir`` of at most ``max_bytes`` bytes.
 
     ``block_bytes=None`` caches whole objects; otherwise blocks of that many
@@ -151,13 +149,17 @@ class CachedStore(Store):
         self._files: OrderedDict[tuple[int, int, int], File] = OrderedDict()
         self._root_s = str(self.cache_dir / "entries")
         self._verified: OrderedDict[tuple[int, int, int], list[Any]] = OrderedDict()  # [checked chunks, unchecked count]
-        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._sweep_tmp()
         with FileLock(self.cache_dir / "state.lock"):
             self._write_usage(self._scan()[0])
 
     # ------------------------------------------------------------ properties
+
+    @property
+    def primary(self) -> Store:
+        """The inner store: writes, ``stat`` and ``list`` go to it."""
+        return self.inner
 
     @property
     def capabilities(self) -> Capabilities:
@@ -252,34 +254,36 @@ class CachedStore(Store):
             return
         self._account(-size)
 
-    def _fill(self, key: str, block: int | None) -> Header | None:
+    def _fill(self, key: str, block: int | None, version: str | None = None) -> Header | None:
         """Fetch ``key`` (or one block) from the inner store into the cache;
-        None when it bypasses the cache (larger than the budget)."""
+        None when it bypasses the cache (larger than the budget). The entry
+        holds bytes of one version, the one its header names: ``version``
+        when given (VersionChangedError when the inner store has another)."""
         ekey = self._entry_key(key, block)
         stripe = int(ekey[:2], 16) % _STRIPES
         with FileLock(self.cache_dir / "locks" / f"{stripe:02x}"):
             found = self._header(ekey)  # another process may have filled it meanwhile
-            if found is not None:
+            if found is not None and version in (None, found[0].meta.get("version")):
                 return found[0]
             info = self.inner.stat(key)
+            if version is not None and info.version != version:
+                raise VersionChangedError(self.name_of(key), version, info.version)
             if block is None:
                 if info.size > self.max_bytes:
                     return None
                 data = np.empty(info.size, np.uint8)
                 if info.size:
-                    self.inner.read_ranges(key, [0], [info.size], data, [0])
+                    self.inner.read_ranges(key, [0], [info.size], data, [0], version=info.version)
             else:
                 assert self.block_bytes is not None
                 start = block * self.block_bytes
                 n = max(0, min(self.block_bytes, info.size - start))
                 if n == 0:  # past the end of the object: nothing to cache
-                    self._sizes[key] = info.size
                     meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size}
                     return Header(0, 0, Checksums(0, self.chunk_bytes, ()), {**meta, "block": block})
                 data = np.empty(n, np.uint8)
                 if n:
-                    self.inner.read_ranges(key, [start], [n], data, [0])
-            self._sizes[key] = info.size
+                    self.inner.read_ranges(key, [start], [n], data, [0], version=info.version)
             self.stats.misses += 1
             self.stats.bytes_from_inner += data.size
             sums = Checksums.compute(data, self.chunk_bytes)
@@ -367,18 +371,24 @@ class CachedStore(Store):
 
     # ------------------------------------------------------------ reads
 
-    def _entry(self, key: str, block: int | None) -> tuple[str, Header, tuple[int, int, int] | None] | None:
+    def _entry(
+        self, key: str, block: int | None, version: str | None = None
+    ) -> tuple[str, Header, tuple[int, int, int] | None] | None:
         """(entry key, header, inode identity or None for a fresh fill) of ``key``'s
-        entry, filled from the inner store on a miss; None when it bypasses the cache."""
+        entry, filled from the inner store on a miss; None when it bypasses the cache.
+        With ``version``, an entry of another version is a miss, and the fill
+        raises VersionChangedError when the inner store no longer has ``version``."""
         ekey = self._entry_key(key, block)
         found = self._header(ekey)
         if found is not None and self.revalidate and found[0].meta.get("version") != self.inner.stat(key).version:
             self._discard(ekey)
             found = None
+        if found is not None and version is not None and found[0].meta.get("version") != version:
+            found = None  # the fill replaces it (or finds the inner store moved on)
         if found is not None:
             self.stats.hits += 1
             return ekey, found[0], found[1]
-        hdr = self._fill(key, block)
+        hdr = self._fill(key, block, version)
         return None if hdr is None else (ekey, hdr, None)
 
     def _read_entry(
@@ -458,17 +468,25 @@ class CachedStore(Store):
         return n_arr.tolist()
 
     def _read_block(
-        self, key: str, block: int | None, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]
-    ) -> list[int]:
+        self,
+        key: str,
+        block: int | None,
+        offs: list[int],
+        lens: list[int],
+        dst: np.ndarray,
+        douts: list[int],
+        version: str | None,
+    ) -> tuple[list[int], str | None]:
         """Ranges of one cache entry (the whole object, or one block), filled on a
         miss; objects that bypass the cache are read from the inner store. A bad
-        entry is discarded and refetched once."""
+        entry is discarded and refetched once. Returns the bytes per range and the
+        version they are of (None when unknown: read through, unpinned)."""
         for attempt in (0, 1):
-            ent = self._entry(key, block)
+            ent = self._entry(key, block, version)
             if ent is None:  # too large to cache: straight from the inner store
-                got = self.inner.read_ranges(key, offs, lens, dst, douts, exact=False)
+                got = self.inner.read_ranges(key, offs, lens, dst, douts, exact=False, version=version)
                 self.stats.bytes_from_inner += int(got.sum())
-                return [int(g) for g in got]
+                return [int(g) for g in got], version
             ekey, hdr, ident = ent
             try:
                 out = self._read_entry(ekey, hdr, ident, offs, lens, dst, douts)
@@ -479,88 +497,90 @@ class CachedStore(Store):
                     raise
                 continue
             self.stats.bytes_from_cache += sum(out)
-            return out
+            return out, hdr.meta.get("version")
         raise AssertionError("unreachable")
 
-    def submit_ranges(
-        self,
-        key: str,
-        offsets: Sequence[int] | np.ndarray,
-        lengths: Sequence[int] | np.ndarray,
-        dst: Any,
-        dst_offsets: Sequence[int] | np.ndarray,
-        *,
-        exact: bool = True,
+    def _submit_ranges(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> Done:
-        """Read ranges (synchronously; the returned future is already done).
-        CUDA destinations are filled through a host bounce buffer."""
-        validate_key(key)
-        if not isinstance(dst, np.ndarray) and as_buffer(dst, writable=True).is_cuda:
-            return self._to_device(key, offsets, lengths, dst, dst_offsets, exact)
-        arr = host_array(dst)
-        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, as_buffer(arr), f"{self.url}/{key}")
+        """Read ranges (synchronously; the returned future is already done), all
+        of one version. CUDA destinations are filled through a host buffer."""
+        if ref.is_cuda:
+            return self._to_device(key, offs, lens, ref, douts, version)
+        arr = host_array(ref)
+        for attempt in range(VERSION_RETRIES):
+            try:
+                return Done(self._read_host(key, offs, lens, arr, douts, version))
+            except VersionChangedError:
+                if version is not None or attempt == VERSION_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read_host(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, arr: np.ndarray, douts: np.ndarray, version: str | None
+    ) -> np.ndarray:
         out = np.zeros(len(offs), np.uint64)
         ol, ll, dl = offs.tolist(), lens.tolist(), douts.tolist()
         if self.block_bytes is None:
             live = [i for i in range(len(ol)) if ll[i]]
             if live:
-                got = self._read_block(key, None, [ol[i] for i in live], [ll[i] for i in live], arr, [dl[i] for i in live])
+                got, _ = self._read_block(
+                    key, None, [ol[i] for i in live], [ll[i] for i in live], arr, [dl[i] for i in live], version
+                )
                 out[live] = got
-        else:
-            b = self.block_bytes
-            pieces: dict[int, list[tuple[int, int, int, int]]] = {}  # block -> (range, offset in block, length, dst)
-            for i, (o, n, d) in enumerate(zip(ol, ll, dl, strict=True)):
-                pos = o
-                while pos < o + n:
-                    blk = pos // b
-                    m = min(o + n, (blk + 1) * b) - pos
-                    pieces.setdefault(blk, []).append((i, pos - blk * b, m, d + pos - o))
-                    pos += m
-            short: set[int] = set()
-            for blk in sorted(pieces):
-                ps = pieces[blk]
-                got = self._read_block(key, blk, [p[1] for p in ps], [p[2] for p in ps], arr, [p[3] for p in ps])
-                for (i, _, m, _), g in zip(ps, got, strict=True):
-                    if i not in short:
-                        out[i] += g
-                    if g < m:
-                        short.add(i)  # past the end: later blocks add nothing to this range
-        if exact:
-            for i in np.flatnonzero(out < lens.astype(np.uint64)).tolist():
-                raise ShortReadError(f"{self.url}/{key}", ol[i], ll[i], int(out[i]))
-        return Done(out)
+            return out
+        b = self.block_bytes
+        pieces: dict[int, list[tuple[int, int, int, int]]] = {}  # block -> (range, offset in block, length, dst)
+        for i, (o, n, d) in enumerate(zip(ol, ll, dl, strict=True)):
+            pos = o
+            while pos < o + n:
+                blk = pos // b
+                m = min(o + n, (blk + 1) * b) - pos
+                pieces.setdefault(blk, []).append((i, pos - blk * b, m, d + pos - o))
+                pos += m
+        short: set[int] = set()
+        for blk in sorted(pieces):
+            ps = pieces[blk]
+            # Every block after the first is pinned to the first one's version:
+            # blocks filled at different times never mix two versions.
+            got, version = self._read_block(key, blk, [p[1] for p in ps], [p[2] for p in ps], arr, [p[3] for p in ps], version)
+            for (i, _, m, _), g in zip(ps, got, strict=True):
+                if i not in short:
+                    out[i] += g
+                if g < m:
+                    short.add(i)  # past the end: later blocks add nothing to this range
+        return out
 
-    def _to_device(self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, exact: bool) -> Done:
-        """Verified reads into host memory, then one copy per range to the CUDA ``dst``."""
-        from ..io.cuda import import_torch
-        from ..io.paths import _flat_u8
-
-        ref = as_buffer(dst, writable=True)
-        lens = np.asarray(lengths, np.int64).reshape(-1)
-        douts = np.asarray(dst_offsets, np.int64).reshape(-1)
-        if len(lens) != len(douts) or (lens < 0).any() or (douts < 0).any() or (douts + lens > ref.nbytes).any():
-            raise InvalidArgumentError(f"{self.url}/{key}: a range is negative or does not fit the destination")
-        places = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if len(lens) else lens
+    def _to_device(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
+    ) -> Done:
+        """Verified reads into host memory, then one copy per range to the CUDA ``ref``."""
+        places = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.uint64) if len(lens) else lens
         scratch = np.empty(int(lens.sum()), np.uint8)
-        got = self.submit_ranges(key, offsets, lens, scratch, places, exact=exact).result()
-        torch = import_torch()
-        flat = _flat_u8(ref)
+        got = self._submit_ranges(key, offs, lens, as_buffer(scratch), places, version).result()
         for p, d, n in zip(places.tolist(), douts.tolist(), got.tolist(), strict=True):
-            if n:
-                flat[d : d + n].copy_(torch.from_numpy(scratch[p : p + n]))
+            land_bytes(ref, d, scratch[p : p + n])
         return Done(got)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        if length is None:
-            size = self._sizes.get(key)
-            if size is None:
-                ent = self._entry(key, None if self.block_bytes is None else 0)
-                size = int(ent[1].meta["size"]) if ent is not None else self.inner.stat(key).size
-                self._sizes[key] = size
-            length = max(0, size - offset)
-        buf = np.empty(length, np.uint8)
-        n = int(self.read_ranges(key, [offset], [length], buf, [0], exact=False)[0])
-        return buf[:n].tobytes()
+        if length is not None:
+            return super().get(key, offset, length)
+        for attempt in range(VERSION_RETRIES):
+            ent = self._entry(key, None if self.block_bytes is None else 0)
+            if ent is not None:
+                size, version = int(ent[1].meta["size"]), str(ent[1].meta["version"])
+            else:
+                info = self.inner.stat(key)
+                size, version = info.size, info.version
+            buf = np.empty(max(0, size - offset), np.uint8)
+            try:
+                n = int(self.read_ranges(key, [offset], [buf.size], buf, [0], exact=False, version=version)[0])
+            except VersionChangedError:
+                if attempt == VERSION_RETRIES - 1:
+                    raise
+                continue
+            return buf[:n].tobytes()
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ pass-through
 
@@ -568,7 +588,6 @@ class CachedStore(Store):
         """Drop this node's cached copies of ``key`` (whole entry and blocks)."""
         whole = self._entry_key(key, None)
         d = self._local.root / whole.split("/")[0]
-        self._sizes.pop(key, None)
         if not d.is_dir():
             return
         name = whole.split("/")[1]

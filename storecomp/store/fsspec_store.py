@@ -17,13 +17,12 @@ else a digest of its size, modification time and inode (fsspec's ``info``).
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import errno
 import hashlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,18 +33,17 @@ from ..errors import (
     CredentialsError,
     InvalidArgumentError,
     NotFoundError,
-    ShortReadError,
     StorageIOError,
     StorecompError,
     StoreUnavailableError,
     UnavailableError,
+    VersionChangedError,
 )
-from ..io.buffers import BufferRef, as_buffer
-from ..io.engine import checked_ranges
-from .base import Capabilities, ObjectInfo, Store
+from ..io import BufferRef, land_bytes
+from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
-from .retry import RetryPolicy, call_with_retry, looks_transient
+from .retry import RetryPolicy, call_with_retry, http_status, looks_transient
 
 
 def public_url(url: str) -> str:
@@ -124,9 +122,10 @@ class FsspecStore(Store):
         if isinstance(e, StorecompError):
             return e
         name = f"{self.url}/{key}" if key else self.url
-        if isinstance(e, FileNotFoundError):
+        status = http_status(e)  # by type and status, never by the message's words
+        if isinstance(e, FileNotFoundError) or status == 404:
             return NotFoundError(errno.ENOENT, name, None, op)
-        if isinstance(e, PermissionError):
+        if isinstance(e, PermissionError) or status in (401, 403):
             return CredentialsError(f"{name}: {op} refused: check the credentials and permissions")
         text = str(e).replace(self._password, "***") if self._password else str(e)
         if looks_transient(e):
@@ -143,21 +142,11 @@ class FsspecStore(Store):
 
     # ------------------------------------------------------------ reads
 
-    def submit_ranges(
-        self,
-        key: str,
-        offsets: Sequence[int] | np.ndarray,
-        lengths: Sequence[int] | np.ndarray,
-        dst: Any,
-        dst_offsets: Sequence[int] | np.ndarray,
-        *,
-        exact: bool = True,
+    def _submit_ranges(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> PendingRanges:
         path = self._path(key)
-        ref = as_buffer(dst)
-        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, f"{self.url}/{key}")
-        fut = self._executor().submit(self._read, key, path, offs, lens, douts, ref, exact)
-        return PendingRanges(fut, ref)
+        return PendingRanges(self._executor().submit(self._read, key, path, offs, lens, douts, ref, version), ref)
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         """The read pool; a forked child (DataLoader workers) makes its own: the
@@ -168,35 +157,38 @@ class FsspecStore(Store):
         return self._pool
 
     def _read(
-        self, key: str, path: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, exact: bool
+        self, key: str, path: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, version: str | None
+    ) -> np.ndarray:
+        """fsspec has no conditional reads: the object's version (ETag, or size,
+        mtime and inode) is read before and after the ranges; a change between
+        restarts the read (at most ``VERSION_RETRIES`` times), or raises
+        VersionChangedError when the caller pinned ``version``."""
+        for _ in range(VERSION_RETRIES):
+            before = self.stat(key)
+            if version is not None and before.version != version:
+                raise VersionChangedError(self.name_of(key), version, before.version)
+            got = self._read_once(key, path, offs, lens, douts, ref, before.size)
+            after = self.stat(key)
+            if after.version == before.version:
+                return got
+            if version is not None:
+                raise VersionChangedError(self.name_of(key), version, after.version)
+        raise VersionChangedError(self.name_of(key), before.version, "replaced on every try")
+
+    def _read_once(
+        self, key: str, path: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, size: int
     ) -> np.ndarray:
         got = np.zeros(offs.size, np.uint64)
-        todo = np.flatnonzero(lens)
+        ends = np.minimum(offs + lens, np.uint64(size))  # clipped to this version's end
+        todo = np.flatnonzero(ends > offs)
         if todo.size:
             starts = [int(offs[i]) for i in todo]
-            ends = [int(offs[i] + lens[i]) for i in todo]
+            stops = [int(ends[i]) for i in todo]
             parts = self._call(
-                lambda: _raise_first(self.fs.cat_ranges([path] * len(starts), starts, ends, on_error="return")), key, "read"
+                lambda: _raise_first(self.fs.cat_ranges([path] * len(starts), starts, stops, on_error="return")), key, "read"
             )
-            device = None
-            if ref.is_cuda:
-                from .s3 import _device_view
-
-                device = _device_view(ref)
             for i, data in zip(todo, parts, strict=True):
-                m = min(len(data), int(lens[i]))
-                if m and device is None:
-                    ctypes.memmove(ref.address + int(douts[i]), data, m)
-                elif m:
-                    from .s3 import _copy_to_device
-
-                    _copy_to_device(device, int(douts[i]), data, m)
-                got[i] = m
-        if exact:
-            short = np.flatnonzero(got < lens)
-            if short.size:
-                j = int(short[0])
-                raise ShortReadError(f"{self.url}/{key}", int(offs[j]), int(lens[j]), int(got[j]))
+                got[i] = land_bytes(ref, int(douts[i]), data, int(ends[i] - offs[i]))
         return got
 
     # ------------------------------------------------------------ writes

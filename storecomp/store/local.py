@@ -36,15 +36,15 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import IOOptions
-from ..errors import ConflictError, InvalidArgumentError, NotFoundError, from_errno
-from ..io import Engine, File, IOFuture, default_engine
+from ..errors import ConflictError, InvalidArgumentError, NotFoundError, VersionChangedError, from_errno
+from ..io import BufferRef, Engine, File, IOFuture, default_engine
 from .base import Capabilities, ObjectInfo, Store
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 
@@ -66,7 +66,11 @@ def _unique_mtime_ns() -> int:
 
 def version_of(st: os.stat_result) -> str:
     """The version token of a file from its stat result (16 hex digits)."""
-    raw = f"{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}".encode()
+    return _token(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _token(dev: int, ino: int, size: int, mtime_ns: int) -> str:
+    raw = f"{dev}-{ino}-{size}-{mtime_ns}".encode()
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
@@ -86,7 +90,7 @@ class LocalStore(Store):
         self.url = self.root.as_uri()
         self._own_engine = engine is None and options is not None
         self._engine = engine if engine is not None else (Engine(options) if options is not None else None)
-        self._files: OrderedDict[str, tuple[File, str]] = OrderedDict()
+        self._files: OrderedDict[str, tuple[File, tuple[int, int, int, int]]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -103,52 +107,44 @@ class LocalStore(Store):
 
     # ------------------------------------------------------------ reads
 
-    def _open(self, key: str) -> File:
-        """A read handle on the file currently published under ``key``.
+    def _open(self, key: str) -> tuple[File, str]:
+        """A read handle on the file published under ``key`` now, and its version.
 
-        Handles are cached but checked against the path's version on every
-        call, so a replaced object is never read through a stale descriptor.
-        A handle is cached only when the path showed the same version before
-        and after the open: the file opened is then that version (versions
-        never repeat), even if other writers replaced the object meanwhile
-        and a new file reused a freed inode.
+        The version comes from the open file itself (fstat), never from the
+        path: what is read is exactly that version. Handles are cached by
+        path; a cached one is used only while the path still names the very
+        file it opened (same device, inode, size and mtime; versions never
+        repeat), so a replaced object is never read through a stale handle.
         """
         path = str(self.path_of(key))
-        version = self._version(path)
-        with self._lock:
-            hit = self._files.get(path)
-            if hit is not None and hit[1] == version and not hit[0].closed:
-                self._files.move_to_end(path)
-                return hit[0]
-        f = self.engine.open(path)
-        if self._version(path) == version:
-            with self._lock:
-                self._files[path] = (f, version)
-                while len(self._files) > _MAX_CACHED_FILES:
-                    self._files.popitem(last=False)  # closed when the last reference goes
-        return f  # replaced while opening: a whole version either way, not cached
-
-    @staticmethod
-    def _version(path: str) -> str:
         try:
             st = os.stat(path)
         except OSError as e:
+            if e.errno == errno.ENOTDIR:
+                raise NotFoundError(errno.ENOENT, path, None, "open") from None
             raise from_errno(e.errno or errno.EIO, path, None, "open") from None
         if not _is_file(st):
             raise NotFoundError(errno.ENOENT, path, None, "open")
-        return version_of(st)
+        with self._lock:
+            hit = self._files.get(path)
+            if hit is not None and hit[1] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) and not hit[0].closed:
+                self._files.move_to_end(path)
+                return hit[0], _token(*hit[1])
+        f = self.engine.open(path)
+        ident = f.fstat()
+        with self._lock:
+            self._files[path] = (f, ident)
+            while len(self._files) > _MAX_CACHED_FILES:
+                self._files.popitem(last=False)  # closed when the last reference goes
+        return f, _token(*ident)
 
-    def submit_ranges(
-        self,
-        key: str,
-        offsets: Sequence[int] | np.ndarray,
-        lengths: Sequence[int] | np.ndarray,
-        dst: Any,
-        dst_offsets: Sequence[int] | np.ndarray,
-        *,
-        exact: bool = True,
+    def _submit_ranges(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> IOFuture:
-        return self._open(key).read_many_into(dst, offsets, lengths, dst_offsets, exact=exact)
+        f, found = self._open(key)
+        if version is not None and found != version:
+            raise VersionChangedError(self.name_of(key), version, found)
+        return f.read_many_into(ref, offs, lens, douts, exact=False)
 
     # ------------------------------------------------------------ writes
 

@@ -18,8 +18,11 @@ from ..errors import (
     PermissionDeniedError,
     StorageIOError,
     StoreUnavailableError,
+    VersionChangedError,
 )
-from .base import Capabilities, ObjectInfo, RangeFuture, Store
+from ..io import BufferRef
+from .base import Capabilities, ObjectInfo, RangeFuture, Store, WrapperStore
+from .base import primary_of as primary_of  # re-exported: namespace and snapshots import it from here
 from .mounts import SCHEME, Mount
 
 _T = TypeVar("_T")
@@ -45,7 +48,7 @@ class _Health:
     last_error: str = ""
 
 
-class ReplicatedStore(Store):
+class ReplicatedStore(WrapperStore):
     """A mount's replicas as one Store: reads from the best healthy replica
     with failover, writes to the primary.
 
@@ -83,6 +86,10 @@ class ReplicatedStore(Store):
     def primary(self) -> Store:
         """The replica that takes writes (and so holds the newest refs)."""
         return self._stores[self._primary]
+
+    @property
+    def wrapped(self) -> list[Store]:
+        return list(self._stores)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -154,11 +161,15 @@ class ReplicatedStore(Store):
 
     def _read(self, op: Callable[[Store], _T]) -> _T:
         last: BaseException | None = None
+        lagging: BaseException | None = None
         for i in self.read_order():
             t0 = time.monotonic()
             try:
                 out = op(self._stores[i])
             except Exception as e:
+                if self._lagging(i, e):
+                    lagging = lagging or e
+                    continue
                 if not _failover_worthy(e):
                     raise
                 self._failed(i, e)
@@ -166,8 +177,13 @@ class ReplicatedStore(Store):
                 continue
             self._succeeded(i, time.monotonic() - t0)
             return out
-        assert last is not None
-        raise last
+        raise _final(lagging, last)
+
+    def _lagging(self, i: int, e: BaseException) -> bool:
+        """A replica other than the primary that lacks the object (or has another
+        version of it) may lag behind: the primary and the other replicas are
+        asked before that is the answer. The replica stays healthy."""
+        return i != self._primary and isinstance(e, (NotFoundError, VersionChangedError))
 
     def _writer(self) -> Store:
         if self.mount.read_only:
@@ -176,17 +192,10 @@ class ReplicatedStore(Store):
 
     # -- reads
 
-    def submit_ranges(
-        self,
-        key: str,
-        offsets: Sequence[int] | np.ndarray,
-        lengths: Sequence[int] | np.ndarray,
-        dst: Any,
-        dst_offsets: Sequence[int] | np.ndarray,
-        *,
-        exact: bool = True,
+    def _submit_ranges(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> RangeFuture:
-        return _FailoverFuture(self, key, offsets, lengths, dst, dst_offsets, exact)
+        return _FailoverFuture(self, key, offs, lens, ref, douts, version)
 
     def stat(self, key: str) -> ObjectInfo:
         return self._read(lambda s: s.stat(key))
@@ -208,26 +217,16 @@ class ReplicatedStore(Store):
     def delete(self, key: str) -> None:
         self._writer().delete(key)
 
-    def close(self) -> None:
-        for s in self._stores:
-            s.close()
-
     def __repr__(self) -> str:
         return f"ReplicatedStore({self.url!r}, replicas={[r.url for r in self.mount.replicas]})"
 
 
-def primary_of(store: Store) -> Store:
-    """The store behind wrappers that takes writes and holds the freshest state:
-    a ReplicatedStore's primary, a CachedStore's inner store (recursively)."""
-    while True:
-        if isinstance(store, ReplicatedStore):
-            store = store.primary
-            continue
-        inner = getattr(store, "inner", None)
-        if isinstance(inner, Store):
-            store = inner
-            continue
-        return store
+def _final(lagging: BaseException | None, last: BaseException | None) -> BaseException:
+    """The answer when no replica served a read: a lagging replica's NotFound
+    (or VersionChangedError) when no replica had it, else the last failure."""
+    out = lagging or last
+    assert out is not None
+    return out
 
 
 class _FailoverFuture:
@@ -239,26 +238,33 @@ class _FailoverFuture:
         self._pos = 0
         self._t0 = time.monotonic()
         self._last: BaseException | None = None
+        self._lagging: BaseException | None = None
         self._fut: RangeFuture | None = None
         self._start()
 
     def _start(self) -> None:
-        offsets, lengths, dst, dst_offsets, exact = self._args
+        offs, lens, ref, douts, version = self._args
         while self._pos < len(self._order):
             i = self._order[self._pos]
             self._t0 = time.monotonic()
             try:
                 store = self._rs._stores[i]
-                self._fut = store.submit_ranges(self._key, offsets, lengths, dst, dst_offsets, exact=exact)
+                self._fut = store.submit_ranges(self._key, offs, lens, ref, douts, exact=False, version=version)
                 return
             except Exception as e:
-                if not _failover_worthy(e):
-                    raise
-                self._rs._failed(i, e)
-                self._last = e
-                self._pos += 1
-        assert self._last is not None
-        raise self._last
+                self._next(i, e)
+        raise _final(self._lagging, self._last)
+
+    def _next(self, i: int, e: BaseException) -> None:
+        """Move past replica ``i`` after ``e``, or raise ``e`` when it is the answer."""
+        if self._rs._lagging(i, e):
+            self._lagging = self._lagging or e
+        elif _failover_worthy(e):
+            self._rs._failed(i, e)
+            self._last = e
+        else:
+            raise e
+        self._pos += 1
 
     def done(self) -> bool:
         return self._fut is not None and self._fut.done()
@@ -270,11 +276,9 @@ class _FailoverFuture:
             try:
                 out = self._fut.result(timeout)
             except Exception as e:
-                if not self._fut.done() or not _failover_worthy(e):
-                    raise  # the caller's wait timed out (the read is still running), or a real answer
-                self._rs._failed(i, e)
-                self._last = e
-                self._pos += 1
+                if not self._fut.done():
+                    raise  # the caller's wait timed out: the read is still running
+                self._next(i, e)
                 self._start()
                 continue
             self._rs._succeeded(i, time.monotonic() - self._t0)

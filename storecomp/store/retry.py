@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -114,30 +115,59 @@ def _next_delay(
     return delay
 
 
-_TRANSIENT_WORDS = (
-    "429",
-    "too many requests",
-    "slowdown",
-    "slow down",
-    "500 internal",
-    "502 bad gateway",
-    "503 service",
-    "504 gateway",
-    "timed out",
-    "timeout",
-    "connection reset",
-    "connection refused",
-    "broken pipe",
-    "error sending request",
-    "error decoding response body",
-    "connection closed",
-    "unexpected eof",
+#: HTTP statuses worth another try: timeout, throttling, server errors.
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE}
+    | {errno.EHOSTUNREACH, errno.ENETUNREACH}
+)
+# Client libraries' connection and timeout errors that do not derive from the
+# built-in ConnectionError/TimeoutError (aiohttp, botocore, requests), by class
+# name so that none of them has to be imported.
+_TRANSIENT_TYPES = frozenset(
+    {
+        "ClientConnectionError",
+        "ClientPayloadError",
+        "ServerTimeoutError",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ResponseStreamingError",
+        "ChunkedEncodingError",
+    }
 )
 
 
+def http_status(e: BaseException) -> int | None:
+    """The HTTP status an exception carries (``status``, ``status_code``, an
+    integer ``code``, or botocore's ``response``), on it or on its causes; None
+    when it has none. Never read from the message text."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        for attr in ("status", "status_code", "code"):
+            v = getattr(cur, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599:
+                return v
+        response = getattr(cur, "response", None)
+        if isinstance(response, dict):
+            v = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(v, int):
+                return v
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def looks_transient(e: BaseException) -> bool:
-    """Generic test: timeouts, dropped connections, 5xx and 429 by type or message."""
-    if isinstance(e, (TimeoutError, ConnectionError)):
+    """Generic test by type and status: timeouts, dropped or refused
+    connections, 408/429/5xx. A message's words are never looked at (it holds
+    URLs, whose ports and keys may contain anything)."""
+    if isinstance(e, (TimeoutError, ConnectionError, asyncio.TimeoutError)):
         return True
-    text = str(e).lower()
-    return any(w in text for w in _TRANSIENT_WORDS)
+    if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+        return True
+    if any(t.__name__ in _TRANSIENT_TYPES for t in type(e).__mro__):
+        return True
+    return http_status(e) in TRANSIENT_STATUSES

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
 import errno
 import hashlib
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -50,20 +51,19 @@ from ..errors import (
     CredentialsError,
     InvalidArgumentError,
     NotFoundError,
-    ShortReadError,
     StorageIOError,
     StorecompError,
     StoreUnavailableError,
     UnavailableError,
+    VersionChangedError,
 )
-from ..io.buffers import BufferRef, as_buffer
-from ..io.engine import checked_ranges
-from .base import Capabilities, ObjectInfo, Store
+from ..io import BufferRef, land_bytes
+from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import RetryPolicy, acall_with_retry, call_with_retry
 
-_UNREACHABLE_WORDS = ("error sending request", "connection refused", "timed out", "timeout", "connection reset", "dns error")
+_MAX_KNOWN = 4096  # (ETag, size) of recently read objects that reads pin to
 
 
 class _Loop:
@@ -214,6 +214,8 @@ class S3Store(Store):
             raise InvalidArgumentError(f"{self.url}: bad S3 configuration: {self._redact(str(e))}") from None
         self._loop = _Loop()
         self._bucket_checked = False
+        self._known: OrderedDict[str, tuple[str, int]] = OrderedDict()  # key -> (ETag, size) reads pin to
+        self._known_lock = threading.Lock()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -232,27 +234,35 @@ class S3Store(Store):
         return text
 
     def _translate(self, e: BaseException, key: str | None, op: str) -> StorecompError:
-        """The storecomp error for an obstore error raised by ``op`` on ``key``."""
+        """The storecomp error for an obstore error raised by ``op`` on ``key``.
+
+        Classified by the exception's type, its HTTP status and S3 error code
+        (:func:`_status`), never by words of its message: a message holds the
+        URL, whose port or key may contain any digits or words.
+        """
         import obstore.exceptions as oe
 
         if isinstance(e, StorecompError):
             return e
-        text = str(e)
-        low = text.lower()
-        name = f"{self.url}/{key}" if key else self.url
-        first_line = self._redact(text.split("\n", 1)[0])[:400]
-        if "nosuchbucket" in low:
+        name = self.name_of(key) if key else self.url
+        first_line = self._redact(str(e).split("\n", 1)[0])[:400]
+        status, code, kind = _status(e)
+        if code == "NoSuchBucket":
             return BucketNotFoundError(self.bucket, self.where)
-        if isinstance(e, (oe.NotFoundError, FileNotFoundError)):
+        if isinstance(e, (oe.NotFoundError, FileNotFoundError)) or status == 404:
             if key is not None and not self._bucket_exists():
                 return BucketNotFoundError(self.bucket, self.where)
             return NotFoundError(errno.ENOENT, name, None, op)
-        if isinstance(e, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or "403 forbidden" in low:
+        if isinstance(e, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or status in (401, 403):
             return CredentialsError(
                 f"{name}: {op} refused by {self.where} for access key id {self.access_key_id!r}: "
                 "check the credentials and the bucket policy"
             )
-        if any(w in low for w in _UNREACHABLE_WORDS) or any(f" {c} " in text for c in ("500", "502", "503", "504")):
+        if (
+            isinstance(e, (ConnectionError, TimeoutError))
+            or kind in _UNREACHABLE_KINDS
+            or (status is not None and (status >= 500 or status in (408, 429)))
+        ):
             return StoreUnavailableError(self.where, f"{op} {name}: {first_line}")
         err = StorageIOError(errno.EIO, name, None, op)
         err.add_note(first_line)
@@ -267,7 +277,8 @@ class S3Store(Store):
         try:
             obstore.list_with_delimiter(self._store, prefix="storecomp-probe/")
         except Exception as e:
-            if "nosuchbucket" in str(e).lower() or "404" in str(e):
+            status, code, _ = _status(e)
+            if code == "NoSuchBucket" or status == 404 or isinstance(e, FileNotFoundError):
                 return False
             return True  # unknown: do not mask the original error
         self._bucket_checked = True
@@ -284,67 +295,98 @@ class S3Store(Store):
 
     # ------------------------------------------------------------ reads
 
-    def submit_ranges(
-        self,
-        key: str,
-        offsets: Sequence[int] | np.ndarray,
-        lengths: Sequence[int] | np.ndarray,
-        dst: Any,
-        dst_offsets: Sequence[int] | np.ndarray,
-        *,
-        exact: bool = True,
+    def _submit_ranges(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> PendingRanges:
-        validate_key(key)
-        ref = as_buffer(dst)
-        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, f"{self.url}/{key}")
-        fut = self._loop.submit(self._read(key, offs, lens, douts, ref, exact))
-        return PendingRanges(fut, ref)
+        return PendingRanges(self._loop.submit(self._read(key, offs, lens, douts, ref, version)), ref)
+
+    def _remember(self, key: str, etag: str, size: int) -> None:
+        with self._known_lock:
+            self._known[key] = (etag, size)
+            self._known.move_to_end(key)
+            while len(self._known) > _MAX_KNOWN:
+                self._known.popitem(last=False)
+
+    def _forget(self, key: str) -> None:
+        with self._known_lock:
+            self._known.pop(key, None)
+
+    async def _pin(self, key: str, version: str | None, fresh: bool) -> tuple[str, int]:
+        """(ETag, size) of the version a read is pinned to: the remembered
+        ETag of ``key`` (from a stat or an earlier read) unless ``fresh``,
+        else a HEAD. ``VersionChangedError`` when ``version`` is not current."""
+        import obstore
+
+        with self._known_lock:
+            known = None if fresh else self._known.get(key)
+        if known is None or (version is not None and known[0] != version):
+            try:
+                meta = await acall_with_retry(lambda: obstore.head_async(self._store, key), self.retry, _outer_transient)
+            except Exception as e:
+                self._forget(key)
+                raise self._translate(e, key, "stat") from None
+            known = (str(meta.get("e_tag") or ""), int(meta["size"]))
+            self._remember(key, *known)
+        if version is not None and known[0] != version:
+            raise VersionChangedError(self.name_of(key), version, known[0])
+        return known
 
     async def _read(
-        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, exact: bool
+        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, version: str | None
+    ) -> np.ndarray:
+        """Every part is a GET with ``If-Match`` on one ETag, clipped to that
+        version's size: all bytes come from one version. A 412 (the object
+        was replaced) restarts from a fresh HEAD, at most ``VERSION_RETRIES``
+        times, unless the caller pinned ``version`` (then VersionChangedError)."""
+        for attempt in range(VERSION_RETRIES):
+            etag, size = await self._pin(key, version, fresh=attempt > 0)
+            try:
+                return await self._read_pinned(key, offs, lens, douts, ref, etag, size)
+            except _Lost:
+                self._forget(key)
+                if version is not None:
+                    raise VersionChangedError(self.name_of(key), version) from None
+            except BaseException:
+                self._forget(key)  # gone or unreachable: the next read asks afresh
+                raise
+        raise VersionChangedError(self.name_of(key), etag, "replaced on every try") from None
+
+    async def _read_pinned(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, etag: str, size: int
     ) -> np.ndarray:
         import obstore
 
         got = np.zeros(offs.size, np.uint64)
         sem = asyncio.Semaphore(self.max_concurrency)
-        device = _device_view(ref) if ref.is_cuda else None
         store = self._store
+        options: dict[str, Any] = {"if_match": etag} if etag else {}
+
+        async def fetch(off: int, n: int) -> Any:
+            res = await obstore.get_async(store, key, options={**options, "range": (off, off + n)})  # type: ignore[typeddict-item]
+            if etag and str(res.meta.get("e_tag") or "") != etag:
+                raise _Lost(f"{self.name_of(key)}: answered with another version (server ignores If-Match)")
+            return await res.bytes_async()
 
         async def part(i: int, off: int, n: int, dpos: int) -> None:
             async with sem:
-                try:
-                    data = await acall_with_retry(
-                        lambda: obstore.get_range_async(store, key, start=off, length=n), self.retry, _outer_transient
-                    )
-                except Exception as e:
-                    if "416" in str(e) or "invalidrange" in str(e).lower():
-                        return  # starts at or past the end: 0 bytes
-                    raise
-                m = min(len(data), n)
-                if m:
-                    if device is None:
-                        ctypes.memmove(ref.address + dpos, _address_of(data), m)
-                    else:
-                        _copy_to_device(device, dpos, data, m)
-                got[i] += m
+                data = await acall_with_retry(lambda: fetch(off, n), self.retry, _outer_transient)
+                got[i] += land_bytes(ref, dpos, data, n)
 
         tasks = []
         step = self.part_bytes
         for i in range(offs.size):
-            off, n, d = int(offs[i]), int(lens[i]), int(douts[i])
+            off, d = int(offs[i]), int(douts[i])
+            n = max(0, min(int(lens[i]), size - off))  # clipped to this version's end
             for p in range(0, n, step):
                 tasks.append(part(i, off + p, min(step, n - p), d + p))
         # Wait for every part, even after a failure: none may write into the
         # destination once the caller has seen the result.
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise self._translate(outcome, key, "read") from None
-        if exact:
-            short = np.flatnonzero(got < lens)
-            if short.size:
-                i = int(short[0])
-                raise ShortReadError(f"{self.url}/{key}", int(offs[i]), int(lens[i]), int(got[i]))
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if any(isinstance(o, _Lost) or _is_precondition(o) for o in errors):
+            raise _Lost(self.name_of(key))
+        if errors:
+            raise self._translate(errors[0], key, "read") from None
         return got
 
     # ------------------------------------------------------------ writes
@@ -354,6 +396,7 @@ class S3Store(Store):
 
         view = payload_view(data)
         multipart = mode is None and len(view) > self.multipart_bytes
+        self._forget(key)  # reads pin to a fresh HEAD from now on
         return dict(
             self._call(
                 lambda: obstore.put(
@@ -450,8 +493,14 @@ class S3Store(Store):
         import obstore
 
         validate_key(key)
-        meta = self._call(lambda: obstore.head(self._store, key), key, "stat")
-        return _info(key, meta)
+        try:
+            meta = self._call(lambda: obstore.head(self._store, key), key, "stat")
+        except NotFoundError:
+            self._forget(key)
+            raise
+        info = _info(key, meta)
+        self._remember(key, info.version, info.size)
+        return info
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         import obstore
@@ -475,6 +524,7 @@ class S3Store(Store):
         import obstore
 
         validate_key(key)
+        self._forget(key)
         self._call(lambda: obstore.delete(self._store, key), key, "delete")
 
     def close(self) -> None:
@@ -502,30 +552,37 @@ def _is_precondition(e: BaseException | None) -> bool:
 
 
 def _outer_transient(e: BaseException) -> bool:
-    """What the loop retries beyond obstore's client: throttling and dropped bodies."""
-    text = str(e).lower()
-    return any(
-        w in text
-        for w in ("429", "too many requests", "slowdown", "error decoding response body", "connection reset", "unexpected eof")
-    )
+    """What the loop retries beyond obstore's client: throttling (429, 503
+    SlowDown) and a connection dropped while a body streams."""
+    status, code, kind = _status(e)
+    return status == 429 or code in ("SlowDown", "Throttling") or kind in ("Decode", "Interrupted")
+
+
+#: obstore HttpError kinds that mean the server could not be reached or stopped answering.
+_UNREACHABLE_KINDS = ("Connect", "Timeout", "Request", "Interrupted", "Decode")
+
+# obstore's errors carry no attributes; their text ends with the Debug form of
+# the Rust error, whose fields are structured: "inner: Status { status: 416,",
+# "HttpError { kind: Connect,", and the S3 body's "<Code>NoSuchBucket</Code>".
+# These patterns read those fields only (anchored to the field syntax), never
+# free words, so a URL holding "416" or "timeout" changes nothing.
+_STATUS_RE = re.compile(r"^\s*status: (\d{3}),$", re.MULTILINE)
+_KIND_RE = re.compile(r"HttpError \{\s*kind: (\w+),")
+_CODE_RE = re.compile(r"<Code>(\w+)</Code>")
+
+
+def _status(e: BaseException) -> tuple[int | None, str, str]:
+    """(HTTP status or None, S3 error code or "", obstore HttpError kind or "") of an obstore error."""
+    text = str(e)
+    debug = text.split("\nDebug source:\n", 1)
+    if len(debug) != 2:
+        return None, "", ""
+    status = _STATUS_RE.search(debug[1])
+    kind = _KIND_RE.search(debug[1])
+    code = _CODE_RE.search(debug[0])
+    return (int(status.group(1)) if status else None, code.group(1) if code else "", kind.group(1) if kind else "")
 
 
 def _info(key: str, meta: Mapping[str, Any]) -> ObjectInfo:
     mtime = meta.get("last_modified")
     return ObjectInfo(key, int(meta["size"]), str(meta.get("e_tag") or ""), mtime.timestamp() if mtime else None)
-
-
-def _address_of(data: Any) -> int:
-    return int(np.frombuffer(data, np.uint8).ctypes.data)
-
-
-def _device_view(ref: BufferRef) -> Any:
-    from ..io.paths import _flat_u8
-
-    return _flat_u8(ref)
-
-
-def _copy_to_device(device: Any, dpos: int, data: Any, m: int) -> None:
-    import torch
-
-    device[dpos : dpos + m].copy_(torch.from_numpy(np.frombuffer(data, np.uint8)[:m].copy()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 import traceback
@@ -208,19 +209,35 @@ def test_call_with_retry_recovers_and_skips_permanent_errors() -> None:
     assert len(attempts) == 1
 
 
+class _HTTPError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"request to http://example.invalid:41699/x failed with status {status}")
+        self.status = status
+
+
+class _BotoError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__("An error occurred")
+        self.response = {"ResponseMetadata": {"HTTPStatusCode": status}, "Error": {"Code": "X"}}
+
+
 @pytest.mark.parametrize(
-    ("message", "transient"),
+    ("error", "transient"),
     [
-        ("503 Service Unavailable", True),
-        ("429 Too Many Requests", True),
-        ("SlowDown", True),
-        ("error sending request", True),
-        ("404 Not Found", False),
-        ("412 Precondition Failed", False),
+        (_HTTPError(503), True),
+        (_HTTPError(429), True),
+        (_BotoError(500), True),
+        (ConnectionRefusedError("refused"), True),
+        (OSError(errno.ECONNRESET, "reset"), True),
+        (_HTTPError(404), False),
+        (_HTTPError(412), False),
+        (_BotoError(403), False),
+        # words and numbers in a message (a URL's port, a key) never decide
+        (RuntimeError("GET http://127.0.0.1:41699/b/k: 503 Service Unavailable, timed out, SlowDown"), False),
     ],
 )
-def test_transient_classification(message: str, transient: bool) -> None:
-    assert looks_transient(RuntimeError(message)) is transient
+def test_transient_classification(error: BaseException, transient: bool) -> None:
+    assert looks_transient(error) is transient
 
 
 def test_s3_without_obstore_names_the_package(monkeypatch: pytest.MonkeyPatch, no_aws_env: None) -> None:

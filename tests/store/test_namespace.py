@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storecomp.errors import ConfigError, InvalidArgumentError, NotFoundError, PermissionDeniedError, StoreUnavailableError
+from storecomp.io import BufferRef
 from storecomp.store import LocalStore, Mount, Namespace, Replica, ReplicatedStore, load_mounts
 from storecomp.store.base import Capabilities, ObjectInfo, RangeFuture, Store
 from storecomp.store.namespace import split_url
@@ -34,11 +35,11 @@ class FlakyStore(Store):
     def capabilities(self) -> Capabilities:
         return self.inner.capabilities
 
-    def submit_ranges(
-        self, key: str, offsets: Any, lengths: Any, dst: Any, dst_offsets: Any, *, exact: bool = True
+    def _submit_ranges(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> RangeFuture:
         self._check()
-        return self.inner.submit_ranges(key, offsets, lengths, dst, dst_offsets, exact=exact)
+        return self.inner.submit_ranges(key, offs, lens, ref, douts, exact=False, version=version)
 
     def put(self, key: str, data: Any) -> ObjectInfo:
         self._check()
