@@ -176,7 +176,21 @@ class KVCacheStore:
         upper tiers lack (skipped while it is unreachable).
         """
         self._check_open()
-        keys = self._keys(tokens)
+        return self.lookup_keys(self._keys(tokens)) * self.chunk_tokens
+
+    def chunk_keys(self, tokens: Any, max_tokens: int | None = None) -> list[bytes]:
+        """The keys of the whole chunks of ``tokens`` (at most ``max_tokens`` tokens' worth) under this
+        store's fingerprint and chunk size (:func:`~storecomp.kvcache.keys.chunk_keys`)."""
+        return self._keys(tokens, max_tokens)
+
+    def lookup_keys(self, keys: list[bytes]) -> int:
+        """How many leading chunks of ``keys`` are stored in some tier (chunks, not tokens).
+
+        The ``*_keys`` methods take keys an engine computed itself (:meth:`chunk_keys`, or
+        :func:`~storecomp.kvcache.keys.keys_from_prefix_hashes`); key i is chunk i of the
+        layout passed with them.
+        """
+        self._check_open()
         n = 0
         disk = self.disk
         for k in keys:
@@ -191,7 +205,7 @@ class KVCacheStore:
                 if k not in present:
                     break
                 n += 1
-        return n * self.chunk_tokens
+        return n
 
     # ------------------------------------------------------------ store
 
@@ -207,7 +221,18 @@ class KVCacheStore:
         """
         self._check_open()
         layout = self._layout_of(kv)
-        keys = self._keys(tokens, layout.tokens)
+        return self._store_keys(self._keys(tokens, layout.tokens), layout) * self.chunk_tokens
+
+    def store_keys(self, keys: list[bytes], kv: Any) -> int:
+        """:meth:`store` for chunks named by ``keys`` (chunk i: tokens ``[i*N, (i+1)*N)`` of ``kv``);
+        returns the chunks now stored."""
+        self._check_open()
+        layout = self._layout_of(kv)
+        if len(keys) * self.chunk_tokens > layout.tokens:
+            raise InvalidArgumentError(f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}")
+        return self._store_keys(list(keys), layout)
+
+    def _store_keys(self, keys: list[bytes], layout: Any) -> int:
         lower: list[Future[Any]] = []
         todo = []
         for i, key in enumerate(keys):
@@ -226,7 +251,7 @@ class KVCacheStore:
         if self.write_through:
             for f in lower:
                 f.result()
-        return len(keys) * self.chunk_tokens
+        return len(keys)
 
     def _reserve_buffers(self, chunks: int) -> None:
         """Allocate, before this call's copies and writes start, the buffers its ``chunks`` new chunks
@@ -405,7 +430,17 @@ class KVCacheStore:
         """
         self._check_open()
         layout = self._layout_of(out)
-        keys = self._keys(tokens, layout.tokens)
+        return self._retrieve_keys(self._keys(tokens, layout.tokens), layout) * self.chunk_tokens
+
+    def retrieve_keys(self, keys: list[bytes], out: Any) -> int:
+        """:meth:`retrieve` for chunks named by ``keys``; returns the chunks loaded (a prefix of ``keys``)."""
+        self._check_open()
+        layout = self._layout_of(out)
+        if len(keys) * self.chunk_tokens > layout.tokens:
+            raise InvalidArgumentError(f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}")
+        return self._retrieve_keys(list(keys), layout)
+
+    def _retrieve_keys(self, keys: list[bytes], layout: Any) -> int:
         fetches = self._plan(keys, per_layer=False)
         good = 0
         try:
@@ -419,7 +454,7 @@ class KVCacheStore:
         finally:
             self._finish(fetches, good)
         self._counts.add(misses=len(keys) - good)
-        return good * self.chunk_tokens
+        return good
 
     def retrieve_layerwise(self, tokens: Any, out: Any) -> Iterator[tuple[int, int]]:
         """Load layer by layer: yields ``(layer, tokens)`` once ``layer`` is in ``out``.
@@ -433,7 +468,22 @@ class KVCacheStore:
         """
         self._check_open()
         layout = self._layout_of(out)
-        keys = self._keys(tokens, layout.tokens)
+        gen = self._retrieve_layerwise_keys(self._keys(tokens, layout.tokens), layout)
+        try:
+            for layer, n in gen:
+                yield layer, n * self.chunk_tokens
+        finally:
+            gen.close()  # an early stop releases the chunks now
+
+    def retrieve_layerwise_keys(self, keys: list[bytes], out: Any) -> Iterator[tuple[int, int]]:
+        """:meth:`retrieve_layerwise` for chunks named by ``keys``; yields ``(layer, chunks)``."""
+        self._check_open()
+        layout = self._layout_of(out)
+        if len(keys) * self.chunk_tokens > layout.tokens:
+            raise InvalidArgumentError(f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}")
+        return self._retrieve_layerwise_keys(list(keys), layout)
+
+    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Iterator[tuple[int, int]]:
         fetches = self._plan(keys, per_layer=True)
         good = len(fetches)
         try:
@@ -445,7 +495,7 @@ class KVCacheStore:
                 for f in fetches[:good]:
                     start = f.index * self.chunk_tokens
                     layout.scatter_chunk(start, f.buf.array, self.layout, [layer], threads=self.copy_threads)
-                yield layer, good * self.chunk_tokens
+                yield layer, good
         finally:
             self._finish(fetches, good)
             self._counts.add(misses=len(keys) - good)
