@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,18 @@ def detect_format(src: str) -> str:
 
 
 def convert(
-    src: str, dst: str, fmt: str | None = None, *, shard_bytes: int = 256 << 20, chunk_rows: int = 4096
+    src: str,
+    dst: str,
+    fmt: str | None = None,
+    *,
+    shard_bytes: int = 256 << 20,
+    chunk_rows: int = 4096,
+    store_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Convert ``src`` (format ``fmt`` or detected) into a shard dataset at ``dst``; returns the manifest."""
+    """Convert ``src`` (format ``fmt`` or detected) into a shard dataset at ``dst``; returns the manifest.
+
+    ``dst``: a local folder or a store URL (see :class:`~storecomp.data.DatasetWriter`).
+    """
     if not os.path.exists(src):
         raise NotFoundError(2, src, None, "open")
     fmt = fmt or detect_format(src)
@@ -57,7 +66,8 @@ def convert(
     }
     if fmt not in readers:
         raise InvalidArgumentError(f"unknown source format {fmt!r}; one of {FORMATS}")
-    writer = DatasetWriter(dst, shard_bytes=shard_bytes, metadata={"converted_from": fmt, "source": os.path.abspath(src)})
+    meta = {"converted_from": fmt, "source": os.path.abspath(src)}
+    writer = DatasetWriter(dst, shard_bytes=shard_bytes, metadata=meta, store_options=store_options)
     try:
         for chunk in readers[fmt](src, chunk_rows):
             writer.write_batch(chunk)

@@ -28,6 +28,7 @@ import numpy as np
 from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
 from ..store.base import Store
+from . import _urls
 from .format import MANIFEST_FORMAT, TRAILER, FieldSpec, decode_index, parse_trailer
 from .readers import LocalReader, Reader, StoreReader
 
@@ -477,17 +478,10 @@ def open_dataset(
             raise InvalidArgumentError("several files form a token dataset: pass seq_len")
         return TokenDataset([os.fspath(p) for p in source], seq_len)
     src = os.fspath(source)
-    if "://" in src and not src.startswith("file://"):
-        if store_options is not None:
-            from ..store import open_store
-
-            return _open_remote(open_store(src, **store_options), "", remote, cache_dir, cache_bytes)
-        from ..store import Namespace
-
-        store, prefix = Namespace().resolve(src.rstrip("/") + "/")
+    if _urls.is_store_url(src):
+        store, prefix, _ = _urls.resolve(src, store_options)  # the store lives as long as the dataset reads it
         return _open_remote(store, prefix, remote, cache_dir, cache_bytes)
-    if src.startswith("file://"):
-        src = src[len("file://") :]
+    src = _urls.local_path(src)
     if os.path.isdir(src):
         manifest = os.path.join(src, "manifest.json")
         if os.path.exists(manifest):
