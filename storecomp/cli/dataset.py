@@ -58,8 +58,10 @@ def main(args: argparse.Namespace) -> int:
                 raise InvalidArgumentError(f"expected FIELD=FILE.npy, got {item!r}")
             try:
                 arrays[name] = np.load(path, mmap_mode="r")
-            except ValueError as e:  # not a .npy file (np.load sees pickled data)
-                raise InvalidArgumentError(f"{path}: not a readable .npy file ({e})") from None
+            except OSError:
+                raise  # missing or unreadable: the OSError names the file
+            except Exception as e:  # empty (EOFError), pickled or garbage (ValueError, SyntaxError...)
+                raise InvalidArgumentError(f"{path}: not a readable .npy file ({type(e).__name__}: {e})") from None
             if not isinstance(arrays[name], np.ndarray):
                 raise InvalidArgumentError(f"{path}: not a .npy file (a .npz holds several arrays: use convert)")
         manifest = write_dataset(args.dst, arrays, shard_bytes=args.shard_bytes)

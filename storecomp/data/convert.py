@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
 from .datasets import Dataset, open_dataset
 from .writer import DatasetWriter
 
@@ -69,12 +69,28 @@ def convert(
     meta = {"converted_from": fmt, "source": os.path.abspath(src)}
     writer = DatasetWriter(dst, shard_bytes=shard_bytes, metadata=meta, store_options=store_options)
     try:
-        for chunk in readers[fmt](src, chunk_rows):
+        for chunk in _translated(readers[fmt](src, chunk_rows), src, fmt):
             writer.write_batch(chunk)
     except BaseException:
         writer.abort()
         raise
     return writer.close()
+
+
+def _translated(chunks: Iterator[dict[str, Any]], src: str, fmt: str) -> Iterator[dict[str, Any]]:
+    """``chunks``, with the source library's errors (pyarrow, tarfile, safetensors, zarr, numpy)
+    turned into CorruptDataError naming ``src``; storecomp's own errors and OSErrors pass as they are."""
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except (StorecompError, OSError):
+            raise
+        except Exception as e:  # each format library has its own error types: one translation, at this boundary
+            why = " ".join(str(e).split())  # one line (tarfile's messages span several)
+            raise CorruptDataError(f"{src}: not a readable {fmt} source ({type(e).__name__}: {why})") from None
+        yield chunk
 
 
 def _parquet_chunks(src: str, chunk_rows: int) -> Iterator[dict[str, Any]]:

@@ -120,6 +120,7 @@ class DatasetWriter:
         if not isinstance(shard_bytes, int) or shard_bytes <= 0:
             raise InvalidArgumentError(f"shard_bytes must be a positive int, got {shard_bytes!r}")
         self._store: Store | None = None
+        self._made_root = False  # this writer made the destination folder: an abort removes it (when empty)
         self._prefix = ""
         self._release = _nothing
         if isinstance(path, Store):
@@ -139,6 +140,7 @@ class DatasetWriter:
                 if os.path.exists(os.path.join(self.path, MANIFEST_NAME)):
                     raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
                 self._tmp = os.path.join(self.path, f".tmp-{uuid.uuid4().hex[:12]}")
+                self._made_root = not os.path.exists(self.path)
                 os.makedirs(self._tmp)
         except OSError as e:
             self._release()
@@ -389,6 +391,12 @@ class DatasetWriter:
             self._file = None
         self._closed = True
         shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._made_root:
+            for folder in (os.path.join(self.path, SHARD_DIR), self.path):
+                try:
+                    os.rmdir(folder)  # only when empty: nothing of anyone else's is removed
+                except OSError:
+                    pass
         self._release()
         self._release = _nothing
 
