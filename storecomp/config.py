@@ -168,6 +168,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found (named by STORECOMP_CONFIG)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file (named by STORECOMP_CONFIG): {e.strerror}") from None
 

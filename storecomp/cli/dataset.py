@@ -1,6 +1,6 @@
 """``storecomp dataset write | convert | inspect | verify``.
 
-* ``write DST FIELD=FILE.npy ...``: a shard dataset from .npy files (row i of each file is sample i);
+* ``write DST FIELD=FILE.npy ...``: a shard dataset from .npy files (row i of each file is sample i), DST a folder or store URL;
 * ``convert SRC DST [--from FORMAT]``: from Parquet, .npy folders, .npz, Zarr, safetensors or WebDataset tar;
 * ``inspect URL``: fields, sample count, parts, sizes (JSON);
 * ``verify URL``: read everything and check every checksum; exit 1 on the first bad record.
@@ -21,14 +21,14 @@ def add_parser(sub: Any) -> None:
     dsub = d.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
 
     w = dsub.add_parser("write", help="write a shard dataset from .npy files")
-    w.add_argument("dst", help="folder of the new dataset")
+    w.add_argument("dst", help="the new dataset: a folder or a store URL (s3://bucket/ds, sc://mount/ds, fsspec)")
     w.add_argument("fields", nargs="+", metavar="FIELD=FILE.npy", help="one field per .npy file (same first dimension)")
     w.add_argument("--shard-bytes", type=int, default=256 << 20, help="target shard size in bytes (default 256 MiB)")
     w.set_defaults(func=main)
 
     c = dsub.add_parser("convert", help="convert Parquet, .npy folders, .npz, Zarr, safetensors or WebDataset tar")
     c.add_argument("src")
-    c.add_argument("dst", help="folder of the new dataset")
+    c.add_argument("dst", help="the new dataset: a folder or a store URL (s3://bucket/ds, sc://mount/ds, fsspec)")
     c.add_argument("--from", dest="fmt", choices=("parquet", "npy", "npz", "zarr", "safetensors", "wds"), help="source format")
     c.add_argument("--shard-bytes", type=int, default=256 << 20, help="target shard size in bytes (default 256 MiB)")
     c.set_defaults(func=main)
@@ -58,8 +58,10 @@ def main(args: argparse.Namespace) -> int:
                 raise InvalidArgumentError(f"expected FIELD=FILE.npy, got {item!r}")
             try:
                 arrays[name] = np.load(path, mmap_mode="r")
-            except ValueError as e:  # not a .npy file (np.load sees pickled data)
-                raise InvalidArgumentError(f"{path}: not a readable .npy file ({e})") from None
+            except OSError:
+                raise  # missing or unreadable: the OSError names the file
+            except Exception as e:  # empty (EOFError), pickled or garbage (ValueError, SyntaxError...)
+                raise InvalidArgumentError(f"{path}: not a readable .npy file ({type(e).__name__}: {e})") from None
             if not isinstance(arrays[name], np.ndarray):
                 raise InvalidArgumentError(f"{path}: not a .npy file (a .npz holds several arrays: use convert)")
         manifest = write_dataset(args.dst, arrays, shard_bytes=args.shard_bytes)

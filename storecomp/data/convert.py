@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
 from ..optional import require
 from .datasets import Dataset, open_dataset
 from .writer import DatasetWriter
@@ -42,9 +42,18 @@ def detect_format(src: str) -> str:
 
 
 def convert(
-    src: str, dst: str, fmt: str | None = None, *, shard_bytes: int = 256 << 20, chunk_rows: int = 4096
+    src: str,
+    dst: str,
+    fmt: str | None = None,
+    *,
+    shard_bytes: int = 256 << 20,
+    chunk_rows: int = 4096,
+    store_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Convert ``src`` (format ``fmt`` or detected) into a shard dataset at ``dst``; returns the manifest."""
+    """Convert ``src`` (format ``fmt`` or detected) into a shard dataset at ``dst``; returns the manifest.
+
+    ``dst``: a local folder or a store URL (see :class:`~storecomp.data.DatasetWriter`).
+    """
     if not os.path.exists(src):
         raise NotFoundError(2, src, None, "open")
     fmt = fmt or detect_format(src)
@@ -58,14 +67,31 @@ def convert(
     }
     if fmt not in readers:
         raise InvalidArgumentError(f"unknown source format {fmt!r}; one of {FORMATS}")
-    writer = DatasetWriter(dst, shard_bytes=shard_bytes, metadata={"converted_from": fmt, "source": os.path.abspath(src)})
+    meta = {"converted_from": fmt, "source": os.path.abspath(src)}
+    writer = DatasetWriter(dst, shard_bytes=shard_bytes, metadata=meta, store_options=store_options)
     try:
-        for chunk in readers[fmt](src, chunk_rows):
+        for chunk in _translated(readers[fmt](src, chunk_rows), src, fmt):
             writer.write_batch(chunk)
     except BaseException:
         writer.abort()
         raise
     return writer.close()
+
+
+def _translated(chunks: Iterator[dict[str, Any]], src: str, fmt: str) -> Iterator[dict[str, Any]]:
+    """``chunks``, with the source library's errors (pyarrow, tarfile, safetensors, zarr, numpy)
+    turned into CorruptDataError naming ``src``; storecomp's own errors and OSErrors pass as they are."""
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except (StorecompError, OSError):
+            raise
+        except Exception as e:  # each format library has its own error types: one translation, at this boundary
+            why = " ".join(str(e).split())  # one line (tarfile's messages span several)
+            raise CorruptDataError(f"{src}: not a readable {fmt} source ({type(e).__name__}: {why})") from None
+        yield chunk
 
 
 def _parquet_chunks(src: str, chunk_rows: int) -> Iterator[dict[str, Any]]:

@@ -27,7 +27,8 @@ import numpy as np
 
 from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
-from ..store.base import Store
+from ..store import Store, validate_key
+from . import _urls
 from .format import MANIFEST_FORMAT, TRAILER, FieldSpec, decode_index, parse_trailer
 from .readers import LocalReader, Reader, StoreReader
 
@@ -161,8 +162,10 @@ def _open_shards(reader: Reader, root: str, manifest_key: str) -> Dataset:
         shards = manifest["shards"]
         stride = int(manifest["record_stride"])
         offsets = {f["name"]: int(f.get("offset", -1)) for f in manifest["fields"]}
-        keys = [str(s["key"]) for s in shards]
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        keys = [_shard_key(s["key"]) for s in shards]
+    except StorecompError as e:
+        raise CorruptDataError(f"{reader.describe(manifest_key)}: malformed manifest ({e})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # RecursionError: deeply nested JSON
         raise CorruptDataError(f"{reader.describe(manifest_key)}: malformed manifest ({type(e).__name__}: {e})") from None
     fixed = [f for f in fields if not f.var]
     var = [f for f in fields if f.var]
@@ -184,6 +187,16 @@ def _open_shards(reader: Reader, root: str, manifest_key: str) -> Dataset:
             p.columns = []
     fp = hashlib.sha256(raw).hexdigest()
     return Dataset(reader, columns, var, parts, fp)
+
+
+def _shard_key(key: Any) -> str:
+    """A manifest's shard key: relative, inside the dataset (no absolute path, no '..')."""
+    if not isinstance(key, str):
+        raise TypeError(f"shard key {key!r} is not a string")
+    try:
+        return validate_key(key)
+    except InvalidArgumentError:
+        raise InvalidArgumentError(f"shard key {key!r} leaves the dataset folder (absolute or '..'): refused") from None
 
 
 def _open_shard(
@@ -397,10 +410,16 @@ class ZarrDataset(Dataset):
         from ..optional import require
 
         zarr = require("zarr", f"{path}: reading Zarr")
-        arr = zarr.open_array(path, mode="r")
+        try:
+            arr = zarr.open_array(path, mode="r")
+            meta: Any = arr.metadata
+        except (StorecompError, FileNotFoundError):
+            raise
+        except Exception as e:  # zarr's errors for bad metadata are many (JSON, Unicode, validation): one at this boundary
+            why = " ".join(str(e).split())
+            raise CorruptDataError(f"{path}: not a readable Zarr array ({type(e).__name__}: {why})") from None
         if arr.ndim < 1 or any(c != s for c, s in zip(arr.chunks[1:], arr.shape[1:], strict=True)):
             raise InvalidArgumentError(f"{path}: only arrays chunked along axis 0 can be read in place")
-        meta: Any = arr.metadata
         codecs = [type(c).__name__ for c in getattr(meta, "codecs", ())] if getattr(meta, "zarr_format", 2) == 3 else []
         compressor = getattr(meta, "compressor", None)
         if compressor is not None or any(c != "BytesCodec" for c in codecs) or getattr(meta, "filters", None):
@@ -478,17 +497,10 @@ def open_dataset(
             raise InvalidArgumentError("several files form a token dataset: pass seq_len")
         return TokenDataset([os.fspath(p) for p in source], seq_len)
     src = os.fspath(source)
-    if "://" in src and not src.startswith("file://"):
-        if store_options is not None:
-            from ..store import open_store
-
-            return _open_remote(open_store(src, **store_options), "", remote, cache_dir, cache_bytes)
-        from ..store import Namespace
-
-        store, prefix = Namespace().resolve(src.rstrip("/") + "/")
+    if _urls.is_store_url(src):
+        store, prefix, _ = _urls.resolve(src, store_options)  # the store lives as long as the dataset reads it
         return _open_remote(store, prefix, remote, cache_dir, cache_bytes)
-    if src.startswith("file://"):
-        src = src[len("file://") :]
+    src = _urls.local_path(src)
     if os.path.isdir(src):
         manifest = os.path.join(src, "manifest.json")
         if os.path.exists(manifest):

@@ -10,8 +10,10 @@ the CPU the yielded tensors are views of that slot (no copy); the slot goes
 back to the pool when the consumer drops the batch. On CUDA the slot is
 copied to the device once (from pinned memory, on a side stream).
 
-Several batches are in flight; the read-ahead grows whenever the consumer
-has to wait, up to what ``max_memory`` (bytes of staging) allows.
+Several batches are in flight; the read-ahead grows when the consumer has
+to wait for storage, up to what ``max_memory`` (bytes of staging) allows.
+Waits are blamed on what the producer was doing meanwhile (storage, its own
+CPU work, the device copy): see ``metrics()`` and ``steps()``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 
 from ..errors import ClosedError, InvalidArgumentError, StorecompError
 from ..io import Engine, StagingPool
+from . import _stalls
 from ._plan import BatchPlan, SlotLayout, build_tensors, corrupt_error, drop_rows, find_corrupt, plan_batch
 from .datasets import Dataset, open_dataset
 from .order import epoch_order, rank_steps
@@ -46,7 +49,10 @@ class _InFlight:
     futures: list[Any]
     submitted: float
     end_position: int
+    cpu_at_submit: float = 0.0  # producer CPU seconds (StageClock) when the reads were submitted
     done_at: float | None = None
+    cpu_at_done: float = 0.0
+    seen_waiting: bool = False  # completion observed while the producer waited on it: done_at is exact
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -73,6 +79,9 @@ class DataLoader:
     crc32c where the dataset has checksums; ``on_corrupt="skip"`` drops bad
     samples (counted in ``metrics()["corrupt_skipped"]``) instead of raising
     CorruptDataError. ``transform`` runs on each batch on the device.
+    ``on_step`` is called with each step's record (see :meth:`steps`) once
+    the consumer comes back for the next batch; ``step_log`` bounds the
+    records kept (the most recent).
 
     Raises InvalidArgumentError for bad arguments (batch_size <= 0, an empty
     dataset, a budget too small for two batches).
@@ -99,11 +108,15 @@ class DataLoader:
         world_size: int | None = None,
         engine: Engine | None = None,
         progress: bool = False,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+        step_log: int = 1024,
     ) -> None:
         import torch
 
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(step_log, int) or step_log < 0:
+            raise InvalidArgumentError(f"step_log must be an int >= 0 (records kept), got {step_log!r}")
         if on_corrupt not in ("raise", "skip"):
             raise InvalidArgumentError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
         self.dataset = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, seq_len=seq_len)
@@ -143,6 +156,10 @@ class DataLoader:
         self.verify = verify
         self.on_corrupt = on_corrupt
         self.progress = progress
+        self.on_step = on_step
+        self._steps: collections.deque[dict[str, Any]] = collections.deque(maxlen=step_log)
+        self._step_no = 0
+        self._clock = _stalls.StageClock()
         self.epoch = 0
         self.position = 0
         self._pool: StagingPool | None = None
@@ -239,6 +256,7 @@ class DataLoader:
         try:
             while True:
                 t_enter = time.perf_counter()  # the consumer is blocked in next() from here
+                stages_before = self._clock.read()
                 queued = ready.qsize()
                 self._consumer_waiting = True
                 got = ready.get()
@@ -250,9 +268,10 @@ class DataLoader:
                 head, batch = got
                 del got
                 t_out = time.perf_counter()
+                waits = _stalls.blame(t_out - t_enter, stages_before, self._clock.read()) if queued == 0 else None
                 self.position = head.end_position
-                self._account(head, t_enter, t_out, queued, queued == 0)
-                self._size_read_ahead(queued == 0)
+                record = self._account(head, t_enter, t_out, queued, waits)
+                self._size_read_ahead(waits is not None and self._storage_is_the_cause(waits))
                 if self.device.type == "cuda":
                     _record_consumer_stream(batch, self.device)
                 if self.transform is not None:
@@ -264,7 +283,10 @@ class DataLoader:
                 holder = [batch]
                 del batch
                 yield holder.pop()
-                self._m["step_s"] += time.perf_counter() - t_out
+                record["step_s"] = time.perf_counter() - t_out
+                self._m["step_s"] += record["step_s"]
+                if self.on_step is not None:
+                    self.on_step(record)
             self.epoch += 1
             self.position = 0
         finally:
@@ -285,9 +307,11 @@ class DataLoader:
         so the consumer's ``next()`` only takes a finished batch.
         """
         inflight: collections.deque[_InFlight] = collections.deque()
+        clock = self._clock
         try:
             while not stop.is_set():
                 while len(inflight) + ready.qsize() < self.read_ahead and steps.peek() is not None:
+                    clock.enter("plan")
                     blocking = not inflight and ready.empty() and self._consumer_waiting
                     item = self._submit_next(order, steps, pool, blocking)
                     if item is None:
@@ -295,24 +319,30 @@ class DataLoader:
                     inflight.append(item)
                 if inflight:
                     head = inflight[0]
+                    self._poll(inflight, waited=False)  # reads that finished while the producer worked
+                    clock.enter("io_wait")
                     if not _wait(head, 0.005):  # short slices: honour stop, reuse freed slots
-                        self._poll(inflight, time.perf_counter())
+                        self._poll(inflight, waited=True)
                         continue
+                    self._poll(inflight, waited=True)
                     inflight.popleft()
-                    self._poll(inflight, time.perf_counter())
                     batch = self._complete(head)
+                    clock.enter(None)
                     ready.put((head, batch))
                     del batch
                 elif steps.peek() is None:
+                    clock.enter(None)
                     ready.put(_END)
                     return
                 else:
+                    clock.enter("idle")
                     time.sleep(0.001)  # every slot is with the consumer: wait for one to come back
             # Stopped: by the consumer (which reads no further) or by close().
             ready.put(_Failure(ClosedError("the DataLoader was closed during this iteration")))
         except BaseException as e:  # handed to the consumer, raised from next()
             ready.put(_Failure(e))
         finally:
+            clock.enter(None)
             for item in inflight:
                 for f in item.futures:
                     try:
@@ -363,7 +393,7 @@ class DataLoader:
                     pass  # the error being raised is the one that counts
             slot.release()
             raise
-        return _InFlight(plan, slot, futures, submitted, end)
+        return _InFlight(plan, slot, futures, submitted, end, cpu_at_submit=self._clock.cpu())
 
     def _complete(self, item: _InFlight) -> dict[str, Any]:
         import torch
@@ -375,10 +405,12 @@ class DataLoader:
             item.slot.release()
             raise
         if item.done_at is None:
-            item.done_at = time.perf_counter()
+            item.done_at, item.cpu_at_done = time.perf_counter(), self._clock.cpu()
         self._busy(item)
         plan = item.plan
+        self._clock.enter("checksum")
         bad = find_corrupt(plan, item.slot.array) if plan.checks else []
+        self._clock.enter("collate")
         if bad and self.on_corrupt == "raise":
             item.slot.release()
             raise corrupt_error(self.dataset, plan, bad)
@@ -411,6 +443,7 @@ class DataLoader:
         if self.device.type == "cuda":
             if self._copy_stream is None:
                 self._copy_stream = torch.cuda.Stream(self.device)
+            self._clock.enter("h2d")
             with torch.cuda.stream(self._copy_stream):
                 dev = host[:used].to(self.device, non_blocking=True)
             # The copy is complete once this returns: the slot may be reused and
@@ -420,33 +453,53 @@ class DataLoader:
             # copy while the consumer's kernels still read it.
             self._copy_stream.synchronize()
         else:
+            self._clock.enter("h2d")
             dev = host[:used].to(self.device)
         self._m["h2d_s"] += time.perf_counter() - t0
+        self._clock.enter("collate")
         return build_tensors(self.dataset, self.layout, plan, dev)
 
     # ------------------------------------------------------------ coordination
 
-    def _poll(self, pending: collections.deque[_InFlight], now: float) -> None:
-        """Note when in-flight batches completed (to within one consumer step)."""
+    def _poll(self, pending: collections.deque[_InFlight], waited: bool) -> None:
+        """Note when in-flight batches completed: exactly (to a 5 ms slice) when the producer
+        was waiting on storage, else at most as late as the producer's last CPU stage."""
+        now, cpu = time.perf_counter(), self._clock.cpu()
         for item in pending:
             if item.done_at is None and _done(item):
-                item.done_at = now
+                item.done_at, item.cpu_at_done, item.seen_waiting = now, cpu, waited
 
     def _busy(self, item: _InFlight) -> None:
-        """Storage busy time: the union of the batches' in-flight intervals (they overlap)."""
+        """Storage busy time: the union of the batches' in-flight intervals (they overlap).
+
+        A batch's I/O latency is submission to completion; when the completion
+        was only seen after the producer's own CPU work, that work is taken
+        out (the reads may have finished long before it), so producer CPU
+        never reads as storage latency.
+        """
         m = self._m
         end = item.done_at or time.perf_counter()
         m["io_busy_s"] += max(0.0, end - max(item.submitted, m["io_last_end"]))
         m["io_last_end"] = max(m["io_last_end"], end)
         lat = end - item.submitted
+        if not item.seen_waiting:
+            lat = max(0.0, lat - (item.cpu_at_done - item.cpu_at_submit))
         m["latency_ema"] = lat if not m["latency_ema"] else 0.8 * m["latency_ema"] + 0.2 * lat
 
-    def _size_read_ahead(self, waited: bool) -> None:
+    def _storage_is_the_cause(self, waits: dict[str, float]) -> bool:
+        """This wait, and the waits so far, were mostly the producer waiting on storage."""
+        m, total = self._m, sum(waits.values())
+        so_far = sum(m[f"wait_{cause}_s"] for cause in _stalls.CAUSES)
+        return total > 0 and waits["storage"] >= 0.5 * total and m["wait_storage_s"] >= 0.5 * so_far
+
+    def _size_read_ahead(self, storage_wait: bool) -> None:
         """Batches in flight: enough to cover one batch's I/O latency with consumer steps, within max_memory.
 
         Needed depth = ceil(2 x latency / consumer step) + 1, from measured
-        averages; a wait that still happens doubles it. It never shrinks
-        within a run; one slot stays with the consumer (the batch it holds).
+        averages; a wait blamed on storage that still happens doubles it
+        (waits for the producer's CPU or the device copy do not: more depth
+        would not help). It never shrinks within a run; one slot stays with
+        the consumer (the batch it holds).
         """
         if not self._adaptive:
             return
@@ -457,7 +510,7 @@ class DataLoader:
         if step > 0 and m["latency_ema"] > 0:
             # 2x the mean latency: storage latency has a long tail.
             need = max(need, int(np.ceil(2 * m["latency_ema"] / step)) + 1)
-        if waited and m["batches"] > 1:
+        if storage_wait and m["batches"] > 1:
             need = max(need, 2 * self.read_ahead)  # a wait despite the estimate: grow fast
         self.read_ahead = int(min(max(1, need), self.max_slots - 1))
 
@@ -465,17 +518,39 @@ class DataLoader:
 
     def _reset_metrics(self) -> None:
         self._m: dict[str, float] = collections.defaultdict(float)
+        self._clock.reset()
 
-    def _account(self, item: _InFlight, t0: float, t1: float, ready: int, waited: bool) -> None:
+    def _account(self, item: _InFlight, t0: float, t1: float, ready: int, waits: dict[str, float] | None) -> dict[str, Any]:
+        """Add one delivered batch to the counters; returns its step record (kept in the step log)."""
         m = self._m
         m["batches"] += 1
         m["samples"] += item.plan.n
         m["bytes"] += item.plan.nbytes
         m["wait_s"] += t1 - t0
         m["ready_sum"] += ready
-        m["waited_batches"] += int(waited)
+        m["waited_batches"] += int(waits is not None)
+        if waits is None:  # a batch was ready: the short wait is the hand-over itself
+            waits = dict.fromkeys(_stalls.CAUSES, 0.0)
+        for cause, s in waits.items():
+            m[f"wait_{cause}_s"] += s
         if m["batches"] <= 10:
             m["wait_s_first10"] += t1 - t0
+        record = _stalls.step_record(self._step_no, self.epoch, item.plan.n, t1 - t0, waits, self.read_ahead, ready)
+        self._step_no += 1
+        self._steps.append(record)
+        return record
+
+    def steps(self) -> list[dict[str, Any]]:
+        """The most recent steps (at most ``step_log``), oldest first, one dict each.
+
+        Keys: ``step`` (counted since the loader was made), ``epoch``,
+        ``samples``, ``data_wait_s`` (seconds blocked in ``next()``), its
+        parts ``wait_storage_s``, ``wait_producer_cpu_s``, ``wait_h2d_s``,
+        ``step_s`` (seconds the consumer spent on the batch; None until it
+        asks for the next), ``read_ahead`` and ``queued`` (batches ready
+        when it asked). For plotting data wait against steps.
+        """
+        return list(self._steps)
 
     def metrics(self) -> dict[str, Any]:
         """Counters since the loader was made (or :meth:`reset_metrics`).
@@ -485,8 +560,13 @@ class DataLoader:
         delivered per second of wall time (1e9 bytes); ``storage_gbps`` bytes
         per second of storage busy time (the union of the batches' in-flight
         intervals); ``latency_s`` a batch's I/O time (moving average); ``queue_occupancy`` batches already read when
-        the consumer asked; ``bottleneck`` is ``consumer`` (data waits under
-        5 %), ``host-to-device`` or ``storage``.
+        the consumer asked. ``data_wait_storage_s``, ``data_wait_producer_cpu_s``
+        and ``data_wait_h2d_s`` split the waits by what the producer did
+        meanwhile; ``producer_s`` holds its seconds per stage (plan, io_wait,
+        checksum, collate, h2d, idle) and ``producer_cpu_s`` their CPU part.
+        ``bottleneck`` is ``consumer`` (data waits under 5 %), else the cause
+        with the most wait: ``storage``, ``producer CPU (planning, checksums,
+        collation)``, ``host-to-device`` (see :func:`_stalls.bottleneck`).
         """
         m = self._m
         b = max(1.0, m["batches"])
@@ -495,14 +575,10 @@ class DataLoader:
         frac = wait / wall if wall > 0 else 0.0
         after10 = max(0.0, wall - m["wait_s_first10"])
         h2d, io = m["h2d_s"], m["io_busy_s"]
-        if frac < 0.05:
-            hint = "consumer"
-        elif h2d > 0.5 * wait:
-            hint = "host-to-device"
-        elif self.read_ahead >= self.max_slots - 1 and m["latency_ema"] > 0:
-            hint = "storage (read-ahead at the max_memory limit)"
-        else:
-            hint = "storage"
+        waits = {cause: m[f"wait_{cause}_s"] for cause in _stalls.CAUSES}
+        at_limit = self.read_ahead >= self.max_slots - 1 and m["latency_ema"] > 0
+        hint = _stalls.bottleneck(frac, waits, at_limit)
+        stages = self._clock.read()
         pool = self._pool
         return {
             "batches": int(m["batches"]),
@@ -517,6 +593,11 @@ class DataLoader:
             "samples_per_s": m["samples"] / wall if wall > 0 else 0.0,
             "storage_gbps": m["bytes"] / io / 1e9 if io > 0 else 0.0,
             "h2d_s": h2d,
+            "data_wait_storage_s": waits["storage"],
+            "data_wait_producer_cpu_s": waits["producer_cpu"],
+            "data_wait_h2d_s": waits["h2d"],
+            "producer_s": stages,
+            "producer_cpu_s": sum(stages[s] for s in _stalls.CPU_STAGES),
             "latency_s": m["latency_ema"],
             "queue_occupancy": m["ready_sum"] / b,
             "read_ahead": self.read_ahead,

@@ -3,19 +3,26 @@
 >>> from storecomp.data import write_dataset
 >>> write_dataset("/data/ds", {"x": np.zeros((1000, 64), np.float32), "y": np.arange(1000)})
 
+The destination is a local folder or any store URL (``s3://bucket/ds``,
+``sc://mount/ds``, fsspec URLs): ``write_dataset("s3://bucket/ds", ...)``.
 Nothing is visible until the whole dataset is written: shards go to a
-temporary folder, are renamed to their content hash, and the manifest is
-written last (atomically). Bad input (a field whose shape or dtype changes,
+temporary folder (for a store: on this machine), are named by their
+content hash (renamed, or uploaded with put-if-absent), and the manifest
+is published last, atomically; readers open a dataset only through its
+manifest. Bad input (a field whose shape or dtype changes,
 an unsupported dtype) is refused with InvalidArgumentError and nothing is
 published.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import mmap
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -23,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import InvalidArgumentError
+from ..errors import ConflictError, CorruptDataError, InvalidArgumentError, StorageIOError, StorecompError
+from ..store import Store
+from . import _urls
 from .format import (
     MAGIC,
     MANIFEST_FORMAT,
@@ -80,29 +89,67 @@ def _infer_column_fields(columns: Mapping[str, Any], var: Sequence[str]) -> list
 
 
 class DatasetWriter:
-    """Writes samples into shards of about ``shard_bytes`` under ``path`` (a local folder).
+    """Writes samples into shards of about ``shard_bytes`` under ``path``.
 
+    ``path``: a local folder (or ``file://`` URL), a store URL (``s3://``,
+    ``sc://``, any fsspec URL; opened with ``store_options`` when given,
+    else through the mount table) or a :class:`~storecomp.store.Store`
+    (the dataset goes to its root). For a store, shards are staged on this
+    machine (in ``staging_dir``, default the system temp folder) and
+    uploaded when the writer closes.
     ``fields`` fixes the schema; when None it is taken from the first sample.
     Call :meth:`close` to publish (returns the manifest) or :meth:`abort`.
+
+    Raises InvalidArgumentError when a dataset is already published at
+    ``path`` or the URL names no store; the store's own errors (read-only
+    mount, unreachable server) as they come, publishing nothing.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | Store,
         fields: Sequence[FieldSpec] | None = None,
         *,
         shard_bytes: int = 256 << 20,
         align: int | str = "auto",
         var: Sequence[str] = (),
         metadata: Mapping[str, Any] | None = None,
+        store_options: Mapping[str, Any] | None = None,
+        staging_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        if shard_bytes <= 0:
-            raise InvalidArgumentError(f"shard_bytes must be positive, got {shard_bytes}")
-        self.path = os.fspath(path)
-        if os.path.exists(os.path.join(self.path, MANIFEST_NAME)):
-            raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
-        self._tmp = os.path.join(self.path, f".tmp-{uuid.uuid4().hex[:12]}")
-        os.makedirs(self._tmp)
+        if not isinstance(shard_bytes, int) or shard_bytes <= 0:
+            raise InvalidArgumentError(f"shard_bytes must be a positive int, got {shard_bytes!r}")
+        self._store: Store | None = None
+        self._made_root = False  # this writer made the destination folder: an abort removes it (when empty)
+        self._prefix = ""
+        self._release = _nothing
+        if isinstance(path, Store):
+            self._store, self.path = path, path.url
+        else:
+            self.path = os.fspath(path)
+            if _urls.is_store_url(self.path):
+                self._store, self._prefix, self._release = _urls.resolve(self.path, store_options, write=True)
+            else:
+                self.path = _urls.local_path(self.path)
+        try:
+            if self._store is not None:
+                if self._store.exists(self._prefix + MANIFEST_NAME):
+                    raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
+                self._tmp = tempfile.mkdtemp(prefix="storecomp-dataset-", dir=staging_dir)
+            else:
+                if os.path.exists(os.path.join(self.path, MANIFEST_NAME)):
+                    raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
+                self._tmp = os.path.join(self.path, f".tmp-{uuid.uuid4().hex[:12]}")
+                self._made_root = not os.path.exists(self.path)
+                os.makedirs(self._tmp)
+        except OSError as e:
+            self._release()
+            if isinstance(e, StorecompError):
+                raise
+            raise StorageIOError(e.errno or errno.EIO, str(e.filename or self.path), None, "stage the dataset") from None
+        except BaseException:
+            self._release()
+            raise
         self._shard_bytes = shard_bytes
         self._align = align
         self._var_names = tuple(var)
@@ -276,20 +323,25 @@ class DatasetWriter:
     # ------------------------------------------------------------ publish
 
     def close(self) -> dict[str, Any]:
-        """Finish the last shard, move shards into place and publish the manifest (returned)."""
+        """Finish the last shard, move shards into place and publish the manifest (returned).
+
+        Raises ConflictError when another writer published a dataset at the
+        same place first (the store's put-if-absent refused the manifest).
+        """
         self._check_open()
         try:
             if self.fields is None:
                 raise InvalidArgumentError("no samples and no fields: nothing to write")
             self._finish_shard()
-            os.makedirs(os.path.join(self.path, SHARD_DIR), exist_ok=True)
+            place = self._upload_shard if self._store is not None else self._move_shard
+            if self._store is None:
+                os.makedirs(os.path.join(self.path, SHARD_DIR), exist_ok=True)
             shards = []
             for s in self._shards:
                 digest = _sha256_file(s["tmp"])
                 key = f"{SHARD_DIR}/{digest}.scs"
-                os.replace(s["tmp"], os.path.join(self.path, key))
+                place(s["tmp"], key, s["size"])
                 shards.append({"key": key, "sha256": digest, "size": s["size"], "num_records": s["num_records"]})
-            _fsync_dir(os.path.join(self.path, SHARD_DIR))  # the renames, before the manifest that names them
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "kind": "records",
@@ -299,13 +351,38 @@ class DatasetWriter:
                 "shards": shards,
                 "metadata": self._metadata,
             }
-            _publish_json(os.path.join(self.path, MANIFEST_NAME), manifest)
+            if self._store is None:
+                _fsync_dir(os.path.join(self.path, SHARD_DIR))  # the renames, before the manifest that names them
+                _publish_json(os.path.join(self.path, MANIFEST_NAME), manifest)
+            else:
+                doc = json.dumps(manifest, indent=1, sort_keys=True).encode()
+                if not self._store.put_if_absent(self._prefix + MANIFEST_NAME, doc):
+                    raise ConflictError(f"{self.path}: another writer published a dataset here first; nothing was changed")
+        except OSError as e:
+            self.abort()
+            if isinstance(e, StorecompError):
+                raise
+            raise StorageIOError(e.errno or errno.EIO, str(e.filename or self.path), None, "publish") from None
         except BaseException:
             self.abort()
             raise
         self._closed = True
         shutil.rmtree(self._tmp, ignore_errors=True)
+        self._release()
         return manifest
+
+    def _move_shard(self, tmp: str, key: str, size: int) -> None:
+        os.replace(tmp, os.path.join(self.path, key))
+
+    def _upload_shard(self, tmp: str, key: str, size: int) -> None:
+        """Upload a finished shard under its content-hash key (an object already there must be this shard)."""
+        assert self._store is not None
+        with open(tmp, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if self._store.put_if_absent(self._prefix + key, data):
+                return
+        there = self._store.stat(self._prefix + key).size
+        if there != size:
+            raise CorruptDataError(f"{self.path}/{key}: an object of {there} bytes is already there, this shard has {size}")
 
     def abort(self) -> None:
         """Drop everything written so far; nothing is published."""
@@ -314,6 +391,14 @@ class DatasetWriter:
             self._file = None
         self._closed = True
         shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._made_root:
+            for folder in (os.path.join(self.path, SHARD_DIR), self.path):
+                try:
+                    os.rmdir(folder)  # only when empty: nothing of anyone else's is removed
+                except OSError:
+                    pass
+        self._release()
+        self._release = _nothing
 
     def _check_open(self) -> None:
         if self._closed:
@@ -327,6 +412,10 @@ class DatasetWriter:
             self.close()
         else:
             self.abort()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _sha256_file(path: str) -> str:
@@ -356,7 +445,7 @@ def _fsync_dir(path: str) -> None:
 
 
 def write_dataset(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Store,
     data: Mapping[str, Any] | Iterable[Mapping[str, Any]],
     *,
     fields: Sequence[FieldSpec] | None = None,
@@ -364,13 +453,15 @@ def write_dataset(
     align: int | str = "auto",
     var: Sequence[str] = (),
     metadata: Mapping[str, Any] | None = None,
+    store_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a dataset from columns (dict of arrays/tensors, lists for var fields) or an iterable of sample dicts.
 
+    ``path``: a local folder, a store URL or a Store (see :class:`DatasetWriter`).
     Returns the manifest. Raises InvalidArgumentError on inconsistent input
     (nothing is published then).
     """
-    w = DatasetWriter(path, fields, shard_bytes=shard_bytes, align=align, var=var, metadata=metadata)
+    w = DatasetWriter(path, fields, shard_bytes=shard_bytes, align=align, var=var, metadata=metadata, store_options=store_options)
     try:
         if isinstance(data, Mapping):
             w.write_batch(data)

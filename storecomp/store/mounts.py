@@ -107,11 +107,13 @@ def _mounts_from_file(path: Path, var: str) -> dict[str, Mount]:
     import tomllib
 
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found (named by {var})") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file (named by {var}): {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8 (named by {var})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -29,6 +29,15 @@ def _get(doc: dict, dotted: str) -> object:
     return node
 
 
+def _cuda_devices() -> int:
+    """CUDA devices on this machine, asked of torch directly (0 without torch or a driver)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
 def _info_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
     assert main(["info", "--json", *args]) == 0
     return json.loads(capsys.readouterr().out)
@@ -41,7 +50,13 @@ def test_json_has_every_documented_key(capsys: pytest.CaptureFixture[str]) -> No
     assert doc["schema"] == "storecomp.info/1"
     assert doc["path"] is None
     assert doc["io_paths"]["host"] == "posix"
-    assert doc["cuda"]["devices"] == [] and doc["io_paths"]["cuda"] is None  # no GPU on this machine
+    # What this machine has decides what the document must say (never assume there is no GPU).
+    ngpu = _cuda_devices()
+    assert len(doc["cuda"]["devices"]) == ngpu
+    if ngpu:
+        assert doc["io_paths"]["cuda"] in ("gds", "bounce", "posix") and doc["cuda"]["driver"] is True
+    else:
+        assert doc["io_paths"]["cuda"] is None and doc["io_paths"]["cuda_reason"] == "no CUDA device"
     assert isinstance(doc["advice"], list)
 
 
