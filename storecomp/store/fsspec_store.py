@@ -25,7 +25,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -42,20 +42,11 @@ from ..errors import (
 )
 from ..io.buffers import BufferRef, as_buffer
 from ..io.engine import checked_ranges
+from ..redact import public_url, redact
 from .base import Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import RetryPolicy, call_with_retry, looks_transient
-
-
-def public_url(url: str) -> str:
-    """``url`` without the password of its ``user:password@host`` part (safe to print)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}" if ":" in user else f"{name}@{host}"))
 
 
 def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
@@ -128,7 +119,7 @@ class FsspecStore(Store):
             return NotFoundError(errno.ENOENT, name, None, op)
         if isinstance(e, PermissionError):
             return CredentialsError(f"{name}: {op} refused: check the credentials and permissions")
-        text = str(e).replace(self._password, "***") if self._password else str(e)
+        text = redact(str(e), (self._password,))
         if looks_transient(e):
             return StoreUnavailableError(self.url, f"{op} {name}: {type(e).__name__}: {text[:300]}")
         err = StorageIOError(getattr(e, "errno", None) or errno.EIO, name, None, op)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InvalidArgumentError
+from ..redact import public_url
 
 SCHEME = "sc://"
 _MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -30,6 +31,9 @@ class Replica:
     #: Backend options for ``open_store(url, **options)`` (endpoint, region...);
     #: never credentials: those come from the environment.
     options: tuple[tuple[str, Any], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Replica(url={public_url(self.url)!r}, site={self.site!r}, preference={self.preference})"
 
 
 #: Option names refused in mount tables (credentials belong in the environment).

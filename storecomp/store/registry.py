@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import InvalidArgumentError, UnavailableError
+from ..redact import public_url
 from .base import Store
 
 
@@ -72,7 +73,12 @@ def split_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/prefix`` → ``(bucket, prefix)``; InvalidArgumentError without a bucket."""
     parts = urlsplit(url)
     if not parts.netloc:
-        raise InvalidArgumentError(f"{url}: an s3 URL needs a bucket: s3://bucket/prefix")
+        raise InvalidArgumentError(f"{public_url(url)}: an s3 URL needs a bucket: s3://bucket/prefix")
+    if "@" in parts.netloc:
+        raise InvalidArgumentError(
+            f"s3://{parts.netloc.rpartition('@')[2]}{parts.path}: an s3 URL holds no credentials; pass access_key_id= "
+            "and secret_access_key= (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
     return parts.netloc, unquote(parts.path).strip("/")
 
 
