@@ -29,7 +29,7 @@ from ..io import Engine
 from ..store.base import Store
 from . import format as fmt
 from .fetch import Fetch
-from .keys import ModelFingerprint, chunk_keys, token_array
+from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
 from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
 
 GiB = 1 << 30
@@ -58,6 +58,10 @@ class KVCacheStore:
     reuse: a fresh buffer costs page faults. ``copy_threads``: threads for
     each chunk's copy between CPU KV tensors and the host tier (1: the
     calling thread only, leaving the other cores to the model).
+    ``tenant`` (a :class:`~storecomp.kvcache.keys.Tenant`): chunk keys are
+    HMAC-SHA-256 under its secret and its chunks live under
+    ``tenants/<namespace>/`` in the disk and shared tiers, so another tenant
+    can neither compute nor probe them; None: the public SHA-256 keys.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class KVCacheStore:
         workers: int = 8,
         spare_bytes: int | None = None,
         copy_threads: int = 1,
+        tenant: Tenant | None = None,
     ) -> None:
         if not isinstance(fingerprint, ModelFingerprint):
             raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
@@ -89,7 +94,12 @@ class KVCacheStore:
             raise InvalidArgumentError("tier budgets must be non-negative byte counts")
         if copy_threads < 1:
             raise InvalidArgumentError(f"copy_threads must be at least 1, got {copy_threads}")
+        if tenant is not None and not isinstance(tenant, Tenant):
+            raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
         self.copy_threads = copy_threads
+        self.tenant = tenant
+        #: Directory / key prefix of this store's chunks below a tier's root.
+        self.namespace = f"{tenant.prefix}/{fingerprint.namespace}" if tenant is not None else fingerprint.namespace
         self.fingerprint = fingerprint
         self.chunk_tokens = chunk_tokens
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
@@ -103,7 +113,7 @@ class KVCacheStore:
         # A shared store opened here from a URL is ours to close; one passed in is the caller's.
         self._own_shared: Store | None = None
         try:
-            self.disk = DiskTier(disk_dir, fingerprint.namespace, disk_bytes, self.engine) if disk_dir is not None else None
+            self.disk = DiskTier(disk_dir, self.namespace, disk_bytes, self.engine) if disk_dir is not None else None
             if shared is not None:
                 store = _open_shared(shared, shared_options or {})
                 if store is not shared:
@@ -114,7 +124,7 @@ class KVCacheStore:
         self.shared = (
             SharedTier(
                 store,
-                fingerprint.namespace,
+                self.namespace,
                 shared_prefix,
                 backoff=shared_backoff,
                 max_backoff=shared_max_backoff,
@@ -143,7 +153,7 @@ class KVCacheStore:
     def _keys(self, tokens: Any, max_tokens: int | None = None) -> list[bytes]:
         arr = token_array(tokens)
         limit = None if max_tokens is None else max_tokens // self.chunk_tokens
-        return chunk_keys(self.fingerprint, arr, self.chunk_tokens, max_chunks=limit)
+        return chunk_keys(self.fingerprint, arr, self.chunk_tokens, max_chunks=limit, tenant=self.tenant)
 
     def _layout_of(self, kv: Any) -> Any:
         from .layouts import as_layout
