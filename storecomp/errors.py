@@ -106,6 +106,11 @@ class CorruptDataError(StorecompError, ValueError):
     """Bytes failed their integrity check; the message names the object and range."""
 
 
+class WrongKeyError(CorruptDataError):
+    """An encrypted object's data key does not unwrap with the keys at hand (a wrong or
+    missing key, or an object moved from another name); the message names the key id, never a key."""
+
+
 class ConflictError(StorecompError, RuntimeError):
     """A conditional write lost: the object changed (or appeared) since it was read."""
 
@@ -169,6 +174,7 @@ __all__ = [
     "CancelledIOError",
     "ShortReadError",
     "CorruptDataError",
+    "WrongKeyError",
     "ConflictError",
     "StoreUnavailableError",
     "CredentialsError",

@@ -22,13 +22,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from .. import crypto
 from ..config import IOOptions
 from ..crc import crc32c
 from ..errors import InvalidArgumentError, StorecompError
 from ..io import Engine
 from ..store.base import Store
 from . import format as fmt
-from .fetch import Fetch
+from .fetch import Fetch, Sealing
 from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
 from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
 
@@ -62,6 +63,14 @@ class KVCacheStore:
     HMAC-SHA-256 under its secret and its chunks live under
     ``tenants/<namespace>/`` in the disk and shared tiers, so another tenant
     can neither compute nor probe them; None: the public SHA-256 keys.
+    ``encryption`` (a :class:`~storecomp.crypto.KeyProvider`, ``"env"``,
+    ``"file:PATH"``; None: off): chunks in the disk and shared tiers are
+    sealed with AES-256-GCM (a data key per chunk, wrapped by the provider's
+    key; the chunk's namespace and key bound to every segment) by the writer
+    threads and opened by worker threads; they live in their own pool
+    (``enc/`` below each tier's root), apart from plaintext chunks. The host
+    tier stays plaintext. Raises ConfigError naming the setting when the
+    provider's keys are missing.
     """
 
     def __init__(
@@ -85,6 +94,7 @@ class KVCacheStore:
         spare_bytes: int | None = None,
         copy_threads: int = 1,
         tenant: Tenant | None = None,
+        encryption: crypto.KeyProvider | str | None = None,
     ) -> None:
         if not isinstance(fingerprint, ModelFingerprint):
             raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
@@ -98,8 +108,11 @@ class KVCacheStore:
             raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
         self.copy_threads = copy_threads
         self.tenant = tenant
+        keys = crypto.key_provider(encryption)
         #: Directory / key prefix of this store's chunks below a tier's root.
         self.namespace = f"{tenant.prefix}/{fingerprint.namespace}" if tenant is not None else fingerprint.namespace
+        if keys is not None:
+            self.namespace = f"enc/{self.namespace}"
         self.fingerprint = fingerprint
         self.chunk_tokens = chunk_tokens
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
@@ -143,6 +156,17 @@ class KVCacheStore:
         self._shared_writer = ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="storecomp-kv-shared")
         self._meta = ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-meta")
         self._requests = ThreadPoolExecutor(2, thread_name_prefix="storecomp-kv-req")
+        self._sealing = (
+            Sealing(
+                keys,
+                self.namespace,
+                fmt.round_up(crypto.sealed_size(self.layout.nbytes)),
+                self.pool,
+                ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-open"),
+            )
+            if keys is not None
+            else None
+        )
         self._pending: set[Future[Any]] = set()
         self._pending_lock = threading.Lock()
         self._counts = TierStats()  # store-level: hits = chunks served, misses = chunks not found
@@ -287,7 +311,13 @@ class KVCacheStore:
         try:
             assert self.disk is not None
             self._seal(key, buf)
-            return self.disk.put(key, buf.array)
+            if self._sealing is None:
+                return self.disk.put(key, buf.array)
+            sealed = self._sealing.seal(key, buf)  # on this writer thread
+            try:
+                return self.disk.put(key, sealed.array)
+            finally:
+                self.pool.put(sealed)
         finally:
             self.host.unref(buf)
 
@@ -295,8 +325,12 @@ class KVCacheStore:
         shared = self.shared
         assert shared is not None
         deadline = time.monotonic() + self.shared_retry_seconds
+        sealed: Buffer | None = None
         try:
             self._seal(key, buf)
+            if self._sealing is not None:
+                sealed = self._sealing.seal(key, buf)  # on this writer thread
+            data = buf.array if sealed is None else sealed.array
             while True:
                 wait = shared.down_until - time.monotonic()
                 if wait > 0:
@@ -305,10 +339,12 @@ class KVCacheStore:
                         return False
                     time.sleep(wait)
                 try:
-                    return shared.put(key, buf.array)
+                    return shared.put(key, data)
                 except (StorecompError, OSError) as e:
                     shared.mark_down(e)
         finally:
+            if sealed is not None:
+                self.pool.put(sealed)
             self.host.unref(buf)
 
     # ------------------------------------------------------------ retrieve
@@ -327,7 +363,7 @@ class KVCacheStore:
                 continue
             self.host.stats.add(misses=1)
             if self.disk is not None and self.disk.has(key) and self.disk.pin(key):
-                f = Fetch(i, key, "disk", self._new_buf(), self.layout)
+                f = Fetch(i, key, "disk", self._new_buf(), self.layout, self._sealing)
                 f.start_disk(self.disk, per_layer)
                 fetches.append(f)
                 continue
@@ -340,7 +376,7 @@ class KVCacheStore:
             if key not in shared_present:
                 self.shared.stats.add(misses=1)
                 break
-            f = Fetch(i, key, "shared", self._new_buf(), self.layout)
+            f = Fetch(i, key, "shared", self._new_buf(), self.layout, self._sealing)
             f.start_shared(self.shared, per_layer)
             fetches.append(f)
         return fetches
@@ -398,6 +434,9 @@ class KVCacheStore:
                 self.shared.mark_down(RuntimeError(f.error))  # type: ignore[union-attr]
         else:
             tier.stats.add(misses=1)
+            if f.error and f.error.startswith("undecryptable"):  # counted, never deleted: the key may be what is wrong
+                tier.stats.add(verify_failures=1)
+                self._counts.add(verify_failures=1)
             if f.tier == "disk":
                 self.disk.forget(f.key, delete=False)  # type: ignore[union-attr]
             elif f.tier == "shared":
@@ -524,6 +563,8 @@ class KVCacheStore:
         self._disk_writer.shutdown(wait=True)
         self._shared_writer.shutdown(wait=True)
         self._meta.shutdown(wait=True)
+        if self._sealing is not None:
+            self._sealing.executor.shutdown(wait=True)
         self.engine.close()
         if self._own_shared is not None:
             self._own_shared.close()
