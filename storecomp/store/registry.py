@@ -82,15 +82,23 @@ def split_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, unquote(parts.path).strip("/")
 
 
-def open_store(url: str | os.PathLike[str], **options: Any) -> Store:
+def open_store(url: str | os.PathLike[str], *, encryption: Any = None, **options: Any) -> Store:
     """The store at ``url``: a path, ``file:///dir``, ``s3://bucket/prefix`` or any fsspec URL.
 
-    ``options`` go to the backend (for S3: ``endpoint``, ``region``,
+    ``encryption`` (a :class:`storecomp.crypto.KeyProvider`, ``"env"``,
+    ``"file:PATH"``; None: off) wraps the store in an
+    :class:`~storecomp.store.encrypted.EncryptedStore`. ``options`` go to the backend (for S3: ``endpoint``, ``region``,
     ``access_key_id``, ``secret_access_key``, ``retry``...; for fsspec: its
     storage options). Raises InvalidArgumentError for an unknown scheme or a
     malformed URL, UnavailableError naming the package to install when a
     backend's dependency is missing.
     """
+    if encryption is not None and encryption != "off":
+        from ..crypto import key_provider
+        from .encrypted import EncryptedStore
+
+        keys = key_provider(encryption)  # a missing key fails here, before anything is opened
+        return EncryptedStore(open_store(url, **options), keys)
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
         raise InvalidArgumentError(f"store URL must be a non-empty string, got {url!r}")
