@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from . import config
 from .errors import ConfigError, CorruptDataError, InvalidArgumentError, UnavailableError, WrongKeyError
 
 MAGIC = b"SCEN"
@@ -56,9 +57,9 @@ _SEG_AAD = struct.Struct("<QQ")
 _WRAP_DOMAIN = b"storecomp-wrap\x00"
 _SEG_DOMAIN = b"storecomp-seg\x00"
 
-#: Environment variables read by :mod:`storecomp.config` for ``encryption="env"`` / ``"file"``.
-ENV_KEYS = "STORECOMP_ENCRYPTION_KEYS"
-ENV_KEY_FILE = "STORECOMP_ENCRYPTION_KEY_FILE"
+#: Environment variables (read in :mod:`storecomp.config`) for ``encryption="env"`` / ``"file"``.
+ENV_KEYS = config.ENV_ENCRYPTION_KEYS
+ENV_KEY_FILE = config.ENV_ENCRYPTION_KEY_FILE
 
 
 def _aesgcm(key: bytes) -> Any:
@@ -168,11 +169,7 @@ class EnvKeyProvider(StaticKeys):
     comma separated, the first current. Raises ConfigError naming the variable when it is unset or bad."""
 
     def __init__(self, var: str = ENV_KEYS, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
-        text = env.get(var)
-        if not text:
-            raise ConfigError(f"encryption is on but {var} is not set (expected '[id:]key' entries, 32-byte keys in base64)")
-        super().__init__(parse_keys(text, var), var)
+        super().__init__(parse_keys(config.encryption_keys_text(environ, var), var), var)
 
 
 class FileKeyProvider:
@@ -230,14 +227,10 @@ def key_provider(spec: KeyProvider | str | None, environ: Mapping[str, str] | No
     if spec is None or spec == "off":
         return None
     if isinstance(spec, str):
-        env = os.environ if environ is None else environ
         if spec == "env":
-            return EnvKeyProvider(ENV_KEYS, env)
+            return EnvKeyProvider(ENV_KEYS, environ)
         if spec == "file":
-            path = env.get(ENV_KEY_FILE)
-            if not path:
-                raise ConfigError(f"encryption='file' but {ENV_KEY_FILE} is not set (the path of a key file)")
-            return FileKeyProvider(path)
+            return FileKeyProvider(config.encryption_key_file(environ))
         if spec.startswith("file:"):
             return FileKeyProvider(spec[5:])
         raise ConfigError(f"encryption={spec!r}: expected 'env', 'file', 'file:PATH', 'off' or a KeyProvider")
