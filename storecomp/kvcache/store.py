@@ -110,9 +110,10 @@ class KVCacheStore:
         self.tenant = tenant
         keys = crypto.key_provider(encryption)
         #: Directory / key prefix of this store's chunks below a tier's root.
-        self.namespace = f"{tenant.prefix}/{fingerprint.namespace}" if tenant is not None else fingerprint.namespace
-        if keys is not None:
-            self.namespace = f"enc/{self.namespace}"
+        # [tenants/<name>/][enc/]<fingerprint>: the tenant's prefix first, so store permissions can scope it.
+        self.namespace = "/".join(
+            part for part in (tenant.prefix if tenant else "", "enc" if keys is not None else "", fingerprint.namespace) if part
+        )
         self.fingerprint = fingerprint
         self.chunk_tokens = chunk_tokens
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)

@@ -253,7 +253,12 @@ class S3Store(Store):
             if key is not None and not self._bucket_exists():
                 return BucketNotFoundError(self.bucket, self.where)
             return NotFoundError(errno.ENOENT, name, None, op)
-        if isinstance(e, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or "403 forbidden" in low:
+        # DeleteObjects reports a refusal per key, as "(code: AccessDenied)" in a generic error.
+        if (
+            isinstance(e, (oe.PermissionDeniedError, oe.UnauthenticatedError))
+            or "403 forbidden" in low
+            or "(code: accessdenied)" in low
+        ):
             return CredentialsError(
                 f"{name}: {op} refused by {self.where} for access key id {self.access_key_id!r}: "
                 "check the credentials and the bucket policy"
