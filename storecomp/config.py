@@ -26,6 +26,15 @@ max_open_files     STORECOMP_MAX_OPEN_FILES    descriptors cached by path
 (seconds per measurement) and ``STORECOMP_BENCH_DIR`` (where the temporary
 data goes). CI runs the README's ``storecomp bench`` verbatim with a small size
 through them.
+
+Encryption at rest (storecomp.crypto) names its keys explicitly
+(``encryption="env"`` / ``"file"`` / ``"file:PATH"``); the variables those
+settings read are read here, by :func:`encryption_keys_text` and
+:func:`encryption_key_file`:
+
+* ``STORECOMP_ENCRYPTION_KEYS``: ``[id:]key`` entries (32-byte keys in base64
+  or hex), comma separated, the first one current;
+* ``STORECOMP_ENCRYPTION_KEY_FILE``: the path of a file of such lines.
 """
 
 from __future__ import annotations
@@ -58,6 +67,26 @@ _ENV = {
     "staging_slot_bytes": "STORECOMP_STAGING_SLOT",
     "max_open_files": "STORECOMP_MAX_OPEN_FILES",
 }
+
+ENV_ENCRYPTION_KEYS = "STORECOMP_ENCRYPTION_KEYS"
+ENV_ENCRYPTION_KEY_FILE = "STORECOMP_ENCRYPTION_KEY_FILE"
+
+
+def encryption_keys_text(environ: Mapping[str, str] | None = None, var: str = ENV_ENCRYPTION_KEYS) -> str:
+    """The key list in ``var`` (default ``STORECOMP_ENCRYPTION_KEYS``). Raises ConfigError naming it when unset."""
+    text = (os.environ if environ is None else environ).get(var)
+    if not text:
+        raise ConfigError(f"encryption is on but {var} is not set (expected '[id:]key' entries, 32-byte keys in base64 or hex)")
+    return text
+
+
+def encryption_key_file(environ: Mapping[str, str] | None = None) -> str:
+    """The key file named by ``STORECOMP_ENCRYPTION_KEY_FILE``. Raises ConfigError naming it when unset."""
+    path = (os.environ if environ is None else environ).get(ENV_ENCRYPTION_KEY_FILE)
+    if not path:
+        raise ConfigError(f"encryption='file' but {ENV_ENCRYPTION_KEY_FILE} is not set (the path of a key file)")
+    return path
+
 
 # The native engine's limits (csrc/engine.cpp Engine::Engine).
 _MAX = {"queue_depth": 4096, "threads": 1024, "split_bytes": 1 << 30, "align": 1 << 20}

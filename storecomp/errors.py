@@ -11,9 +11,22 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from .redact import redact, redact_value
+
 
 class StorecompError(Exception):
-    """Root of every storecomp error."""
+    """Root of every storecomp error.
+
+    Its arguments and notes pass through :func:`storecomp.redact.redact`: a
+    URL's password or a presigned URL's signature never reaches a message,
+    ``args`` or a traceback.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_value(a) for a in args))
+
+    def add_note(self, note: str, /) -> None:
+        super().add_note(redact(note))
 
 
 class InvalidArgumentError(StorecompError, ValueError):
@@ -95,7 +108,7 @@ class ShortReadError(StorecompError, EOFError):
         super().__init__(
             f"{path}: short read at offset {offset}: requested {requested} bytes, got {got} (end of file at {offset + got})"
         )
-        self.path = path
+        self.path = redact(path)
         self.offset = offset
         self.requested = requested
         self.got = got
@@ -128,6 +141,11 @@ class CorruptDataError(StorecompError, ValueError):
     """Bytes failed their integrity check; the message names the object and range."""
 
 
+class WrongKeyError(CorruptDataError):
+    """An encrypted object's data key does not unwrap with the keys at hand (a wrong or
+    missing key, or an object moved from another name); the message names the key id, never a key."""
+
+
 class ConflictError(StorecompError, RuntimeError):
     """A conditional write lost: the object changed (or appeared) since it was read."""
 
@@ -137,8 +155,8 @@ class StoreUnavailableError(StorecompError, ConnectionError):
 
     def __init__(self, endpoint: str, detail: str) -> None:
         super().__init__(f"{endpoint}: store unavailable: {detail}")
-        self.endpoint = endpoint
-        self.detail = detail
+        self.endpoint = redact(endpoint)
+        self.detail = redact(detail)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.endpoint, self.detail))
@@ -154,7 +172,7 @@ class BucketNotFoundError(StorecompError, FileNotFoundError):
     def __init__(self, bucket: str, endpoint: str) -> None:
         super().__init__(f"bucket {bucket!r} does not exist at {endpoint} (create it first)")
         self.bucket = bucket
-        self.endpoint = endpoint
+        self.endpoint = redact(endpoint)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.bucket, self.endpoint))
@@ -192,6 +210,7 @@ __all__ = [
     "ShortReadError",
     "CorruptDataError",
     "VersionChangedError",
+    "WrongKeyError",
     "ConflictError",
     "StoreUnavailableError",
     "CredentialsError",

@@ -14,6 +14,7 @@ import importlib
 import sys
 
 from ..errors import StorecompError
+from ..redact import redact
 
 #: Command modules, in the order ``storecomp --help`` lists them.
 COMMANDS = ("info", "bench", "store", "dataset")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"storecomp: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a local file the command was given: missing, unreadable, not writable
-        print(f"storecomp: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        print(redact(f"storecomp: error: {str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

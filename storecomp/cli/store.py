@@ -251,6 +251,7 @@ def _du(ns: Any, args: Any) -> int:
 
 
 def _mounts(ns: Any, args: Any) -> int:
+    from ..redact import public_url
     from ..store import CachedStore, ReplicatedStore
 
     rows = []
@@ -260,7 +261,10 @@ def _mounts(ns: Any, args: Any) -> int:
             "name": name,
             "url": f"sc://{name}",
             "read_only": m.read_only,
-            "replicas": [{"url": r.url, "site": r.site, "preference": r.preference, "primary": r is primary} for r in m.replicas],
+            "replicas": [
+                {"url": public_url(r.url), "site": r.site, "preference": r.preference, "primary": r is primary}
+                for r in m.replicas
+            ],
         }
         if m.cache_dir:
             doc["cache"] = {"dir": m.cache_dir, "max_bytes": m.cache_max_bytes, "block_bytes": m.cache_block_bytes}

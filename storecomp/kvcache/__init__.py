@@ -9,9 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from .format import ChunkLayout
-from .keys import ModelFingerprint, chunk_keys, token_array
+from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
 
-__all__ = ["ChunkLayout", "ContiguousLayout", "KVCacheStore", "ModelFingerprint", "PagedLayout", "chunk_keys", "token_array"]
+__all__ = [
+    "ChunkLayout",
+    "ContiguousLayout",
+    "KVCacheStore",
+    "ModelFingerprint",
+    "PagedLayout",
+    "Tenant",
+    "chunk_keys",
+    "token_array",
+]
 
 
 def __getattr__(name: str) -> Any:

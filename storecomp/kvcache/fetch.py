@@ -5,22 +5,62 @@ before the header is seen) and verifies as the caller asks for layers:
 header first (magic, version, fingerprint, key, shape, header crc), then
 the crc32c of each layer asked for. Anything that fails makes the fetch
 ``bad``; it is never returned as data.
+
+From an encrypted tier (:class:`Sealing`), one job on a worker thread reads
+the whole sealed object and opens it (AES-GCM, every segment's tag checked)
+into the chunk buffer; the checks above then run on the plaintext.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompError
+from .. import crypto
+from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompError, WrongKeyError
 from . import format as fmt
-from .tiers import Buffer, DiskTier, SharedTier
+from .tiers import Buffer, BufferPool, DiskTier, SharedTier
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """How a KV store encrypts its disk and shared tiers: the keys, where sealed buffers
+    come from, and the threads that do the AES work (never the caller's)."""
+
+    keys: crypto.KeyProvider
+    namespace: str  # bound into every chunk's associated data with its key
+    nbytes: int  # a sealed chunk object, padded to 4096
+    pool: BufferPool
+    executor: Executor
+
+    def name(self, key: bytes) -> bytes:
+        return f"{self.namespace}/{key.hex()}".encode()
+
+    def seal(self, key: bytes, plain: Buffer) -> Buffer:
+        """A pool buffer holding chunk ``key`` sealed (the caller returns it with ``pool.put``)."""
+        out = self.pool.get(self.nbytes)
+        n = crypto.seal_into(plain.array, out.array, self.name(key), self.keys)
+        out.array[n:] = 0
+        return out
+
+    def read_and_open(self, read: Any, key: bytes, dst: Buffer, where: str) -> None:
+        """``read(sealed_array)`` the whole sealed object, then open it into ``dst``."""
+        sealed = self.pool.get(self.nbytes)
+        try:
+            read(sealed.array)
+            crypto.unseal_into(sealed.array, dst.array, self.name(key), self.keys, where)
+        finally:
+            self.pool.put(sealed)
 
 
 class Fetch:
     """Chunk ``key`` (index ``index`` in the request) on its way from ``tier`` into ``buf``."""
 
-    def __init__(self, index: int, key: bytes, tier: str, buf: Buffer, layout: fmt.ChunkLayout) -> None:
+    def __init__(
+        self, index: int, key: bytes, tier: str, buf: Buffer, layout: fmt.ChunkLayout, sealing: Sealing | None = None
+    ) -> None:
         self.index = index
         self.key = key
         self.tier = tier
@@ -34,6 +74,11 @@ class Fetch:
         self.corrupt = False
         self.t0 = time.perf_counter()
         self.t1 = 0.0
+        self.sealing = sealing
+
+    @property
+    def _where(self) -> str:
+        return f"{self.tier} chunk {self.key.hex()[:16]}"
 
     @property
     def bad(self) -> bool:
@@ -46,6 +91,15 @@ class Fetch:
         return [(0, lay.header_bytes)] + [(lay.layer_offset(i), lay.layer_bytes) for i in range(lay.fingerprint.layers)]
 
     def start_disk(self, disk: DiskTier, per_layer: bool) -> None:
+        if self.sealing is not None:
+            path = disk.path(self.key)
+
+            def read(dst: Any) -> None:
+                with disk.engine.open(path, "r") as f:
+                    f.read_many_into(dst, [0], [dst.nbytes], [0]).result()
+
+            self.futures.append(self.sealing.executor.submit(self.sealing.read_and_open, read, self.key, self.buf, self._where))
+            return
         try:
             self.file = disk.engine.open(disk.path(self.key), "r")
             for off, n in self._ranges(per_layer):
@@ -57,6 +111,13 @@ class Fetch:
 
     def start_shared(self, shared: SharedTier, per_layer: bool) -> None:
         okey = shared.object_key(self.key)
+        if self.sealing is not None:
+
+            def read(dst: Any) -> None:
+                shared.store.read_ranges(okey, [0], [dst.nbytes], dst, [0])
+
+            self.futures.append(self.sealing.executor.submit(self.sealing.read_and_open, read, self.key, self.buf, self._where))
+            return
         try:
             for off, n in self._ranges(per_layer):
                 self.futures.append(shared.store.submit_ranges(okey, [off], [n], self.buf.array, [off]))
@@ -75,6 +136,10 @@ class Fetch:
             f.result()
         except ShortReadError as e:
             self.error, self.corrupt = f"truncated: {e}", True
+        except WrongKeyError as e:  # a wrong or missing key, or a moved object: a miss, but not deleted
+            self.error = f"undecryptable: {e}"
+        except CorruptDataError as e:  # a segment failed its tag, or not a sealed object
+            self.error, self.corrupt = str(e), True
         except NotFoundError:
             self.error = "missing"
         except (StorecompError, OSError) as e:
@@ -88,7 +153,7 @@ class Fetch:
         if layer in self.checked:
             return True
         whole = len(self.futures) == 1
-        where = f"{self.tier} chunk {self.key.hex()[:16]}"
+        where = self._where
         if self.header is None:
             if not self._wait(0):
                 return False

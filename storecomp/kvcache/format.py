@@ -46,8 +46,12 @@ _LAYER = struct.Struct("<QQII")
 _CRC = struct.Struct("<I")
 
 
-def _round_up(n: int, a: int = ALIGN) -> int:
+def round_up(n: int, a: int = ALIGN) -> int:
+    """``n`` rounded up to a multiple of ``a`` (default 4096)."""
     return -(-n // a) * a
+
+
+_round_up = round_up
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,12 @@ engine (C++, Rust, another Python) computes the same keys:
   ``k_i = SHA-256(k_{i-1} + tokens as little-endian int32)``, with
   ``k_{-1} = root``.
 
+With a :class:`Tenant` (namespace + secret) the same chain is keyed:
+``root = HMAC-SHA-256(secret, b"storecomp-kv-tenant-root\x00" + fingerprint
+digest)`` and ``k_i = HMAC-SHA-256(secret, k_{i-1} + tokens)``. Without the
+secret nobody can compute, look up or probe a tenant's keys; tenants that
+share a prefix pool share a Tenant (the same secret and namespace).
+
 Key i therefore names the whole prefix ``tokens[: (i+1)*N]`` under one
 model configuration: two prompts share key i exactly when they share that
 prefix. Python's ``hash()`` is never used.
@@ -19,7 +25,9 @@ prefix. Python's ``hash()`` is never used.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -132,6 +140,45 @@ class ModelFingerprint:
         )
 
 
+_TENANT_ROOT_DOMAIN = b"storecomp-kv-tenant-root\x00"
+_TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MIN_TENANT_SECRET_BYTES = 16
+
+
+@dataclass(frozen=True, repr=False)
+class Tenant:
+    """Who owns a pool of KV chunks: ``namespace`` names the pool (its directory and
+    key prefix, ``tenants/<namespace>/``), ``secret`` (at least 16 bytes, or a
+    string of as many UTF-8 bytes) keys its chunk hashes. The secret is never shown.
+    Raises InvalidArgumentError for a bad name or a short secret.
+    """
+
+    namespace: str
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.namespace, str) or not _TENANT_NAME.match(self.namespace):
+            raise InvalidArgumentError(
+                f"Tenant.namespace {self.namespace!r}: 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"
+            )
+        secret = self.secret.encode("utf-8") if isinstance(self.secret, str) else self.secret
+        if not isinstance(secret, (bytes, bytearray)) or len(secret) < MIN_TENANT_SECRET_BYTES:
+            raise InvalidArgumentError(f"Tenant {self.namespace!r}: the secret must be at least {MIN_TENANT_SECRET_BYTES} bytes")
+        object.__setattr__(self, "secret", bytes(secret))
+
+    def root(self, fingerprint: ModelFingerprint) -> bytes:
+        """The keyed chain's starting value for ``fingerprint`` (32 bytes)."""
+        return hmac.digest(self.secret, _TENANT_ROOT_DOMAIN + fingerprint.digest, "sha256")
+
+    @property
+    def prefix(self) -> str:
+        """Where this tenant's chunks live below a tier's root: ``tenants/<namespace>``."""
+        return f"tenants/{self.namespace}"
+
+    def __repr__(self) -> str:
+        return f"Tenant(namespace={self.namespace!r}, secret=***)"
+
+
 def token_array(tokens: Any) -> np.ndarray:
     """Token ids as a 1-D little-endian int32 array.
 
@@ -157,12 +204,18 @@ def token_array(tokens: Any) -> np.ndarray:
 
 
 def chunk_keys(
-    fingerprint: ModelFingerprint, tokens: Any, chunk_tokens: int = 256, *, max_chunks: int | None = None
+    fingerprint: ModelFingerprint,
+    tokens: Any,
+    chunk_tokens: int = 256,
+    *,
+    max_chunks: int | None = None,
+    tenant: Tenant | None = None,
 ) -> list[bytes]:
     """Keys (32-byte digests) of every *full* chunk of ``tokens``.
 
     A trailing partial chunk (fewer than ``chunk_tokens`` tokens) has no key:
-    it is never stored, and callers recompute it.
+    it is never stored, and callers recompute it. With ``tenant``, the keys
+    are HMAC-SHA-256 under the tenant's secret (see the module docstring).
     """
     if chunk_tokens <= 0:
         raise InvalidArgumentError(f"chunk_tokens must be positive, got {chunk_tokens}")
@@ -173,14 +226,24 @@ def chunk_keys(
     data = arr[: n * chunk_tokens].tobytes()
     step = 4 * chunk_tokens
     keys: list[bytes] = []
-    parent = fingerprint.root
-    sha = hashlib.sha256
+    if tenant is None:
+        parent = fingerprint.root
+        sha = hashlib.sha256
+        for i in range(n):
+            parent = sha(parent + data[i * step : (i + 1) * step]).digest()
+            keys.append(parent)
+        return keys
+    if not isinstance(tenant, Tenant):
+        raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
+    parent, secret, mac = tenant.root(fingerprint), tenant.secret, hmac.digest
     for i in range(n):
-        parent = sha(parent + data[i * step : (i + 1) * step]).digest()
+        parent = mac(secret, parent + data[i * step : (i + 1) * step], "sha256")
         keys.append(parent)
     return keys
 
 
-def chunk_key_hex(fingerprint: ModelFingerprint, tokens: Sequence[int], chunk_tokens: int = 256) -> list[str]:
+def chunk_key_hex(
+    fingerprint: ModelFingerprint, tokens: Sequence[int], chunk_tokens: int = 256, *, tenant: Tenant | None = None
+) -> list[str]:
     """:func:`chunk_keys` as lowercase hex strings."""
-    return [k.hex() for k in chunk_keys(fingerprint, tokens, chunk_tokens)]
+    return [k.hex() for k in chunk_keys(fingerprint, tokens, chunk_tokens, tenant=tenant)]

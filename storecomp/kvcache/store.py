@@ -22,14 +22,15 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from .. import crypto
 from ..config import IOOptions
 from ..crc import crc32c
 from ..errors import InvalidArgumentError, StorecompError
 from ..io import Engine
 from ..store.base import Store
 from . import format as fmt
-from .fetch import Fetch
-from .keys import ModelFingerprint, chunk_keys, token_array
+from .fetch import Fetch, Sealing
+from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
 from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
 
 GiB = 1 << 30
@@ -58,6 +59,18 @@ class KVCacheStore:
     reuse: a fresh buffer costs page faults. ``copy_threads``: threads for
     each chunk's copy between CPU KV tensors and the host tier (1: the
     calling thread only, leaving the other cores to the model).
+    ``tenant`` (a :class:`~storecomp.kvcache.keys.Tenant`): chunk keys are
+    HMAC-SHA-256 under its secret and its chunks live under
+    ``tenants/<namespace>/`` in the disk and shared tiers, so another tenant
+    can neither compute nor probe them; None: the public SHA-256 keys.
+    ``encryption`` (a :class:`~storecomp.crypto.KeyProvider`, ``"env"``,
+    ``"file:PATH"``; None: off): chunks in the disk and shared tiers are
+    sealed with AES-256-GCM (a data key per chunk, wrapped by the provider's
+    key; the chunk's namespace and key bound to every segment) by the writer
+    threads and opened by worker threads; they live in their own pool
+    (``enc/`` below each tier's root), apart from plaintext chunks. The host
+    tier stays plaintext. Raises ConfigError naming the setting when the
+    provider's keys are missing.
     """
 
     def __init__(
@@ -80,6 +93,8 @@ class KVCacheStore:
         workers: int = 8,
         spare_bytes: int | None = None,
         copy_threads: int = 1,
+        tenant: Tenant | None = None,
+        encryption: crypto.KeyProvider | str | None = None,
     ) -> None:
         if not isinstance(fingerprint, ModelFingerprint):
             raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
@@ -89,7 +104,16 @@ class KVCacheStore:
             raise InvalidArgumentError("tier budgets must be non-negative byte counts")
         if copy_threads < 1:
             raise InvalidArgumentError(f"copy_threads must be at least 1, got {copy_threads}")
+        if tenant is not None and not isinstance(tenant, Tenant):
+            raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
         self.copy_threads = copy_threads
+        self.tenant = tenant
+        keys = crypto.key_provider(encryption)
+        #: Directory / key prefix of this store's chunks below a tier's root.
+        # [tenants/<name>/][enc/]<fingerprint>: the tenant's prefix first, so store permissions can scope it.
+        self.namespace = "/".join(
+            part for part in (tenant.prefix if tenant else "", "enc" if keys is not None else "", fingerprint.namespace) if part
+        )
         self.fingerprint = fingerprint
         self.chunk_tokens = chunk_tokens
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
@@ -103,7 +127,7 @@ class KVCacheStore:
         # A shared store opened here from a URL is ours to close; one passed in is the caller's.
         self._own_shared: Store | None = None
         try:
-            self.disk = DiskTier(disk_dir, fingerprint.namespace, disk_bytes, self.engine) if disk_dir is not None else None
+            self.disk = DiskTier(disk_dir, self.namespace, disk_bytes, self.engine) if disk_dir is not None else None
             if shared is not None:
                 store = _open_shared(shared, shared_options or {})
                 if store is not shared:
@@ -114,7 +138,7 @@ class KVCacheStore:
         self.shared = (
             SharedTier(
                 store,
-                fingerprint.namespace,
+                self.namespace,
                 shared_prefix,
                 backoff=shared_backoff,
                 max_backoff=shared_max_backoff,
@@ -133,6 +157,17 @@ class KVCacheStore:
         self._shared_writer = ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="storecomp-kv-shared")
         self._meta = ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-meta")
         self._requests = ThreadPoolExecutor(2, thread_name_prefix="storecomp-kv-req")
+        self._sealing = (
+            Sealing(
+                keys,
+                self.namespace,
+                fmt.round_up(crypto.sealed_size(self.layout.nbytes)),
+                self.pool,
+                ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-open"),
+            )
+            if keys is not None
+            else None
+        )
         self._pending: set[Future[Any]] = set()
         self._pending_lock = threading.Lock()
         self._counts = TierStats()  # store-level: hits = chunks served, misses = chunks not found
@@ -143,7 +178,7 @@ class KVCacheStore:
     def _keys(self, tokens: Any, max_tokens: int | None = None) -> list[bytes]:
         arr = token_array(tokens)
         limit = None if max_tokens is None else max_tokens // self.chunk_tokens
-        return chunk_keys(self.fingerprint, arr, self.chunk_tokens, max_chunks=limit)
+        return chunk_keys(self.fingerprint, arr, self.chunk_tokens, max_chunks=limit, tenant=self.tenant)
 
     def _layout_of(self, kv: Any) -> Any:
         from .layouts import as_layout
@@ -302,7 +337,13 @@ class KVCacheStore:
         try:
             assert self.disk is not None
             self._seal(key, buf)
-            return self.disk.put(key, buf.array)
+            if self._sealing is None:
+                return self.disk.put(key, buf.array)
+            sealed = self._sealing.seal(key, buf)  # on this writer thread
+            try:
+                return self.disk.put(key, sealed.array)
+            finally:
+                self.pool.put(sealed)
         finally:
             self.host.unref(buf)
 
@@ -310,8 +351,12 @@ class KVCacheStore:
         shared = self.shared
         assert shared is not None
         deadline = time.monotonic() + self.shared_retry_seconds
+        sealed: Buffer | None = None
         try:
             self._seal(key, buf)
+            if self._sealing is not None:
+                sealed = self._sealing.seal(key, buf)  # on this writer thread
+            data = buf.array if sealed is None else sealed.array
             while True:
                 wait = shared.down_until - time.monotonic()
                 if wait > 0:
@@ -320,10 +365,12 @@ class KVCacheStore:
                         return False
                     time.sleep(wait)
                 try:
-                    return shared.put(key, buf.array)
+                    return shared.put(key, data)
                 except (StorecompError, OSError) as e:
                     shared.mark_down(e)
         finally:
+            if sealed is not None:
+                self.pool.put(sealed)
             self.host.unref(buf)
 
     # ------------------------------------------------------------ retrieve
@@ -342,7 +389,7 @@ class KVCacheStore:
                 continue
             self.host.stats.add(misses=1)
             if self.disk is not None and self.disk.has(key) and self.disk.pin(key):
-                f = Fetch(i, key, "disk", self._new_buf(), self.layout)
+                f = Fetch(i, key, "disk", self._new_buf(), self.layout, self._sealing)
                 f.start_disk(self.disk, per_layer)
                 fetches.append(f)
                 continue
@@ -355,7 +402,7 @@ class KVCacheStore:
             if key not in shared_present:
                 self.shared.stats.add(misses=1)
                 break
-            f = Fetch(i, key, "shared", self._new_buf(), self.layout)
+            f = Fetch(i, key, "shared", self._new_buf(), self.layout, self._sealing)
             f.start_shared(self.shared, per_layer)
             fetches.append(f)
         return fetches
@@ -413,6 +460,9 @@ class KVCacheStore:
                 self.shared.mark_down(RuntimeError(f.error))  # type: ignore[union-attr]
         else:
             tier.stats.add(misses=1)
+            if f.error and f.error.startswith("undecryptable"):  # counted, never deleted: the key may be what is wrong
+                tier.stats.add(verify_failures=1)
+                self._counts.add(verify_failures=1)
             if f.tier == "disk":
                 self.disk.forget(f.key, delete=False)  # type: ignore[union-attr]
             elif f.tier == "shared":
@@ -564,6 +614,8 @@ class KVCacheStore:
         self._disk_writer.shutdown(wait=True)
         self._shared_writer.shutdown(wait=True)
         self._meta.shutdown(wait=True)
+        if self._sealing is not None:
+            self._sealing.executor.shutdown(wait=True)
         self.engine.close()
         if self._own_shared is not None:
             self._own_shared.close()

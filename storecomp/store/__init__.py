@@ -6,6 +6,7 @@ any fsspec URL; backends other than local files are imported on first use.
 
 from .base import Capabilities, ObjectInfo, RangeFuture, Store
 from .cache import CachedStore
+from .encrypted import EncryptedStore
 from .integrity import Checksums
 from .keys import validate_key, validate_prefix
 from .local import LocalStore
@@ -35,6 +36,7 @@ __all__ = [
     "load_mounts",
     # integrity, blobs, manifests, refs, cache (integrity.py, snapshots.py, cache.py)
     "CachedStore",
+    "EncryptedStore",
     "ANY",
     "Checksums",
     "Entry",

@@ -24,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -40,20 +40,11 @@ from ..errors import (
     VersionChangedError,
 )
 from ..io import BufferRef, land_bytes
+from ..redact import public_url, redact
 from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import RetryPolicy, call_with_retry, http_status, looks_transient
-
-
-def public_url(url: str) -> str:
-    """``url`` without the password of its ``user:password@host`` part (safe to print)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}" if ":" in user else f"{name}@{host}"))
 
 
 def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
@@ -127,7 +118,7 @@ class FsspecStore(Store):
             return NotFoundError(errno.ENOENT, name, None, op)
         if isinstance(e, PermissionError) or status in (401, 403):
             return CredentialsError(f"{name}: {op} refused: check the credentials and permissions")
-        text = str(e).replace(self._password, "***") if self._password else str(e)
+        text = redact(str(e), (self._password,))
         if looks_transient(e):
             return StoreUnavailableError(self.url, f"{op} {name}: {type(e).__name__}: {text[:300]}")
         err = StorageIOError(getattr(e, "errno", None) or errno.EIO, name, None, op)

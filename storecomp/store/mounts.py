@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InvalidArgumentError
+from ..redact import public_url
 
 SCHEME = "sc://"
 _MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -30,6 +31,9 @@ class Replica:
     #: Backend options for ``open_store(url, **options)`` (endpoint, region...);
     #: never credentials: those come from the environment.
     options: tuple[tuple[str, Any], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Replica(url={public_url(self.url)!r}, site={self.site!r}, preference={self.preference})"
 
 
 #: Option names refused in mount tables (credentials belong in the environment).
@@ -53,6 +57,9 @@ class Mount:
     cache_dir: str = ""
     cache_max_bytes: int = 0
     cache_block_bytes: int | None = None
+    #: Encryption at rest (storecomp.store.encrypted.EncryptedStore, outside the cache):
+    #: "" (off), "env" (STORECOMP_ENCRYPTION_KEYS), "file" or "file:PATH" (a key file).
+    encryption: str = ""
 
     def __post_init__(self) -> None:
         if not _MOUNT_NAME.match(self.name):
@@ -134,7 +141,17 @@ def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
 
     if not isinstance(spec, dict):
         return _raise(fail("", "a mount must be a table with 'url' or 'replicas'"))
-    known = {"url", "options", "replicas", "primary", "read_only", "cache_dir", "cache_max_bytes", "cache_block_bytes"}
+    known = {
+        "url",
+        "options",
+        "replicas",
+        "primary",
+        "read_only",
+        "cache_dir",
+        "cache_max_bytes",
+        "cache_block_bytes",
+        "encryption",
+    }
     for key in spec:
         if key not in known:
             raise fail(key, f"unknown key; known: {', '.join(sorted(known))}")
@@ -175,8 +192,11 @@ def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
         raise fail("cache_max_bytes", "expected a positive integer (bytes)")
     if cache_block is not None and (not isinstance(cache_block, int) or isinstance(cache_block, bool) or cache_block <= 0):
         raise fail("cache_block_bytes", "expected a positive integer (bytes), a multiple of 4096")
+    encryption = spec.get("encryption", "")
+    if not isinstance(encryption, str) or not (encryption in ("", "off", "env", "file") or encryption.startswith("file:")):
+        raise fail("encryption", "expected 'env', 'file', 'file:PATH' or 'off'")
     try:
-        return Mount(name, tuple(replicas), primary, read_only, cache_dir, cache_max, cache_block)
+        return Mount(name, tuple(replicas), primary, read_only, cache_dir, cache_max, cache_block, encryption)
     except InvalidArgumentError as e:
         msg = str(e)
         raise fail("primary" if "primary" in msg else "cache_max_bytes" if "cache" in msg else "url", msg) from None

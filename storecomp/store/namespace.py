@@ -162,6 +162,10 @@ class Namespace:
             from .cache import CachedStore
 
             st = CachedStore(st, mount.cache_dir, mount.cache_max_bytes, mount.cache_block_bytes)
+        if mount.encryption and mount.encryption != "off":
+            from .encrypted import EncryptedStore
+
+            st = EncryptedStore(st, mount.encryption)  # outermost: the cache and the replicas hold ciphertext
         return self._keep(key, st)
 
     def resolve(self, url: str) -> tuple[Store, str]:

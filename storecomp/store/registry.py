@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import InvalidArgumentError, UnavailableError
+from ..redact import public_url
 from .base import Store
 
 
@@ -72,19 +73,32 @@ def split_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/prefix`` → ``(bucket, prefix)``; InvalidArgumentError without a bucket."""
     parts = urlsplit(url)
     if not parts.netloc:
-        raise InvalidArgumentError(f"{url}: an s3 URL needs a bucket: s3://bucket/prefix")
+        raise InvalidArgumentError(f"{public_url(url)}: an s3 URL needs a bucket: s3://bucket/prefix")
+    if "@" in parts.netloc:
+        raise InvalidArgumentError(
+            f"s3://{parts.netloc.rpartition('@')[2]}{parts.path}: an s3 URL holds no credentials; pass access_key_id= "
+            "and secret_access_key= (or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
     return parts.netloc, unquote(parts.path).strip("/")
 
 
-def open_store(url: str | os.PathLike[str], **options: Any) -> Store:
+def open_store(url: str | os.PathLike[str], *, encryption: Any = None, **options: Any) -> Store:
     """The store at ``url``: a path, ``file:///dir``, ``s3://bucket/prefix`` or any fsspec URL.
 
-    ``options`` go to the backend (for S3: ``endpoint``, ``region``,
+    ``encryption`` (a :class:`storecomp.crypto.KeyProvider`, ``"env"``,
+    ``"file:PATH"``; None: off) wraps the store in an
+    :class:`~storecomp.store.encrypted.EncryptedStore`. ``options`` go to the backend (for S3: ``endpoint``, ``region``,
     ``access_key_id``, ``secret_access_key``, ``retry``...; for fsspec: its
     storage options). Raises InvalidArgumentError for an unknown scheme or a
     malformed URL, UnavailableError naming the package to install when a
     backend's dependency is missing.
     """
+    if encryption is not None and encryption != "off":
+        from ..crypto import key_provider
+        from .encrypted import EncryptedStore
+
+        keys = key_provider(encryption)  # a missing key fails here, before anything is opened
+        return EncryptedStore(open_store(url, **options), keys)
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
         raise InvalidArgumentError(f"store URL must be a non-empty string, got {url!r}")

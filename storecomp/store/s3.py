@@ -42,6 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -58,6 +59,7 @@ from ..errors import (
     VersionChangedError,
 )
 from ..io import BufferRef, land_bytes
+from ..redact import public_url, redact
 from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
@@ -167,7 +169,9 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-        self.endpoint = endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        raw_endpoint = endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        #: The endpoint as shown (a ``user:password@`` part masked); the raw one goes only to the client.
+        self.endpoint = public_url(raw_endpoint) if raw_endpoint else None
         self.region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
         self.retry = retry or RetryPolicy()
         self.part_bytes = part_bytes
@@ -178,7 +182,8 @@ class S3Store(Store):
         key_id = access_key_id if access_key_id is not None else env.get("AWS_ACCESS_KEY_ID")
         secret = secret_access_key if secret_access_key is not None else env.get("AWS_SECRET_ACCESS_KEY")
         token = session_token if session_token is not None else env.get("AWS_SESSION_TOKEN")
-        self._secrets = tuple(s for s in (secret, token) if s)
+        endpoint_password = _password_of(raw_endpoint)
+        self._secrets = tuple(s for s in (secret, token, endpoint_password) if s)
         self.access_key_id = key_id
         config: dict[str, Any] = {"region": self.region}
         if anonymous:
@@ -194,14 +199,15 @@ class S3Store(Store):
             config["secret_access_key"] = secret
             if token:
                 config["session_token"] = token
-        if self.endpoint:
-            config["endpoint"] = self.endpoint
+        if raw_endpoint:
+            config["endpoint"] = raw_endpoint
         client: dict[str, Any] = {
             "allow_http": bool(self.endpoint and self.endpoint.startswith("http://")),
             "connect_timeout": f"{int(self.retry.connect_timeout_s * 1000)}ms",
             "timeout": f"{int(self.retry.request_timeout_s * 1000)}ms",
             "pool_max_idle_per_host": str(max_concurrency),
         }
+        problem = ""
         try:
             self._store = _ObS3Store(
                 bucket,
@@ -211,7 +217,9 @@ class S3Store(Store):
                 retry_config=self.retry.obstore_config(),  # type: ignore[arg-type]
             )
         except Exception as e:
-            raise InvalidArgumentError(f"{self.url}: bad S3 configuration: {self._redact(str(e))}") from None
+            problem = self._redact(str(e))
+        if problem:  # raised outside the handler: the client's error (which may quote a secret) is not chained
+            raise InvalidArgumentError(f"{self.url}: bad S3 configuration: {problem}")
         self._loop = _Loop()
         self._bucket_checked = False
         self._known: OrderedDict[str, tuple[str, int]] = OrderedDict()  # key -> (ETag, size) reads pin to
@@ -229,9 +237,7 @@ class S3Store(Store):
     # ------------------------------------------------------------ errors
 
     def _redact(self, text: str) -> str:
-        for s in self._secrets:
-            text = text.replace(s, "***")
-        return text
+        return redact(text, self._secrets)
 
     def _translate(self, e: BaseException, key: str | None, op: str) -> StorecompError:
         """The storecomp error for an obstore error raised by ``op`` on ``key``.
@@ -253,7 +259,14 @@ class S3Store(Store):
             if key is not None and not self._bucket_exists():
                 return BucketNotFoundError(self.bucket, self.where)
             return NotFoundError(errno.ENOENT, name, None, op)
-        if isinstance(e, (oe.PermissionDeniedError, oe.UnauthenticatedError)) or status in (401, 403):
+        # DeleteObjects answers 200 and reports a refusal per key: obstore gives a generic error
+        # carrying the S3 error code "(code: AccessDenied)", the one structured field it has.
+        if (
+            isinstance(e, (oe.PermissionDeniedError, oe.UnauthenticatedError))
+            or status in (401, 403)
+            or code == "AccessDenied"
+            or "(code: AccessDenied)" in str(e)
+        ):
             return CredentialsError(
                 f"{name}: {op} refused by {self.where} for access key id {self.access_key_id!r}: "
                 "check the credentials and the bucket policy"
@@ -289,9 +302,9 @@ class S3Store(Store):
         try:
             return call_with_retry(fn, self.retry, _outer_transient)
         except Exception as e:
-            if _is_precondition(e):
-                raise _Lost(str(e)) from None
-            raise self._translate(e, key, op) from None
+            err = _Lost(self._redact(str(e))) if _is_precondition(e) else self._translate(e, key, op)
+        # Raised outside the handler: the client's error, which may quote the endpoint, is not chained.
+        raise err
 
     # ------------------------------------------------------------ reads
 
@@ -539,6 +552,16 @@ class S3Store(Store):
 
 class _Lost(StorecompError):
     """A conditional put lost (412 / already exists); mapped by the caller."""
+
+
+def _password_of(url: str | None) -> str | None:
+    """The password of ``url``'s ``user:password@`` part, if any."""
+    if not url:
+        return None
+    try:
+        return urlsplit(url).password or None
+    except ValueError:
+        return None
 
 
 def _hidden(key: str) -> bool:

@@ -62,6 +62,9 @@ class SeaweedFS:
     region: str = "us-east-1"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: Path | None = None
+    #: More ``-s3.config`` identities (``name``, ``credentials``, ``actions`` such as
+    #: ``"Read:bucket"``), next to the admin identity the helpers use.
+    identities: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -71,8 +74,15 @@ class SeaweedFS:
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def start(cls, dir: str | os.PathLike[str], bucket: str = "storecomp-test", timeout_s: float = 60.0) -> SeaweedFS:
-        """Start a server with its data under ``dir`` and create ``bucket``.
+    def start(
+        cls,
+        dir: str | os.PathLike[str],
+        bucket: str = "storecomp-test",
+        timeout_s: float = 60.0,
+        identities: list[dict[str, Any]] | None = None,
+    ) -> SeaweedFS:
+        """Start a server with its data under ``dir`` and create ``bucket``; ``identities``
+        are added to the admin one (restricted users for permission tests).
 
         Raises UnavailableError when ``weed`` is not installed or the S3
         gateway does not answer within ``timeout_s`` seconds (the log tail
@@ -83,7 +93,7 @@ class SeaweedFS:
         root = Path(dir)
         (root / "data").mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-        sw = cls(dir=root, ports=ports, bucket=bucket)
+        sw = cls(dir=root, ports=ports, bucket=bucket, identities=list(identities or ()))
         sw._write_config()
         sw._spawn(timeout_s)
         sw.make_bucket(bucket)
@@ -96,7 +106,8 @@ class SeaweedFS:
                     "name": "storecomp",
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
+                },
+                *self.identities,
             ]
         }
         (self.dir / "s3.json").write_text(json.dumps(cfg))

@@ -1,0 +1,475 @@
+"""Encryption at rest: key providers and the sealed-object format (AES-256-GCM, envelope keys).
+
+Every sealed object gets its own random 256-bit *data key*, wrapped (AES-GCM)
+by the tenant's *key-encryption key* from a :class:`KeyProvider`. The object
+is cut into segments of ``SEGMENT_BYTES``; each segment has its own random
+nonce and tag, and its associated data binds the object's name, the segment
+index and the segment count, so a segment moved to another object or index,
+a flipped tag or nonce, or a truncated object fails its tag: a
+``CorruptDataError``, never bytes. The wrapped data key is bound to the
+name, sizes and key id, so a whole object moved to another name fails too.
+Rotation (:func:`rewrap`) re-wraps the data key under the provider's current
+key and leaves every segment as it is; old objects stay readable while the
+provider still holds the key that wrapped them.
+
+Layout (little-endian)::
+
+    [0, 256)        header: magic b"SCEN", version u16, key-id length u8, 0 u8,
+                    segment bytes u32, plaintext bytes u64, wrap nonce 12s,
+                    wrapped data key 48s (32 + tag), key id (<= 64 bytes), zero padding
+    then per segment i:  nonce 12s | ciphertext (segment bytes, the last one shorter) | tag 16s
+
+The AES work uses the ``cryptography`` package (OpenSSL, AES-NI); nothing
+here is a hand-written cipher. Key material never appears in a message or
+``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import struct
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from . import config
+from .errors import ConfigError, CorruptDataError, InvalidArgumentError, UnavailableError, WrongKeyError
+
+MAGIC = b"SCEN"
+VERSION = 1
+HEADER_BYTES = 256
+SEGMENT_BYTES = 64 << 10
+NONCE_BYTES = 12
+TAG_BYTES = 16
+RECORD_OVERHEAD = NONCE_BYTES + TAG_BYTES
+KEY_BYTES = 32
+MAX_KEY_ID = 64
+_FIXED = struct.Struct("<4sHBBIQ12s48s")
+_PREFIX = struct.calcsize("<4sHBBIQ")  # the header bytes before the wrap nonce
+_SEG_AAD = struct.Struct("<QQ")
+_WRAP_DOMAIN = b"storecomp-wrap\x00"
+_SEG_DOMAIN = b"storecomp-seg\x00"
+
+#: Environment variables (read in :mod:`storecomp.config`) for ``encryption="env"`` / ``"file"``.
+ENV_KEYS = config.ENV_ENCRYPTION_KEYS
+ENV_KEY_FILE = config.ENV_ENCRYPTION_KEY_FILE
+
+
+def _aesgcm(key: bytes) -> Any:
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        raise UnavailableError("encryption needs the cryptography package: pip install 'storecomp[crypto]'") from None
+    return AESGCM(key)
+
+
+# ---------------------------------------------------------------- key providers
+
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    """Where key-encryption keys come from (an env variable, a file, a KMS).
+
+    ``current()`` names the key that wraps new data keys; ``key(key_id)``
+    returns any key the provider still holds (None when it does not), so data
+    wrapped before a rotation stays readable. Keys are 32 bytes.
+    """
+
+    def current(self) -> tuple[str, bytes]: ...
+
+    def key(self, key_id: str) -> bytes | None: ...
+
+
+def key_id_of(key: bytes) -> str:
+    """The id given to a key listed without one: 16 hex digits of a domain-separated SHA-256 (reveals nothing of it)."""
+    return hashlib.sha256(b"storecomp-key-id\x00" + key).hexdigest()[:16]
+
+
+def parse_keys(text: str, where: str) -> list[tuple[str, bytes]]:
+    """Keys from ``[id:]key`` entries separated by commas or newlines (key in base64 or 64 hex digits).
+
+    The first entry is the current key. Raises ConfigError naming ``where``
+    (never the key) on a malformed entry, a key that is not 32 bytes or a
+    repeated id.
+    """
+    out: list[tuple[str, bytes]] = []
+    for n, raw in enumerate(text.replace(",", "\n").splitlines(), 1):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        key_id, sep, material = entry.rpartition(":")
+        if not sep:
+            key_id, material = "", entry
+        key = _decode_key(material.strip())
+        if key is None:
+            raise ConfigError(f"{where}: entry {n}: expected a 32-byte key in base64 or 64 hex digits, optionally 'id:key'")
+        key_id = key_id.strip() or key_id_of(key)
+        if len(key_id.encode()) > MAX_KEY_ID or any(c in key_id for c in ",\n\r\x00"):
+            raise ConfigError(f"{where}: entry {n}: key id must be 1-{MAX_KEY_ID} bytes without ',' or control characters")
+        if any(key_id == k for k, _ in out):
+            raise ConfigError(f"{where}: key id {key_id!r} listed twice")
+        out.append((key_id, key))
+    if not out:
+        raise ConfigError(f"{where}: no key found (expected '[id:]key' entries, the first one current)")
+    return out
+
+
+def _decode_key(text: str) -> bytes | None:
+    if len(text) == 2 * KEY_BYTES:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if len(key) == KEY_BYTES else None
+
+
+class StaticKeys:
+    """A fixed keyring: ``keys`` as ``(id, 32-byte key)`` pairs, the first one current."""
+
+    def __init__(self, keys: Iterable[tuple[str, bytes]] | Mapping[str, bytes], where: str = "StaticKeys") -> None:
+        pairs = list(keys.items()) if isinstance(keys, Mapping) else list(keys)
+        if not pairs:
+            raise ConfigError(f"{where}: no key given")
+        for key_id, key in pairs:
+            if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+                raise ConfigError(f"{where}: key {key_id!r} must be {KEY_BYTES} bytes")
+            if not key_id or len(key_id.encode()) > MAX_KEY_ID:
+                raise ConfigError(f"{where}: key id must be 1-{MAX_KEY_ID} bytes")
+        self._keys = dict(pairs)
+        self._current = pairs[0][0]
+        self.where = where
+
+    def current(self) -> tuple[str, bytes]:
+        return self._current, self._keys[self._current]
+
+    def key(self, key_id: str) -> bytes | None:
+        return self._keys.get(key_id)
+
+    def key_ids(self) -> list[str]:
+        """The ids held, current first."""
+        return [self._current] + [k for k in self._keys if k != self._current]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.where}, current={self._current!r}, keys={len(self._keys)})"
+
+
+class EnvKeyProvider(StaticKeys):
+    """Keys from an environment variable (default ``STORECOMP_ENCRYPTION_KEYS``): ``[id:]key`` entries,
+    comma separated, the first current. Raises ConfigError naming the variable when it is unset or bad."""
+
+    def __init__(self, var: str = ENV_KEYS, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(parse_keys(config.encryption_keys_text(environ, var), var), var)
+
+
+class FileKeyProvider:
+    """Keys from a file of ``[id:]key`` lines (the first current), re-read when the file changes,
+    so a key rotated into the file is used for new writes without a restart. Raises ConfigError
+    naming the file when it is missing, unreadable or malformed."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._keys = self._load()
+
+    def _load(self) -> StaticKeys:
+        try:
+            st = self.path.stat()
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path}: encryption key file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{self.path}: cannot read the encryption key file: {type(e).__name__}") from None
+        self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        return StaticKeys(parse_keys(text, str(self.path)), str(self.path))
+
+    def _fresh(self) -> StaticKeys:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return self._keys  # the file went away: keep the keys we have
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    try:
+                        self._keys = self._load()
+                    except ConfigError:
+                        pass  # a file half-written by an editor: keep the old keys until it parses
+        return self._keys
+
+    def current(self) -> tuple[str, bytes]:
+        return self._fresh().current()
+
+    def key(self, key_id: str) -> bytes | None:
+        got = self._keys.key(key_id)
+        return got if got is not None else self._fresh().key(key_id)
+
+    def __repr__(self) -> str:
+        return f"FileKeyProvider({str(self.path)!r})"
+
+
+def key_provider(spec: KeyProvider | str | None, environ: Mapping[str, str] | None = None) -> KeyProvider | None:
+    """The provider ``spec`` names: a KeyProvider as is; ``"env"`` (``STORECOMP_ENCRYPTION_KEYS``),
+    ``"file:PATH"``, ``"file"`` (``STORECOMP_ENCRYPTION_KEY_FILE``); None or ``"off"``: no encryption.
+    Raises ConfigError naming the setting when it is unknown or its keys are missing."""
+    if spec is None or spec == "off":
+        return None
+    if isinstance(spec, str):
+        if spec == "env":
+            return EnvKeyProvider(ENV_KEYS, environ)
+        if spec == "file":
+            return FileKeyProvider(config.encryption_key_file(environ))
+        if spec.startswith("file:"):
+            return FileKeyProvider(spec[5:])
+        raise ConfigError(f"encryption={spec!r}: expected 'env', 'file', 'file:PATH', 'off' or a KeyProvider")
+    if isinstance(spec, KeyProvider):
+        return spec
+    raise ConfigError(f"encryption: expected a KeyProvider or a string, got {type(spec).__name__}")
+
+
+# ---------------------------------------------------------------- the sealed format
+
+
+def sealed_size(plaintext_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int:
+    """Bytes of the sealed object holding ``plaintext_bytes``."""
+    segments = max(1, -(-plaintext_bytes // segment_bytes))
+    return HEADER_BYTES + plaintext_bytes + segments * RECORD_OVERHEAD
+
+
+def plaintext_size(sealed_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int:
+    """Inverse of :func:`sealed_size` (-1 when no plaintext size gives ``sealed_bytes``)."""
+    body = sealed_bytes - HEADER_BYTES
+    if body < RECORD_OVERHEAD:
+        return -1
+    full = body // (segment_bytes + RECORD_OVERHEAD)
+    rest = body - full * (segment_bytes + RECORD_OVERHEAD)
+    if rest == 0:
+        return full * segment_bytes if full else -1
+    return full * segment_bytes + rest - RECORD_OVERHEAD if rest >= RECORD_OVERHEAD else -1
+
+
+def is_sealed(head: bytes | np.ndarray | memoryview) -> bool:
+    """Whether bytes start like a sealed object (magic only: :func:`open_header` checks the rest)."""
+    return bytes(head[:4]) == MAGIC
+
+
+@dataclass
+class Envelope:
+    """A sealed object's header, its data key unwrapped: enough to open any segment."""
+
+    name: bytes
+    key_id: str
+    plaintext_bytes: int
+    segment_bytes: int
+    aead: Any = None
+
+    @property
+    def segments(self) -> int:
+        return max(1, -(-self.plaintext_bytes // self.segment_bytes))
+
+    @property
+    def sealed_bytes(self) -> int:
+        return sealed_size(self.plaintext_bytes, self.segment_bytes)
+
+    def segment_plain(self, i: int) -> tuple[int, int]:
+        """(offset, length) of segment ``i``'s plaintext."""
+        off = i * self.segment_bytes
+        return off, max(0, min(self.segment_bytes, self.plaintext_bytes - off))
+
+    def record_span(self, i: int) -> tuple[int, int]:
+        """(offset, length) of segment ``i``'s record (nonce, ciphertext, tag) in the sealed object."""
+        off, n = self.segment_plain(i)
+        return HEADER_BYTES + off + i * RECORD_OVERHEAD, n + RECORD_OVERHEAD
+
+    def _aad(self, i: int) -> bytes:
+        return _SEG_DOMAIN + self.name + b"\x00" + _SEG_AAD.pack(i, self.segments)
+
+    def open_segment(self, i: int, record: Any, out: Any, where: str) -> None:
+        """Decrypt and authenticate segment ``i`` from ``record`` into ``out`` (exactly its plaintext length).
+
+        Raises CorruptDataError naming ``where`` when the tag fails (tampered,
+        moved, truncated, or sealed under another data key)."""
+        rec = memoryview(record).cast("B")
+        _, n = self.segment_plain(i)
+        if len(rec) != n + RECORD_OVERHEAD:
+            raise CorruptDataError(f"{where}: encrypted segment {i} truncated ({len(rec)} of {n + RECORD_OVERHEAD} bytes)")
+        nonce, body = bytes(rec[:NONCE_BYTES]), rec[NONCE_BYTES:]
+        try:
+            if hasattr(self.aead, "decrypt_into"):
+                self.aead.decrypt_into(nonce, body, self._aad(i), out)
+            else:  # cryptography < 46
+                memoryview(out).cast("B")[:n] = self.aead.decrypt(nonce, bytes(body), self._aad(i))
+        except Exception as e:  # InvalidTag: the only failure of an authentic key
+            if type(e).__name__ != "InvalidTag":
+                raise
+            raise CorruptDataError(f"{where}: encrypted segment {i} failed its authentication tag") from None
+
+    def seal_segment(self, i: int, plain: Any, record: Any) -> None:
+        """Encrypt segment ``i`` of ``plain`` into ``record`` (nonce, ciphertext, tag)."""
+        rec = memoryview(record).cast("B")
+        nonce = os.urandom(NONCE_BYTES)
+        rec[:NONCE_BYTES] = nonce
+        if hasattr(self.aead, "encrypt_into"):
+            self.aead.encrypt_into(nonce, plain, self._aad(i), rec[NONCE_BYTES:])
+        else:  # cryptography < 46
+            rec[NONCE_BYTES:] = self.aead.encrypt(nonce, bytes(plain), self._aad(i))
+
+
+def _header_prefix(key_id: bytes, segment_bytes: int, plaintext_bytes: int) -> bytes:
+    return MAGIC + struct.pack("<HBBIQ", VERSION, len(key_id), 0, segment_bytes, plaintext_bytes)
+
+
+def _wrap_aad(prefix: bytes, key_id: bytes, name: bytes) -> bytes:
+    return _WRAP_DOMAIN + prefix + key_id + b"\x00" + name
+
+
+def _make_header(data_key: bytes, name: bytes, plaintext_bytes: int, segment_bytes: int, keys: KeyProvider) -> bytes:
+    key_id, kek = keys.current()
+    kid = key_id.encode()
+    if not 0 < len(kid) <= MAX_KEY_ID:
+        raise ConfigError(f"{keys!r}: key id must be 1-{MAX_KEY_ID} bytes")
+    prefix = _header_prefix(kid, segment_bytes, plaintext_bytes)
+    nonce = os.urandom(NONCE_BYTES)
+    wrapped = _aesgcm(kek).encrypt(nonce, data_key, _wrap_aad(prefix, kid, name))
+    head = bytearray(HEADER_BYTES)
+    _FIXED.pack_into(head, 0, MAGIC, VERSION, len(kid), 0, segment_bytes, plaintext_bytes, nonce, wrapped)
+    head[_FIXED.size : _FIXED.size + len(kid)] = kid
+    return bytes(head)
+
+
+def open_header(head: Any, name: bytes, keys: KeyProvider, where: str) -> Envelope:
+    """Parse a sealed header and unwrap its data key for object ``name``.
+
+    Raises CorruptDataError naming ``where`` for a damaged or foreign header
+    (not sealed, other version, moved from another name), WrongKeyError (a
+    CorruptDataError) when the provider lacks the key id or holds another key.
+    """
+    raw = bytes(memoryview(head).cast("B")[:HEADER_BYTES])
+    if len(raw) < HEADER_BYTES:
+        raise CorruptDataError(f"{where}: encrypted header truncated ({len(raw)} of {HEADER_BYTES} bytes)")
+    magic, version, kid_len, _, segment_bytes, plaintext_bytes, nonce, wrapped = _FIXED.unpack_from(raw, 0)
+    if magic != MAGIC:
+        raise CorruptDataError(f"{where}: not an encrypted object (no {MAGIC!r} header)")
+    if version != VERSION or not 0 < kid_len <= MAX_KEY_ID or segment_bytes <= 0:
+        raise CorruptDataError(f"{where}: encrypted header version {version} / key id / segment size not understood")
+    kid = raw[_FIXED.size : _FIXED.size + kid_len]
+    key_id = kid.decode("utf-8", errors="replace")
+    kek = keys.key(key_id)
+    if kek is None:
+        raise WrongKeyError(f"{where}: sealed under key id {key_id!r}, which the key provider {keys!r} does not hold")
+    try:
+        data_key = _aesgcm(kek).decrypt(nonce, wrapped, _wrap_aad(raw[:_PREFIX], kid, name))
+    except Exception as e:
+        if type(e).__name__ != "InvalidTag":
+            raise
+        raise WrongKeyError(
+            f"{where}: the data key does not unwrap with key id {key_id!r} (a wrong key, or an object moved or altered)"
+        ) from None
+    return Envelope(name, key_id, plaintext_bytes, segment_bytes, _aesgcm(data_key))
+
+
+def new_envelope(
+    name: bytes, plaintext_bytes: int, keys: KeyProvider, segment_bytes: int = SEGMENT_BYTES
+) -> tuple[Envelope, bytes]:
+    """A fresh data key for object ``name``: its envelope and the header that carries it wrapped."""
+    data_key = os.urandom(KEY_BYTES)
+    header = _make_header(data_key, name, plaintext_bytes, segment_bytes, keys)
+    key_id = keys.current()[0]
+    return Envelope(name, key_id, plaintext_bytes, segment_bytes, _aesgcm(data_key)), header
+
+
+def seal_into(plain: Any, out: np.ndarray, name: bytes, keys: KeyProvider, segment_bytes: int = SEGMENT_BYTES) -> int:
+    """Seal ``plain`` (bytes-like) as object ``name`` into ``out`` (uint8, at least :func:`sealed_size` bytes).
+
+    Returns the sealed size in bytes; bytes of ``out`` past it are left as they were."""
+    src = memoryview(plain).cast("B")
+    env, header = new_envelope(name, len(src), keys, segment_bytes)
+    total = env.sealed_bytes
+    if out.nbytes < total:
+        raise InvalidArgumentError(f"seal_into: destination of {out.nbytes} bytes, {total} needed")
+    dst = memoryview(out).cast("B")
+    dst[:HEADER_BYTES] = header
+    for i in range(env.segments):
+        off, n = env.segment_plain(i)
+        roff, rlen = env.record_span(i)
+        env.seal_segment(i, src[off : off + n], dst[roff : roff + rlen])
+    return total
+
+
+def seal(plain: Any, name: bytes, keys: KeyProvider, segment_bytes: int = SEGMENT_BYTES) -> np.ndarray:
+    """:func:`seal_into` a new array of exactly the sealed size."""
+    n = len(memoryview(plain).cast("B"))
+    out = np.empty(sealed_size(n, segment_bytes), np.uint8)
+    seal_into(plain, out, name, keys, segment_bytes)
+    return out
+
+
+def unseal_into(sealed: Any, out: np.ndarray, name: bytes, keys: KeyProvider, where: str) -> int:
+    """Open a whole sealed object (bytes past its sealed size are ignored) into ``out``; returns the plaintext size.
+
+    Raises CorruptDataError (WrongKeyError for a key problem) naming ``where``;
+    nothing is returned unless every segment authenticates."""
+    src = memoryview(sealed).cast("B")
+    env = open_header(src, name, keys, where)
+    if len(src) < env.sealed_bytes:
+        raise CorruptDataError(f"{where}: encrypted object truncated ({len(src)} of {env.sealed_bytes} bytes)")
+    if out.nbytes < env.plaintext_bytes:
+        raise CorruptDataError(f"{where}: encrypted object holds {env.plaintext_bytes} bytes, {out.nbytes} expected")
+    dst = memoryview(out).cast("B")
+    for i in range(env.segments):
+        off, n = env.segment_plain(i)
+        roff, rlen = env.record_span(i)
+        env.open_segment(i, src[roff : roff + rlen], dst[off : off + n], where)
+    return env.plaintext_bytes
+
+
+def rewrap(head: Any, name: bytes, keys: KeyProvider, where: str) -> bytes:
+    """A new header for a sealed object: its data key re-wrapped under the provider's current key.
+
+    The segments stay as they are (no data is re-encrypted); the old key must
+    still be held by ``keys`` to unwrap. Raises as :func:`open_header`."""
+    raw = bytes(memoryview(head).cast("B")[:HEADER_BYTES])
+    env = open_header(raw, name, keys, where)
+    _, _, kid_len, _, _, _, nonce, wrapped = _FIXED.unpack_from(raw, 0)
+    kek = keys.key(env.key_id)
+    assert kek is not None  # open_header just used it
+    kid = raw[_FIXED.size : _FIXED.size + kid_len]
+    data_key = _aesgcm(kek).decrypt(nonce, wrapped, _wrap_aad(raw[:_PREFIX], kid, name))
+    return _make_header(data_key, name, env.plaintext_bytes, env.segment_bytes, keys)
+
+
+__all__ = [
+    "ENV_KEYS",
+    "ENV_KEY_FILE",
+    "HEADER_BYTES",
+    "SEGMENT_BYTES",
+    "EnvKeyProvider",
+    "Envelope",
+    "FileKeyProvider",
+    "KeyProvider",
+    "StaticKeys",
+    "is_sealed",
+    "key_id_of",
+    "key_provider",
+    "new_envelope",
+    "open_header",
+    "parse_keys",
+    "plaintext_size",
+    "rewrap",
+    "seal",
+    "seal_into",
+    "sealed_size",
+    "unseal_into",
+]

@@ -1,0 +1,271 @@
+"""EncryptedStore: objects sealed with AES-256-GCM over any Store (format in storecomp.crypto).
+
+>>> store = EncryptedStore(open_store("s3://bucket/ds"), "env")   # keys from STORECOMP_ENCRYPTION_KEYS
+>>> store = open_store("s3://bucket/ds", encryption="file:/etc/storecomp/keys")
+
+It composes: put it *outside* a cache tier (``EncryptedStore(CachedStore(...))``)
+so that the cache holds ciphertext, and under datasets, snapshots and the
+DataLoader like any other store. Plaintext never reaches the inner store.
+
+* Writes seal the object on the writer's thread (one data key per object,
+  wrapped by the provider's current key) and publish it whole through the
+  inner store (put, put_if_absent and compare_and_swap keep their meaning).
+* Reads (``submit_ranges``) return at once; a worker thread fetches the
+  header (cached per key) and the segments covering the ranges, opens them
+  (every tag checked) and copies the bytes into the destination (host
+  memory: decrypt to host first for a CUDA tensor). A failed tag is a
+  ``CorruptDataError`` (``WrongKeyError`` for a key problem); no byte lands
+  in the destination unless every segment the call needs authenticates. A cached header that no
+  longer matches (the object was replaced) is re-read once.
+* Sizes are the plaintext's: ``stat`` and ``list`` compute them from the
+  sealed size (the segment size is fixed by the format).
+* An object that is not sealed (written around this store) is refused as
+  ``CorruptDataError``, unless ``allow_plaintext=True``, which reads such
+  objects as they are (an explicit, per-store choice for a migration).
+* :meth:`rewrap` re-wraps an object's data key under the current key
+  (rotation) without re-encrypting its segments.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .. import crypto
+from ..errors import (
+    ConfigError,
+    ConflictError,
+    CorruptDataError,
+    ShortReadError,
+    UnsupportedBufferError,
+)
+from ..io.buffers import BufferRef, as_buffer
+from ..io.engine import checked_ranges
+from .base import Capabilities, ObjectInfo, Store
+from .futures import PendingRanges
+from .keys import payload_view, validate_key
+
+_HEADER_CACHE = 4096
+
+
+class EncryptedStore(Store):
+    """``inner`` with every object sealed under keys from ``keys`` (a KeyProvider, ``"env"``,
+    ``"file:PATH"``). ``threads``: workers that open segments. Raises ConfigError naming the
+    setting when no key provider is given or its keys are missing."""
+
+    def __init__(self, inner: Store, keys: crypto.KeyProvider | str | None, *, allow_plaintext: bool = False, threads: int = 4):
+        provider = crypto.key_provider(keys)
+        if provider is None:
+            raise ConfigError(
+                f"{inner.url}: EncryptedStore needs a key provider (encryption='env', 'file:PATH' or a KeyProvider)"
+            )
+        self.inner = inner
+        self.keys = provider
+        self.url = inner.url
+        self.allow_plaintext = allow_plaintext
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="storecomp-decrypt")
+        self._headers: collections.OrderedDict[str, crypto.Envelope | None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        c = self.inner.capabilities
+        return Capabilities(conditional_writes=c.conditional_writes, ranged_reads=c.ranged_reads, native_reads=False, local=False)
+
+    def _where(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+    # ------------------------------------------------------------ headers
+
+    def _envelope(self, key: str, fresh: bool) -> tuple[crypto.Envelope | None, bool]:
+        """The object's opened header (None: a plaintext object, allowed), and whether it came from the cache."""
+        if not fresh:
+            with self._lock:
+                if key in self._headers:
+                    self._headers.move_to_end(key)
+                    return self._headers[key], True
+        head = np.zeros(crypto.HEADER_BYTES, np.uint8)
+        got = int(self.inner.read_ranges(key, [0], [crypto.HEADER_BYTES], head, [0], exact=False)[0])
+        env: crypto.Envelope | None
+        if got == crypto.HEADER_BYTES and crypto.is_sealed(head):
+            env = crypto.open_header(head, key.encode(), self.keys, self._where(key))
+        elif self.allow_plaintext:
+            env = None
+        else:
+            raise CorruptDataError(
+                f"{self._where(key)}: not an encrypted object (plaintext under an encrypted store; "
+                "allow_plaintext=True reads such objects as they are)"
+            )
+        with self._lock:
+            self._headers[key] = env
+            while len(self._headers) > _HEADER_CACHE:
+                self._headers.popitem(last=False)
+        return env, False
+
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self._headers.pop(key, None)
+
+    # ------------------------------------------------------------ reads
+
+    def submit_ranges(
+        self,
+        key: str,
+        offsets: Sequence[int] | np.ndarray,
+        lengths: Sequence[int] | np.ndarray,
+        dst: Any,
+        dst_offsets: Sequence[int] | np.ndarray,
+        *,
+        exact: bool = True,
+    ) -> PendingRanges:
+        validate_key(key)
+        ref = as_buffer(dst)
+        if ref.is_cuda:
+            raise UnsupportedBufferError(
+                f"{self._where(key)}: an encrypted store decrypts into host memory; read to host, then copy"
+            )
+        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self._where(key))
+        return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, dst, exact), ref)
+
+    def _read(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, dst: Any, exact: bool
+    ) -> np.ndarray:
+        env, cached = self._envelope(key, fresh=False)
+        if env is None:
+            return self.inner.read_ranges(key, offs, lens, dst, douts, exact=exact)
+        try:
+            return self._read_sealed(key, env, offs, lens, douts, ref, exact)
+        except CorruptDataError:
+            if not cached:
+                raise
+        # The cached header may be of an earlier version of the object: once more, fresh.
+        env, _ = self._envelope(key, fresh=True)
+        if env is None:
+            return self.inner.read_ranges(key, offs, lens, dst, douts, exact=exact)
+        return self._read_sealed(key, env, offs, lens, douts, ref, exact)
+
+    def _read_sealed(
+        self, key: str, env: crypto.Envelope, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, exact: bool
+    ) -> np.ndarray:
+        size, seg = env.plaintext_bytes, env.segment_bytes
+        where = self._where(key)
+        ends = np.minimum(offs + lens, size)
+        got = np.where(ends > offs, ends - offs, 0).astype(np.uint64)
+        if exact:
+            short = np.flatnonzero(got < lens)
+            if short.size:
+                i = int(short[0])
+                raise ShortReadError(where, int(offs[i]), int(lens[i]), int(got[i]))
+        wanted = sorted(
+            {s for i in range(offs.size) if got[i] for s in range(int(offs[i]) // seg, (int(ends[i]) - 1) // seg + 1)}
+        )
+        if not wanted:
+            return got
+        spans = [env.record_span(s) for s in wanted]
+        positions = np.cumsum([0] + [n for _, n in spans])
+        records = np.empty(int(positions[-1]), np.uint8)
+        try:
+            self.inner.read_ranges(key, [o for o, _ in spans], [n for _, n in spans], records, positions[:-1])
+        except ShortReadError as e:
+            raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
+        # Every segment is authenticated before any byte lands: a failed read leaves ``dst`` untouched.
+        plain = np.empty(int(positions[-1]) - len(wanted) * crypto.RECORD_OVERHEAD, np.uint8)
+        starts = []
+        at = 0
+        for j, s in enumerate(wanted):
+            pstart, plen = env.segment_plain(s)
+            env.open_segment(s, records[int(positions[j]) : int(positions[j + 1])], plain[at : at + plen], where)
+            starts.append((pstart, plen, at))
+            at += plen
+        dst = memoryview((ctypes.c_uint8 * ref.nbytes).from_address(ref.address)).cast("B")
+        for pstart, plen, at in starts:
+            for i in range(offs.size):
+                lo, hi = max(int(offs[i]), pstart), min(int(ends[i]), pstart + plen)
+                if lo < hi:
+                    d = int(douts[i]) + lo - int(offs[i])
+                    dst[d : d + hi - lo] = plain[at + lo - pstart : at + hi - pstart]
+        return got
+
+    # ------------------------------------------------------------ writes
+
+    def _seal(self, key: str, data: Any) -> tuple[np.ndarray, int]:
+        view = payload_view(data)
+        self._forget(key)
+        return crypto.seal(view, key.encode(), self.keys), len(view)
+
+    def put(self, key: str, data: Any) -> ObjectInfo:
+        validate_key(key)
+        sealed, n = self._seal(key, data)
+        info = self.inner.put(key, sealed)
+        return ObjectInfo(key, n, info.version, info.mtime)
+
+    def put_if_absent(self, key: str, data: Any) -> bool:
+        validate_key(key)
+        sealed, _ = self._seal(key, data)
+        return self.inner.put_if_absent(key, sealed)
+
+    def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
+        validate_key(key)
+        sealed, n = self._seal(key, data)
+        info = self.inner.compare_and_swap(key, expected, sealed)
+        return ObjectInfo(key, n, info.version, info.mtime)
+
+    def rewrap(self, key: str) -> bool:
+        """Re-wrap ``key``'s data key under the provider's current key (segments untouched, published
+        with compare-and-swap). False when it already uses the current key or changed meanwhile."""
+        validate_key(key)
+        info = self.inner.stat(key)
+        raw = self.inner.get(key)
+        where = self._where(key)
+        if not crypto.is_sealed(raw):
+            raise CorruptDataError(f"{where}: not an encrypted object: nothing to rewrap")
+        env = crypto.open_header(raw, key.encode(), self.keys, where)
+        if env.key_id == self.keys.current()[0]:
+            return False
+        head = crypto.rewrap(raw, key.encode(), self.keys, where)
+        try:
+            self.inner.compare_and_swap(key, info.version, head + raw[crypto.HEADER_BYTES :])
+        except ConflictError:
+            return False
+        self._forget(key)
+        return True
+
+    # ------------------------------------------------------------ metadata
+
+    def _plain_info(self, info: ObjectInfo) -> ObjectInfo:
+        n = crypto.plaintext_size(info.size)
+        if n < 0 or self.allow_plaintext:
+            try:
+                env, _ = self._envelope(info.key, fresh=True)
+            except CorruptDataError:
+                if not self.allow_plaintext:
+                    raise
+                env = None
+            n = info.size if env is None else env.plaintext_bytes
+        return ObjectInfo(info.key, n, info.version, info.mtime)
+
+    def stat(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        return self._plain_info(self.inner.stat(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for info in self.inner.list(prefix):
+            n = crypto.plaintext_size(info.size)
+            yield ObjectInfo(info.key, n if n >= 0 and not self.allow_plaintext else info.size, info.version, info.mtime)
+
+    def delete(self, key: str) -> None:
+        self._forget(key)
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.inner.close()
+
+    def __repr__(self) -> str:
+        return f"EncryptedStore({self.inner!r}, keys={self.keys!r})"

@@ -1,0 +1,243 @@
+"""EncryptedStore: sealed objects over any store, and every fault the format must catch.
+
+Faults (a test each): a wrong key, a missing key provider, an object moved to
+another key, segments swapped, a flipped tag or nonce, a truncated object,
+key rotation while readers run, and plaintext objects under an encrypted store.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storecomp import crypto
+from storecomp.errors import ConfigError, CorruptDataError, ShortReadError, WrongKeyError
+from storecomp.store import CachedStore, EncryptedStore, LocalStore, Mount, Namespace, open_store
+from storecomp.store.mounts import load_mounts
+
+SEG = crypto.SEGMENT_BYTES
+KEY1 = bytes(range(32))
+KEY2 = bytes(range(50, 82))
+DATA = np.random.default_rng(7).integers(0, 256, 3 * SEG + 1000, dtype=np.uint8).tobytes()
+
+
+def _keys(*pairs: tuple[str, bytes]) -> crypto.StaticKeys:
+    return crypto.StaticKeys(list(pairs))
+
+
+@pytest.fixture
+def enc(tmp_path: Path) -> EncryptedStore:
+    s = EncryptedStore(LocalStore(tmp_path / "objects"), _keys(("k1", KEY1)))
+    yield s
+    s.close()
+
+
+def test_round_trip_sizes_and_no_plaintext_at_rest(enc: EncryptedStore, tmp_path: Path) -> None:
+    info = enc.put("d/a.bin", DATA)
+    assert info.size == len(DATA)
+    assert enc.get("d/a.bin") == DATA
+    assert enc.stat("d/a.bin").size == len(DATA)
+    assert [(i.key, i.size) for i in enc.list("d/")] == [("d/a.bin", len(DATA))]
+    assert enc.put_if_absent("d/a.bin", b"other") is False
+    assert enc.put_if_absent("d/empty", b"") is True and enc.get("d/empty") == b""
+    raw = (tmp_path / "objects" / "d" / "a.bin").read_bytes()
+    assert raw[:4] == crypto.MAGIC and len(raw) == crypto.sealed_size(len(DATA))
+    assert DATA[SEG : SEG + 64] not in raw and DATA[:64] not in raw
+    v = enc.stat("d/a.bin").version
+    enc.compare_and_swap("d/a.bin", v, b"swapped")
+    assert enc.get("d/a.bin") == b"swapped"  # the cached header of the old version is not used
+    assert "KEY" not in repr(enc) and KEY1.hex() not in repr(enc)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(DATA) + 10), st.integers(0, 2 * SEG)), min_size=1, max_size=5))
+def test_ranges_across_segments_match_the_plaintext(
+    tmp_path_factory: pytest.TempPathFactory, ranges: list[tuple[int, int]]
+) -> None:
+    store = _shared_store(tmp_path_factory)
+    out = np.zeros(sum(n for _, n in ranges), np.uint8)
+    douts = np.cumsum([0] + [n for _, n in ranges])[:-1]
+    got = store.read_ranges("a", [o for o, _ in ranges], [n for _, n in ranges], out, douts, exact=False)
+    for (o, n), g, d in zip(ranges, got, douts, strict=True):
+        want = DATA[o : o + n]
+        assert int(g) == len(want) and out[d : d + len(want)].tobytes() == want
+    if any(o + n > len(DATA) for o, n in ranges):
+        with pytest.raises(ShortReadError):
+            store.read_ranges("a", [o for o, _ in ranges], [n for _, n in ranges], out, douts)
+
+
+_STORES: dict[str, EncryptedStore] = {}
+
+
+def _shared_store(factory: pytest.TempPathFactory) -> EncryptedStore:
+    if "s" not in _STORES:
+        _STORES["s"] = EncryptedStore(LocalStore(factory.mktemp("ranges")), _keys(("k1", KEY1)))
+        _STORES["s"].put("a", DATA)
+    return _STORES["s"]
+
+
+def test_wrong_key_fails_closed(enc: EncryptedStore, tmp_path: Path) -> None:
+    enc.put("a", DATA)
+    for keys in (_keys(("k1", KEY2)), _keys(("k9", KEY1))):
+        other = EncryptedStore(LocalStore(tmp_path / "objects"), keys)
+        buf = np.zeros(100, np.uint8)
+        with pytest.raises(WrongKeyError, match="k1"):
+            other.get("a")
+        with pytest.raises(CorruptDataError):
+            other.read_ranges("a", [SEG], [100], buf, [0])
+        assert not buf.any()  # not a byte of garbage
+        other.close()
+
+
+def test_missing_key_provider_is_a_clear_error_naming_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(crypto.ENV_KEYS, raising=False)
+    with pytest.raises(ConfigError, match=crypto.ENV_KEYS):
+        open_store(tmp_path, encryption="env")
+    with pytest.raises(ConfigError, match="key provider"):
+        EncryptedStore(LocalStore(tmp_path), None)
+    with pytest.raises(ConfigError, match="missing-keys"):
+        open_store(tmp_path, encryption=f"file:{tmp_path / 'missing-keys'}")
+    ns = Namespace([Mount("m", (Mount.of("m", str(tmp_path)).replicas), encryption="env")])
+    with pytest.raises(ConfigError, match=crypto.ENV_KEYS):
+        ns.store("m")
+    monkeypatch.setenv(crypto.ENV_KEYS, "k1:" + KEY1.hex())
+    ns.store("m").put("x", b"hello")
+    assert (tmp_path / "x").read_bytes()[:4] == crypto.MAGIC and ns.store("m").get("x") == b"hello"
+
+
+def test_mount_table_takes_an_encryption_setting(tmp_path: Path) -> None:
+    cfg = tmp_path / "mounts.toml"
+    cfg.write_text(f'[mounts.m]\nurl = "{tmp_path / "data"}"\nencryption = "file:{tmp_path / "keys"}"\n')
+    assert load_mounts(environ={"STORECOMP_MOUNTS": str(cfg)})["m"].encryption == f"file:{tmp_path / 'keys'}"
+    cfg.write_text(f'[mounts.m]\nurl = "{tmp_path / "data"}"\nencryption = "rot13"\n')
+    with pytest.raises(ConfigError, match="encryption"):
+        load_mounts(environ={"STORECOMP_MOUNTS": str(cfg)})
+
+
+def test_object_moved_to_another_key_fails(enc: EncryptedStore, tmp_path: Path) -> None:
+    enc.put("a", DATA)
+    root = tmp_path / "objects"
+    (root / "b").write_bytes((root / "a").read_bytes())
+    with pytest.raises(WrongKeyError, match="moved"):
+        enc.get("b")
+
+
+@pytest.mark.parametrize("damage", ["swap", "tag", "nonce", "ciphertext", "truncate", "truncate-header"])
+def test_tampered_objects_fail_closed(enc: EncryptedStore, tmp_path: Path, damage: str) -> None:
+    enc.put("a", DATA)
+    path = tmp_path / "objects" / "a"
+    raw = bytearray(path.read_bytes())
+    env = crypto.open_header(raw, b"a", enc.keys, "a")
+    (o0, n0), (o1, n1) = env.record_span(0), env.record_span(1)
+    if damage == "swap":
+        raw[o0 : o0 + n0], raw[o1 : o1 + n1] = raw[o1 : o1 + n1], raw[o0 : o0 + n0]
+    elif damage == "tag":
+        raw[o1 + n1 - 1] ^= 1
+    elif damage == "nonce":
+        raw[o1] ^= 1
+    elif damage == "ciphertext":
+        raw[o1 + 500] ^= 1
+    elif damage == "truncate":
+        raw = raw[: len(raw) - 10]
+    else:
+        raw = raw[:100]
+    path.write_bytes(bytes(raw))
+    fresh = EncryptedStore(LocalStore(tmp_path / "objects"), enc.keys)
+    buf = np.zeros(2 * SEG, np.uint8)
+    if damage == "truncate":  # the segments a range needs are whole: they read; the cut tail does not
+        fresh.read_ranges("a", [0], [2 * SEG], buf, [0])
+        assert buf.tobytes() == DATA[: 2 * SEG]
+        with pytest.raises(CorruptDataError, match="truncated"):
+            fresh.read_ranges("a", [len(DATA) - 10], [10], buf, [0])
+    else:
+        with pytest.raises(CorruptDataError):
+            fresh.read_ranges("a", [0], [2 * SEG], buf, [0])
+        assert not buf.any()  # nothing lands unless every segment authenticates (segment 1 is the bad one here)
+    with pytest.raises(CorruptDataError):
+        fresh.get("a")
+    if damage in ("tag", "nonce", "ciphertext"):
+        assert fresh.get("a", 0, SEG) == DATA[:SEG]  # an untouched segment still reads
+    fresh.close()
+
+
+def test_key_rotation_while_readers_run(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"k1:{KEY1.hex()}\n")
+    writer = EncryptedStore(LocalStore(tmp_path / "objects"), crypto.FileKeyProvider(key_file))
+    for i in range(4):
+        writer.put(f"old/{i}", DATA[i:])
+    readers = [EncryptedStore(LocalStore(tmp_path / "objects"), crypto.FileKeyProvider(key_file)) for _ in range(2)]
+    errors: list[BaseException] = []
+    reads = [0]
+    done = threading.Event()
+
+    def read(store: EncryptedStore) -> None:
+        try:
+            while not done.is_set() and reads[0] < 2000:
+                for i in range(4):
+                    assert store.get(f"old/{i}") == DATA[i:]
+                    reads[0] += 1
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=read, args=(r,)) for r in readers]
+    for t in threads:
+        t.start()
+    key_file.write_text(f"k2:{KEY2.hex()}\nk1:{KEY1.hex()}\n")  # rotate: k2 current, k1 kept
+    os.utime(key_file, ns=(1, 1))
+    writer.put("new", b"after rotation")
+    rewrapped = [writer.rewrap(f"old/{i}") for i in range(4)]  # while the readers run
+    done.set()
+    for t in threads:
+        t.join(60)
+    assert not errors and reads[0] > 0 and all(rewrapped)
+    assert writer.rewrap("new") is False  # already under the current key
+    key_file.write_text(f"k2:{KEY2.hex()}\n")  # retire k1: everything is under k2 now
+    only_k2 = EncryptedStore(LocalStore(tmp_path / "objects"), _keys(("k2", KEY2)))
+    assert [only_k2.get(f"old/{i}") for i in range(4)] == [DATA[i:] for i in range(4)]
+    assert only_k2.get("new") == b"after rotation"
+    for s in [writer, only_k2, *readers]:
+        s.close()
+
+
+def test_plaintext_objects_are_refused_or_read_explicitly(enc: EncryptedStore, tmp_path: Path) -> None:
+    LocalStore(tmp_path / "objects").put("plain", b"written around the encrypted store")
+    with pytest.raises(CorruptDataError, match="not an encrypted object"):
+        enc.get("plain")
+    with pytest.raises(CorruptDataError, match="allow_plaintext"):
+        enc.stat("plain")
+    mixed = EncryptedStore(LocalStore(tmp_path / "objects"), enc.keys, allow_plaintext=True)
+    enc.put("sealed", b"secret bytes")
+    assert mixed.get("plain") == b"written around the encrypted store"
+    assert mixed.get("sealed") == b"secret bytes" and mixed.stat("sealed").size == len(b"secret bytes")
+    mixed.close()
+
+
+def test_cache_tier_under_an_encrypted_store_holds_ciphertext(tmp_path: Path) -> None:
+    store = EncryptedStore(CachedStore(LocalStore(tmp_path / "remote"), tmp_path / "cache", 64 << 20), _keys(("k1", KEY1)))
+    store.put("a", DATA)
+    assert store.get("a") == DATA and store.get("a", SEG + 5, 100) == DATA[SEG + 5 : SEG + 105]
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert cached
+    for p in cached:
+        assert DATA[:64] not in p.read_bytes() and DATA[SEG : SEG + 64] not in p.read_bytes()
+    store.close()
+
+
+def test_parse_keys_formats_and_errors_never_show_key_material() -> None:
+    import base64
+
+    b64 = base64.b64encode(KEY1).decode()
+    keys = crypto.parse_keys(f"new:{KEY2.hex()}, {b64}", "X")
+    assert keys[0] == ("new", KEY2) and keys[1] == (crypto.key_id_of(KEY1), KEY1)
+    for bad in ("", "k:short", f"a:{b64},a:{b64}", "k:" + "zz" * 32):
+        with pytest.raises(ConfigError) as exc:
+            crypto.parse_keys(bad, "X")
+        assert b64 not in str(exc.value) and "zz" * 8 not in str(exc.value)
+    assert KEY1.hex() not in repr(crypto.StaticKeys([("k", KEY1)]))
