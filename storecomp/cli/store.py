@@ -46,7 +46,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-r", "--recursive", action="store_true")
     p.add_argument("-j", "--workers", type=int, default=8, help="objects copied at once (default 8)")
     p.add_argument("--max-rate", type=_rate, default=None, metavar="RATE", help="bandwidth cap, bytes/s (suffixes K, M, G: 50M)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
     p.set_defaults(func=main, store_cmd="cp")
 
     p = sub.add_parser("du", help="bytes and objects under a URL, per child (or in total with -s)")
@@ -219,7 +224,9 @@ def _cp(ns: Any, args: Any) -> int:
             dkey = "/".join(p for p in (dkey.rstrip("/"), skey.rsplit("/", 1)[-1]) if p)
         items.append(CopyItem(skey, validate_key(dkey), src.stat(skey).size))
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    report = copy_objects(src, dst, items, workers=args.workers, max_rate=args.max_rate, progress=progress, label=f"cp {args.src}")
+    report = copy_objects(
+        src, dst, items, workers=args.workers, max_rate=args.max_rate, progress=progress, label=f"cp {args.src}"
+    )
     if args.recursive:
         msg = f"copied {report.copied} objects, {_human(report.bytes_copied)}"
         if report.skipped:

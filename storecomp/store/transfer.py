@@ -166,7 +166,8 @@ class Progress:
             return
         if sys.stderr.isatty():
             try:
-                from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TransferSpeedColumn
+                from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
+                from rich.progress import Progress as RichProgress
 
                 self._bar = RichProgress(
                     "[progress.description]{task.description}",
