@@ -62,17 +62,29 @@ class SeaweedFS:
     region: str = "us-east-1"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: Path | None = None
+    ip: str = "127.0.0.1"
+    netns: str | None = None  # run inside this network namespace (``ip netns exec``)
 
     @property
     def endpoint(self) -> str:
-        """``http://127.0.0.1:PORT`` of the S3 gateway."""
-        return f"http://127.0.0.1:{self.ports['s3']}"
+        """``http://IP:PORT`` of the S3 gateway."""
+        return f"http://{self.ip}:{self.ports['s3']}"
 
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def start(cls, dir: str | os.PathLike[str], bucket: str = "storecomp-test", timeout_s: float = 60.0) -> SeaweedFS:
-        """Start a server with its data under ``dir`` and create ``bucket``.
+    def start(
+        cls,
+        dir: str | os.PathLike[str],
+        bucket: str = "storecomp-test",
+        timeout_s: float = 60.0,
+        *,
+        ip: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> SeaweedFS:
+        """Start a server with its data under ``dir`` and create ``bucket``;
+        listening on ``ip``, inside network namespace ``netns`` when given
+        (see :mod:`storecomp.testing.netns`).
 
         Raises UnavailableError when ``weed`` is not installed or the S3
         gateway does not answer within ``timeout_s`` seconds (the log tail
@@ -83,7 +95,7 @@ class SeaweedFS:
         root = Path(dir)
         (root / "data").mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-        sw = cls(dir=root, ports=ports, bucket=bucket)
+        sw = cls(dir=root, ports=ports, bucket=bucket, ip=ip, netns=netns)
         sw._write_config()
         sw._spawn(timeout_s)
         sw.make_bucket(bucket)
@@ -104,10 +116,11 @@ class SeaweedFS:
     def _spawn(self, timeout_s: float) -> None:
         p = self.ports
         cmd = [
-            "weed",
+            *(["ip", "netns", "exec", self.netns] if self.netns else []),
+            shutil.which("weed") or "weed",
             "server",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.ip}",
+            f"-ip.bind={self.ip}",
             f"-dir={self.dir / 'data'}",
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master'] + 10000}",
