@@ -291,6 +291,7 @@ def place(
                     max_rate=max_rate,
                     progress=progress,
                     label=f"place {url} -> {to}",
+                    delete_bad=False,  # concurrent runs may write the same blob; only drop deletes
                 )
                 _copy_manifest(repo, h, dest.store)
             except BaseException:

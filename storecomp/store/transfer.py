@@ -258,7 +258,14 @@ class _Copier:
     """Shared state of one :func:`copy_objects` call."""
 
     def __init__(
-        self, src: Store, dst: Store, part_bytes: int, limiter: RateLimiter, progress: Progress, report: TransferReport
+        self,
+        src: Store,
+        dst: Store,
+        part_bytes: int,
+        limiter: RateLimiter,
+        progress: Progress,
+        report: TransferReport,
+        delete_bad: bool,
     ) -> None:
         self.src, self.dst, self.part_bytes = src, dst, part_bytes
         # Checks read the copy that was written (a replicated mount's primary, behind any cache).
@@ -266,6 +273,7 @@ class _Copier:
         self.limiter, self.progress, self.report = limiter, progress, report
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.delete_bad = delete_bad
 
     def _source_parts(self, item: CopyItem, step: int, crcs: list[int] | None) -> Iterator[np.ndarray]:
         label = f"{self.src.url}/{item.src_key}"
@@ -302,8 +310,9 @@ class _Copier:
             if verify_object(self.check, item.dst_key, got, self.part_bytes):
                 self._count(copied=1, bytes_copied=item.size, bytes_verified=item.size, recopied=attempt)
                 return
+            self.progress.add(-item.size)  # the next attempt overwrites it
+        if self.delete_bad:
             self.dst.delete(item.dst_key)  # never leave a copy that failed its check
-            self.progress.add(-item.size)
         raise CorruptDataError(f"{self.dst.url}/{item.dst_key}: the copy failed crc32c verification at the destination twice")
 
     def _present(self, key: str, sums: Checksums) -> bool:
@@ -311,9 +320,7 @@ class _Copier:
             ok = verify_object(self.check, key, sums, self.part_bytes)
         except StorecompError as e:
             raise _destination_error(self.dst, key, e) from None
-        if not ok and self.check.exists(key):
-            self.dst.delete(key)  # wrong bytes at the destination: replaced below
-        return ok
+        return ok  # wrong bytes there are replaced by the copy (never deleted: another run may be writing good ones)
 
     def _same_as_source(self, item: CopyItem) -> bool:
         try:
@@ -386,13 +393,16 @@ def copy_objects(
     progress: bool = False,
     label: str = "copy",
     on_copied: Callable[[CopyItem], None] | None = None,
+    delete_bad: bool = True,
 ) -> TransferReport:
     """Copy ``items`` from ``src`` to ``dst`` (see the module docstring).
 
     ``workers``: objects in flight; ``part_bytes``: bytes per streamed part;
     ``max_rate``: bytes/s over all workers (None: no cap). ``on_copied`` is
     called (from a worker thread) after each object is verified at the
-    destination. Raises :class:`TransferError` when the destination is down or
+    destination. ``delete_bad``: delete a copy that failed verification twice
+    (False where other runs may write the same content-addressed key at once:
+    then only the protocol that publishes it ever deletes). Raises :class:`TransferError` when the destination is down or
     full, CorruptDataError when the source fails its checksums or a copy
     fails verification twice; objects finished before the failure stay (a
     rerun skips them).
@@ -401,7 +411,7 @@ def copy_objects(
         raise InvalidArgumentError(f"workers and part_bytes must be positive, got {workers}, {part_bytes}")
     report = TransferReport(objects=len(items))
     bar = Progress(sum(i.size for i in items), label, enabled=progress)
-    c = _Copier(src, dst, part_bytes, RateLimiter(max_rate), bar, report)
+    c = _Copier(src, dst, part_bytes, RateLimiter(max_rate), bar, report, delete_bad)
     t0 = time.monotonic()
 
     def one(item: CopyItem) -> None:
