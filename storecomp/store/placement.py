@@ -303,6 +303,9 @@ def place(
 
             def publish(rec: PlacementRecord) -> None:
                 unmark(rec)
+                rec.inflight.get(h, {}).pop(to, None)  # complete now: marks of runs that died are moot
+                if not rec.inflight.get(h, True):
+                    rec.inflight.pop(h, None)
                 rec.complete.setdefault(h, {})[to] = {"time": time.time(), "bytes": total}
                 if report.bytes_copied and report.seconds > 0:
                     rec.rates[f"{primary.name}->{to}"] = report.bytes_copied / report.seconds
