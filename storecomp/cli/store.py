@@ -61,7 +61,13 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=main, store_cmd="du")
 
     p = sub.add_parser("mounts", help="the sc:// mount table (STORECOMP_CONFIG, STORECOMP_MOUNTS, STORECOMP_MOUNT_*)")
-    p.add_argument("--probe", action="store_true", help="measure each replica's latency and health now")
+    p.add_argument("--probe", action="store_true", help="measure each replica's latency, health and write/read bandwidth now")
+    p.add_argument(
+        "--probe-bytes",
+        type=int,
+        default=4 << 20,
+        help="bytes of the object --probe writes, reads back and removes (default 4 MiB)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=main, store_cmd="mounts")
 
@@ -287,8 +293,15 @@ def _mounts(ns: Any, args: Any) -> int:
                 store = store.inner
             rs = store if isinstance(store, ReplicatedStore) else ReplicatedStore(m, [store])
             rs.probe()
-            for rep, h in zip(doc["replicas"], rs.health(), strict=True):
+            for rep, h, st in zip(doc["replicas"], rs.health(), rs.stores, strict=True):
                 rep.update(healthy=h["healthy"], latency_s=h["latency_s"], error=h["last_error"])
+                if h["healthy"] and not m.read_only and args.probe_bytes > 0:  # never write into a read-only mount
+                    from ..store.placement import probe_site
+
+                    bw = probe_site(st, args.probe_bytes)
+                    rep.update(write_bytes_per_s=round(bw["write_bps"]), read_bytes_per_s=round(bw["read_bps"]))
+                    if bw["error"]:
+                        rep["error"] = bw["error"]
         rows.append(doc)
     if args.json:
         print(json.dumps({"site": ns.local_site, "mounts": rows}, indent=2))
@@ -310,6 +323,8 @@ def _mounts(ns: Any, args: Any) -> int:
             line += f"  preference={r['preference']}"
             if args.probe:
                 line += f"  {'ok' if r['healthy'] else 'DOWN'} {r['latency_s'] * 1e3:.1f} ms"
+                if "read_bytes_per_s" in r:
+                    line += f"  write {_human(r['write_bytes_per_s'])}/s read {_human(r['read_bytes_per_s'])}/s"
                 if r["error"]:
                     line += f"  ({r['error']})"
             print(line)

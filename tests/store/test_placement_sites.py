@@ -31,6 +31,8 @@ from .conftest import FAST_RETRY
 from .placehelpers import complete_at, site_mount, write_snapshot
 
 URL = "sc://ds/train"
+#: Read at import: the autouse fixture clears STORECOMP_* variables before each test.
+KILL_ROUNDS = int(os.environ.get("STORECOMP_TEST_KILL_ROUNDS", "5"))
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def far_site_has(store: Any, key: str) -> bool:
 
 
 def test_kill_9_of_place_never_leaves_a_complete_record_for_an_incomplete_copy(tmp_path: Path) -> None:
-    rounds = int(os.environ.get("STORECOMP_TEST_KILL_ROUNDS", "5"))
+    rounds = KILL_ROUNDS
     cfg = tmp_path / "mounts.toml"
     cfg.write_text(
         '[mounts.ds]\nprimary = "a"\n'
