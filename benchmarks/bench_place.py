@@ -162,6 +162,7 @@ def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int
         "bytes_missing_after_kill": missing,
         "rerun_bytes_copied": doc.get("bytes_copied"),
         "rerun_skipped": doc.get("skipped"),
+        "rerun_already_complete": doc.get("already_complete"),
         "rerun_seconds": time.perf_counter() - t0,
         "repeated_bytes": (doc.get("bytes_copied") or 0) - missing,
     }
