@@ -17,7 +17,7 @@ from ..errors import StorecompError
 from ..redact import redact
 
 #: Command modules, in the order ``storecomp --help`` lists them.
-COMMANDS = ("info", "bench", "store", "dataset")
+COMMANDS = ("info", "bench", "store", "place", "dataset")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -7,6 +7,7 @@ come from the usual places (``AWS_*`` variables for S3) and are never printed.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -43,6 +44,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("src")
     p.add_argument("dst", help="destination URL; ending in '/' copies into it under the source's name")
     p.add_argument("-r", "--recursive", action="store_true")
+    p.add_argument("-j", "--workers", type=int, default=8, help="objects copied at once (default 8)")
+    p.add_argument("--max-rate", type=_rate, default=None, metavar="RATE", help="bandwidth cap, bytes/s (suffixes K, M, G: 50M)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
     p.set_defaults(func=main, store_cmd="cp")
 
     p = sub.add_parser("du", help="bytes and objects under a URL, per child (or in total with -s)")
@@ -52,7 +61,13 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=main, store_cmd="du")
 
     p = sub.add_parser("mounts", help="the sc:// mount table (STORECOMP_CONFIG, STORECOMP_MOUNTS, STORECOMP_MOUNT_*)")
-    p.add_argument("--probe", action="store_true", help="measure each replica's latency and health now")
+    p.add_argument("--probe", action="store_true", help="measure each replica's latency, health and write/read bandwidth now")
+    p.add_argument(
+        "--probe-bytes",
+        type=int,
+        default=4 << 20,
+        help="bytes of the object --probe writes, reads back and removes (default 4 MiB)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=main, store_cmd="mounts")
 
@@ -175,46 +190,54 @@ def _cat(ns: Any, args: Any) -> int:
     return 0
 
 
-def _copy_one(src: Store, skey: str, dst: Store, dkey: str) -> int:
-    import numpy as np
-
-    from ..errors import CorruptDataError
-
-    size = src.stat(skey).size
-    data = np.empty(size, np.uint8)
-    if size:
-        src.read_ranges(skey, [0], [size], data, [0])
-    info = dst.put(dkey, data)
-    if info.size != size:
-        raise CorruptDataError(f"{dst.url}/{dkey}: wrote {size} bytes, the store reports {info.size}")
-    return size
+def _rate(text: str) -> float:
+    """``50M`` -> 52428800.0 (bytes/s; suffixes K, M, G, T are powers of 1024)."""
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I").removesuffix("/S")
+    try:
+        value = float(t[:-1]) * mult[t[-1]] if t and t[-1] in mult else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad rate {text!r}: bytes/s, e.g. 50M or 1.5G") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"bad rate {text!r}: must be positive")
+    return value
 
 
 def _cp(ns: Any, args: Any) -> int:
     from ..errors import InvalidArgumentError, NotFoundError
     from ..store.keys import validate_key
+    from ..store.transfer import CopyItem, copy_objects
 
+    if args.workers <= 0:
+        raise InvalidArgumentError(f"--workers must be positive, got {args.workers}")
     src, skey = ns.resolve(args.src)
     dst, dkey = ns.resolve(args.dst)
     into = args.dst.endswith("/") or not dkey
+    items: list[CopyItem] = []
     if args.recursive:
         prefix, infos = _below(src, skey)
         base = skey.rstrip("/").rsplit("/", 1)[-1] if into and skey else ""
-        total = count = 0
         for info in list(infos):
             rel = info.key[len(prefix) :]
             target = "/".join(p for p in (dkey.rstrip("/"), base, rel) if p)
-            total += _copy_one(src, info.key, dst, validate_key(target))
-            count += 1
-        if count == 0:
+            items.append(CopyItem(info.key, validate_key(target), info.size))
+        if not items:
             raise NotFoundError(2, args.src, None, "cp")
-        print(f"copied {count} objects, {_human(total)}", file=sys.stderr)
-        return 0
-    if not skey or skey.endswith("/"):
-        raise InvalidArgumentError(f"{args.src}: not an object (use -r to copy a prefix)")
-    if into:
-        dkey = "/".join(p for p in (dkey.rstrip("/"), skey.rsplit("/", 1)[-1]) if p)
-    _copy_one(src, skey, dst, validate_key(dkey))
+    else:
+        if not skey or skey.endswith("/"):
+            raise InvalidArgumentError(f"{args.src}: not an object (use -r to copy a prefix)")
+        if into:
+            dkey = "/".join(p for p in (dkey.rstrip("/"), skey.rsplit("/", 1)[-1]) if p)
+        items.append(CopyItem(skey, validate_key(dkey), src.stat(skey).size))
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    report = copy_objects(
+        src, dst, items, workers=args.workers, max_rate=args.max_rate, progress=progress, label=f"cp {args.src}"
+    )
+    if args.recursive:
+        msg = f"copied {report.copied} objects, {_human(report.bytes_copied)}"
+        if report.skipped:
+            msg += f"; {report.skipped} already there and verified ({_human(report.bytes_skipped)})"
+        print(msg + f" in {report.seconds:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -274,8 +297,15 @@ def _mounts(ns: Any, args: Any) -> int:
                 store = store.inner
             rs = store if isinstance(store, ReplicatedStore) else ReplicatedStore(m, [store])
             rs.probe()
-            for rep, h in zip(doc["replicas"], rs.health(), strict=True):
+            for rep, h, st in zip(doc["replicas"], rs.health(), rs.stores, strict=True):
                 rep.update(healthy=h["healthy"], latency_s=h["latency_s"], error=h["last_error"])
+                if h["healthy"] and not m.read_only and args.probe_bytes > 0:  # never write into a read-only mount
+                    from ..store.placement import probe_site
+
+                    bw = probe_site(st, args.probe_bytes)
+                    rep.update(write_bytes_per_s=round(bw["write_bps"]), read_bytes_per_s=round(bw["read_bps"]))
+                    if bw["error"]:
+                        rep["error"] = bw["error"]
         rows.append(doc)
     if args.json:
         print(json.dumps({"site": ns.local_site, "mounts": rows}, indent=2))
@@ -297,6 +327,8 @@ def _mounts(ns: Any, args: Any) -> int:
             line += f"  preference={r['preference']}"
             if args.probe:
                 line += f"  {'ok' if r['healthy'] else 'DOWN'} {r['latency_s'] * 1e3:.1f} ms"
+                if "read_bytes_per_s" in r:
+                    line += f"  write {_human(r['write_bytes_per_s'])}/s read {_human(r['read_bytes_per_s'])}/s"
                 if r["error"]:
                     line += f"  ({r['error']})"
             print(line)

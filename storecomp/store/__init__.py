@@ -9,11 +9,14 @@ from .cache import CachedStore
 from .encrypted import EncryptedStore
 from .integrity import Checksums
 from .keys import validate_key, validate_prefix
+from .leases import Lease
 from .local import LocalStore
 from .namespace import Mount, Namespace, Replica, ReplicatedStore, StoreReader, load_mounts
+from .placement import PlaceReport, Plan, Resolved, drop, open_snapshot, place, plan, resolve
 from .registry import backends, open_store, register_backend
 from .retry import RetryPolicy
 from .snapshots import ANY, Entry, GCReport, Manifest, RefState, Repository, Snapshot, SnapshotWriter
+from .transfer import CopyItem, TransferError, TransferReport, copy_objects
 
 __all__ = [
     "Capabilities",
@@ -46,6 +49,20 @@ __all__ = [
     "Repository",
     "Snapshot",
     "SnapshotWriter",
+    # copies and placement across sites (transfer.py, placement.py, leases.py)
+    "CopyItem",
+    "Lease",
+    "PlaceReport",
+    "Plan",
+    "Resolved",
+    "TransferError",
+    "TransferReport",
+    "copy_objects",
+    "drop",
+    "open_snapshot",
+    "place",
+    "plan",
+    "resolve",
 ]
 
 

@@ -36,14 +36,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import IOOptions
-from ..errors import ConflictError, InvalidArgumentError, NotFoundError, VersionChangedError, from_errno
+from ..errors import ConflictError, InvalidArgumentError, NotFoundError, StorecompError, VersionChangedError, from_errno
 from ..io import BufferRef, Engine, File, IOFuture, default_engine
 from .base import Capabilities, ObjectInfo, Store
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
@@ -150,8 +150,11 @@ class LocalStore(Store):
 
     def _write_temp(self, key: str, data: Any) -> tuple[Path, Path]:
         """Write ``data`` to a fsynced temp file beside ``key``; returns (temp, final)."""
+        return self._write_temp_parts(key, (data,))
+
+    def _write_temp_parts(self, key: str, parts: Iterable[Any]) -> tuple[Path, Path]:
+        """Write the bytes-like ``parts``, in order, to a fsynced temp file beside ``key``."""
         final = self.path_of(key)
-        view = payload_view(data)
         parent = final.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -168,13 +171,18 @@ class LocalStore(Store):
             raise from_errno(e.errno or errno.EIO, str(tmp), None, "create") from None
         try:
             try:
-                done = 0
-                while done < len(view):
-                    done += os.write(fd, view[done : done + (64 << 20)])
+                for part in parts:
+                    view = payload_view(part)
+                    done = 0
+                    while done < len(view):
+                        done += os.write(fd, view[done : done + (64 << 20)])
                 os.utime(fd, ns=(stamp := _unique_mtime_ns(), stamp))
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except StorecompError:  # raised by a part's producer (a streamed copy's source)
+            _unlink_quiet(tmp)
+            raise
         except OSError as e:
             _unlink_quiet(tmp)
             raise from_errno(e.errno or errno.EIO, str(final), None, "write") from None
@@ -192,6 +200,18 @@ class LocalStore(Store):
         try:
             # A key that CAS writers use has a lock file: take it so that a
             # put never lands between a CAS's compare and its rename.
+            with _flock(_lock_path(final), create=False):
+                _publish_rename(tmp, final)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        return self._info(key, final)
+
+    def put_stream(self, key: str, parts: Iterable[Any]) -> ObjectInfo:
+        """Publish the concatenation of ``parts`` (bytes-like, consumed one at a
+        time: the object is never whole in memory) under ``key``, atomically."""
+        tmp, final = self._write_temp_parts(validate_key(key), parts)
+        try:
             with _flock(_lock_path(final), create=False):
                 _publish_rename(tmp, final)
         except BaseException:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -207,6 +207,11 @@ class ReplicatedStore(WrapperStore):
 
     def put(self, key: str, data: Any) -> ObjectInfo:
         return self._writer().put(key, data)
+
+    def put_stream(self, key: str, parts: Iterable[Any]) -> ObjectInfo:
+        from .transfer import put_stream
+
+        return put_stream(self._writer(), key, parts)
 
     def put_if_absent(self, key: str, data: Any) -> bool:
         return self._writer().put_if_absent(key, data)

@@ -353,6 +353,9 @@ class Repository:
             if state is not None:
                 roots.add(state.manifest)
                 roots.update(state.history)
+        from .leases import leased_manifests  # a snapshot a reader holds a lease on is kept too
+
+        roots.update(leased_manifests(self.primary, self.prefix))
         now = time.time()
         mprefix = f"{self.prefix}manifests/"
         all_manifests: dict[str, float | None] = {}

@@ -65,11 +65,13 @@ class SeaweedFS:
     #: More ``-s3.config`` identities (``name``, ``credentials``, ``actions`` such as
     #: ``"Read:bucket"``), next to the admin identity the helpers use.
     identities: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    ip: str = "127.0.0.1"
+    netns: str | None = None  # run inside this network namespace (``ip netns exec``)
 
     @property
     def endpoint(self) -> str:
-        """``http://127.0.0.1:PORT`` of the S3 gateway."""
-        return f"http://127.0.0.1:{self.ports['s3']}"
+        """``http://IP:PORT`` of the S3 gateway."""
+        return f"http://{self.ip}:{self.ports['s3']}"
 
     # ------------------------------------------------------------ lifecycle
 
@@ -80,9 +82,13 @@ class SeaweedFS:
         bucket: str = "storecomp-test",
         timeout_s: float = 60.0,
         identities: list[dict[str, Any]] | None = None,
+        *,
+        ip: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> SeaweedFS:
         """Start a server with its data under ``dir`` and create ``bucket``; ``identities``
-        are added to the admin one (restricted users for permission tests).
+        are added to the admin one (restricted users for permission tests); listening on
+        ``ip``, inside network namespace ``netns`` when given (see :mod:`storecomp.testing.netns`).
 
         Raises UnavailableError when ``weed`` is not installed or the S3
         gateway does not answer within ``timeout_s`` seconds (the log tail
@@ -93,7 +99,7 @@ class SeaweedFS:
         root = Path(dir)
         (root / "data").mkdir(parents=True, exist_ok=True)
         ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-        sw = cls(dir=root, ports=ports, bucket=bucket, identities=list(identities or ()))
+        sw = cls(dir=root, ports=ports, bucket=bucket, identities=list(identities or ()), ip=ip, netns=netns)
         sw._write_config()
         sw._spawn(timeout_s)
         sw.make_bucket(bucket)
@@ -115,10 +121,11 @@ class SeaweedFS:
     def _spawn(self, timeout_s: float) -> None:
         p = self.ports
         cmd = [
-            "weed",
+            *(["ip", "netns", "exec", self.netns] if self.netns else []),
+            shutil.which("weed") or "weed",
             "server",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.ip}",
+            f"-ip.bind={self.ip}",
             f"-dir={self.dir / 'data'}",
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master'] + 10000}",

@@ -1,0 +1,292 @@
+"""Placement benchmark: copy a snapshot between two SeaweedFS sites with ``storecomp
+place`` against the best tuned peer in the same run, the bytes a resumed run
+repeats after kill -9, and a reader's samples/s during a migration vs without.
+
+    python benchmarks/bench_place.py               # 2 GiB snapshot, 64 MiB blobs
+    python benchmarks/bench_place.py --tiny        # smoke run (seconds)
+    python benchmarks/bench_place.py --mib 512 --json out.json
+
+Steps (two ``weed server`` processes on loopback, one per site):
+
+1. write the snapshot (``--mib`` MiB in ``--blob-mib`` MiB blobs) at site a;
+2. ``storecomp.store.place`` a -> b (``--workers`` blobs at once, parts of
+   ``--part-mib``; every blob read back from b and its crc32c checked), timed;
+3. peers, each copying the same blobs a -> a fresh prefix at b, timed:
+   ``rclone copy`` (when the binary exists: ``--transfers`` = workers,
+   ``--s3-chunk-size`` = part, ``--s3-upload-concurrency 4``, no checksum
+   read-back) and boto3 (``get_object`` streamed into ``upload_fileobj`` with
+   a TransferConfig of ``--part-mib`` chunks and 4 threads per object,
+   ``--workers`` objects at once);
+4. resume: ``storecomp place`` in a subprocess to a third prefix, SIGKILL when
+   about half the blobs are at b, then a rerun: the bytes it copies against
+   what was missing (the repeat is the blobs in flight at the kill);
+5. reader: one thread reading random 64 KiB samples (verified) of the
+   snapshot at site a for ``--read-s`` seconds, alone, then while a
+   ``storecomp place`` subprocess migrates it to b (uncapped, then capped at
+   ``--cap-mib`` MiB/s).
+
+Prints a table and writes JSON with ``--json``. Never asserts speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storecomp.store import Mount, Namespace, Replica, Repository, open_store, place
+from storecomp.store import placement as pl
+from storecomp.testing.seaweedfs import SeaweedFS
+
+
+def _write_snapshot(store: Any, total: int, blob: int) -> tuple[str, list[str]]:
+    repo = Repository(store, chunk_bytes=256 << 10)  # a 64 KiB sample verifies one 256 KiB chunk
+    w = repo.writer()
+    rng = np.random.default_rng(0)
+    n = max(1, total // blob)
+    for i in range(n):
+        w.add(f"shard-{i:05d}.bin", rng.integers(0, 256, blob, dtype=np.uint8))
+    h = w.commit("train")
+    return h, [repo.blob_key(e.blob) for e in repo.get_manifest(h).entries.values()]
+
+
+def _mount_toml(path: Path, a: SeaweedFS, a_url: str, b: SeaweedFS, b_url: str, site: str) -> None:
+    path.write_text(
+        '[mounts.ds]\nprimary = "a"\nreplicas = [\n'
+        f'  {{url = "{a_url}", site = "a", options = {{endpoint = "{a.endpoint}", region = "{a.region}"}}}},\n'
+        f'  {{url = "{b_url}", site = "{site}", options = {{endpoint = "{b.endpoint}", region = "{b.region}"}}}},\n]\n'
+    )
+
+
+def _warm_up(*servers: SeaweedFS) -> None:
+    """Write and delete a few objects: a fresh server grows its volumes on the first writes (seconds)."""
+    data = np.zeros(8 << 20, np.uint8)
+    for sw in servers:
+        st = open_store(sw.url("warmup"), **sw.store_options())
+        for i in range(8):
+            st.put(f"w{i}", data)
+        for i in range(8):
+            st.delete(f"w{i}")
+        st.close()
+
+
+def _ns(a: SeaweedFS, a_url: str, b: SeaweedFS, b_url: str) -> Namespace:
+    reps = (
+        Replica(a_url, "a", 0, tuple(sorted(a.store_options().items()))),
+        Replica(b_url, "b", 1, tuple(sorted(b.store_options().items()))),
+    )
+    return Namespace([Mount("ds", reps, primary="a")], environ={})
+
+
+def bench_rclone(a: SeaweedFS, a_url: str, b: SeaweedFS, b_url: str, workers: int, part: int) -> dict[str, Any]:
+    exe = shutil.which("rclone")
+    if exe is None:
+        return {"skipped": "rclone not installed (apt-get install -y rclone)"}
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # rclone 1.60 fails on it over http
+    for name, sw in (("SCA", a), ("SCB", b)):
+        env.update(
+            {
+                f"RCLONE_CONFIG_{name}_TYPE": "s3",
+                f"RCLONE_CONFIG_{name}_PROVIDER": "Other",
+                f"RCLONE_CONFIG_{name}_ENDPOINT": sw.endpoint,
+                f"RCLONE_CONFIG_{name}_ACCESS_KEY_ID": sw.access_key,
+                f"RCLONE_CONFIG_{name}_SECRET_ACCESS_KEY": sw.secret_key,
+                f"RCLONE_CONFIG_{name}_REGION": sw.region,
+            }
+        )
+    src = "SCA:" + a_url[len("s3://") :] + "/blobs"
+    dst = "SCB:" + b_url[len("s3://") :] + "/blobs"
+    cmd = [exe, "copy", src, dst, f"--transfers={workers}", f"--s3-chunk-size={part >> 20}M", "--s3-upload-concurrency=4"]
+    cmd += ["--s3-upload-cutoff=16M", "--checkers=16", "--s3-no-check-bucket"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-500:]}
+    return {"seconds": secs, "cmd": " ".join(cmd[1:])}
+
+
+def bench_boto3(a: SeaweedFS, a_url: str, keys: list[str], b: SeaweedFS, b_url: str, workers: int, part: int) -> dict[str, Any]:
+    from boto3.s3.transfer import TransferConfig
+
+    ca = a.boto3_client(max_pool_connections=64)
+    cb = b.boto3_client(max_pool_connections=64)
+    abucket, aprefix = a_url[len("s3://") :].split("/", 1)
+    bbucket, bprefix = b_url[len("s3://") :].split("/", 1)
+    cfg = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4, use_threads=True)
+
+    def one(key: str) -> None:
+        body = ca.get_object(Bucket=abucket, Key=f"{aprefix}/{key}")["Body"]
+        cb.upload_fileobj(body, bbucket, f"{bprefix}/{key}", Config=cfg)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, keys))
+    return {
+        "seconds": time.perf_counter() - t0,
+        "config": f"{workers} objects x TransferConfig(chunk={part >> 20} MiB, 4 threads)",
+    }
+
+
+def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STORECOMP_")}
+    env["STORECOMP_MOUNTS"] = str(cfg)
+    proc = subprocess.Popen([sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to", "resume"], env=env)
+    while proc.poll() is None and sum(b_store.exists(k) for k in keys) < len(keys) // 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    present = sum(b_store.exists(k) for k in keys)
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to", "resume", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    doc = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-500:]}
+    missing = total - present * blob
+    return {
+        "blobs_present_after_kill": present,
+        "bytes_missing_after_kill": missing,
+        "rerun_bytes_copied": doc.get("bytes_copied"),
+        "rerun_skipped": doc.get("skipped"),
+        "rerun_already_complete": doc.get("already_complete"),
+        "rerun_seconds": time.perf_counter() - t0,
+        "repeated_bytes": (doc.get("bytes_copied") or 0) - missing,
+    }
+
+
+def bench_reader(ns: Namespace, seconds: float, migrate: list[str] | None) -> dict[str, Any]:
+    """Samples/s of one reader of random 64 KiB samples at site a, with ``migrate``
+    (a command) running meanwhile when given."""
+    res = pl.resolve("sc://ds/train", namespace=ns, near="a")
+    snap = res.snapshot
+    paths = snap.paths()
+    size = snap.entry(paths[0]).size
+    rng = np.random.default_rng(1)
+    buf = np.empty(64 << 10, np.uint8)
+    proc = subprocess.Popen(migrate, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if migrate else None
+    n, t0 = 0, time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < seconds and (proc is None or proc.poll() is None or n == 0):
+            p = paths[int(rng.integers(len(paths)))]
+            off = int(rng.integers(0, max(1, size - buf.size) // 4096)) * 4096
+            snap.read_into(p, buf, [off], [buf.size], [0])
+            n += 1
+    finally:
+        dt = time.perf_counter() - t0
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+    return {"samples": n, "seconds": dt, "samples_per_s": n / dt}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
+    ap.add_argument("--mib", type=int, default=2048, help="snapshot size (MiB)")
+    ap.add_argument("--blob-mib", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--part-mib", type=int, default=8)
+    ap.add_argument("--read-s", type=float, default=5.0, help="seconds of each reader measurement")
+    ap.add_argument("--cap-mib", type=float, default=50.0, help="--max-rate of the capped migration (MiB/s)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.mib, args.blob_mib, args.read_s = 24, 4, 0.5
+    total, blob, part = args.mib << 20, args.blob_mib << 20, args.part_mib << 20
+    log = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
+    out: dict[str, Any] = {
+        "config": {"mib": args.mib, "blob_mib": args.blob_mib, "workers": args.workers, "part_mib": args.part_mib}
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-place-") as tmp:
+        a = SeaweedFS.start(Path(tmp) / "a")
+        b = SeaweedFS.start(Path(tmp) / "b")
+        try:
+            _warm_up(a, b)
+            a_url, b_url = a.url("site"), b.url("site")
+            sa = open_store(a_url, **a.store_options())
+            log(f"writing a {args.mib} MiB snapshot at site a")
+            h, keys = _write_snapshot(sa, total, blob)
+            total = len(keys) * blob
+            with _ns(a, a_url, b, b_url) as ns:
+                log("storecomp place a -> b")
+                t0 = time.perf_counter()
+                r = place("sc://ds/train", "b", namespace=ns, workers=args.workers, part_bytes=part)
+                out["storecomp"] = {"seconds": time.perf_counter() - t0, **r.to_json()}
+            log("rclone")
+            out["rclone"] = bench_rclone(a, a_url, b, b.url("rclone"), args.workers, part)
+            log("boto3")
+            out["boto3"] = bench_boto3(a, a_url, [k for k in keys], b, b.url("boto3"), args.workers, part)
+            for k in ("storecomp", "rclone", "boto3"):
+                if "seconds" in out[k]:
+                    out[k]["bytes_per_s"] = total / out[k]["seconds"]
+            peers = [out[k]["bytes_per_s"] for k in ("rclone", "boto3") if "bytes_per_s" in out[k]]
+            out["ratio_vs_best_peer"] = out["storecomp"]["bytes_per_s"] / max(peers) if peers else None
+            log("resume after kill -9")
+            cfg = Path(tmp) / "mounts.toml"
+            _mount_toml(cfg, a, a_url, b, b.url("resume"), "resume")
+            os.environ.update(a.env())  # both servers share the test credentials
+            out["resume"] = bench_resume(cfg, open_store(b.url("resume"), **b.store_options()), keys, total, blob)
+            log("reader alone / during migrations")
+            with _ns(a, a_url, b, b_url) as ns:
+                out["reader_alone"] = bench_reader(ns, args.read_s, None)
+                env_cfg = Path(tmp) / "mig.toml"
+                base = [sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to"]
+                _mount_toml(env_cfg, a, a_url, b, b.url("mig1"), "mig1")
+                os.environ["STORECOMP_MOUNTS"] = str(env_cfg)
+                out["reader_during"] = bench_reader(ns, args.read_s, base + ["mig1"])
+                _mount_toml(env_cfg, a, a_url, b, b.url("mig2"), "mig2")
+                out["reader_during_capped"] = bench_reader(ns, args.read_s, base + ["mig2", "--max-rate", f"{args.cap_mib}M"])
+                del os.environ["STORECOMP_MOUNTS"]
+            alone = out["reader_alone"]["samples_per_s"]
+            out["reader_ratio"] = out["reader_during"]["samples_per_s"] / alone
+            out["reader_ratio_capped"] = out["reader_during_capped"]["samples_per_s"] / alone
+        finally:
+            a.stop()
+            b.stop()
+    print_table(out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def print_table(out: dict[str, Any]) -> None:
+    c = out["config"]
+    print(f"copy of a {c['mib']} MiB snapshot ({c['blob_mib']} MiB blobs), {c['workers']} at once, parts of {c['part_mib']} MiB")
+    for k in ("storecomp", "rclone", "boto3"):
+        r = out[k]
+        if "bytes_per_s" in r:
+            print(f"  {k:10} {r['seconds']:8.2f} s  {r['bytes_per_s'] / 2**20:8.1f} MiB/s")
+        else:
+            print(f"  {k:10} {r.get('skipped') or r.get('error')}")
+    if out.get("ratio_vs_best_peer"):
+        print(
+            f"  storecomp / best peer: {out['ratio_vs_best_peer']:.2f}x (storecomp also reads every blob back and checks crc32c)"
+        )
+    rs = out["resume"]
+    print(
+        f"resume after kill -9: {rs['blobs_present_after_kill']} blobs kept, rerun copied {rs['rerun_bytes_copied']} bytes "
+        f"of {rs['bytes_missing_after_kill']} missing (repeated {rs['repeated_bytes']})"
+    )
+    print(
+        f"reader 64 KiB samples/s: alone {out['reader_alone']['samples_per_s']:.0f}, during a migration "
+        f"{out['reader_during']['samples_per_s']:.0f} ({out['reader_ratio']:.2f}x), capped "
+        f"{out['reader_during_capped']['samples_per_s']:.0f} ({out['reader_ratio_capped']:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""``storecomp place sc://mount/name --to SITE | --status | --plan | --drop SITE | --auto --near SITE``
+and ``storecomp warm sc://mount/name`` (see docs/placement.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .store import _human, _rate
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("place", help="copy a snapshot to a site (or show, plan, drop copies): sc://mount/name --to SITE")
+    p.add_argument("url", help="sc://mount/name (a snapshot), or sc://mount with --status")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--to", metavar="SITE", help="site to copy the snapshot to")
+    what.add_argument("--status", action="store_true", help="where each snapshot of the mount lives, what is in flight, leases")
+    what.add_argument("--plan", metavar="SITE", help="dry run: bytes to move to SITE and the estimated time")
+    what.add_argument("--drop", metavar="SITE", help="remove SITE's copy (refused for the only copy or a leased one)")
+    what.add_argument("--auto", action="store_true", help="decide from measured rates whether to copy near --near SITE")
+    p.add_argument("--near", metavar="SITE", help="with --auto: the site where the readers run")
+    p.add_argument("--reads", type=float, default=1.0, help="with --auto: expected full reads of the snapshot (default 1)")
+    p.add_argument("--max-rate", type=_rate, default=None, metavar="RATE", help="bandwidth cap, bytes/s (50M, 1G)")
+    p.add_argument("-j", "--workers", type=int, default=8, help="blobs copied at once (default 8)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=main, place_cmd="place")
+
+    p = sub.add_parser("warm", help="fill the node-local cache tier with a snapshot: sc://mount/name")
+    p.add_argument("url")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=main, place_cmd="warm")
+
+
+def main(args: Any) -> int:
+    from ..errors import InvalidArgumentError
+    from ..store import Namespace, placement
+
+    with Namespace() as ns:
+        if args.place_cmd == "warm":
+            doc = placement.warm(args.url, namespace=ns)
+            print(
+                json.dumps(doc, indent=2)
+                if args.json
+                else f"warmed {doc['blobs']} blobs, {_human(doc['bytes'])} in {doc['cache']}"
+            )
+            return 0
+        if args.status:
+            mount = args.url[len("sc://") :].split("/", 1)[0] if args.url.startswith("sc://") else ""
+            if not mount:
+                raise InvalidArgumentError(f"{args.url!r}: expected sc://mount")
+            return _print_status(placement.status(mount, namespace=ns), args.json)
+        if args.plan:
+            p = placement.plan(args.url, args.plan, namespace=ns)
+            if args.json:
+                print(json.dumps(p.to_json(), indent=2))
+            else:
+                print(
+                    f"{p.url} -> {p.site}: {p.blobs_missing} of {p.blobs} blobs missing, {_human(p.bytes_missing)} of "
+                    f"{_human(p.bytes_total)} to move; about {p.seconds:.1f} s at {_human(p.rate)}/s ({p.rate_from})"
+                )
+            return 0
+        if args.drop:
+            freed = placement.drop(args.url, args.drop, namespace=ns)
+            print(
+                json.dumps({"dropped": args.drop, "bytes_freed": freed})
+                if args.json
+                else f"dropped {args.drop}: {_human(freed)} freed"
+            )
+            return 0
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        if args.auto:
+            if not args.near:
+                raise InvalidArgumentError("--auto needs --near SITE (where the readers run)")
+            d = placement.decide(args.url, args.near, reads=args.reads, namespace=ns)
+            print(
+                json.dumps(d.to_json(), indent=2) if args.json else f"{'copy' if d.copy else 'stay'}: {d.why}",
+                file=sys.stderr if not args.json else sys.stdout,
+            )
+            if not d.copy:
+                return 0
+            to = d.site
+        elif args.to:
+            to = args.to
+        else:
+            raise InvalidArgumentError("say what to do: --to SITE, --status, --plan SITE, --drop SITE or --auto --near SITE")
+        r = placement.place(args.url, to, namespace=ns, max_rate=args.max_rate, workers=args.workers, progress=progress)
+        if args.json:
+            print(json.dumps(r.to_json(), indent=2))
+        elif r.already_complete:
+            print(f"{args.url} is already complete at {to}")
+        else:
+            t = r.transfer
+            print(
+                f"{args.url} complete at {to}: copied {t.copied} blobs ({_human(t.bytes_copied)}), {t.skipped} already there "
+                f"and verified ({_human(t.bytes_skipped)}), {t.seconds:.1f} s"
+            )
+    return 0
+
+
+def _print_status(doc: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"{doc['mount']}  primary={doc['primary']}  sites={','.join(doc['sites'])}")
+    for s in doc["snapshots"]:
+        print(f"  {s['name']}  {s['manifest'][:12]}  {_human(max(0, s['bytes']))}  complete: {', '.join(s['complete'])}")
+        for site, runs in s["in_flight"].items():
+            for r in runs:
+                print(f"    in flight to {site}: run {r['run']} by {r['holder']}, {r['age_s']:.0f} s")
+        for le in s["leases"]:
+            print(f"    lease at {le['site']} by {le['holder']} ({le['expires_in_s']:.0f} s left)")
+    return 0

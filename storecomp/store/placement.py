@@ -1,0 +1,671 @@
+"""Placement: which sites hold a complete, verified copy of each snapshot of a mount.
+
+A mount (``sc://mount``) has replicas in sites; its datasets are snapshots
+(:mod:`storecomp.store.snapshots`: blobs, a manifest, a ref at the
+primary). The *placement record*, one JSON object per mount at its primary
+(``placement/record.json``), moved only by compare-and-swap, says per
+snapshot (manifest hash) which non-primary sites hold a complete, verified
+copy, and which copies are in flight. The primary holds every committed
+snapshot (writers commit there) and is always complete.
+
+* :func:`place` copies the blobs a site lacks (only those: content-addressed)
+  with :func:`storecomp.store.transfer.copy_objects` (parallel, streamed,
+  crc32c-verified at the destination, resumable, rate-capped), then the
+  manifest, and only then publishes "SITE complete". A crash or kill -9
+  before that leaves at most an in-flight mark, never a complete one.
+* :func:`resolve` gives readers the nearest complete copy, never a partial one.
+* :func:`drop` removes a site's copy only when another complete copy exists
+  (the primary) and no live lease names it.
+* Readers pin what they read with a :class:`~storecomp.store.leases.Lease`.
+
+The decision rule for ``--auto`` and its numbers are in docs/placement.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConflictError, CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
+from .base import Store
+from .leases import Lease, leases
+from .mounts import SCHEME
+from .namespace import Namespace
+from .replicas import ReplicatedStore
+from .snapshots import Manifest, Repository, Snapshot, sha256_hex
+from .transfer import DEFAULT_PART_BYTES, DEFAULT_WORKERS, CopyItem, TransferReport, copy_objects
+
+RECORD_KEY = "placement/record.json"
+RECORD_FORMAT = "storecomp.placement/1"
+_CAS_RETRIES = 32
+
+
+# ---------------------------------------------------------------- sites
+
+
+@dataclass(frozen=True)
+class Site:
+    """One replica of a mount: its site name (the replica's URL when it has none) and store."""
+
+    name: str
+    url: str
+    store: Store
+    primary: bool
+    preference: int
+
+
+def mount_sites(ns: Namespace, mount: str) -> list[Site]:
+    """The sites of ``mount`` in read order (this node's site first, then
+    preference and measured latency). InvalidArgumentError for an unknown mount."""
+    st = ns.store(mount)
+    inner = getattr(st, "inner", None)  # a cache tier in front of the mount
+    if isinstance(inner, Store):
+        st = inner
+    m = ns.mounts[mount]
+    primary = m.primary_replica
+    if isinstance(st, ReplicatedStore):
+        order, stores = st.read_order(), st.stores
+    else:
+        order, stores = [0], [st]
+    return [
+        Site(
+            m.replicas[i].site or m.replicas[i].url,
+            m.replicas[i].url,
+            stores[i],
+            m.replicas[i] is primary,
+            m.replicas[i].preference,
+        )
+        for i in order
+    ]
+
+
+def _site(sites: list[Site], name: str, mount: str) -> Site:
+    for s in sites:
+        if s.name == name:
+            return s
+    known = ", ".join(s.name for s in sites)
+    raise InvalidArgumentError(f"{SCHEME}{mount}: no site {name!r} (sites: {known})")
+
+
+def _primary(sites: list[Site]) -> Site:
+    return next(s for s in sites if s.primary)
+
+
+def split_snapshot_url(url: str) -> tuple[str, str]:
+    """``sc://mount/name`` -> ``(mount, name)``; InvalidArgumentError otherwise."""
+    if not isinstance(url, str) or not url.startswith(SCHEME):
+        raise InvalidArgumentError(f"{url!r}: expected sc://mount/name (a snapshot of a mount)")
+    mount, _, name = url[len(SCHEME) :].partition("/")
+    if not mount or not name or name.endswith("/"):
+        raise InvalidArgumentError(f"{url!r}: expected sc://mount/name (a snapshot of a mount)")
+    return mount, name
+
+
+# ---------------------------------------------------------------- the record
+
+
+@dataclass
+class PlacementRecord:
+    """Per snapshot (manifest hash): complete non-primary sites and copies in flight.
+
+    ``complete[h][site] = {"time", "bytes"}``; ``inflight[h][site][run] =
+    {"started", "holder"}``; ``rates["SRC->DST"]`` = bytes/s of the last copy.
+    """
+
+    complete: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    inflight: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+    generation: int = 0
+    version: str | None = None  # the record object's version (None: no record yet)
+
+    def sites_of(self, manifest: str) -> set[str]:
+        return set(self.complete.get(manifest, {}))
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "format": RECORD_FORMAT,
+            "generation": self.generation,
+            "complete": self.complete,
+            "inflight": self.inflight,
+            "rates": self.rates,
+        }
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, version: str, name: str) -> PlacementRecord:
+        try:
+            doc = json.loads(raw)
+            if doc.get("format") != RECORD_FORMAT:
+                raise CorruptDataError(f"{name}: not a {RECORD_FORMAT} record (format {doc.get('format')!r})")
+            return cls(
+                {h: dict(v) for h, v in doc["complete"].items()},
+                {h: {s: dict(r) for s, r in v.items()} for h, v in doc.get("inflight", {}).items()},
+                {k: float(v) for k, v in doc.get("rates", {}).items()},
+                int(doc.get("generation", 0)),
+                version,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CorruptDataError(f"{name}: malformed placement record: {e}") from None
+
+
+def read_record(primary: Store) -> PlacementRecord:
+    """The mount's placement record (empty when none was written yet)."""
+    for _ in range(_CAS_RETRIES):
+        try:
+            info = primary.stat(RECORD_KEY)
+            raw = primary.get(RECORD_KEY)
+        except NotFoundError:
+            return PlacementRecord()
+        if primary.stat(RECORD_KEY).version == info.version:  # a consistent (version, bytes) pair
+            return PlacementRecord.from_bytes(raw, info.version, f"{primary.url}/{RECORD_KEY}")
+    raise ConflictError(f"{primary.url}/{RECORD_KEY}: placement record kept changing while being read")
+
+
+def update_record(primary: Store, change: Callable[[PlacementRecord], None]) -> PlacementRecord:
+    """Apply ``change`` to the current record and publish it by compare-and-swap;
+    on a lost race ``change`` is applied again to the newer record (no lost update)."""
+    for attempt in range(_CAS_RETRIES):
+        rec = read_record(primary)
+        change(rec)
+        rec.generation += 1
+        try:
+            info = primary.compare_and_swap(RECORD_KEY, rec.version, rec.to_bytes())
+        except ConflictError:
+            time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+            continue
+        rec.version = info.version
+        return rec
+    raise ConflictError(f"{primary.url}/{RECORD_KEY}: lost {_CAS_RETRIES} compare-and-swap races to other writers")
+
+
+# ---------------------------------------------------------------- place
+
+
+@dataclass
+class PlaceReport:
+    """What :func:`place` did."""
+
+    url: str
+    manifest: str
+    site: str
+    source: str
+    blobs: int
+    bytes_total: int
+    transfer: TransferReport
+    already_complete: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "manifest": self.manifest,
+            "site": self.site,
+            "source": self.source,
+            "blobs": self.blobs,
+            "bytes": self.bytes_total,
+            "already_complete": self.already_complete,
+            **self.transfer.to_json(),
+        }
+
+
+def _blob_items(repo: Repository, manifest: Manifest) -> list[CopyItem]:
+    seen: dict[str, CopyItem] = {}
+    for e in manifest.entries.values():
+        if e.blob not in seen:
+            key = repo.blob_key(e.blob)
+            seen[e.blob] = CopyItem(key, key, e.size, e.checksums)
+    return list(seen.values())
+
+
+def _snapshot_at(ns: Namespace, url: str) -> tuple[str, list[Site], Site, Repository, str, Manifest]:
+    mount, name = split_snapshot_url(url)
+    sites = mount_sites(ns, mount)
+    primary = _primary(sites)
+    repo = Repository(primary.store)
+    state = repo.read_ref(name)
+    if state is None:
+        raise NotFoundError(2, f"{url} (ref {primary.url}/{repo.ref_key(name)})", None, "resolve snapshot")
+    return mount, sites, primary, repo, state.manifest, repo.get_manifest(state.manifest)
+
+
+def place(
+    url: str,
+    to: str,
+    *,
+    namespace: Namespace | None = None,
+    max_rate: float | None = None,
+    workers: int = DEFAULT_WORKERS,
+    part_bytes: int = DEFAULT_PART_BYTES,
+    progress: bool = False,
+) -> PlaceReport:
+    """Copy snapshot ``sc://mount/name`` to site ``to`` and publish it complete there.
+
+    Copies only the blobs ``to`` lacks (or holds damaged), each verified by
+    crc32c at ``to``; ``max_rate`` caps bytes/s. Publishes "``to``
+    complete" in the placement record only after every blob and the
+    manifest are there and verified. Raises InvalidArgumentError for an
+    unknown mount or site, NotFoundError for an unknown snapshot,
+    TransferError when ``to`` is down or full (nothing published; a rerun
+    resumes), ConflictError when the record cannot be updated.
+    """
+    ns = namespace or Namespace()
+    try:
+        mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
+        dest = _site(sites, to, mount)
+        items = _blob_items(repo, manifest)
+        total = sum(i.size for i in items)
+        if dest.primary or to in read_record(primary.store).sites_of(h):
+            return PlaceReport(url, h, to, primary.name, len(items), total, TransferReport(objects=len(items)), True)
+        run = uuid.uuid4().hex[:12]
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+
+        def mark(rec: PlacementRecord) -> None:
+            rec.inflight.setdefault(h, {}).setdefault(to, {})[run] = {"started": time.time(), "holder": holder}
+
+        def unmark(rec: PlacementRecord) -> None:
+            runs = rec.inflight.get(h, {}).get(to, {})
+            runs.pop(run, None)
+            if not runs:
+                rec.inflight.get(h, {}).pop(to, None)
+            if not rec.inflight.get(h, True):
+                rec.inflight.pop(h, None)
+
+        # The source blobs stay pinned while they are copied (GC keeps leased snapshots).
+        with Lease(primary.store, h, primary.name):
+            update_record(primary.store, mark)
+            try:
+                report = copy_objects(
+                    primary.store,
+                    dest.store,
+                    items,
+                    workers=workers,
+                    part_bytes=part_bytes,
+                    max_rate=max_rate,
+                    progress=progress,
+                    label=f"place {url} -> {to}",
+                    delete_bad=False,  # concurrent runs may write the same blob; only drop deletes
+                )
+                _copy_manifest(repo, h, dest.store)
+            except BaseException:
+                try:
+                    update_record(primary.store, unmark)
+                except StorecompError:
+                    pass  # the in-flight mark stays; `place --status` shows its age
+                raise
+
+            def publish(rec: PlacementRecord) -> None:
+                unmark(rec)
+                rec.inflight.get(h, {}).pop(to, None)  # complete now: marks of runs that died are moot
+                if not rec.inflight.get(h, True):
+                    rec.inflight.pop(h, None)
+                rec.complete.setdefault(h, {})[to] = {"time": time.time(), "bytes": total}
+                if report.bytes_copied and report.seconds > 0:
+                    rec.rates[f"{primary.name}->{to}"] = report.bytes_copied / report.seconds
+
+            update_record(primary.store, publish)
+        return PlaceReport(url, h, to, primary.name, len(items), total, report)
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+def _copy_manifest(repo: Repository, h: str, dst: Store) -> None:
+    key = repo.manifest_key(h)
+    raw = repo.primary.get(key)
+    if sha256_hex(raw) != h:
+        raise CorruptDataError(f"{repo.primary.url}/{key}: manifest content does not match its SHA-256 name")
+    try:
+        if sha256_hex(dst.get(key)) == h:
+            return
+    except NotFoundError:
+        pass
+    dst.put(key, raw)
+    if sha256_hex(dst.get(key)) != h:
+        raise CorruptDataError(f"{dst.url}/{key}: manifest failed verification at the destination")
+
+
+# ---------------------------------------------------------------- read side
+
+
+@dataclass
+class Resolved:
+    """A snapshot and the site whose complete copy reads go to."""
+
+    url: str
+    manifest: str
+    site: str
+    snapshot: Snapshot
+    sites: list[str]  # every site with a complete copy, nearest first
+
+
+def resolve(url: str, *, namespace: Namespace | None = None, near: str | None = None) -> Resolved:
+    """The nearest complete copy of ``sc://mount/name``: ``near`` (default this
+    node's ``STORECOMP_SITE``) if it holds one, else the next in read order;
+    never a site whose copy is partial."""
+    ns = namespace or Namespace()
+    mount, sites, primary, _, h, manifest = _snapshot_at(ns, url)
+    complete = read_record(primary.store).sites_of(h) | {primary.name}
+    near = ns.local_site if near is None else near
+    order = sorted((s for s in sites if s.name in complete), key=lambda s: (s.name != near,))  # stable: read order
+    best = order[0]
+    snap = Snapshot(Repository(best.store), h, manifest)
+    return Resolved(url, h, best.name, snap, [s.name for s in order])
+
+
+def open_snapshot(
+    url: str, *, namespace: Namespace | None = None, near: str | None = None, ttl_s: float = 60.0
+) -> tuple[Resolved, Lease]:
+    """:func:`resolve` and pin the copy with a renewed lease (release it when done).
+    The lease is taken before the record is read again, so a concurrent
+    ``--drop`` either sees the lease or has already unpublished the site."""
+    ns = namespace or Namespace()
+    for _ in range(_CAS_RETRIES):
+        r = resolve(url, namespace=ns, near=near)
+        primary = _primary(mount_sites(ns, split_snapshot_url(url)[0]))
+        lease = Lease(primary.store, r.manifest, r.site, ttl_s=ttl_s)
+        if r.site == primary.name or r.site in read_record(primary.store).sites_of(r.manifest):
+            return r, lease
+        lease.release()  # dropped between resolve and lease: resolve again
+    raise ConflictError(f"{url}: copies kept moving while being opened")
+
+
+# ---------------------------------------------------------------- drop, plan, status
+
+
+def drop(url: str, site: str, *, namespace: Namespace | None = None) -> int:
+    """Remove ``site``'s copy of snapshot ``sc://mount/name``; returns blob bytes deleted.
+
+    Refused (ConflictError) for the primary (the write site, the one copy
+    always complete), for a site without a complete copy of it, and while a
+    live lease names the copy. Blobs another snapshot placed at ``site`` still
+    uses are kept.
+    """
+    ns = namespace or Namespace()
+    try:
+        mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
+        dest = _site(sites, site, mount)
+        rec = read_record(primary.store)
+        others = (rec.sites_of(h) | {primary.name}) - {site}
+        if dest.primary or not others:
+            raise ConflictError(f"{url}: refusing to drop the only complete copy guaranteed to stay ({site} is the primary)")
+        if site not in rec.sites_of(h):
+            raise ConflictError(f"{url}: site {site} holds no complete copy of {h[:12]} (see `storecomp place --status`)")
+        _refuse_if_leased(primary.store, url, h, site)
+
+        def unpublish(r: PlacementRecord) -> None:
+            r.complete.get(h, {}).pop(site, None)
+            if not r.complete.get(h, True):
+                r.complete.pop(h, None)
+
+        rec = update_record(primary.store, unpublish)
+        try:
+            _refuse_if_leased(primary.store, url, h, site)  # a reader that pinned it meanwhile
+        except ConflictError:
+            update_record(
+                primary.store, lambda r: r.complete.setdefault(h, {}).__setitem__(site, {"time": time.time(), "bytes": 0})
+            )
+            raise
+        keep: set[str] = set()
+        for other, where in rec.complete.items():
+            if site in where or site in rec.inflight.get(other, {}):
+                keep.update(e.blob for e in repo.get_manifest(other).entries.values())
+        for other in rec.inflight:
+            if site in rec.inflight[other]:
+                keep.update(e.blob for e in repo.get_manifest(other).entries.values())
+        freed = 0
+        for e in {e.blob: e for e in manifest.entries.values()}.values():
+            if e.blob not in keep:
+                dest.store.delete(repo.blob_key(e.blob))
+                freed += e.size
+        return freed
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+def _refuse_if_leased(primary: Store, url: str, h: str, site: str) -> None:
+    held = [le for le in leases(primary, manifest=h) if le.live and le.site == site]
+    if held:
+        raise ConflictError(
+            f"{url}: {len(held)} reader(s) hold a lease on the copy at {site} (e.g. {held[0].holder}); not dropped"
+        )
+
+
+@dataclass
+class Plan:
+    """What :func:`plan` found: bytes to move to ``site`` and the estimated time."""
+
+    url: str
+    manifest: str
+    site: str
+    blobs: int
+    bytes_total: int
+    blobs_missing: int
+    bytes_missing: int
+    rate: float  # bytes/s used for the estimate
+    rate_from: str  # "last copy" or "probe"
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan(url: str, to: str, *, namespace: Namespace | None = None, probe_bytes: int = 4 << 20) -> Plan:
+    """Dry run of :func:`place`: the blobs ``to`` lacks (by presence and size)
+    and the time to copy them at the rate the last copy measured, else at a
+    rate probed now (one ``probe_bytes`` object written to ``to`` and removed)."""
+    ns = namespace or Namespace()
+    try:
+        mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
+        dest = _site(sites, to, mount)
+        items = _blob_items(repo, manifest)
+        rec = read_record(primary.store)
+        missing = []
+        if not dest.primary and to not in rec.sites_of(h):
+            for it in items:
+                try:
+                    if dest.store.stat(it.dst_key).size == it.size:
+                        continue
+                except NotFoundError:
+                    pass
+                missing.append(it)
+        nbytes = sum(i.size for i in missing)
+        rate, source = rec.rates.get(f"{primary.name}->{to}", 0.0), "last copy"
+        if rate <= 0 and nbytes:
+            rate, source = probe_write_rate(dest.store, probe_bytes), "probe"
+        secs = nbytes / rate if rate > 0 else 0.0
+        return Plan(url, h, to, len(items), sum(i.size for i in items), len(missing), nbytes, rate, source, secs)
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+def probe_write_rate(store: Store, nbytes: int = 4 << 20) -> float:
+    """Bytes/s of one ``nbytes`` put to ``store`` (a temporary object, removed)."""
+    key = f"placement/probe/{uuid.uuid4().hex}"
+    data = np.random.default_rng().integers(0, 256, nbytes, dtype=np.uint8)
+    t0 = time.perf_counter()
+    store.put(key, data)
+    dt = time.perf_counter() - t0
+    store.delete(key)
+    return nbytes / max(dt, 1e-9)
+
+
+def status(mount: str, *, namespace: Namespace | None = None) -> dict[str, Any]:
+    """Where each snapshot (ref) of ``mount`` lives, what is in flight and who holds leases."""
+    ns = namespace or Namespace()
+    try:
+        sites = mount_sites(ns, mount)
+        primary = _primary(sites)
+        repo = Repository(primary.store)
+        rec = read_record(primary.store)
+        live = [le for le in leases(primary.store) if le.live]
+        snaps = []
+        for name in repo.refs():
+            state = repo.read_ref(name)
+            if state is None:
+                continue
+            h = state.manifest
+            try:
+                m = repo.get_manifest(h)
+                nbytes, nblobs = m.total_bytes, len({e.blob for e in m.entries.values()})
+            except StorecompError:
+                nbytes, nblobs = -1, -1
+            snaps.append(
+                {
+                    "name": name,
+                    "url": f"{SCHEME}{mount}/{name}",
+                    "manifest": h,
+                    "bytes": nbytes,
+                    "blobs": nblobs,
+                    "complete": [primary.name, *sorted(rec.sites_of(h) - {primary.name})],
+                    "in_flight": {
+                        s: [
+                            {"run": r, "age_s": round(time.time() - v.get("started", 0), 1), "holder": v.get("holder")}
+                            for r, v in runs.items()
+                        ]
+                        for s, runs in rec.inflight.get(h, {}).items()
+                    },
+                    "leases": [
+                        {"site": le.site, "holder": le.holder, "expires_in_s": round(le.expires - time.time(), 1)}
+                        for le in live
+                        if le.manifest == h
+                    ],
+                }
+            )
+        return {
+            "mount": f"{SCHEME}{mount}",
+            "primary": primary.name,
+            "sites": [s.name for s in sites],
+            "generation": rec.generation,
+            "snapshots": snaps,
+            "rates": rec.rates,
+        }
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+# ---------------------------------------------------------------- warm, probe, decide
+
+
+def warm(url: str, *, namespace: Namespace | None = None, part_bytes: int = DEFAULT_PART_BYTES) -> dict[str, Any]:
+    """Read every blob of snapshot ``sc://mount/name`` through the mount's
+    node-local cache tier (verified), so later reads hit local disk.
+    InvalidArgumentError when the mount has no ``cache_dir``."""
+    ns = namespace or Namespace()
+    try:
+        mount, _, _, _, h, manifest = _snapshot_at(ns, url)
+        st = ns.store(mount)
+        cache_dir = ns.mounts[mount].cache_dir
+        if not cache_dir:
+            raise InvalidArgumentError(
+                f"{SCHEME}{mount}: no cache tier to warm (set cache_dir and cache_max_bytes in the mount table)"
+            )
+        repo = Repository(st)
+        blobs = {e.blob: e for e in manifest.entries.values()}
+        buf = np.empty(part_bytes, np.uint8)
+        total = 0
+        for e in blobs.values():
+            step = e.checksums.chunk_bytes * max(1, part_bytes // e.checksums.chunk_bytes)
+            if step > buf.size:
+                buf = np.empty(step, np.uint8)
+            for off in range(0, e.size, step):
+                n = min(step, e.size - off)
+                repo.read_blob_into(e, buf, [off], [n], [0])
+                total += n
+        return {"url": url, "manifest": h, "blobs": len(blobs), "bytes": total, "cache": cache_dir}
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+def probe_site(store: Store, nbytes: int = 4 << 20) -> dict[str, Any]:
+    """Measure one site now: ``latency_s`` (a small list call), ``write_bps`` and
+    ``read_bps`` (one ``nbytes`` object written, read back and removed; 0 when
+    the site refuses writes). ``error`` holds why a measure failed."""
+    out: dict[str, Any] = {"latency_s": None, "write_bps": 0.0, "read_bps": 0.0, "error": ""}
+    try:
+        t0 = time.perf_counter()
+        next(iter(store.list("placement/probe/")), None)
+        out["latency_s"] = time.perf_counter() - t0
+        key = f"placement/probe/{uuid.uuid4().hex}"
+        data = np.random.default_rng().integers(0, 256, nbytes, dtype=np.uint8)
+        t0 = time.perf_counter()
+        store.put(key, data)
+        out["write_bps"] = nbytes / max(time.perf_counter() - t0, 1e-9)
+        try:
+            buf = np.empty(nbytes, np.uint8)
+            t0 = time.perf_counter()
+            store.read_ranges(key, [0], [nbytes], buf, [0])
+            out["read_bps"] = nbytes / max(time.perf_counter() - t0, 1e-9)
+        finally:
+            store.delete(key)
+    except StorecompError as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+@dataclass
+class Decision:
+    """What ``place --auto`` decided and why (times in seconds, rates in bytes/s)."""
+
+    url: str
+    site: str
+    copy: bool
+    why: str
+    stay_s: float
+    copy_s: float
+    measures: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def decide(url: str, near: str, *, reads: float = 1.0, namespace: Namespace | None = None) -> Decision:
+    """Whether to copy ``sc://mount/name`` to site ``near`` before reading it
+    ``reads`` times there (the rule in docs/placement.md): copy when
+
+        missing / copy_rate + reads * size / read_rate(near)  <  reads * size / read_rate(nearest complete copy)
+
+    with rates measured now (:func:`probe_site`; the copy rate is the last
+    copy's, else min(source read, ``near`` write))."""
+    if reads < 0:
+        raise InvalidArgumentError(f"reads must be >= 0, got {reads}")
+    ns = namespace or Namespace()
+    try:
+        mount, sites, primary, _, h, manifest = _snapshot_at(ns, url)
+        dest = _site(sites, near, mount)
+        rec = read_record(primary.store)
+        complete = rec.sites_of(h) | {primary.name}
+        size = manifest.total_bytes
+        if near in complete:
+            return Decision(url, near, False, f"{near} already holds a complete copy", 0.0, 0.0, {})
+        src = next(s for s in sites if s.name in complete)
+        m_src, m_dst = probe_site(src.store), probe_site(dest.store)
+        measures = {src.name: m_src, near: m_dst}
+        p = plan(url, near, namespace=ns)
+        copy_rate = rec.rates.get(f"{primary.name}->{near}") or min(m_src["read_bps"], m_dst["write_bps"])
+        if m_dst["error"] or m_src["error"] or copy_rate <= 0 or m_dst["read_bps"] <= 0 or m_src["read_bps"] <= 0:
+            why = f"cannot measure ({m_dst['error'] or m_src['error'] or 'a rate is 0'}): staying on {src.name}"
+            return Decision(url, near, False, why, 0.0, 0.0, measures)
+        stay = reads * size / m_src["read_bps"]
+        copy = p.bytes_missing / copy_rate + reads * size / m_dst["read_bps"]
+        do = copy < stay
+        why = (
+            f"reading {reads:g} x {size} bytes from {src.name} at {m_src['read_bps'] / 2**20:.1f} MiB/s takes {stay:.2f} s; "
+            f"copying {p.bytes_missing} bytes at {copy_rate / 2**20:.1f} MiB/s and reading at {near} at "
+            f"{m_dst['read_bps'] / 2**20:.1f} MiB/s takes {copy:.2f} s: {'copy to ' + near if do else 'stay on ' + src.name}"
+        )
+        return Decision(url, near, do, why, stay, copy, measures)
+    finally:
+        if namespace is None:
+            ns.close()

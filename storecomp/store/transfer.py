@@ -1,0 +1,444 @@
+"""Copy objects between two Stores: parallel, streamed in parts, verified, resumable.
+
+:func:`copy_objects` is the one copy engine behind ``storecomp cp -r`` and
+``storecomp place``:
+
+* **parallel**: ``workers`` objects in flight at once;
+* **streamed**: each object moves in parts of ``part_bytes`` (a multiple of
+  its checksum chunk), pulled from the source as the destination takes them
+  (:func:`put_stream`): an object is never whole in memory;
+* **verified**: every part read from the source is checked against the
+  object's known crc32c (a manifest entry) or has its crc32c computed; after
+  the destination publishes, the object is read back *from the destination*
+  and every chunk checked. A mismatch deletes the copy and copies again once;
+  a second mismatch is a :class:`CorruptDataError`;
+* **resumable**: an object already at the destination with the right size
+  and matching crc32c is skipped (read back, nothing written), so a rerun
+  after a crash or kill -9 moves only what is missing; an object whose upload
+  was cut short is invisible (atomic publish) and is copied again whole;
+* **rate-capped**: ``max_rate`` bytes/s over all workers (a token bucket);
+* **progress**: a rich bar, else tqdm, else a line every few seconds on stderr.
+
+A destination that cannot be reached or is full stops the copy with
+:class:`TransferError` naming the destination and what was done so far.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..crc import crc32c
+from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorageIOError, StorecompError, StoreUnavailableError
+from .base import ObjectInfo, Store
+from .integrity import Checksums
+from .replicas import primary_of
+
+DEFAULT_PART_BYTES = 8 << 20
+DEFAULT_WORKERS = 8
+
+
+class TransferError(StorecompError, OSError):
+    """A copy stopped: the destination is unreachable or full, or an object kept
+    failing verification. ``done_bytes``/``done_objects`` say what was copied
+    and verified before it stopped (a rerun skips those)."""
+
+    def __init__(self, message: str, *, errno_: int = errno.EIO, done_objects: int = 0, done_bytes: int = 0) -> None:
+        super().__init__(errno_, message)
+        self.done_objects, self.done_bytes = done_objects, done_bytes
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@runtime_checkable
+class SupportsPutStream(Protocol):
+    """A Store that publishes an object from a stream of parts (never whole in memory)."""
+
+    def put_stream(self, key: str, parts: Iterable[Any]) -> ObjectInfo: ...
+
+
+def put_stream(store: Store, key: str, parts: Iterable[Any]) -> ObjectInfo:
+    """Publish the concatenation of ``parts`` under ``key``: streamed when the
+    backend can (local files, S3), else joined in memory and put once."""
+    if isinstance(store, SupportsPutStream):
+        return store.put_stream(key, parts)
+    inner = getattr(store, "inner", None)
+    if isinstance(inner, Store) and hasattr(store, "invalidate"):  # a cache tier: write behind it, then drop its entry
+        info = put_stream(inner, key, parts)
+        store.invalidate(key)
+        return info
+    return store.put(key, b"".join(bytes(p) for p in parts))
+
+
+@dataclass(frozen=True)
+class CopyItem:
+    """One object to copy: ``size`` bytes from ``src_key`` to ``dst_key``.
+    ``checksums``: its crc32c when known (a snapshot blob); None computes them
+    from the source while it streams."""
+
+    src_key: str
+    dst_key: str
+    size: int
+    checksums: Checksums | None = None
+
+
+@dataclass
+class TransferReport:
+    """What :func:`copy_objects` did (bytes are object bytes)."""
+
+    objects: int = 0  # objects asked for
+    copied: int = 0  # objects written (and verified) by this run
+    skipped: int = 0  # objects found at the destination, verified, not written
+    recopied: int = 0  # copies that failed verification at the destination and were written again
+    bytes_copied: int = 0
+    bytes_skipped: int = 0
+    bytes_verified: int = 0  # bytes read back from the destination and checked
+    seconds: float = 0.0
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Bytes copied per second."""
+        return self.bytes_copied / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "objects": self.objects,
+            "copied": self.copied,
+            "skipped": self.skipped,
+            "recopied": self.recopied,
+            "bytes_copied": self.bytes_copied,
+            "bytes_skipped": self.bytes_skipped,
+            "bytes_verified": self.bytes_verified,
+            "seconds": round(self.seconds, 3),
+            "bytes_per_s": round(self.rate, 1),
+        }
+
+
+class RateLimiter:
+    """A token bucket shared by threads: at most ``rate`` bytes/s (None: unlimited),
+    bursts up to one second's worth."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise InvalidArgumentError(f"max_rate must be positive bytes/s, got {rate}")
+        self.rate = rate
+        self._tokens = float(rate or 0)
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        """Block until ``n`` bytes may move."""
+        if self.rate is None or n <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= n
+            wait_s = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait_s > 0:
+            time.sleep(wait_s)
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress:
+    """Bytes done out of a total: rich, else tqdm, else a plain line every ``every_s`` seconds."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True, every_s: float = 2.0) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._kind = "off"
+        self._every, self._last, self._t0 = every_s, 0.0, time.monotonic()
+        if not enabled:
+            return
+        if sys.stderr.isatty():
+            try:
+                from rich.progress import BarColumn, DownloadColumn, TransferSpeedColumn
+                from rich.progress import Progress as RichProgress
+
+                self._bar = RichProgress(
+                    "[progress.description]{task.description}",
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    transient=True,
+                )
+                self._bar.start()
+                self._task = self._bar.add_task(label, total=total)
+                self._kind = "rich"
+                return
+            except ImportError:
+                pass
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr)
+                self._kind = "tqdm"
+                return
+            except ImportError:
+                pass
+        self._kind = "lines"
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            if self._kind == "rich":
+                self._bar.update(self._task, advance=n)
+            elif self._kind == "tqdm":
+                self._bar.update(n)
+            elif self._kind == "lines":
+                now = time.monotonic()
+                if now - self._last >= self._every:
+                    self._last = now
+                    rate = self.done / max(1e-9, now - self._t0)
+                    print(f"{self.label}: {self.done}/{self.total} bytes, {rate / 2**20:.1f} MiB/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._kind == "rich":
+            self._bar.stop()
+        elif self._kind == "tqdm":
+            self._bar.close()
+        self._kind = "off"
+
+
+# ---------------------------------------------------------------- one object
+
+
+def _part_size(part_bytes: int, sums: Checksums | None) -> int:
+    if sums is None:
+        return part_bytes
+    return sums.chunk_bytes * max(1, part_bytes // sums.chunk_bytes)
+
+
+def _read_part(store: Store, key: str, off: int, n: int) -> np.ndarray:
+    buf = np.empty(n, np.uint8)
+    if n:
+        store.read_ranges(key, [off], [n], buf, [0], exact=True)
+    return buf
+
+
+def verify_object(store: Store, key: str, sums: Checksums, part_bytes: int = DEFAULT_PART_BYTES) -> bool:
+    """True when ``key`` in ``store`` has ``sums.size`` bytes and every chunk
+    matches ``sums`` (read in parts); False when it is missing, short or differs."""
+    try:
+        if store.stat(key).size != sums.size:
+            return False
+        step = _part_size(part_bytes, sums)
+        for off in range(0, sums.size, step):
+            sums.verify(_read_part(store, key, off, min(step, sums.size - off)), off, f"{store.url}/{key}")
+    except (NotFoundError, CorruptDataError):
+        return False
+    except StorecompError as e:
+        if _is_short(e):
+            return False
+        raise
+    return True
+
+
+def _is_short(e: BaseException) -> bool:
+    from ..errors import ShortReadError
+
+    return isinstance(e, ShortReadError)
+
+
+class _Copier:
+    """Shared state of one :func:`copy_objects` call."""
+
+    def __init__(
+        self,
+        src: Store,
+        dst: Store,
+        part_bytes: int,
+        limiter: RateLimiter,
+        progress: Progress,
+        report: TransferReport,
+        delete_bad: bool,
+    ) -> None:
+        self.src, self.dst, self.part_bytes = src, dst, part_bytes
+        # Checks read the copy that was written (a replicated mount's primary, behind any cache).
+        self.check = primary_of(dst)
+        self.limiter, self.progress, self.report = limiter, progress, report
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.delete_bad = delete_bad
+
+    def _source_parts(self, item: CopyItem, step: int, crcs: list[int] | None) -> Iterator[np.ndarray]:
+        label = f"{self.src.url}/{item.src_key}"
+        for off in range(0, item.size, step):
+            if self.stop.is_set():
+                raise TransferError(f"{self.dst.url}/{item.dst_key}: copy cancelled (another object failed)")
+            n = min(step, item.size - off)
+            self.limiter.take(n)
+            part = _read_part(self.src, item.src_key, off, n)
+            if item.checksums is not None:
+                item.checksums.verify(part, off, label)  # a bad source is never copied
+            elif crcs is not None:
+                crcs.append(crc32c(part))
+            yield part
+            self.progress.add(n)
+
+    def copy(self, item: CopyItem) -> None:
+        sums = item.checksums
+        # Resume: a verified object at the destination is not written again.
+        if sums is not None:
+            if self._present(item.dst_key, sums):
+                self._count(skipped=1, bytes_skipped=item.size, bytes_verified=item.size)
+                self.progress.add(item.size)
+                return
+        elif self._same_as_source(item):
+            self._count(skipped=1, bytes_skipped=item.size, bytes_verified=2 * item.size)
+            self.progress.add(item.size)
+            return
+        for attempt in range(2):
+            step = _part_size(self.part_bytes, sums)
+            crcs: list[int] | None = [] if sums is None else None
+            self._put(item, self._source_parts(item, step, crcs))
+            got = sums if sums is not None else Checksums(item.size, step, tuple(crcs or ()))
+            if verify_object(self.check, item.dst_key, got, self.part_bytes):
+                self._count(copied=1, bytes_copied=item.size, bytes_verified=item.size, recopied=attempt)
+                return
+            self.progress.add(-item.size)  # the next attempt overwrites it
+        if self.delete_bad:
+            self.dst.delete(item.dst_key)  # never leave a copy that failed its check
+        raise CorruptDataError(f"{self.dst.url}/{item.dst_key}: the copy failed crc32c verification at the destination twice")
+
+    def _present(self, key: str, sums: Checksums) -> bool:
+        try:
+            ok = verify_object(self.check, key, sums, self.part_bytes)
+        except StorecompError as e:
+            raise _destination_error(self.dst, key, e) from None
+        return ok  # wrong bytes there are replaced by the copy (never deleted: another run may be writing good ones)
+
+    def _same_as_source(self, item: CopyItem) -> bool:
+        try:
+            info = self.check.stat(item.dst_key)
+        except NotFoundError:
+            return False
+        except StorecompError as e:
+            raise _destination_error(self.dst, item.dst_key, e) from None
+        if info.size != item.size:
+            return False
+        step = self.part_bytes
+        for off in range(0, item.size, step):
+            n = min(step, item.size - off)
+            if crc32c(_read_part(self.src, item.src_key, off, n)) != crc32c(_read_part(self.check, item.dst_key, off, n)):
+                return False
+        return True
+
+    def _put(self, item: CopyItem, parts: Iterator[np.ndarray]) -> None:
+        failure: list[BaseException] = []
+
+        def guarded() -> Iterator[np.ndarray]:
+            try:
+                yield from parts
+            except BaseException as e:
+                failure.append(e)
+                raise
+
+        try:
+            info = put_stream(self.dst, item.dst_key, guarded())
+        except BaseException as e:
+            if failure:  # the source (or a cancel) failed, not the destination
+                raise failure[0] from None
+            if isinstance(e, StorecompError):
+                raise _destination_error(self.dst, item.dst_key, e) from None
+            raise
+        if failure:
+            raise failure[0]
+        if info.size != item.size:
+            raise CorruptDataError(f"{self.dst.url}/{item.dst_key}: wrote {item.size} bytes, the store reports {info.size}")
+
+    def _count(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self.report, k, getattr(self.report, k) + v)
+
+
+def _destination_error(dst: Store, key: str, e: StorecompError) -> StorecompError:
+    """A clear error for a destination that is down or full; others pass through."""
+    if isinstance(e, StoreUnavailableError):
+        return TransferError(f"destination {dst.url} is unreachable ({e.endpoint}): {e.detail}", errno_=errno.EHOSTUNREACH)
+    if isinstance(e, StorageIOError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransferError(f"destination {dst.url} is full: writing {key} failed ({e.strerror})", errno_=errno.ENOSPC)
+    text = str(e).lower()
+    if isinstance(e, StorageIOError) and any(w in text for w in ("no space", "quota", "entity too large", "insufficient")):
+        return TransferError(f"destination {dst.url} is full: writing {key} failed ({e})", errno_=errno.ENOSPC)
+    return e
+
+
+# ---------------------------------------------------------------- many objects
+
+
+def copy_objects(
+    src: Store,
+    dst: Store,
+    items: Sequence[CopyItem],
+    *,
+    workers: int = DEFAULT_WORKERS,
+    part_bytes: int = DEFAULT_PART_BYTES,
+    max_rate: float | None = None,
+    progress: bool = False,
+    label: str = "copy",
+    on_copied: Callable[[CopyItem], None] | None = None,
+    delete_bad: bool = True,
+) -> TransferReport:
+    """Copy ``items`` from ``src`` to ``dst`` (see the module docstring).
+
+    ``workers``: objects in flight; ``part_bytes``: bytes per streamed part;
+    ``max_rate``: bytes/s over all workers (None: no cap). ``on_copied`` is
+    called (from a worker thread) after each object is verified at the
+    destination. ``delete_bad``: delete a copy that failed verification twice
+    (False where other runs may write the same content-addressed key at once:
+    then only the protocol that publishes it ever deletes). Raises :class:`TransferError` when the destination is down or
+    full, CorruptDataError when the source fails its checksums or a copy
+    fails verification twice; objects finished before the failure stay (a
+    rerun skips them).
+    """
+    if workers <= 0 or part_bytes <= 0:
+        raise InvalidArgumentError(f"workers and part_bytes must be positive, got {workers}, {part_bytes}")
+    report = TransferReport(objects=len(items))
+    bar = Progress(sum(i.size for i in items), label, enabled=progress)
+    c = _Copier(src, dst, part_bytes, RateLimiter(max_rate), bar, report, delete_bad)
+    t0 = time.monotonic()
+
+    def one(item: CopyItem) -> None:
+        c.copy(item)
+        if on_copied is not None:
+            on_copied(item)
+
+    # Largest first: the long copies start early and the tail is short.
+    order = sorted(items, key=lambda i: -i.size)
+    try:
+        with ThreadPoolExecutor(max_workers=min(workers, max(1, len(order))), thread_name_prefix="sc-copy") as pool:
+            futs = {pool.submit(one, it): it for it in order}
+            done, _ = wait(futs, return_when=FIRST_EXCEPTION)
+            errors = [f for f in done if f.exception() is not None]
+            if errors:
+                c.stop.set()
+                for f in futs:
+                    f.cancel()
+                wait(futs)
+                first = errors[0].exception()
+                assert first is not None
+                report.failed = [futs[f].dst_key for f in futs if f.done() and not f.cancelled() and f.exception() is not None]
+                if isinstance(first, TransferError):
+                    first.done_objects = report.copied + report.skipped
+                    first.done_bytes = report.bytes_copied + report.bytes_skipped
+                raise first
+    finally:
+        bar.close()
+        report.seconds = time.monotonic() - t0
+    return report
