@@ -373,9 +373,7 @@ class Engine:
         self._write_mode = _native.MODE_DIRECT if opts.direct == "on" else _native.MODE_BUFFERED
         self._lock = threading.Lock()
         # path -> (File, its (st_dev, st_ino, st_size, st_mtime_ns) at open)
-        self._files: collections.OrderedDict[tuple[str, bool], tuple[File, tuple[int, int, int, int]]] = (
-            collections.OrderedDict()
-        )
+        self._files: collections.OrderedDict[tuple[str, bool], tuple[File, tuple[int, int, int, int]]] = collections.OrderedDict()
         self._staging: StagingPool | None = None
         self._copier: ThreadPoolExecutor | None = None
         self._closed = False

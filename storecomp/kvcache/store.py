@@ -264,7 +264,9 @@ class KVCacheStore:
         self._check_open()
         layout = self._layout_of(kv)
         if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}")
+            raise InvalidArgumentError(
+                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
+            )
         return self._store_keys(list(keys), layout)
 
     def _store_keys(self, keys: list[bytes], layout: Any) -> int:
@@ -487,7 +489,9 @@ class KVCacheStore:
         self._check_open()
         layout = self._layout_of(out)
         if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}")
+            raise InvalidArgumentError(
+                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
+            )
         return self._retrieve_keys(list(keys), layout)
 
     def _retrieve_keys(self, keys: list[bytes], layout: Any) -> int:
@@ -530,7 +534,9 @@ class KVCacheStore:
         self._check_open()
         layout = self._layout_of(out)
         if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}")
+            raise InvalidArgumentError(
+                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
+            )
         return self._retrieve_layerwise_keys(list(keys), layout)
 
     def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Iterator[tuple[int, int]]:
