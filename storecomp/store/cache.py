@@ -566,9 +566,14 @@ class CachedStore(WrapperStore):
         if length is not None:
             return super().get(key, offset, length)
         for attempt in range(VERSION_RETRIES):
-            ent = self._entry(key, None if self.block_bytes is None else 0)
-            if ent is not None:
-                size, version = int(ent[1].meta["size"]), str(ent[1].meta["version"])
+            # The size and version from a cached entry's header when there is one (looked at, not
+            # counted: the read below counts its own hit or miss), else from the inner store.
+            try:
+                found = self._header(self._entry_key(key, None if self.block_bytes is None else 0))
+            except CorruptDataError:
+                found = None  # the read below discards and refetches it, counted
+            if found is not None:
+                size, version = int(found[0].meta["size"]), str(found[0].meta["version"])
             else:
                 info = self.inner.stat(key)
                 size, version = info.size, info.version

@@ -11,9 +11,10 @@ DataLoader like any other store. Plaintext never reaches the inner store.
   wrapped by the provider's current key) and publish it whole through the
   inner store (put, put_if_absent and compare_and_swap keep their meaning).
 * Reads (``submit_ranges``) return at once; a worker thread fetches the
-  header (cached per key) and the segments covering the ranges, opens them
-  (every tag checked) and copies the bytes into the destination (host
-  memory: decrypt to host first for a CUDA tensor). A failed tag is a
+  header (cached per key) and the segments covering the ranges, all of one
+  version of the object, opens them (every tag checked) and lands the
+  plaintext in the destination (host memory or a CUDA tensor, through
+  ``storecomp.io.land_bytes``). A failed tag is a
   ``CorruptDataError`` (``WrongKeyError`` for a key problem); no byte lands
   in the destination unless every segment the call needs authenticates. A cached header that no
   longer matches (the object was replaced) is re-read once.
@@ -29,9 +30,8 @@ DataLoader like any other store. Plaintext never reaches the inner store.
 from __future__ import annotations
 
 import collections
-import ctypes
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,18 +43,16 @@ from ..errors import (
     ConflictError,
     CorruptDataError,
     ShortReadError,
-    UnsupportedBufferError,
 )
-from ..io.buffers import BufferRef, as_buffer
-from ..io.engine import checked_ranges
-from .base import Capabilities, ObjectInfo, Store
+from ..io import BufferRef, land_bytes
+from .base import Capabilities, ObjectInfo, Store, WrapperStore
 from .futures import PendingRanges
 from .keys import payload_view, validate_key
 
 _HEADER_CACHE = 4096
 
 
-class EncryptedStore(Store):
+class EncryptedStore(WrapperStore):
     """``inner`` with every object sealed under keys from ``keys`` (a KeyProvider, ``"env"``,
     ``"file:PATH"``). ``threads``: workers that open segments. Raises ConfigError naming the
     setting when no key provider is given or its keys are missing."""
@@ -74,6 +72,10 @@ class EncryptedStore(Store):
         self._lock = threading.Lock()
 
     @property
+    def primary(self) -> Store:
+        return self.inner
+
+    @property
     def capabilities(self) -> Capabilities:
         c = self.inner.capabilities
         return Capabilities(conditional_writes=c.conditional_writes, ranged_reads=c.ranged_reads, native_reads=False, local=False)
@@ -83,7 +85,7 @@ class EncryptedStore(Store):
 
     # ------------------------------------------------------------ headers
 
-    def _envelope(self, key: str, fresh: bool) -> tuple[crypto.Envelope | None, bool]:
+    def _envelope(self, key: str, fresh: bool, version: str | None = None) -> tuple[crypto.Envelope | None, bool]:
         """The object's opened header (None: a plaintext object, allowed), and whether it came from the cache."""
         if not fresh:
             with self._lock:
@@ -91,7 +93,7 @@ class EncryptedStore(Store):
                     self._headers.move_to_end(key)
                     return self._headers[key], True
         head = np.zeros(crypto.HEADER_BYTES, np.uint8)
-        got = int(self.inner.read_ranges(key, [0], [crypto.HEADER_BYTES], head, [0], exact=False)[0])
+        got = int(self.inner.read_ranges(key, [0], [crypto.HEADER_BYTES], head, [0], exact=False, version=version)[0])
         env: crypto.Envelope | None
         if got == crypto.HEADER_BYTES and crypto.is_sealed(head):
             env = crypto.open_header(head, key.encode(), self.keys, self._where(key))
@@ -114,54 +116,42 @@ class EncryptedStore(Store):
 
     # ------------------------------------------------------------ reads
 
-    def submit_ranges(
-        self,
-        key: str,
-        offsets: Sequence[int] | np.ndarray,
-        lengths: Sequence[int] | np.ndarray,
-        dst: Any,
-        dst_offsets: Sequence[int] | np.ndarray,
-        *,
-        exact: bool = True,
+    def _submit_ranges(
+        self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> PendingRanges:
-        validate_key(key)
-        ref = as_buffer(dst)
-        if ref.is_cuda:
-            raise UnsupportedBufferError(
-                f"{self._where(key)}: an encrypted store decrypts into host memory; read to host, then copy"
-            )
-        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self._where(key))
-        return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, dst, exact), ref)
+        return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
 
     def _read(
-        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, dst: Any, exact: bool
+        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, version: str | None
     ) -> np.ndarray:
-        env, cached = self._envelope(key, fresh=False)
+        env, cached = self._envelope(key, fresh=False, version=version)
         if env is None:
-            return self.inner.read_ranges(key, offs, lens, dst, douts, exact=exact)
+            return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=version)
         try:
-            return self._read_sealed(key, env, offs, lens, douts, ref, exact)
+            return self._read_sealed(key, env, offs, lens, douts, ref, version)
         except CorruptDataError:
             if not cached:
                 raise
         # The cached header may be of an earlier version of the object: once more, fresh.
-        env, _ = self._envelope(key, fresh=True)
+        env, _ = self._envelope(key, fresh=True, version=version)
         if env is None:
-            return self.inner.read_ranges(key, offs, lens, dst, douts, exact=exact)
-        return self._read_sealed(key, env, offs, lens, douts, ref, exact)
+            return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=version)
+        return self._read_sealed(key, env, offs, lens, douts, ref, version)
 
     def _read_sealed(
-        self, key: str, env: crypto.Envelope, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, exact: bool
+        self,
+        key: str,
+        env: crypto.Envelope,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        ref: BufferRef,
+        version: str | None,
     ) -> np.ndarray:
         size, seg = env.plaintext_bytes, env.segment_bytes
         where = self._where(key)
         ends = np.minimum(offs + lens, size)
         got = np.where(ends > offs, ends - offs, 0).astype(np.uint64)
-        if exact:
-            short = np.flatnonzero(got < lens)
-            if short.size:
-                i = int(short[0])
-                raise ShortReadError(where, int(offs[i]), int(lens[i]), int(got[i]))
         wanted = sorted(
             {s for i in range(offs.size) if got[i] for s in range(int(offs[i]) // seg, (int(ends[i]) - 1) // seg + 1)}
         )
@@ -171,10 +161,10 @@ class EncryptedStore(Store):
         positions = np.cumsum([0] + [n for _, n in spans])
         records = np.empty(int(positions[-1]), np.uint8)
         try:
-            self.inner.read_ranges(key, [o for o, _ in spans], [n for _, n in spans], records, positions[:-1])
+            self.inner.read_ranges(key, [o for o, _ in spans], [n for _, n in spans], records, positions[:-1], version=version)
         except ShortReadError as e:
             raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
-        # Every segment is authenticated before any byte lands: a failed read leaves ``dst`` untouched.
+        # Every segment is authenticated before any byte lands: a failed read leaves the destination untouched.
         plain = np.empty(int(positions[-1]) - len(wanted) * crypto.RECORD_OVERHEAD, np.uint8)
         starts = []
         at = 0
@@ -183,13 +173,11 @@ class EncryptedStore(Store):
             env.open_segment(s, records[int(positions[j]) : int(positions[j + 1])], plain[at : at + plen], where)
             starts.append((pstart, plen, at))
             at += plen
-        dst = memoryview((ctypes.c_uint8 * ref.nbytes).from_address(ref.address)).cast("B")
         for pstart, plen, at in starts:
             for i in range(offs.size):
                 lo, hi = max(int(offs[i]), pstart), min(int(ends[i]), pstart + plen)
                 if lo < hi:
-                    d = int(douts[i]) + lo - int(offs[i])
-                    dst[d : d + hi - lo] = plain[at + lo - pstart : at + hi - pstart]
+                    land_bytes(ref, int(douts[i]) + lo - int(offs[i]), plain[at + lo - pstart : at + hi - pstart])
         return got
 
     # ------------------------------------------------------------ writes
