@@ -333,11 +333,14 @@ class S3Store(Store):
         with self._known_lock:
             known = None if fresh else self._known.get(key)
         if known is None or (version is not None and known[0] != version):
+            failure: StorecompError | None = None
             try:
                 meta = await acall_with_retry(lambda: obstore.head_async(self._store, key), self.retry, _outer_transient)
             except Exception as e:
                 self._forget(key)
-                raise self._translate(e, key, "stat") from None
+                failure = self._translate(e, key, "stat")
+            if failure is not None:
+                raise failure  # outside the handler: the client's error (its URL, maybe a password) is not chained
             known = (str(meta.get("e_tag") or ""), int(meta["size"]))
             self._remember(key, *known)
         if version is not None and known[0] != version:
@@ -460,8 +463,10 @@ class S3Store(Store):
         except StorecompError:
             raise
         except Exception as e:
-            raise self._translate(e, key, "put") from None
-        return ObjectInfo(key, size, str(res["e_tag"]), None)
+            failure = self._translate(e, key, "put")
+        else:
+            return ObjectInfo(key, size, str(res["e_tag"]), None)
+        raise failure  # outside the handler: the client's error (its URL, maybe a password) is not chained
 
     def put_if_absent(self, key: str, data: Any) -> bool:
         validate_key(key)

@@ -116,7 +116,8 @@ def test_far_site_goes_down_mid_copy_then_rerun_resumes(running_seaweedfs: Seawe
         try:
             with pytest.raises(TransferError, match="unreachable") as ei:
                 place(URL, "far", namespace=ns, workers=2)
-            assert ei.value.done_objects >= 1
+            # The kill lands after a blob is written, maybe before its read-back: done (verified) may be 0.
+            assert ei.value.done_objects < len(keys)
         finally:
             stop.set()
             killer.join()
