@@ -482,8 +482,13 @@ def open_dataset(
             from ..store import open_store
 
             return _open_remote(open_store(src, **store_options), "", remote, cache_dir, cache_bytes)
-        from ..store import Namespace
+        from ..store import Namespace, placed_reader
 
+        placed = placed_reader(src) if remote == "ranges" else None
+        if placed is not None:  # sc://mount/name names a snapshot: read its nearest complete copy
+            ds = _open_shards(placed, "", "manifest.json")
+            ds.remote = remote
+            return ds
         store, prefix = Namespace().resolve(src.rstrip("/") + "/")
         return _open_remote(store, prefix, remote, cache_dir, cache_bytes)
     if src.startswith("file://"):

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -380,8 +381,10 @@ def open_snapshot(
 # ---------------------------------------------------------------- drop, plan, status
 
 
-def drop(url: str, site: str, *, namespace: Namespace | None = None) -> int:
-    """Remove ``site``'s copy of snapshot ``sc://mount/name``; returns blob bytes deleted.
+def drop(url: str, site: str, *, namespace: Namespace | None = None, manifest_hash: str | None = None) -> int:
+    """Remove ``site``'s copy of snapshot ``sc://mount/name`` (of manifest
+    ``manifest_hash`` when given: a snapshot the ref no longer names); returns
+    blob bytes deleted.
 
     Refused (ConflictError) for the primary (the write site, the one copy
     always complete), for a site without a complete copy of it, and while a
@@ -391,6 +394,8 @@ def drop(url: str, site: str, *, namespace: Namespace | None = None) -> int:
     ns = namespace or Namespace()
     try:
         mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
+        if manifest_hash is not None:
+            h, manifest = manifest_hash, repo.get_manifest(manifest_hash)
         dest = _site(sites, site, mount)
         rec = read_record(primary.store)
         others = (rec.sites_of(h) | {primary.name}) - {site}
@@ -666,6 +671,151 @@ def decide(url: str, near: str, *, reads: float = 1.0, namespace: Namespace | No
             f"{m_dst['read_bps'] / 2**20:.1f} MiB/s takes {copy:.2f} s: {'copy to ' + near if do else 'stay on ' + src.name}"
         )
         return Decision(url, near, do, why, stay, copy, measures)
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+# ---------------------------------------------------------------- readers that move
+
+
+class _Done:
+    """A finished :class:`~storecomp.store.base.RangeFuture` around a concurrent.futures.Future."""
+
+    def __init__(self, fut: Any) -> None:
+        self._fut = fut
+
+    def done(self) -> bool:
+        return bool(self._fut.done())
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        return self._fut.result(timeout)  # type: ignore[no-any-return]
+
+
+class PlacedReader:
+    """The files of one snapshot, read from its nearest complete copy; moves to
+    a nearer copy when one completes, without stopping.
+
+    Implements the reader interface of :mod:`storecomp.data` (``size``,
+    ``read``, ``submit``, ``join``, ``describe``), so ``open_dataset`` and
+    the DataLoader read a placed snapshot through it. The snapshot is pinned
+    at open (its manifest hash): a writer moving the ref later changes
+    nothing here, so sample order and bytes stay exactly those of the
+    snapshot opened. Every read is verified against the manifest's crc32c.
+    At a file (shard) boundary, at most every ``recheck_s`` seconds, it reads
+    the placement record; when a nearer site (``near``, default
+    ``STORECOMP_SITE``) became complete, later reads go there. The copy being
+    read is pinned by a renewed :class:`Lease`; the previous copy's lease is
+    released at the next check, after the reads already submitted to it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: Namespace | None = None,
+        near: str | None = None,
+        recheck_s: float = 5.0,
+        ttl_s: float = 60.0,
+        threads: int = 8,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.url = url
+        self._own_ns = namespace is None
+        self._ns = namespace or Namespace()
+        self._near = self._ns.local_site if near is None else near
+        resolved, lease = open_snapshot(url, namespace=self._ns, near=self._near, ttl_s=ttl_s)
+        self.manifest_hash = resolved.manifest
+        self.snapshot = resolved.snapshot
+        self.site = resolved.site
+        self.switches = 0
+        self._ttl_s, self.recheck_s = ttl_s, recheck_s
+        self._lease: Lease = lease
+        self._old: Lease | None = None
+        self._sites = mount_sites(self._ns, split_snapshot_url(url)[0])
+        self._last_key: str | None = None
+        self._checked = time.monotonic()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sc-placed")
+        self._lock = threading.Lock()
+
+    def _maybe_move(self, key: str) -> None:
+        if key == self._last_key:
+            return
+        self._last_key = key
+        now = time.monotonic()
+        if now - self._checked < self.recheck_s:
+            return
+        self._checked = now
+        if self._old is not None:
+            self._old.release()  # the reads that used it finished a check period ago
+            self._old = None
+        primary = _primary(self._sites)
+        try:
+            complete = read_record(primary.store).sites_of(self.manifest_hash) | {primary.name}
+        except StorecompError:
+            return  # the record is unreachable: keep reading where we are
+        order = sorted((s for s in self._sites if s.name in complete), key=lambda s: s.name != self._near)
+        best = order[0] if order else None
+        if best is None or best.name == self.site:
+            return
+        lease = Lease(primary.store, self.manifest_hash, best.name, ttl_s=self._ttl_s)
+        if best.name != primary.name and best.name not in read_record(primary.store).sites_of(self.manifest_hash):
+            lease.release()  # dropped meanwhile
+            return
+        with self._lock:
+            self.snapshot = Snapshot(Repository(best.store), self.manifest_hash, self.snapshot.manifest)
+            self.site = best.name
+            self._old, self._lease = self._lease, lease
+            self.switches += 1
+
+    # -- the storecomp.data reader interface
+
+    def size(self, key: str) -> int:
+        return self.snapshot.entry(key).size
+
+    def read(self, key: str, offset: int, length: int) -> bytes:
+        return self.snapshot.read(key, offset, length)
+
+    def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> Any:
+        """Start verified reads of ``key`` into host array ``dst`` (uint8); a future with ``result()``."""
+        self._maybe_move(key)
+        snap = self.snapshot
+        arr = dst if isinstance(dst, np.ndarray) and dst.dtype == np.uint8 else np.frombuffer(memoryview(dst).cast("B"), np.uint8)
+        return _Done(self._pool.submit(snap.read_into, key, arr, offsets, lengths, dst_offsets))
+
+    def join(self, base: str, key: str) -> str:
+        return f"{base.rstrip('/')}/{key}" if base else key
+
+    def describe(self, key: str) -> str:
+        return f"{self.url}@{self.manifest_hash[:12]}:{key} (site {self.site})"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for lease in (self._lease, self._old):
+            if lease is not None:
+                lease.release()
+        if self._own_ns:
+            self._ns.close()
+
+
+def placed_reader(url: str, *, namespace: Namespace | None = None, near: str | None = None) -> PlacedReader | None:
+    """A :class:`PlacedReader` when ``url`` (``sc://mount/name``) names a snapshot
+    (a ref at the mount's primary), else None (a plain path inside the mount)."""
+    if not isinstance(url, str) or not url.startswith(SCHEME):
+        return None
+    mount, _, name = url[len(SCHEME) :].rstrip("/").partition("/")
+    if not mount or not name:
+        return None
+    ns = namespace or Namespace()
+    try:
+        primary = _primary(mount_sites(ns, mount))
+        try:
+            if not primary.store.exists(Repository(primary.store).ref_key(name)):
+                return None
+        except InvalidArgumentError:
+            return None
+        return PlacedReader(f"{SCHEME}{mount}/{name}", namespace=namespace, near=near)
     finally:
         if namespace is None:
             ns.close()
