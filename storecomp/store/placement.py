@@ -246,13 +246,15 @@ def place(
     workers: int = DEFAULT_WORKERS,
     part_bytes: int = DEFAULT_PART_BYTES,
     progress: bool = False,
+    nice: int = 0,
 ) -> PlaceReport:
     """Copy snapshot ``sc://mount/name`` to site ``to`` and publish it complete there.
 
     Copies only the blobs ``to`` lacks (or holds damaged), each verified by
     crc32c at ``to``; ``max_rate`` caps bytes/s. Publishes "``to``
     complete" in the placement record only after every blob and the
-    manifest are there and verified. Raises InvalidArgumentError for an
+    manifest are there and verified. ``nice``: CPU niceness of the copy
+    threads (readers on this node go first). Raises InvalidArgumentError for an
     unknown mount or site, NotFoundError for an unknown snapshot,
     TransferError when ``to`` is down or full (nothing published; a rerun
     resumes), ConflictError when the record cannot be updated.
@@ -293,6 +295,7 @@ def place(
                     progress=progress,
                     label=f"place {url} -> {to}",
                     delete_bad=False,  # concurrent runs may write the same blob; only drop deletes
+                    nice=nice,
                 )
                 _copy_manifest(repo, h, dest.store)
             except BaseException:
@@ -689,7 +692,7 @@ class _Done:
         return bool(self._fut.done())
 
     def result(self, timeout: float | None = None) -> np.ndarray:
-        return self._fut.result(timeout)  # type: ignore[no-any-return]
+        return self._fut.result(timeout)
 
 
 class PlacedReader:
