@@ -38,7 +38,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorageIOError, StorecompError, StoreUnavailableError
+from ..errors import (
+    ConflictError,
+    CorruptDataError,
+    InvalidArgumentError,
+    NotFoundError,
+    StorageIOError,
+    StorecompError,
+    StoreUnavailableError,
+)
 from .base import ObjectInfo, Store
 from .integrity import Checksums
 from .replicas import primary_of
@@ -278,6 +286,11 @@ class _Copier:
 
     def _source_parts(self, item: CopyItem, step: int, crcs: list[int] | None) -> Iterator[np.ndarray]:
         label = f"{self.src.url}/{item.src_key}"
+        # Without known checksums, parts read at different times could come from two
+        # versions of a source being replaced: the copy is refused unless one version was read.
+        before = self.src.stat(item.src_key) if item.checksums is None else None
+        if before is not None and before.size != item.size:
+            raise ConflictError(f"{label}: changed while being copied ({item.size} bytes listed, {before.size} now); copy again")
         for off in range(0, item.size, step):
             if self.stop.is_set():
                 raise TransferError(f"{self.dst.url}/{item.dst_key}: copy cancelled (another object failed)")
@@ -290,6 +303,8 @@ class _Copier:
                 crcs.append(crc32c(part))
             yield part
             self.progress.add(n)
+        if before is not None and self.src.stat(item.src_key).version != before.version:
+            raise ConflictError(f"{label}: changed while being copied; nothing was published, copy again")
 
     def copy(self, item: CopyItem) -> None:
         sums = item.checksums
