@@ -48,6 +48,13 @@ from .transfer import DEFAULT_PART_BYTES, DEFAULT_WORKERS, CopyItem, TransferRep
 RECORD_KEY = "placement/record.json"
 RECORD_FORMAT = "storecomp.placement/1"
 _CAS_RETRIES = 32
+#: A drop that has not finished after this many seconds is taken for dead (its process was killed).
+DROP_STALE_S = 600.0
+_PUBLISH_TRIES = 8
+
+
+class _DropRaced(StorecompError):
+    """A drop at the destination ran while the blobs were being verified: verify again."""
 
 
 # ---------------------------------------------------------------- sites
@@ -125,6 +132,7 @@ class PlacementRecord:
     complete: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     inflight: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
+    drops: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> {"epoch", "done", "time"}
     generation: int = 0
     version: str | None = None  # the record object's version (None: no record yet)
 
@@ -138,8 +146,17 @@ class PlacementRecord:
             "complete": self.complete,
             "inflight": self.inflight,
             "rates": self.rates,
+            "drops": self.drops,
         }
         return json.dumps(doc, sort_keys=True).encode()
+
+    def drop_epoch(self, site: str) -> int:
+        return int(self.drops.get(site, {}).get("epoch", 0))
+
+    def dropping(self, site: str) -> bool:
+        """True while a drop at ``site`` that started less than DROP_STALE_S ago has not finished."""
+        d = self.drops.get(site)
+        return d is not None and d["epoch"] != d["done"] and time.time() - d["time"] < DROP_STALE_S
 
     @classmethod
     def from_bytes(cls, raw: bytes, version: str, name: str) -> PlacementRecord:
@@ -151,6 +168,7 @@ class PlacementRecord:
                 {h: dict(v) for h, v in doc["complete"].items()},
                 {h: {s: dict(r) for s, r in v.items()} for h, v in doc.get("inflight", {}).items()},
                 {k: float(v) for k, v in doc.get("rates", {}).items()},
+                {k: {f: float(x) for f, x in v.items()} for k, v in doc.get("drops", {}).items()},
                 int(doc.get("generation", 0)),
                 version,
             )
@@ -282,43 +300,64 @@ def place(
                 rec.inflight.pop(h, None)
 
         # The source blobs stay pinned while they are copied (GC keeps leased snapshots).
+        report = TransferReport(objects=len(items))
         with Lease(primary.store, h, primary.name):
-            update_record(primary.store, mark)
-            try:
-                report = copy_objects(
-                    primary.store,
-                    dest.store,
-                    items,
-                    workers=workers,
-                    part_bytes=part_bytes,
-                    max_rate=max_rate,
-                    progress=progress,
-                    label=f"place {url} -> {to}",
-                    delete_bad=False,  # concurrent runs may write the same blob; only drop deletes
-                    nice=nice,
-                )
-                _copy_manifest(repo, h, dest.store)
-            except BaseException:
+            for attempt in range(_PUBLISH_TRIES):
+                epoch = update_record(primary.store, mark).drop_epoch(to)  # before any blob is checked
                 try:
-                    update_record(primary.store, unmark)
-                except StorecompError:
-                    pass  # the in-flight mark stays; `place --status` shows its age
-                raise
+                    part = copy_objects(
+                        primary.store,
+                        dest.store,
+                        items,
+                        workers=workers,
+                        part_bytes=part_bytes,
+                        max_rate=max_rate,
+                        progress=progress,
+                        label=f"place {url} -> {to}",
+                        delete_bad=False,  # concurrent runs may write the same blob; only drop deletes
+                        nice=nice,
+                    )
+                    _copy_manifest(repo, h, dest.store)
+                except BaseException:
+                    try:
+                        update_record(primary.store, unmark)
+                    except StorecompError:
+                        pass  # the in-flight mark stays; `place --status` shows its age
+                    raise
+                _add(report, part)
 
-            def publish(rec: PlacementRecord) -> None:
-                unmark(rec)
-                rec.inflight.get(h, {}).pop(to, None)  # complete now: marks of runs that died are moot
-                if not rec.inflight.get(h, True):
-                    rec.inflight.pop(h, None)
-                rec.complete.setdefault(h, {})[to] = {"time": time.time(), "bytes": total}
-                if report.bytes_copied and report.seconds > 0:
-                    rec.rates[f"{primary.name}->{to}"] = report.bytes_copied / report.seconds
+                def publish(rec: PlacementRecord, epoch: int = epoch, part: TransferReport = part) -> None:
+                    # A drop at `to` that started after our mark, or is still deleting, may have
+                    # removed a blob we found present: verify everything again before publishing.
+                    if rec.drop_epoch(to) != epoch or rec.dropping(to):
+                        raise _DropRaced(f"{url}: a drop at {to} ran during the copy")
+                    unmark(rec)
+                    rec.inflight.get(h, {}).pop(to, None)  # complete now: marks of runs that died are moot
+                    if not rec.inflight.get(h, True):
+                        rec.inflight.pop(h, None)
+                    rec.complete.setdefault(h, {})[to] = {"time": time.time(), "bytes": total}
+                    if part.bytes_copied and part.seconds > 0:
+                        rec.rates[f"{primary.name}->{to}"] = part.bytes_copied / part.seconds
 
-            update_record(primary.store, publish)
+                try:
+                    update_record(primary.store, publish)
+                    break
+                except _DropRaced:
+                    time.sleep(min(2.0, 0.1 * 2**attempt))
+            else:
+                update_record(primary.store, unmark)
+                raise ConflictError(f"{url}: a drop at site {to} kept running; nothing published, place again later")
         return PlaceReport(url, h, to, primary.name, len(items), total, report)
     finally:
         if namespace is None:
             ns.close()
+
+
+def _add(total: TransferReport, part: TransferReport) -> None:
+    for f in ("copied", "skipped", "recopied", "bytes_copied", "bytes_skipped", "bytes_verified", "seconds"):
+        setattr(total, f, getattr(total, f) + getattr(part, f))
+    if part.objects and total.skipped > part.objects:  # a second pass re-verifies: count each blob once
+        total.skipped, total.bytes_skipped = part.skipped, part.bytes_skipped
 
 
 def _copy_manifest(repo: Repository, h: str, dst: Store) -> None:
@@ -408,31 +447,45 @@ def drop(url: str, site: str, *, namespace: Namespace | None = None, manifest_ha
             raise ConflictError(f"{url}: site {site} holds no complete copy of {h[:12]} (see `storecomp place --status`)")
         _refuse_if_leased(primary.store, url, h, site)
 
+        my_epoch = [0]
+
         def unpublish(r: PlacementRecord) -> None:
+            if site not in r.sites_of(h):
+                raise ConflictError(f"{url}: site {site} holds no complete copy of {h[:12]} (dropped meanwhile)")
             r.complete.get(h, {}).pop(site, None)
             if not r.complete.get(h, True):
                 r.complete.pop(h, None)
+            # Placements verifying blobs at `site` while this drop deletes see the epoch move and verify again.
+            d = r.drops.setdefault(site, {"epoch": 0, "done": 0, "time": 0.0})
+            d["epoch"], d["time"] = d["epoch"] + 1, time.time()
+            my_epoch[0] = int(d["epoch"])
+
+        def finished(r: PlacementRecord) -> None:
+            d = r.drops.setdefault(site, {"epoch": my_epoch[0], "done": 0, "time": 0.0})
+            d["done"] = max(d["done"], my_epoch[0])
+
+        def restore(r: PlacementRecord) -> None:
+            finished(r)
+            r.complete.setdefault(h, {})[site] = {"time": time.time(), "bytes": manifest.total_bytes}
 
         rec = update_record(primary.store, unpublish)
         try:
             _refuse_if_leased(primary.store, url, h, site)  # a reader that pinned it meanwhile
         except ConflictError:
-            update_record(
-                primary.store, lambda r: r.complete.setdefault(h, {}).__setitem__(site, {"time": time.time(), "bytes": 0})
-            )
+            update_record(primary.store, restore)
             raise
-        keep: set[str] = set()
-        for other, where in rec.complete.items():
-            if site in where or site in rec.inflight.get(other, {}):
-                keep.update(e.blob for e in repo.get_manifest(other).entries.values())
-        for other in rec.inflight:
-            if site in rec.inflight[other]:
+        keep: set[str] = set()  # blobs of other snapshots complete or in flight at `site`
+        for other in set(rec.complete) | set(rec.inflight):
+            if other != h and (site in rec.complete.get(other, {}) or site in rec.inflight.get(other, {})):
                 keep.update(e.blob for e in repo.get_manifest(other).entries.values())
         freed = 0
-        for e in {e.blob: e for e in manifest.entries.values()}.values():
-            if e.blob not in keep:
-                dest.store.delete(repo.blob_key(e.blob))
-                freed += e.size
+        try:
+            for e in {e.blob: e for e in manifest.entries.values()}.values():
+                if e.blob not in keep:
+                    dest.store.delete(repo.blob_key(e.blob))
+                    freed += e.size
+        finally:
+            update_record(primary.store, finished)
         return freed
     finally:
         if namespace is None:
