@@ -323,7 +323,11 @@ class _Copier:
             crcs: list[int] | None = [] if sums is None else None
             self._put(item, self._source_parts(item, step, crcs))
             got = sums if sums is not None else Checksums(item.size, step, tuple(crcs or ()))
-            if verify_object(self.check, item.dst_key, got, self.part_bytes):
+            try:
+                ok = verify_object(self.check, item.dst_key, got, self.part_bytes)
+            except StorecompError as e:
+                raise _destination_error(self.dst, item.dst_key, e) from None
+            if ok:
                 self._count(copied=1, bytes_copied=item.size, bytes_verified=item.size, recopied=attempt)
                 return
             self.progress.add(-item.size)  # the next attempt overwrites it
