@@ -25,6 +25,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-rate", type=_rate, default=None, metavar="RATE", help="bandwidth cap, bytes/s (50M, 1G)")
     p.add_argument("-j", "--workers", type=int, default=8, help="blobs copied at once (default 8)")
     p.add_argument(
+        "--nice",
+        type=int,
+        default=10,
+        help="CPU niceness of the copy, so readers on this node go first (default 10; 0 keeps the current priority)",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -91,7 +97,9 @@ def main(args: Any) -> int:
             to = args.to
         else:
             raise InvalidArgumentError("say what to do: --to SITE, --status, --plan SITE, --drop SITE or --auto --near SITE")
-        r = placement.place(args.url, to, namespace=ns, max_rate=args.max_rate, workers=args.workers, progress=progress)
+        r = placement.place(
+            args.url, to, namespace=ns, max_rate=args.max_rate, workers=args.workers, progress=progress, nice=args.nice
+        )
         if args.json:
             print(json.dumps(r.to_json(), indent=2))
         elif r.already_complete:

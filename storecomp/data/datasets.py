@@ -498,6 +498,14 @@ def open_dataset(
         return TokenDataset([os.fspath(p) for p in source], seq_len)
     src = os.fspath(source)
     if _urls.is_store_url(src):
+        if store_options is None and remote == "ranges":
+            from ..store import placed_reader
+
+            placed = placed_reader(src)
+            if placed is not None:  # sc://mount/name names a snapshot: read its nearest complete copy
+                ds = _open_shards(placed, "", "manifest.json")
+                ds.remote = remote
+                return ds
         store, prefix, _ = _urls.resolve(src, store_options)  # the store lives as long as the dataset reads it
         return _open_remote(store, prefix, remote, cache_dir, cache_bytes)
     src = _urls.local_path(src)

@@ -12,7 +12,7 @@ from .keys import validate_key, validate_prefix
 from .leases import Lease
 from .local import LocalStore
 from .namespace import Mount, Namespace, Replica, ReplicatedStore, StoreReader, load_mounts
-from .placement import PlaceReport, Plan, Resolved, drop, open_snapshot, place, plan, resolve
+from .placement import PlacedReader, PlaceReport, Plan, Resolved, drop, open_snapshot, place, placed_reader, plan, resolve
 from .registry import backends, open_store, register_backend
 from .retry import RetryPolicy
 from .snapshots import ANY, Entry, GCReport, Manifest, RefState, Repository, Snapshot, SnapshotWriter
@@ -53,6 +53,7 @@ __all__ = [
     "CopyItem",
     "Lease",
     "PlaceReport",
+    "PlacedReader",
     "Plan",
     "Resolved",
     "TransferError",
@@ -61,6 +62,7 @@ __all__ = [
     "drop",
     "open_snapshot",
     "place",
+    "placed_reader",
     "plan",
     "resolve",
 ]

@@ -212,12 +212,13 @@ class LocalStore(Store):
         time: the object is never whole in memory) under ``key``, atomically."""
         tmp, final = self._write_temp_parts(validate_key(key), parts)
         try:
+            st = os.stat(tmp)  # the published inode's identity (a delete right after the rename cannot hide it)
             with _flock(_lock_path(final), create=False):
                 _publish_rename(tmp, final)
         except BaseException:
             _unlink_quiet(tmp)
             raise
-        return self._info(key, final)
+        return ObjectInfo(key, st.st_size, version_of(st), st.st_mtime)
 
     def put_if_absent(self, key: str, data: Any) -> bool:
         tmp, final = self._write_temp(validate_key(key), data)

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +48,13 @@ from .transfer import DEFAULT_PART_BYTES, DEFAULT_WORKERS, CopyItem, TransferRep
 RECORD_KEY = "placement/record.json"
 RECORD_FORMAT = "storecomp.placement/1"
 _CAS_RETRIES = 32
+#: A drop that has not finished after this many seconds is taken for dead (its process was killed).
+DROP_STALE_S = 600.0
+_PUBLISH_TRIES = 8
+
+
+class _DropRaced(StorecompError):
+    """A drop at the destination ran while the blobs were being verified: verify again."""
 
 
 # ---------------------------------------------------------------- sites
@@ -124,6 +132,7 @@ class PlacementRecord:
     complete: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     inflight: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
+    drops: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> {"epoch", "done", "time"}
     generation: int = 0
     version: str | None = None  # the record object's version (None: no record yet)
 
@@ -137,8 +146,17 @@ class PlacementRecord:
             "complete": self.complete,
             "inflight": self.inflight,
             "rates": self.rates,
+            "drops": self.drops,
         }
         return json.dumps(doc, sort_keys=True).encode()
+
+    def drop_epoch(self, site: str) -> int:
+        return int(self.drops.get(site, {}).get("epoch", 0))
+
+    def dropping(self, site: str) -> bool:
+        """True while a drop at ``site`` that started less than DROP_STALE_S ago has not finished."""
+        d = self.drops.get(site)
+        return d is not None and d["epoch"] != d["done"] and time.time() - d["time"] < DROP_STALE_S
 
     @classmethod
     def from_bytes(cls, raw: bytes, version: str, name: str) -> PlacementRecord:
@@ -150,6 +168,7 @@ class PlacementRecord:
                 {h: dict(v) for h, v in doc["complete"].items()},
                 {h: {s: dict(r) for s, r in v.items()} for h, v in doc.get("inflight", {}).items()},
                 {k: float(v) for k, v in doc.get("rates", {}).items()},
+                {k: {f: float(x) for f, x in v.items()} for k, v in doc.get("drops", {}).items()},
                 int(doc.get("generation", 0)),
                 version,
             )
@@ -245,13 +264,15 @@ def place(
     workers: int = DEFAULT_WORKERS,
     part_bytes: int = DEFAULT_PART_BYTES,
     progress: bool = False,
+    nice: int = 0,
 ) -> PlaceReport:
     """Copy snapshot ``sc://mount/name`` to site ``to`` and publish it complete there.
 
     Copies only the blobs ``to`` lacks (or holds damaged), each verified by
     crc32c at ``to``; ``max_rate`` caps bytes/s. Publishes "``to``
     complete" in the placement record only after every blob and the
-    manifest are there and verified. Raises InvalidArgumentError for an
+    manifest are there and verified. ``nice``: CPU niceness of the copy
+    threads (readers on this node go first). Raises InvalidArgumentError for an
     unknown mount or site, NotFoundError for an unknown snapshot,
     TransferError when ``to`` is down or full (nothing published; a rerun
     resumes), ConflictError when the record cannot be updated.
@@ -279,42 +300,64 @@ def place(
                 rec.inflight.pop(h, None)
 
         # The source blobs stay pinned while they are copied (GC keeps leased snapshots).
+        report = TransferReport(objects=len(items))
         with Lease(primary.store, h, primary.name):
-            update_record(primary.store, mark)
-            try:
-                report = copy_objects(
-                    primary.store,
-                    dest.store,
-                    items,
-                    workers=workers,
-                    part_bytes=part_bytes,
-                    max_rate=max_rate,
-                    progress=progress,
-                    label=f"place {url} -> {to}",
-                    delete_bad=False,  # concurrent runs may write the same blob; only drop deletes
-                )
-                _copy_manifest(repo, h, dest.store)
-            except BaseException:
+            for attempt in range(_PUBLISH_TRIES):
+                epoch = update_record(primary.store, mark).drop_epoch(to)  # before any blob is checked
                 try:
-                    update_record(primary.store, unmark)
-                except StorecompError:
-                    pass  # the in-flight mark stays; `place --status` shows its age
-                raise
+                    part = copy_objects(
+                        primary.store,
+                        dest.store,
+                        items,
+                        workers=workers,
+                        part_bytes=part_bytes,
+                        max_rate=max_rate,
+                        progress=progress,
+                        label=f"place {url} -> {to}",
+                        delete_bad=False,  # concurrent runs may write the same blob; only drop deletes
+                        nice=nice,
+                    )
+                    _copy_manifest(repo, h, dest.store)
+                except BaseException:
+                    try:
+                        update_record(primary.store, unmark)
+                    except StorecompError:
+                        pass  # the in-flight mark stays; `place --status` shows its age
+                    raise
+                _add(report, part)
 
-            def publish(rec: PlacementRecord) -> None:
-                unmark(rec)
-                rec.inflight.get(h, {}).pop(to, None)  # complete now: marks of runs that died are moot
-                if not rec.inflight.get(h, True):
-                    rec.inflight.pop(h, None)
-                rec.complete.setdefault(h, {})[to] = {"time": time.time(), "bytes": total}
-                if report.bytes_copied and report.seconds > 0:
-                    rec.rates[f"{primary.name}->{to}"] = report.bytes_copied / report.seconds
+                def publish(rec: PlacementRecord, epoch: int = epoch, part: TransferReport = part) -> None:
+                    # A drop at `to` that started after our mark, or is still deleting, may have
+                    # removed a blob we found present: verify everything again before publishing.
+                    if rec.drop_epoch(to) != epoch or rec.dropping(to):
+                        raise _DropRaced(f"{url}: a drop at {to} ran during the copy")
+                    unmark(rec)
+                    rec.inflight.get(h, {}).pop(to, None)  # complete now: marks of runs that died are moot
+                    if not rec.inflight.get(h, True):
+                        rec.inflight.pop(h, None)
+                    rec.complete.setdefault(h, {})[to] = {"time": time.time(), "bytes": total}
+                    if part.bytes_copied and part.seconds > 0:
+                        rec.rates[f"{primary.name}->{to}"] = part.bytes_copied / part.seconds
 
-            update_record(primary.store, publish)
+                try:
+                    update_record(primary.store, publish)
+                    break
+                except _DropRaced:
+                    time.sleep(min(2.0, 0.1 * 2**attempt))
+            else:
+                update_record(primary.store, unmark)
+                raise ConflictError(f"{url}: a drop at site {to} kept running; nothing published, place again later")
         return PlaceReport(url, h, to, primary.name, len(items), total, report)
     finally:
         if namespace is None:
             ns.close()
+
+
+def _add(total: TransferReport, part: TransferReport) -> None:
+    for f in ("copied", "skipped", "recopied", "bytes_copied", "bytes_skipped", "bytes_verified", "seconds"):
+        setattr(total, f, getattr(total, f) + getattr(part, f))
+    if part.objects and total.skipped > part.objects:  # a second pass re-verifies: count each blob once
+        total.skipped, total.bytes_skipped = part.skipped, part.bytes_skipped
 
 
 def _copy_manifest(repo: Repository, h: str, dst: Store) -> None:
@@ -380,8 +423,10 @@ def open_snapshot(
 # ---------------------------------------------------------------- drop, plan, status
 
 
-def drop(url: str, site: str, *, namespace: Namespace | None = None) -> int:
-    """Remove ``site``'s copy of snapshot ``sc://mount/name``; returns blob bytes deleted.
+def drop(url: str, site: str, *, namespace: Namespace | None = None, manifest_hash: str | None = None) -> int:
+    """Remove ``site``'s copy of snapshot ``sc://mount/name`` (of manifest
+    ``manifest_hash`` when given: a snapshot the ref no longer names); returns
+    blob bytes deleted.
 
     Refused (ConflictError) for the primary (the write site, the one copy
     always complete), for a site without a complete copy of it, and while a
@@ -391,6 +436,8 @@ def drop(url: str, site: str, *, namespace: Namespace | None = None) -> int:
     ns = namespace or Namespace()
     try:
         mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
+        if manifest_hash is not None:
+            h, manifest = manifest_hash, repo.get_manifest(manifest_hash)
         dest = _site(sites, site, mount)
         rec = read_record(primary.store)
         others = (rec.sites_of(h) | {primary.name}) - {site}
@@ -400,31 +447,45 @@ def drop(url: str, site: str, *, namespace: Namespace | None = None) -> int:
             raise ConflictError(f"{url}: site {site} holds no complete copy of {h[:12]} (see `storecomp place --status`)")
         _refuse_if_leased(primary.store, url, h, site)
 
+        my_epoch = [0]
+
         def unpublish(r: PlacementRecord) -> None:
+            if site not in r.sites_of(h):
+                raise ConflictError(f"{url}: site {site} holds no complete copy of {h[:12]} (dropped meanwhile)")
             r.complete.get(h, {}).pop(site, None)
             if not r.complete.get(h, True):
                 r.complete.pop(h, None)
+            # Placements verifying blobs at `site` while this drop deletes see the epoch move and verify again.
+            d = r.drops.setdefault(site, {"epoch": 0, "done": 0, "time": 0.0})
+            d["epoch"], d["time"] = d["epoch"] + 1, time.time()
+            my_epoch[0] = int(d["epoch"])
+
+        def finished(r: PlacementRecord) -> None:
+            d = r.drops.setdefault(site, {"epoch": my_epoch[0], "done": 0, "time": 0.0})
+            d["done"] = max(d["done"], my_epoch[0])
+
+        def restore(r: PlacementRecord) -> None:
+            finished(r)
+            r.complete.setdefault(h, {})[site] = {"time": time.time(), "bytes": manifest.total_bytes}
 
         rec = update_record(primary.store, unpublish)
         try:
             _refuse_if_leased(primary.store, url, h, site)  # a reader that pinned it meanwhile
         except ConflictError:
-            update_record(
-                primary.store, lambda r: r.complete.setdefault(h, {}).__setitem__(site, {"time": time.time(), "bytes": 0})
-            )
+            update_record(primary.store, restore)
             raise
-        keep: set[str] = set()
-        for other, where in rec.complete.items():
-            if site in where or site in rec.inflight.get(other, {}):
-                keep.update(e.blob for e in repo.get_manifest(other).entries.values())
-        for other in rec.inflight:
-            if site in rec.inflight[other]:
+        keep: set[str] = set()  # blobs of other snapshots complete or in flight at `site`
+        for other in set(rec.complete) | set(rec.inflight):
+            if other != h and (site in rec.complete.get(other, {}) or site in rec.inflight.get(other, {})):
                 keep.update(e.blob for e in repo.get_manifest(other).entries.values())
         freed = 0
-        for e in {e.blob: e for e in manifest.entries.values()}.values():
-            if e.blob not in keep:
-                dest.store.delete(repo.blob_key(e.blob))
-                freed += e.size
+        try:
+            for e in {e.blob: e for e in manifest.entries.values()}.values():
+                if e.blob not in keep:
+                    dest.store.delete(repo.blob_key(e.blob))
+                    freed += e.size
+        finally:
+            update_record(primary.store, finished)
         return freed
     finally:
         if namespace is None:
@@ -666,6 +727,151 @@ def decide(url: str, near: str, *, reads: float = 1.0, namespace: Namespace | No
             f"{m_dst['read_bps'] / 2**20:.1f} MiB/s takes {copy:.2f} s: {'copy to ' + near if do else 'stay on ' + src.name}"
         )
         return Decision(url, near, do, why, stay, copy, measures)
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+# ---------------------------------------------------------------- readers that move
+
+
+class _Done:
+    """A finished :class:`~storecomp.store.base.RangeFuture` around a concurrent.futures.Future."""
+
+    def __init__(self, fut: Any) -> None:
+        self._fut = fut
+
+    def done(self) -> bool:
+        return bool(self._fut.done())
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        return self._fut.result(timeout)
+
+
+class PlacedReader:
+    """The files of one snapshot, read from its nearest complete copy; moves to
+    a nearer copy when one completes, without stopping.
+
+    Implements the reader interface of :mod:`storecomp.data` (``size``,
+    ``read``, ``submit``, ``join``, ``describe``), so ``open_dataset`` and
+    the DataLoader read a placed snapshot through it. The snapshot is pinned
+    at open (its manifest hash): a writer moving the ref later changes
+    nothing here, so sample order and bytes stay exactly those of the
+    snapshot opened. Every read is verified against the manifest's crc32c.
+    At a file (shard) boundary, at most every ``recheck_s`` seconds, it reads
+    the placement record; when a nearer site (``near``, default
+    ``STORECOMP_SITE``) became complete, later reads go there. The copy being
+    read is pinned by a renewed :class:`Lease`; the previous copy's lease is
+    released at the next check, after the reads already submitted to it.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: Namespace | None = None,
+        near: str | None = None,
+        recheck_s: float = 5.0,
+        ttl_s: float = 60.0,
+        threads: int = 8,
+    ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.url = url
+        self._own_ns = namespace is None
+        self._ns = namespace or Namespace()
+        self._near = self._ns.local_site if near is None else near
+        resolved, lease = open_snapshot(url, namespace=self._ns, near=self._near, ttl_s=ttl_s)
+        self.manifest_hash = resolved.manifest
+        self.snapshot = resolved.snapshot
+        self.site = resolved.site
+        self.switches = 0
+        self._ttl_s, self.recheck_s = ttl_s, recheck_s
+        self._lease: Lease = lease
+        self._old: Lease | None = None
+        self._sites = mount_sites(self._ns, split_snapshot_url(url)[0])
+        self._last_key: str | None = None
+        self._checked = time.monotonic()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sc-placed")
+        self._lock = threading.Lock()
+
+    def _maybe_move(self, key: str) -> None:
+        if key == self._last_key:
+            return
+        self._last_key = key
+        now = time.monotonic()
+        if now - self._checked < self.recheck_s:
+            return
+        self._checked = now
+        if self._old is not None:
+            self._old.release()  # the reads that used it finished a check period ago
+            self._old = None
+        primary = _primary(self._sites)
+        try:
+            complete = read_record(primary.store).sites_of(self.manifest_hash) | {primary.name}
+        except StorecompError:
+            return  # the record is unreachable: keep reading where we are
+        order = sorted((s for s in self._sites if s.name in complete), key=lambda s: s.name != self._near)
+        best = order[0] if order else None
+        if best is None or best.name == self.site:
+            return
+        lease = Lease(primary.store, self.manifest_hash, best.name, ttl_s=self._ttl_s)
+        if best.name != primary.name and best.name not in read_record(primary.store).sites_of(self.manifest_hash):
+            lease.release()  # dropped meanwhile
+            return
+        with self._lock:
+            self.snapshot = Snapshot(Repository(best.store), self.manifest_hash, self.snapshot.manifest)
+            self.site = best.name
+            self._old, self._lease = self._lease, lease
+            self.switches += 1
+
+    # -- the storecomp.data reader interface
+
+    def size(self, key: str) -> int:
+        return self.snapshot.entry(key).size
+
+    def read(self, key: str, offset: int, length: int) -> bytes:
+        return self.snapshot.read(key, offset, length)
+
+    def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> Any:
+        """Start verified reads of ``key`` into host array ``dst`` (uint8); a future with ``result()``."""
+        self._maybe_move(key)
+        snap = self.snapshot
+        arr = dst if isinstance(dst, np.ndarray) and dst.dtype == np.uint8 else np.frombuffer(memoryview(dst).cast("B"), np.uint8)
+        return _Done(self._pool.submit(snap.read_into, key, arr, offsets, lengths, dst_offsets))
+
+    def join(self, base: str, key: str) -> str:
+        return f"{base.rstrip('/')}/{key}" if base else key
+
+    def describe(self, key: str) -> str:
+        return f"{self.url}@{self.manifest_hash[:12]}:{key} (site {self.site})"
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for lease in (self._lease, self._old):
+            if lease is not None:
+                lease.release()
+        if self._own_ns:
+            self._ns.close()
+
+
+def placed_reader(url: str, *, namespace: Namespace | None = None, near: str | None = None) -> PlacedReader | None:
+    """A :class:`PlacedReader` when ``url`` (``sc://mount/name``) names a snapshot
+    (a ref at the mount's primary), else None (a plain path inside the mount)."""
+    if not isinstance(url, str) or not url.startswith(SCHEME):
+        return None
+    mount, _, name = url[len(SCHEME) :].rstrip("/").partition("/")
+    if not mount or not name:
+        return None
+    ns = namespace or Namespace()
+    try:
+        primary = _primary(mount_sites(ns, mount))
+        try:
+            if not primary.store.exists(Repository(primary.store).ref_key(name)):
+                return None
+        except InvalidArgumentError:
+            return None
+        return PlacedReader(f"{SCHEME}{mount}/{name}", namespace=namespace, near=near)
     finally:
         if namespace is None:
             ns.close()

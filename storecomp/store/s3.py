@@ -444,7 +444,7 @@ class S3Store(Store):
         validate_key(key)
         size = 0
 
-        def counted() -> Iterator[bytes]:
+        def counted() -> Iterator[memoryview]:
             nonlocal size
             for part in parts:
                 view = payload_view(part)

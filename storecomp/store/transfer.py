@@ -26,6 +26,7 @@ A destination that cannot be reached or is full stops the copy with
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import threading
 import time
@@ -37,7 +38,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorageIOError, StorecompError, StoreUnavailableError
+from ..errors import (
+    ConflictError,
+    CorruptDataError,
+    InvalidArgumentError,
+    NotFoundError,
+    StorageIOError,
+    StorecompError,
+    StoreUnavailableError,
+)
 from .base import ObjectInfo, Store
 from .integrity import Checksums
 from .replicas import primary_of
@@ -277,6 +286,11 @@ class _Copier:
 
     def _source_parts(self, item: CopyItem, step: int, crcs: list[int] | None) -> Iterator[np.ndarray]:
         label = f"{self.src.url}/{item.src_key}"
+        # Without known checksums, parts read at different times could come from two
+        # versions of a source being replaced: the copy is refused unless one version was read.
+        before = self.src.stat(item.src_key) if item.checksums is None else None
+        if before is not None and before.size != item.size:
+            raise ConflictError(f"{label}: changed while being copied ({item.size} bytes listed, {before.size} now); copy again")
         for off in range(0, item.size, step):
             if self.stop.is_set():
                 raise TransferError(f"{self.dst.url}/{item.dst_key}: copy cancelled (another object failed)")
@@ -289,6 +303,8 @@ class _Copier:
                 crcs.append(crc32c(part))
             yield part
             self.progress.add(n)
+        if before is not None and self.src.stat(item.src_key).version != before.version:
+            raise ConflictError(f"{label}: changed while being copied; nothing was published, copy again")
 
     def copy(self, item: CopyItem) -> None:
         sums = item.checksums
@@ -307,7 +323,11 @@ class _Copier:
             crcs: list[int] | None = [] if sums is None else None
             self._put(item, self._source_parts(item, step, crcs))
             got = sums if sums is not None else Checksums(item.size, step, tuple(crcs or ()))
-            if verify_object(self.check, item.dst_key, got, self.part_bytes):
+            try:
+                ok = verify_object(self.check, item.dst_key, got, self.part_bytes)
+            except StorecompError as e:
+                raise _destination_error(self.dst, item.dst_key, e) from None
+            if ok:
                 self._count(copied=1, bytes_copied=item.size, bytes_verified=item.size, recopied=attempt)
                 return
             self.progress.add(-item.size)  # the next attempt overwrites it
@@ -382,6 +402,17 @@ def _destination_error(dst: Store, key: str, e: StorecompError) -> StorecompErro
 # ---------------------------------------------------------------- many objects
 
 
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's niceness by ``nice`` (Linux: per thread; elsewhere a no-op)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass  # not permitted here: copy at the normal priority
+
+
 def copy_objects(
     src: Store,
     dst: Store,
@@ -394,6 +425,7 @@ def copy_objects(
     label: str = "copy",
     on_copied: Callable[[CopyItem], None] | None = None,
     delete_bad: bool = True,
+    nice: int = 0,
 ) -> TransferReport:
     """Copy ``items`` from ``src`` to ``dst`` (see the module docstring).
 
@@ -402,7 +434,9 @@ def copy_objects(
     called (from a worker thread) after each object is verified at the
     destination. ``delete_bad``: delete a copy that failed verification twice
     (False where other runs may write the same content-addressed key at once:
-    then only the protocol that publishes it ever deletes). Raises :class:`TransferError` when the destination is down or
+    then only the protocol that publishes it ever deletes). ``nice``: raise the
+    copy threads' CPU niceness by this much (Linux threads have their own), so
+    that readers on the node go first. Raises :class:`TransferError` when the destination is down or
     full, CorruptDataError when the source fails its checksums or a copy
     fails verification twice; objects finished before the failure stay (a
     rerun skips them).
@@ -422,7 +456,12 @@ def copy_objects(
     # Largest first: the long copies start early and the tail is short.
     order = sorted(items, key=lambda i: -i.size)
     try:
-        with ThreadPoolExecutor(max_workers=min(workers, max(1, len(order))), thread_name_prefix="sc-copy") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(workers, max(1, len(order))),
+            thread_name_prefix="sc-copy",
+            initializer=_lower_priority,
+            initargs=(nice,),
+        ) as pool:
             futs = {pool.submit(one, it): it for it in order}
             done, _ = wait(futs, return_when=FIRST_EXCEPTION)
             errors = [f for f in done if f.exception() is not None]

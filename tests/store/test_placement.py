@@ -328,3 +328,46 @@ def test_copy_never_holds_a_whole_blob_in_memory(ns: Namespace) -> None:
     finally:
         LocalStore.put_stream = real  # type: ignore[method-assign]
     assert sum(seen) == (3 << 20) and max(seen) == 512 << 10 and len(seen) == 6
+
+
+def test_a_drop_racing_a_placement_makes_it_verify_again_before_publishing(ns: Namespace) -> None:
+    st = sites(ns)
+    h, _ = write_snapshot(st["a"], n=8, size=400_000)
+    repo = Repository(st["a"])
+    manifest = repo.get_manifest(h)
+    first = repo.blob_key(next(iter(manifest.entries.values())).blob)
+    done = threading.Event()
+
+    def drop_like() -> None:  # what a drop of another snapshot sharing a blob does at b, mid-copy
+        while not st["b"].exists(first):
+            time.sleep(0.005)
+        st["b"].delete(first)
+
+        def bump(rec: Any) -> None:
+            d = rec.drops.setdefault("b", {"epoch": 0, "done": 0, "time": 0.0})
+            d["epoch"] += 1
+            d["done"] = d["epoch"]
+            d["time"] = time.time()
+
+        pl.update_record(st["a"], bump)
+        done.set()
+
+    t = threading.Thread(target=drop_like)
+    t.start()
+    r = place(URL, "b", namespace=ns, workers=1, max_rate=4e6)
+    t.join()
+    assert done.is_set() and complete_at(st["b"], manifest)  # the deleted blob was found and copied again
+    assert r.transfer.copied >= len(manifest.entries)
+
+
+def test_a_placement_waits_for_a_drop_in_progress(ns: Namespace) -> None:
+    st = sites(ns)
+    h, _ = write_snapshot(st["a"], n=2)
+
+    def in_progress(rec: Any) -> None:  # a drop at b that started (almost) DROP_STALE_S ago and has not finished
+        rec.drops["b"] = {"epoch": 1.0, "done": 0.0, "time": time.time() - pl.DROP_STALE_S + 0.5}
+
+    pl.update_record(st["a"], in_progress)
+    r = place(URL, "b", namespace=ns)
+    assert r.transfer.bytes_verified >= 2 * Repository(st["a"]).get_manifest(h).total_bytes  # verified again after waiting
+    assert pl.read_record(st["a"]).sites_of(h) == {"b"}

@@ -174,6 +174,7 @@ def test_kill_9_of_place_never_leaves_a_complete_record_for_an_incomplete_copy(t
             assert rep.transfer.skipped == len(good), f"round {r}: a verified blob was copied again"
             assert complete_at(st["b"], manifest) and "b" in pl.read_record(st["a"]).sites_of(h)
             assert pl.read_record(st["a"]).inflight.get(h) is None
+    print(f"kill -9 rounds: {rounds}, killed before 'complete': {killed_before_complete}, every record checked")
     assert killed_before_complete >= 1  # the kills landed mid-copy at least once
 
 

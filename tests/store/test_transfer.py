@@ -129,3 +129,30 @@ def test_cp_r_is_parallel_verified_resumable_with_progress(tmp_path: Path, capsy
     assert (tmp_path / "one.bin").read_bytes() == files["src/d1/obj-4.bin"]
     with pytest.raises(SystemExit):
         main(["cp", "-r", "--max-rate", "fast", str(tmp_path), str(out)])
+
+
+def test_a_source_replaced_during_the_copy_is_never_copied_torn(tmp_path: Path) -> None:
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    old, new = os.urandom(3 << 20), os.urandom(3 << 20)
+    src.put("obj", old)
+    from storecomp.errors import ConflictError
+    from storecomp.store.transfer import put_stream as real_put_stream
+
+    def replacing(parts: Any) -> Any:  # the source is replaced after the first part was read
+        for i, p in enumerate(parts):
+            yield p
+            if i == 0:
+                src.put("obj", new)
+
+    with pytest.raises(ConflictError, match="obj: changed while being copied"):
+        real_put_stream(dst, "copy", replacing(_parts_of(src, "obj")))
+    assert not dst.exists("copy")
+    rep = copy_objects(src, dst, [CopyItem("obj", "copy", len(new))], part_bytes=1 << 20)
+    assert rep.copied == 1 and dst.get("copy") == new
+
+
+def _parts_of(src: Store, key: str) -> Any:
+    from storecomp.store.transfer import Progress, RateLimiter, TransferReport, _Copier
+
+    c = _Copier(src, src, 1 << 20, RateLimiter(None), Progress(0, "t", enabled=False), TransferReport(), True)
+    return c._source_parts(CopyItem(key, key, src.stat(key).size), 1 << 20, [])
