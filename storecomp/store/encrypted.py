@@ -17,8 +17,8 @@ DataLoader like any other store. Plaintext never reaches the inner store.
   ``CorruptDataError`` (``WrongKeyError`` for a key problem); no byte lands
   in the destination unless every segment the call needs authenticates. A cached header that no
   longer matches (the object was replaced) is re-read once.
-* Sizes are the plaintext's: ``stat`` and ``list`` compute them from the
-  sealed size (the segment size is fixed by the format).
+* Sizes are the plaintext's: ``stat`` reads them from the header, ``list``
+  computes them from the sealed size and this store's ``segment_bytes``.
 * An object that is not sealed (written around this store) is refused as
   ``CorruptDataError``, unless ``allow_plaintext=True``, which reads such
   objects as they are (an explicit, per-store choice for a migration).
@@ -42,6 +42,7 @@ from ..errors import (
     ConfigError,
     ConflictError,
     CorruptDataError,
+    InvalidArgumentError,
     ShortReadError,
     UnsupportedBufferError,
 )
@@ -57,14 +58,27 @@ _HEADER_CACHE = 4096
 class EncryptedStore(Store):
     """``inner`` with every object sealed under keys from ``keys`` (a KeyProvider, ``"env"``,
     ``"file:PATH"``). ``threads``: workers that open segments. Raises ConfigError naming the
-    setting when no key provider is given or its keys are missing."""
+    setting when no key provider is given or its keys are missing. ``segment_bytes`` (a multiple of 4096):
+    the plaintext per authenticated segment of new objects: a read fetches and opens whole segments,
+    so it is the read granularity (smaller for small random reads, larger for streaming)."""
 
-    def __init__(self, inner: Store, keys: crypto.KeyProvider | str | None, *, allow_plaintext: bool = False, threads: int = 4):
+    def __init__(
+        self,
+        inner: Store,
+        keys: crypto.KeyProvider | str | None,
+        *,
+        allow_plaintext: bool = False,
+        threads: int = 16,
+        segment_bytes: int = crypto.SEGMENT_BYTES,
+    ):
         provider = crypto.key_provider(keys)
         if provider is None:
             raise ConfigError(
                 f"{inner.url}: EncryptedStore needs a key provider (encryption='env', 'file:PATH' or a KeyProvider)"
             )
+        if segment_bytes <= 0 or segment_bytes % 4096 or segment_bytes > 1 << 30:
+            raise InvalidArgumentError(f"segment_bytes={segment_bytes}: expected a positive multiple of 4096, at most 1 GiB")
+        self.segment_bytes = segment_bytes
         self.inner = inner
         self.keys = provider
         self.url = inner.url
@@ -197,7 +211,7 @@ class EncryptedStore(Store):
     def _seal(self, key: str, data: Any) -> tuple[np.ndarray, int]:
         view = payload_view(data)
         self._forget(key)
-        return crypto.seal(view, key.encode(), self.keys), len(view)
+        return crypto.seal(view, key.encode(), self.keys, self.segment_bytes), len(view)
 
     def put(self, key: str, data: Any) -> ObjectInfo:
         validate_key(key)
@@ -238,25 +252,15 @@ class EncryptedStore(Store):
 
     # ------------------------------------------------------------ metadata
 
-    def _plain_info(self, info: ObjectInfo) -> ObjectInfo:
-        n = crypto.plaintext_size(info.size)
-        if n < 0 or self.allow_plaintext:
-            try:
-                env, _ = self._envelope(info.key, fresh=True)
-            except CorruptDataError:
-                if not self.allow_plaintext:
-                    raise
-                env = None
-            n = info.size if env is None else env.plaintext_bytes
-        return ObjectInfo(info.key, n, info.version, info.mtime)
-
     def stat(self, key: str) -> ObjectInfo:
         validate_key(key)
-        return self._plain_info(self.inner.stat(key))
+        info = self.inner.stat(key)
+        env, _ = self._envelope(key, fresh=True)
+        return ObjectInfo(key, info.size if env is None else env.plaintext_bytes, info.version, info.mtime)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for info in self.inner.list(prefix):
-            n = crypto.plaintext_size(info.size)
+            n = crypto.plaintext_size(info.size, self.segment_bytes)
             yield ObjectInfo(info.key, n if n >= 0 and not self.allow_plaintext else info.size, info.version, info.mtime)
 
     def delete(self, key: str) -> None:
