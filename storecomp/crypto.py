@@ -365,6 +365,8 @@ def open_header(head: Any, name: bytes, keys: KeyProvider, where: str) -> Envelo
     if version != VERSION or not 0 < kid_len <= MAX_KEY_ID or segment_bytes <= 0:
         raise CorruptDataError(f"{where}: encrypted header version {version} / key id / segment size not understood")
     kid = raw[_FIXED.size : _FIXED.size + kid_len]
+    if any(raw[_FIXED.size + kid_len :]):
+        raise CorruptDataError(f"{where}: encrypted header damaged (non-zero padding)")
     key_id = kid.decode("utf-8", errors="replace")
     kek = keys.key(key_id)
     if kek is None:
@@ -420,7 +422,7 @@ def unseal_into(sealed: Any, out: np.ndarray, name: bytes, keys: KeyProvider, wh
     """Open a whole sealed object (bytes past its sealed size are ignored) into ``out``; returns the plaintext size.
 
     Raises CorruptDataError (WrongKeyError for a key problem) naming ``where``;
-    nothing is returned unless every segment authenticates."""
+    on failure ``out`` may hold the segments opened before (authentic, but not the object)."""
     src = memoryview(sealed).cast("B")
     env = open_header(src, name, keys, where)
     if len(src) < env.sealed_bytes:

@@ -24,6 +24,11 @@ from . import format as fmt
 from .tiers import Buffer, BufferPool, DiskTier, SharedTier
 
 
+#: Plaintext per authenticated segment of a sealed chunk: chunks are read whole, so large
+#: segments (less per-segment work: 4.6 GB/s sealing at 1 MiB vs 2.3 at 64 KiB, one core).
+SEGMENT_BYTES = 1 << 20
+
+
 @dataclass(frozen=True)
 class Sealing:
     """How a KV store encrypts its disk and shared tiers: the keys, where sealed buffers
@@ -41,7 +46,7 @@ class Sealing:
     def seal(self, key: bytes, plain: Buffer) -> Buffer:
         """A pool buffer holding chunk ``key`` sealed (the caller returns it with ``pool.put``)."""
         out = self.pool.get(self.nbytes)
-        n = crypto.seal_into(plain.array, out.array, self.name(key), self.keys)
+        n = crypto.seal_into(plain.array, out.array, self.name(key), self.keys, SEGMENT_BYTES)
         out.array[n:] = 0
         return out
 

@@ -29,7 +29,7 @@ from ..errors import InvalidArgumentError, StorecompError
 from ..io import Engine
 from ..store.base import Store
 from . import format as fmt
-from .fetch import Fetch, Sealing
+from .fetch import SEGMENT_BYTES, Fetch, Sealing
 from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
 from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
 
@@ -161,7 +161,7 @@ class KVCacheStore:
             Sealing(
                 keys,
                 self.namespace,
-                fmt.round_up(crypto.sealed_size(self.layout.nbytes)),
+                fmt.round_up(crypto.sealed_size(self.layout.nbytes, SEGMENT_BYTES)),
                 self.pool,
                 ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-open"),
             )

@@ -176,34 +176,44 @@ class EncryptedStore(Store):
             if short.size:
                 i = int(short[0])
                 raise ShortReadError(where, int(offs[i]), int(lens[i]), int(got[i]))
-        wanted = sorted(
-            {s for i in range(offs.size) if got[i] for s in range(int(offs[i]) // seg, (int(ends[i]) - 1) // seg + 1)}
-        )
-        if not wanted:
+        live = np.flatnonzero(got > 0)
+        if not live.size:
             return got
-        spans = [env.record_span(s) for s in wanted]
-        positions = np.cumsum([0] + [n for _, n in spans])
+        first, last = offs[live] // seg, (ends[live] - 1) // seg
+        wanted = np.unique(np.concatenate([np.arange(f, g + 1, dtype=np.int64) for f, g in zip(first, last, strict=True)]))
+        plens = np.minimum(seg, size - wanted * seg)
+        rec_lens = plens + crypto.RECORD_OVERHEAD
+        positions = np.zeros(wanted.size + 1, np.int64)
+        np.cumsum(rec_lens, out=positions[1:])
+        plain_at = positions[:-1] - np.arange(wanted.size) * crypto.RECORD_OVERHEAD
+        # Records of consecutive segments are adjacent in the object: one read per run of them.
+        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
+        run_starts = np.concatenate([[0], breaks])
+        run_ends = np.concatenate([breaks, [wanted.size]])
         records = np.empty(int(positions[-1]), np.uint8)
         try:
-            self.inner.read_ranges(key, [o for o, _ in spans], [n for _, n in spans], records, positions[:-1])
+            self.inner.read_ranges(
+                key,
+                crypto.HEADER_BYTES + wanted[run_starts] * (seg + crypto.RECORD_OVERHEAD),
+                positions[run_ends] - positions[run_starts],
+                records,
+                positions[run_starts],
+            )
         except ShortReadError as e:
             raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
         # Every segment is authenticated before any byte lands: a failed read leaves ``dst`` untouched.
-        plain = np.empty(int(positions[-1]) - len(wanted) * crypto.RECORD_OVERHEAD, np.uint8)
-        starts = []
-        at = 0
-        for j, s in enumerate(wanted):
-            pstart, plen = env.segment_plain(s)
-            env.open_segment(s, records[int(positions[j]) : int(positions[j + 1])], plain[at : at + plen], where)
-            starts.append((pstart, plen, at))
-            at += plen
-        dst = memoryview((ctypes.c_uint8 * ref.nbytes).from_address(ref.address)).cast("B")
-        for pstart, plen, at in starts:
-            for i in range(offs.size):
-                lo, hi = max(int(offs[i]), pstart), min(int(ends[i]), pstart + plen)
-                if lo < hi:
-                    d = int(douts[i]) + lo - int(offs[i])
-                    dst[d : d + hi - lo] = plain[at + lo - pstart : at + hi - pstart]
+        plain = np.empty(int(positions[-1]) - wanted.size * crypto.RECORD_OVERHEAD, np.uint8)
+        for j in range(wanted.size):
+            p0, pa = int(positions[j]), int(plain_at[j])
+            env.open_segment(int(wanted[j]), records[p0 : int(positions[j + 1])], plain[pa : pa + int(plens[j])], where)
+        dst = np.frombuffer((ctypes.c_uint8 * ref.nbytes).from_address(ref.address), np.uint8)
+        # A range's segments are consecutive in ``wanted`` (sorted, unique), so its plaintext is contiguous in ``plain``.
+        index = {int(w): j for j, w in enumerate(wanted)}
+        for i in live:
+            o, e, d = int(offs[i]), int(ends[i]), int(douts[i])
+            j = index[o // seg]
+            src = int(plain_at[j]) + o - int(wanted[j]) * seg
+            dst[d : d + e - o] = plain[src : src + e - o]
         return got
 
     # ------------------------------------------------------------ writes
