@@ -200,6 +200,15 @@ def test_kv_store_stats_never_show_shared_store_secrets(leaky_endpoint: str, run
     _clean(json.dumps(stats, default=str) + repr(kv), "KVCacheStore.stats()")
 
 
+def test_bench_s3_target_shows_only_the_masked_endpoint() -> None:
+    from storecomp.bench._store_s3 import endpoint_target
+
+    env = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": TOKEN}
+    target = endpoint_target(f"http://ann:{PASSWORD}@127.0.0.1:8333", env)
+    _clean(repr(target) + target.endpoint + target.source, "bench S3 target")
+    assert "127.0.0.1:8333" in target.endpoint
+
+
 def test_storecomp_errors_are_redacted_at_the_root() -> None:
     class Custom(StorecompError):
         pass
