@@ -37,7 +37,7 @@ class Sealing:
     keys: crypto.KeyProvider
     namespace: str  # bound into every chunk's associated data with its key
     nbytes: int  # a sealed chunk object, padded to 4096
-    pool: BufferPool
+    pool: BufferPool  # sealed buffers, reused
     executor: Executor
 
     def name(self, key: bytes) -> bytes:
@@ -170,7 +170,8 @@ class Fetch:
         if not whole and not self._wait(layer + 1):
             return False
         try:
-            fmt.check_layer(self.buf.array, self.layout, self.header, layer, where)
+            if self.sealing is None:  # a sealed chunk's every byte passed its AES-GCM tag
+                fmt.check_layer(self.buf.array, self.layout, self.header, layer, where)
         except CorruptDataError as e:
             self.error, self.corrupt = str(e), True
             return False
