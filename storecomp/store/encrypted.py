@@ -83,9 +83,23 @@ class EncryptedStore(Store):
         self.keys = provider
         self.url = inner.url
         self.allow_plaintext = allow_plaintext
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="storecomp-decrypt")
+        self._threads = max(1, threads)
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="storecomp-decrypt")
         self._headers: collections.OrderedDict[str, crypto.Envelope | None] = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    #: Reads return plaintext: a cache tier must not wrap this store (CachedStore checks).
+    decrypts = True
+
+    def over(self, inner: Store) -> EncryptedStore:
+        """The same keys and settings over ``inner`` (e.g. a cache tier around this store's inner store)."""
+        return EncryptedStore(
+            inner,
+            self.keys,
+            allow_plaintext=self.allow_plaintext,
+            threads=self._threads,
+            segment_bytes=self.segment_bytes,
+        )
 
     @property
     def capabilities(self) -> Capabilities:

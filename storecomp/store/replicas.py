@@ -218,7 +218,12 @@ class ReplicatedStore(Store):
 
 def primary_of(store: Store) -> Store:
     """The store behind wrappers that takes writes and holds the freshest state:
-    a ReplicatedStore's primary, a CachedStore's inner store (recursively)."""
+    a ReplicatedStore's primary, a CachedStore's inner store (recursively). An encrypted
+    store stays encrypted: its primary is the same encryption over its inner store's primary."""
+    if getattr(store, "decrypts", False):
+        inner = store.inner  # type: ignore[attr-defined]
+        primary = primary_of(inner)
+        return store if primary is inner else store.over(primary)  # type: ignore[attr-defined]
     while True:
         if isinstance(store, ReplicatedStore):
             store = store.primary
