@@ -32,7 +32,7 @@ import collections
 import ctypes
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -159,76 +159,36 @@ class EncryptedStore(Store):
                 f"{self._where(key)}: an encrypted store decrypts into host memory; read to host, then copy"
             )
         offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self._where(key))
+        with self._lock:
+            env = self._headers.get(key)
+        if env is not None:
+            # Header known: the segment reads start now (the inner store's own concurrency); a worker
+            # thread waits for them and opens the segments.
+            try:
+                plan = _Plan(self, key, env, offs, lens, douts, exact)
+            except ShortReadError as e:
+                return PendingRanges(_failed(e), ref)
+            return PendingRanges(self._pool.submit(self._finish_cached, plan, ref, dst), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, dst, exact), ref)
+
+    def _finish_cached(self, plan: _Plan, ref: BufferRef, dst: Any) -> np.ndarray:
+        try:
+            return plan.finish(ref)
+        except CorruptDataError:
+            pass
+        # The cached header may be of an earlier version of the object: once more, fresh.
+        env, _ = self._envelope(plan.key, fresh=True)
+        if env is None:
+            return self.inner.read_ranges(plan.key, plan.offs, plan.lens, dst, plan.douts, exact=plan.exact)
+        return _Plan(self, plan.key, env, plan.offs, plan.lens, plan.douts, plan.exact).finish(ref)
 
     def _read(
         self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, dst: Any, exact: bool
     ) -> np.ndarray:
-        env, cached = self._envelope(key, fresh=False)
-        if env is None:
-            return self.inner.read_ranges(key, offs, lens, dst, douts, exact=exact)
-        try:
-            return self._read_sealed(key, env, offs, lens, douts, ref, exact)
-        except CorruptDataError:
-            if not cached:
-                raise
-        # The cached header may be of an earlier version of the object: once more, fresh.
         env, _ = self._envelope(key, fresh=True)
         if env is None:
             return self.inner.read_ranges(key, offs, lens, dst, douts, exact=exact)
-        return self._read_sealed(key, env, offs, lens, douts, ref, exact)
-
-    def _read_sealed(
-        self, key: str, env: crypto.Envelope, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, exact: bool
-    ) -> np.ndarray:
-        size, seg = env.plaintext_bytes, env.segment_bytes
-        where = self._where(key)
-        ends = np.minimum(offs + lens, size)
-        got = np.where(ends > offs, ends - offs, 0).astype(np.uint64)
-        if exact:
-            short = np.flatnonzero(got < lens)
-            if short.size:
-                i = int(short[0])
-                raise ShortReadError(where, int(offs[i]), int(lens[i]), int(got[i]))
-        live = np.flatnonzero(got > 0)
-        if not live.size:
-            return got
-        first, last = offs[live] // seg, (ends[live] - 1) // seg
-        wanted = np.unique(np.concatenate([np.arange(f, g + 1, dtype=np.int64) for f, g in zip(first, last, strict=True)]))
-        plens = np.minimum(seg, size - wanted * seg)
-        rec_lens = plens + crypto.RECORD_OVERHEAD
-        positions = np.zeros(wanted.size + 1, np.int64)
-        np.cumsum(rec_lens, out=positions[1:])
-        plain_at = positions[:-1] - np.arange(wanted.size) * crypto.RECORD_OVERHEAD
-        # Records of consecutive segments are adjacent in the object: one read per run of them.
-        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
-        run_starts = np.concatenate([[0], breaks])
-        run_ends = np.concatenate([breaks, [wanted.size]])
-        records = np.empty(int(positions[-1]), np.uint8)
-        try:
-            self.inner.read_ranges(
-                key,
-                crypto.HEADER_BYTES + wanted[run_starts] * (seg + crypto.RECORD_OVERHEAD),
-                positions[run_ends] - positions[run_starts],
-                records,
-                positions[run_starts],
-            )
-        except ShortReadError as e:
-            raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
-        # Every segment is authenticated before any byte lands: a failed read leaves ``dst`` untouched.
-        plain = np.empty(int(positions[-1]) - wanted.size * crypto.RECORD_OVERHEAD, np.uint8)
-        for j in range(wanted.size):
-            p0, pa = int(positions[j]), int(plain_at[j])
-            env.open_segment(int(wanted[j]), records[p0 : int(positions[j + 1])], plain[pa : pa + int(plens[j])], where)
-        dst = np.frombuffer((ctypes.c_uint8 * ref.nbytes).from_address(ref.address), np.uint8)
-        # A range's segments are consecutive in ``wanted`` (sorted, unique), so its plaintext is contiguous in ``plain``.
-        index = {int(w): j for j, w in enumerate(wanted)}
-        for i in live:
-            o, e, d = int(offs[i]), int(ends[i]), int(douts[i])
-            j = index[o // seg]
-            src = int(plain_at[j]) + o - int(wanted[j]) * seg
-            dst[d : d + e - o] = plain[src : src + e - o]
-        return got
+        return _Plan(self, key, env, offs, lens, douts, exact).finish(ref)
 
     # ------------------------------------------------------------ writes
 
@@ -297,3 +257,85 @@ class EncryptedStore(Store):
 
     def __repr__(self) -> str:
         return f"EncryptedStore({self.inner!r}, keys={self.keys!r})"
+
+
+class _Plan:
+    """One sealed read: the segments that cover the ranges, their records being read (started at
+    construction), then :meth:`finish` opens them and copies the ranges out."""
+
+    def __init__(
+        self,
+        store: EncryptedStore,
+        key: str,
+        env: crypto.Envelope,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        exact: bool,
+    ) -> None:
+        self.key, self.env, self.offs, self.lens, self.douts, self.exact = key, env, offs, lens, douts, exact
+        self.where = store._where(key)
+        size, seg = env.plaintext_bytes, env.segment_bytes
+        self.ends = np.minimum(offs + lens, size)
+        self.got = np.where(self.ends > offs, self.ends - offs, 0).astype(np.uint64)
+        if exact:
+            short = np.flatnonzero(self.got < lens)
+            if short.size:
+                i = int(short[0])
+                raise ShortReadError(self.where, int(offs[i]), int(lens[i]), int(self.got[i]))
+        self.live = np.flatnonzero(self.got > 0)
+        self.future: Any = None
+        if not self.live.size:
+            return
+        first, last = offs[self.live] // seg, (self.ends[self.live] - 1) // seg
+        self.wanted = np.unique(np.concatenate([np.arange(f, g + 1, dtype=np.int64) for f, g in zip(first, last, strict=True)]))
+        self.plens = np.minimum(seg, size - self.wanted * seg)
+        self.positions = np.zeros(self.wanted.size + 1, np.int64)
+        np.cumsum(self.plens + crypto.RECORD_OVERHEAD, out=self.positions[1:])
+        self.plain_at = self.positions[:-1] - np.arange(self.wanted.size) * crypto.RECORD_OVERHEAD
+        # Records of consecutive segments are adjacent in the object: one read per run of them.
+        breaks = np.flatnonzero(np.diff(self.wanted) != 1) + 1
+        run_starts = np.concatenate([[0], breaks])
+        run_ends = np.concatenate([breaks, [self.wanted.size]])
+        self.records = np.empty(int(self.positions[-1]), np.uint8)
+        try:
+            self.future = store.inner.submit_ranges(
+                key,
+                crypto.HEADER_BYTES + self.wanted[run_starts] * (seg + crypto.RECORD_OVERHEAD),
+                self.positions[run_ends] - self.positions[run_starts],
+                self.records,
+                self.positions[run_starts],
+            )
+        except Exception as e:  # noqa: BLE001 - reported by finish(), on the future
+            self.future = _failed(e)
+
+    def finish(self, ref: BufferRef) -> np.ndarray:
+        """Wait for the records, open every segment (all before any byte lands in ``ref``), copy the ranges."""
+        if self.future is None:
+            return self.got
+        env, seg, where = self.env, self.env.segment_bytes, self.where
+        try:
+            self.future.result()
+        except ShortReadError as e:
+            raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
+        plain = np.empty(int(self.positions[-1]) - self.wanted.size * crypto.RECORD_OVERHEAD, np.uint8)
+        pos, at, plens, wanted = self.positions, self.plain_at, self.plens, self.wanted
+        for j in range(wanted.size):
+            env.open_segment(
+                int(wanted[j]), self.records[int(pos[j]) : int(pos[j + 1])], plain[int(at[j]) : int(at[j]) + int(plens[j])], where
+            )
+        dst = np.frombuffer((ctypes.c_uint8 * ref.nbytes).from_address(ref.address), np.uint8)
+        # A range's segments are consecutive in ``wanted`` (sorted, unique), so its plaintext is contiguous in ``plain``.
+        index = {int(w): j for j, w in enumerate(wanted)}
+        for i in self.live:
+            o, e, d = int(self.offs[i]), int(self.ends[i]), int(self.douts[i])
+            j = index[o // seg]
+            src = int(at[j]) + o - int(wanted[j]) * seg
+            dst[d : d + e - o] = plain[src : src + e - o]
+        return self.got
+
+
+def _failed(e: BaseException) -> Any:
+    fut: Future[np.ndarray] = Future()
+    fut.set_exception(e)
+    return fut
