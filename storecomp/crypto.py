@@ -401,7 +401,7 @@ def seal_into(plain: Any, out: np.ndarray, name: bytes, keys: KeyProvider, segme
     total = env.sealed_bytes
     if out.nbytes < total:
         raise InvalidArgumentError(f"seal_into: destination of {out.nbytes} bytes, {total} needed")
-    dst = memoryview(out).cast("B")
+    dst = out.reshape(-1).data.cast("B")
     dst[:HEADER_BYTES] = header
     for i in range(env.segments):
         off, n = env.segment_plain(i)
@@ -429,7 +429,7 @@ def unseal_into(sealed: Any, out: np.ndarray, name: bytes, keys: KeyProvider, wh
         raise CorruptDataError(f"{where}: encrypted object truncated ({len(src)} of {env.sealed_bytes} bytes)")
     if out.nbytes < env.plaintext_bytes:
         raise CorruptDataError(f"{where}: encrypted object holds {env.plaintext_bytes} bytes, {out.nbytes} expected")
-    dst = memoryview(out).cast("B")
+    dst = out.reshape(-1).data.cast("B")
     for i in range(env.segments):
         off, n = env.segment_plain(i)
         roff, rlen = env.record_span(i)

@@ -324,14 +324,14 @@ class _Plan:
             env.open_segment(
                 int(wanted[j]), self.records[int(pos[j]) : int(pos[j + 1])], plain[int(at[j]) : int(at[j]) + int(plens[j])], where
             )
-        dst = np.frombuffer((ctypes.c_uint8 * ref.nbytes).from_address(ref.address), np.uint8)
+        dst = np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
         # A range's segments are consecutive in ``wanted`` (sorted, unique), so its plaintext is contiguous in ``plain``.
         index = {int(w): j for j, w in enumerate(wanted)}
         for i in self.live:
-            o, e, d = int(self.offs[i]), int(self.ends[i]), int(self.douts[i])
+            o, end, d = int(self.offs[i]), int(self.ends[i]), int(self.douts[i])
             j = index[o // seg]
             src = int(at[j]) + o - int(wanted[j]) * seg
-            dst[d : d + e - o] = plain[src : src + e - o]
+            dst[d : d + end - o] = plain[src : src + end - o]
         return self.got
 
 
