@@ -23,7 +23,6 @@ from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompE
 from . import format as fmt
 from .tiers import Buffer, BufferPool, DiskTier, SharedTier
 
-
 #: Plaintext per authenticated segment of a sealed chunk: chunks are read whole, so large
 #: segments (less per-segment work: 4.6 GB/s sealing at 1 MiB vs 2.3 at 64 KiB, one core).
 SEGMENT_BYTES = 1 << 20
