@@ -68,7 +68,7 @@ class KVCacheStore:
     sealed with AES-256-GCM (a data key per chunk, wrapped by the provider's
     key; the chunk's namespace and key bound to every segment) by the writer
     threads and opened by worker threads; they live in their own pool
-    (``enc/`` below each tier's root), apart from plaintext chunks. The host
+    (an ``enc/`` level in the path, after any tenant prefix), apart from plaintext chunks. The host
     tier stays plaintext. Raises ConfigError naming the setting when the
     provider's keys are missing.
     """
