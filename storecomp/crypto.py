@@ -213,8 +213,7 @@ class FileKeyProvider:
         return self._fresh().current()
 
     def key(self, key_id: str) -> bytes | None:
-        got = self._keys.key(key_id)
-        return got if got is not None else self._fresh().key(key_id)
+        return self._fresh().key(key_id)  # one stat: a key retired from the file stops unwrapping at once
 
     def __repr__(self) -> str:
         return f"FileKeyProvider({str(self.path)!r})"
