@@ -9,6 +9,7 @@ in KV store stats.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -169,14 +170,15 @@ def test_cli_never_prints_planted_secrets(running_seaweedfs: SeaweedFS, leaky_en
         ["info", "--json", str(tmp_path)],
         ["info", str(tmp_path)],
     ]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # one interpreter start each: run them side by side
+        procs = list(pool.map(lambda args: _cli(args, env), cases))
     failed = 0
-    for args in cases:
-        proc = _cli(args, env)
+    for args, proc in zip(cases, procs, strict=True):
         _clean(proc.stdout + proc.stderr, f"storecomp {' '.join(args)}")
         assert "Traceback" not in proc.stderr, f"storecomp {' '.join(args)}:\n{proc.stderr}"
         failed += proc.returncode != 0
     assert failed >= 6  # the S3 commands are refused (endpoint with user info, wrong secret)
-    doc = json.loads(_cli(["info", "--json", str(tmp_path)], env).stdout)
+    doc = json.loads(procs[cases.index(["info", "--json", str(tmp_path)])].stdout)
     _clean(json.dumps(doc), "info --json")
 
 
