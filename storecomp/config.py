@@ -20,26 +20,18 @@ staging_bytes      STORECOMP_STAGING_BYTES     bounce staging pool size in bytes
 staging_slot_bytes STORECOMP_STAGING_SLOT      one staging slot in bytes
 max_open_files     STORECOMP_MAX_OPEN_FILES    descriptors cached by path
 =================  ==========================  =====================================
-
-Encryption at rest (storecomp.crypto) names its keys explicitly
-(``encryption="env"`` / ``"file"`` / ``"file:PATH"``); the variables those
-settings read are read here, by :func:`encryption_keys_text` and
-:func:`encryption_key_file`:
-
-* ``STORECOMP_ENCRYPTION_KEYS``: ``[id:]key`` entries (32-byte keys in base64
-  or hex), comma separated, the first one current;
-* ``STORECOMP_ENCRYPTION_KEY_FILE``: the path of a file of such lines.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import ConfigError
 
@@ -61,6 +53,11 @@ _ENV = {
     "max_open_files": "STORECOMP_MAX_OPEN_FILES",
 }
 
+# Encryption at rest (storecomp.crypto) names its keys explicitly (encryption="env" / "file" /
+# "file:PATH"); the variables those settings read are read here:
+# STORECOMP_ENCRYPTION_KEYS: "[id:]key" entries (32-byte keys in base64 or hex), comma separated,
+#   the first one current;
+# STORECOMP_ENCRYPTION_KEY_FILE: the path of a file of such lines.
 ENV_ENCRYPTION_KEYS = "STORECOMP_ENCRYPTION_KEYS"
 ENV_ENCRYPTION_KEY_FILE = "STORECOMP_ENCRYPTION_KEY_FILE"
 
