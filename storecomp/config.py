@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from .errors import ConfigError
 
 _CHOICES = {
@@ -68,6 +70,11 @@ _ENV = {
     "max_open_files": "STORECOMP_MAX_OPEN_FILES",
 }
 
+# Encryption at rest (storecomp.crypto) names its keys explicitly (encryption="env" / "file" /
+# "file:PATH"); the variables those settings read are read here:
+# STORECOMP_ENCRYPTION_KEYS: "[id:]key" entries (32-byte keys in base64 or hex), comma separated,
+#   the first one current;
+# STORECOMP_ENCRYPTION_KEY_FILE: the path of a file of such lines.
 ENV_ENCRYPTION_KEYS = "STORECOMP_ENCRYPTION_KEYS"
 ENV_ENCRYPTION_KEY_FILE = "STORECOMP_ENCRYPTION_KEY_FILE"
 

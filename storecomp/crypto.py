@@ -213,8 +213,7 @@ class FileKeyProvider:
         return self._fresh().current()
 
     def key(self, key_id: str) -> bytes | None:
-        got = self._keys.key(key_id)
-        return got if got is not None else self._fresh().key(key_id)
+        return self._fresh().key(key_id)  # one stat: a key retired from the file stops unwrapping at once
 
     def __repr__(self) -> str:
         return f"FileKeyProvider({str(self.path)!r})"
@@ -365,6 +364,8 @@ def open_header(head: Any, name: bytes, keys: KeyProvider, where: str) -> Envelo
     if version != VERSION or not 0 < kid_len <= MAX_KEY_ID or segment_bytes <= 0:
         raise CorruptDataError(f"{where}: encrypted header version {version} / key id / segment size not understood")
     kid = raw[_FIXED.size : _FIXED.size + kid_len]
+    if any(raw[_FIXED.size + kid_len :]):
+        raise CorruptDataError(f"{where}: encrypted header damaged (non-zero padding)")
     key_id = kid.decode("utf-8", errors="replace")
     kek = keys.key(key_id)
     if kek is None:
@@ -399,7 +400,7 @@ def seal_into(plain: Any, out: np.ndarray, name: bytes, keys: KeyProvider, segme
     total = env.sealed_bytes
     if out.nbytes < total:
         raise InvalidArgumentError(f"seal_into: destination of {out.nbytes} bytes, {total} needed")
-    dst = memoryview(out).cast("B")
+    dst = out.reshape(-1).data.cast("B")
     dst[:HEADER_BYTES] = header
     for i in range(env.segments):
         off, n = env.segment_plain(i)
@@ -420,14 +421,14 @@ def unseal_into(sealed: Any, out: np.ndarray, name: bytes, keys: KeyProvider, wh
     """Open a whole sealed object (bytes past its sealed size are ignored) into ``out``; returns the plaintext size.
 
     Raises CorruptDataError (WrongKeyError for a key problem) naming ``where``;
-    nothing is returned unless every segment authenticates."""
+    on failure ``out`` may hold the segments opened before (authentic, but not the object)."""
     src = memoryview(sealed).cast("B")
     env = open_header(src, name, keys, where)
     if len(src) < env.sealed_bytes:
         raise CorruptDataError(f"{where}: encrypted object truncated ({len(src)} of {env.sealed_bytes} bytes)")
     if out.nbytes < env.plaintext_bytes:
         raise CorruptDataError(f"{where}: encrypted object holds {env.plaintext_bytes} bytes, {out.nbytes} expected")
-    dst = memoryview(out).cast("B")
+    dst = out.reshape(-1).data.cast("B")
     for i in range(env.segments):
         off, n = env.segment_plain(i)
         roff, rlen = env.record_span(i)

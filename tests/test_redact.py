@@ -9,6 +9,7 @@ in KV store stats.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -169,14 +170,15 @@ def test_cli_never_prints_planted_secrets(running_seaweedfs: SeaweedFS, leaky_en
         ["info", "--json", str(tmp_path)],
         ["info", str(tmp_path)],
     ]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # one interpreter start each: run them side by side
+        procs = list(pool.map(lambda args: _cli(args, env), cases))
     failed = 0
-    for args in cases:
-        proc = _cli(args, env)
+    for args, proc in zip(cases, procs, strict=True):
         _clean(proc.stdout + proc.stderr, f"storecomp {' '.join(args)}")
         assert "Traceback" not in proc.stderr, f"storecomp {' '.join(args)}:\n{proc.stderr}"
         failed += proc.returncode != 0
     assert failed >= 6  # the S3 commands are refused (endpoint with user info, wrong secret)
-    doc = json.loads(_cli(["info", "--json", str(tmp_path)], env).stdout)
+    doc = json.loads(procs[cases.index(["info", "--json", str(tmp_path)])].stdout)
     _clean(json.dumps(doc), "info --json")
 
 
@@ -198,6 +200,15 @@ def test_kv_store_stats_never_show_shared_store_secrets(leaky_endpoint: str, run
         kv.close()
     assert stats["shared"]["last_error"] or stats["shared"]["write_failures"]
     _clean(json.dumps(stats, default=str) + repr(kv), "KVCacheStore.stats()")
+
+
+def test_bench_s3_target_shows_only_the_masked_endpoint() -> None:
+    from storecomp.bench._store_s3 import endpoint_target
+
+    env = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": TOKEN}
+    target = endpoint_target(f"http://ann:{PASSWORD}@127.0.0.1:8333", env)
+    _clean(repr(target) + target.endpoint + target.source, "bench S3 target")
+    assert "127.0.0.1:8333" in target.endpoint
 
 
 def test_storecomp_errors_are_redacted_at_the_root() -> None:

@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,9 @@ class S3Target:
 
     bucket: str
     prefix: str
-    conn: dict[str, Any]
-    endpoint: str
-    source: str
+    conn: dict[str, Any] = field(repr=False)
+    endpoint: str = ""
+    source: str = ""
 
 
 def _safe_endpoint(url: str | None) -> str:

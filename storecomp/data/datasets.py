@@ -531,9 +531,12 @@ def _open_remote(store: Store, prefix: str, remote: str, cache_dir: Any, cache_b
     if remote == "cache":
         if cache_dir is None:
             raise InvalidArgumentError("remote='cache' needs cache_dir (a node-local folder for whole shards)")
-        from ..store import CachedStore
+        from ..store import CachedStore, EncryptedStore
 
-        store = CachedStore(store, cache_dir, cache_bytes)
+        if isinstance(store, EncryptedStore):  # the cache goes inside the encryption: it holds ciphertext
+            store = store.over(CachedStore(store.inner, cache_dir, cache_bytes))
+        else:
+            store = CachedStore(store, cache_dir, cache_bytes)
     reader = StoreReader(store)
     prefix = prefix.rstrip("/")
     ds = _open_shards(reader, prefix, reader.join(prefix, "manifest.json"))

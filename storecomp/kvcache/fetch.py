@@ -23,6 +23,10 @@ from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompE
 from . import format as fmt
 from .tiers import Buffer, BufferPool, DiskTier, SharedTier
 
+#: Plaintext per authenticated segment of a sealed chunk: chunks are read whole, so large
+#: segments (less per-segment work: 4.6 GB/s sealing at 1 MiB vs 2.3 at 64 KiB, one core).
+SEGMENT_BYTES = 1 << 20
+
 
 @dataclass(frozen=True)
 class Sealing:
@@ -32,7 +36,7 @@ class Sealing:
     keys: crypto.KeyProvider
     namespace: str  # bound into every chunk's associated data with its key
     nbytes: int  # a sealed chunk object, padded to 4096
-    pool: BufferPool
+    pool: BufferPool  # sealed buffers, reused
     executor: Executor
 
     def name(self, key: bytes) -> bytes:
@@ -41,7 +45,7 @@ class Sealing:
     def seal(self, key: bytes, plain: Buffer) -> Buffer:
         """A pool buffer holding chunk ``key`` sealed (the caller returns it with ``pool.put``)."""
         out = self.pool.get(self.nbytes)
-        n = crypto.seal_into(plain.array, out.array, self.name(key), self.keys)
+        n = crypto.seal_into(plain.array, out.array, self.name(key), self.keys, SEGMENT_BYTES)
         out.array[n:] = 0
         return out
 
@@ -165,7 +169,8 @@ class Fetch:
         if not whole and not self._wait(layer + 1):
             return False
         try:
-            fmt.check_layer(self.buf.array, self.layout, self.header, layer, where)
+            if self.sealing is None:  # a sealed chunk's every byte passed its AES-GCM tag
+                fmt.check_layer(self.buf.array, self.layout, self.header, layer, where)
         except CorruptDataError as e:
             self.error, self.corrupt = str(e), True
             return False

@@ -29,7 +29,7 @@ from ..errors import InvalidArgumentError, StorecompError
 from ..io import Engine
 from ..store.base import Store
 from . import format as fmt
-from .fetch import Fetch, Sealing
+from .fetch import SEGMENT_BYTES, Fetch, Sealing
 from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
 from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
 
@@ -68,7 +68,7 @@ class KVCacheStore:
     sealed with AES-256-GCM (a data key per chunk, wrapped by the provider's
     key; the chunk's namespace and key bound to every segment) by the writer
     threads and opened by worker threads; they live in their own pool
-    (``enc/`` below each tier's root), apart from plaintext chunks. The host
+    (an ``enc/`` level in the path, after any tenant prefix), apart from plaintext chunks. The host
     tier stays plaintext. Raises ConfigError naming the setting when the
     provider's keys are missing.
     """
@@ -157,12 +157,13 @@ class KVCacheStore:
         self._shared_writer = ThreadPoolExecutor(max(1, workers // 2), thread_name_prefix="storecomp-kv-shared")
         self._meta = ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-meta")
         self._requests = ThreadPoolExecutor(2, thread_name_prefix="storecomp-kv-req")
+        sealed_bytes = fmt.round_up(crypto.sealed_size(self.layout.nbytes, SEGMENT_BYTES))
         self._sealing = (
             Sealing(
                 keys,
                 self.namespace,
-                fmt.round_up(crypto.sealed_size(self.layout.nbytes)),
-                self.pool,
+                sealed_bytes,
+                BufferPool(keep_bytes=(workers + 8) * sealed_bytes),  # its own: sealed and plain sizes differ
                 ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-open"),
             )
             if keys is not None
@@ -321,7 +322,12 @@ class KVCacheStore:
             if buf.sealed:
                 return
             lay = self.layout
-            crcs = [crc32c(lay.layer_view(buf.array, i)) for i in range(self.fingerprint.layers)]
+            # Sealed tiers: the AES-GCM tags cover every byte, so the layer crcs are 0 and unchecked.
+            crcs = (
+                [crc32c(lay.layer_view(buf.array, i)) for i in range(self.fingerprint.layers)]
+                if self._sealing is None
+                else [0] * self.fingerprint.layers
+            )
             fmt.write_header(buf.array, lay, key, crcs)
             buf.sealed = True
 
@@ -345,7 +351,7 @@ class KVCacheStore:
             try:
                 return self.disk.put(key, sealed.array)
             finally:
-                self.pool.put(sealed)
+                self._sealing.pool.put(sealed)
         finally:
             self.host.unref(buf)
 
@@ -372,7 +378,8 @@ class KVCacheStore:
                     shared.mark_down(e)
         finally:
             if sealed is not None:
-                self.pool.put(sealed)
+                assert self._sealing is not None
+                self._sealing.pool.put(sealed)
             self.host.unref(buf)
 
     # ------------------------------------------------------------ retrieve

@@ -275,7 +275,15 @@ class WrapperStore(Store):
 
 def primary_of(store: Store) -> Store:
     """The store behind wrappers that takes writes and holds the freshest state
-    (a ReplicatedStore's primary, a CachedStore's inner store, recursively)."""
+    (a ReplicatedStore's primary, a CachedStore's inner store, recursively).
+    An encrypting wrapper stays: its primary is the same encryption over its
+    inner store's primary (refs and manifests never bypass the encryption)."""
+    if isinstance(store, WrapperStore) and getattr(store, "decrypts", False):
+        inner = store.primary
+        primary = primary_of(inner)
+        return store if primary is inner else store.over(primary)  # type: ignore[attr-defined]
     while isinstance(store, WrapperStore):
         store = store.primary
+        if getattr(store, "decrypts", False):
+            return primary_of(store)
     return store

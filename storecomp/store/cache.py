@@ -131,6 +131,11 @@ class CachedStore(WrapperStore):
             raise InvalidArgumentError(f"chunk_bytes must be a positive multiple of {ALIGN}, got {chunk_bytes}")
         if verify not in ("always", "once"):
             raise InvalidArgumentError(f"verify must be 'always' or 'once', got {verify!r}")
+        if getattr(inner, "decrypts", False):  # the cache would hold plaintext on disk
+            raise InvalidArgumentError(
+                f"{inner.url}: a cache tier goes inside the encryption (EncryptedStore(CachedStore(...)), "
+                "or encrypted.over(CachedStore(encrypted.inner, ...))), so that it holds ciphertext"
+            )
         self.inner = inner
         self.url = inner.url
         self.cache_dir = Path(cache_dir).expanduser().absolute()

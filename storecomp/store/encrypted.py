@@ -10,16 +10,16 @@ DataLoader like any other store. Plaintext never reaches the inner store.
 * Writes seal the object on the writer's thread (one data key per object,
   wrapped by the provider's current key) and publish it whole through the
   inner store (put, put_if_absent and compare_and_swap keep their meaning).
-* Reads (``submit_ranges``) return at once; a worker thread fetches the
-  header (cached per key) and the segments covering the ranges, all of one
-  version of the object, opens them (every tag checked) and lands the
-  plaintext in the destination (host memory or a CUDA tensor, through
-  ``storecomp.io.land_bytes``). A failed tag is a
+* Reads (``submit_ranges``, through the Store template) return at once; a
+  worker thread fetches the header (cached per key) and the segments covering
+  the ranges, all of one version of the object, opens them (every tag
+  checked) and lands the bytes in the destination (host memory, or a CUDA
+  tensor through ``storecomp.io.land_bytes``). A failed tag is a
   ``CorruptDataError`` (``WrongKeyError`` for a key problem); no byte lands
   in the destination unless every segment the call needs authenticates. A cached header that no
   longer matches (the object was replaced) is re-read once.
-* Sizes are the plaintext's: ``stat`` and ``list`` compute them from the
-  sealed size (the segment size is fixed by the format).
+* Sizes are the plaintext's: ``stat`` reads them from the header, ``list``
+  computes them from the sealed size and this store's ``segment_bytes``.
 * An object that is not sealed (written around this store) is refused as
   ``CorruptDataError``, unless ``allow_plaintext=True``, which reads such
   objects as they are (an explicit, per-store choice for a migration).
@@ -30,9 +30,10 @@ DataLoader like any other store. Plaintext never reaches the inner store.
 from __future__ import annotations
 
 import collections
+import ctypes
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from ..errors import (
     ConfigError,
     ConflictError,
     CorruptDataError,
+    InvalidArgumentError,
     ShortReadError,
 )
 from ..io import BufferRef, land_bytes
@@ -55,21 +57,48 @@ _HEADER_CACHE = 4096
 class EncryptedStore(WrapperStore):
     """``inner`` with every object sealed under keys from ``keys`` (a KeyProvider, ``"env"``,
     ``"file:PATH"``). ``threads``: workers that open segments. Raises ConfigError naming the
-    setting when no key provider is given or its keys are missing."""
+    setting when no key provider is given or its keys are missing. ``segment_bytes`` (a multiple of 4096):
+    the plaintext per authenticated segment of new objects: a read fetches and opens whole segments,
+    so it is the read granularity (smaller for small random reads, larger for streaming)."""
 
-    def __init__(self, inner: Store, keys: crypto.KeyProvider | str | None, *, allow_plaintext: bool = False, threads: int = 4):
+    def __init__(
+        self,
+        inner: Store,
+        keys: crypto.KeyProvider | str | None,
+        *,
+        allow_plaintext: bool = False,
+        threads: int = 16,
+        segment_bytes: int = crypto.SEGMENT_BYTES,
+    ):
         provider = crypto.key_provider(keys)
         if provider is None:
             raise ConfigError(
                 f"{inner.url}: EncryptedStore needs a key provider (encryption='env', 'file:PATH' or a KeyProvider)"
             )
+        if segment_bytes <= 0 or segment_bytes % 4096 or segment_bytes > 1 << 30:
+            raise InvalidArgumentError(f"segment_bytes={segment_bytes}: expected a positive multiple of 4096, at most 1 GiB")
+        self.segment_bytes = segment_bytes
         self.inner = inner
         self.keys = provider
         self.url = inner.url
         self.allow_plaintext = allow_plaintext
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="storecomp-decrypt")
+        self._threads = max(1, threads)
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="storecomp-decrypt")
         self._headers: collections.OrderedDict[str, crypto.Envelope | None] = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    #: Reads return plaintext: a cache tier must not wrap this store (CachedStore checks).
+    decrypts = True
+
+    def over(self, inner: Store) -> EncryptedStore:
+        """The same keys and settings over ``inner`` (e.g. a cache tier around this store's inner store)."""
+        return EncryptedStore(
+            inner,
+            self.keys,
+            allow_plaintext=self.allow_plaintext,
+            threads=self._threads,
+            segment_bytes=self.segment_bytes,
+        )
 
     @property
     def primary(self) -> Store:
@@ -119,73 +148,40 @@ class EncryptedStore(WrapperStore):
     def _submit_ranges(
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> PendingRanges:
+        with self._lock:
+            env = self._headers.get(key)
+        if env is not None:
+            # Header known: the segment reads start now (the inner store's own concurrency); a worker
+            # thread waits for them and opens the segments.
+            plan = _Plan(self, key, env, offs, lens, douts, version)
+            return PendingRanges(self._pool.submit(self._finish_cached, plan, ref), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
+
+    def _finish_cached(self, plan: _Plan, ref: BufferRef) -> np.ndarray:
+        try:
+            return plan.finish(ref)
+        except CorruptDataError:
+            pass
+        # The cached header may be of an earlier version of the object: once more, fresh.
+        env, _ = self._envelope(plan.key, fresh=True, version=plan.version)
+        if env is None:
+            return self.inner.read_ranges(plan.key, plan.offs, plan.lens, ref, plan.douts, exact=False, version=plan.version)
+        return _Plan(self, plan.key, env, plan.offs, plan.lens, plan.douts, plan.version).finish(ref)
 
     def _read(
         self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, version: str | None
     ) -> np.ndarray:
-        env, cached = self._envelope(key, fresh=False, version=version)
-        if env is None:
-            return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=version)
-        try:
-            return self._read_sealed(key, env, offs, lens, douts, ref, version)
-        except CorruptDataError:
-            if not cached:
-                raise
-        # The cached header may be of an earlier version of the object: once more, fresh.
         env, _ = self._envelope(key, fresh=True, version=version)
         if env is None:
             return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=version)
-        return self._read_sealed(key, env, offs, lens, douts, ref, version)
-
-    def _read_sealed(
-        self,
-        key: str,
-        env: crypto.Envelope,
-        offs: np.ndarray,
-        lens: np.ndarray,
-        douts: np.ndarray,
-        ref: BufferRef,
-        version: str | None,
-    ) -> np.ndarray:
-        size, seg = env.plaintext_bytes, env.segment_bytes
-        where = self._where(key)
-        ends = np.minimum(offs + lens, size)
-        got = np.where(ends > offs, ends - offs, 0).astype(np.uint64)
-        wanted = sorted(
-            {s for i in range(offs.size) if got[i] for s in range(int(offs[i]) // seg, (int(ends[i]) - 1) // seg + 1)}
-        )
-        if not wanted:
-            return got
-        spans = [env.record_span(s) for s in wanted]
-        positions = np.cumsum([0] + [n for _, n in spans])
-        records = np.empty(int(positions[-1]), np.uint8)
-        try:
-            self.inner.read_ranges(key, [o for o, _ in spans], [n for _, n in spans], records, positions[:-1], version=version)
-        except ShortReadError as e:
-            raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
-        # Every segment is authenticated before any byte lands: a failed read leaves the destination untouched.
-        plain = np.empty(int(positions[-1]) - len(wanted) * crypto.RECORD_OVERHEAD, np.uint8)
-        starts = []
-        at = 0
-        for j, s in enumerate(wanted):
-            pstart, plen = env.segment_plain(s)
-            env.open_segment(s, records[int(positions[j]) : int(positions[j + 1])], plain[at : at + plen], where)
-            starts.append((pstart, plen, at))
-            at += plen
-        for pstart, plen, at in starts:
-            for i in range(offs.size):
-                lo, hi = max(int(offs[i]), pstart), min(int(ends[i]), pstart + plen)
-                if lo < hi:
-                    land_bytes(ref, int(douts[i]) + lo - int(offs[i]), plain[at + lo - pstart : at + hi - pstart])
-        return got
+        return _Plan(self, key, env, offs, lens, douts, version).finish(ref)
 
     # ------------------------------------------------------------ writes
 
     def _seal(self, key: str, data: Any) -> tuple[np.ndarray, int]:
         view = payload_view(data)
         self._forget(key)
-        return crypto.seal(view, key.encode(), self.keys), len(view)
+        return crypto.seal(view, key.encode(), self.keys, self.segment_bytes), len(view)
 
     def put(self, key: str, data: Any) -> ObjectInfo:
         validate_key(key)
@@ -226,25 +222,15 @@ class EncryptedStore(WrapperStore):
 
     # ------------------------------------------------------------ metadata
 
-    def _plain_info(self, info: ObjectInfo) -> ObjectInfo:
-        n = crypto.plaintext_size(info.size)
-        if n < 0 or self.allow_plaintext:
-            try:
-                env, _ = self._envelope(info.key, fresh=True)
-            except CorruptDataError:
-                if not self.allow_plaintext:
-                    raise
-                env = None
-            n = info.size if env is None else env.plaintext_bytes
-        return ObjectInfo(info.key, n, info.version, info.mtime)
-
     def stat(self, key: str) -> ObjectInfo:
         validate_key(key)
-        return self._plain_info(self.inner.stat(key))
+        info = self.inner.stat(key)
+        env, _ = self._envelope(key, fresh=True)
+        return ObjectInfo(key, info.size if env is None else env.plaintext_bytes, info.version, info.mtime)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for info in self.inner.list(prefix):
-            n = crypto.plaintext_size(info.size)
+            n = crypto.plaintext_size(info.size, self.segment_bytes)
             yield ObjectInfo(info.key, n if n >= 0 and not self.allow_plaintext else info.size, info.version, info.mtime)
 
     def delete(self, key: str) -> None:
@@ -257,3 +243,85 @@ class EncryptedStore(WrapperStore):
 
     def __repr__(self) -> str:
         return f"EncryptedStore({self.inner!r}, keys={self.keys!r})"
+
+
+class _Plan:
+    """One sealed read: the segments that cover the ranges, their records being read (started at
+    construction, pinned to ``version`` when given), then :meth:`finish` opens them and lands the
+    ranges in the destination. Ranges past the end read short (the Store template checks ``exact``)."""
+
+    def __init__(
+        self,
+        store: EncryptedStore,
+        key: str,
+        env: crypto.Envelope,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        version: str | None,
+    ) -> None:
+        self.key, self.env, self.offs, self.lens, self.douts, self.version = key, env, offs, lens, douts, version
+        self.where = store._where(key)
+        size, seg = env.plaintext_bytes, env.segment_bytes
+        self.ends = np.minimum(offs + lens, size)
+        self.got = np.where(self.ends > offs, self.ends - offs, 0).astype(np.uint64)
+        self.live = np.flatnonzero(self.got > 0)
+        self.future: Any = None
+        if not self.live.size:
+            return
+        first, last = offs[self.live] // seg, (self.ends[self.live] - 1) // seg
+        self.wanted = np.unique(np.concatenate([np.arange(f, g + 1, dtype=np.int64) for f, g in zip(first, last, strict=True)]))
+        self.plens = np.minimum(seg, size - self.wanted * seg)
+        self.positions = np.zeros(self.wanted.size + 1, np.int64)
+        np.cumsum(self.plens + crypto.RECORD_OVERHEAD, out=self.positions[1:])
+        self.plain_at = self.positions[:-1] - np.arange(self.wanted.size) * crypto.RECORD_OVERHEAD
+        # Records of consecutive segments are adjacent in the object: one read per run of them.
+        breaks = np.flatnonzero(np.diff(self.wanted) != 1) + 1
+        run_starts = np.concatenate([[0], breaks])
+        run_ends = np.concatenate([breaks, [self.wanted.size]])
+        self.records = np.empty(int(self.positions[-1]), np.uint8)
+        try:
+            self.future = store.inner.submit_ranges(
+                key,
+                crypto.HEADER_BYTES + self.wanted[run_starts] * (seg + crypto.RECORD_OVERHEAD),
+                self.positions[run_ends] - self.positions[run_starts],
+                self.records,
+                self.positions[run_starts],
+                version=version,
+            )
+        except Exception as e:  # noqa: BLE001 - reported by finish(), on the future
+            self.future = _failed(e)
+
+    def finish(self, ref: BufferRef) -> np.ndarray:
+        """Wait for the records, open every segment (all before any byte lands in ``ref``), copy the ranges."""
+        if self.future is None:
+            return self.got
+        env, seg, where = self.env, self.env.segment_bytes, self.where
+        try:
+            self.future.result()
+        except ShortReadError as e:
+            raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
+        plain = np.empty(int(self.positions[-1]) - self.wanted.size * crypto.RECORD_OVERHEAD, np.uint8)
+        pos, at, plens, wanted = self.positions, self.plain_at, self.plens, self.wanted
+        for j in range(wanted.size):
+            env.open_segment(
+                int(wanted[j]), self.records[int(pos[j]) : int(pos[j + 1])], plain[int(at[j]) : int(at[j]) + int(plens[j])], where
+            )
+        dst = None if ref.is_cuda else np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
+        # A range's segments are consecutive in ``wanted`` (sorted, unique), so its plaintext is contiguous in ``plain``.
+        index = {int(w): j for j, w in enumerate(wanted)}
+        for i in self.live:
+            o, end, d = int(self.offs[i]), int(self.ends[i]), int(self.douts[i])
+            j = index[o // seg]
+            src = int(at[j]) + o - int(wanted[j]) * seg
+            if dst is None:
+                land_bytes(ref, d, plain[src : src + end - o])  # a CUDA destination: the io copy, on this thread's stream
+            else:
+                dst[d : d + end - o] = plain[src : src + end - o]
+        return self.got
+
+
+def _failed(e: BaseException) -> Any:
+    fut: Future[np.ndarray] = Future()
+    fut.set_exception(e)
+    return fut

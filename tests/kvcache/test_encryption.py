@@ -18,6 +18,7 @@ import pytest
 from storecomp import crypto
 from storecomp.errors import ConfigError
 from storecomp.kvcache import KVCacheStore
+from storecomp.kvcache.fetch import SEGMENT_BYTES
 from tests.kvcache.kvhelpers import CHUNK, make_kv, same_prefix, zeros_kv
 
 KEY1 = bytes(range(32))
@@ -120,7 +121,7 @@ def test_flipped_or_truncated_chunk_is_a_counted_miss(kvstore: Callable[..., KVC
     path = _chunk_files(writer)[2]
     data = bytearray(path.read_bytes())
     first = crypto.HEADER_BYTES
-    body = crypto.sealed_size(writer.layout.nbytes) - crypto.HEADER_BYTES  # one segment here
+    body = crypto.sealed_size(writer.layout.nbytes, SEGMENT_BYTES) - crypto.HEADER_BYTES  # one segment here
     pos = {"tag": first + body - 1, "nonce": first, "ciphertext": first + 100, "header": 40}.get(damage)
     if pos is None:
         data = data[: len(data) // 2]

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storecomp import crypto
-from storecomp.errors import ConfigError, CorruptDataError, ShortReadError, WrongKeyError
+from storecomp.errors import ConfigError, CorruptDataError, InvalidArgumentError, ShortReadError, WrongKeyError
 from storecomp.store import CachedStore, EncryptedStore, LocalStore, Mount, Namespace, open_store
 from storecomp.store.mounts import load_mounts
 
@@ -67,7 +67,7 @@ def test_ranges_across_segments_match_the_plaintext(
     for (o, n), g, d in zip(ranges, got, douts, strict=True):
         want = DATA[o : o + n]
         assert int(g) == len(want) and out[d : d + len(want)].tobytes() == want
-    if any(o + n > len(DATA) for o, n in ranges):
+    if any(n and o + n > len(DATA) for o, n in ranges):  # a zero-length range is never short
         with pytest.raises(ShortReadError):
             store.read_ranges("a", [o for o, _ in ranges], [n for _, n in ranges], out, douts)
 
@@ -241,3 +241,41 @@ def test_parse_keys_formats_and_errors_never_show_key_material() -> None:
             crypto.parse_keys(bad, "X")
         assert b64 not in str(exc.value) and "zz" * 8 not in str(exc.value)
     assert KEY1.hex() not in repr(crypto.StaticKeys([("k", KEY1)]))
+
+
+def test_snapshots_over_an_encrypted_store(tmp_path: Path) -> None:
+    from storecomp.store import Repository
+
+    keys = _keys(("k1", KEY1))
+    repo = Repository(EncryptedStore(LocalStore(tmp_path), keys), "repo", chunk_bytes=4096)
+    w = repo.writer()
+    w.add("a.bin", DATA[:10_000])
+    h = w.commit("main", expected=None)
+    assert repo.snapshot("main").hash == h and repo.snapshot("main").read("a.bin") == DATA[:10_000]
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith(".sc-")]  # LocalStore's empty CAS locks
+    assert len(files) == 4  # blob, its checksum sidecar, manifest, ref: all sealed
+    for p in files:
+        assert p.read_bytes()[:4] == crypto.MAGIC and DATA[:64] not in p.read_bytes()
+    wrong = Repository(EncryptedStore(LocalStore(tmp_path), _keys(("k1", KEY2))), "repo", chunk_bytes=4096)
+    with pytest.raises(CorruptDataError):
+        wrong.snapshot("main").read("a.bin")
+
+
+def test_datasets_read_through_an_encrypted_store_and_its_cache(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from storecomp.data import DataLoader, open_dataset, write_dataset
+
+    x = np.random.default_rng(1).integers(0, 256, (64, 4096), np.uint8)
+    write_dataset(tmp_path / "plain", {"x": x})
+    sealed = EncryptedStore(LocalStore(tmp_path / "sealed"), _keys(("k1", KEY1)))
+    plain = LocalStore(tmp_path / "plain")
+    for info in plain.list(""):
+        sealed.put(info.key, plain.get(info.key))
+    for ds in (open_dataset(sealed), open_dataset(sealed, remote="cache", cache_dir=tmp_path / "cache")):
+        batch = next(iter(DataLoader(ds, 64, shuffle=False)))
+        assert np.array_equal(np.asarray(batch["x"]), x)
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert cached and all(x[0].tobytes()[:64] not in p.read_bytes() for p in cached)
+    with pytest.raises(InvalidArgumentError, match="inside the encryption"):
+        CachedStore(sealed, tmp_path / "cache2", 1 << 20)  # would hold plaintext
+    sealed.close()
