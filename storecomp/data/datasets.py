@@ -274,7 +274,7 @@ def read_megatron_index(data: bytes, where: str) -> tuple[np.dtype[Any], np.ndar
         sizes = np.frombuffer(data, np.int32, s, pos)
         pointers = np.frombuffer(data, np.int64, s, pos + 4 * s)
         doc_idx = np.frombuffer(data, np.int64, d, pos + 12 * s)
-    except (ValueError, KeyError, struct.error) as e:
+    except (ValueError, KeyError, OverflowError, struct.error) as e:  # OverflowError: counts past what numpy can hold
         raise CorruptDataError(f"{where}: not a readable Megatron index ({e})") from None
     return dtype, sizes, pointers, doc_idx
 
@@ -346,15 +346,20 @@ def _token_stream(reader: Reader, path: str) -> tuple[str, int, int, np.dtype[An
 def _npy_header(header: bytes, where: str) -> tuple[np.dtype[Any], tuple[int, ...], int]:
     import io
 
+    import warnings
+
     f = io.BytesIO(header)
     try:
-        major, _ = np.lib.format.read_magic(f)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, EOFError) as e:
-        raise CorruptDataError(f"{where}: not a readable .npy header ({e})") from None
+        with warnings.catch_warnings():  # numpy warns about Python 2 headers, and about escapes in garbage
+            warnings.simplefilter("ignore")
+            major, _ = np.lib.format.read_magic(f)
+            if major == 1:
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except Exception as e:  # numpy's header parser raises ValueError, EOFError, SyntaxError, tokenize.TokenError...
+        why = " ".join(str(e).split())
+        raise CorruptDataError(f"{where}: not a readable .npy header ({type(e).__name__}: {why})") from None
     if fortran:
         raise InvalidArgumentError(f"{where}: Fortran-ordered .npy cannot be read by rows; save it C-ordered")
     if dtype.hasobject or dtype.kind not in "biuf":
