@@ -44,7 +44,7 @@ def test_reader_closed_before_any_output(dataset: Path, argv: list[str]) -> None
 
 
 def test_shell_pipe_into_head(dataset: Path) -> None:
-    cmd = f"{sys.executable} -m storecomp dataset inspect {dataset} | head -c 20; echo \" rc=${{PIPESTATUS[0]}}\""
+    cmd = f'{sys.executable} -m storecomp dataset inspect {dataset} | head -c 20; echo " rc=${{PIPESTATUS[0]}}"'
     p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=_env(), timeout=60)
     assert p.stdout.endswith(" rc=0\n") and p.stdout.startswith("{"), p.stdout
     assert "Broken pipe" not in p.stderr and "Traceback" not in p.stderr, p.stderr
