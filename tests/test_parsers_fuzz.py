@@ -1,7 +1,8 @@
 """Fault campaign, parser part: random and mutated bytes into every parser storecomp has.
 
-Dataset manifest, shard (trailer, index, records), the shard index alone, Megatron .idx,
-.npy headers, Zarr metadata, the KV chunk header, the mounts TOML and the config TOML. The
+Dataset manifest, shard (trailer, index, records), the shard index alone, the checksum sidecar
+of `storecomp dataset index`, Megatron .idx, .npy headers, Zarr metadata, the KV chunk header,
+the mounts TOML and the config TOML. The
 only acceptable failure is a storecomp error (``StorecompError``); any other exception type,
 a hang or a crash fails the test. Deterministic (``derandomize``) and bounded: about 1,000
 cases in all, a few seconds. Figures are recorded in docs/reliability.md ("Parsers and CLI").
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storecomp.config import IOOptions
-from storecomp.data import open_dataset, read_megatron_index, write_dataset
+from storecomp.data import index_dataset, open_dataset, read_megatron_index, write_dataset
 from storecomp.data.convert import verify
 from storecomp.data.format import TRAILER, decode_index, parse_trailer
 from storecomp.errors import StorecompError
@@ -207,6 +208,19 @@ def test_npy_header(tmp_path_factory: pytest.TempPathFactory, data: st.DataObjec
     only_storecomp_errors(".npy header", lambda: _first(open_dataset(folder / "x.npy", seq_len=seq)))
 
 
+@FUZZ
+@given(data=st.data())
+def test_dataset_index_sidecar(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    """The checksum sidecar `storecomp dataset index` writes, damaged: opening and reading the dataset."""
+    folder = _fresh(tmp_path_factory.getbasetemp())
+    np.save(folder / "tok.npy", np.arange(3000, dtype=np.uint16))
+    ds = open_dataset(folder / "tok.npy", seq_len=8)
+    index_dataset(ds, chunk_bytes=1024)
+    side = folder / "tok.npy.crc32c"
+    side.write_bytes(data.draw(fuzzed(side.read_bytes(), max_size=64)))
+    only_storecomp_errors("dataset index sidecar", lambda: verify(open_dataset(folder / "tok.npy", seq_len=8)))
+
+
 @settings(FUZZ, max_examples=max(50, _EXAMPLES // 4))
 @given(data=st.data())
 def test_zarr_metadata(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
@@ -295,7 +309,7 @@ def test_config_toml(tmp_path_factory: pytest.TempPathFactory, raw: bytes) -> No
 
 def test_campaign_size() -> None:
     """The campaign above ran (when this file runs whole): at least 500 cases in all."""
-    if len(TRIES) < 9:
+    if len(TRIES) < 10:
         pytest.skip("run the whole file to count the campaign")
     assert sum(TRIES.values()) >= 500, TRIES
     print("parser fuzz cases:", json.dumps(TRIES), "total", sum(TRIES.values()))
