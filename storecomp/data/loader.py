@@ -78,8 +78,9 @@ class DataLoader:
     (int64, batch + 1). ``shuffle_block``/``shuffle_window`` (samples) set the
     locality of the shuffle (defaults: blocks of about 1 MiB, windows of 16
     blocks). ``max_memory`` bounds the staging bytes. ``verify`` checks
-    crc32c where the dataset has checksums; ``on_corrupt="skip"`` drops bad
-    samples (counted in ``metrics()["corrupt_skipped"]``) instead of raising
+    the per-record crc32c of shard datasets (the chunk sidecars of datasets
+    read in place are checked by ``storecomp dataset verify``, not per batch);
+    ``on_corrupt="skip"`` drops bad samples (counted in ``metrics()["corrupt_skipped"]``) instead of raising
     CorruptDataError. ``transform`` runs on each batch on the device.
     ``on_step`` is called with each step's record (see :meth:`steps`) once
     the consumer comes back for the next batch; ``step_log`` bounds the
@@ -125,14 +126,19 @@ class DataLoader:
             raise InvalidArgumentError(f"step_log must be an int >= 0 (records kept), got {step_log!r}")
         if on_corrupt not in ("raise", "skip"):
             raise InvalidArgumentError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
-        opening = {"remote": remote, "cache_dir": cache_dir, "cache_bytes": cache_bytes, "store_options": store_options}
-        opening = {k: v for k, v in opening.items() if v is not None}
+        given: dict[str, Any] = {
+            "remote": remote,
+            "cache_dir": cache_dir,
+            "cache_bytes": cache_bytes,
+            "store_options": store_options,
+        }
+        opening = {k: v for k, v in given.items() if v is not None}
         if progress:
             _progress_bar_class()  # fail before opening anything
         if isinstance(dataset, Dataset):
             if opening or seq_len is not None:
-                given = ", ".join(sorted(opening) + (["seq_len"] if seq_len is not None else []))
-                raise InvalidArgumentError(f"{given}: options of open_dataset, but the dataset is already open")
+                names = ", ".join(sorted(opening) + (["seq_len"] if seq_len is not None else []))
+                raise InvalidArgumentError(f"{names}: options of open_dataset, but the dataset is already open")
             self.dataset = dataset
         else:
             self.dataset = open_dataset(dataset, seq_len=seq_len, **opening)
