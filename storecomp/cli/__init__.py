@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import os
+import select
 import sys
 
 from ..errors import StorecompError
@@ -63,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return rc
+    except BrokenPipeError as e:
+        if not _stdout_gone():  # a socket or pipe of the command's own, not the reader of our output
+            print(f"storecomp: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+            return 1
+        _silence_stdout()
+        return 0  # `storecomp ... | head`: the reader had enough; like head's other writers, not an error
     except StorecompError as e:
         print(f"storecomp: error: {e}", file=sys.stderr)
         return 1
@@ -72,6 +82,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_gone() -> bool:
+    """Whether our stdout is a pipe whose reader has closed it."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test harness, or closed
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 * ``write DST FIELD=FILE.npy ...``: a shard dataset from .npy files (row i of each file is sample i), DST a folder or store URL;
 * ``convert SRC DST [--from FORMAT]``: from Parquet, .npy folders, .npz, Zarr, safetensors or WebDataset tar;
 * ``inspect URL``: fields, sample count, parts, sizes (JSON);
-* ``verify URL``: read everything and check every checksum; exit 1 on the first bad record.
+* ``index URL``: write checksum sidecars for a dataset read in place (Megatron, token .npy, .npy rows, Zarr);
+* ``verify URL``: read every byte and check every checksum; exit 0 when every byte was checked, 1 on the
+  first bad record or byte range, 3 when some bytes had no checksum to check (the JSON says which).
 """
 
 from __future__ import annotations
@@ -38,7 +40,17 @@ def add_parser(sub: Any) -> None:
     i.add_argument("--seq-len", type=int, help="read token files as windows of seq_len + 1 tokens")
     i.set_defaults(func=main)
 
-    v = dsub.add_parser("verify", help="read everything and check every checksum")
+    x = dsub.add_parser("index", help="write checksum sidecars (<file>.crc32c) for a dataset read in place")
+    x.add_argument("url", help="token file (.bin/.idx/.npy with --seq-len), .npy or Zarr")
+    x.add_argument("--seq-len", type=int, help="read token files as windows of seq_len + 1 tokens")
+    x.add_argument("--chunk-bytes", type=int, default=1 << 20, help="bytes per checksum (default 1 MiB)")
+    x.add_argument("--replace", action="store_true", help="replace existing sidecars (they record what the data was)")
+    x.set_defaults(func=main)
+
+    v = dsub.add_parser(
+        "verify",
+        help="read every byte and check every checksum (exit 3 when some bytes had none: run `dataset index`)",
+    )
     v.add_argument("url")
     v.add_argument("--seq-len", type=int)
     v.set_defaults(func=main)
@@ -78,6 +90,15 @@ def main(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=1)
         print()
         return 0
+    if cmd == "index":
+        from ..data import index_dataset
+
+        print(json.dumps(index_dataset(ds, args.chunk_bytes, replace=args.replace)))
+        return 0
     result = convert.verify(ds)
     print(json.dumps(result))
-    return 0
+    return 0 if result["ok"] else UNVERIFIED
+
+
+#: ``dataset verify``'s exit status when every byte was read but some had no checksum to check.
+UNVERIFIED = 3

@@ -11,6 +11,7 @@ from typing import Any
 from .datasets import Dataset, NpyDataset, TokenDataset, ZarrDataset, open_dataset, read_megatron_index
 from .format import FieldSpec
 from .order import epoch_order, rank_steps
+from .sidecars import index_dataset
 from .writer import DatasetWriter, infer_fields, write_dataset
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "TokenDataset",
     "ZarrDataset",
     "epoch_order",
+    "index_dataset",
     "infer_fields",
     "open_dataset",
     "rank_steps",

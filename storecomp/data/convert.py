@@ -9,7 +9,6 @@ raises InvalidArgumentError and publishes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from collections.abc import Iterator, Mapping
@@ -17,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
 from ..optional import require
+from . import sidecars
 from .datasets import Dataset, open_dataset
 from .writer import DatasetWriter
 
@@ -206,43 +205,12 @@ def _wds_chunks(src: str, chunk_rows: int) -> Iterator[dict[str, Any]]:
 
 
 def verify(ds: Dataset | str) -> dict[str, Any]:
-    """Read every byte of a shard dataset and check it: shard SHA-256 names, record and value crc32c.
+    """Read every byte of a dataset and check what can be checked (see :func:`storecomp.data.sidecars.verify`).
 
-    Returns a summary; raises CorruptDataError naming the first bad shard,
-    record and offset.
+    ``ok`` is True only when every byte was covered by a checksum, None when
+    some had none (``unchecked`` names the files). Raises CorruptDataError
+    naming the first bad file, record or byte range.
     """
     if isinstance(ds, str):
         ds = open_dataset(ds)
-    if ds.kind != "records":
-        # Layouts read in place carry no checksums: opening them checked their headers and sizes.
-        return {"ok": True, "samples": len(ds), "parts": len(ds.parts), "checksums_checked": 0, "bytes_read": 0}
-    checked = 0
-    nbytes = 0
-    for part in ds.parts:
-        key = part.name
-        size = ds.reader.size(key)
-        raw = ds.reader.read(key, 0, size)
-        data = np.frombuffer(raw, np.uint8)
-        nbytes += size
-        name = os.path.basename(key)
-        if name.endswith(".scs"):
-            digest = hashlib.sha256(raw).hexdigest()
-            if name != f"{digest}.scs":
-                raise CorruptDataError(f"{ds.reader.describe(key)}: content hash {digest} does not match its name")
-        for col, pc in zip(ds.columns, part.columns, strict=True):
-            if pc.crc is None:
-                continue
-            for i in range(part.count):
-                off = pc.base + i * col.step
-                if crc32c(data[off : off + col.nbytes]) != int(pc.crc[i]):
-                    raise CorruptDataError(f"{ds.reader.describe(key)}: checksum mismatch in record {i} at offset {off}")
-                checked += 1
-        for pv in part.vars:
-            if pv.crc is None:
-                continue
-            for i in range(part.count):
-                lo, hi = pv.values_base + int(pv.offsets[i]), pv.values_base + int(pv.offsets[i + 1])
-                if crc32c(data[lo:hi]) != int(pv.crc[i]):
-                    raise CorruptDataError(f"{ds.reader.describe(key)}: checksum mismatch in record {i} at offset {lo}")
-                checked += 1
-    return {"ok": True, "samples": len(ds), "parts": len(ds.parts), "checksums_checked": checked, "bytes_read": nbytes}
+    return sidecars.verify(ds)

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, StorecompError
-from ..store import Store, validate_key
-from . import _urls
+from ..store import Checksums, Store, validate_key
+from . import _urls, sidecars
 from .format import MANIFEST_FORMAT, TRAILER, FieldSpec, decode_index, parse_trailer
 from .readers import LocalReader, Reader, StoreReader
 
@@ -79,6 +79,10 @@ class Dataset:
         self, reader: Reader, columns: list[Column], var_fields: list[FieldSpec], parts: list[Part], fingerprint: str
     ) -> None:
         self.reader = reader
+        #: Files read as they are (token, .npy, Zarr datasets): what ``storecomp dataset index`` covers.
+        self.in_place_files: list[str] = []
+        #: Their checksum sidecars (path -> Checksums), when indexed.
+        self.checksums: dict[str, Checksums] = {}
         self.columns = columns
         self.var_fields = var_fields
         self.parts = parts
@@ -123,13 +127,22 @@ class Dataset:
         p, li = self.parts[int(part[0])], int(local[0])
         out: dict[str, np.ndarray] = {}
         for col, pc in zip(self.columns, p.columns, strict=True):
-            raw = np.frombuffer(self.reader.read(pc.key, pc.base + li * col.step, col.nbytes), np.uint8)
+            raw = np.frombuffer(self._read(pc.key, pc.base + li * col.step, col.nbytes), np.uint8)
             for spec, off in col.fields:
                 out[spec.name] = raw[off : off + spec.nbytes].view(spec.dtype).reshape(spec.shape).copy()
         for spec, pv in zip(self.var_fields, p.vars, strict=True):
             lo, hi = int(pv.offsets[li]), int(pv.offsets[li + 1])
-            out[spec.name] = np.frombuffer(self.reader.read(pv.key, pv.values_base + lo, hi - lo), spec.dtype).copy()
+            out[spec.name] = np.frombuffer(self._read(pv.key, pv.values_base + lo, hi - lo), spec.dtype).copy()
         return out
+
+    def _read(self, key: str, offset: int, length: int) -> bytes:
+        """Bytes of ``key``; the covering chunks checked when the file has a checksum sidecar."""
+        return sidecars.read_checked(self.reader, self.checksums.get(key), key, offset, length)
+
+    def _attach_checksums(self, files: list[str]) -> None:
+        """Note the files read in place and load their sidecars (CorruptDataError when one disagrees)."""
+        self.in_place_files = files
+        self.checksums = sidecars.load(self.reader, files)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (what ``storecomp dataset inspect`` prints)."""
@@ -274,7 +287,7 @@ def read_megatron_index(data: bytes, where: str) -> tuple[np.dtype[Any], np.ndar
         sizes = np.frombuffer(data, np.int32, s, pos)
         pointers = np.frombuffer(data, np.int64, s, pos + 4 * s)
         doc_idx = np.frombuffer(data, np.int64, d, pos + 12 * s)
-    except (ValueError, KeyError, struct.error) as e:
+    except (ValueError, KeyError, OverflowError, struct.error) as e:  # OverflowError: counts past what numpy can hold
         raise CorruptDataError(f"{where}: not a readable Megatron index ({e})") from None
     return dtype, sizes, pointers, doc_idx
 
@@ -314,6 +327,11 @@ class TokenDataset(Dataset):
         fp = hashlib.sha256(json.dumps([ident, seq_len]).encode()).hexdigest()
         super().__init__(rd, [col], [], parts, fp)
         self.seq_len = seq_len
+        files = []
+        for path in paths:
+            stem, ext = os.path.splitext(os.fspath(path))
+            files += [stem + ".bin", stem + ".idx"] if ext in (".bin", ".idx") else [os.fspath(path)]
+        self._attach_checksums(files)
 
 
 def _token_stream(reader: Reader, path: str) -> tuple[str, int, int, np.dtype[Any]]:
@@ -345,16 +363,20 @@ def _token_stream(reader: Reader, path: str) -> tuple[str, int, int, np.dtype[An
 
 def _npy_header(header: bytes, where: str) -> tuple[np.dtype[Any], tuple[int, ...], int]:
     import io
+    import warnings
 
     f = io.BytesIO(header)
     try:
-        major, _ = np.lib.format.read_magic(f)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, EOFError) as e:
-        raise CorruptDataError(f"{where}: not a readable .npy header ({e})") from None
+        with warnings.catch_warnings():  # numpy warns about Python 2 headers, and about escapes in garbage
+            warnings.simplefilter("ignore")
+            major, _ = np.lib.format.read_magic(f)
+            if major == 1:
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except Exception as e:  # numpy's header parser raises ValueError, EOFError, SyntaxError, tokenize.TokenError...
+        why = " ".join(str(e).split())
+        raise CorruptDataError(f"{where}: not a readable .npy header ({type(e).__name__}: {why})") from None
     if fortran:
         raise InvalidArgumentError(f"{where}: Fortran-ordered .npy cannot be read by rows; save it C-ordered")
     if dtype.hasobject or dtype.kind not in "biuf":
@@ -394,6 +416,7 @@ class NpyDataset(Dataset):
             ident.append([name, path, rd.size(path), list(shape), dtype.str])
         fp = hashlib.sha256(json.dumps(ident).encode()).hexdigest()
         super().__init__(rd, columns, [], [Part("npy", int(n or 0), pcols)], fp)
+        self._attach_checksums([pc.key for pc in pcols])
 
 
 class ZarrDataset(Dataset):
@@ -441,6 +464,8 @@ class ZarrDataset(Dataset):
             parts.append(Part(key, count, [PartColumn(key, 0)]))
         fp = hashlib.sha256(json.dumps([path, list(arr.shape), dtype.str]).encode()).hexdigest()
         super().__init__(LocalReader(), [Column([(spec, 0)], spec.nbytes, spec.nbytes)], [], parts, fp)
+        meta_files = [os.path.join(path, m) for m in ("zarr.json", ".zarray", ".zattrs") if os.path.exists(os.path.join(path, m))]
+        self._attach_checksums(meta_files + [p.name for p in parts])
 
 
 def _zarr_chunk_path(path: str, meta: Any, k: int, ndim: int) -> str:

@@ -71,13 +71,16 @@ class DataLoader:
     """Batches of ``dataset`` as dicts of tensors on ``device``.
 
     ``dataset``: a :class:`~storecomp.data.Dataset` or anything
-    :func:`~storecomp.data.open_dataset` takes (``seq_len`` for token files).
+    :func:`~storecomp.data.open_dataset` takes, with its options: ``seq_len``
+    for token files; ``remote``, ``cache_dir``, ``cache_bytes`` and
+    ``store_options`` for store URLs.
     Variable-length fields come as ``name`` (values) and ``name_offsets``
     (int64, batch + 1). ``shuffle_block``/``shuffle_window`` (samples) set the
     locality of the shuffle (defaults: blocks of about 1 MiB, windows of 16
     blocks). ``max_memory`` bounds the staging bytes. ``verify`` checks
-    crc32c where the dataset has checksums; ``on_corrupt="skip"`` drops bad
-    samples (counted in ``metrics()["corrupt_skipped"]``) instead of raising
+    the per-record crc32c of shard datasets (the chunk sidecars of datasets
+    read in place are checked by ``storecomp dataset verify``, not per batch);
+    ``on_corrupt="skip"`` drops bad samples (counted in ``metrics()["corrupt_skipped"]``) instead of raising
     CorruptDataError. ``transform`` runs on each batch on the device.
     ``on_step`` is called with each step's record (see :meth:`steps`) once
     the consumer comes back for the next batch; ``step_log`` bounds the
@@ -110,6 +113,10 @@ class DataLoader:
         progress: bool = False,
         on_step: Callable[[dict[str, Any]], None] | None = None,
         step_log: int = 1024,
+        remote: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_bytes: int | None = None,
+        store_options: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -119,7 +126,22 @@ class DataLoader:
             raise InvalidArgumentError(f"step_log must be an int >= 0 (records kept), got {step_log!r}")
         if on_corrupt not in ("raise", "skip"):
             raise InvalidArgumentError(f"on_corrupt must be 'raise' or 'skip', got {on_corrupt!r}")
-        self.dataset = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, seq_len=seq_len)
+        given: dict[str, Any] = {
+            "remote": remote,
+            "cache_dir": cache_dir,
+            "cache_bytes": cache_bytes,
+            "store_options": store_options,
+        }
+        opening = {k: v for k, v in given.items() if v is not None}
+        if progress:
+            _progress_bar_class()  # fail before opening anything
+        if isinstance(dataset, Dataset):
+            if opening or seq_len is not None:
+                names = ", ".join(sorted(opening) + (["seq_len"] if seq_len is not None else []))
+                raise InvalidArgumentError(f"{names}: options of open_dataset, but the dataset is already open")
+            self.dataset = dataset
+        else:
+            self.dataset = open_dataset(dataset, seq_len=seq_len, **opening)
         if engine is not None and isinstance(self.dataset.reader, LocalReader):
             self.dataset.reader._engine = engine
         if len(self.dataset) == 0:
@@ -712,8 +734,11 @@ class _Lookahead:
         return item
 
 
-def _progress_bar(loader: DataLoader) -> Any:
+def _progress_bar_class() -> Any:
     from ..optional import require
 
-    tqdm = require("tqdm", "DataLoader(progress=True)").tqdm
-    return tqdm(total=len(loader), unit="batch", desc=f"epoch {loader.epoch}")
+    return require("tqdm", "DataLoader(progress=True)").tqdm
+
+
+def _progress_bar(loader: DataLoader) -> Any:
+    return _progress_bar_class()(total=len(loader), unit="batch", desc=f"epoch {loader.epoch}")
