@@ -1,15 +1,12 @@
 // Python bindings: a thin layer holding native handles. Every blocking call
 // releases the GIL. Argument checks with good messages live in Python
 // (storecomp.io); the checks here only keep bad input from crashing.
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <stddef.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -171,21 +168,6 @@ py::dict stats_dict(Engine& e) {
   return d;
 }
 
-// Installs a seccomp filter that makes io_uring_setup fail with EPERM, as
-// container runtimes' default profiles do. Irreversible for this process:
-// tests call it in a child process.
-void block_io_uring() {
-  struct sock_filter filter[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  struct sock_fprog prog = {static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])), filter};
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
-    throw std::system_error(errno, std::generic_category(), "seccomp");
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -221,7 +203,6 @@ PYBIND11_MODULE(_native, m) {
     d["reason"] = p.reason;
     return d;
   });
-  m.def("_block_io_uring_for_tests", &block_io_uring);
   m.def("copy_ops", &copy_ops, py::arg("ops"), py::arg("dst"), py::arg("src"), py::arg("threads") = 1,
         py::arg("nontemporal") = -1);
 
@@ -287,7 +268,10 @@ PYBIND11_MODULE(_native, m) {
             }
           },
           py::arg("path"), py::arg("writable") = false, py::arg("create") = false)
-      .def("close_file", [](Engine& e, uint32_t id) { e.files().close(id); })
+      .def("close_file", [](Engine& e, uint32_t id) {
+             py::gil_scoped_release nogil;  // close(2) may block (NFS, FUSE flushes)
+             e.files().close(id);
+           })
       .def("fsync",
            [](Engine& e, uint32_t id) {
              auto f = e.files().get(id);

@@ -329,7 +329,7 @@ def test_forcing_io_uring_when_seccomp_blocks_it() -> None:
         from storecomp import _native
         from storecomp.errors import UnavailableError
         from storecomp.io import Engine
-        _native._block_io_uring_for_tests()
+        from tests.seccomp import block_io_uring; block_io_uring()
         try:
             Engine(engine="io_uring")
         except UnavailableError as e:
@@ -350,7 +350,7 @@ def test_io_uring_blocked_at_run_time_falls_back_to_threads(small_file: DataFile
         import storecomp.io as scio
         from storecomp import _native
         from storecomp.errors import UnavailableError
-        _native._block_io_uring_for_tests()
+        from tests.seccomp import block_io_uring; block_io_uring()
         for direct in ("auto", "on", "off"):
             with scio.Engine(direct=direct) as eng:
                 assert eng.backend == "threads", eng.backend
@@ -375,7 +375,7 @@ def test_io_uring_forced_by_environment_when_blocked() -> None:
         from storecomp import _native
         from storecomp.errors import UnavailableError
         from storecomp.io import Engine
-        _native._block_io_uring_for_tests()
+        from tests.seccomp import block_io_uring; block_io_uring()
         try:
             Engine()
         except UnavailableError as e:

@@ -323,11 +323,11 @@ def test_threads_engine_never_registers_buffers() -> None:
 
 
 def test_seccomp_blocked_io_uring_probe_in_child() -> None:
-    """_block_io_uring_for_tests installs a real seccomp filter: the probe then reports EPERM."""
+    """tests.seccomp installs a real seccomp filter: the probe then reports EPERM."""
     out = run_python(
         """
         from storecomp import _native
-        _native._block_io_uring_for_tests()
+        from tests.seccomp import block_io_uring; block_io_uring()
         p = _native.probe_io_uring()
         assert not p["permitted"], p
         e = _native.Engine("auto")

@@ -1,0 +1,48 @@
+"""A real seccomp filter that makes io_uring_setup fail with EPERM, as container runtimes' default
+profiles do, installed from Python (prctl through ctypes) so that the production extension carries
+no test hook. Irreversible for the process: call it in a child process only."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+# linux/filter.h, linux/seccomp.h, linux/prctl.h
+_BPF_LD_W_ABS = 0x00 | 0x00 | 0x20
+_BPF_JMP_JEQ_K = 0x05 | 0x10 | 0x00
+_BPF_RET_K = 0x06 | 0x00
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_ERRNO = 0x00050000
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+#: io_uring_setup has number 425 in the unified syscall table (x86_64, aarch64, ...).
+_NR_IO_URING_SETUP = 425
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def block_io_uring() -> None:
+    """Install the filter in this process (OSError when the kernel refuses it)."""
+    if platform.machine() not in ("x86_64", "aarch64"):
+        raise OSError(f"io_uring_setup's syscall number is not known for {platform.machine()}")
+    prog = (_SockFilter * 4)(
+        _SockFilter(_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
+        _SockFilter(_BPF_JMP_JEQ_K, 0, 1, _NR_IO_URING_SETUP),
+        _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 1),  # EPERM
+        _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+    )
+    fprog = _SockFprog(4, prog)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.cast(ctypes.byref(fprog), ctypes.c_void_p), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()) + ": prctl(PR_SET_SECCOMP)")
