@@ -150,13 +150,14 @@ def _stat(ns: Any, args: Any) -> int:
 def _stream(store: Store, key: str, offset: int, length: int | None) -> Iterator[memoryview]:
     import numpy as np
 
-    size = store.stat(key).size
-    end = size if length is None else min(size, offset + length)
+    info = store.stat(key)
+    end = info.size if length is None else min(info.size, offset + length)
     buf = np.empty(min(STREAM_BYTES, max(0, end - offset)), np.uint8)
     pos = offset
     while pos < end:
         n = min(buf.size, end - pos)
-        got = int(store.read_ranges(key, [pos], [n], buf, [0])[0])
+        # Every piece of the stream is of the version stat saw (else VersionChangedError).
+        got = int(store.read_ranges(key, [pos], [n], buf, [0], version=info.version)[0])
         yield memoryview(buf.data)[:got]
         pos += got
 
@@ -178,12 +179,22 @@ def _cat(ns: Any, args: Any) -> int:
 def _copy_one(src: Store, skey: str, dst: Store, dkey: str) -> int:
     import numpy as np
 
-    from ..errors import CorruptDataError
+    from ..errors import CorruptDataError, VersionChangedError
+    from ..store.base import VERSION_RETRIES
 
-    size = src.stat(skey).size
-    data = np.empty(size, np.uint8)
-    if size:
-        src.read_ranges(skey, [0], [size], data, [0])
+    for attempt in range(VERSION_RETRIES):
+        # Size and bytes of one version: a source replaced while it is read is
+        # read again from a fresh stat, never copied torn.
+        source = src.stat(skey)
+        size = source.size
+        data = np.empty(size, np.uint8)
+        try:
+            if size:
+                src.read_ranges(skey, [0], [size], data, [0], version=source.version)
+            break
+        except VersionChangedError:
+            if attempt == VERSION_RETRIES - 1:
+                raise
     info = dst.put(dkey, data)
     if info.size != size:
         raise CorruptDataError(f"{dst.url}/{dkey}: wrote {size} bytes, the store reports {info.size}")

@@ -297,6 +297,10 @@ class File:
 
 def _as_u64(values: Any, name: str) -> np.ndarray:
     """Non-negative integers below 2**63 as a 1-D uint64 array (InvalidArgumentError otherwise)."""
+    if isinstance(values, np.ndarray) and values.dtype == np.uint64 and values.ndim == 1:  # already checked once
+        if values.size and int(values.max()) > _MAX_OFFSET:
+            raise InvalidArgumentError(f"{name} must be below 2**63, got {int(values.max())}")
+        return values
     arr = np.asarray(values).reshape(-1)
     if arr.size and arr.dtype.kind == "O":  # Python ints too large for int64
         if not all(isinstance(v, int) and 0 <= v <= _MAX_OFFSET for v in arr.tolist()):

@@ -133,9 +133,10 @@ class Store(abc.ABC):
         """
         validate_key(key)
         ref = as_buffer(dst)
-        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.name_of(key))
+        name = self.name_of(key)
+        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, name)
         fut = self._submit_ranges(key, offs, lens, ref, douts, version)
-        return ExactRanges(fut, self.name_of(key), offs, lens) if exact else fut
+        return ExactRanges(fut, name, offs, lens) if exact else fut
 
     @abc.abstractmethod
     def _submit_ranges(
