@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompError
+from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompError, VersionChangedError
 from . import format as fmt
 from .tiers import Buffer, DiskTier, SharedTier
 
@@ -75,7 +75,7 @@ class Fetch:
             f.result()
         except ShortReadError as e:
             self.error, self.corrupt = f"truncated: {e}", True
-        except NotFoundError:
+        except (NotFoundError, VersionChangedError):  # gone or replaced meanwhile: a miss, not a fault
             self.error = "missing"
         except (StorecompError, OSError) as e:
             self.error = f"unavailable: {e}"
