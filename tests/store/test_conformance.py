@@ -1,4 +1,5 @@
-"""One conformance suite, run against every backend (local, s3 on SeaweedFS, fsspec memory://)."""
+"""One conformance suite, run against every backend (local, s3 on SeaweedFS, fsspec memory:// and
+file://) and the wrappers (CachedStore, ReplicatedStore)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def test_capabilities(any_store: Store, backend_name: str) -> None:
     caps = any_store.capabilities
     assert isinstance(caps, Capabilities)
     assert caps.ranged_reads
-    assert caps.conditional_writes == (backend_name in ("local", "s3"))
-    assert caps.native_reads == (backend_name == "local")
+    assert caps.conditional_writes == (backend_name in ("local", "s3", "cached", "replicated"))
+    assert caps.native_reads == (backend_name in ("local", "cached", "replicated"))
     assert any_store.url and "secret" not in any_store.url
 
 
