@@ -338,12 +338,21 @@ class S3Store(Store):
         version's size: all bytes come from one version. A 412 (the object
         was replaced) restarts from a fresh HEAD, at most ``VERSION_RETRIES``
         times, unless the caller pinned ``version`` (then VersionChangedError)."""
+        first: tuple[int, Any] | None = None
         for attempt in range(VERSION_RETRIES):
-            etag, size = await self._pin(key, version, fresh=attempt > 0)
             try:
-                return await self._read_pinned(key, offs, lens, douts, ref, etag, size)
+                if attempt == 0 and version is None and not self._knows(key):
+                    probed = await self._probe(key, offs, lens)
+                    if probed is None:  # nothing to read, or the first part starts past the end
+                        etag, size = await self._pin(key, None, fresh=True)
+                    else:
+                        etag, size, first = probed
+                else:
+                    etag, size = await self._pin(key, version, fresh=attempt > 0)
+                return await self._read_pinned(key, offs, lens, douts, ref, etag, size, first)
             except _Lost:
                 self._forget(key)
+                first = None
                 if version is not None:
                     raise VersionChangedError(self.name_of(key), version) from None
             except BaseException:
@@ -351,9 +360,51 @@ class S3Store(Store):
                 raise
         raise VersionChangedError(self.name_of(key), etag, "replaced on every try") from None
 
+    def _knows(self, key: str) -> bool:
+        with self._known_lock:
+            return key in self._known
+
+    async def _probe(self, key: str, offs: np.ndarray, lens: np.ndarray) -> tuple[str, int, tuple[int, Any]] | None:
+        """The first part of the first non-empty range, fetched without a
+        condition: its response names the version (ETag, size) the other parts
+        are then pinned to, so a read of an object not seen before costs no
+        HEAD. None when there is nothing to read or the part starts past the
+        end (HTTP 416: the caller asks a HEAD)."""
+        import obstore
+
+        todo = np.flatnonzero(lens)
+        if not todo.size:
+            return None
+        i = int(todo[0])
+        off, n = int(offs[i]), min(int(lens[i]), self.part_bytes)
+
+        async def fetch() -> Any:
+            res = await obstore.get_async(self._store, key, options={"range": (off, off + n)})  # type: ignore[typeddict-item]
+            return res.meta, await res.bytes_async()
+
+        try:
+            meta, data = await acall_with_retry(fetch, self.retry, _outer_transient)
+        except Exception as e:
+            if _status(e)[0] == 416:
+                return None
+            raise self._translate(e, key, "read") from None
+        etag, size = str(meta.get("e_tag") or ""), int(meta["size"])
+        self._remember(key, etag, size)
+        return etag, size, (i, data)
+
     async def _read_pinned(
-        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, etag: str, size: int
+        self,
+        key: str,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        ref: BufferRef,
+        etag: str,
+        size: int,
+        first: tuple[int, Any] | None = None,
     ) -> np.ndarray:
+        """All parts with ``If-Match: etag``, clipped to ``size``; ``first`` is
+        the first part of range ``first[0]``, already fetched (by _probe)."""
         import obstore
 
         got = np.zeros(offs.size, np.uint64)
@@ -378,6 +429,9 @@ class S3Store(Store):
             off, d = int(offs[i]), int(douts[i])
             n = max(0, min(int(lens[i]), size - off))  # clipped to this version's end
             for p in range(0, n, step):
+                if p == 0 and first is not None and first[0] == i:
+                    got[i] += land_bytes(ref, d, first[1], min(step, n))
+                    continue
                 tasks.append(part(i, off + p, min(step, n - p), d + p))
         # Wait for every part, even after a failure: none may write into the
         # destination once the caller has seen the result.
