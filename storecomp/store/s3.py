@@ -47,6 +47,7 @@ import numpy as np
 
 from ..errors import (
     BucketNotFoundError,
+    ClosedError,
     ConflictError,
     CredentialsError,
     InvalidArgumentError,
@@ -57,7 +58,7 @@ from ..errors import (
     UnavailableError,
     VersionChangedError,
 )
-from ..io import BufferRef, land_bytes
+from ..io import BufferRef, as_buffer, land_bytes
 from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
@@ -359,6 +360,41 @@ class S3Store(Store):
                 self._forget(key)  # gone or unreachable: the next read asks afresh
                 raise
         raise VersionChangedError(self.name_of(key), etag, "replaced on every try") from None
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of ``key`` from ``offset``. The whole object (``length`` None)
+        comes with its size in one response: one GET for objects up to
+        ``part_bytes``, larger ones pinned to that response's ETag."""
+        if length is not None:
+            return super().get(key, offset, length)
+        validate_key(key)
+        fut = self._loop.submit(self._get_rest(key, offset))
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise ClosedError(f"{self.name_of(key)}: read cancelled: its store was closed") from None
+
+    async def _get_rest(self, key: str, offset: int) -> bytes:
+        for _ in range(VERSION_RETRIES):
+            probed = await self._probe(key, np.array([offset], np.uint64), np.array([self.part_bytes], np.uint64))
+            if probed is None:  # at or past the end
+                _, size = await self._pin(key, None, fresh=True)
+                if offset >= size:
+                    return b""
+                continue  # it grew meanwhile
+            etag, size, (_, head) = probed
+            if offset + len(head) >= size:
+                return bytes(head)
+            buf = np.empty(size - offset, np.uint8)
+            buf[: len(head)] = np.frombuffer(head, np.uint8)
+            rest = np.array([offset + len(head)], np.uint64), np.array([size - offset - len(head)], np.uint64)
+            try:
+                got = await self._read_pinned(key, *rest, np.array([len(head)], np.uint64), as_buffer(buf), etag, size)
+            except _Lost:
+                self._forget(key)
+                continue
+            return buf[: len(head) + int(got[0])].tobytes()
+        raise VersionChangedError(self.name_of(key), "", "replaced on every try")
 
     def _knows(self, key: str) -> bool:
         with self._known_lock:
