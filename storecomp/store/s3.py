@@ -41,7 +41,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -415,7 +415,7 @@ class S3Store(Store):
         off, n = int(offs[i]), min(int(lens[i]), self.part_bytes)
 
         async def fetch() -> Any:
-            res = await obstore.get_async(self._store, key, options={"range": (off, off + n)})  # type: ignore[typeddict-item]
+            res = await obstore.get_async(self._store, key, options={"range": (off, off + n)})
             return res.meta, await res.bytes_async()
 
         try:
@@ -443,13 +443,17 @@ class S3Store(Store):
         the first part of range ``first[0]``, already fetched (by _probe)."""
         import obstore
 
+        if TYPE_CHECKING:
+            from obstore import GetOptions
+
         got = np.zeros(offs.size, np.uint64)
         sem = asyncio.Semaphore(self.max_concurrency)
         store = self._store
-        options: dict[str, Any] = {"if_match": etag} if etag else {}
-
         async def fetch(off: int, n: int) -> Any:
-            res = await obstore.get_async(store, key, options={**options, "range": (off, off + n)})  # type: ignore[typeddict-item]
+            options: GetOptions = {"range": (off, off + n)}
+            if etag:
+                options["if_match"] = etag
+            res = await obstore.get_async(store, key, options=options)
             if etag and str(res.meta.get("e_tag") or "") != etag:
                 raise _Lost(f"{self.name_of(key)}: answered with another version (server ignores If-Match)")
             return await res.bytes_async()
