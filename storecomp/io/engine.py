@@ -176,6 +176,8 @@ class File:
     """An open file; reads and writes at explicit offsets into any buffer.
 
     Not positioned (no seek): every call names its offset. Thread-safe.
+    Every read goes to the inode this File opened (:meth:`fstat` names it),
+    even after its path is replaced or removed.
     """
 
     def __init__(self, engine: Engine, path: str | os.PathLike[str], writable: bool, create: bool) -> None:
@@ -184,9 +186,6 @@ class File:
         self.writable = writable
         self._id = engine._open_native(self.path, writable, create)
         self._finalizer = weakref.finalize(self, engine._native.close_file, self._id)
-        #: (st_dev, st_ino) of the inode this File opened: every read of it reads that inode,
-        #: even after the path is replaced or removed.
-        self.identity: tuple[int, int] = self.fstat()[:2]
 
     @property
     def closed(self) -> bool:
