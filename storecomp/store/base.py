@@ -74,6 +74,8 @@ class ExactRanges:
         self._fut, self._name, self._offs, self._lens = fut, name, offs, lens
 
     def __getattr__(self, name: str) -> Any:  # the backend future's extras (io_paths, wait)
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self._fut, name)
 
     def done(self) -> bool:
