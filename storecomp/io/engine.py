@@ -246,6 +246,13 @@ class File:
         offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.path)
         return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact)
 
+    def read_checked(
+        self, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, *, exact: bool = True
+    ) -> IOFuture:
+        """:meth:`read_many_into` for ranges that :func:`checked_ranges` has
+        already checked against ``ref`` (uint64 arrays): no second check."""
+        return self._engine._submit_reads(self, self._check_open(), ref, offs, lens, douts, exact)
+
     def pwrite(self, src: Any, offset: int = 0) -> int:
         """Write all of ``src`` at file ``offset``; returns the bytes written."""
         fid = self._check_open()

@@ -83,9 +83,9 @@ class ExactRanges:
 
     def result(self, timeout: float | None = None) -> np.ndarray:
         got = self._fut.result(timeout)
-        short = np.flatnonzero(got < self._lens)
-        if short.size:
-            i = int(short[0])
+        short = got < self._lens
+        if short.any():
+            i = int(np.argmax(short))
             raise ShortReadError(self._name, int(self._offs[i]), int(self._lens[i]), int(got[i]))
         return got
 

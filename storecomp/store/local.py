@@ -146,7 +146,7 @@ class LocalStore(Store):
         f, ident = self._open(key)
         if version is not None and _token(*ident) != version:
             raise VersionChangedError(self.name_of(key), version, _token(*ident))
-        return f.read_many_into(ref, offs, lens, douts, exact=False)
+        return f.read_checked(ref, offs, lens, douts, exact=False)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of ``key``; the size and the bytes both come from the file opened."""
