@@ -42,6 +42,7 @@ def test_every_error_has_the_one_root() -> None:
         (PermissionDeniedError, PermissionError),
         (ShortReadError, EOFError),
         (errors.CorruptDataError, ValueError),
+        (errors.VersionChangedError, RuntimeError),
     ],
 )
 def test_errors_also_inherit_the_matching_builtin(cls: type, builtin: type) -> None:
@@ -103,3 +104,10 @@ def test_storage_io_error_round_trips_through_pickle() -> None:
 def test_short_read_error_round_trips_through_pickle() -> None:
     e = pickle.loads(pickle.dumps(ShortReadError("/f", 100, 50, 20)))
     assert (e.path, e.offset, e.requested, e.got) == ("/f", 100, 50, 20)
+
+
+def test_version_changed_error_names_the_object_and_round_trips_through_pickle() -> None:
+    e = errors.VersionChangedError("s3://b/k", '"etag-1"', '"etag-2"')
+    assert str(e) == 's3://b/k: object changed while reading: expected version "etag-1", found "etag-2"'
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is errors.VersionChangedError and (back.name, back.expected, back.found) == (e.name, e.expected, e.found)

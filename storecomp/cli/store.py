@@ -165,13 +165,14 @@ def _stat(ns: Any, args: Any) -> int:
 def _stream(store: Store, key: str, offset: int, length: int | None) -> Iterator[memoryview]:
     import numpy as np
 
-    size = store.stat(key).size
-    end = size if length is None else min(size, offset + length)
+    info = store.stat(key)
+    end = info.size if length is None else min(info.size, offset + length)
     buf = np.empty(min(STREAM_BYTES, max(0, end - offset)), np.uint8)
     pos = offset
     while pos < end:
         n = min(buf.size, end - pos)
-        got = int(store.read_ranges(key, [pos], [n], buf, [0])[0])
+        # Every piece of the stream is of the version stat saw (else VersionChangedError).
+        got = int(store.read_ranges(key, [pos], [n], buf, [0], version=info.version)[0])
         yield memoryview(buf.data)[:got]
         pos += got
 

@@ -176,6 +176,8 @@ class File:
     """An open file; reads and writes at explicit offsets into any buffer.
 
     Not positioned (no seek): every call names its offset. Thread-safe.
+    Every read goes to the inode this File opened (:meth:`fstat` names it),
+    even after its path is replaced or removed.
     """
 
     def __init__(self, engine: Engine, path: str | os.PathLike[str], writable: bool, create: bool) -> None:
@@ -184,9 +186,6 @@ class File:
         self.writable = writable
         self._id = engine._open_native(self.path, writable, create)
         self._finalizer = weakref.finalize(self, engine._native.close_file, self._id)
-        #: (st_dev, st_ino) of the inode this File opened: every read of it reads that inode,
-        #: even after the path is replaced or removed.
-        self.identity: tuple[int, int] = self.fstat()[:2]
 
     @property
     def closed(self) -> bool:
@@ -247,6 +246,13 @@ class File:
         offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.path)
         return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact)
 
+    def read_checked(
+        self, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, *, exact: bool = True
+    ) -> IOFuture:
+        """:meth:`read_many_into` for ranges that :func:`checked_ranges` has
+        already checked against ``ref`` (uint64 arrays): no second check."""
+        return self._engine._submit_reads(self, self._check_open(), ref, offs, lens, douts, exact)
+
     def pwrite(self, src: Any, offset: int = 0) -> int:
         """Write all of ``src`` at file ``offset``; returns the bytes written."""
         fid = self._check_open()
@@ -297,6 +303,10 @@ class File:
 
 def _as_u64(values: Any, name: str) -> np.ndarray:
     """Non-negative integers below 2**63 as a 1-D uint64 array (InvalidArgumentError otherwise)."""
+    if isinstance(values, np.ndarray) and values.dtype == np.uint64 and values.ndim == 1:  # already checked once
+        if values.size and int(values.max()) > _MAX_OFFSET:
+            raise InvalidArgumentError(f"{name} must be below 2**63, got {int(values.max())}")
+        return values
     arr = np.asarray(values).reshape(-1)
     if arr.size and arr.dtype.kind == "O":  # Python ints too large for int64
         if not all(isinstance(v, int) and 0 <= v <= _MAX_OFFSET for v in arr.tolist()):

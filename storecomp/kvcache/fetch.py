@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import crypto
-from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompError, WrongKeyError
+from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompError, VersionChangedError, WrongKeyError
 from . import format as fmt
 from .tiers import Buffer, BufferPool, DiskTier, SharedTier
 
@@ -144,7 +144,7 @@ class Fetch:
             self.error = f"undecryptable: {e}"
         except CorruptDataError as e:  # a segment failed its tag, or not a sealed object
             self.error, self.corrupt = str(e), True
-        except NotFoundError:
+        except (NotFoundError, VersionChangedError):  # gone or replaced meanwhile: a miss, not a fault
             self.error = "missing"
         except (StorecompError, OSError) as e:
             self.error = f"unavailable: {e}"

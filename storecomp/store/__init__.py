@@ -4,7 +4,7 @@
 any fsspec URL; backends other than local files are imported on first use.
 """
 
-from .base import Capabilities, ObjectInfo, RangeFuture, Store
+from .base import Capabilities, ObjectInfo, RangeFuture, Store, WrapperStore, primary_of
 from .cache import CachedStore
 from .encrypted import EncryptedStore
 from .integrity import Checksums
@@ -25,8 +25,10 @@ __all__ = [
     "RangeFuture",
     "RetryPolicy",
     "Store",
+    "WrapperStore",
     "backends",
     "open_store",
+    "primary_of",
     "register_backend",
     "validate_key",
     "validate_prefix",

@@ -74,6 +74,8 @@ class ExactRanges:
         self._fut, self._name, self._offs, self._lens = fut, name, offs, lens
 
     def __getattr__(self, name: str) -> Any:  # the backend future's extras (io_paths, wait)
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self._fut, name)
 
     def done(self) -> bool:
@@ -81,9 +83,9 @@ class ExactRanges:
 
     def result(self, timeout: float | None = None) -> np.ndarray:
         got = self._fut.result(timeout)
-        short = np.flatnonzero(got < self._lens)
-        if short.size:
-            i = int(short[0])
+        short = got < self._lens
+        if short.any():
+            i = int(np.argmax(short))
             raise ShortReadError(self._name, int(self._offs[i]), int(self._lens[i]), int(got[i]))
         return got
 
@@ -133,9 +135,10 @@ class Store(abc.ABC):
         """
         validate_key(key)
         ref = as_buffer(dst)
-        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.name_of(key))
+        name = self.name_of(key)
+        offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, name)
         fut = self._submit_ranges(key, offs, lens, ref, douts, version)
-        return ExactRanges(fut, self.name_of(key), offs, lens) if exact else fut
+        return ExactRanges(fut, name, offs, lens) if exact else fut
 
     @abc.abstractmethod
     def _submit_ranges(

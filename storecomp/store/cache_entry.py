@@ -16,8 +16,7 @@ import numpy as np
 
 from ..crc import crc32c
 from ..errors import CorruptDataError, UnsupportedBufferError
-from ..io import File
-from ..io.buffers import as_buffer
+from ..io import File, as_buffer
 from .integrity import Checksums
 
 MAGIC = b"SCACHE01"

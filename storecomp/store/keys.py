@@ -59,7 +59,7 @@ def payload_view(data: Any) -> memoryview:
         return memoryview(data).cast("B")
     except TypeError:
         pass
-    from ..io.buffers import as_buffer
+    from ..io import as_buffer
 
     ref = as_buffer(data, writable=False, what="put data")
     if ref.is_cuda:

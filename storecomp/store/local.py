@@ -107,8 +107,9 @@ class LocalStore(Store):
 
     # ------------------------------------------------------------ reads
 
-    def _open(self, key: str) -> tuple[File, str]:
-        """A read handle on the file published under ``key`` now, and its version.
+    def _open(self, key: str) -> tuple[File, tuple[int, int, int, int]]:
+        """A read handle on the file published under ``key`` now, and its
+        identity ``(st_dev, st_ino, st_size, st_mtime_ns)``.
 
         The version comes from the open file itself (fstat), never from the
         path: what is read is exactly that version. Handles are cached by
@@ -129,22 +130,32 @@ class LocalStore(Store):
             hit = self._files.get(path)
             if hit is not None and hit[1] == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) and not hit[0].closed:
                 self._files.move_to_end(path)
-                return hit[0], _token(*hit[1])
+                return hit
+
         f = self.engine.open(path)
         ident = f.fstat()
         with self._lock:
             self._files[path] = (f, ident)
             while len(self._files) > _MAX_CACHED_FILES:
                 self._files.popitem(last=False)  # closed when the last reference goes
-        return f, _token(*ident)
+        return f, ident
 
     def _submit_ranges(
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> IOFuture:
-        f, found = self._open(key)
-        if version is not None and found != version:
-            raise VersionChangedError(self.name_of(key), version, found)
-        return f.read_many_into(ref, offs, lens, douts, exact=False)
+        f, ident = self._open(key)
+        if version is not None and _token(*ident) != version:
+            raise VersionChangedError(self.name_of(key), version, _token(*ident))
+        return f.read_checked(ref, offs, lens, douts, exact=False)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of ``key``; the size and the bytes both come from the file opened."""
+        if length is not None:
+            return super().get(key, offset, length)
+        f, ident = self._open(key)
+        buf = np.empty(max(0, ident[2] - offset), np.uint8)
+        n = int(f.read_many_into(buf, [offset], [buf.size], [0], exact=False).result()[0])
+        return buf[:n].tobytes()
 
     # ------------------------------------------------------------ writes
 

@@ -219,12 +219,17 @@ class Namespace:
 
 
 class StoreReader(io.RawIOBase):
-    """A seekable read-only file over one object (ranged reads, no prefetch)."""
+    """A seekable read-only file over one object (ranged reads, no prefetch).
+
+    Every read is of the version opened: when the object is replaced, reads
+    raise VersionChangedError instead of mixing two versions.
+    """
 
     def __init__(self, store: Store, key: str) -> None:
         super().__init__()
         self.store, self.key = store, key
-        self.size = store.stat(key).size
+        info = store.stat(key)
+        self.size, self.version = info.size, info.version
         self._pos = 0
 
     def readable(self) -> bool:
@@ -249,6 +254,6 @@ class StoreReader(io.RawIOBase):
         if n == 0:
             return 0
         arr = np.frombuffer(view, np.uint8)
-        got = int(self.store.read_ranges(self.key, [self._pos], [n], arr, [0], exact=False)[0])
+        got = int(self.store.read_ranges(self.key, [self._pos], [n], arr, [0], exact=False, version=self.version)[0])
         self._pos += got
         return got

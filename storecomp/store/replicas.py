@@ -159,10 +159,14 @@ class ReplicatedStore(WrapperStore):
             h.last_error = f"{type(e).__name__}: {e}"
             h.down_until = time.monotonic() + self._cooldown_s
 
-    def _read(self, op: Callable[[Store], _T]) -> _T:
+    def _read(self, op: Callable[[Store], _T], primary_first: bool = False) -> _T:
         last: BaseException | None = None
         lagging: BaseException | None = None
-        for i in self.read_order():
+        order = self.read_order()
+        if primary_first:  # answers a lagging replica would get wrong by omission (listings)
+            order.remove(self._primary)
+            order.insert(0, self._primary)
+        for i in order:
             t0 = time.monotonic()
             try:
                 out = op(self._stores[i])
@@ -201,7 +205,9 @@ class ReplicatedStore(WrapperStore):
         return self._read(lambda s: s.stat(key))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter(self._read(lambda s: list(s.list(prefix))))
+        """Objects under ``prefix`` as the primary lists them (a lagging replica
+        would omit the newest); other replicas only when it cannot be reached."""
+        return iter(self._read(lambda s: list(s.list(prefix)), primary_first=True))
 
     # -- writes (primary only)
 

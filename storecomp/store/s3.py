@@ -41,13 +41,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from ..errors import (
     BucketNotFoundError,
+    ClosedError,
     ConflictError,
     CredentialsError,
     InvalidArgumentError,
@@ -58,7 +59,7 @@ from ..errors import (
     UnavailableError,
     VersionChangedError,
 )
-from ..io import BufferRef, land_bytes
+from ..io import BufferRef, as_buffer, land_bytes
 from ..redact import public_url, redact
 from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store
 from .futures import PendingRanges
@@ -354,12 +355,21 @@ class S3Store(Store):
         version's size: all bytes come from one version. A 412 (the object
         was replaced) restarts from a fresh HEAD, at most ``VERSION_RETRIES``
         times, unless the caller pinned ``version`` (then VersionChangedError)."""
+        first: tuple[int, Any] | None = None
         for attempt in range(VERSION_RETRIES):
-            etag, size = await self._pin(key, version, fresh=attempt > 0)
             try:
-                return await self._read_pinned(key, offs, lens, douts, ref, etag, size)
+                if attempt == 0 and version is None and not self._knows(key):
+                    probed = await self._probe(key, offs, lens)
+                    if probed is None:  # nothing to read, or the first part starts past the end
+                        etag, size = await self._pin(key, None, fresh=True)
+                    else:
+                        etag, size, first = probed
+                else:
+                    etag, size = await self._pin(key, version, fresh=attempt > 0)
+                return await self._read_pinned(key, offs, lens, douts, ref, etag, size, first)
             except _Lost:
                 self._forget(key)
+                first = None
                 if version is not None:
                     raise VersionChangedError(self.name_of(key), version) from None
             except BaseException:
@@ -367,18 +377,99 @@ class S3Store(Store):
                 raise
         raise VersionChangedError(self.name_of(key), etag, "replaced on every try") from None
 
-    async def _read_pinned(
-        self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, etag: str, size: int
-    ) -> np.ndarray:
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of ``key`` from ``offset``. The whole object (``length`` None)
+        comes with its size in one response: one GET for objects up to
+        ``part_bytes``, larger ones pinned to that response's ETag."""
+        if length is not None:
+            return super().get(key, offset, length)
+        validate_key(key)
+        fut = self._loop.submit(self._get_rest(key, offset))
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise ClosedError(f"{self.name_of(key)}: read cancelled: its store was closed") from None
+
+    async def _get_rest(self, key: str, offset: int) -> bytes:
+        for _ in range(VERSION_RETRIES):
+            probed = await self._probe(key, np.array([offset], np.uint64), np.array([self.part_bytes], np.uint64))
+            if probed is None:  # at or past the end
+                _, size = await self._pin(key, None, fresh=True)
+                if offset >= size:
+                    return b""
+                continue  # it grew meanwhile
+            etag, size, (_, head) = probed
+            if offset + len(head) >= size:
+                return bytes(head)
+            buf = np.empty(size - offset, np.uint8)
+            buf[: len(head)] = np.frombuffer(head, np.uint8)
+            rest = np.array([offset + len(head)], np.uint64), np.array([size - offset - len(head)], np.uint64)
+            try:
+                got = await self._read_pinned(key, *rest, np.array([len(head)], np.uint64), as_buffer(buf), etag, size)
+            except _Lost:
+                self._forget(key)
+                continue
+            return buf[: len(head) + int(got[0])].tobytes()
+        raise VersionChangedError(self.name_of(key), "", "replaced on every try")
+
+    def _knows(self, key: str) -> bool:
+        with self._known_lock:
+            return key in self._known
+
+    async def _probe(self, key: str, offs: np.ndarray, lens: np.ndarray) -> tuple[str, int, tuple[int, Any]] | None:
+        """The first part of the first non-empty range, fetched without a
+        condition: its response names the version (ETag, size) the other parts
+        are then pinned to, so a read of an object not seen before costs no
+        HEAD. None when there is nothing to read or the part starts past the
+        end (HTTP 416: the caller asks a HEAD)."""
         import obstore
+
+        todo = np.flatnonzero(lens)
+        if not todo.size:
+            return None
+        i = int(todo[0])
+        off, n = int(offs[i]), min(int(lens[i]), self.part_bytes)
+
+        async def fetch() -> Any:
+            res = await obstore.get_async(self._store, key, options={"range": (off, off + n)})
+            return res.meta, await res.bytes_async()
+
+        try:
+            meta, data = await acall_with_retry(fetch, self.retry, _outer_transient)
+        except Exception as e:
+            if _status(e)[0] == 416:
+                return None
+            raise self._translate(e, key, "read") from None
+        etag, size = str(meta.get("e_tag") or ""), int(meta["size"])
+        self._remember(key, etag, size)
+        return etag, size, (i, data)
+
+    async def _read_pinned(
+        self,
+        key: str,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        ref: BufferRef,
+        etag: str,
+        size: int,
+        first: tuple[int, Any] | None = None,
+    ) -> np.ndarray:
+        """All parts with ``If-Match: etag``, clipped to ``size``; ``first`` is
+        the first part of range ``first[0]``, already fetched (by _probe)."""
+        import obstore
+
+        if TYPE_CHECKING:
+            from obstore import GetOptions
 
         got = np.zeros(offs.size, np.uint64)
         sem = asyncio.Semaphore(self.max_concurrency)
         store = self._store
-        options: dict[str, Any] = {"if_match": etag} if etag else {}
-
         async def fetch(off: int, n: int) -> Any:
-            res = await obstore.get_async(store, key, options={**options, "range": (off, off + n)})  # type: ignore[typeddict-item]
+            options: GetOptions = {"range": (off, off + n)}
+            if etag:
+                options["if_match"] = etag
+            res = await obstore.get_async(store, key, options=options)
             if etag and str(res.meta.get("e_tag") or "") != etag:
                 raise _Lost(f"{self.name_of(key)}: answered with another version (server ignores If-Match)")
             return await res.bytes_async()
@@ -394,6 +485,9 @@ class S3Store(Store):
             off, d = int(offs[i]), int(douts[i])
             n = max(0, min(int(lens[i]), size - off))  # clipped to this version's end
             for p in range(0, n, step):
+                if p == 0 and first is not None and first[0] == i:
+                    got[i] += land_bytes(ref, d, first[1], min(step, n))
+                    continue
                 tasks.append(part(i, off + p, min(step, n - p), d + p))
         # Wait for every part, even after a failure: none may write into the
         # destination once the caller has seen the result.

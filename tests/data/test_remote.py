@@ -89,3 +89,27 @@ def test_s3_ranges_and_cache(tmp_path: Path, running_seaweedfs: SeaweedFS) -> No
 def test_remote_cache_needs_a_folder(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="cache_dir"):
         open_dataset(LocalStore(tmp_path / "s"), remote="cache")
+
+
+def test_loader_over_a_replicated_mount_with_a_lagging_near_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, item 3: the near replica (STORECOMP_SITE) lacks half the shards; the loader's
+    stats and ranged reads fall back to the primary for those, and the epoch is whole."""
+    path, cols = local_dataset(tmp_path)
+    files = sorted(os.path.relpath(os.path.join(r, n), path) for r, _, ns in os.walk(path) for n in ns)
+    shards = [f for f in files if f.startswith("shards/")]
+    assert len(shards) >= 2 and "manifest.json" in files
+    for site in ("a", "c"):
+        upload(path, LocalStore(tmp_path / site))
+    for lagging in shards[::2]:
+        LocalStore(tmp_path / "c").delete(lagging)
+    mounts = tmp_path / "mounts.toml"
+    mounts.write_text(
+        '[mounts.data]\nprimary = "a"\nreplicas = [\n'
+        f'  {{url = "{tmp_path}/a", site = "a", preference = 1}},\n'
+        f'  {{url = "{tmp_path}/c", site = "c", preference = 0}},\n]\n'
+    )
+    monkeypatch.setenv("STORECOMP_MOUNTS", str(mounts))
+    monkeypatch.setenv("STORECOMP_SITE", "c")
+    ds = open_dataset("sc://data")
+    assert ds.remote == "ranges" and len(ds) == N
+    check_epoch(ds, cols)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 from storecomp import KVCacheStore
 from storecomp.errors import InvalidArgumentError
 from storecomp.kvcache import ModelFingerprint, PagedLayout
-from storecomp.store import LocalStore
+from storecomp.store import LocalStore, open_store
 from storecomp.testing.seaweedfs import SeaweedFS, free_port
 from tests.kvcache.kvhelpers import CHUNK, FAST_RETRY, FP, make_kv, same_prefix, untouched_after, zeros_kv
 
@@ -222,6 +224,115 @@ def test_shared_store_unreachable(kvstore: Make, tmp_path: Path) -> None:
     s.flush(timeout=30)
     st = s.stats()["shared"]
     assert st["unavailable"] >= 1 and st["write_failures"] == 4 and not st["last_error"] == ""
+
+
+class _Proxy:
+    """A TCP forwarder on a local port to the SeaweedFS S3 port, switched off and on:
+    "the server restarted" without touching the server (nothing mocked: real bytes pass)."""
+
+    def __init__(self, port: int, target: int) -> None:
+        self.port, self.target = port, target
+        self.conns: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+
+    def start(self) -> None:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(64)
+        self.listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return  # stopped
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(): close() alone leaves it listening
+            except OSError:
+                pass
+            self.listener.close()
+            self.listener = None
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+        self.conns.clear()
+
+
+def _free_port_with_416() -> int:
+    for port in range(41699, 41599, -1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    pytest.skip("no free port in 41600-41699")
+
+
+def test_shared_tier_keeps_good_chunks_when_a_416_port_is_unreachable(
+    kvstore: Make, tmp_path: Path, running_seaweedfs: SeaweedFS
+) -> None:
+    """Issue 16, 0b: the S3 endpoint's port holds "416"; the server becomes unreachable while
+    a reader knows its chunks. Reads are misses counted as unavailable, never corrupt chunks,
+    and every object is still in the bucket (before: read as 0 bytes, taken for truncated
+    chunks and deleted)."""
+    sw = running_seaweedfs
+    proxy = _Proxy(_free_port_with_416(), int(sw.endpoint.rsplit(":", 1)[1]))
+    proxy.start()
+    url = sw.url()
+    opts = dict(sw.store_options(), endpoint=f"http://127.0.0.1:{proxy.port}", retry=FAST_RETRY)
+    try:
+        writer = kvstore(shared=url, shared_options=opts)
+        kv = make_kv(len(TOKENS))
+        assert writer.store(TOKENS, kv) == 4 * CHUNK
+        writer.flush(timeout=60)
+        direct = open_store(url, **sw.store_options())
+        before = sorted(i.key for i in direct.list(""))
+        assert len(before) >= 4
+        reader = kvstore(shared=url, shared_options=opts, shared_backoff=0.05, shared_max_backoff=0.1)
+        assert reader.lookup(TOKENS) == 4 * CHUNK  # the reader knows the chunks are there
+        proxy.stop()
+        for _ in range(3):  # what the lookup brought to the host tier is served; the rest is unreachable
+            assert reader.retrieve(TOKENS, zeros_kv(len(TOKENS))) < 4 * CHUNK
+            time.sleep(0.1)  # past the tier's backoff: it asks the store again
+        st = reader.stats()
+        assert st["verify_failures"] == 0 and st["shared"]["unavailable"] >= 1, st
+        assert sorted(i.key for i in direct.list("")) == before  # nothing deleted
+        proxy.start()  # back: the same chunks serve again
+        out = zeros_kv(len(TOKENS))
+        deadline = time.monotonic() + 10
+        while reader.retrieve(TOKENS, out) != 4 * CHUNK and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert same_prefix(kv, out, 4 * CHUNK)
+        direct.close()
+    finally:
+        proxy.stop()
 
 
 def test_shared_store_down_then_back(kvstore: Make, tmp_path: Path, running_seaweedfs: SeaweedFS) -> None:

@@ -2,7 +2,8 @@
 
 * ``seaweedfs`` / ``running_seaweedfs``: the session's SeaweedFS server (tests/conftest.py).
 * ``s3_store``: an S3Store on a fresh prefix of that server.
-* ``any_store``: parametrised over every backend (local, s3, fsspec memory://).
+* ``any_store``: parametrised over every backend (local, s3, fsspec memory:// and file://)
+  and the wrappers (a CachedStore over a LocalStore, a ReplicatedStore of two).
 """
 
 from __future__ import annotations
@@ -43,7 +44,35 @@ def _memory(_: Path, __: SeaweedFS | None) -> Store:
     return open_store(f"memory://sc-test-{uuid.uuid4().hex}")
 
 
-BACKENDS: dict[str, Callable[[Path, SeaweedFS | None], Store]] = {"local": _local, "s3": _s3, "memory": _memory}
+def _fsspec_file(tmp_path: Path, _: SeaweedFS | None) -> Store:
+    from storecomp.store.fsspec_store import FsspecStore
+
+    (tmp_path / "fsspec").mkdir()
+    return FsspecStore(f"file://{tmp_path / 'fsspec'}")
+
+
+def _cached(tmp_path: Path, _: SeaweedFS | None) -> Store:
+    from storecomp.store import CachedStore
+
+    return CachedStore(LocalStore(tmp_path / "inner"), tmp_path / "cache", 64 << 20, block_bytes=64 << 10)
+
+
+def _replicated(tmp_path: Path, _: SeaweedFS | None) -> Store:
+    """Two local replicas, the near one (site "b") read first; writes go to the primary "a"."""
+    from storecomp.store import Mount, Replica, ReplicatedStore
+
+    mount = Mount("m", (Replica(f"{tmp_path}/a", "a", 1), Replica(f"{tmp_path}/b", "b", 0)), primary="a")
+    return ReplicatedStore(mount, [LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")], local_site="b")
+
+
+BACKENDS: dict[str, Callable[[Path, SeaweedFS | None], Store]] = {
+    "local": _local,
+    "s3": _s3,
+    "memory": _memory,
+    "fsspec_file": _fsspec_file,
+    "cached": _cached,
+    "replicated": _replicated,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

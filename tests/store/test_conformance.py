@@ -1,4 +1,5 @@
-"""One conformance suite, run against every backend (local, s3 on SeaweedFS, fsspec memory://)."""
+"""One conformance suite, run against every backend (local, s3 on SeaweedFS, fsspec memory:// and
+file://) and the wrappers (CachedStore, ReplicatedStore)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def test_capabilities(any_store: Store, backend_name: str) -> None:
     caps = any_store.capabilities
     assert isinstance(caps, Capabilities)
     assert caps.ranged_reads
-    assert caps.conditional_writes == (backend_name in ("local", "s3"))
-    assert caps.native_reads == (backend_name == "local")
+    assert caps.conditional_writes == (backend_name in ("local", "s3", "cached", "replicated"))
+    assert caps.native_reads == (backend_name in ("local", "cached", "replicated"))
     assert any_store.url and "secret" not in any_store.url
 
 
@@ -77,6 +78,19 @@ def test_ranged_reads_into_torch_cpu(any_store: Store) -> None:
     assert fut.result(timeout=30).tolist() == [8192, 8192]
     assert fut.done()
     assert torch.equal(out[:2048], values[2048:]) and torch.equal(out[2048:], values[:2048])
+
+
+@pytest.mark.gpu
+def test_ranged_reads_into_torch_cuda(any_store: Store) -> None:
+    """Every backend lands bytes in CUDA memory (the engine's device paths for local files,
+    storecomp.io.land_bytes for the others), in place, past the end short with exact=False."""
+    data = payload(100_000, seed=3)
+    any_store.put("c", data)
+    out = torch.zeros(300, dtype=torch.uint8, device="cuda")
+    got = any_store.read_ranges("c", [5, 70_000, 99_990], [100, 150, 50], out, [0, 100, 250], exact=False)
+    assert got.tolist() == [100, 150, 10]
+    assert bytes(out[:260].cpu().numpy()) == data[5:105] + data[70_000:70_150] + data[99_990:]
+    assert not out[260:].any()
 
 
 def test_large_object_spans_many_parts(any_store: Store) -> None:

@@ -322,3 +322,45 @@ def test_store_opened_twice_at_once_keeps_one_and_closes_the_other(tmp_path: Pat
     assert len(closed) == 1 and closed[0] is not got[0]  # the loser is closed, not leaked
     ns.close()
     assert closed[-1] is got[0]
+
+
+# ---------------------------------------------------------------- a lagging replica (issue 16, item 3)
+
+
+def _lagging_mount(tmp_path: Path) -> Path:
+    """Mount "data": primary site a, replicas b and c; site c lags (lacks ds/a.txt)."""
+    for site in "abc":
+        LocalStore(tmp_path / site).put("ds/old.txt", b"old")
+    for site in "ab":
+        LocalStore(tmp_path / site).put("ds/a.txt", b"hello from the primary")
+    text = '[mounts.data]\nprimary = "a"\nreplicas = [\n' + "".join(
+        f'  {{url = "{tmp_path}/{s}", site = "{s}", preference = {i}}},\n' for i, s in enumerate("abc")
+    )
+    return write_toml(tmp_path / "m.toml", text + "]\n")
+
+
+def test_not_found_on_a_lagging_replica_falls_back(tmp_path: Path) -> None:
+    ns = Namespace(environ={"STORECOMP_MOUNTS": str(_lagging_mount(tmp_path)), "STORECOMP_SITE": "c"})
+    store, key = ns.resolve("sc://data/ds/a.txt")
+    assert isinstance(store, ReplicatedStore) and store.read_order()[0] == 2  # site c is asked first
+    assert store.get(key) == b"hello from the primary"
+    assert store.stat(key).size == 22 and store.exists(key)
+    buf = np.zeros(5, np.uint8)
+    assert int(store.read_ranges(key, [0], [5], buf, [0])[0]) == 5 and bytes(buf) == b"hello"
+    assert ns.open("sc://data/ds/a.txt").read() == b"hello from the primary"
+    assert all(h["healthy"] for h in store.health())  # lagging is not down: c stays first for what it has
+    assert store.get("ds/old.txt") == b"old"
+    with pytest.raises(NotFoundError):  # nobody has it: NotFound is then the answer
+        store.get("ds/none.txt")
+    with pytest.raises(NotFoundError):
+        store.read_ranges("ds/none.txt", [0], [1], buf, [0])
+    ns.close()
+
+
+def test_cat_through_a_lagging_near_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary: Any) -> None:
+    from storecomp.cli import main
+
+    monkeypatch.setenv("STORECOMP_MOUNTS", str(_lagging_mount(tmp_path)))
+    monkeypatch.setenv("STORECOMP_SITE", "c")
+    assert main(["cat", "sc://data/ds/a.txt"]) == 0
+    assert capfdbinary.readouterr().out == b"hello from the primary"
