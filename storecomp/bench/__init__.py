@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: The data file the read suite writes (and a later ``--dir`` run reuses).
+DATA_FILE_NAME = "storecomp-bench.dat"
+
 #: Suites in the order ``storecomp bench all`` runs them.
 SUITES = ("read", "loader", "kvcache", "store")
 
@@ -41,3 +44,11 @@ class Context:
     def say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
+
+
+def fio_info() -> dict[str, str | None]:
+    """``{"path": ..., "version": ...}`` of the fio the suites measure the storage limit with (None: not installed)."""
+    from . import _fio
+
+    exe = _fio.fio_path()
+    return {"path": exe, "version": _fio.fio_version() if exe else None}

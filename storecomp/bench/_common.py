@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ChildProcessFailedError
+from . import DATA_FILE_NAME
 
 _WRITE_CHUNK = 64 << 20
 _STDERR_TAIL = 2000  # characters of a failed child's stderr kept in the error
 MIB = 1 << 20
-DATA_FILE_NAME = "storecomp-bench.dat"
 
 
 def data_file(directory: str, size_bytes: int, progress: Callable[[str], None] | None = None) -> str:

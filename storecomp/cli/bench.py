@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from ..bench import SUITES, Context
-from ..bench._common import DATA_FILE_NAME
+from ..bench import DATA_FILE_NAME, SUITES, Context
 from ..errors import InvalidArgumentError
 from ..optional import require
 

@@ -14,10 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, _native
+from .. import __version__
+from ..bench import fio_info
 from ..config import IOOptions
 from ..errors import StorecompError
-from ..io import cuda, paths
+from ..io import cuda, io_uring_status, paths
 from ..optional import INSTALL, install_hint
 
 SCHEMA = "storecomp.info/1"
@@ -26,10 +27,10 @@ SCHEMA = "storecomp.info/1"
 def gather(path: str | None = None, options: IOOptions | None = None) -> dict[str, Any]:
     """The info document as a dict (see docs/info.md)."""
     opts = options or IOOptions.load()
-    probe = dict(_native.probe_io_uring())
+    ring = io_uring_status()
     doc: dict[str, Any] = {
         "schema": SCHEMA,
-        "storecomp": {"version": __version__, "native": {"liburing": bool(_native.HAVE_LIBURING)}},
+        "storecomp": {"version": __version__, "native": {"liburing": ring["compiled"]}},
         "python": platform.python_version(),
         "platform": {"system": platform.system(), "kernel": platform.release(), "machine": platform.machine()},
         "cpus": os.cpu_count() or 1,
@@ -37,24 +38,17 @@ def gather(path: str | None = None, options: IOOptions | None = None) -> dict[st
             name: cuda.package_version(name)
             for name in ("numpy", "torch", "kvikio-cu12", "kvikio-cu13", "cupy-cuda12x", "cupy-cuda13x")
         },
-        "io_uring": {"compiled": bool(probe["compiled"]), "permitted": bool(probe["permitted"]), "reason": probe["reason"]},
+        "io_uring": ring,
         "engine": _engine_info(opts),
         "path": _path_info(Path(path), opts.align) if path else None,
         "cuda": {"driver": cuda.driver_loaded(), "devices": cuda.devices()},
         "gds": dict(cuda.gds_status()),
         "io_paths": _io_paths(opts),
-        "fio": _fio_info(),
+        "fio": fio_info(),
         "optional": {module: cuda.package_version(dist) for module, (dist, _extra) in INSTALL.items()},
     }
     doc["advice"] = advice(doc)
     return doc
-
-
-def _fio_info() -> dict[str, Any]:
-    from ..bench import _fio
-
-    exe = _fio.fio_path()
-    return {"path": exe, "version": _fio.fio_version() if exe else None}
 
 
 def _engine_info(opts: IOOptions) -> dict[str, Any]:

@@ -653,9 +653,9 @@ class _OwnSlot:
     """Aligned memory for one batch when the consumer holds every staging slot."""
 
     def __init__(self, nbytes: int) -> None:
-        from .. import _native
+        from ..io import HostBuffer
 
-        self._buffer = _native.HostBuffer(nbytes)
+        self._buffer = HostBuffer(nbytes)
         self.array: np.ndarray = np.frombuffer(self._buffer, np.uint8)  # type: ignore[call-overload]
 
     def release(self) -> None:

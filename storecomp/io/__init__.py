@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from .. import _native
 from .buffers import BufferRef, StagingPool, StagingSlot, as_buffer
 from .engine import Engine, File, IOFuture, ReadRequest, checked_ranges
 from .paths import PATHS, choose, flat_u8, land_bytes
@@ -78,6 +79,8 @@ def io_path_for(dst: Any, engine: Engine | None = None) -> str:
 
 
 __all__ = [
+    "HostBuffer",
+    "io_uring_status",
     "BufferRef",
     "Engine",
     "File",
@@ -95,3 +98,15 @@ __all__ = [
     "read_batch",
     "read_into",
 ]
+
+#: Page-aligned host memory owned by the native engine (``address``, ``nbytes``, the
+#: buffer protocol, ``prefault()``): the one host buffer type other packages use.
+HostBuffer = _native.HostBuffer
+
+
+def io_uring_status() -> dict[str, Any]:
+    """``{"compiled": bool, "permitted": bool, "reason": str}``: whether the engine was built
+    with liburing, and whether this process may create a ring (seccomp, sysctl)."""
+    probe = dict(_native.probe_io_uring())
+    return {"compiled": bool(_native.HAVE_LIBURING), "permitted": bool(probe["permitted"]), "reason": str(probe["reason"])}
+

@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _native
 from ..errors import NotFoundError, StorecompError
-from ..io import Engine, cuda
+from ..io import Engine, HostBuffer, cuda
 from ..store.base import Store
 
 
@@ -74,7 +73,7 @@ class Buffer:
     __slots__ = ("_host", "array", "address", "pinned", "refs", "sealed", "seal_lock", "__weakref__")
 
     def __init__(self, nbytes: int, pin: bool) -> None:
-        self._host = _native.HostBuffer(max(nbytes, 1))
+        self._host = HostBuffer(max(nbytes, 1))
         self._host.prefault()  # not on the request path's first copy
         self.array: np.ndarray = np.frombuffer(memoryview(self._host), np.uint8, count=nbytes)
         self.address = int(self.array.ctypes.data)
