@@ -325,3 +325,36 @@ def running_seaweedfs(seaweedfs: Any) -> Any:
     if not seaweedfs.running:
         seaweedfs.restart()
     return seaweedfs
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted for this test (a disk that fills up), unmounted after it.
+
+    ``fill_disk(path)`` then takes every free byte of it. Needs root (mount);
+    where mounting is refused the test skips, saying so.
+    """
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Write a filler file in ``directory`` until its file system is full (ENOSPC); returns the filler."""
+    import errno
+
+    filler = directory / "filler"
+    chunk = b"\0" * 4096
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return filler

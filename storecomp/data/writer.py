@@ -12,18 +12,20 @@ published.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, StorecompError, from_errno
 from .format import (
     MAGIC,
     MANIFEST_FORMAT,
@@ -84,6 +86,8 @@ class DatasetWriter:
 
     ``fields`` fixes the schema; when None it is taken from the first sample.
     Call :meth:`close` to publish (returns the manifest) or :meth:`abort`.
+    A failed write (disk full, I/O error) raises StorageIOError naming the file;
+    nothing is published then.
     """
 
     def __init__(
@@ -102,7 +106,8 @@ class DatasetWriter:
         if os.path.exists(os.path.join(self.path, MANIFEST_NAME)):
             raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
         self._tmp = os.path.join(self.path, f".tmp-{uuid.uuid4().hex[:12]}")
-        os.makedirs(self._tmp)
+        with _os_errors(self._tmp, "mkdir"):
+            os.makedirs(self._tmp)
         self._shard_bytes = shard_bytes
         self._align = align
         self._var_names = tuple(var)
@@ -172,14 +177,15 @@ class DatasetWriter:
             n = m
         start = 0
         while n and start < n:
-            shard = self._current()
-            room = max(1, (self._shard_bytes - shard["bytes"]) // max(1, self._stride))
-            end = min(n, start + room)
-            self._append(
-                shard, {k: v[start:end] for k, v in fixed.items()}, {k: v[start:end] for k, v in var.items()}, end - start
-            )
-            if shard["bytes"] >= self._shard_bytes:
-                self._finish_shard()
+            with _os_errors(self._tmp, "write"):
+                shard = self._current()
+                room = max(1, (self._shard_bytes - shard["bytes"]) // max(1, self._stride))
+                end = min(n, start + room)
+                self._append(
+                    shard, {k: v[start:end] for k, v in fixed.items()}, {k: v[start:end] for k, v in var.items()}, end - start
+                )
+                if shard["bytes"] >= self._shard_bytes:
+                    self._finish_shard()
             start = end
 
     def _fields(self) -> list[FieldSpec]:
@@ -281,25 +287,8 @@ class DatasetWriter:
         try:
             if self.fields is None:
                 raise InvalidArgumentError("no samples and no fields: nothing to write")
-            self._finish_shard()
-            os.makedirs(os.path.join(self.path, SHARD_DIR), exist_ok=True)
-            shards = []
-            for s in self._shards:
-                digest = _sha256_file(s["tmp"])
-                key = f"{SHARD_DIR}/{digest}.scs"
-                os.replace(s["tmp"], os.path.join(self.path, key))
-                shards.append({"key": key, "sha256": digest, "size": s["size"], "num_records": s["num_records"]})
-            _fsync_dir(os.path.join(self.path, SHARD_DIR))  # the renames, before the manifest that names them
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "kind": "records",
-                "fields": [dict(f.to_json(), offset=self._offsets.get(f.name, -1)) for f in self._fields()],
-                "record_stride": self._stride,
-                "num_samples": sum(s["num_records"] for s in shards),
-                "shards": shards,
-                "metadata": self._metadata,
-            }
-            _publish_json(os.path.join(self.path, MANIFEST_NAME), manifest)
+            with _os_errors(self.path, "publish"):
+                manifest = self._publish()
         except BaseException:
             self.abort()
             raise
@@ -307,10 +296,34 @@ class DatasetWriter:
         shutil.rmtree(self._tmp, ignore_errors=True)
         return manifest
 
+    def _publish(self) -> dict[str, Any]:
+        """Finish the last shard, rename shards to their hash, write the manifest (last)."""
+        self._finish_shard()
+        os.makedirs(os.path.join(self.path, SHARD_DIR), exist_ok=True)
+        shards = []
+        for s in self._shards:
+            digest = _sha256_file(s["tmp"])
+            key = f"{SHARD_DIR}/{digest}.scs"
+            os.replace(s["tmp"], os.path.join(self.path, key))
+            shards.append({"key": key, "sha256": digest, "size": s["size"], "num_records": s["num_records"]})
+        _fsync_dir(os.path.join(self.path, SHARD_DIR))  # the renames, before the manifest that names them
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "kind": "records",
+            "fields": [dict(f.to_json(), offset=self._offsets.get(f.name, -1)) for f in self._fields()],
+            "record_stride": self._stride,
+            "num_samples": sum(s["num_records"] for s in shards),
+            "shards": shards,
+            "metadata": self._metadata,
+        }
+        _publish_json(os.path.join(self.path, MANIFEST_NAME), manifest)
+        return manifest
+
     def abort(self) -> None:
         """Drop everything written so far; nothing is published."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of buffered bytes: dropped anyway
+                self._file.close()
             self._file = None
         self._closed = True
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -329,6 +342,17 @@ class DatasetWriter:
             self.abort()
 
 
+@contextlib.contextmanager
+def _os_errors(path: str, op: str) -> Iterator[None]:
+    """Translate a bare OSError (ENOSPC, EIO...) into the storecomp error naming the file."""
+    try:
+        yield
+    except StorecompError:
+        raise
+    except OSError as e:
+        raise from_errno(e.errno or errno.EIO, str(e.filename or path), None, op) from None
+
+
 def _sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -339,11 +363,16 @@ def _sha256_file(path: str) -> str:
 
 def _publish_json(path: str, doc: dict[str, Any]) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     _fsync_dir(os.path.dirname(path) or ".")
 
 

@@ -88,11 +88,21 @@ _TOUCH_INTERVAL_S = 1.0
 _MAX_VERIFIED_ENTRIES = 1 << 16  # verify="once": entries whose checked chunks a process remembers
 _MAX_HEADERS = 1 << 16  # entry headers a process remembers
 _MAX_OPEN_FILES = 128  # verify="once": entry files a process keeps open
+_ATTEMPTS = 3  # cache lookups per read before it goes straight to the inner store
 
 
 @dataclass
 class CacheStats:
-    """Process-local counters (bytes are payload bytes)."""
+    """Process-local counters (bytes are payload bytes).
+
+    ``corrupt_discarded``: entries that failed a check (header, meta, data
+    crc32c) and were deleted and refetched. ``fill_failures``: fills that could
+    not be written to the cache's disk (full, I/O error): the read was served
+    from the inner store instead. ``lost_races``: entries evicted or replaced
+    by another process between lookup and read (a miss, not corruption).
+    ``read_through``: reads served from the inner store after repeated lost
+    races or corrupt entries.
+    """
 
     hits: int = 0
     misses: int = 0
@@ -100,6 +110,9 @@ class CacheStats:
     bytes_from_inner: int = 0
     evictions: int = 0
     corrupt_discarded: int = 0
+    fill_failures: int = 0
+    lost_races: int = 0
+    read_through: int = 0
 
 
 class CachedStore(Store):
@@ -197,14 +210,15 @@ class CachedStore(Store):
             try:
                 raw = self._local.get(ekey, 0, min(st.st_size, 1 << 20))
                 hdr = decode_header(raw, str(path))
-                if hdr.header_len > len(raw):
-                    hdr = decode_header(self._local.get(ekey, 0, hdr.header_len), str(path))
                 if hdr.header_len + hdr.data_len != st.st_size:
                     raise CorruptDataError(f"{path}: cache entry has {st.st_size} bytes, header says more or less")
+                if hdr.header_len > len(raw):
+                    hdr = decode_header(self._local.get(ekey, 0, hdr.header_len), str(path))
             except NotFoundError:
-                return None
+                return None  # evicted meanwhile: a miss
             except CorruptDataError:
-                self._discard(ekey)
+                self.stats.corrupt_discarded += 1
+                self._discard(ekey, ident)
                 return None
             with self._lock:
                 self._headers[ekey] = (ident, hdr)
@@ -239,28 +253,36 @@ class CachedStore(Store):
                 self._files.popitem(last=False)  # closed when the last reader lets go
         return f
 
-    def _discard(self, ekey: str) -> None:
+    def _discard(self, ekey: str, ident: tuple[int, int, int] | None = None) -> None:
+        """Delete entry ``ekey`` (only the inode ``ident`` when given: an entry
+        another process has filled anew meanwhile is left alone)."""
         path = self._local.root / ekey
         with self._lock:
             old = self._headers.pop(ekey, None)
             if old is not None:
                 self._files.pop(old[0], None)
         try:
-            size = path.stat().st_size
+            st = path.stat()
+            if ident is not None and (st.st_ino, st.st_dev, st.st_size) != ident:
+                return
             path.unlink()
         except FileNotFoundError:
             return
-        self._account(-size)
+        self._account(-st.st_size)
 
-    def _fill(self, key: str, block: int | None) -> Header | None:
-        """Fetch ``key`` (or one block) from the inner store into the cache;
-        None when it bypasses the cache (larger than the budget)."""
+    def _fill(self, key: str, block: int | None) -> tuple[Header, tuple[int, int, int]] | np.ndarray | None:
+        """Fetch ``key`` (or one block) from the inner store into the cache and
+        return the bytes fetched (the caller reads them from memory, so an entry
+        evicted at once costs nothing); the entry found instead when another
+        process filled it meanwhile; None when it bypasses the cache (larger
+        than the budget). A fill that cannot be written (disk full, I/O error)
+        is counted in ``fill_failures`` and still returns the bytes."""
         ekey = self._entry_key(key, block)
         stripe = int(ekey[:2], 16) % _STRIPES
         with FileLock(self.cache_dir / "locks" / f"{stripe:02x}"):
             found = self._header(ekey)  # another process may have filled it meanwhile
             if found is not None:
-                return found[0]
+                return found
             info = self.inner.stat(key)
             if block is None:
                 if info.size > self.max_bytes:
@@ -274,8 +296,7 @@ class CachedStore(Store):
                 n = max(0, min(self.block_bytes, info.size - start))
                 if n == 0:  # past the end of the object: nothing to cache
                     self._sizes[key] = info.size
-                    meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size}
-                    return Header(0, 0, Checksums(0, self.chunk_bytes, ()), {**meta, "block": block})
+                    return np.empty(0, np.uint8)
                 data = np.empty(n, np.uint8)
                 if n:
                     self.inner.read_ranges(key, [start], [n], data, [0])
@@ -285,26 +306,39 @@ class CachedStore(Store):
             sums = Checksums.compute(data, self.chunk_bytes)
             meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size, "block": block}
             header = encode_header(data.size, sums, meta)
-            tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}"
-            final = self._local.root / ekey
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    os.write(fd, header)
-                    view = memoryview(data.data)
-                    while view.nbytes:
-                        view = view[os.write(fd, view) :]
-                finally:
-                    os.close(fd)
-                final.parent.mkdir(exist_ok=True)
-                os.rename(tmp, final)
+                self._write_entry(ekey, header, data)
+            except OSError:
+                self.stats.fill_failures += 1  # the cache steps aside; the read is served all the same
+                return data
+            try:
+                self._account(len(header) + data.size)
+            except OSError:
+                pass  # usage is a hint: the next scan over budget recounts it
+            return data
+
+    def _write_entry(self, ekey: str, header: bytes, data: np.ndarray) -> None:
+        """Publish entry ``ekey`` (temp file, then rename); OSError (ENOSPC...) leaves nothing behind."""
+        tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}"
+        final = self._local.root / ekey
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(header)
+                while view.nbytes:
+                    view = view[os.write(fd, view) :]
+                view = memoryview(data.data)
+                while view.nbytes:
+                    view = view[os.write(fd, view) :]
             finally:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-            self._account(len(header) + data.size)
-            return Header(len(header), data.size, sums, meta)
+                os.close(fd)
+            final.parent.mkdir(exist_ok=True)
+            os.rename(tmp, final)
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
     # ------------------------------------------------------------ accounting
 
@@ -316,8 +350,14 @@ class CachedStore(Store):
 
     def _write_usage(self, n: int) -> None:
         tmp = self.cache_dir / "tmp" / f"usage-{uuid.uuid4().hex}"
-        tmp.write_text(str(max(0, n)))
-        os.rename(tmp, self.cache_dir / "usage")
+        try:
+            tmp.write_text(str(max(0, n)))
+            os.rename(tmp, self.cache_dir / "usage")
+        except OSError:  # a full disk: the count is a hint, rebuilt by the next scan over budget
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
     def _scan(self) -> tuple[int, list[tuple[str, int, float]]]:
         found: list[tuple[str, int, float]] = []
@@ -367,25 +407,44 @@ class CachedStore(Store):
 
     # ------------------------------------------------------------ reads
 
-    def _entry(self, key: str, block: int | None) -> tuple[str, Header, tuple[int, int, int] | None] | None:
-        """(entry key, header, inode identity or None for a fresh fill) of ``key``'s
-        entry, filled from the inner store on a miss; None when it bypasses the cache."""
+    def _entry(self, key: str, block: int | None) -> tuple[str, Header, tuple[int, int, int]] | np.ndarray | None:
+        """(entry key, header, inode identity) of ``key``'s entry; on a miss, the
+        bytes fetched from the inner store by :meth:`_fill` (or the entry another
+        process filled meanwhile); None when it bypasses the cache."""
         ekey = self._entry_key(key, block)
         found = self._header(ekey)
-        if found is not None and self.revalidate and found[0].meta.get("version") != self.inner.stat(key).version:
-            self._discard(ekey)
+        if found is not None and not self._describes(found[0], key, block):
+            self.stats.corrupt_discarded += 1  # a sound header for another object or block: misplaced
+            self._discard(ekey, found[1])
             found = None
-        if found is not None:
-            self.stats.hits += 1
-            return ekey, found[0], found[1]
-        hdr = self._fill(key, block)
-        return None if hdr is None else (ekey, hdr, None)
+        if found is not None and self.revalidate and found[0].meta.get("version") != self.inner.stat(key).version:
+            self._discard(ekey, found[1])
+            found = None
+        if found is None:
+            filled = self._fill(key, block)
+            if not isinstance(filled, tuple):
+                return filled
+            found = filled
+            if not self._describes(found[0], key, block):
+                return None  # (vanishingly rare) another object's entry: read straight from the inner store
+        self.stats.hits += 1
+        return ekey, found[0], found[1]
+
+    def _describes(self, hdr: Header, key: str, block: int | None) -> bool:
+        """Whether a (well-formed) header is that of ``key``'s ``block`` in this cache's inner store."""
+        m = hdr.meta
+        if m["url"] != self.inner.url or m["key"] != key or m["block"] != block:
+            return False
+        if block is None:
+            return hdr.data_len == m["size"]
+        assert self.block_bytes is not None
+        return hdr.data_len == max(0, min(self.block_bytes, m["size"] - block * self.block_bytes))
 
     def _read_entry(
         self,
         ekey: str,
         hdr: Header,
-        ident: tuple[int, int, int] | None,
+        ident: tuple[int, int, int],
         offs: list[int],
         lens: list[int],
         dst: np.ndarray,
@@ -397,11 +456,6 @@ class CachedStore(Store):
             return [0] * len(offs)
         name = f"cache entry {self._root_s}/{ekey} ({hdr.meta.get('url')}/{hdr.meta.get('key')})"
         if self.verify == "once":
-            if ident is None:  # just filled: find the inode it landed on
-                found = self._header(ekey)
-                if found is None:
-                    raise NotFoundError(errno.ENOENT, f"{self._root_s}/{ekey}", None, "open")
-                hdr, ident = found
             return self._read_once(ekey, hdr, ident, offs, lens, dst, douts, name)
         got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len)
         return [int(g) for g in got]
@@ -462,25 +516,38 @@ class CachedStore(Store):
     ) -> list[int]:
         """Ranges of one cache entry (the whole object, or one block), filled on a
         miss; objects that bypass the cache are read from the inner store. A bad
-        entry is discarded and refetched once."""
-        for attempt in (0, 1):
+        entry is discarded (counted) and refetched; an entry evicted by another
+        process between lookup and read is a miss (counted in ``lost_races``).
+        After ``_ATTEMPTS`` such turns the read goes to the inner store."""
+        for _ in range(_ATTEMPTS):
             ent = self._entry(key, block)
             if ent is None:  # too large to cache: straight from the inner store
-                got = self.inner.read_ranges(key, offs, lens, dst, douts, exact=False)
-                self.stats.bytes_from_inner += int(got.sum())
-                return [int(g) for g in got]
+                return self._read_inner(key, block, offs, lens, dst, douts)
+            if isinstance(ent, np.ndarray):  # just fetched: served from memory
+                return _copy_ranges(ent, offs, lens, dst, douts)
             ekey, hdr, ident = ent
             try:
                 out = self._read_entry(ekey, hdr, ident, offs, lens, dst, douts)
-            except (CorruptDataError, NotFoundError):
+            except NotFoundError:
+                self.stats.lost_races += 1
+                continue
+            except CorruptDataError:
                 self.stats.corrupt_discarded += 1
-                self._discard(ekey)
-                if attempt:
-                    raise
+                self._discard(ekey, ident)
                 continue
             self.stats.bytes_from_cache += sum(out)
             return out
-        raise AssertionError("unreachable")
+        self.stats.read_through += 1
+        return self._read_inner(key, block, offs, lens, dst, douts)
+
+    def _read_inner(
+        self, key: str, block: int | None, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]
+    ) -> list[int]:
+        """Ranges of ``key`` (offsets inside ``block`` when given) straight from the inner store."""
+        base = 0 if block is None else block * (self.block_bytes or 0)
+        got = self.inner.read_ranges(key, [o + base for o in offs], lens, dst, douts, exact=False)
+        self.stats.bytes_from_inner += int(got.sum())
+        return [int(g) for g in got]
 
     def submit_ranges(
         self,
@@ -555,7 +622,15 @@ class CachedStore(Store):
             size = self._sizes.get(key)
             if size is None:
                 ent = self._entry(key, None if self.block_bytes is None else 0)
-                size = int(ent[1].meta["size"]) if ent is not None else self.inner.stat(key).size
+                if isinstance(ent, np.ndarray) and self.block_bytes is None:  # the whole object, just fetched
+                    self._sizes[key] = ent.size
+                    return ent[offset:].tobytes()
+                if isinstance(ent, tuple):
+                    size = int(ent[1].meta["size"])
+                else:  # just filled (the fill noted the size) or bypassing the cache
+                    size = self._sizes.get(key)
+                    if size is None:
+                        size = self.inner.stat(key).size
                 self._sizes[key] = size
             length = max(0, size - offset)
         buf = np.empty(length, np.uint8)
@@ -614,3 +689,14 @@ class CachedStore(Store):
 
     def __repr__(self) -> str:
         return f"CachedStore({self.inner!r}, {str(self.cache_dir)!r}, max_bytes={self.max_bytes})"
+
+
+def _copy_ranges(data: np.ndarray, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]) -> list[int]:
+    """Copy ranges of ``data`` into ``dst`` (clipped at its end); bytes copied per range."""
+    out = []
+    for o, n, d in zip(offs, lens, douts, strict=True):
+        m = max(0, min(n, data.size - o))
+        if m:
+            dst[d : d + m] = data[o : o + m]
+        out.append(m)
+    return out
