@@ -4,7 +4,7 @@
 any fsspec URL; backends other than local files are imported on first use.
 """
 
-from .base import Capabilities, ObjectInfo, RangeFuture, Store
+from .base import Capabilities, Listing, ObjectInfo, RangeFuture, Store
 from .cache import CachedStore
 from .integrity import Checksums
 from .keys import validate_key, validate_prefix
@@ -16,6 +16,7 @@ from .snapshots import ANY, Entry, GCReport, Manifest, RefState, Repository, Sna
 
 __all__ = [
     "Capabilities",
+    "Listing",
     "LocalStore",
     "ObjectInfo",
     "RangeFuture",

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from .keys import validate_prefix
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,21 @@ class ObjectInfo:
     size: int
     version: str
     mtime: float | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One level of a store under a directory prefix (what S3 lists with ``delimiter="/"``).
+
+    ``objects``: objects directly under the prefix, in key order;
+    ``prefixes``: the child "directories" (full keys ending in ``/``), sorted;
+    ``skipped``: keys of entries that could not be read (a local file that
+    vanished or refused ``stat``), left out of both lists.
+    """
+
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,22 @@ class Store(abc.ABC):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key order."""
 
+    def list_dir(self, prefix: str = "") -> Listing:
+        """The objects and child prefixes directly under directory ``prefix``
+        (``""`` is the root; ``"a/b"`` and ``"a/b/"`` both mean directory
+        ``a/b``), without walking the levels below. Backends override this
+        with one delimiter listing; this default walks :meth:`list`."""
+        prefix = dir_prefix(prefix)
+        objects: list[ObjectInfo] = []
+        prefixes: set[str] = set()
+        for info in self.list(prefix):
+            rest = info.key[len(prefix) :]
+            if "/" in rest:
+                prefixes.add(prefix + rest.split("/", 1)[0] + "/")
+            else:
+                objects.append(info)
+        return Listing(objects, sorted(prefixes))
+
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
@@ -156,3 +189,9 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def dir_prefix(prefix: str) -> str:
+    """``prefix`` as a directory: ``""`` or ending in ``/`` (InvalidArgumentError when malformed)."""
+    prefix = validate_prefix(prefix)
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"

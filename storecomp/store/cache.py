@@ -68,7 +68,7 @@ from ..errors import (
 from ..io import File
 from ..io.buffers import as_buffer
 from ..io.engine import checked_ranges
-from .base import Capabilities, ObjectInfo, Store
+from .base import Capabilities, Listing, ObjectInfo, Store
 from .cache_entry import (
     ALIGN,
     Done,
@@ -672,6 +672,9 @@ class CachedStore(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self.inner.list(prefix)
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        return self.inner.list_dir(prefix)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

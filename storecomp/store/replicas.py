@@ -19,7 +19,7 @@ from ..errors import (
     StorageIOError,
     StoreUnavailableError,
 )
-from .base import Capabilities, ObjectInfo, RangeFuture, Store
+from .base import Capabilities, Listing, ObjectInfo, RangeFuture, Store
 from .mounts import SCHEME, Mount
 
 _T = TypeVar("_T")
@@ -193,6 +193,9 @@ class ReplicatedStore(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return iter(self._read(lambda s: list(s.list(prefix))))
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        return self._read(lambda s: s.list_dir(prefix))
 
     # -- writes (primary only)
 

@@ -58,7 +58,7 @@ from ..errors import (
 )
 from ..io.buffers import BufferRef, as_buffer
 from ..io.engine import checked_ranges
-from .base import Capabilities, ObjectInfo, Store
+from .base import Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import RetryPolicy, acall_with_retry, call_with_retry
@@ -470,6 +470,17 @@ class S3Store(Store):
         found = [_info(str(m["path"]), m) for m in metas if str(m["path"]).startswith(prefix) and not _hidden(str(m["path"]))]
         found.sort(key=lambda info: info.key)
         yield from found
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        """One delimiter listing (``ListObjectsV2`` with ``delimiter=/``)."""
+        import obstore
+
+        prefix = dir_prefix(prefix)
+        res = self._call(lambda: obstore.list_with_delimiter(self._store, prefix=prefix.rstrip("/") or None), None, "list")
+        objects = [_info(str(m["path"]), m) for m in res["objects"] if not _hidden(str(m["path"]))]
+        dirs = [str(p).rstrip("/") + "/" for p in res["common_prefixes"] if not _hidden(str(p))]
+        objects.sort(key=lambda info: info.key)
+        return Listing(objects, sorted(dirs))
 
     def delete(self, key: str) -> None:
         import obstore
