@@ -16,7 +16,7 @@ import sys
 from ..errors import StorecompError
 
 #: Command modules, in the order ``storecomp --help`` lists them.
-COMMANDS = ("info", "bench", "store", "dataset", "gc")
+COMMANDS = ("info", "bench", "store", "dataset", "gc", "kv")
 
 
 class _Parser(argparse.ArgumentParser):
