@@ -97,7 +97,7 @@ def _decode_meta(raw: bytes, name: str) -> dict[str, Any]:
         value = meta.get(field)
         if field == "block" and value is None and field in meta:
             continue
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
             raise CorruptDataError(f"{name}: cache entry meta field {field!r} is missing or bad ({value!r:.40})")
     return meta
 

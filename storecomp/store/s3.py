@@ -32,6 +32,7 @@ for public buckets), instead of a slow probe of instance metadata.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import ctypes
 import errno
@@ -62,6 +63,9 @@ from .base import Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import DeadlineExceeded, RetryPolicy, acall_with_retry, call_with_retry
+
+#: An unfinished multipart upload: (key, upload id, initiated as Unix seconds by the server's clock).
+Upload = tuple[str, str, float]
 
 _UNREACHABLE_WORDS = ("error sending request", "connection refused", "timed out", "timeout", "connection reset", "dns error")
 
@@ -564,13 +568,13 @@ class S3Store(Store):
     def _full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def uploads(self, prefix: str = "") -> list[tuple[str, str, float]]:
+    def uploads(self, prefix: str = "") -> builtins.list[Upload]:
         """Unfinished multipart uploads under ``prefix``: (key, upload id, initiated as
         Unix seconds by the server's clock), oldest first. Needs boto3."""
         validate_prefix(prefix)
         client = self._uploads_client()
         full = self._full_key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        out: list[tuple[str, str, float]] = []
+        out: builtins.list[Upload] = []
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
         while True:
             page = self._admin_call(lambda kw=dict(kwargs): client.list_multipart_uploads(**kw), prefix or None, "list uploads")
@@ -583,7 +587,7 @@ class S3Store(Store):
         out.sort(key=lambda u: u[2])
         return out
 
-    def sweep_uploads(self, older_than: float = 86400.0, *, dry_run: bool = False) -> list[tuple[str, str, float]]:
+    def sweep_uploads(self, older_than: float = 86400.0, *, dry_run: bool = False) -> builtins.list[Upload]:
         """Abort unfinished multipart uploads under this store's prefix that started more
         than ``older_than`` seconds ago (writers that died: ``kill -9``, a lost node), as an
         S3 lifecycle rule's AbortIncompleteMultipartUpload would. Younger uploads may still
