@@ -662,6 +662,10 @@ class S3Store(Store):
         if self._orphans:
             self._abort_orphans()
         self._loop.close()
+        with self._orphans_lock:
+            pool, self._blocking = self._blocking, None
+        if pool is not None and self._blocking_pid == os.getpid():
+            pool.shutdown(wait=False)  # a call still stalled ends within its own timeout
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
