@@ -64,6 +64,7 @@ from ..errors import (
     InvalidArgumentError,
     NotFoundError,
     ShortReadError,
+    from_errno,
 )
 from ..io import File
 from ..io.buffers import as_buffer
@@ -208,14 +209,11 @@ class CachedStore(Store):
             hdr = hit[1]
         else:
             try:
-                raw = self._local.get(ekey, 0, min(st.st_size, 1 << 20))
-                hdr = decode_header(raw, str(path))
-                if hdr.header_len + hdr.data_len != st.st_size:
-                    raise CorruptDataError(f"{path}: cache entry has {st.st_size} bytes, header says more or less")
-                if hdr.header_len > len(raw):
-                    hdr = decode_header(self._local.get(ekey, 0, hdr.header_len), str(path))
-            except NotFoundError:
+                hdr, ident = _read_header(path)  # the identity of the inode actually read
+            except FileNotFoundError:
                 return None  # evicted meanwhile: a miss
+            except OSError as e:
+                raise from_errno(e.errno or errno.EIO, path, 0, "read") from None
             except CorruptDataError:
                 self.stats.corrupt_discarded += 1
                 self._discard(ekey, ident)
@@ -703,3 +701,21 @@ def _copy_ranges(data: np.ndarray, offs: list[int], lens: list[int], dst: np.nda
             dst[d : d + m] = data[o : o + m]
         out.append(m)
     return out
+
+
+def _read_header(path: str) -> tuple[Header, tuple[int, int, int]]:
+    """Decode the header of the entry file at ``path``, reading one open inode (an entry
+    replaced meanwhile is judged as the file that was read, never a mix of two);
+    returns it with that inode's (ino, dev, size). CorruptDataError when damaged."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        raw = os.pread(fd, min(st.st_size, 1 << 20), 0)
+        hdr = decode_header(raw, path)
+        if hdr.header_len + hdr.data_len != st.st_size:
+            raise CorruptDataError(f"{path}: cache entry has {st.st_size} bytes, its header says {hdr.header_len + hdr.data_len}")
+        if hdr.header_len > len(raw):
+            hdr = decode_header(os.pread(fd, hdr.header_len, 0), path)
+    finally:
+        os.close(fd)
+    return hdr, (st.st_ino, st.st_dev, st.st_size)
