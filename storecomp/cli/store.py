@@ -21,7 +21,7 @@ STREAM_BYTES = 8 << 20
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("ls", help="list objects under a URL (sc://mount/path, path, file://, s3://...)")
+    p = sub.add_parser("ls", help="list one level under a URL: objects and folders (sc://mount/path, path, file://, s3://...)")
     p.add_argument("url")
     p.add_argument("-r", "--recursive", action="store_true", help="list every object below, not just children")
     p.add_argument("-l", "--long", action="store_true", help="show size, modification time and version")
