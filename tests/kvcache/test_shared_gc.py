@@ -103,9 +103,7 @@ def test_store_with_a_shared_budget_collects_as_it_writes(kvstore: Make, shared:
     kv = _fill(kvstore, store, range(10, 12), shared_max_bytes=1, shared_gc_grace_s=3600, shared_gc_interval_s=0)
     assert len(list(maintenance.chunks(store))) == 8  # over budget, but every chunk is inside the grace period
     time.sleep(1.1)
-    kv2 = _fill(
-        kvstore, store, range(12, 13), shared_max_bytes=4 * kv.layout.nbytes, shared_gc_grace_s=0, shared_gc_interval_s=0
-    )
+    kv2 = _fill(kvstore, store, range(12, 13), shared_max_bytes=4 * kv.layout.nbytes, shared_gc_grace_s=0, shared_gc_interval_s=0)
     kv2.flush()
     left = list(maintenance.chunks(store))
     assert sum(c.size for c in left) <= 4 * kv.layout.nbytes

@@ -19,8 +19,7 @@ from storecomp.crc import crc32c
 from storecomp.store import LocalStore
 from storecomp.store.cache import CachedStore
 from storecomp.store.cache_entry import ALIGN, MAGIC
-
-from ..conftest import fill_disk
+from tests.conftest import fill_disk
 
 KiB = 1024
 
