@@ -10,7 +10,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 
@@ -51,5 +51,8 @@ def _extension() -> Pybind11Extension:
         cxx_std=17,
     )
 
+
+# Compile the C++ files in parallel (one job per core; STORECOMP_BUILD_JOBS=N overrides).
+ParallelCompile("STORECOMP_BUILD_JOBS", default=0).install()
 
 setup(ext_modules=[_extension()], cmdclass={"build_ext": build_ext})

@@ -20,18 +20,24 @@ staging_bytes      STORECOMP_STAGING_BYTES     bounce staging pool size in bytes
 staging_slot_bytes STORECOMP_STAGING_SLOT      one staging slot in bytes
 max_open_files     STORECOMP_MAX_OPEN_FILES    descriptors cached by path
 =================  ==========================  =====================================
+
+``storecomp bench`` reads three more (the command-line options win):
+``STORECOMP_BENCH_SIZE`` (data size, e.g. ``32M``), ``STORECOMP_BENCH_DURATION``
+(seconds per measurement) and ``STORECOMP_BENCH_DIR`` (where the temporary
+data goes). CI runs the README's ``storecomp bench`` verbatim with a small size
+through them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .errors import ConfigError
 
@@ -109,6 +115,49 @@ class IOOptions:
                 _check(key, values[key], f"{var}={env[var]!r}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '1.5g', '4096' -> bytes (binary units); ValueError unless a positive size."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (examples: 4096, 512M, 4G)")
+    n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if n <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class BenchDefaults:
+    """``storecomp bench`` settings from the environment (None: not set). Bytes, seconds."""
+
+    size_bytes: int | None = None
+    duration_s: float | None = None
+    directory: str | None = None
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> BenchDefaults:
+        """STORECOMP_BENCH_SIZE, STORECOMP_BENCH_DURATION, STORECOMP_BENCH_DIR; ConfigError naming a bad one."""
+        env = os.environ if environ is None else environ
+        size = duration = None
+        if env.get("STORECOMP_BENCH_SIZE"):
+            try:
+                size = parse_size(env["STORECOMP_BENCH_SIZE"])
+            except ValueError as e:
+                raise ConfigError(f"STORECOMP_BENCH_SIZE: {e}") from None
+        if env.get("STORECOMP_BENCH_DURATION"):
+            raw = env["STORECOMP_BENCH_DURATION"]
+            try:
+                duration = float(raw)
+            except ValueError:
+                duration = -1.0
+            if not duration > 0:
+                raise ConfigError(f"STORECOMP_BENCH_DURATION={raw!r}: expected a positive number of seconds")
+        return cls(size, duration, env.get("STORECOMP_BENCH_DIR") or None)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -40,6 +40,21 @@ class UnavailableError(StorecompError, RuntimeError):
     """A feature was requested that this machine cannot provide (io_uring, GDS, CUDA)."""
 
 
+class MissingPackageError(UnavailableError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install."""
+
+    def __init__(self, message: str, package: str = "", install: str = "") -> None:
+        super().__init__(message)
+        self.package, self.install = package, install
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.package, self.install))
+
+
+class ChildProcessFailedError(StorecompError, RuntimeError):
+    """A helper process (fio, a benchmark probe) failed; the message holds its exit status and the tail of its stderr."""
+
+
 class StorageIOError(StorecompError, OSError):
     """An I/O operation failed; ``errno``, ``filename`` and ``offset`` say which and where."""
 

@@ -328,21 +328,27 @@ def running_seaweedfs(seaweedfs: Any) -> Any:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted for this test (a disk that fills up), unmounted after it.
+def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``mount_tmpfs(size_bytes, read_only=False)``: a fresh tmpfs (a small disk to fill, or a read-only one).
 
-    ``fill_disk(path)`` then takes every free byte of it. Needs root (mount);
-    where mounting is refused the test skips, saying so.
+    Needs root (CI runs as root); elsewhere the test is skipped with the reason.
+    Unmounted at teardown, whatever the test left in it.
     """
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {proc.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    mounted: list[Path] = []
+
+    def mount(size_bytes: int, read_only: bool = False) -> Path:
+        target = tmp_path / f"tmpfs{len(mounted)}"
+        target.mkdir()
+        opts = f"size={size_bytes}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(target)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 def fill_disk(directory: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ChildProcessFailedError
+
 _WRITE_CHUNK = 64 << 20
+_STDERR_TAIL = 2000  # characters of a failed child's stderr kept in the error
 MIB = 1 << 20
 DATA_FILE_NAME = "storecomp-bench.dat"
 
@@ -165,3 +169,31 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["background_cores_max"] = max(background) if background else None
     out["runs"] = runs
     return out
+
+
+def run_child(cmd: list[str], what: str, timeout_s: float, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to completion, capturing text output; ``what`` names it in errors.
+
+    A non-zero exit, a death by signal or a hang past ``timeout_s`` is
+    ChildProcessFailedError carrying the exit status and the tail of the
+    child's stderr: a benchmark never swallows why its helper died.
+    """
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, **kw)
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise ChildProcessFailedError(f"{what} did not finish within {timeout_s:.0f} s{_tail(err)}") from None
+    except OSError as e:
+        raise ChildProcessFailedError(f"{what} could not start: {e}") from None
+    if proc.returncode != 0:
+        status = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode}"
+        raise ChildProcessFailedError(f"{what} {status}{_tail(proc.stderr)}")
+    return proc
+
+
+def _tail(stderr: str) -> str:
+    text = stderr.strip()
+    if not text:
+        return " (no stderr)"
+    cut = text[-_STDERR_TAIL:]
+    return f"; stderr{' (tail)' if len(text) > len(cut) else ''}:\n{cut}"

@@ -7,11 +7,20 @@ import shutil
 import subprocess
 from typing import Any
 
-from ._common import Window, background_cores
+from ._common import Window, background_cores, run_child
 
 
 def fio_path() -> str | None:
     return shutil.which("fio")
+
+
+def skip_reason(enabled: bool) -> str | None:
+    """Why a suite measures no fio limit (with the install hint), or None when fio runs."""
+    if not enabled:
+        return "fio disabled (--no-fio)"
+    if fio_path() is None:
+        return "fio not found on PATH (Debian/Ubuntu: apt-get install -y fio)"
+    return None
 
 
 def fio_version() -> str | None:
@@ -107,13 +116,8 @@ def _run_job(cmd: list[str], timeout_s: float) -> tuple[dict[str, Any], float, f
     output that is not fio's JSON) is RuntimeError with fio's message.
     """
     window = Window()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"fio did not finish within {timeout_s:.0f} s") from None
+    proc = run_child(cmd, "fio", timeout_s)
     wall, _own, busy = window.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     try:
         job = json.loads(proc.stdout[proc.stdout.find("{") :])["jobs"][0]  # fio may print notes before the JSON
         if job.get("error"):

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..config import IOOptions
+from ..errors import MissingPackageError
 from . import Context, _fio
 from .report import Figure
 
@@ -156,9 +157,7 @@ def bench_disk(fp: Any, chunks: int, repeats: int, directory: str, fio_s: float,
     total = chunks * obj_bytes
     fio_bytes = max(MiB, (total >> 20) << 20)
     qd = IOOptions.load().queue_depth  # fio runs at the queue depth the tier's engine uses
-    skip = None if fio else "fio disabled (--no-fio)"
-    if skip is None and _fio.fio_path() is None:
-        skip = "fio not found on PATH (Debian/Ubuntu: apt-get install fio)"
+    skip = _fio.skip_reason(fio)
     # One long-lived store per side, as in a server: chunk buffers are reused
     # after the first round (a warm-up round, not timed, pays their page faults).
     writer = KVCacheStore(fp, host_bytes=0, disk_dir=kv_dir, write_through=True, disk_bytes=(repeats + 2) * total)
@@ -268,8 +267,10 @@ def bench_lookup(chunks: int, repeats: int) -> dict[str, Any]:
 def bench_ttft(prompt_tokens: int, repeats: int) -> dict[str, Any]:
     """Time to first token of a small CPU Llama (4 layers, hidden 256): 90 % of the prompt stored vs no hit."""
     import torch
-    import transformers
 
+    from ..optional import require
+
+    transformers = require("transformers", "the kvcache TTFT case (a small Llama built from a config)")
     from ..integrations.transformers import fingerprint_for, prefill
     from ..kvcache import KVCacheStore
 
@@ -367,7 +368,10 @@ def run_suite(ctx: Context) -> dict[str, Any]:
         ctx.directory,
         sizes["rebuild_chunks"],
     )
-    part("ttft", f"time to first token, {sizes['ttft_tokens']}-token prompt", bench_ttft, sizes["ttft_tokens"], ctx.repeats)
+    try:
+        part("ttft", f"time to first token, {sizes['ttft_tokens']}-token prompt", bench_ttft, sizes["ttft_tokens"], ctx.repeats)
+    except MissingPackageError as e:
+        out["ttft"] = {"skipped": str(e)}
     out["seconds"] = seconds
     out["loadavg_end"] = os.getloadavg()
     return out
@@ -418,6 +422,10 @@ def figures(result: dict[str, Any]) -> list[Figure]:
         higher_is_better=False, note=f"disk index rebuilt from {rb['chunks']} chunk files at start",
     ))  # fmt: skip
     t = result["ttft"]
+    if "skipped" in t:
+        skipped = f"skipped: {t['skipped']}"
+        out.append(Figure("kvcache", "ttft_90pct_hit", "ms", float("nan"), higher_is_better=False, note=skipped))
+        return out
     out.append(Figure(
         suite="kvcache", case="ttft_90pct_hit", unit="ms", value=t["ttft_ms_hit"], higher_is_better=False,
         peers={"recompute": t["ttft_ms_no_hit"]},

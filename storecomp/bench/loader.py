@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import Context, _fio
-from ._common import evict
+from ._common import evict, run_child
 from .report import Figure
 
 BATCH = 64
@@ -70,6 +69,8 @@ def make_data(directory: str, size: int, say: Any) -> dict[str, str]:
         ("tokens", (rows * 32768,), np.uint16),
     ):
         arr = np.lib.format.open_memmap(paths[key], mode="w+", dtype=dtype, shape=shape)
+        with open(paths[key], "r+b") as f:  # a full disk is ENOSPC here, not SIGBUS on a later store into the map
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         flat = arr.reshape(-1).view(np.uint8)
         step = 64 << 20
         for i in range(0, flat.size, step):
@@ -199,7 +200,9 @@ def rss_probe(path: str, duration: float, max_memory: int) -> dict[str, Any]:
         f"    if time.perf_counter() - t0 > {duration}: break\n"
         "print(json.dumps({'rss_before': before, 'rss_peak': hwm(), 'staging_bytes': loader.metrics()['staging_bytes']}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True).stdout
+    # -P: the child must import the installed storecomp, not a source tree in the current directory
+    # (a checkout where `pip install .` ran has no built _native module).
+    out = run_child([sys.executable, "-P", "-c", code], "the loader's peak-RSS probe (a child Python)", 300).stdout
     doc = json.loads(out.strip().splitlines()[-1])
     doc["growth"] = doc["rss_peak"] - doc["rss_before"]
     doc["max_memory"] = max_memory
@@ -210,8 +213,8 @@ def rss_probe(path: str, duration: float, max_memory: int) -> dict[str, Any]:
 def run_suite(ctx: Context) -> dict[str, Any]:
     """Measure every case; fio and the torch peer as the context asks."""
     paths = make_data(ctx.directory, ctx.size_bytes, ctx.say)
-    use_fio = ctx.fio and _fio.fio_path() is not None
-    fio_skip = None if use_fio else ("fio disabled" if not ctx.fio else "fio not found on PATH")
+    fio_skip = _fio.skip_reason(ctx.fio)
+    use_fio = fio_skip is None
     workers = TORCH_WORKERS if ctx.compare else ()
     res: dict[str, Any] = {"size_bytes": ctx.size_bytes, "duration_s": ctx.duration_s, "fio_skipped": fio_skip, "cases": {}}
 

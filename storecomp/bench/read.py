@@ -95,12 +95,8 @@ def run_read_bench(
         notes.append("the data file is evicted from the page cache (fadvise) before each cold measurement")
     else:
         notes.append("drop_caches=False: page cache not dropped before cold measurements")
-    use_fio = fio and _fio.fio_path() is not None
-    fio_skip = None
-    if not fio:
-        fio_skip = "fio disabled (fio=False)"
-    elif not use_fio:
-        fio_skip = "fio not found on PATH (Debian/Ubuntu: apt-get install fio)"
+    fio_skip = _fio.skip_reason(fio)
+    use_fio = fio_skip is None
 
     path = data_file(directory, size, say)
     bench = _Bench(path, size, duration_s, repeats, base, drop, use_fio, fio_skip, say)

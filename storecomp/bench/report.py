@@ -89,15 +89,11 @@ def plot(figures: Sequence[Figure], path: str) -> None:
 
     Raises UnavailableError when matplotlib is not installed.
     """
-    from ..errors import UnavailableError
+    from ..optional import require
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UnavailableError("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib = require("matplotlib", "--plot")
+    matplotlib.use("Agg")
+    plt = require("matplotlib.pyplot", "--plot")
     labels = [f"{f.suite}/{f.case}" for f in figures]
     series: dict[str, list[float]] = {"limit": [f.ratio or 0.0 for f in figures]}
     for f in figures:

@@ -11,41 +11,49 @@ DataLoader; ``kvcache`` the KV-cache tiers; ``store`` the store layer.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import config
 from ..bench import SUITES, Context
 from ..bench._common import DATA_FILE_NAME
 from ..errors import InvalidArgumentError
+from ..optional import require
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _HEADROOM = 64 << 20  # free bytes left over after the data is written
 
 
 def parse_size(text: str) -> int:
-    """'4G', '512M', '1.5g', '4096' -> bytes (binary units)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4096, 512M, 4G)")
-    n = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return n
+    """'4G', '512M', '1.5g', '4096' -> bytes (binary units), for argparse."""
+    try:
+        return config.parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="benchmark the data path against fio, memcpy and the peers")
     b.add_argument("suite", nargs="?", default="all", choices=(*SUITES, "all"), help="what to measure (default: all)")
-    b.add_argument("--dir", help="directory for the data (default: a temporary directory)")
-    b.add_argument("--size", type=parse_size, default=None, help="data size (default 1G for read, 256M for all)")
-    b.add_argument("--duration", type=float, default=None, help="seconds per measurement (default 3; 1 for all)")
+    b.add_argument("--dir", help="directory for the data (default: a temporary directory in $STORECOMP_BENCH_DIR or /tmp)")
+    b.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="data size (default: $STORECOMP_BENCH_SIZE, else 1G for one suite, 256M for all)",
+    )
+    b.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds per measurement (default: $STORECOMP_BENCH_DURATION, else 3; 1 for all)",
+    )
     b.add_argument("--repeats", type=int, default=2, help="interleaved rounds per comparison (default 2)")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="draw the ratios to the limits and peers (matplotlib)")
@@ -67,6 +75,16 @@ def _check_output(flag: str, path: str | None) -> None:
         raise InvalidArgumentError(f"{flag} {path}: cannot write there (check the directory exists and is writable)")
 
 
+def _check_writable(flag: str, directory: Path) -> None:
+    """Create and remove a file in ``directory`` (permission bits say nothing for root or a read-only mount)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".storecomp-bench-probe-", dir=directory)
+    except OSError as e:
+        raise InvalidArgumentError(f"{flag} {directory}: cannot write there: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _check_space(directory: Path, size: int) -> None:
     existing = directory / DATA_FILE_NAME
     have = existing.stat().st_size if existing.exists() else 0
@@ -82,23 +100,24 @@ def main(args: argparse.Namespace) -> int:
 
     _check_output("--json", args.json)
     _check_output("--plot", args.plot)
+    env = config.BenchDefaults.load()
     whole = args.suite == "all"
-    size = args.size if args.size is not None else (256 << 20 if whole else 1 << 30)
-    duration = args.duration if args.duration is not None else (1.0 if whole else 3.0)
+    size = next(v for v in (args.size, env.size_bytes, 256 << 20 if whole else 1 << 30) if v is not None)
+    duration = next(v for v in (args.duration, env.duration_s, 1.0 if whole else 3.0) if v is not None)
     if duration <= 0 or args.repeats < 1:
         raise InvalidArgumentError(f"--duration must be positive and --repeats at least 1, got {duration}, {args.repeats}")
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise InvalidArgumentError("--plot needs matplotlib: pip install matplotlib") from None
+        require("matplotlib", "--plot")  # before minutes of measuring, not after
     tmp = None
     if args.dir:
         directory = Path(args.dir)
         if not directory.is_dir():
             raise InvalidArgumentError(f"--dir {args.dir}: not a directory")
+        _check_writable("--dir", directory)
     else:
-        tmp = tempfile.mkdtemp(prefix="storecomp-bench-", dir=os.environ.get("STORECOMP_BENCH_DIR"))
+        if env.directory:
+            _check_writable("STORECOMP_BENCH_DIR", Path(env.directory))
+        tmp = tempfile.mkdtemp(prefix="storecomp-bench-", dir=env.directory)
         directory = Path(tmp)
     before = set(os.listdir(directory))
     progress = _Progress()
@@ -114,7 +133,16 @@ def main(args: argparse.Namespace) -> int:
         for name in SUITES if whole else (args.suite,):
             suite = importlib.import_module(f"storecomp.bench.{name}")
             progress(f"suite {name}")
-            results[name] = suite.run_suite(ctx)
+            try:
+                results[name] = suite.run_suite(ctx)
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                free = shutil.disk_usage(directory).free
+                raise InvalidArgumentError(
+                    f"{directory}: the disk filled up during suite {name} ({e.strerror}; {free / 2**20:.0f} MiB free): "
+                    "use a smaller --size or another --dir"
+                ) from None
             figures += suite.figures(results[name])
             hints += getattr(suite, "hints", lambda _r: [])(results[name])
     finally:

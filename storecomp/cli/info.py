@@ -18,6 +18,7 @@ from .. import __version__, _native
 from ..config import IOOptions
 from ..errors import StorecompError
 from ..io import cuda, paths
+from ..optional import INSTALL, install_hint
 
 SCHEMA = "storecomp.info/1"
 
@@ -42,9 +43,18 @@ def gather(path: str | None = None, options: IOOptions | None = None) -> dict[st
         "cuda": {"driver": cuda.driver_loaded(), "devices": cuda.devices()},
         "gds": dict(cuda.gds_status()),
         "io_paths": _io_paths(opts),
+        "fio": _fio_info(),
+        "optional": {module: cuda.package_version(dist) for module, (dist, _extra) in INSTALL.items()},
     }
     doc["advice"] = advice(doc)
     return doc
+
+
+def _fio_info() -> dict[str, Any]:
+    from ..bench import _fio
+
+    exe = _fio.fio_path()
+    return {"path": exe, "version": _fio.fio_version() if exe else None}
 
 
 def _engine_info(opts: IOOptions) -> dict[str, Any]:
@@ -179,6 +189,8 @@ def advice(doc: dict[str, Any]) -> list[str]:
         )
     if not doc["cuda"]["devices"]:
         out.append("No CUDA device: every read lands in host memory (CPU is a first-class device).")
+    if doc.get("fio") and not doc["fio"]["path"]:
+        out.append("fio not found: `storecomp bench` reports the storage limit as skipped (apt-get install -y fio).")
     return out
 
 
@@ -210,6 +222,13 @@ def render(doc: dict[str, Any]) -> str:
     lines.append(f"GDS:          {'available' if doc['gds']['available'] else 'unavailable'} ({doc['gds']['reason']})")
     io = doc["io_paths"]
     lines.append(f"paths:        host memory -> {io['host']}; CUDA memory -> {io['cuda'] or 'n/a'} ({io['cuda_reason']})")
+    fio = doc["fio"]
+    lines.append(f"fio:          {fio['version'] or fio['path'] if fio['path'] else 'not found (apt-get install -y fio)'}")
+    have = [f"{m} {v}" for m, v in doc["optional"].items() if v]
+    lines.append("optional:     " + (", ".join(have) or "none installed"))
+    for m, v in doc["optional"].items():
+        if not v:
+            lines.append(f"  missing:    {m} ({install_hint(m)})")
     for a in doc["advice"]:
         lines.append(f"advice:       {a}")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from ..optional import require
 from .datasets import Dataset, open_dataset
 from .writer import DatasetWriter
 
@@ -68,8 +69,8 @@ def convert(
 
 
 def _parquet_chunks(src: str, chunk_rows: int) -> Iterator[dict[str, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa = require("pyarrow", "converting Parquet")
+    pq = require("pyarrow.parquet", "converting Parquet")
 
     files = sorted(os.path.join(src, n) for n in os.listdir(src) if n.endswith(".parquet")) if os.path.isdir(src) else [src]
     for path in files:
@@ -118,8 +119,7 @@ def _npz_chunks(src: str, chunk_rows: int) -> Iterator[dict[str, Any]]:
 
 
 def _zarr_chunks(src: str, chunk_rows: int) -> Iterator[dict[str, Any]]:
-    import zarr
-
+    zarr = require("zarr", "converting Zarr")
     node = zarr.open(src, mode="r")
     if isinstance(node, zarr.Array):
         arrays: dict[str, Any] = {"x": node}
@@ -129,7 +129,7 @@ def _zarr_chunks(src: str, chunk_rows: int) -> Iterator[dict[str, Any]]:
 
 
 def _safetensors_chunks(src: str, chunk_rows: int) -> Iterator[dict[str, Any]]:
-    from safetensors import safe_open
+    safe_open = require("safetensors", "converting safetensors").safe_open
 
     with safe_open(src, framework="np") as f:
         arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict

@@ -394,8 +394,9 @@ class ZarrDataset(Dataset):
     kind = "zarr"
 
     def __init__(self, path: str, name: str = "x") -> None:
-        import zarr
+        from ..optional import require
 
+        zarr = require("zarr", f"{path}: reading Zarr")
         arr = zarr.open_array(path, mode="r")
         if arr.ndim < 1 or any(c != s for c, s in zip(arr.chunks[1:], arr.shape[1:], strict=True)):
             raise InvalidArgumentError(f"{path}: only arrays chunked along axis 0 can be read in place")

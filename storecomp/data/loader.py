@@ -632,6 +632,7 @@ class _Lookahead:
 
 
 def _progress_bar(loader: DataLoader) -> Any:
-    from tqdm import tqdm
+    from ..optional import require
 
+    tqdm = require("tqdm", "DataLoader(progress=True)").tqdm
     return tqdm(total=len(loader), unit="batch", desc=f"epoch {loader.epoch}")

@@ -14,16 +14,19 @@ Batch size 1 (one request at a time); the model's KV cache must be a
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from ..errors import InvalidArgumentError
 from ..kvcache.keys import ModelFingerprint
 from ..kvcache.store import KVCacheStore
+from ..optional import require
+
+DynamicCache = require("transformers", "storecomp.integrations.transformers").DynamicCache
 
 
 def fingerprint_for(model: Any, name: str | None = None, *, revision: str = "", tag: str = "", **extra: Any) -> ModelFingerprint:
@@ -79,6 +82,18 @@ def load_prefix(model: Any, input_ids: Any, kvstore: KVCacheStore) -> tuple[Dyna
     return cache, got, time.perf_counter() - t0
 
 
+def _forward(model: Any, ids: Any, cache: Any) -> Any:
+    """``model(ids)`` continuing ``cache``: transformers 5.2x names the argument ``cache``, older ones ``past_key_values``."""
+    if "cache" in inspect.signature(model.forward).parameters:
+        return model(ids, cache=cache, use_cache=True)
+    return model(ids, past_key_values=cache, use_cache=True)
+
+
+def _cache_of(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.inference_mode()
 def prefill(model: Any, input_ids: Any, kvstore: KVCacheStore, *, store: bool = True) -> PrefillResult:
     """Prefill ``input_ids`` reusing the longest stored prefix; stores the prompt's whole chunks after.
@@ -89,11 +104,11 @@ def prefill(model: Any, input_ids: Any, kvstore: KVCacheStore, *, store: bool = 
     ids = _input_ids(input_ids).to(next(model.parameters()).device)
     cache, got, load_s = load_prefix(model, ids, kvstore)
     t0 = time.perf_counter()
-    out = model(ids[:, got:], past_key_values=cache, use_cache=True)
+    out = _forward(model, ids[:, got:], cache)
     compute_s = time.perf_counter() - t0
     if store:
-        kvstore.store(ids[0], out.past_key_values)
-    return PrefillResult(out.logits, out.past_key_values, got, ids.shape[1] - got, load_s, compute_s)
+        kvstore.store(ids[0], _cache_of(out))
+    return PrefillResult(out.logits, _cache_of(out), got, ids.shape[1] - got, load_s, compute_s)
 
 
 @torch.inference_mode()
@@ -105,11 +120,11 @@ def greedy_generate(model: Any, input_ids: Any, kvstore: KVCacheStore | None, ma
         logits, cache = r.logits, r.cache
     else:
         out = model(ids, use_cache=True)
-        logits, cache = out.logits, out.past_key_values
+        logits, cache = out.logits, _cache_of(out)
     tokens: list[int] = []
     for _ in range(max_new_tokens):
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(int(nxt))
-        out = model(nxt, past_key_values=cache, use_cache=True)
-        logits, cache = out.logits, out.past_key_values
+        out = _forward(model, nxt, cache)
+        logits, cache = out.logits, _cache_of(out)
     return tokens

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,7 @@ def test_unwritable_plot_output_is_refused(tmp_path: Path, capsys: pytest.Captur
         ([sys.executable, "-c", "import time; time.sleep(30)"], 0.5, "did not finish"),
         ([sys.executable, "-c", "print('note: no json here')"], 30, "no readable JSON"),
         ([sys.executable, "-c", "print('{\"jobs\": []}')"], 30, "no readable JSON"),
-        ([sys.executable, "-c", "import sys; sys.exit(3)"], 30, "fio failed"),
+        ([sys.executable, "-c", "import sys; sys.exit(3)"], 30, "fio exited 3"),
     ],
     ids=["hang", "not-json", "no-job", "exit-status"],
 )
@@ -148,3 +149,54 @@ def test_device_sweep_reads_into_the_gpu(tmp_path: Path, path: str) -> None:
     for where in wanted:
         for bs in ("64k", "1M", "16M"):
             assert runs[f"{where}_{bs}"]["gbps"] > 0, runs[f"{where}_{bs}"]
+
+
+def test_size_zero_is_a_usage_error() -> None:
+    proc = subprocess.run([sys.executable, "-m", "storecomp", "bench", "--size", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "size must be positive: '0'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unwritable_dir_is_refused_before_running(mount_tmpfs: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    ro = mount_tmpfs(1 << 20, read_only=True)
+    assert main(["bench", "read", "--dir", str(ro), "--size", "1M", "--duration", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert f"--dir {ro}: cannot write there: Read-only file system" in err
+
+
+def test_unwritable_bench_dir_variable_is_refused(
+    mount_tmpfs: Callable[..., Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ro = mount_tmpfs(1 << 20, read_only=True)
+    monkeypatch.setenv("STORECOMP_BENCH_DIR", str(ro))
+    assert main(["bench", "read", "--size", "1M", "--duration", "0.01"]) == 1
+    assert f"STORECOMP_BENCH_DIR {ro}: cannot write there" in capsys.readouterr().err
+
+
+def test_disk_that_fills_mid_run_is_a_clear_error(mount_tmpfs: Callable[..., Path]) -> None:
+    """The free-space check passes, then the loader suite's data (80 MiB at this size) fills the disk.
+
+    One line, no crash (the data is written through a memory map: SIGBUS unless space is reserved first),
+    and nothing left behind.
+    """
+    small = mount_tmpfs(72 << 20)
+    args = ["bench", "loader", "--dir", str(small), "--size", "4M", "--duration", "0.01", "--repeats", "1", "--no-fio"]
+    proc = subprocess.run([sys.executable, "-m", "storecomp", *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("storecomp: error: ") and "No space left on device" in last, proc.stderr
+    assert list(small.iterdir()) == []  # what the run wrote is removed
+
+
+def test_bench_size_and_duration_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORECOMP_BENCH_SIZE", "2M")
+    monkeypatch.setenv("STORECOMP_BENCH_DURATION", "0.02")
+    out = tmp_path / "b.json"
+    assert main(["bench", "read", "--repeats", "1", "--no-fio", "--dir", str(tmp_path), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["size_bytes"] == 2 << 20 and doc["duration_s"] == 0.02
+    monkeypatch.setenv("STORECOMP_BENCH_SIZE", "lots")
+    assert main(["bench", "read"]) == 1
+    assert "STORECOMP_BENCH_SIZE: not a size: 'lots'" in capsys.readouterr().err

@@ -4,6 +4,7 @@ and a dataset written earlier on the same disk intact."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from storecomp.errors import StorageIOError
 from tests.conftest import fill_disk
 
 
-def test_full_disk_raises_storage_io_error_and_keeps_earlier_data(small_tmpfs: Path) -> None:
+def test_full_disk_raises_storage_io_error_and_keeps_earlier_data(mount_tmpfs: Callable[..., Path]) -> None:
+    small_tmpfs = mount_tmpfs(2 << 20)
     small = np.arange(1000, dtype=np.int64)
     write_dataset(small_tmpfs / "before", {"x": small}, shard_bytes=4096)
     big = np.random.default_rng(0).integers(0, 255, (4096, 1024), dtype=np.uint8)  # 4 MiB: more than the disk

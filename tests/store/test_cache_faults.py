@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,9 @@ def remote(tmp_path: Path) -> LocalStore:
 
 @pytest.mark.parametrize("block_bytes", [None, 16 * KiB])
 def test_full_cache_disk_serves_reads_from_the_inner_store(
-    small_tmpfs: Path, remote: LocalStore, block_bytes: int | None
+    mount_tmpfs: Callable[..., Path], remote: LocalStore, block_bytes: int | None
 ) -> None:
+    small_tmpfs = mount_tmpfs(2 << 20)
     c = CachedStore(remote, small_tmpfs / "cache", 64 << 20, block_bytes=block_bytes)
     assert c.get("obj/0") == blob(100 * KiB, 0)  # cached while there is room
     filler = fill_disk(small_tmpfs)
@@ -61,7 +63,8 @@ def test_full_cache_disk_serves_reads_from_the_inner_store(
     assert c.get("obj/5") == blob(100 * KiB + 5, 5) and c.stats.hits >= 1
 
 
-def test_cache_opened_on_a_full_disk_still_reads(small_tmpfs: Path, remote: LocalStore) -> None:
+def test_cache_opened_on_a_full_disk_still_reads(mount_tmpfs: Callable[..., Path], remote: LocalStore) -> None:
+    small_tmpfs = mount_tmpfs(2 << 20)
     (small_tmpfs / "cache").mkdir()
     fill_disk(small_tmpfs)
     c = CachedStore(remote, small_tmpfs / "cache", 64 << 20)
