@@ -540,12 +540,12 @@ class S3Store(Store):
 
     def _uploads_client(self) -> Any:
         if self._admin is None:
-            try:
-                import boto3
-                from botocore import UNSIGNED
-                from botocore.config import Config
-            except ImportError:
-                raise UnavailableError(f"{self.url}: managing multipart uploads needs boto3: pip install boto3") from None
+            from ..optional import require
+
+            boto3 = require("boto3", f"{self.url}: listing and aborting multipart uploads")
+            from botocore import UNSIGNED
+            from botocore.config import Config
+
             c = self._config
             options: dict[str, Any] = {
                 "connect_timeout": self.retry.per_connect_s(),
