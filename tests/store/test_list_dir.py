@@ -73,3 +73,12 @@ def test_ls_lists_one_level_and_skips_unreadable_entries(tmp_path: Path, capsys:
     assert capsys.readouterr().out.split() == ["a.bin", "sub/deep/deeper/x.bin"]
     assert main(["du", "-s", str(root)]) == 0
     assert capsys.readouterr().out.split()[:1] == ["11"]
+
+
+def test_ls_of_the_root_and_of_proc_never_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ls /` died on /proc/1/cwd (EACCES in a container) with an OSError from a walk of the whole disk."""
+    assert main(["ls", "/"]) == 0
+    assert "proc/" in capsys.readouterr().out.split()
+    assert main(["ls", "-l", "/proc/1"]) == 0  # cwd, root, exe: listed, or named in one warning line
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and len(out.err.splitlines()) <= 1
