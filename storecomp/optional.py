@@ -24,7 +24,7 @@ INSTALL: dict[str, tuple[str, str]] = {
     "obstore": ("obstore", "s3"),
     "fsspec": ("fsspec", "fsspec"),
     "s3fs": ("s3fs", "test"),
-    "boto3": ("boto3", "test"),
+    "boto3": ("boto3", "s3"),  # S3Store.uploads / sweep_uploads (obstore cannot list or abort uploads)
     "pyarrow": ("pyarrow", "formats"),
     "zarr": ("zarr", "formats"),
     "safetensors": ("safetensors", "formats"),

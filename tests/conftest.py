@@ -349,3 +349,18 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     yield mount
     for target in reversed(mounted):
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Write a filler file in ``directory`` until its file system is full (ENOSPC); returns the filler."""
+    import errno
+
+    filler = directory / "filler"
+    chunk = b"\0" * 4096
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return filler

@@ -19,7 +19,7 @@ from ..errors import StorecompError
 from ..redact import redact
 
 #: Command modules, in the order ``storecomp --help`` lists them.
-COMMANDS = ("info", "bench", "store", "place", "dataset")
+COMMANDS = ("info", "bench", "store", "place", "dataset", "gc", "kv")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,7 +22,7 @@ STREAM_BYTES = 8 << 20
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("ls", help="list objects under a URL (sc://mount/path, path, file://, s3://...)")
+    p = sub.add_parser("ls", help="list one level under a URL: objects and folders (sc://mount/path, path, file://, s3://...)")
     p.add_argument("url")
     p.add_argument("-r", "--recursive", action="store_true", help="list every object below, not just children")
     p.add_argument("-l", "--long", action="store_true", help="show size, modification time and version")
@@ -104,6 +104,13 @@ def _below(store: Store, key: str) -> tuple[str, Iterator[ObjectInfo]]:
     return prefix, store.list(prefix)
 
 
+def _warn_skipped(url: str, skipped: list[str]) -> None:
+    """One line on stderr naming entries a listing could not read (permission, /proc links)."""
+    if skipped:
+        names = ", ".join(k.rstrip("/").rsplit("/", 1)[-1] for k in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        print(f"storecomp: warning: {url}: skipped {len(skipped)} unreadable entries ({names})", file=sys.stderr)
+
+
 def _join(url: str, rel: str) -> str:
     return url.rstrip("/") + "/" + rel
 
@@ -113,23 +120,23 @@ def _join(url: str, rel: str) -> str:
 
 def _ls(ns: Any, args: Any) -> int:
     from ..errors import NotFoundError
+    from ..store.base import dir_prefix
 
     store, key = ns.resolve(args.url)
     if key and not key.endswith("/") and store.exists(key):
         rows: list[tuple[str, ObjectInfo | None]] = [(key.rsplit("/", 1)[-1], store.stat(key))]
-    else:
+    elif args.recursive:
         prefix, infos = _below(store, key)
-        rows, dirs = [], set()
-        for info in infos:
-            rel = info.key[len(prefix) :]
-            if not args.recursive and "/" in rel:
-                d = rel.split("/", 1)[0] + "/"
-                if d not in dirs:
-                    dirs.add(d)
-                    rows.append((d, None))
-                continue
-            rows.append((rel, info))
+        rows = [(info.key[len(prefix) :], info) for info in infos]
         if not rows and key:
+            raise NotFoundError(2, args.url, None, "ls")
+    else:  # one level: a delimiter listing, never a walk of the tree below
+        prefix = dir_prefix(key)
+        level = store.list_dir(prefix)
+        rows = [(p[len(prefix) :], None) for p in level.prefixes] + [(o.key[len(prefix) :], o) for o in level.objects]
+        rows.sort(key=lambda r: r[0])
+        _warn_skipped(args.url, level.skipped)
+        if not rows and key and not level.skipped:
             raise NotFoundError(2, args.url, None, "ls")
     for name, obj in rows:
         if args.json:

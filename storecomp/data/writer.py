@@ -16,6 +16,7 @@ published.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -24,13 +25,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import ConflictError, CorruptDataError, InvalidArgumentError, StorageIOError, StorecompError
+from ..errors import ConflictError, CorruptDataError, InvalidArgumentError, StorecompError, from_errno
 from ..store import Store
 from . import _urls
 from .format import (
@@ -102,7 +103,9 @@ class DatasetWriter:
 
     Raises InvalidArgumentError when a dataset is already published at
     ``path`` or the URL names no store; the store's own errors (read-only
-    mount, unreachable server) as they come, publishing nothing.
+    mount, unreachable server) as they come, publishing nothing. A failed
+    write of the staged shards (disk full, I/O error) raises StorageIOError
+    naming the file; nothing is published then.
     """
 
     def __init__(
@@ -132,21 +135,17 @@ class DatasetWriter:
             else:
                 self.path = _urls.local_path(self.path)
         try:
-            if self._store is not None:
-                if self._store.exists(self._prefix + MANIFEST_NAME):
-                    raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
-                self._tmp = tempfile.mkdtemp(prefix="storecomp-dataset-", dir=staging_dir)
-            else:
-                if os.path.exists(os.path.join(self.path, MANIFEST_NAME)):
-                    raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
-                self._tmp = os.path.join(self.path, f".tmp-{uuid.uuid4().hex[:12]}")
-                self._made_root = not os.path.exists(self.path)
-                os.makedirs(self._tmp)
-        except OSError as e:
-            self._release()
-            if isinstance(e, StorecompError):
-                raise
-            raise StorageIOError(e.errno or errno.EIO, str(e.filename or self.path), None, "stage the dataset") from None
+            with _os_errors(self.path, "stage the dataset"):
+                if self._store is not None:
+                    if self._store.exists(self._prefix + MANIFEST_NAME):
+                        raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
+                    self._tmp = tempfile.mkdtemp(prefix="storecomp-dataset-", dir=staging_dir)
+                else:
+                    if os.path.exists(os.path.join(self.path, MANIFEST_NAME)):
+                        raise InvalidArgumentError(f"{self.path}: a dataset is already published here")
+                    self._tmp = os.path.join(self.path, f".tmp-{uuid.uuid4().hex[:12]}")
+                    self._made_root = not os.path.exists(self.path)
+                    os.makedirs(self._tmp)
         except BaseException:
             self._release()
             raise
@@ -219,14 +218,15 @@ class DatasetWriter:
             n = m
         start = 0
         while n and start < n:
-            shard = self._current()
-            room = max(1, (self._shard_bytes - shard["bytes"]) // max(1, self._stride))
-            end = min(n, start + room)
-            self._append(
-                shard, {k: v[start:end] for k, v in fixed.items()}, {k: v[start:end] for k, v in var.items()}, end - start
-            )
-            if shard["bytes"] >= self._shard_bytes:
-                self._finish_shard()
+            with _os_errors(self._tmp, "write"):
+                shard = self._current()
+                room = max(1, (self._shard_bytes - shard["bytes"]) // max(1, self._stride))
+                end = min(n, start + room)
+                self._append(
+                    shard, {k: v[start:end] for k, v in fixed.items()}, {k: v[start:end] for k, v in var.items()}, end - start
+                )
+                if shard["bytes"] >= self._shard_bytes:
+                    self._finish_shard()
             start = end
 
     def _fields(self) -> list[FieldSpec]:
@@ -332,43 +332,45 @@ class DatasetWriter:
         try:
             if self.fields is None:
                 raise InvalidArgumentError("no samples and no fields: nothing to write")
-            self._finish_shard()
-            place = self._upload_shard if self._store is not None else self._move_shard
-            if self._store is None:
-                os.makedirs(os.path.join(self.path, SHARD_DIR), exist_ok=True)
-            shards = []
-            for s in self._shards:
-                digest = _sha256_file(s["tmp"])
-                key = f"{SHARD_DIR}/{digest}.scs"
-                place(s["tmp"], key, s["size"])
-                shards.append({"key": key, "sha256": digest, "size": s["size"], "num_records": s["num_records"]})
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "kind": "records",
-                "fields": [dict(f.to_json(), offset=self._offsets.get(f.name, -1)) for f in self._fields()],
-                "record_stride": self._stride,
-                "num_samples": sum(s["num_records"] for s in shards),
-                "shards": shards,
-                "metadata": self._metadata,
-            }
-            if self._store is None:
-                _fsync_dir(os.path.join(self.path, SHARD_DIR))  # the renames, before the manifest that names them
-                _publish_json(os.path.join(self.path, MANIFEST_NAME), manifest)
-            else:
-                doc = json.dumps(manifest, indent=1, sort_keys=True).encode()
-                if not self._store.put_if_absent(self._prefix + MANIFEST_NAME, doc):
-                    raise ConflictError(f"{self.path}: another writer published a dataset here first; nothing was changed")
-        except OSError as e:
-            self.abort()
-            if isinstance(e, StorecompError):
-                raise
-            raise StorageIOError(e.errno or errno.EIO, str(e.filename or self.path), None, "publish") from None
+            with _os_errors(self.path, "publish"):
+                manifest = self._publish()
         except BaseException:
             self.abort()
             raise
         self._closed = True
         shutil.rmtree(self._tmp, ignore_errors=True)
         self._release()
+        return manifest
+
+    def _publish(self) -> dict[str, Any]:
+        """Finish the last shard, place shards under their hash (renamed, or uploaded to the
+        store), publish the manifest (last). ConflictError when another writer published first."""
+        self._finish_shard()
+        place = self._upload_shard if self._store is not None else self._move_shard
+        if self._store is None:
+            os.makedirs(os.path.join(self.path, SHARD_DIR), exist_ok=True)
+        shards = []
+        for s in self._shards:
+            digest = _sha256_file(s["tmp"])
+            key = f"{SHARD_DIR}/{digest}.scs"
+            place(s["tmp"], key, s["size"])
+            shards.append({"key": key, "sha256": digest, "size": s["size"], "num_records": s["num_records"]})
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "kind": "records",
+            "fields": [dict(f.to_json(), offset=self._offsets.get(f.name, -1)) for f in self._fields()],
+            "record_stride": self._stride,
+            "num_samples": sum(s["num_records"] for s in shards),
+            "shards": shards,
+            "metadata": self._metadata,
+        }
+        if self._store is None:
+            _fsync_dir(os.path.join(self.path, SHARD_DIR))  # the renames, before the manifest that names them
+            _publish_json(os.path.join(self.path, MANIFEST_NAME), manifest)
+        else:
+            doc = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            if not self._store.put_if_absent(self._prefix + MANIFEST_NAME, doc):
+                raise ConflictError(f"{self.path}: another writer published a dataset here first; nothing was changed")
         return manifest
 
     def _move_shard(self, tmp: str, key: str, size: int) -> None:
@@ -387,7 +389,8 @@ class DatasetWriter:
     def abort(self) -> None:
         """Drop everything written so far; nothing is published."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush of buffered bytes: dropped anyway
+                self._file.close()
             self._file = None
         self._closed = True
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -418,6 +421,17 @@ def _nothing() -> None:
     pass
 
 
+@contextlib.contextmanager
+def _os_errors(path: str, op: str) -> Iterator[None]:
+    """Translate a bare OSError (ENOSPC, EIO...) into the storecomp error naming the file."""
+    try:
+        yield
+    except StorecompError:
+        raise
+    except OSError as e:
+        raise from_errno(e.errno or errno.EIO, str(e.filename or path), None, op) from None
+
+
 def _sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -428,11 +442,16 @@ def _sha256_file(path: str) -> str:
 
 def _publish_json(path: str, doc: dict[str, Any]) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     _fsync_dir(os.path.dirname(path) or ".")
 
 

@@ -55,6 +55,12 @@ class KVCacheStore:
     :meth:`store` returns once every tier has the chunk). A shared store
     that cannot be reached never fails a request: it is skipped, and
     background writes retry for up to ``shared_retry_seconds``.
+    ``shared_max_bytes`` (bytes) and ``shared_ttl_s`` (seconds) bound this
+    model's chunks in the shared store (None: unbounded): a writer runs a GC
+    pass at most every ``shared_gc_interval_s`` seconds, deleting the oldest
+    chunks, never one younger than ``shared_gc_grace_s`` (see
+    :mod:`storecomp.kvcache.maintenance`; ``storecomp kv gc`` does the same
+    for a whole shared store).
     ``spare_bytes`` (default: 16 chunks) of freed chunk buffers are kept for
     reuse: a fresh buffer costs page faults. ``copy_threads``: threads for
     each chunk's copy between CPU KV tensors and the host tier (1: the
@@ -89,6 +95,10 @@ class KVCacheStore:
         shared_retry_seconds: float = 60.0,
         shared_backoff: float = 0.5,
         shared_max_backoff: float = 30.0,
+        shared_max_bytes: int | None = None,
+        shared_ttl_s: float | None = None,
+        shared_gc_grace_s: float = 3600.0,
+        shared_gc_interval_s: float = 600.0,
         io_options: IOOptions | None = None,
         workers: int = 8,
         spare_bytes: int | None = None,
@@ -142,6 +152,10 @@ class KVCacheStore:
                 shared_prefix,
                 backoff=shared_backoff,
                 max_backoff=shared_max_backoff,
+                max_bytes=shared_max_bytes,
+                ttl_s=shared_ttl_s,
+                grace_s=shared_gc_grace_s,
+                gc_interval_s=shared_gc_interval_s,
             )
             if shared is not None
             else None

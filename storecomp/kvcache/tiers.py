@@ -435,11 +435,28 @@ class SharedTier:
     the same). When the store cannot be reached the tier marks itself down
     for ``backoff`` seconds (doubling up to ``max_backoff``): lookups and
     reads skip it meanwhile, background writes wait and retry.
+
+    ``max_bytes`` / ``ttl_s`` bound this namespace's chunks: after a write,
+    at most once per ``gc_interval_s`` seconds, the writing thread runs
+    :func:`storecomp.kvcache.maintenance.collect` (oldest chunks first, none
+    younger than ``grace_s``); deleted chunks count as ``evictions``.
     """
 
     name = "shared"
 
-    def __init__(self, store: Store, namespace: str, prefix: str = "kvcache", *, backoff: float = 0.5, max_backoff: float = 30.0):
+    def __init__(
+        self,
+        store: Store,
+        namespace: str,
+        prefix: str = "kvcache",
+        *,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_bytes: int | None = None,
+        ttl_s: float | None = None,
+        grace_s: float = 3600.0,
+        gc_interval_s: float = 600.0,
+    ):
         self.store = store
         self.prefix = f"{prefix.strip('/')}/{namespace}" if prefix else namespace
         self.stats = TierStats()
@@ -450,6 +467,10 @@ class SharedTier:
         self._backoff = backoff
         self.down_until = 0.0
         self.last_error = ""
+        self.max_bytes, self.ttl_s, self.grace_s, self.gc_interval_s = max_bytes, ttl_s, grace_s, gc_interval_s
+        self._last_gc = -float("inf")
+        self._gc_lock = threading.Lock()
+        self._gc_again = False
 
     def object_key(self, key: bytes) -> str:
         h = key.hex()
@@ -521,4 +542,32 @@ class SharedTier:
             self.stats.add(bytes_written=data.nbytes, write_seconds=time.perf_counter() - t0)
         self.remember(key)
         self.mark_up()
+        if (self.max_bytes is not None or self.ttl_s is not None) and time.monotonic() - self._last_gc >= self.gc_interval_s:
+            self.gc()
         return True
+
+    def gc(self) -> int:
+        """One GC pass over this namespace's chunks (budget, TTL, grace); chunks deleted.
+        Concurrent calls in this process run it once; a failed pass is counted as unavailable."""
+        from .maintenance import collect
+
+        if not self._gc_lock.acquire(blocking=False):
+            self._gc_again = True  # the pass running now goes round once more (it may have listed too early)
+            return 0
+        deleted = 0
+        try:
+            self._gc_again = True
+            while self._gc_again:
+                self._gc_again = False
+                self._last_gc = time.monotonic()
+                report = collect(self.store, self.prefix, max_bytes=self.max_bytes, ttl_s=self.ttl_s, grace_s=self.grace_s)
+                with self.lock:
+                    for victim in report.victims:
+                        self.known.pop(bytes.fromhex(victim.rsplit("/", 1)[-1]), None)
+                self.stats.add(evictions=report.deleted)
+                deleted += report.deleted
+        except (StorecompError, OSError) as e:
+            self.mark_down(e)
+        finally:
+            self._gc_lock.release()
+        return deleted

@@ -4,7 +4,7 @@
 any fsspec URL; backends other than local files are imported on first use.
 """
 
-from .base import Capabilities, ObjectInfo, RangeFuture, Store, WrapperStore, primary_of
+from .base import Capabilities, Listing, ObjectInfo, RangeFuture, Store, WrapperStore, primary_of
 from .cache import CachedStore
 from .encrypted import EncryptedStore
 from .integrity import Checksums
@@ -20,6 +20,7 @@ from .transfer import CopyItem, TransferError, TransferReport, copy_objects
 
 __all__ = [
     "Capabilities",
+    "Listing",
     "LocalStore",
     "ObjectInfo",
     "RangeFuture",

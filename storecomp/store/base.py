@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import NotFoundError, ShortReadError, VersionChangedError
 from ..io import BufferRef, as_buffer, checked_ranges
-from .keys import validate_key
+from .keys import validate_key, validate_prefix
 
 #: Times a whole-object read restarts from a fresh stat when the object is
 #: replaced under it, before it raises VersionChangedError.
@@ -44,6 +44,21 @@ class ObjectInfo:
     size: int
     version: str
     mtime: float | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One level of a store under a directory prefix (what S3 lists with ``delimiter="/"``).
+
+    ``objects``: objects directly under the prefix, in key order;
+    ``prefixes``: the child "directories" (full keys ending in ``/``), sorted;
+    ``skipped``: keys of entries that could not be read (a local file that
+    vanished or refused ``stat``), left out of both lists.
+    """
+
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -220,6 +235,22 @@ class Store(abc.ABC):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects whose key starts with ``prefix``, in key order."""
 
+    def list_dir(self, prefix: str = "") -> Listing:
+        """The objects and child prefixes directly under directory ``prefix``
+        (``""`` is the root; ``"a/b"`` and ``"a/b/"`` both mean directory
+        ``a/b``), without walking the levels below. Backends override this
+        with one delimiter listing; this default walks :meth:`list`."""
+        prefix = dir_prefix(prefix)
+        objects: list[ObjectInfo] = []
+        prefixes: set[str] = set()
+        for info in self.list(prefix):
+            rest = info.key[len(prefix) :]
+            if "/" in rest:
+                prefixes.add(prefix + rest.split("/", 1)[0] + "/")
+            else:
+                objects.append(info)
+        return Listing(objects, sorted(prefixes))
+
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
@@ -232,6 +263,12 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def dir_prefix(prefix: str) -> str:
+    """``prefix`` as a directory: ``""`` or ending in ``/`` (InvalidArgumentError when malformed)."""
+    prefix = validate_prefix(prefix)
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
 class WrapperStore(Store):
@@ -267,6 +304,9 @@ class WrapperStore(Store):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self.primary.list(prefix)
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        return self.primary.list_dir(prefix)
 
     def delete(self, key: str) -> None:
         self.primary.delete(key)

@@ -65,6 +65,7 @@ from ..errors import (
     NotFoundError,
     ShortReadError,
     VersionChangedError,
+    from_errno,
 )
 from ..io import BufferRef, File, as_buffer, land_bytes
 from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store, WrapperStore
@@ -86,11 +87,36 @@ _TOUCH_INTERVAL_S = 1.0
 _MAX_VERIFIED_ENTRIES = 1 << 16  # verify="once": entries whose checked chunks a process remembers
 _MAX_HEADERS = 1 << 16  # entry headers a process remembers
 _MAX_OPEN_FILES = 128  # verify="once": entry files a process keeps open
+_ATTEMPTS = 3  # cache lookups per read before it goes straight to the inner store
+
+#: An entry file's inode identity: (st_ino, st_dev, st_size).
+Ident = tuple[int, int, int]
+#: An entry's header and the identity of the inode it was read from.
+_Found = tuple[Header, Ident]
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """Bytes a fill fetched from the inner store (the read is served from them, whether or
+    not the entry could be written): ``data`` of the object of ``version`` and ``size`` bytes."""
+
+    data: np.ndarray
+    version: str
+    size: int
 
 
 @dataclass
 class CacheStats:
-    """Process-local counters (bytes are payload bytes)."""
+    """Process-local counters (bytes are payload bytes).
+
+    ``corrupt_discarded``: entries that failed a check (header, meta, data
+    crc32c) and were deleted and refetched. ``fill_failures``: fills that could
+    not be written to the cache's disk (full, I/O error): the read was served
+    from the inner store instead. ``lost_races``: entries evicted or replaced
+    by another process between lookup and read (a miss, not corruption).
+    ``read_through``: reads served from the inner store after repeated lost
+    races or corrupt entries.
+    """
 
     hits: int = 0
     misses: int = 0
@@ -98,6 +124,9 @@ class CacheStats:
     bytes_from_inner: int = 0
     evictions: int = 0
     corrupt_discarded: int = 0
+    fill_failures: int = 0
+    lost_races: int = 0
+    read_through: int = 0
 
 
 class CachedStore(WrapperStore):
@@ -202,16 +231,14 @@ class CachedStore(WrapperStore):
             hdr = hit[1]
         else:
             try:
-                raw = self._local.get(ekey, 0, min(st.st_size, 1 << 20))
-                hdr = decode_header(raw, str(path))
-                if hdr.header_len > len(raw):
-                    hdr = decode_header(self._local.get(ekey, 0, hdr.header_len), str(path))
-                if hdr.header_len + hdr.data_len != st.st_size:
-                    raise CorruptDataError(f"{path}: cache entry has {st.st_size} bytes, header says more or less")
-            except NotFoundError:
-                return None
+                hdr, ident = _read_header(path)  # the identity of the inode actually read
+            except FileNotFoundError:
+                return None  # evicted meanwhile: a miss
+            except OSError as e:
+                raise from_errno(e.errno or errno.EIO, path, 0, "read") from None
             except CorruptDataError:
-                self._discard(ekey)
+                self.stats.corrupt_discarded += 1
+                self._discard(ekey, ident)
                 return None
             with self._lock:
                 self._headers[ekey] = (ident, hdr)
@@ -246,33 +273,44 @@ class CachedStore(WrapperStore):
                 self._files.popitem(last=False)  # closed when the last reader lets go
         return f
 
-    def _discard(self, ekey: str) -> None:
+    def _discard(self, ekey: str, ident: tuple[int, int, int] | None = None) -> None:
+        """Delete entry ``ekey`` (only the inode ``ident`` when given: an entry
+        another process has filled anew meanwhile is left alone)."""
         path = self._local.root / ekey
         with self._lock:
             old = self._headers.pop(ekey, None)
             if old is not None:
                 self._files.pop(old[0], None)
         try:
-            size = path.stat().st_size
+            st = path.stat()
+            if ident is not None and (st.st_ino, st.st_dev, st.st_size) != ident:
+                return
             path.unlink()
         except FileNotFoundError:
             return
-        self._account(-size)
+        self._account(-st.st_size)
 
-    def _fill(self, key: str, block: int | None, version: str | None = None) -> Header | None:
-        """Fetch ``key`` (or one block) from the inner store into the cache;
-        None when it bypasses the cache (larger than the budget). The entry
-        holds bytes of one version, the one its header names: ``version``
-        when given (VersionChangedError when the inner store has another)."""
+    def _fill(self, key: str, block: int | None, version: str | None = None) -> _Found | _Fetched | None:
+        """Fetch ``key`` (or one block) from the inner store into the cache and return the
+        bytes fetched with the version they are of (the caller reads them from memory, so an
+        entry evicted at once costs nothing); the entry found instead when another process
+        filled it meanwhile; None when it bypasses the cache (larger than the budget).
+
+        The entry holds bytes of one version, the one its header names: ``version`` when
+        given (an entry of another version is replaced; VersionChangedError when the inner
+        store no longer has ``version``). A fill that cannot be written (disk full, I/O
+        error) is counted in ``fill_failures`` and still returns the bytes."""
         ekey = self._entry_key(key, block)
         stripe = int(ekey[:2], 16) % _STRIPES
         with FileLock(self.cache_dir / "locks" / f"{stripe:02x}"):
             found = self._header(ekey)  # another process may have filled it meanwhile
             if found is not None and version in (None, found[0].meta.get("version")):
-                return found[0]
+                return found
             info = self.inner.stat(key)
             if version is not None and info.version != version:
                 raise VersionChangedError(self.name_of(key), version, info.version)
+            if found is not None:  # an entry of another version: this fill replaces it
+                self._discard(ekey, found[1])
             if block is None:
                 if info.size > self.max_bytes:
                     return None
@@ -284,36 +322,48 @@ class CachedStore(WrapperStore):
                 start = block * self.block_bytes
                 n = max(0, min(self.block_bytes, info.size - start))
                 if n == 0:  # past the end of the object: nothing to cache
-                    meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size}
-                    return Header(0, 0, Checksums(0, self.chunk_bytes, ()), {**meta, "block": block})
+                    return _Fetched(np.empty(0, np.uint8), info.version, info.size)
                 data = np.empty(n, np.uint8)
-                if n:
-                    self.inner.read_ranges(key, [start], [n], data, [0], version=info.version)
+                self.inner.read_ranges(key, [start], [n], data, [0], version=info.version)
             self.stats.misses += 1
             self.stats.bytes_from_inner += data.size
+            fetched = _Fetched(data, info.version, info.size)
             sums = Checksums.compute(data, self.chunk_bytes)
             meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size, "block": block}
             header = encode_header(data.size, sums, meta)
-            tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}"
-            final = self._local.root / ekey
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    os.write(fd, header)
-                    view = memoryview(data.data)
-                    while view.nbytes:
-                        view = view[os.write(fd, view) :]
-                finally:
-                    os.close(fd)
-                final.parent.mkdir(exist_ok=True)
-                os.rename(tmp, final)
+                self._write_entry(ekey, header, data)
+            except OSError:
+                self.stats.fill_failures += 1  # the cache steps aside; the read is served all the same
+                return fetched
+            try:
+                self._account(len(header) + data.size)
+            except OSError:
+                pass  # usage is a hint: the next scan over budget recounts it
+            return fetched
+
+    def _write_entry(self, ekey: str, header: bytes, data: np.ndarray) -> None:
+        """Publish entry ``ekey`` (temp file, then rename); OSError (ENOSPC...) leaves nothing behind."""
+        tmp = self.cache_dir / "tmp" / f"{uuid.uuid4().hex}"
+        final = self._local.root / ekey
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(header)
+                while view.nbytes:
+                    view = view[os.write(fd, view) :]
+                view = memoryview(data.data)
+                while view.nbytes:
+                    view = view[os.write(fd, view) :]
             finally:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-            self._account(len(header) + data.size)
-            return Header(len(header), data.size, sums, meta)
+                os.close(fd)
+            final.parent.mkdir(exist_ok=True)
+            os.rename(tmp, final)
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
     # ------------------------------------------------------------ accounting
 
@@ -325,8 +375,14 @@ class CachedStore(WrapperStore):
 
     def _write_usage(self, n: int) -> None:
         tmp = self.cache_dir / "tmp" / f"usage-{uuid.uuid4().hex}"
-        tmp.write_text(str(max(0, n)))
-        os.rename(tmp, self.cache_dir / "usage")
+        try:
+            tmp.write_text(str(max(0, n)))
+            os.rename(tmp, self.cache_dir / "usage")
+        except OSError:  # a full disk: the count is a hint, rebuilt by the next scan over budget
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
     def _scan(self) -> tuple[int, list[tuple[str, int, float]]]:
         found: list[tuple[str, int, float]] = []
@@ -376,31 +432,49 @@ class CachedStore(WrapperStore):
 
     # ------------------------------------------------------------ reads
 
-    def _entry(
-        self, key: str, block: int | None, version: str | None = None
-    ) -> tuple[str, Header, tuple[int, int, int] | None] | None:
-        """(entry key, header, inode identity or None for a fresh fill) of ``key``'s
-        entry, filled from the inner store on a miss; None when it bypasses the cache.
-        With ``version``, an entry of another version is a miss, and the fill
-        raises VersionChangedError when the inner store no longer has ``version``."""
+    def _entry(self, key: str, block: int | None, version: str | None = None) -> tuple[str, Header, Ident] | _Fetched | None:
+        """(entry key, header, inode identity) of ``key``'s entry; on a miss, the bytes
+        fetched from the inner store by :meth:`_fill` (or the entry another process filled
+        meanwhile); None when it bypasses the cache. With ``version``, an entry of another
+        version is a miss, and the fill raises VersionChangedError when the inner store no
+        longer has ``version``. A sound header of another object or block (misplaced) is
+        discarded and counted in ``corrupt_discarded``."""
         ekey = self._entry_key(key, block)
         found = self._header(ekey)
+        if found is not None and not self._describes(found[0], key, block):
+            self.stats.corrupt_discarded += 1  # a sound header for another object or block: misplaced
+            self._discard(ekey, found[1])
+            found = None
         if found is not None and self.revalidate and found[0].meta.get("version") != self.inner.stat(key).version:
-            self._discard(ekey)
+            self._discard(ekey, found[1])
             found = None
         if found is not None and version is not None and found[0].meta.get("version") != version:
-            found = None  # the fill replaces it (or finds the inner store moved on)
-        if found is not None:
-            self.stats.hits += 1
-            return ekey, found[0], found[1]
-        hdr = self._fill(key, block, version)
-        return None if hdr is None else (ekey, hdr, None)
+            found = None  # a miss: the fill replaces it (or finds the inner store moved on)
+        if found is None:
+            filled = self._fill(key, block, version)
+            if not isinstance(filled, tuple):
+                return filled
+            found = filled
+            if not self._describes(found[0], key, block):
+                return None  # (vanishingly rare) another object's entry: read straight from the inner store
+        self.stats.hits += 1
+        return ekey, found[0], found[1]
+
+    def _describes(self, hdr: Header, key: str, block: int | None) -> bool:
+        """Whether a (well-formed) header is that of ``key``'s ``block`` in this cache's inner store."""
+        m = hdr.meta
+        if m["url"] != self.inner.url or m["key"] != key or m["block"] != block:
+            return False
+        if block is None:
+            return hdr.data_len == m["size"]
+        assert self.block_bytes is not None
+        return hdr.data_len == max(0, min(self.block_bytes, m["size"] - block * self.block_bytes))
 
     def _read_entry(
         self,
         ekey: str,
         hdr: Header,
-        ident: tuple[int, int, int] | None,
+        ident: tuple[int, int, int],
         offs: list[int],
         lens: list[int],
         dst: np.ndarray,
@@ -412,11 +486,6 @@ class CachedStore(WrapperStore):
             return [0] * len(offs)
         name = f"cache entry {self._root_s}/{ekey} ({hdr.meta.get('url')}/{hdr.meta.get('key')})"
         if self.verify == "once":
-            if ident is None:  # just filled: find the inode it landed on
-                found = self._header(ekey)
-                if found is None:
-                    raise NotFoundError(errno.ENOENT, f"{self._root_s}/{ekey}", None, "open")
-                hdr, ident = found
             return self._read_once(ekey, hdr, ident, offs, lens, dst, douts, name)
         got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len)
         return [int(g) for g in got]
@@ -484,26 +553,52 @@ class CachedStore(WrapperStore):
     ) -> tuple[list[int], str | None]:
         """Ranges of one cache entry (the whole object, or one block), filled on a
         miss; objects that bypass the cache are read from the inner store. A bad
-        entry is discarded and refetched once. Returns the bytes per range and the
-        version they are of (None when unknown: read through, unpinned)."""
-        for attempt in (0, 1):
+        entry is discarded (counted) and refetched; an entry evicted by another
+        process between lookup and read is a miss (counted in ``lost_races``).
+        After ``_ATTEMPTS`` such turns the read goes to the inner store
+        (``read_through``). Returns the bytes per range and the version they are
+        of: ``version`` when given, else the version of the entry or fetch that
+        served them (the caller pins the object's other blocks to it)."""
+        for _ in range(_ATTEMPTS):
             ent = self._entry(key, block, version)
             if ent is None:  # too large to cache: straight from the inner store
-                got = self.inner.read_ranges(key, offs, lens, dst, douts, exact=False, version=version)
-                self.stats.bytes_from_inner += int(got.sum())
-                return [int(g) for g in got], version
+                return self._read_inner(key, block, offs, lens, dst, douts, version)
+            if isinstance(ent, _Fetched):  # just fetched: served from memory
+                return _copy_ranges(ent.data, offs, lens, dst, douts), ent.version
             ekey, hdr, ident = ent
             try:
                 out = self._read_entry(ekey, hdr, ident, offs, lens, dst, douts)
-            except (CorruptDataError, NotFoundError):
+            except NotFoundError:
+                self.stats.lost_races += 1
+                continue
+            except CorruptDataError:
                 self.stats.corrupt_discarded += 1
-                self._discard(ekey)
-                if attempt:
-                    raise
+                self._discard(ekey, ident)
                 continue
             self.stats.bytes_from_cache += sum(out)
             return out, hdr.meta.get("version")
-        raise AssertionError("unreachable")
+        self.stats.read_through += 1
+        return self._read_inner(key, block, offs, lens, dst, douts, version)
+
+    def _read_inner(
+        self,
+        key: str,
+        block: int | None,
+        offs: list[int],
+        lens: list[int],
+        dst: np.ndarray,
+        douts: list[int],
+        version: str | None,
+    ) -> tuple[list[int], str | None]:
+        """Ranges of ``key`` (offsets inside ``block`` when given) straight from the inner
+        store, pinned to ``version``. A block read unpinned is pinned to the version a
+        ``stat`` names, so that the object's other blocks can be pinned to it."""
+        if version is None and block is not None:
+            version = self.inner.stat(key).version
+        base = 0 if block is None else block * (self.block_bytes or 0)
+        got = self.inner.read_ranges(key, [o + base for o in offs], lens, dst, douts, exact=False, version=version)
+        self.stats.bytes_from_inner += int(got.sum())
+        return [int(g) for g in got], version
 
     def _submit_ranges(
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
@@ -570,14 +665,13 @@ class CachedStore(WrapperStore):
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         if length is not None:
             return super().get(key, offset, length)
+        first = None if self.block_bytes is None else 0
         for attempt in range(VERSION_RETRIES):
             # The size and version from a cached entry's header when there is one (looked at, not
             # counted: the read below counts its own hit or miss), else from the inner store.
-            try:
-                found = self._header(self._entry_key(key, None if self.block_bytes is None else 0))
-            except CorruptDataError:
-                found = None  # the read below discards and refetches it, counted
-            if found is not None:
+            # A damaged header is discarded and counted by _header; a misplaced one is not trusted.
+            found = self._header(self._entry_key(key, first))
+            if found is not None and self._describes(found[0], key, first):
                 size, version = int(found[0].meta["size"]), str(found[0].meta["version"])
             else:
                 info = self.inner.stat(key)
@@ -643,3 +737,32 @@ class CachedStore(WrapperStore):
 
     def __repr__(self) -> str:
         return f"CachedStore({self.inner!r}, {str(self.cache_dir)!r}, max_bytes={self.max_bytes})"
+
+
+def _copy_ranges(data: np.ndarray, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int]) -> list[int]:
+    """Copy ranges of ``data`` into ``dst`` (clipped at its end); bytes copied per range."""
+    out = []
+    for o, n, d in zip(offs, lens, douts, strict=True):
+        m = max(0, min(n, data.size - o))
+        if m:
+            dst[d : d + m] = data[o : o + m]
+        out.append(m)
+    return out
+
+
+def _read_header(path: str) -> tuple[Header, tuple[int, int, int]]:
+    """Decode the header of the entry file at ``path``, reading one open inode (an entry
+    replaced meanwhile is judged as the file that was read, never a mix of two);
+    returns it with that inode's (ino, dev, size). CorruptDataError when damaged."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        raw = os.pread(fd, min(st.st_size, 1 << 20), 0)
+        hdr = decode_header(raw, path)
+        if hdr.header_len + hdr.data_len != st.st_size:
+            raise CorruptDataError(f"{path}: cache entry has {st.st_size} bytes, its header says {hdr.header_len + hdr.data_len}")
+        if hdr.header_len > len(raw):
+            hdr = decode_header(os.pread(fd, hdr.header_len, 0), path)
+    finally:
+        os.close(fd)
+    return hdr, (st.st_ino, st.st_dev, st.st_size)

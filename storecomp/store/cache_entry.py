@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import CorruptDataError, UnsupportedBufferError
+from ..errors import CorruptDataError, InvalidArgumentError, UnsupportedBufferError
 from ..io import File, as_buffer
 from .integrity import Checksums
 
@@ -58,20 +58,47 @@ def encode_header(data_len: int, sums: Checksums, meta: dict[str, Any]) -> bytes
 
 
 def decode_header(raw: bytes, name: str) -> Header:
+    """Parse an entry header; any damage (bytes, lengths, checksums, meta) is a CorruptDataError naming ``name``."""
     if len(raw) < _FIXED.size:
         raise CorruptDataError(f"{name}: cache entry header truncated")
     magic, header_len, meta_len, data_len, chunk, n = _FIXED.unpack_from(raw)
     if magic != MAGIC:
         raise CorruptDataError(f"{name}: not a cache entry (magic {magic!r})")
     end = _FIXED.size + meta_len + 4 * n
-    if end + 4 > min(len(raw), header_len):
-        raise CorruptDataError(f"{name}: cache entry header truncated")
+    if header_len % ALIGN or end + 4 > min(len(raw), header_len):
+        raise CorruptDataError(f"{name}: cache entry header truncated or of a bad length ({header_len} bytes)")
     (own,) = struct.unpack_from("<I", raw, end)
     if own != crc32c(raw[:end]):
         raise CorruptDataError(f"{name}: cache entry header fails its crc32c")
-    meta = json.loads(raw[_FIXED.size : _FIXED.size + meta_len])
+    meta = _decode_meta(raw[_FIXED.size : _FIXED.size + meta_len], name)
     crcs = struct.unpack_from(f"<{n}I", raw, _FIXED.size + meta_len)
-    return Header(header_len, data_len, Checksums(data_len, chunk, crcs), meta)
+    try:
+        sums = Checksums(data_len, chunk, crcs)
+    except InvalidArgumentError as e:
+        raise CorruptDataError(f"{name}: cache entry header: {e}") from None
+    return Header(header_len, data_len, sums, meta)
+
+
+#: Entry meta fields and the types they must have (``block`` may also be None).
+_META_TYPES: dict[str, type] = {"url": str, "key": str, "version": str, "size": int, "block": int}
+
+
+def _decode_meta(raw: bytes, name: str) -> dict[str, Any]:
+    """The meta JSON of an entry header, checked field by field (CorruptDataError when it is not what
+    :func:`encode_header` writes: bad UTF-8, bad JSON, not an object, a field missing or of a wrong type)."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CorruptDataError(f"{name}: cache entry meta is not JSON: {type(e).__name__}") from None
+    if not isinstance(meta, dict):
+        raise CorruptDataError(f"{name}: cache entry meta is a {type(meta).__name__}, not an object")
+    for field, kind in _META_TYPES.items():
+        value = meta.get(field)
+        if field == "block" and value is None and field in meta:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            raise CorruptDataError(f"{name}: cache entry meta field {field!r} is missing or bad ({value!r:.40})")
+    return meta
 
 
 def host_array(dst: Any) -> np.ndarray:

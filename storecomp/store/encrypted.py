@@ -47,7 +47,7 @@ from ..errors import (
     ShortReadError,
 )
 from ..io import BufferRef, land_bytes
-from .base import Capabilities, ObjectInfo, Store, WrapperStore
+from .base import Capabilities, Listing, ObjectInfo, Store, WrapperStore
 from .futures import PendingRanges
 from .keys import payload_view, validate_key
 
@@ -230,8 +230,17 @@ class EncryptedStore(WrapperStore):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         for info in self.inner.list(prefix):
-            n = crypto.plaintext_size(info.size, self.segment_bytes)
-            yield ObjectInfo(info.key, n if n >= 0 and not self.allow_plaintext else info.size, info.version, info.mtime)
+            yield self._listed(info)
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        """One level under ``prefix``; sizes are plaintext sizes, as :meth:`list` reports them."""
+        inner = self.inner.list_dir(prefix)
+        return Listing([self._listed(info) for info in inner.objects], inner.prefixes, inner.skipped)
+
+    def _listed(self, info: ObjectInfo) -> ObjectInfo:
+        """A listed sealed object's info with its plaintext size (from the sealed size alone)."""
+        n = crypto.plaintext_size(info.size, self.segment_bytes)
+        return ObjectInfo(info.key, n if n >= 0 and not self.allow_plaintext else info.size, info.version, info.mtime)
 
     def delete(self, key: str) -> None:
         self._forget(key)

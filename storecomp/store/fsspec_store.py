@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..io import BufferRef, land_bytes
 from ..redact import public_url, redact
-from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store
+from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import RetryPolicy, call_with_retry, http_status, looks_transient
@@ -265,6 +265,30 @@ class FsspecStore(Store):
             out.append(self._info(key, info))
         out.sort(key=lambda i: i.key)
         yield from out
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        """One level (``fs.ls(detail=True)``), not the tree below it."""
+        prefix = dir_prefix(prefix)
+        top = f"{self.root}/{prefix.rstrip('/')}".rstrip("/") if prefix else self.root
+        try:
+            found = self._call(lambda: self.fs.ls(top or "", detail=True), None, "list")
+        except NotFoundError:
+            return Listing([], [])
+        objects, dirs = [], set()
+        for info in found:
+            path = str(info.get("name", ""))
+            if not path.startswith(self.root):
+                continue
+            key = path[len(self.root) :].strip("/")
+            hidden = any(seg.startswith(RESERVED_PREFIX) for seg in key.split("/"))
+            if hidden or not key.startswith(prefix) or key == prefix.rstrip("/"):
+                continue
+            if info.get("type") == "directory":
+                dirs.add(key + "/")
+            elif info.get("type") == "file":
+                objects.append(self._info(key, info))
+        objects.sort(key=lambda i: i.key)
+        return Listing(objects, sorted(dirs))
 
     def delete(self, key: str) -> None:
         path = self._path(key)

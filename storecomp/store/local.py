@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import stat
 import threading
 import time
 import uuid
@@ -45,7 +46,7 @@ import numpy as np
 from ..config import IOOptions
 from ..errors import ConflictError, InvalidArgumentError, NotFoundError, StorecompError, VersionChangedError, from_errno
 from ..io import BufferRef, Engine, File, IOFuture, default_engine
-from .base import Capabilities, ObjectInfo, Store
+from .base import Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 
 _TMP = RESERVED_PREFIX + "tmp-"
@@ -290,12 +291,46 @@ class LocalStore(Store):
                     continue
                 try:
                     st = os.stat(os.path.join(dirpath, name))
-                except FileNotFoundError:
-                    continue  # deleted while listing
+                except OSError:
+                    continue  # deleted while listing, or unreadable (a /proc link, a dangling symlink)
                 if _is_file(st):
                     found.append(ObjectInfo(key, st.st_size, version_of(st), st.st_mtime))
         found.sort(key=lambda info: info.key)
         yield from found
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        """One directory (``os.scandir``), not the tree below it. Entries that
+        cannot be stat'ed are reported in ``skipped``; a prefix that is not a
+        directory lists nothing; an unreadable directory is PermissionDeniedError."""
+        prefix = dir_prefix(prefix)
+        base = self.root / prefix if prefix else self.root
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        skipped: list[str] = []
+        try:
+            it = os.scandir(base)
+        except (FileNotFoundError, NotADirectoryError):
+            return Listing([], [])
+        except OSError as e:
+            raise from_errno(e.errno or errno.EIO, str(base), None, "list") from None
+        with it:
+            for entry in it:
+                if entry.name.startswith(RESERVED_PREFIX):
+                    continue
+                key = prefix + entry.name
+                try:
+                    st = entry.stat()  # follows symlinks, as a path given to ls would
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                except OSError:
+                    skipped.append(key)
+                    continue
+                if _is_file(st):
+                    objects.append(ObjectInfo(key, st.st_size, version_of(st), st.st_mtime))
+                elif stat.S_ISDIR(st.st_mode):
+                    prefixes.append(key + "/")
+        objects.sort(key=lambda info: info.key)
+        return Listing(objects, sorted(prefixes), sorted(skipped))
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)

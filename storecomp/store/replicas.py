@@ -21,7 +21,7 @@ from ..errors import (
     VersionChangedError,
 )
 from ..io import BufferRef
-from .base import Capabilities, ObjectInfo, RangeFuture, Store, WrapperStore
+from .base import Capabilities, Listing, ObjectInfo, RangeFuture, Store, WrapperStore
 from .base import primary_of as primary_of  # re-exported: namespace and snapshots import it from here
 from .mounts import SCHEME, Mount
 
@@ -208,6 +208,10 @@ class ReplicatedStore(WrapperStore):
         """Objects under ``prefix`` as the primary lists them (a lagging replica
         would omit the newest); other replicas only when it cannot be reached."""
         return iter(self._read(lambda s: list(s.list(prefix)), primary_first=True))
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        """One level under ``prefix`` as the primary lists it (like :meth:`list`)."""
+        return self._read(lambda s: s.list_dir(prefix), primary_first=True)
 
     # -- writes (primary only)
 

@@ -34,9 +34,15 @@ class RetryPolicy:
     * ``max_attempts``: attempts in all (1: no retry).
     * ``initial_backoff_s`` / ``max_backoff_s``: the sleep before retry n is
       uniform in ``[0, min(max_backoff_s, initial_backoff_s * 2**n)]``.
-    * ``deadline_s``: no attempt starts after this long since the first.
+    * ``deadline_s``: the overall bound of one call (a stat, a small put, one
+      ranged GET) with all its retries: it fails, ``StoreUnavailableError``,
+      at most this long after it started, even against a server that accepts
+      connections and never answers (SIGSTOP). No retry starts after it.
+      A call made of many requests (a multipart put, a read cut into parts)
+      bounds each request so, not the whole transfer.
     * ``connect_timeout_s`` / ``request_timeout_s``: per connection and per
-      request (a request that stalls longer fails and may be retried).
+      request (a request that stalls longer fails and may be retried); both
+      are capped at ``deadline_s`` (:meth:`per_request_s`).
     """
 
     max_attempts: int = 4
@@ -58,6 +64,14 @@ class RetryPolicy:
         """Seconds to sleep before retry number ``attempt`` (1-based): full jitter."""
         cap = min(self.max_backoff_s, self.initial_backoff_s * (2 ** (attempt - 1)))
         return (rng or random).uniform(0, cap)
+
+    def per_request_s(self) -> float:
+        """Seconds one request may take: ``request_timeout_s``, at most ``deadline_s``."""
+        return min(self.request_timeout_s, self.deadline_s)
+
+    def per_connect_s(self) -> float:
+        """Seconds one connection attempt may take: ``connect_timeout_s``, at most ``deadline_s``."""
+        return min(self.connect_timeout_s, self.deadline_s)
 
     def obstore_config(self) -> dict[str, Any]:
         """The same bounds as obstore's ``retry_config`` (its client retries 5xx, resets, timeouts)."""
@@ -87,16 +101,24 @@ def call_with_retry(fn: Callable[[], T], policy: RetryPolicy, is_transient: Call
         attempt += 1
 
 
+class DeadlineExceeded(TimeoutError):
+    """A call ran past its policy's ``deadline_s`` (the backend translates it to StoreUnavailableError)."""
+
+
 async def acall_with_retry(
     fn: Callable[[], Awaitable[T]], policy: RetryPolicy, is_transient: Callable[[BaseException], bool]
 ) -> T:
-    """The ``async`` twin of :func:`call_with_retry` (for concurrent ranged reads)."""
+    """The ``async`` twin of :func:`call_with_retry` (for concurrent ranged reads). Every
+    attempt is cancelled when the call reaches ``policy.deadline_s``: DeadlineExceeded."""
     start = time.monotonic()
     attempt = 1
     while True:
+        left = policy.deadline_s - (time.monotonic() - start)
         try:
-            return await fn()
+            return await asyncio.wait_for(fn(), max(left, 0.001))
         except Exception as e:
+            if isinstance(e, TimeoutError) and time.monotonic() - start >= policy.deadline_s:
+                raise DeadlineExceeded(f"no answer within the deadline of {policy.deadline_s:g} s") from None
             delay = _next_delay(e, policy, is_transient, attempt, start)
             if delay is None:
                 raise

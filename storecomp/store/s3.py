@@ -32,6 +32,7 @@ for public buckets), instead of a slow probe of instance metadata.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import errno
 import hashlib
@@ -61,10 +62,13 @@ from ..errors import (
 )
 from ..io import BufferRef, as_buffer, land_bytes
 from ..redact import public_url, redact
-from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store
+from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
-from .retry import RetryPolicy, acall_with_retry, call_with_retry
+from .retry import DeadlineExceeded, RetryPolicy, acall_with_retry, call_with_retry
+
+#: An unfinished multipart upload: (key, upload id, initiated as Unix seconds by the server's clock).
+Upload = tuple[str, str, float]
 
 _MAX_KNOWN = 4096  # (ETag, size) of recently read objects that reads pin to
 
@@ -204,8 +208,8 @@ class S3Store(Store):
             config["endpoint"] = raw_endpoint
         client: dict[str, Any] = {
             "allow_http": bool(self.endpoint and self.endpoint.startswith("http://")),
-            "connect_timeout": f"{int(self.retry.connect_timeout_s * 1000)}ms",
-            "timeout": f"{int(self.retry.request_timeout_s * 1000)}ms",
+            "connect_timeout": f"{int(self.retry.per_connect_s() * 1000)}ms",
+            "timeout": f"{int(self.retry.per_request_s() * 1000)}ms",  # no request outlives the deadline
             "pool_max_idle_per_host": str(max_concurrency),
         }
         problem = ""
@@ -225,6 +229,12 @@ class S3Store(Store):
         self._bucket_checked = False
         self._known: OrderedDict[str, tuple[str, int]] = OrderedDict()  # key -> (ETag, size) reads pin to
         self._known_lock = threading.Lock()
+        self._blocking: concurrent.futures.ThreadPoolExecutor | None = None  # see _capped
+        self._blocking_pid = os.getpid()
+        self._config = config  # for the boto3 client of upload hygiene (_uploads_client)
+        self._admin: Any = None
+        self._orphans: list[tuple[str, float, float]] = []  # (key, started, failed): multipart puts to abort
+        self._orphans_lock = threading.Lock()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -252,6 +262,8 @@ class S3Store(Store):
         if isinstance(e, StorecompError):
             return e
         name = self.name_of(key) if key else self.url
+        if isinstance(e, DeadlineExceeded):
+            return StoreUnavailableError(self.where, f"{op} {name}: {e}")
         first_line = self._redact(str(e).split("\n", 1)[0])[:400]
         status, code, kind = _status(e)
         if code == "NoSuchBucket":
@@ -282,6 +294,20 @@ class S3Store(Store):
         err.add_note(first_line)
         return err
 
+    def _capped(self, fn: Any) -> Any:
+        """``fn()`` on a helper thread, given up at ``retry.deadline_s`` (DeadlineExceeded).
+        A request still stalled then ends by itself within its own timeout (at most the deadline)."""
+        with self._orphans_lock:
+            if self._blocking is None or self._blocking_pid != os.getpid():
+                self._blocking = concurrent.futures.ThreadPoolExecutor(32, thread_name_prefix="storecomp-s3-call")
+                self._blocking_pid = os.getpid()
+            pool = self._blocking
+        fut = pool.submit(fn)
+        try:
+            return fut.result(timeout=self.retry.deadline_s)
+        except concurrent.futures.TimeoutError:
+            raise DeadlineExceeded(f"no answer within the deadline of {self.retry.deadline_s:g} s") from None
+
     def _bucket_exists(self) -> bool:
         """Probe once whether the bucket exists (a HEAD 404 cannot tell a key from a bucket)."""
         if self._bucket_checked:
@@ -298,9 +324,13 @@ class S3Store(Store):
         self._bucket_checked = True
         return True
 
-    def _call(self, fn: Any, key: str | None, op: str) -> Any:
-        """``fn()`` with retries; obstore errors translated (a lost precondition becomes ``_Lost``)."""
+    def _call(self, fn: Any, key: str | None, op: str, *, capped: bool = True) -> Any:
+        """``fn()`` with retries; obstore errors translated (a lost precondition becomes ``_Lost``).
+        ``capped``: the call, retries included, fails at ``retry.deadline_s`` (for calls of
+        one request; a multipart put or a listing of many pages bounds each request only)."""
         try:
+            if capped:
+                return self._capped(lambda: call_with_retry(fn, self.retry, _outer_transient))
             return call_with_retry(fn, self.retry, _outer_transient)
         except Exception as e:
             err = _Lost(self._redact(str(e))) if _is_precondition(e) else self._translate(e, key, op)
@@ -434,12 +464,15 @@ class S3Store(Store):
             res = await obstore.get_async(self._store, key, options={"range": (off, off + n)})
             return res.meta, await res.bytes_async()
 
+        failure: StorecompError | None = None
         try:
             meta, data = await acall_with_retry(fetch, self.retry, _outer_transient)
         except Exception as e:
             if _status(e)[0] == 416:
                 return None
-            raise self._translate(e, key, "read") from None
+            failure = self._translate(e, key, "read")
+        if failure is not None:
+            raise failure  # outside the handler: the client's error (its URL, maybe a password) is not chained
         etag, size = str(meta.get("e_tag") or ""), int(meta["size"])
         self._remember(key, etag, size)
         return etag, size, (i, data)
@@ -465,6 +498,7 @@ class S3Store(Store):
         got = np.zeros(offs.size, np.uint64)
         sem = asyncio.Semaphore(self.max_concurrency)
         store = self._store
+
         async def fetch(off: int, n: int) -> Any:
             options: GetOptions = {"range": (off, off + n)}
             if etag:
@@ -507,21 +541,40 @@ class S3Store(Store):
         view = payload_view(data)
         multipart = mode is None and len(view) > self.multipart_bytes
         self._forget(key)  # reads pin to a fresh HEAD from now on
-        return dict(
-            self._call(
-                lambda: obstore.put(
-                    self._store,
+        if self._orphans:
+            self._abort_orphans()
+        started = time.time()
+        try:
+            return dict(
+                self._call(
+                    lambda: obstore.put(
+                        self._store,
+                        key,
+                        view,
+                        mode=mode,
+                        use_multipart=multipart,
+                        chunk_size=max(5 << 20, self.part_bytes),
+                        max_concurrency=min(self.max_concurrency, 16),
+                    ),
                     key,
-                    view,
-                    mode=mode,
-                    use_multipart=multipart,
-                    chunk_size=max(5 << 20, self.part_bytes),
-                    max_concurrency=min(self.max_concurrency, 16),
-                ),
-                key,
-                "put",
+                    "put",
+                    capped=not multipart,  # a long upload is many requests, each bounded
+                )
             )
-        )
+        except BaseException as e:
+            if multipart:
+                self._orphaned(key, started, e)
+            raise
+
+    def _orphaned(self, key: str, started: float, e: BaseException) -> None:
+        """Note a failed multipart put of ``key`` begun at ``started`` (Unix seconds). obstore
+        aborts a failed multipart upload itself, but that DELETE fails too when the server is
+        what failed: the upload's parts would hold storage forever."""
+        with self._orphans_lock:
+            self._orphans.append((key, started, time.time()))
+            del self._orphans[:-1000]
+        if not isinstance(e, StoreUnavailableError):  # unreachable: try at the next put or close
+            self._abort_orphans()
 
     def put(self, key: str, data: Any) -> ObjectInfo:
         validate_key(key)
@@ -545,6 +598,10 @@ class S3Store(Store):
                 size += len(view)
                 yield view
 
+        self._forget(key)  # reads pin to a fresh HEAD from now on
+        if self._orphans:
+            self._abort_orphans()
+        started = time.time()
         try:
             res = obstore.put(
                 self._store,
@@ -554,12 +611,13 @@ class S3Store(Store):
                 chunk_size=max(5 << 20, self.part_bytes),
                 max_concurrency=min(self.max_concurrency, 16),
             )
-        except StorecompError:
-            raise
+        except StorecompError as e:  # raised by a part's producer
+            failure = e
         except Exception as e:
             failure = self._translate(e, key, "put")
         else:
             return ObjectInfo(key, size, str(res["e_tag"]), None)
+        self._orphaned(key, started, failure)
         raise failure  # outside the handler: the client's error (its URL, maybe a password) is not chained
 
     def put_if_absent(self, key: str, data: Any) -> bool:
@@ -659,10 +717,21 @@ class S3Store(Store):
                 out.extend(batch)
             return out
 
-        metas = self._call(collect, None, "list")
+        metas = self._call(collect, None, "list", capped=False)  # many pages: each request is bounded
         found = [_info(str(m["path"]), m) for m in metas if str(m["path"]).startswith(prefix) and not _hidden(str(m["path"]))]
         found.sort(key=lambda info: info.key)
         yield from found
+
+    def list_dir(self, prefix: str = "") -> Listing:
+        """One delimiter listing (``ListObjectsV2`` with ``delimiter=/``)."""
+        import obstore
+
+        prefix = dir_prefix(prefix)
+        res = self._call(lambda: obstore.list_with_delimiter(self._store, prefix=prefix.rstrip("/") or None), None, "list")
+        objects = [_info(str(m["path"]), m) for m in res["objects"] if not _hidden(str(m["path"]))]
+        dirs = [str(p).rstrip("/") + "/" for p in res["common_prefixes"] if not _hidden(str(p))]
+        objects.sort(key=lambda info: info.key)
+        return Listing(objects, sorted(dirs))
 
     def delete(self, key: str) -> None:
         import obstore
@@ -671,8 +740,139 @@ class S3Store(Store):
         self._forget(key)
         self._call(lambda: obstore.delete(self._store, key), key, "delete")
 
+    # ------------------------------------------------------------ unfinished multipart uploads
+    #
+    # obstore offers neither the listing nor the abort of multipart uploads, so
+    # these few calls go through boto3 (lazily imported, one client per store).
+
+    def _uploads_client(self) -> Any:
+        if self._admin is None:
+            from ..optional import require
+
+            boto3 = require("boto3", f"{self.url}: listing and aborting multipart uploads")
+            from botocore import UNSIGNED
+            from botocore.config import Config
+
+            c = self._config
+            options: dict[str, Any] = {
+                "connect_timeout": self.retry.per_connect_s(),
+                "read_timeout": self.retry.per_request_s(),
+                "retries": {"max_attempts": 1},  # one try: a sweep that fails is run again later
+            }
+            if c.get("skip_signature"):
+                options["signature_version"] = UNSIGNED
+            self._admin = boto3.session.Session().client(
+                "s3",
+                endpoint_url=c.get("endpoint"),
+                region_name=c.get("region"),
+                aws_access_key_id=c.get("access_key_id"),
+                aws_secret_access_key=c.get("secret_access_key"),
+                aws_session_token=c.get("session_token"),
+                config=Config(**options),
+            )
+        return self._admin
+
+    def _full_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uploads(self, prefix: str = "") -> builtins.list[Upload]:
+        """Unfinished multipart uploads under ``prefix``: (key, upload id, initiated as
+        Unix seconds by the server's clock), oldest first. Needs boto3."""
+        validate_prefix(prefix)
+        client = self._uploads_client()
+        full = self._full_key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        out: builtins.list[Upload] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+        while True:
+            page = self._admin_call(lambda kw=dict(kwargs): client.list_multipart_uploads(**kw), prefix or None, "list uploads")
+            for u in page.get("Uploads", []):
+                key = str(u["Key"])[len(self.prefix) + 1 :] if self.prefix else str(u["Key"])
+                out.append((key, str(u["UploadId"]), u["Initiated"].timestamp()))
+            if not page.get("IsTruncated"):
+                break
+            kwargs.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+        out.sort(key=lambda u: u[2])
+        return out
+
+    def sweep_uploads(self, older_than: float = 86400.0, *, dry_run: bool = False) -> builtins.list[Upload]:
+        """Abort unfinished multipart uploads under this store's prefix that started more
+        than ``older_than`` seconds ago (writers that died: ``kill -9``, a lost node), as an
+        S3 lifecycle rule's AbortIncompleteMultipartUpload would. Younger uploads may still
+        be in progress and are left alone. Returns the uploads aborted (or, with ``dry_run``,
+        that would be). Ages use this machine's clock against the server's: keep the
+        grace period well above any clock skew. Needs boto3."""
+        if older_than < 0:
+            raise InvalidArgumentError(f"older_than must be >= 0 seconds, got {older_than}")
+        cutoff = time.time() - older_than
+        old = [u for u in self.uploads() if u[2] < cutoff]
+        if not dry_run:
+            for key, upload_id, _ in old:
+                self._abort_upload(key, upload_id)
+        return old
+
+    def _abort_upload(self, key: str, upload_id: str) -> None:
+        client = self._uploads_client()
+        try:
+            self._admin_call(
+                lambda: client.abort_multipart_upload(Bucket=self.bucket, Key=self._full_key(key), UploadId=upload_id),
+                key,
+                "abort upload",
+            )
+        except NotFoundError:
+            pass  # finished or aborted meanwhile
+
+    def _abort_orphans(self) -> None:
+        """Abort the uploads of this store's failed multipart puts (best effort: what
+        cannot be aborted now is tried again at the next put and at close)."""
+        with self._orphans_lock:
+            todo, self._orphans = self._orphans, []
+        left = []
+        for key, started, failed in todo:
+            try:
+                for k, upload_id, initiated in self.uploads(key):
+                    # Only this put's upload: that key, started while the put ran (2 s of clock slack).
+                    if k == key and started - 2.0 <= initiated <= failed + 2.0:
+                        self._abort_upload(key, upload_id)
+            except StorecompError:
+                left.append((key, started, failed))
+        if left:
+            with self._orphans_lock:
+                self._orphans[:0] = left
+
+    def _admin_call(self, fn: Any, key: str | None, op: str) -> Any:
+        """A boto3 call, its errors translated (no secret is in botocore's messages)."""
+        try:
+            return fn()
+        except Exception as e:
+            err = self._translate_boto(e, key, op)
+        raise err
+
+    def _translate_boto(self, e: BaseException, key: str | None, op: str) -> StorecompError:
+        name = self.name_of(key) if key else self.url
+        code = ""
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(self.bucket, self.where)
+        if code in ("NoSuchUpload", "NoSuchKey"):
+            return NotFoundError(errno.ENOENT, name, None, op)
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return CredentialsError(f"{name}: {op} refused by {self.where} for access key id {self.access_key_id!r}")
+        if not code:  # no answer: connection refused, timed out, endpoint unreachable
+            return StoreUnavailableError(self.where, f"{op} {name}: {type(e).__name__}: {self._redact(str(e))[:300]}")
+        err = StorageIOError(errno.EIO, name, None, op)
+        err.add_note(f"{code}: {self._redact(str(e))[:300]}")
+        return err
+
     def close(self) -> None:
+        if self._orphans:
+            self._abort_orphans()
         self._loop.close()
+        with self._orphans_lock:
+            pool, self._blocking = self._blocking, None
+        if pool is not None and self._blocking_pid == os.getpid():
+            pool.shutdown(wait=False)  # a call still stalled ends within its own timeout
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
