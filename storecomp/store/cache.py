@@ -90,19 +90,18 @@ _MAX_OPEN_FILES = 128  # verify="once": entry files a process keeps open
 _ATTEMPTS = 3  # cache lookups per read before it goes straight to the inner store
 
 #: An entry file's inode identity: (st_ino, st_dev, st_size).
-Ident = tuple[int, int, int]
+_Ident = tuple[int, int, int]
 #: An entry's header and the identity of the inode it was read from.
-_Found = tuple[Header, Ident]
+_Found = tuple[Header, _Ident]
 
 
 @dataclass(frozen=True)
 class _Fetched:
     """Bytes a fill fetched from the inner store (the read is served from them, whether or
-    not the entry could be written): ``data`` of the object of ``version`` and ``size`` bytes."""
+    not the entry could be written): ``data``, of the object's version ``version``."""
 
     data: np.ndarray
     version: str
-    size: int
 
 
 @dataclass
@@ -322,12 +321,12 @@ class CachedStore(WrapperStore):
                 start = block * self.block_bytes
                 n = max(0, min(self.block_bytes, info.size - start))
                 if n == 0:  # past the end of the object: nothing to cache
-                    return _Fetched(np.empty(0, np.uint8), info.version, info.size)
+                    return _Fetched(np.empty(0, np.uint8), info.version)
                 data = np.empty(n, np.uint8)
                 self.inner.read_ranges(key, [start], [n], data, [0], version=info.version)
             self.stats.misses += 1
             self.stats.bytes_from_inner += data.size
-            fetched = _Fetched(data, info.version, info.size)
+            fetched = _Fetched(data, info.version)
             sums = Checksums.compute(data, self.chunk_bytes)
             meta = {"url": self.inner.url, "key": key, "version": info.version, "size": info.size, "block": block}
             header = encode_header(data.size, sums, meta)
@@ -432,7 +431,7 @@ class CachedStore(WrapperStore):
 
     # ------------------------------------------------------------ reads
 
-    def _entry(self, key: str, block: int | None, version: str | None = None) -> tuple[str, Header, Ident] | _Fetched | None:
+    def _entry(self, key: str, block: int | None, version: str | None = None) -> tuple[str, Header, _Ident] | _Fetched | None:
         """(entry key, header, inode identity) of ``key``'s entry; on a miss, the bytes
         fetched from the inner store by :meth:`_fill` (or the entry another process filled
         meanwhile); None when it bypasses the cache. With ``version``, an entry of another
