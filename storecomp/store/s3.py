@@ -434,12 +434,15 @@ class S3Store(Store):
             res = await obstore.get_async(self._store, key, options={"range": (off, off + n)})
             return res.meta, await res.bytes_async()
 
+        failure: StorecompError | None = None
         try:
             meta, data = await acall_with_retry(fetch, self.retry, _outer_transient)
         except Exception as e:
             if _status(e)[0] == 416:
                 return None
-            raise self._translate(e, key, "read") from None
+            failure = self._translate(e, key, "read")
+        if failure is not None:
+            raise failure  # outside the handler: the client's error (its URL, maybe a password) is not chained
         etag, size = str(meta.get("e_tag") or ""), int(meta["size"])
         self._remember(key, etag, size)
         return etag, size, (i, data)

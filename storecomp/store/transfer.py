@@ -46,6 +46,7 @@ from ..errors import (
     StorageIOError,
     StorecompError,
     StoreUnavailableError,
+    VersionChangedError,
 )
 from .base import ObjectInfo, Store
 from .integrity import Checksums
@@ -232,10 +233,10 @@ def _part_size(part_bytes: int, sums: Checksums | None) -> int:
     return sums.chunk_bytes * max(1, part_bytes // sums.chunk_bytes)
 
 
-def _read_part(store: Store, key: str, off: int, n: int) -> np.ndarray:
+def _read_part(store: Store, key: str, off: int, n: int, version: str | None = None) -> np.ndarray:
     buf = np.empty(n, np.uint8)
     if n:
-        store.read_ranges(key, [off], [n], buf, [0], exact=True)
+        store.read_ranges(key, [off], [n], buf, [0], exact=True, version=version)
     return buf
 
 
@@ -296,7 +297,10 @@ class _Copier:
                 raise TransferError(f"{self.dst.url}/{item.dst_key}: copy cancelled (another object failed)")
             n = min(step, item.size - off)
             self.limiter.take(n)
-            part = _read_part(self.src, item.src_key, off, n)
+            try:  # every part of the version stat saw (when there are no checksums to hold it to)
+                part = _read_part(self.src, item.src_key, off, n, None if before is None else before.version)
+            except VersionChangedError:
+                raise ConflictError(f"{label}: changed while being copied; nothing was published, copy again") from None
             if item.checksums is not None:
                 item.checksums.verify(part, off, label)  # a bad source is never copied
             elif crcs is not None:
