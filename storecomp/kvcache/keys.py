@@ -1,19 +1,24 @@
-"""KV-cache keys: a model fingerprint, its namespace, and the chunk key chain.
+"""KV-cache keys: a model fingerprint, its namespace, and the chunk keys.
 
-The scheme is byte-exact and documented in docs/kvcache.md so that another
-engine (C++, Rust, another Python) computes the same keys:
+The scheme is byte-exact, engine-neutral and documented in docs/kvcache.md,
+so that another engine (vLLM, SGLang, transformers; C++, Rust, another
+Python) computes the same keys:
 
 * the fingerprint's canonical form is compact JSON (sorted keys, no spaces,
   UTF-8) of its ten fields;
 * ``fingerprint digest = SHA-256(b"storecomp-kv-fingerprint\\x00" + canonical)``;
-* ``root = SHA-256(b"storecomp-kv-root\\x00" + fingerprint digest)``;
-* chunk ``i`` (tokens ``[i*N, (i+1)*N)``) has key
-  ``k_i = SHA-256(k_{i-1} + tokens as little-endian int32)``, with
-  ``k_{-1} = root``.
+* the *prefix hash* of chunk ``i`` (tokens ``[i*N, (i+1)*N)``) is
+  ``t_i = SHA-256(t_{i-1} + tokens as little-endian int32)``, with
+  ``t_{-1}`` empty (nothing is prepended for chunk 0): the token chain alone,
+  the same bytes SGLang's HiCache computes as a page hash (page size N, a
+  request without ``cache_salt``/``extra_key``);
+* chunk ``i``'s key is ``k_i = SHA-256(b"storecomp-kv-chunk\\x00" + digest + t_i)``.
 
 Key i therefore names the whole prefix ``tokens[: (i+1)*N]`` under one
 model configuration: two prompts share key i exactly when they share that
-prefix. Python's ``hash()`` is never used.
+prefix; an engine that only has the prefix hashes (SGLang's storage API)
+derives the same keys as one that has the tokens. Python's ``hash()`` is
+never used.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ DTYPE_SIZES = {
 }
 
 _FP_DOMAIN = b"storecomp-kv-fingerprint\x00"
-_ROOT_DOMAIN = b"storecomp-kv-root\x00"
+_CHUNK_DOMAIN = b"storecomp-kv-chunk\x00"
 _MAX_TOKEN = (1 << 31) - 1
 
 
@@ -105,11 +110,6 @@ class ModelFingerprint:
         """Hex fingerprint digest: the directory / key prefix of this model's chunks."""
         return self.digest.hex()
 
-    @cached_property
-    def root(self) -> bytes:
-        """The chain's starting value (32 bytes)."""
-        return hashlib.sha256(_ROOT_DOMAIN + self.digest).digest()
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelFingerprint:
         return cls(**d)
@@ -156,13 +156,10 @@ def token_array(tokens: Any) -> np.ndarray:
     return arr.astype("<i4", copy=False)
 
 
-def chunk_keys(
-    fingerprint: ModelFingerprint, tokens: Any, chunk_tokens: int = 256, *, max_chunks: int | None = None
-) -> list[bytes]:
-    """Keys (32-byte digests) of every *full* chunk of ``tokens``.
+def prefix_hashes(tokens: Any, chunk_tokens: int = 256, *, max_chunks: int | None = None) -> list[bytes]:
+    """The token chain ``t_i`` (32-byte digests) of every *full* chunk of ``tokens``; no fingerprint in it.
 
-    A trailing partial chunk (fewer than ``chunk_tokens`` tokens) has no key:
-    it is never stored, and callers recompute it.
+    ``t_i = SHA-256(t_{i-1} + LE32(tokens[i*N:(i+1)*N]))``, ``t_{-1}`` empty.
     """
     if chunk_tokens <= 0:
         raise InvalidArgumentError(f"chunk_tokens must be positive, got {chunk_tokens}")
@@ -172,13 +169,36 @@ def chunk_keys(
         n = min(n, max_chunks)
     data = arr[: n * chunk_tokens].tobytes()
     step = 4 * chunk_tokens
-    keys: list[bytes] = []
-    parent = fingerprint.root
+    out: list[bytes] = []
+    parent = b""
     sha = hashlib.sha256
     for i in range(n):
         parent = sha(parent + data[i * step : (i + 1) * step]).digest()
-        keys.append(parent)
-    return keys
+        out.append(parent)
+    return out
+
+
+def keys_from_prefix_hashes(fingerprint: ModelFingerprint, hashes: Sequence[bytes | str]) -> list[bytes]:
+    """Chunk keys from prefix hashes (32 bytes, or 64 hex characters as SGLang passes them)."""
+    head = _CHUNK_DOMAIN + fingerprint.digest
+    out: list[bytes] = []
+    for h in hashes:
+        raw = bytes.fromhex(h) if isinstance(h, str) else bytes(h)
+        if len(raw) != 32:
+            raise InvalidArgumentError(f"a prefix hash is 32 bytes (64 hex characters), got {h!r}")
+        out.append(hashlib.sha256(head + raw).digest())
+    return out
+
+
+def chunk_keys(
+    fingerprint: ModelFingerprint, tokens: Any, chunk_tokens: int = 256, *, max_chunks: int | None = None
+) -> list[bytes]:
+    """Keys (32-byte digests) of every *full* chunk of ``tokens``.
+
+    A trailing partial chunk (fewer than ``chunk_tokens`` tokens) has no key:
+    it is never stored, and callers recompute it.
+    """
+    return keys_from_prefix_hashes(fingerprint, prefix_hashes(tokens, chunk_tokens, max_chunks=max_chunks))
 
 
 def chunk_key_hex(fingerprint: ModelFingerprint, tokens: Sequence[int], chunk_tokens: int = 256) -> list[str]:
