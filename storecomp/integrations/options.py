@@ -75,7 +75,8 @@ def parse_options(extra: Mapping[str, Any], who: str, *, what: str, ignore: Iter
     for key in REQUIRED:
         if key not in mine:
             raise ConfigError(
-                f"{who}: {what} needs {key!r} (host_bytes: host RAM budget in bytes; disk_dir: a directory, or None for no disk tier)"
+                f"{who}: {what} needs {key!r} "
+                "(host_bytes: host RAM budget in bytes; disk_dir: a directory, or None for no disk tier)"
             )
     for key, value in mine.items():
         types = _TYPES[key]
