@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 #: Suites in the order ``storecomp bench all`` runs them.
 SUITES = ("read", "loader", "kvcache", "store")
+#: Suites run only when named (``storecomp bench vllm``): they need a separate environment and minutes.
+ON_REQUEST = ("vllm",)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..bench import SUITES, Context
+from ..bench import ON_REQUEST, SUITES, Context
 from ..bench._common import DATA_FILE_NAME
 from ..errors import InvalidArgumentError
 
@@ -42,7 +42,8 @@ def parse_size(text: str) -> int:
 
 def add_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="benchmark the data path against fio, memcpy and the peers")
-    b.add_argument("suite", nargs="?", default="all", choices=(*SUITES, "all"), help="what to measure (default: all)")
+    suites = (*SUITES, *ON_REQUEST, "all")
+    b.add_argument("suite", nargs="?", default="all", choices=suites, help="what to measure (default: all)")
     b.add_argument("--dir", help="directory for the data (default: a temporary directory)")
     b.add_argument("--size", type=parse_size, default=None, help="data size (default 1G for read, 256M for all)")
     b.add_argument("--duration", type=float, default=None, help="seconds per measurement (default 3; 1 for all)")
