@@ -471,7 +471,7 @@ class StorecompConnector(KVConnectorBase_V1):
         self._join_load()
         meta = self._get_connector_metadata()
         assert isinstance(meta, StorecompMetadata)
-        if meta.step_tokens >= self.geo.chunk_tokens:
+        if meta.step_tokens >= self.geo.chunk_tokens and not meta.loads:  # a step with loads is not pure prefill
             with self._measured_lock:
                 self._measured.prefill.append((meta.step_tokens, time.perf_counter() - self._step_t0))
         if self._store is None:
