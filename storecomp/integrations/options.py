@@ -8,13 +8,14 @@ every key and names the offending one, and :func:`open_kv_store` opens the
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, PermissionDeniedError
+from ..errors import ConfigError, PermissionDeniedError, StorageIOError
 from ..kvcache import KVCacheStore, ModelFingerprint
 from ..store import RetryPolicy
 
@@ -67,7 +68,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
 def parse_options(extra: Mapping[str, Any], who: str, *, what: str, ignore: Iterable[str] = ()) -> TierOptions:
     """Check ``extra`` (the engine's ``what`` dict, for messages): ConfigError naming an unknown,
     missing or mistyped key; keys in ``ignore`` belong to the engine. ``disk_dir`` is created if
-    needed and must be writable (PermissionDeniedError naming it)."""
+    needed and must be writable (PermissionDeniedError, or StorageIOError for another OS error,
+    naming it)."""
     mine = {k: v for k, v in extra.items() if k not in set(ignore)}
     unknown = sorted(set(mine) - set(_TYPES))
     if unknown:
@@ -100,7 +102,9 @@ def _check_writable(path: str, who: str) -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".storecomp-probe-"):
             pass
     except OSError as e:
-        raise PermissionDeniedError(f"{who}: disk_dir {path!r} is not writable: {e.strerror or e}") from e
+        err = e.errno or errno.EACCES
+        cls = PermissionDeniedError if err in (errno.EACCES, errno.EPERM, errno.EROFS) else StorageIOError
+        raise cls(err, path, op=f"{who}: disk_dir write check") from e
 
 
 def open_kv_store(fp: ModelFingerprint, chunk_tokens: int, opts: TierOptions, *, host_bytes: int | None = None) -> KVCacheStore:

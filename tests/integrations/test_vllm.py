@@ -269,7 +269,8 @@ print(json.dumps(out))
     assert "'disk_dir'" in out["missing_disk"]
     assert "'host_bytes'" in out["mistyped"] and "'1GB'" in out["mistyped"]
     assert "'host_bytes'" in out["negative"]
-    assert out["not_writable"].startswith("PermissionDeniedError") and "afile" in out["not_writable"]
+    assert out["not_writable"].startswith(("PermissionDeniedError", "StorageIOError"))
+    assert "afile/kv" in out["not_writable"] and "disk_dir write check" in out["not_writable"]
     assert "chunk_tokens" in out["chunk"]
 
 
