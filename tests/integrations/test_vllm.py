@@ -277,3 +277,44 @@ print(json.dumps(out))
 def test_importing_storecomp_does_not_import_vllm() -> None:
     code = "import sys, storecomp, storecomp.kvcache, storecomp.integrations; print('vllm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_unknown_layout_backend_or_geometry_is_refused() -> None:
+    """What vLLM chose is read, and anything the connector does not know is refused by name (no engine:
+    the same checks run at engine start on the real config)."""
+    code = """
+import json, types, torch
+from storecomp.errors import ConfigError
+from storecomp.integrations import vllm as c
+from storecomp.integrations.options import parse_options
+opts = parse_options({"host_bytes": 0, "disk_dir": None}, "t", what="t")
+spec = types.SimpleNamespace(head_size=64, head_size_v=64, num_kv_heads=2, dtype=torch.bfloat16, block_size=128)
+kvc = types.SimpleNamespace(kv_cache_groups=[types.SimpleNamespace(kv_cache_spec=spec, layer_names=["l0", "l1"])])
+def vc(layout, dtype="auto"):
+    return types.SimpleNamespace(cache_config=types.SimpleNamespace(kv_cache_layout=layout, cache_dtype=dtype))
+geo = c._geometry(vc("LBHNC"), kvc, opts)
+out = {}
+for name, fn in {
+    "ok": lambda: c._geometry(vc("LBHNC"), kvc, opts).layout,
+    "layout": lambda: c._geometry(vc("BLHNC"), kvc, opts),
+    "fp8": lambda: c._geometry(vc("LBHNC", "fp8_e4m3"), kvc, opts),
+    "shape": lambda: c._kv_views(torch.zeros(4, 2, 128, 96), "l0", geo, "rows"),
+    "strides": lambda: c._kv_views(torch.zeros(4, 128, 2, 128).transpose(1, 2), "l0", geo, "rows"),
+}.items():
+    try:
+        out[name] = str(fn())
+    except ConfigError as e:
+        out[name] = "ConfigError: " + str(e)
+k, v = c._kv_views(torch.arange(4 * 2 * 128 * 128.0).view(4, 2, 128, 128), "l0", c._geometry(vc("LBHNC"), kvc, opts), "rows")
+out["views"] = [list(k.shape), float(k[1, 3, 1, 5]), float(v[1, 3, 1, 5])]
+print(json.dumps(out))
+"""
+    out = json.loads(run_in_venv(code).strip().splitlines()[-1])
+    assert out["ok"] == "LBHNC"
+    assert out["layout"].startswith("ConfigError") and "'BLHNC'" in out["layout"] and "LBHNC" in out["layout"]
+    assert "fp8_e4m3" in out["fp8"]
+    assert out["shape"].startswith("ConfigError") and "(4, 2, 128, 96)" in out["shape"]
+    assert out["strides"].startswith("ConfigError") and "strides" in out["strides"]
+    # CPU_ATTN: block b, head h holds [2N, D] rows, K rows first: K[b, n, h, d] at row n, V[b, n, h, d] at row N + n
+    base = 1 * (2 * 128 * 128) + 1 * (128 * 128)  # b = 1, h = 1
+    assert out["views"] == [[4, 128, 2, 64], float(base + 3 * 64 + 5), float(base + (128 + 3) * 64 + 5)]
