@@ -31,7 +31,7 @@ def make_model(model_dir: str, model: dict[str, int]) -> None:
         return
     from transformers import LlamaConfig
 
-    LlamaConfig(
+    LlamaConfig(  # type: ignore[call-arg]  # torch_dtype is one of PretrainedConfig's **kwargs
         vocab_size=32000,
         hidden_size=model["hidden"],
         intermediate_size=model["intermediate"],

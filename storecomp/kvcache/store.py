@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -478,14 +478,14 @@ class KVCacheStore:
         finally:
             gen.close()  # an early stop releases the chunks now
 
-    def retrieve_layerwise_keys(self, keys: list[bytes], out: Any) -> Iterator[tuple[int, int]]:
+    def retrieve_layerwise_keys(self, keys: list[bytes], out: Any) -> Generator[tuple[int, int], None, None]:
         """:meth:`retrieve_layerwise` for chunks named by ``keys``; yields ``(layer, chunks)``."""
         self._check_open()
         layout = self._layout_of(out)
         self._check_room(keys, layout)
         return self._retrieve_layerwise_keys(list(keys), layout)
 
-    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Iterator[tuple[int, int]]:
+    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Generator[tuple[int, int], None, None]:
         fetches = self._plan(keys, per_layer=True)
         good = len(fetches)
         try:
