@@ -230,3 +230,10 @@ def _check(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: align={value}: expected a power of two of at least 512")
     if key == "split_bytes" and value % 4096:
         raise ConfigError(f"{where}: split_bytes={value}: expected a multiple of 4096")
+
+
+def vllm_venv(environ: Mapping[str, str] | None = None) -> Path:
+    """The virtual environment vLLM runs in (``STORECOMP_VLLM_VENV``, default
+    ``~/.cache/storecomp/vllm-venv``; made by scripts/setup-vllm-venv.sh)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("STORECOMP_VLLM_VENV") or Path.home() / ".cache" / "storecomp" / "vllm-venv")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -188,6 +188,11 @@ class KVCacheStore:
         layout.check(self.fingerprint)
         return layout
 
+    def _check_room(self, keys: list[bytes], layout: Any) -> None:
+        if len(keys) * self.chunk_tokens > layout.tokens:
+            n = len(keys) * self.chunk_tokens
+            raise InvalidArgumentError(f"{len(keys)} chunks need {n} token positions, the KV has {layout.tokens}")
+
     def _check_open(self) -> None:
         if self._closed:
             raise InvalidArgumentError("KVCacheStore is closed")
@@ -264,10 +269,7 @@ class KVCacheStore:
         returns the chunks now stored."""
         self._check_open()
         layout = self._layout_of(kv)
-        if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(
-                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
-            )
+        self._check_room(keys, layout)
         return self._store_keys(list(keys), layout)
 
     def _store_keys(self, keys: list[bytes], layout: Any) -> int:
@@ -495,10 +497,7 @@ class KVCacheStore:
         """:meth:`retrieve` for chunks named by ``keys``; returns the chunks loaded (a prefix of ``keys``)."""
         self._check_open()
         layout = self._layout_of(out)
-        if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(
-                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
-            )
+        self._check_room(keys, layout)
         return self._retrieve_keys(list(keys), layout)
 
     def _retrieve_keys(self, keys: list[bytes], layout: Any) -> int:
@@ -536,17 +535,14 @@ class KVCacheStore:
         finally:
             gen.close()  # an early stop releases the chunks now
 
-    def retrieve_layerwise_keys(self, keys: list[bytes], out: Any) -> Iterator[tuple[int, int]]:
+    def retrieve_layerwise_keys(self, keys: list[bytes], out: Any) -> Generator[tuple[int, int], None, None]:
         """:meth:`retrieve_layerwise` for chunks named by ``keys``; yields ``(layer, chunks)``."""
         self._check_open()
         layout = self._layout_of(out)
-        if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(
-                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
-            )
+        self._check_room(keys, layout)
         return self._retrieve_layerwise_keys(list(keys), layout)
 
-    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Iterator[tuple[int, int]]:
+    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Generator[tuple[int, int], None, None]:
         fetches = self._plan(keys, per_layer=True)
         good = len(fetches)
         try:
