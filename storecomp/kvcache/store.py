@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..errors import InvalidArgumentError, StorecompError
 from ..io import Engine
 from ..store.base import Store
 from . import format as fmt
-from .fetch import SEGMENT_BYTES, Fetch, Sealing
+from .fetch import SEGMENT_BYTES, Fetch, FetchOutcome, Sealing
 from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
 from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
 
@@ -391,15 +391,16 @@ class KVCacheStore:
         for i, key in enumerate(keys):
             buf = self.host.acquire(key)
             if buf is not None:
-                f = Fetch(i, key, "host", buf, self.layout)
+                f = Fetch(i, key, self.host, buf, self.layout)
                 f.header = fmt.Header(self.chunk_tokens, ())
                 f.checked = set(range(self.fingerprint.layers))
+                f.outcome = FetchOutcome.HIT  # read in place: host chunks were checked on the way in
                 fetches.append(f)
                 continue
             self.host.stats.add(misses=1)
             if self.disk is not None and self.disk.has(key) and self.disk.pin(key):
-                f = Fetch(i, key, "disk", self._new_buf(), self.layout, self._sealing)
-                f.start_disk(self.disk, per_layer)
+                f = Fetch(i, key, self.disk, self._new_buf(), self.layout, self._sealing)
+                f.start(per_layer)
                 fetches.append(f)
                 continue
             if self.disk is not None:
@@ -411,8 +412,8 @@ class KVCacheStore:
             if key not in shared_present:
                 self.shared.stats.add(misses=1)
                 break
-            f = Fetch(i, key, "shared", self._new_buf(), self.layout, self._sealing)
-            f.start_shared(self.shared, per_layer)
+            f = Fetch(i, key, self.shared, self._new_buf(), self.layout, self._sealing)
+            f.start(per_layer)
             fetches.append(f)
         return fetches
 
@@ -422,60 +423,46 @@ class KVCacheStore:
         buf.sealed = False
         return buf
 
-    def _tier(self, name: str) -> Any:
-        return {"host": self.host, "disk": self.disk, "shared": self.shared}[name]
-
     def _finish(self, fetches: list[Fetch], good: int) -> None:
         """Account, promote the good chunks upward, release everything."""
         for f in fetches:
             f.drain()
-            tier = self._tier(f.tier)
+            tier = f.tier
             if f.index < good:
                 n = self.layout.nbytes
-                secs = (f.t1 or time.perf_counter()) - f.t0 if f.tier != "host" else 0.0
+                secs = (f.t1 or time.perf_counter()) - f.t0 if tier is not self.host else 0.0
                 tier.stats.add(hits=1, bytes_read=n, read_seconds=secs)
                 self._counts.add(hits=1, bytes_read=n)
             elif f.bad:
                 self._fail(f)
-            if f.tier == "host":
+            if tier is self.host:
                 self.host.release(f.key, f.buf)
                 continue
-            if f.tier == "disk":
-                assert self.disk is not None
-                self.disk.unpin(f.key)
+            if isinstance(tier, DiskTier):
+                tier.unpin(f.key)
             if f.index < good and len(f.checked) == self.fingerprint.layers:  # only fully verified chunks move up
                 f.buf.sealed = True
                 self.host.put(f.key, f.buf)
-                if f.tier == "shared" and self.disk is not None:
+                if isinstance(tier, SharedTier) and self.disk is not None:
                     self._write_lower(f.key, f.buf, disk=True)
             self.host.unref(f.buf)
 
     def _fail(self, f: Fetch) -> None:
-        tier = self._tier(f.tier)
-        if f.corrupt:
+        tier, outcome = f.tier, f.outcome
+        if outcome is FetchOutcome.CORRUPT:
             tier.stats.add(verify_failures=1, misses=1)
             self._counts.add(verify_failures=1)
-            if f.tier == "disk":
-                self.disk.forget(f.key)  # type: ignore[union-attr]
-            elif f.tier == "shared":
-                self.shared.forget(f.key)  # type: ignore[union-attr]
-                try:  # a corrupt object would shadow the good one forever (put_if_absent)
-                    self.shared.store.delete(self.shared.object_key(f.key))  # type: ignore[union-attr]
-                except (StorecompError, OSError):
-                    pass
-        elif f.error and f.error.startswith("unavailable"):
+            tier.forget(f.key, delete=True)
+        elif outcome is FetchOutcome.UNAVAILABLE:
             tier.stats.add(unavailable=1, misses=1)
-            if f.tier == "shared":
-                self.shared.mark_down(RuntimeError(f.error))  # type: ignore[union-attr]
+            if isinstance(tier, SharedTier):
+                tier.mark_down(RuntimeError(f"unavailable: {f.detail}"))
         else:
             tier.stats.add(misses=1)
-            if f.error and f.error.startswith("undecryptable"):  # counted, never deleted: the key may be what is wrong
+            if outcome is FetchOutcome.UNDECRYPTABLE:  # counted, never deleted: the key may be what is wrong
                 tier.stats.add(verify_failures=1)
                 self._counts.add(verify_failures=1)
-            if f.tier == "disk":
-                self.disk.forget(f.key, delete=False)  # type: ignore[union-attr]
-            elif f.tier == "shared":
-                self.shared.forget(f.key)  # type: ignore[union-attr]
+            tier.forget(f.key, delete=False)
 
     def retrieve(self, tokens: Any, out: Any) -> int:
         """Load the longest stored prefix of ``tokens`` into ``out``; returns its length in tokens.
@@ -546,7 +533,7 @@ class KVCacheStore:
             )
         return self._retrieve_layerwise_keys(list(keys), layout)
 
-    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Iterator[tuple[int, int]]:
+    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Generator[tuple[int, int], None, None]:
         fetches = self._plan(keys, per_layer=True)
         good = len(fetches)
         try:
