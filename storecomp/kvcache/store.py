@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,30 +32,66 @@ from ..store.base import Store
 from . import format as fmt
 from .fetch import SEGMENT_BYTES, Fetch, FetchOutcome, Sealing
 from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
-from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
+from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, SharedTierOptions, TierStats
 
 GiB = 1 << 30
 
+#: The shared-tier keywords of earlier releases and the SharedTierOptions field each one became.
+#: Still accepted, with a DeprecationWarning, for one release.
+_LEGACY_SHARED = {
+    "shared_options": "store_options",
+    "shared_prefix": "prefix",
+    "shared_retry_seconds": "retry_seconds",
+    "shared_backoff": "backoff",
+    "shared_max_backoff": "max_backoff",
+}
 
-def _open_shared(shared: str | os.PathLike[str] | Store, options: dict[str, Any]) -> Store:
-    if isinstance(shared, Store):
+
+def _shared_tier_options(
+    shared: str | os.PathLike[str] | Store | SharedTierOptions | None, legacy: dict[str, Any]
+) -> SharedTierOptions | None:
+    """``shared=`` as one options object, with any deprecated ``shared_*`` keywords folded in."""
+    unknown = sorted(set(legacy) - _LEGACY_SHARED.keys())
+    if unknown:
+        raise TypeError(f"KVCacheStore() got an unexpected keyword argument {unknown[0]!r}")
+    if legacy:
+        old = ", ".join(f"{k}=" for k in legacy)
+        new = ", ".join(f"{_LEGACY_SHARED[k]}=" for k in legacy)
+        warnings.warn(
+            f"KVCacheStore({old}) is deprecated: pass shared=SharedTierOptions(store, {new})", DeprecationWarning, stacklevel=3
+        )
+        if isinstance(shared, SharedTierOptions):
+            raise InvalidArgumentError(f"shared= is a SharedTierOptions: set {new} in it instead of passing {old}")
+    if shared is None or isinstance(shared, SharedTierOptions):
         return shared
+    fields = {_LEGACY_SHARED[k]: v for k, v in legacy.items() if not (k == "shared_options" and v is None)}
+    return SharedTierOptions(shared, **fields)
+
+
+def _open_shared(opts: SharedTierOptions) -> Store:
+    if isinstance(opts.store, Store):
+        return opts.store
     from ..store.registry import open_store
 
-    return open_store(shared, **options)
+    return open_store(opts.store, **opts.store_options)
 
 
 class KVCacheStore:
     """A tiered KV-cache store for one model configuration (its ``fingerprint``).
 
     ``host_bytes`` and ``disk_bytes`` are the tiers' budgets in bytes;
-    ``disk_dir`` (None: no disk tier) and ``shared`` (a URL or a
-    :class:`~storecomp.store.Store`; None: no shared tier; ``shared_options``
-    go to ``open_store``) enable the lower tiers. Writes land in host memory during :meth:`store` and reach the
+    ``disk_dir`` (None: no disk tier) and ``shared`` (a
+    :class:`~storecomp.kvcache.tiers.SharedTierOptions`, or just its store: a
+    URL or a :class:`~storecomp.store.Store`; None: no shared tier) enable the
+    lower tiers. Writes land in host memory during :meth:`store` and reach the
     lower tiers in the background, unless ``write_through`` (then
     :meth:`store` returns once every tier has the chunk). A shared store
     that cannot be reached never fails a request: it is skipped, and
-    background writes retry for up to ``shared_retry_seconds``.
+    background writes retry for up to ``SharedTierOptions.retry_seconds``.
+    The keywords ``shared_options``, ``shared_prefix``, ``shared_retry_seconds``,
+    ``shared_backoff`` and ``shared_max_backoff`` still work, deprecated: they
+    are the options' ``store_options``, ``prefix``, ``retry_seconds``,
+    ``backoff`` and ``max_backoff``.
     ``spare_bytes`` (default: 16 chunks) of freed chunk buffers are kept for
     reuse: a fresh buffer costs page faults. ``copy_threads``: threads for
     each chunk's copy between CPU KV tensors and the host tier (1: the
@@ -81,20 +118,16 @@ class KVCacheStore:
         host_bytes: int = 4 * GiB,
         disk_dir: str | os.PathLike[str] | None = None,
         disk_bytes: int = 64 * GiB,
-        shared: str | os.PathLike[str] | Store | None = None,
-        shared_options: dict[str, Any] | None = None,
-        shared_prefix: str = "kvcache",
+        shared: str | os.PathLike[str] | Store | SharedTierOptions | None = None,
         write_through: bool = False,
         disk_direct: bool = True,
-        shared_retry_seconds: float = 60.0,
-        shared_backoff: float = 0.5,
-        shared_max_backoff: float = 30.0,
         io_options: IOOptions | None = None,
         workers: int = 8,
         spare_bytes: int | None = None,
         copy_threads: int = 1,
         tenant: Tenant | None = None,
         encryption: crypto.KeyProvider | str | None = None,
+        **legacy: Any,
     ) -> None:
         if not isinstance(fingerprint, ModelFingerprint):
             raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
@@ -106,6 +139,7 @@ class KVCacheStore:
             raise InvalidArgumentError(f"copy_threads must be at least 1, got {copy_threads}")
         if tenant is not None and not isinstance(tenant, Tenant):
             raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
+        shared_opts = _shared_tier_options(shared, legacy)
         self.copy_threads = copy_threads
         self.tenant = tenant
         keys = crypto.key_provider(encryption)
@@ -118,7 +152,7 @@ class KVCacheStore:
         self.chunk_tokens = chunk_tokens
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
         self.write_through = write_through
-        self.shared_retry_seconds = shared_retry_seconds
+        self._shared_opts = shared_opts
         # Spare buffers kept for reuse (loads from lower tiers, chunks evicted from host).
         self.pool = BufferPool(keep_bytes=16 * self.layout.nbytes if spare_bytes is None else spare_bytes)
         self.host = HostTier(host_bytes, self.pool)
@@ -128,9 +162,9 @@ class KVCacheStore:
         self._own_shared: Store | None = None
         try:
             self.disk = DiskTier(disk_dir, self.namespace, disk_bytes, self.engine) if disk_dir is not None else None
-            if shared is not None:
-                store = _open_shared(shared, shared_options or {})
-                if store is not shared:
+            if shared_opts is not None:
+                store = _open_shared(shared_opts)
+                if store is not shared_opts.store:
                     self._own_shared = store
         except BaseException:
             self.engine.close()
@@ -139,11 +173,11 @@ class KVCacheStore:
             SharedTier(
                 store,
                 self.namespace,
-                shared_prefix,
-                backoff=shared_backoff,
-                max_backoff=shared_max_backoff,
+                shared_opts.prefix,
+                backoff=shared_opts.backoff,
+                max_backoff=shared_opts.max_backoff,
             )
-            if shared is not None
+            if shared_opts is not None
             else None
         )
         # Up to eight writers: while some checksum a chunk or fsync and rename
@@ -356,9 +390,9 @@ class KVCacheStore:
             self.host.unref(buf)
 
     def _shared_job(self, key: bytes, buf: Buffer) -> bool:
-        shared = self.shared
-        assert shared is not None
-        deadline = time.monotonic() + self.shared_retry_seconds
+        shared, opts = self.shared, self._shared_opts
+        assert shared is not None and opts is not None
+        deadline = time.monotonic() + opts.retry_seconds
         sealed: Buffer | None = None
         try:
             self._seal(key, buf)

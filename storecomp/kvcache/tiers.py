@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -539,6 +539,40 @@ def _unlink_quiet(path: str) -> None:
 
 
 # ---------------------------------------------------------------- shared store
+
+
+@dataclass(frozen=True)
+class SharedTierOptions:
+    """A KV store's shared tier, passed as ``KVCacheStore(shared=SharedTierOptions(...))``.
+
+    ``store``: a URL, opened with ``open_store(store, **store_options)`` and
+    closed with the KV store, or a :class:`~storecomp.store.Store` (the
+    caller's: left open). Chunks live under ``<prefix>/<namespace>/<xx>/<key>``.
+    While the store cannot be reached the tier is skipped for ``backoff``
+    seconds, doubling up to ``max_backoff``; background writes retry for up
+    to ``retry_seconds`` seconds, then are dropped and counted.
+    """
+
+    store: str | os.PathLike[str] | Store
+    store_options: Mapping[str, Any] = field(default_factory=dict)
+    prefix: str = "kvcache"
+    retry_seconds: float = 60.0
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.store, str | os.PathLike | Store):
+            raise InvalidArgumentError(f"SharedTierOptions.store must be a URL or a Store, got {type(self.store).__name__}")
+        if not isinstance(self.store_options, Mapping):
+            raise InvalidArgumentError(
+                f"SharedTierOptions.store_options must be a mapping, got {type(self.store_options).__name__}"
+            )
+        if not isinstance(self.prefix, str):
+            raise InvalidArgumentError(f"SharedTierOptions.prefix must be a string, got {type(self.prefix).__name__}")
+        for name in ("retry_seconds", "backoff", "max_backoff"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise InvalidArgumentError(f"SharedTierOptions.{name} must be a non-negative number of seconds, got {value!r}")
 
 
 class SharedTier:
