@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, PermissionDeniedError, StorageIOError
-from ..kvcache import KVCacheStore, ModelFingerprint
+from ..kvcache import KVCacheStore, ModelFingerprint, SharedTierOptions
 from ..store import RetryPolicy
 
 __all__ = ["TierOptions", "open_kv_store", "parse_options"]
@@ -118,9 +118,10 @@ def open_kv_store(fp: ModelFingerprint, chunk_tokens: int, opts: TierOptions, *,
         host_bytes=opts.host_bytes if host_bytes is None else host_bytes,
         disk_dir=opts.disk_dir,
         disk_bytes=opts.disk_bytes,
-        shared=opts.shared,
-        shared_options=shared_options,
-        shared_prefix=opts.shared_prefix,
-        shared_retry_seconds=opts.shared_retry_seconds,
+        shared=None
+        if opts.shared is None
+        else SharedTierOptions(
+            store=opts.shared, store_options=shared_options, prefix=opts.shared_prefix, retry_seconds=opts.shared_retry_seconds
+        ),
         copy_threads=opts.copy_threads,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -29,32 +30,68 @@ from ..errors import InvalidArgumentError, StorecompError
 from ..io import Engine
 from ..store.base import Store
 from . import format as fmt
-from .fetch import SEGMENT_BYTES, Fetch, Sealing
+from .fetch import SEGMENT_BYTES, Fetch, FetchOutcome, Sealing
 from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
-from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
+from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, SharedTierOptions, TierStats
 
 GiB = 1 << 30
 
+#: The shared-tier keywords of earlier releases and the SharedTierOptions field each one became.
+#: Still accepted, with a DeprecationWarning, for one release.
+_LEGACY_SHARED = {
+    "shared_options": "store_options",
+    "shared_prefix": "prefix",
+    "shared_retry_seconds": "retry_seconds",
+    "shared_backoff": "backoff",
+    "shared_max_backoff": "max_backoff",
+}
 
-def _open_shared(shared: str | os.PathLike[str] | Store, options: dict[str, Any]) -> Store:
-    if isinstance(shared, Store):
+
+def _shared_tier_options(
+    shared: str | os.PathLike[str] | Store | SharedTierOptions | None, legacy: dict[str, Any]
+) -> SharedTierOptions | None:
+    """``shared=`` as one options object, with any deprecated ``shared_*`` keywords folded in."""
+    unknown = sorted(set(legacy) - _LEGACY_SHARED.keys())
+    if unknown:
+        raise TypeError(f"KVCacheStore() got an unexpected keyword argument {unknown[0]!r}")
+    if legacy:
+        old = ", ".join(f"{k}=" for k in legacy)
+        new = ", ".join(f"{_LEGACY_SHARED[k]}=" for k in legacy)
+        warnings.warn(
+            f"KVCacheStore({old}) is deprecated: pass shared=SharedTierOptions(store, {new})", DeprecationWarning, stacklevel=3
+        )
+        if isinstance(shared, SharedTierOptions):
+            raise InvalidArgumentError(f"shared= is a SharedTierOptions: set {new} in it instead of passing {old}")
+    if shared is None or isinstance(shared, SharedTierOptions):
         return shared
+    fields = {_LEGACY_SHARED[k]: v for k, v in legacy.items() if not (k == "shared_options" and v is None)}
+    return SharedTierOptions(shared, **fields)
+
+
+def _open_shared(opts: SharedTierOptions) -> Store:
+    if isinstance(opts.store, Store):
+        return opts.store
     from ..store.registry import open_store
 
-    return open_store(shared, **options)
+    return open_store(opts.store, **opts.store_options)
 
 
 class KVCacheStore:
     """A tiered KV-cache store for one model configuration (its ``fingerprint``).
 
     ``host_bytes`` and ``disk_bytes`` are the tiers' budgets in bytes;
-    ``disk_dir`` (None: no disk tier) and ``shared`` (a URL or a
-    :class:`~storecomp.store.Store`; None: no shared tier; ``shared_options``
-    go to ``open_store``) enable the lower tiers. Writes land in host memory during :meth:`store` and reach the
+    ``disk_dir`` (None: no disk tier) and ``shared`` (a
+    :class:`~storecomp.kvcache.tiers.SharedTierOptions`, or just its store: a
+    URL or a :class:`~storecomp.store.Store`; None: no shared tier) enable the
+    lower tiers. Writes land in host memory during :meth:`store` and reach the
     lower tiers in the background, unless ``write_through`` (then
     :meth:`store` returns once every tier has the chunk). A shared store
     that cannot be reached never fails a request: it is skipped, and
-    background writes retry for up to ``shared_retry_seconds``.
+    background writes retry for up to ``SharedTierOptions.retry_seconds``.
+    The keywords ``shared_options``, ``shared_prefix``, ``shared_retry_seconds``,
+    ``shared_backoff`` and ``shared_max_backoff`` still work, deprecated: they
+    are the options' ``store_options``, ``prefix``, ``retry_seconds``,
+    ``backoff`` and ``max_backoff``.
     ``spare_bytes`` (default: 16 chunks) of freed chunk buffers are kept for
     reuse: a fresh buffer costs page faults. ``copy_threads``: threads for
     each chunk's copy between CPU KV tensors and the host tier (1: the
@@ -81,20 +118,16 @@ class KVCacheStore:
         host_bytes: int = 4 * GiB,
         disk_dir: str | os.PathLike[str] | None = None,
         disk_bytes: int = 64 * GiB,
-        shared: str | os.PathLike[str] | Store | None = None,
-        shared_options: dict[str, Any] | None = None,
-        shared_prefix: str = "kvcache",
+        shared: str | os.PathLike[str] | Store | SharedTierOptions | None = None,
         write_through: bool = False,
         disk_direct: bool = True,
-        shared_retry_seconds: float = 60.0,
-        shared_backoff: float = 0.5,
-        shared_max_backoff: float = 30.0,
         io_options: IOOptions | None = None,
         workers: int = 8,
         spare_bytes: int | None = None,
         copy_threads: int = 1,
         tenant: Tenant | None = None,
         encryption: crypto.KeyProvider | str | None = None,
+        **legacy: Any,
     ) -> None:
         if not isinstance(fingerprint, ModelFingerprint):
             raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
@@ -106,6 +139,7 @@ class KVCacheStore:
             raise InvalidArgumentError(f"copy_threads must be at least 1, got {copy_threads}")
         if tenant is not None and not isinstance(tenant, Tenant):
             raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
+        shared_opts = _shared_tier_options(shared, legacy)
         self.copy_threads = copy_threads
         self.tenant = tenant
         keys = crypto.key_provider(encryption)
@@ -118,7 +152,7 @@ class KVCacheStore:
         self.chunk_tokens = chunk_tokens
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
         self.write_through = write_through
-        self.shared_retry_seconds = shared_retry_seconds
+        self._shared_opts = shared_opts
         # Spare buffers kept for reuse (loads from lower tiers, chunks evicted from host).
         self.pool = BufferPool(keep_bytes=16 * self.layout.nbytes if spare_bytes is None else spare_bytes)
         self.host = HostTier(host_bytes, self.pool)
@@ -128,9 +162,9 @@ class KVCacheStore:
         self._own_shared: Store | None = None
         try:
             self.disk = DiskTier(disk_dir, self.namespace, disk_bytes, self.engine) if disk_dir is not None else None
-            if shared is not None:
-                store = _open_shared(shared, shared_options or {})
-                if store is not shared:
+            if shared_opts is not None:
+                store = _open_shared(shared_opts)
+                if store is not shared_opts.store:
                     self._own_shared = store
         except BaseException:
             self.engine.close()
@@ -139,11 +173,11 @@ class KVCacheStore:
             SharedTier(
                 store,
                 self.namespace,
-                shared_prefix,
-                backoff=shared_backoff,
-                max_backoff=shared_max_backoff,
+                shared_opts.prefix,
+                backoff=shared_opts.backoff,
+                max_backoff=shared_opts.max_backoff,
             )
-            if shared is not None
+            if shared_opts is not None
             else None
         )
         # Up to eight writers: while some checksum a chunk or fsync and rename
@@ -358,9 +392,9 @@ class KVCacheStore:
             self.host.unref(buf)
 
     def _shared_job(self, key: bytes, buf: Buffer) -> bool:
-        shared = self.shared
-        assert shared is not None
-        deadline = time.monotonic() + self.shared_retry_seconds
+        shared, opts = self.shared, self._shared_opts
+        assert shared is not None and opts is not None
+        deadline = time.monotonic() + opts.retry_seconds
         sealed: Buffer | None = None
         try:
             self._seal(key, buf)
@@ -393,15 +427,16 @@ class KVCacheStore:
         for i, key in enumerate(keys):
             buf = self.host.acquire(key)
             if buf is not None:
-                f = Fetch(i, key, "host", buf, self.layout)
+                f = Fetch(i, key, self.host, buf, self.layout)
                 f.header = fmt.Header(self.chunk_tokens, ())
                 f.checked = set(range(self.fingerprint.layers))
+                f.outcome = FetchOutcome.HIT  # read in place: host chunks were checked on the way in
                 fetches.append(f)
                 continue
             self.host.stats.add(misses=1)
             if self.disk is not None and self.disk.has(key) and self.disk.pin(key):
-                f = Fetch(i, key, "disk", self._new_buf(), self.layout, self._sealing)
-                f.start_disk(self.disk, per_layer)
+                f = Fetch(i, key, self.disk, self._new_buf(), self.layout, self._sealing)
+                f.start(per_layer)
                 fetches.append(f)
                 continue
             if self.disk is not None:
@@ -413,8 +448,8 @@ class KVCacheStore:
             if key not in shared_present:
                 self.shared.stats.add(misses=1)
                 break
-            f = Fetch(i, key, "shared", self._new_buf(), self.layout, self._sealing)
-            f.start_shared(self.shared, per_layer)
+            f = Fetch(i, key, self.shared, self._new_buf(), self.layout, self._sealing)
+            f.start(per_layer)
             fetches.append(f)
         return fetches
 
@@ -424,60 +459,46 @@ class KVCacheStore:
         buf.sealed = False
         return buf
 
-    def _tier(self, name: str) -> Any:
-        return {"host": self.host, "disk": self.disk, "shared": self.shared}[name]
-
     def _finish(self, fetches: list[Fetch], good: int) -> None:
         """Account, promote the good chunks upward, release everything."""
         for f in fetches:
             f.drain()
-            tier = self._tier(f.tier)
+            tier = f.tier
             if f.index < good:
                 n = self.layout.nbytes
-                secs = (f.t1 or time.perf_counter()) - f.t0 if f.tier != "host" else 0.0
+                secs = (f.t1 or time.perf_counter()) - f.t0 if tier is not self.host else 0.0
                 tier.stats.add(hits=1, bytes_read=n, read_seconds=secs)
                 self._counts.add(hits=1, bytes_read=n)
             elif f.bad:
                 self._fail(f)
-            if f.tier == "host":
+            if tier is self.host:
                 self.host.release(f.key, f.buf)
                 continue
-            if f.tier == "disk":
-                assert self.disk is not None
-                self.disk.unpin(f.key)
+            if isinstance(tier, DiskTier):
+                tier.unpin(f.key)
             if f.index < good and len(f.checked) == self.fingerprint.layers:  # only fully verified chunks move up
                 f.buf.sealed = True
                 self.host.put(f.key, f.buf)
-                if f.tier == "shared" and self.disk is not None:
+                if isinstance(tier, SharedTier) and self.disk is not None:
                     self._write_lower(f.key, f.buf, disk=True)
             self.host.unref(f.buf)
 
     def _fail(self, f: Fetch) -> None:
-        tier = self._tier(f.tier)
-        if f.corrupt:
+        tier, outcome = f.tier, f.outcome
+        if outcome is FetchOutcome.CORRUPT:
             tier.stats.add(verify_failures=1, misses=1)
             self._counts.add(verify_failures=1)
-            if f.tier == "disk":
-                self.disk.forget(f.key)  # type: ignore[union-attr]
-            elif f.tier == "shared":
-                self.shared.forget(f.key)  # type: ignore[union-attr]
-                try:  # a corrupt object would shadow the good one forever (put_if_absent)
-                    self.shared.store.delete(self.shared.object_key(f.key))  # type: ignore[union-attr]
-                except (StorecompError, OSError):
-                    pass
-        elif f.error and f.error.startswith("unavailable"):
+            tier.forget(f.key, delete=True)
+        elif outcome is FetchOutcome.UNAVAILABLE:
             tier.stats.add(unavailable=1, misses=1)
-            if f.tier == "shared":
-                self.shared.mark_down(RuntimeError(f.error))  # type: ignore[union-attr]
+            if isinstance(tier, SharedTier):
+                tier.mark_down(RuntimeError(f"unavailable: {f.detail}"))
         else:
             tier.stats.add(misses=1)
-            if f.error and f.error.startswith("undecryptable"):  # counted, never deleted: the key may be what is wrong
+            if outcome is FetchOutcome.UNDECRYPTABLE:  # counted, never deleted: the key may be what is wrong
                 tier.stats.add(verify_failures=1)
                 self._counts.add(verify_failures=1)
-            if f.tier == "disk":
-                self.disk.forget(f.key, delete=False)  # type: ignore[union-attr]
-            elif f.tier == "shared":
-                self.shared.forget(f.key)  # type: ignore[union-attr]
+            tier.forget(f.key, delete=False)
 
     def retrieve(self, tokens: Any, out: Any) -> int:
         """Load the longest stored prefix of ``tokens`` into ``out``; returns its length in tokens.
