@@ -392,7 +392,7 @@ Engine::Engine(const Config& cfg) : cfg_(cfg), owner_pid_(::getpid()) {
   if (cfg_.backend != "threads") {
     UringProbe probe = probe_uring();
     if (probe.permitted) {
-      uring_ = make_uring(cfg_.queue_depth, *pool_, stats_, cfg_.align, &backend_reason_);
+      uring_ = make_uring(cfg_.queue_depth, *pool_, stats_, cfg_.align, cfg_.split_bytes, &backend_reason_);
     } else {
       backend_reason_ = probe.reason;
     }

@@ -81,9 +81,14 @@ struct Piece {
   uint8_t issued = 0;  // io_uring: what the last submission was (Issued)
   bool nowait_tried = false;
   bool nowait_probe = false;  // thread pool: only try the page cache, hand a miss back
+  // io_uring bounce (an unaligned O_DIRECT read through aligned arena pages):
+  // the first arena unit, how many, and where the wanted bytes start in them.
+  uint32_t bounce_first = 0;
+  uint32_t bounce_units = 0;
+  uint32_t bounce_skip = 0;
 };
 
-enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2 };
+enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2, ISSUED_BOUNCE = 3 };
 
 struct Request {
   std::shared_ptr<FileEntry> file;
