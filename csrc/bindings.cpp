@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -170,6 +172,64 @@ py::dict stats_dict(Engine& e) {
   return d;
 }
 
+// Bytes of the file at `path` in the page cache: cachestat(2) (Linux 6.5+),
+// else mincore(2) over a read-only mapping, in 1 GiB windows. -1 with errno
+// set when neither works (then nothing is known).
+int64_t resident_bytes(const std::string& path, int* err) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *err = errno;
+    return -1;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    *err = errno;
+    ::close(fd);
+    return -1;
+  }
+  const long page = ::sysconf(_SC_PAGESIZE);
+  int64_t out = -1;
+#ifdef __NR_cachestat
+  constexpr long kCachestat = __NR_cachestat;
+#else
+  constexpr long kCachestat = 451;  // the same number on every architecture
+#endif
+  struct {
+    uint64_t off, len;
+  } range = {0, 0};
+  struct {
+    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+  } cs = {};
+  if (::syscall(kCachestat, fd, &range, &cs, 0) == 0) {
+    out = static_cast<int64_t>(std::min<uint64_t>(cs.nr_cache * static_cast<uint64_t>(page), st.st_size));
+  } else {
+    constexpr uint64_t kWindow = 1ull << 30;
+    std::vector<unsigned char> vec;
+    uint64_t size = static_cast<uint64_t>(st.st_size), count = 0;
+    bool ok = true;
+    for (uint64_t off = 0; off < size && ok; off += kWindow) {
+      uint64_t len = std::min(kWindow, size - off);
+      void* m = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(off));
+      if (m == MAP_FAILED) {
+        *err = errno;
+        ok = false;
+        break;
+      }
+      vec.resize((len + page - 1) / page);
+      if (::mincore(m, len, vec.data()) != 0) {
+        *err = errno;
+        ok = false;
+      } else {
+        for (unsigned char v : vec) count += v & 1;
+      }
+      ::munmap(m, len);
+    }
+    if (ok) out = static_cast<int64_t>(std::min<uint64_t>(count * page, size));
+  }
+  ::close(fd);
+  return out;
+}
+
 // Installs a seccomp filter that makes io_uring_setup fail with EPERM, as
 // container runtimes' default profiles do. Irreversible for this process:
 // tests call it in a child process.
@@ -221,6 +281,19 @@ PYBIND11_MODULE(_native, m) {
     return d;
   });
   m.def("_block_io_uring_for_tests", &block_io_uring);
+  m.def(
+      "resident_bytes",
+      [](const std::string& path) {
+        int err = 0;
+        int64_t n;
+        {
+          py::gil_scoped_release nogil;
+          n = resident_bytes(path, &err);
+        }
+        if (n < 0) throw_oserror(err, path);
+        return n;
+      },
+      py::arg("path"));
   m.def("copy_ops", &copy_ops, py::arg("ops"), py::arg("dst"), py::arg("src"), py::arg("threads") = 1,
         py::arg("nontemporal") = -1);
 

@@ -414,7 +414,7 @@ Engine::~Engine() { shutdown(); }
 static constexpr size_t kInlineRequests = 64;  // each is one preadv2 on the caller's thread
 
 static bool inline_probe(const Batch& batch, uint8_t mode) {
-  if (mode != MODE_AUTO || batch.reqs.size() > kInlineRequests) return false;
+  if (mode == MODE_DIRECT || batch.reqs.size() > kInlineRequests) return false;
   uint64_t total = 0;
   for (const auto& r : batch.reqs) {
     if (r.op != OP_READ) return false;
@@ -474,12 +474,14 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
   batch->self = batch;
   std::vector<Piece*> ptrs;
   ptrs.reserve(npieces);
+  bool has_reads = false, has_writes = false;
+  for (const auto& r : batch->reqs) (r.op == OP_READ ? has_reads : has_writes) = true;
   if (inline_probe(*batch, mode)) {
     // Small reads: try the page cache here, on the calling thread (the GIL is
     // released): a hit completes without waking the engine's threads (64 KiB:
     // ~3 us instead of ~100 us through the queue). A miss goes on as usual,
-    // its probe done (AUTO: from the device; a file system without
-    // RWF_NOWAIT: buffered).
+    // its probe done (AUTO: from the device; BUFFERED, or a file system
+    // without RWF_NOWAIT: a buffered read, which fills the page cache).
     for (auto& p : batch->pieces) {
       int err = 0;
       if (nowait_read(p, stats_, &err)) {
@@ -489,6 +491,17 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
       else
         ptrs.push_back(&p);
     }
+  } else if (uring_ && mode != MODE_DIRECT && has_reads && !has_writes) {
+    // Larger reads that may be cached: the thread pool tries the page cache
+    // (RWF_NOWAIT), so the copies of a hot batch spread over every core
+    // instead of falling to the ring's one submitting thread; what misses
+    // goes to the ring (AUTO: O_DIRECT; BUFFERED: a buffered read).
+    for (auto& p : batch->pieces) {
+      p.nowait_probe = true;
+      ptrs.push_back(&p);
+    }
+    pool_->submit(ptrs.data(), ptrs.size());
+    return batch;
   } else {
     for (auto& p : batch->pieces) ptrs.push_back(&p);
   }

@@ -223,6 +223,9 @@ class DataLoader:
             import torch
 
             self.device = torch.device("cuda", torch.cuda.current_device())
+        if isinstance(self.dataset.reader, LocalReader):
+            # The page cache or O_DIRECT for this epoch (what is resident may have changed since the last).
+            self.dataset.reader.choose_tier(self.dataset.keys())
         n = len(self.dataset)
         order = epoch_order(n, self.seed, self.epoch, shuffle=self.shuffle, block=self.shuffle_block, window=self.shuffle_window)
         steps = _Lookahead(rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last))
@@ -486,7 +489,9 @@ class DataLoader:
         per second of storage busy time (the union of the batches' in-flight
         intervals); ``latency_s`` a batch's I/O time (moving average); ``queue_occupancy`` batches already read when
         the consumer asked; ``bottleneck`` is ``consumer`` (data waits under
-        5 %), ``host-to-device`` or ``storage``.
+        5 %), ``host-to-device`` or ``storage``. ``tier`` is how local data is
+        read (``buffered``: through the page cache, ``direct``: O_DIRECT;
+        see :class:`~storecomp.io.PageCachePolicy`) and ``tier_reason`` why.
         """
         m = self._m
         b = max(1.0, m["batches"])
@@ -527,6 +532,7 @@ class DataLoader:
             "batches_outside_staging": int(m["batches_outside_staging"]),
             "bottleneck": hint,
             "tier": getattr(self.dataset.reader, "tier", "store"),
+            "tier_reason": getattr(self.dataset.reader, "tier_reason", "read through a Store"),
         }
 
     def reset_metrics(self) -> None:

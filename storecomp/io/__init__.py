@@ -19,6 +19,7 @@ from typing import Any
 from .buffers import BufferRef, StagingPool, StagingSlot, as_buffer
 from .engine import Engine, File, IOFuture, ReadRequest
 from .paths import PATHS, choose
+from .tier import PageCachePolicy, TierChoice, memory_info, resident_bytes
 
 _default: Engine | None = None
 _default_lock = threading.Lock()
@@ -83,12 +84,16 @@ __all__ = [
     "File",
     "IOFuture",
     "PATHS",
+    "PageCachePolicy",
     "ReadRequest",
     "StagingPool",
     "StagingSlot",
+    "TierChoice",
     "as_buffer",
     "default_engine",
     "io_path_for",
+    "memory_info",
     "read_batch",
     "read_into",
+    "resident_bytes",
 ]
