@@ -19,6 +19,7 @@
 #include <system_error>
 
 #include "copy.hpp"
+#include "crc32c.hpp"
 #include "engine.hpp"
 
 namespace py = pybind11;
@@ -123,7 +124,7 @@ py::array_t<T> checked(const py::array& a, const char* name, size_t n) {
 
 std::shared_ptr<Batch> submit(Engine& e, const py::array& file_ids, const py::array& ops,
                               const py::array& offsets, const py::array& lengths,
-                              const py::array& addrs, uint8_t mode) {
+                              const py::array& addrs, uint8_t mode, const py::object& crc_steps) {
   if (mode > sc::MODE_AUTO) throw std::invalid_argument("mode must be 0, 1 or 2");
   size_t n = static_cast<size_t>(py::len(offsets));
   auto f = checked<uint32_t>(file_ids, "file_ids", n);
@@ -132,6 +133,22 @@ std::shared_ptr<Batch> submit(Engine& e, const py::array& file_ids, const py::ar
   auto len = checked<uint64_t>(lengths, "lengths", n);
   auto ad = checked<uint64_t>(addrs, "addrs", n);
   auto batch = std::make_shared<Batch>(n);
+  if (!crc_steps.is_none()) {
+    auto cs = checked<uint64_t>(crc_steps, "crc_steps", n);
+    const uint64_t* csp = cs.data();
+    const uint64_t* lp = len.data();
+    size_t total = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (csp[i]) total += (lp[i] + csp[i] - 1) / csp[i];
+    batch->crcs.assign(total, 0);
+    size_t at = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (!csp[i]) continue;
+      batch->reqs[i].crc_step = csp[i];
+      batch->reqs[i].crc_out = batch->crcs.data() + at;
+      at += (lp[i] + csp[i] - 1) / csp[i];
+    }
+  }
   const uint32_t* fp = f.data();
   const uint8_t* op = o.data();
   const uint64_t* offp = off.data();
@@ -282,6 +299,18 @@ PYBIND11_MODULE(_native, m) {
   });
   m.def("_block_io_uring_for_tests", &block_io_uring);
   m.def(
+      "crc32c",
+      [](py::buffer data, uint32_t value) {
+        py::buffer_info info = data.request();
+        if (!PyBuffer_IsContiguous(info.view(), 'C'))
+          throw std::invalid_argument("crc32c needs a contiguous buffer");
+        size_t n = static_cast<size_t>(info.size * info.itemsize);
+        py::gil_scoped_release nogil;
+        return sc::crc32c(value, info.ptr, n);
+      },
+      py::arg("data"), py::arg("value") = 0);
+  m.attr("CRC32C_HARDWARE") = sc::crc32c_hardware();
+  m.def(
       "resident_bytes",
       [](const std::string& path) {
         int err = 0;
@@ -311,6 +340,12 @@ PYBIND11_MODULE(_native, m) {
       .def("wait", &Batch::wait, py::arg("timeout") = -1.0, py::call_guard<py::gil_scoped_release>())
       .def("done", &Batch::is_finished)
       .def("__len__", [](Batch& b) { return b.reqs.size(); })
+      .def("crcs", [](Batch& b) {
+        if (!b.is_finished()) throw std::runtime_error("batch not finished");
+        py::array_t<uint32_t> out(b.crcs.size());
+        if (!b.crcs.empty()) std::memcpy(out.mutable_data(), b.crcs.data(), b.crcs.size() * 4);
+        return out;
+      })
       .def("results", [](Batch& b) {
         if (!b.is_finished()) throw std::runtime_error("batch not finished");
         size_t n = b.reqs.size();
@@ -374,7 +409,7 @@ PYBIND11_MODULE(_native, m) {
            })
       .def("open_files", [](Engine& e) { return e.files().size(); })
       .def("submit", &submit, py::arg("file_ids"), py::arg("ops"), py::arg("offsets"),
-           py::arg("lengths"), py::arg("addrs"), py::arg("mode"))
+           py::arg("lengths"), py::arg("addrs"), py::arg("mode"), py::arg("crc_steps") = py::none())
       .def("register_buffer", &Engine::register_buffer, py::call_guard<py::gil_scoped_release>())
       .def("unregister_buffer", &Engine::unregister_buffer, py::call_guard<py::gil_scoped_release>())
       .def("stats", &stats_dict)

@@ -99,12 +99,19 @@ struct Request {
   std::atomic<uint64_t> valid{0};  // bytes valid from the start (min short end)
   std::atomic<int> err{0};
   std::atomic<uint64_t> err_offset{0};
+  // Checks: when crc_step > 0, the thread that completes the request's last
+  // piece writes the crc32c of each crc_step-byte chunk of what was read
+  // (the last may be shorter) to crc_out[0..].
+  uint64_t crc_step = 0;
+  uint32_t* crc_out = nullptr;
+  std::atomic<uint32_t> pieces_left{0};
 };
 
 struct Batch {
   explicit Batch(size_t n) : reqs(n) {}
   std::vector<Request> reqs;
   std::vector<Piece> pieces;
+  std::vector<uint32_t> crcs;  // Request::crc_out points in here
   std::atomic<size_t> left{0};
   std::shared_ptr<Batch> self;  // keeps the batch alive while pieces are in flight
   std::mutex mu;

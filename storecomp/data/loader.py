@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ClosedError, InvalidArgumentError, StorecompError
 from ..io import Engine, StagingPool
-from ._plan import BatchPlan, SlotLayout, build_tensors, corrupt_error, drop_rows, find_corrupt, plan_batch
+from ._plan import BatchPlan, SlotLayout, build_tensors, corrupt_error, crc_steps, drop_rows, find_corrupt, plan_batch
 from .datasets import Dataset, open_dataset
 from .order import epoch_order, rank_steps
 from .readers import LocalReader
@@ -354,7 +354,7 @@ class DataLoader:
             submitted = time.perf_counter()
             reader = self.dataset.reader
             if isinstance(reader, LocalReader) and plan.reads:
-                futures.append(reader.submit_many(slot.array, plan.reads))
+                futures.append(reader.submit_many(slot.array, plan.reads, crc_steps(plan)))
             else:
                 for key, offs, lens, dst in plan.reads:
                     futures.append(reader.submit(key, slot.array, offs, lens, dst))
@@ -381,7 +381,8 @@ class DataLoader:
             item.done_at = time.perf_counter()
         self._busy(item)
         plan = item.plan
-        bad = find_corrupt(plan, item.slot.array) if plan.checks else []
+        crcs = _engine_crcs(item.futures) if plan.checks else None
+        bad = find_corrupt(plan, item.slot.array, crcs) if plan.checks else []
         if bad and self.on_corrupt == "raise":
             item.slot.release()
             raise corrupt_error(self.dataset, plan, bad)
@@ -608,6 +609,14 @@ def _record_consumer_stream(batch: dict[str, Any], device: Any) -> None:
     for t in batch.values():
         if isinstance(t, torch.Tensor) and t.is_cuda:
             t.record_stream(stream)
+
+
+def _engine_crcs(futures: list[Any]) -> np.ndarray | None:
+    """The per-sample crc32c the engine computed for a batch read with one local submission, else None."""
+    if len(futures) != 1 or not hasattr(futures[0], "checksums"):
+        return None
+    crcs = futures[0].checksums()
+    return crcs if crcs.size else None
 
 
 def _done(item: _InFlight) -> bool:

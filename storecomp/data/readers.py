@@ -100,11 +100,16 @@ class LocalReader:
     def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> RangeFuture:
         return self.engine.cached_file(key).read_many_into(dst, offsets, lengths, dst_offsets)
 
-    def submit_many(self, dst: Any, reads: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> RangeFuture:
+    def submit_many(
+        self, dst: Any, reads: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], crc_steps: np.ndarray | None = None
+    ) -> RangeFuture:
         """All ``reads`` (key, offsets, lengths, dst offsets) of a batch as one native submission.
 
         The engine's per-call cost is large next to a 4 KiB read (tens of
         microseconds), so a batch touching several shards is still one call.
+        ``crc_steps`` (one per range, in order; 0: none): the engine's
+        threads compute the crc32c of each chunk of that many bytes of the
+        range as it lands (the future's ``checksums()``).
         """
         eng = self.engine
         mode = self._mode(eng)
@@ -131,6 +136,7 @@ class LocalReader:
             exact=True,
             io_paths=("posix",) * int(offs.size),
             file_index=np.repeat(np.arange(len(files), dtype=np.int64), counts),
+            crc_steps=crc_steps,
         )
 
     def join(self, base: str, key: str) -> str:

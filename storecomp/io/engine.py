@@ -161,6 +161,14 @@ class IOFuture:
             nbytes = ordered
         self._result = nbytes
 
+    def checksums(self, timeout: float | None = None) -> np.ndarray:
+        """crc32c (uint32) of each ``crc_steps[i]``-byte chunk of each request submitted with
+        ``crc_steps``, in request order, computed on the engine's threads as each request
+        landed. Raises like :meth:`result`; empty when no checks were asked for."""
+        self.result(timeout)
+        crcs = [p.crcs() for p in self._parts if hasattr(p, "crcs")]
+        return np.concatenate(crcs) if crcs else np.zeros(0, np.uint32)
+
     def _path(self, i: int) -> str:
         return self._paths[int(self._file_index[i])] if self._file_index.size else self._paths[0]
 
@@ -447,7 +455,10 @@ class Engine:
         exact: bool,
         io_paths: tuple[str, ...],
         file_index: np.ndarray | None = None,
+        crc_steps: np.ndarray | None = None,
     ) -> IOFuture:
+        """Submit one native batch. ``crc_steps`` (reads; uint64 per request, 0: none): the engine
+        computes the crc32c of each chunk of that many bytes (see :meth:`IOFuture.checksums`)."""
         self._check_open()
         n = offs.size
         try:
@@ -458,6 +469,7 @@ class Engine:
                 lens,
                 addrs,
                 mode,
+                None if crc_steps is None else np.asarray(crc_steps, np.uint64),
             )
         except RuntimeError as e:
             raise ClosedError(str(e)) from None

@@ -384,3 +384,44 @@ def test_unaligned_direct_reads_bounce_in_the_ring_beyond_the_arena(data_file: D
         assert stats["bounce_pieces"] == n and stats["errors"] == 0
     finally:
         eng.shutdown()
+
+
+def test_native_crc32c_matches_the_crc32c_package() -> None:
+    import crc32c
+
+    rng = np.random.default_rng(11)
+    buf = rng.integers(0, 256, 3 << 20, np.uint8).tobytes()
+    for _ in range(300):
+        a, n = int(rng.integers(0, 64)), int(rng.integers(0, 1 << 20))
+        v = int(rng.integers(0, 1 << 32))
+        assert _native.crc32c(buf[a : a + n], v) == crc32c.crc32c(buf[a : a + n], v)
+    for n in (0, 1, 7, 8, 255, 767, 768, 769, 24575, 24576, 24577):  # around the stream block sizes
+        assert _native.crc32c(buf[3 : 3 + n]) == crc32c.crc32c(buf[3 : 3 + n])
+    with pytest.raises(ValueError, match="contiguous"):
+        _native.crc32c(np.zeros(16, np.uint8)[::2])
+
+
+@pytest.mark.parametrize("mode", ["on", "off", "auto"])
+def test_batch_checksums_are_computed_as_requests_land(native, data_file: DataFile, mode: str) -> None:
+    """crc_steps: the engine's threads compute one crc32c per chunk of each
+    request (several pieces: split at 1 MiB), also for unaligned ones and short reads at end of file."""
+    import crc32c
+
+    fid = native.open(str(data_file.path))
+    offs = [0, 4097, 1 << 20, data_file.size - 100]
+    lens = [65536, 10001, (2 << 20) + 5, 100 + 50]  # the last runs 50 bytes past end of file
+    steps = [4096, 0, 65536, 64]
+    raw = np.zeros(sum(lens) + 16, np.uint8)
+    dst = 3 + np.concatenate([[0], np.cumsum(lens)[:-1]])
+    batch = native.submit(
+        np.full(4, fid, np.uint32), np.zeros(4, np.uint8), np.array(offs, np.uint64), np.array(lens, np.uint64),
+        (raw.ctypes.data + dst).astype(np.uint64), MODES[mode], np.array(steps, np.uint64),
+    )  # fmt: skip
+    assert batch.wait(30.0)
+    got = batch.crcs().tolist()
+    want = []
+    for o, n, s in zip(offs, lens, steps, strict=True):
+        if s:
+            data = data_file.data[o : o + n]
+            want += [crc32c.crc32c(data[k : k + s]) for k in range(0, len(data), s)] + [0] * (-(-n // s) - -(-len(data) // s))
+    assert got == want
