@@ -183,6 +183,7 @@ def test_dataset_modified_on_disk_between_epochs_is_a_checksum_error(shard_ds: s
             f.seek(7 * stride + 1)
             f.write(b"\xa5\x5a")
         loader.epoch = 1
-        with pytest.raises(CorruptDataError, match=f"{os.path.basename(path)}: checksum mismatch in record 7 at offset {7 * stride}"):
+        want = f"{os.path.basename(path)}: checksum mismatch in record 7 at offset {7 * stride}"
+        with pytest.raises(CorruptDataError, match=want):
             for _ in loader:
                 pass
