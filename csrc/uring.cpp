@@ -159,6 +159,12 @@ class Uring final : public UringBackend {
       return -err;
     }
     sparse_ = io_uring_register_buffers_sparse(&ring_, 2) == 0;
+    // Buffered reads that miss the page cache block in io-wq workers, by
+    // default at most 4 per CPU: on a small machine that caps a cold
+    // buffered (page-cache tier) pass at a fraction of the ring's queue
+    // depth. Allow one bounded worker per ring entry (advisory).
+    unsigned workers[2] = {qd_, 0};
+    (void)io_uring_register_iowq_max_workers(&ring_, workers);
     arm_wake();
     io_uring_submit(&ring_);
     inited_ = true;
