@@ -229,19 +229,22 @@ class File:
         dst_offsets: Sequence[int] | np.ndarray,
         *,
         exact: bool = True,
+        crc_step: int = 0,
     ) -> IOFuture:
         """Submit many reads from this file into one destination; returns at once.
 
         Request i reads ``lengths[i]`` bytes at file offset ``offsets[i]``
         into ``dst`` at byte ``dst_offsets[i]``. This is the hot path for
-        batches of samples: no per-request Python.
+        batches of samples: no per-request Python. ``crc_step`` (bytes, host
+        destinations): the engine's threads compute the crc32c of each chunk
+        of that many bytes of every request as it lands (``checksums()``).
         """
         fid = self._check_open()
         ref = as_buffer(dst)
         if np.isscalar(lengths):
             lengths = np.full(np.asarray(offsets).size, lengths)
         offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.path)
-        return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact)
+        return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact, crc_step)
 
     def pwrite(self, src: Any, offset: int = 0) -> int:
         """Write all of ``src`` at file ``offset``; returns the bytes written."""
@@ -485,8 +488,11 @@ class Engine:
         lens: np.ndarray,
         douts: np.ndarray,
         exact: bool,
+        crc_step: int = 0,
     ) -> IOFuture:
         if ref.is_cuda:
+            if crc_step:
+                raise InvalidArgumentError(f"{f.path}: crc_step needs a host destination")
             from . import paths
 
             return paths.submit_device_reads(self, f, ref, offs, lens, douts, exact)
@@ -502,6 +508,7 @@ class Engine:
             [ref, f],
             exact=exact,
             io_paths=("posix",),
+            crc_steps=np.full(offs.size, crc_step, np.uint64) if crc_step else None,
         )
 
     def read_batch(self, requests: Sequence[ReadRequest], *, exact: bool = True) -> IOFuture:
