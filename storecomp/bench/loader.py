@@ -256,7 +256,7 @@ def run_user_buffer(path: str, duration: float) -> dict[str, Any]:
                 seconds, _, _ = window.close()
                 out.setdefault(name, []).append(n / seconds)
         pool.close()
-    res = {k: float(np.median(v)) for k, v in out.items()}
+    res: dict[str, Any] = {k: float(np.median(v)) for k, v in out.items()}
     res["numpy_address_mod_4096"] = int(user[0].ctypes.data % 4096)
     res["ratio"] = res["numpy"] / res["slot"] if res["slot"] else None
     return res

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from .. import _native
 from ..errors import InvalidArgumentError
@@ -184,7 +185,12 @@ class PageCachePolicy:
         resident = min(need, sum(resident_bytes(p) for p in paths))
         mem = memory_info()
         budget = int(mem.available * BUDGET_FRACTION)
-        fields = {"data_bytes": need, "resident_bytes": resident, "available_bytes": mem.available, "budget_bytes": budget}
+        fields: dict[str, Any] = {
+            "data_bytes": need,
+            "resident_bytes": resident,
+            "available_bytes": mem.available,
+            "budget_bytes": budget,
+        }
         self._next_check = 0.0  # the first check() looks at once
         if self.direct == "off":
             return TierChoice(BUFFERED, "forced: direct=off", forced=True, **fields)
