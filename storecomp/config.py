@@ -14,7 +14,7 @@ queue_depth        STORECOMP_QUEUE_DEPTH       io_uring requests in flight
 threads            STORECOMP_THREADS           thread-pool workers
 split_bytes        STORECOMP_SPLIT_BYTES       large requests split into pieces of this size
 align              STORECOMP_ALIGN             O_DIRECT alignment in bytes
-direct             STORECOMP_DIRECT            auto | on | off  (reads; see io.engine)
+direct             STORECOMP_DIRECT            auto | on | off  (reads; see io.engine; data sets: io.tier)
 io_path            STORECOMP_IO_PATH           auto | gds | bounce | posix (CUDA destinations)
 staging_bytes      STORECOMP_STAGING_BYTES     bounce staging pool size in bytes
 staging_slot_bytes STORECOMP_STAGING_SLOT      one staging slot in bytes

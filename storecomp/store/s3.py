@@ -468,6 +468,7 @@ class S3Store(Store):
         got = np.zeros(offs.size, np.uint64)
         sem = asyncio.Semaphore(self.max_concurrency)
         store = self._store
+
         async def fetch(off: int, n: int) -> Any:
             options: GetOptions = {"range": (off, off + n)}
             if etag:
