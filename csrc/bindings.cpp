@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 #include <stddef.h>
 #include <sys/mman.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <system_error>
 
 #include "copy.hpp"
+#include "crc32c.hpp"
 #include "engine.hpp"
 
 namespace py = pybind11;
@@ -119,7 +121,7 @@ py::array_t<T> checked(const py::array& a, const char* name, size_t n) {
 
 std::shared_ptr<Batch> submit(Engine& e, const py::array& file_ids, const py::array& ops,
                               const py::array& offsets, const py::array& lengths,
-                              const py::array& addrs, uint8_t mode) {
+                              const py::array& addrs, uint8_t mode, const py::object& crc_steps) {
   if (mode > sc::MODE_AUTO) throw std::invalid_argument("mode must be 0, 1 or 2");
   size_t n = static_cast<size_t>(py::len(offsets));
   auto f = checked<uint32_t>(file_ids, "file_ids", n);
@@ -128,6 +130,22 @@ std::shared_ptr<Batch> submit(Engine& e, const py::array& file_ids, const py::ar
   auto len = checked<uint64_t>(lengths, "lengths", n);
   auto ad = checked<uint64_t>(addrs, "addrs", n);
   auto batch = std::make_shared<Batch>(n);
+  if (!crc_steps.is_none()) {
+    auto cs = checked<uint64_t>(crc_steps, "crc_steps", n);
+    const uint64_t* csp = cs.data();
+    const uint64_t* lp = len.data();
+    size_t total = 0;
+    for (size_t i = 0; i < n; ++i)
+      if (csp[i]) total += (lp[i] + csp[i] - 1) / csp[i];
+    batch->crcs.assign(total, 0);
+    size_t at = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (!csp[i]) continue;
+      batch->reqs[i].crc_step = csp[i];
+      batch->reqs[i].crc_out = batch->crcs.data() + at;
+      at += (lp[i] + csp[i] - 1) / csp[i];
+    }
+  }
   const uint32_t* fp = f.data();
   const uint8_t* op = o.data();
   const uint64_t* offp = off.data();
@@ -168,6 +186,64 @@ py::dict stats_dict(Engine& e) {
   return d;
 }
 
+// Bytes of the file at `path` in the page cache: cachestat(2) (Linux 6.5+),
+// else mincore(2) over a read-only mapping, in 1 GiB windows. -1 with errno
+// set when neither works (then nothing is known).
+int64_t resident_bytes(const std::string& path, int* err) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    *err = errno;
+    return -1;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    *err = errno;
+    ::close(fd);
+    return -1;
+  }
+  const long page = ::sysconf(_SC_PAGESIZE);
+  int64_t out = -1;
+#ifdef __NR_cachestat
+  constexpr long kCachestat = __NR_cachestat;
+#else
+  constexpr long kCachestat = 451;  // the same number on every architecture
+#endif
+  struct {
+    uint64_t off, len;
+  } range = {0, 0};
+  struct {
+    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+  } cs = {};
+  if (::syscall(kCachestat, fd, &range, &cs, 0) == 0) {
+    out = static_cast<int64_t>(std::min<uint64_t>(cs.nr_cache * static_cast<uint64_t>(page), st.st_size));
+  } else {
+    constexpr uint64_t kWindow = 1ull << 30;
+    std::vector<unsigned char> vec;
+    uint64_t size = static_cast<uint64_t>(st.st_size), count = 0;
+    bool ok = true;
+    for (uint64_t off = 0; off < size && ok; off += kWindow) {
+      uint64_t len = std::min(kWindow, size - off);
+      void* m = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(off));
+      if (m == MAP_FAILED) {
+        *err = errno;
+        ok = false;
+        break;
+      }
+      vec.resize((len + page - 1) / page);
+      if (::mincore(m, len, vec.data()) != 0) {
+        *err = errno;
+        ok = false;
+      } else {
+        for (unsigned char v : vec) count += v & 1;
+      }
+      ::munmap(m, len);
+    }
+    if (ok) out = static_cast<int64_t>(std::min<uint64_t>(count * page, size));
+  }
+  ::close(fd);
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -203,6 +279,31 @@ PYBIND11_MODULE(_native, m) {
     d["reason"] = p.reason;
     return d;
   });
+  m.def(
+      "crc32c",
+      [](py::buffer data, uint32_t value) {
+        py::buffer_info info = data.request();
+        if (!PyBuffer_IsContiguous(info.view(), 'C'))
+          throw std::invalid_argument("crc32c needs a contiguous buffer");
+        size_t n = static_cast<size_t>(info.size * info.itemsize);
+        py::gil_scoped_release nogil;
+        return sc::crc32c(value, info.ptr, n);
+      },
+      py::arg("data"), py::arg("value") = 0);
+  m.attr("CRC32C_HARDWARE") = sc::crc32c_hardware();
+  m.def(
+      "resident_bytes",
+      [](const std::string& path) {
+        int err = 0;
+        int64_t n;
+        {
+          py::gil_scoped_release nogil;
+          n = resident_bytes(path, &err);
+        }
+        if (n < 0) throw_oserror(err, path);
+        return n;
+      },
+      py::arg("path"));
   m.def("copy_ops", &copy_ops, py::arg("ops"), py::arg("dst"), py::arg("src"), py::arg("threads") = 1,
         py::arg("nontemporal") = -1);
 
@@ -220,6 +321,12 @@ PYBIND11_MODULE(_native, m) {
       .def("wait", &Batch::wait, py::arg("timeout") = -1.0, py::call_guard<py::gil_scoped_release>())
       .def("done", &Batch::is_finished)
       .def("__len__", [](Batch& b) { return b.reqs.size(); })
+      .def("crcs", [](Batch& b) {
+        if (!b.is_finished()) throw std::runtime_error("batch not finished");
+        py::array_t<uint32_t> out(b.crcs.size());
+        if (!b.crcs.empty()) std::memcpy(out.mutable_data(), b.crcs.data(), b.crcs.size() * 4);
+        return out;
+      })
       .def("results", [](Batch& b) {
         if (!b.is_finished()) throw std::runtime_error("batch not finished");
         size_t n = b.reqs.size();
@@ -296,7 +403,7 @@ PYBIND11_MODULE(_native, m) {
            })
       .def("open_files", [](Engine& e) { return e.files().size(); })
       .def("submit", &submit, py::arg("file_ids"), py::arg("ops"), py::arg("offsets"),
-           py::arg("lengths"), py::arg("addrs"), py::arg("mode"))
+           py::arg("lengths"), py::arg("addrs"), py::arg("mode"), py::arg("crc_steps") = py::none())
       .def("register_buffer", &Engine::register_buffer, py::call_guard<py::gil_scoped_release>())
       .def("unregister_buffer", &Engine::unregister_buffer, py::call_guard<py::gil_scoped_release>())
       .def("stats", &stats_dict)

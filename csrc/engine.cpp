@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "crc32c.hpp"
 #include "uring.hpp"
 
 namespace sc {
@@ -201,6 +202,14 @@ void Batch::complete(Piece& p, uint64_t got, int err) {
     uint64_t cur = r.valid.load();
     while (end < cur && !r.valid.compare_exchange_weak(cur, end)) {
     }
+  }
+  if (r.crc_step && r.pieces_left.fetch_sub(1) == 1 && r.err.load() == 0) {
+    // The request's last piece landed: its checks run here, on this engine
+    // thread, while the memory is still warm in this core's cache.
+    uint64_t valid = r.valid.load();
+    auto* base = reinterpret_cast<const uint8_t*>(r.addr);
+    for (uint64_t at = 0, k = 0; at < valid; at += r.crc_step, ++k)
+      r.crc_out[k] = crc32c(0, base + at, std::min(r.crc_step, valid - at));
   }
   if (left.fetch_sub(1) == 1) {
     std::shared_ptr<Batch> keep;
@@ -403,7 +412,7 @@ Engine::Engine(const Config& cfg) : cfg_(cfg), owner_pid_(::getpid()) {
   if (cfg_.backend != "threads") {
     UringProbe probe = probe_uring();
     if (probe.permitted) {
-      uring_ = make_uring(cfg_.queue_depth, *pool_, stats_, cfg_.align, &backend_reason_);
+      uring_ = make_uring(cfg_.queue_depth, *pool_, stats_, cfg_.align, cfg_.split_bytes, &backend_reason_);
     } else {
       backend_reason_ = probe.reason;
     }
@@ -425,7 +434,7 @@ Engine::~Engine() { shutdown(); }
 static constexpr size_t kInlineRequests = 64;  // each is one preadv2 on the caller's thread
 
 static bool inline_probe(const Batch& batch, uint8_t mode) {
-  if (mode != MODE_AUTO || batch.reqs.size() > kInlineRequests) return false;
+  if (mode == MODE_DIRECT || batch.reqs.size() > kInlineRequests) return false;
   uint64_t total = 0;
   for (const auto& r : batch.reqs) {
     if (r.op != OP_READ) return false;
@@ -465,6 +474,7 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
   for (uint32_t i = 0; i < batch->reqs.size(); ++i) {
     auto& r = batch->reqs[i];
     if (r.length == 0 || r.err) continue;
+    r.pieces_left = static_cast<uint32_t>((r.length + cfg_.split_bytes - 1) / cfg_.split_bytes);
     for (uint64_t rel = 0; rel < r.length; rel += cfg_.split_bytes) {
       Piece& p = batch->pieces[k++];
       p.batch = batch.get();
@@ -485,12 +495,14 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
   batch->self = batch;
   std::vector<Piece*> ptrs;
   ptrs.reserve(npieces);
+  bool has_reads = false, has_writes = false;
+  for (const auto& r : batch->reqs) (r.op == OP_READ ? has_reads : has_writes) = true;
   if (inline_probe(*batch, mode)) {
     // Small reads: try the page cache here, on the calling thread (the GIL is
     // released): a hit completes without waking the engine's threads (64 KiB:
     // ~3 us instead of ~100 us through the queue). A miss goes on as usual,
-    // its probe done (AUTO: from the device; a file system without
-    // RWF_NOWAIT: buffered).
+    // its probe done (AUTO: from the device; BUFFERED, or a file system
+    // without RWF_NOWAIT: a buffered read, which fills the page cache).
     for (auto& p : batch->pieces) {
       int err = 0;
       if (nowait_read(p, stats_, &err)) {
@@ -500,6 +512,17 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
       else
         ptrs.push_back(&p);
     }
+  } else if (uring_ && mode != MODE_DIRECT && has_reads && !has_writes) {
+    // Larger reads that may be cached: the thread pool tries the page cache
+    // (RWF_NOWAIT), so the copies of a hot batch spread over every core
+    // instead of falling to the ring's one submitting thread; what misses
+    // goes to the ring (AUTO: O_DIRECT; BUFFERED: a buffered read).
+    for (auto& p : batch->pieces) {
+      p.nowait_probe = true;
+      ptrs.push_back(&p);
+    }
+    pool_->submit(ptrs.data(), ptrs.size());
+    return batch;
   } else {
     for (auto& p : batch->pieces) ptrs.push_back(&p);
   }

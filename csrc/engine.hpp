@@ -81,9 +81,14 @@ struct Piece {
   uint8_t issued = 0;  // io_uring: what the last submission was (Issued)
   bool nowait_tried = false;
   bool nowait_probe = false;  // thread pool: only try the page cache, hand a miss back
+  // io_uring bounce (an unaligned O_DIRECT read through aligned arena pages):
+  // the first arena unit, how many, and where the wanted bytes start in them.
+  uint32_t bounce_first = 0;
+  uint32_t bounce_units = 0;
+  uint32_t bounce_skip = 0;
 };
 
-enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2 };
+enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2, ISSUED_BOUNCE = 3 };
 
 struct Request {
   std::shared_ptr<FileEntry> file;
@@ -94,12 +99,19 @@ struct Request {
   std::atomic<uint64_t> valid{0};  // bytes valid from the start (min short end)
   std::atomic<int> err{0};
   std::atomic<uint64_t> err_offset{0};
+  // Checks: when crc_step > 0, the thread that completes the request's last
+  // piece writes the crc32c of each crc_step-byte chunk of what was read
+  // (the last may be shorter) to crc_out[0..].
+  uint64_t crc_step = 0;
+  uint32_t* crc_out = nullptr;
+  std::atomic<uint32_t> pieces_left{0};
 };
 
 struct Batch {
   explicit Batch(size_t n) : reqs(n) {}
   std::vector<Request> reqs;
   std::vector<Piece> pieces;
+  std::vector<uint32_t> crcs;  // Request::crc_out points in here
   std::atomic<size_t> left{0};
   std::shared_ptr<Batch> self;  // keeps the batch alive while pieces are in flight
   std::mutex mu;

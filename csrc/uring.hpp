@@ -19,8 +19,9 @@ class UringBackend {
   virtual void shutdown() = 0;
 };
 
-// nullptr (with *reason set) when the ring cannot be created.
+// nullptr (with *reason set) when the ring cannot be created. split_bytes
+// (the largest piece) sizes the bounce arena for unaligned O_DIRECT reads.
 std::unique_ptr<UringBackend> make_uring(unsigned queue_depth, ThreadPool& pool, Stats& stats,
-                                         uint64_t align, std::string* reason);
+                                         uint64_t align, uint64_t split_bytes, std::string* reason);
 
 }  // namespace sc

@@ -14,7 +14,7 @@ queue_depth        STORECOMP_QUEUE_DEPTH       io_uring requests in flight
 threads            STORECOMP_THREADS           thread-pool workers
 split_bytes        STORECOMP_SPLIT_BYTES       large requests split into pieces of this size
 align              STORECOMP_ALIGN             O_DIRECT alignment in bytes
-direct             STORECOMP_DIRECT            auto | on | off  (reads; see io.engine)
+direct             STORECOMP_DIRECT            auto | on | off  (reads; see io.engine; data sets: io.tier)
 io_path            STORECOMP_IO_PATH           auto | gds | bounce | posix (CUDA destinations)
 staging_bytes      STORECOMP_STAGING_BYTES     bounce staging pool size in bytes
 staging_slot_bytes STORECOMP_STAGING_SLOT      one staging slot in bytes
@@ -230,3 +230,10 @@ def _check(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: align={value}: expected a power of two of at least 512")
     if key == "split_bytes" and value % 4096:
         raise ConfigError(f"{where}: split_bytes={value}: expected a multiple of 4096")
+
+
+def vllm_venv(environ: Mapping[str, str] | None = None) -> Path:
+    """The virtual environment vLLM runs in (``STORECOMP_VLLM_VENV``, default
+    ``~/.cache/storecomp/vllm-venv``; made by scripts/setup-vllm-venv.sh)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("STORECOMP_VLLM_VENV") or Path.home() / ".cache" / "storecomp" / "vllm-venv")

@@ -20,6 +20,8 @@ DATA_FILE_NAME = "storecomp-bench.dat"
 
 #: Suites in the order ``storecomp bench all`` runs them.
 SUITES = ("read", "loader", "kvcache", "store")
+#: Suites run only when named (``storecomp bench vllm``): they need a separate environment and minutes.
+ON_REQUEST = ("vllm",)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,12 @@ def fio_version() -> str | None:
         return None
 
 
-def fio_read(path: str, rw: str, block_bytes: int, iodepth: int, duration_s: float) -> dict[str, Any]:
-    """One time-based fio read job on ``path``: O_DIRECT, io_uring.
+def fio_read(
+    path: str, rw: str, block_bytes: int, iodepth: int, duration_s: float, *, buffered: bool = False, jobs: int = 1
+) -> dict[str, Any]:
+    """One time-based fio read job on ``path``: O_DIRECT, io_uring; or with
+    ``buffered``, ``jobs`` psync jobs through the page cache (``--invalidate=0``:
+    a cached file stays cached), the page-cache limit.
 
     Returns figures like :meth:`storecomp.bench._common.Run.figures` plus the
     command line; raises RuntimeError with fio's message when fio fails.
@@ -47,9 +51,11 @@ def fio_read(path: str, rw: str, block_bytes: int, iodepth: int, duration_s: flo
         "--name=storecomp-limit",
         f"--filename={path}",
         "--readonly",
-        "--direct=1",
-        "--ioengine=io_uring",
-        f"--iodepth={iodepth}",
+        *(
+            ["--direct=0", "--ioengine=psync", "--invalidate=0", f"--numjobs={jobs}", "--group_reporting"]
+            if buffered
+            else ["--direct=1", "--ioengine=io_uring", f"--iodepth={iodepth}"]
+        ),
         f"--bs={block_bytes}",
         f"--rw={rw}",
         "--time_based",

@@ -18,7 +18,15 @@ before each measurement):
   the first 10 batches (torch DataLoader with 2 workers beside it with
   ``compare``);
 * ``rss``: peak RSS growth of a fresh process running the loader vs its
-  ``max_memory`` staging budget, which must hold.
+  ``max_memory`` staging budget, which must hold;
+* ``hot_64k``: whole epochs of the 64 KiB data set (it fits in memory: the
+  loader's page-cache tier reads it buffered), the first from a cold page
+  cache. Cold epoch vs fio O_DIRECT randread (the ``rand_64k`` limit);
+  later epochs vs fio buffered randread of the cached .npy with two psync
+  jobs (one job and torch DataLoader over the cached memmap, num_workers
+  0/2/4, as peers);
+* ``user_buffer_64k``: random 64 KiB O_DIRECT reads, batches of 64, into a
+  plain ``np.empty`` array (not page-aligned) vs into staging slots.
 """
 
 from __future__ import annotations
@@ -33,11 +41,12 @@ from typing import Any
 import numpy as np
 
 from . import Context, _fio
-from ._common import evict, run_child
+from ._common import Window, cache_file, evict, run_child
 from .report import Figure
 
 BATCH = 64
-TARGETS = {"rand_64k": 0.9, "rand_4k": 0.8, "tokens": 0.9}
+TARGETS = {"rand_64k": 0.9, "rand_4k": 0.8, "tokens": 0.9, "hot_64k": 0.7, "cold_epoch_64k": 0.9, "user_buffer_64k": 0.9}
+HOT_EPOCHS = 3  #: epochs of the hot_64k case (the first is cold)
 TORCH_TARGET = 3.0  #: storecomp / best torch DataLoader, 64 KiB samples
 WAIT_TARGET = 0.01  #: data-wait fraction after the first 10 batches
 RSS_BUDGET = 64 << 20
@@ -184,6 +193,76 @@ def run_torch(path: str, duration: float, workers: int, step_s: float = 0.0) -> 
     }
 
 
+def run_epochs(source: Any, epochs: int, duration: float) -> list[dict[str, Any]]:
+    """Epochs of storecomp.DataLoader (batch 64, random order): the first whole (it fills the page
+    cache when the tier is buffered), later ones for at most ``duration`` seconds."""
+    from ..data import DataLoader
+
+    loader = DataLoader(source, BATCH, seed=1, shuffle_block=1, shuffle_window=1)
+    out = []
+    try:
+        for epoch in range(epochs):
+            loader.epoch = epoch
+            loader.reset_metrics()
+            t0 = time.perf_counter()
+            n = 0
+            for b in loader:
+                n += next(iter(b.values())).shape[0]
+                if epoch and time.perf_counter() - t0 > duration:
+                    break
+            dt = time.perf_counter() - t0
+            m = loader.metrics()
+            out.append(
+                {"epoch": epoch, "samples_per_s": n / dt, "samples": n, "tier": m["tier"], "tier_reason": m["tier_reason"]}
+            )
+    finally:
+        loader.close()
+    return out
+
+
+def run_user_buffer(path: str, duration: float) -> dict[str, Any]:
+    """Random 64 KiB O_DIRECT reads (batches of 64, 4 in flight) into ``np.empty`` arrays vs staging slots."""
+    from ..io import Engine, StagingPool
+
+    size = os.path.getsize(path)
+    blocks = (size - 4096) // 65536
+    out: dict[str, Any] = {}
+    with Engine(direct="on", queue_depth=32) as eng:
+        f = eng.open(path)
+        pool = StagingPool(4 * BATCH * 65536, BATCH * 65536, engine=eng)
+        slots = [pool.acquire() for _ in range(4)]
+        user = [np.empty(BATCH * 65536, np.uint8) for _ in range(4)]
+        for a in user:
+            a.fill(0)
+        rng = np.random.default_rng(2)
+        dst = np.arange(BATCH, dtype=np.uint64) * np.uint64(65536)
+        for rnd in range(2):
+            for name, arrays in (("numpy", user), ("slot", [s.array for s in slots]))[:: 1 if rnd % 2 == 0 else -1]:
+                evict(path)
+
+                def submit(a: np.ndarray) -> Any:
+                    offs = 4096 + rng.integers(0, blocks, BATCH, dtype=np.uint64) * np.uint64(65536)
+                    return f.read_many_into(a, offs, 65536, dst)
+
+                window = Window()
+                futs = [submit(a) for a in arrays]
+                n = i = 0
+                while time.perf_counter() - window._t0 < duration:
+                    futs[i % 4].result()
+                    n += BATCH
+                    futs[i % 4] = submit(arrays[i % 4])
+                    i += 1
+                for fu in futs:
+                    fu.result()
+                seconds, _, _ = window.close()
+                out.setdefault(name, []).append(n / seconds)
+        pool.close()
+    res: dict[str, Any] = {k: float(np.median(v)) for k, v in out.items()}
+    res["numpy_address_mod_4096"] = int(user[0].ctypes.data % 4096)
+    res["ratio"] = res["numpy"] / res["slot"] if res["slot"] else None
+    return res
+
+
 def rss_probe(path: str, duration: float, max_memory: int) -> dict[str, Any]:
     """Peak RSS growth (VmHWM, reset before the loader starts) of a fresh process running the loader."""
     code = (
@@ -258,6 +337,28 @@ def run_suite(ctx: Context) -> dict[str, Any]:
     res["cases"]["data_wait"] = wait
     ctx.say("loader rss")
     res["cases"]["rss"] = rss_probe(paths["shards64"], ctx.duration_s, RSS_BUDGET)
+    ctx.say("loader hot_64k: epochs of a data set that fits in memory")
+    _evict_tree(paths["shards64"])
+    hot: dict[str, Any] = {"storecomp": run_epochs(paths["shards64"], HOT_EPOCHS, ctx.duration_s)}
+    if use_fio:
+        cache_file(paths["npy"])
+        for jobs in (1, 2):
+            try:
+                hot[f"fio_buffered_{jobs}"] = _fio.fio_read(
+                    paths["npy"], "randread", 65536, 1, ctx.duration_s, buffered=True, jobs=jobs
+                )
+            except (RuntimeError, OSError, ValueError, KeyError) as e:
+                hot[f"fio_buffered_{jobs}"] = {"error": str(e)}
+    if workers:
+        runs = []
+        for w in workers:
+            cache_file(paths["npy"])
+            ctx.say(f"  torch DataLoader num_workers={w} (cached)")
+            runs.append(run_torch(paths["npy"], ctx.duration_s, w))
+        hot["torch"] = runs
+    res["cases"]["hot_64k"] = hot
+    ctx.say("loader user_buffer_64k")
+    res["cases"]["user_buffer_64k"] = run_user_buffer(paths["npy"], ctx.duration_s)
     return res
 
 
@@ -296,6 +397,43 @@ def figures(result: dict[str, Any]) -> list[Figure]:
         "loader", "peak_rss", "MiB", r["growth"] / 2**20, None, None, {}, higher_is_better=False,
         note=f"max_memory {r['max_memory'] >> 20} MiB: {'holds' if r['holds'] else 'EXCEEDED'}",
     ))  # fmt: skip
+    out.extend(_hot_figures(result))
+    return out
+
+
+def _hot_figures(result: dict[str, Any]) -> list[Figure]:
+    cases = result["cases"]
+    out = []
+    hot = cases.get("hot_64k")
+    if hot:
+        epochs = hot["storecomp"]
+        cold, later = epochs[0], epochs[1:]
+        f = (cases.get("rand_64k") or {}).get("fio")
+        out.append(Figure(
+            "loader", "cold_epoch_64k", "samples/s", cold["samples_per_s"],
+            ("fio O_DIRECT", f["iops"]) if f and "iops" in f else None, TARGETS["cold_epoch_64k"], {},
+            note=f"first epoch, page cache dropped; tier {cold['tier']}: {cold['tier_reason']}",
+        ))  # fmt: skip
+        if later:
+            value = float(np.median([e["samples_per_s"] for e in later]))
+            f2, f1 = hot.get("fio_buffered_2") or {}, hot.get("fio_buffered_1") or {}
+            peers = {"fio buffered 1 job": f1["iops"]} if "iops" in f1 else {}
+            best = max(hot.get("torch") or [], key=lambda t: t["samples_per_s"], default=None)
+            for t in hot.get("torch") or []:
+                peers[f"torch DataLoader (num_workers={t['num_workers']})"] = t["samples_per_s"]
+            note = f"epochs 1..{len(later)} (median), tier {later[-1]['tier']}"
+            if best is not None:
+                note += f"; {'at or above' if value >= best['samples_per_s'] else 'BELOW'} torch's best num_workers"
+            out.append(Figure(
+                "loader", "hot_64k", "samples/s", value,
+                ("fio buffered 2 jobs", f2["iops"]) if "iops" in f2 else None, TARGETS["hot_64k"], peers, note=note,
+            ))  # fmt: skip
+    ub = cases.get("user_buffer_64k")
+    if ub:
+        out.append(Figure(
+            "loader", "user_buffer_64k", "IOPS", ub["numpy"], ("staging slots", ub["slot"]), TARGETS["user_buffer_64k"], {},
+            note=f"random 64 KiB O_DIRECT reads into np.empty (address % 4096 = {ub['numpy_address_mod_4096']})",
+        ))  # fmt: skip
     return out
 
 

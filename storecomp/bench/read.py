@@ -5,7 +5,10 @@
 * ``seq_1m``: sequential 1 MiB O_DIRECT reads (io_uring, queue depth 32)
   against ``fio --rw=read --bs=1M --iodepth=32 --direct=1 --ioengine=io_uring``.
 * ``rand_4k`` / ``rand_64k``: random aligned O_DIRECT reads at queue depth
-  32, io_uring and the 32-thread pread pool, against fio ``randread``.
+  32, io_uring and the 32-thread pread pool, against fio ``randread``; and
+  the same io_uring reads into users' own buffers, which are rarely
+  O_DIRECT-aligned: a plain ``np.empty`` array (``storecomp_numpy``) and a
+  ``torch.empty`` tensor (``storecomp_torch``), next to the staging slots.
 * ``hot``: reads of a file already in the page cache, with ``direct="auto"``
   (RWF_NOWAIT, O_DIRECT on a miss) and ``direct="off"``, against
   single-threaded memcpy (``np.copyto`` of 256 MiB).
@@ -171,7 +174,12 @@ class _Bench:
                 "iops",
                 bs,
                 sequential=False,
-                variants={"storecomp": ("io_uring", "on"), "storecomp_threads": ("threads", "on")},
+                variants={
+                    "storecomp": ("io_uring", "on"),
+                    "storecomp_numpy": ("io_uring", "on", "numpy"),
+                    "storecomp_torch": ("io_uring", "on", "torch"),
+                    "storecomp_threads": ("threads", "on"),
+                },
                 fio_rw="randread",
             )
         return self._hot()
@@ -183,7 +191,7 @@ class _Bench:
         bs: int,
         *,
         sequential: bool,
-        variants: dict[str, tuple[str, str]],
+        variants: dict[str, tuple[str, ...]],
         fio_rw: str,
     ) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
@@ -240,7 +248,7 @@ class _Bench:
     def _measure(
         self,
         name: str,
-        variant: tuple[str, str],
+        variant: tuple[str, ...],
         bs: int,
         sequential: bool,
         metric: str,
@@ -250,7 +258,8 @@ class _Bench:
     ) -> None:
         """One measurement of one storecomp variant (backend, direct), recorded in ``runs`` and ``info``."""
         try:
-            fig, meta = self._storecomp(*variant, bs, sequential)
+            backend, direct, *dst = variant
+            fig, meta = self._storecomp(backend, direct, bs, sequential, *dst)
         except (StorecompError, OSError) as e:
             info[name]["error"] = f"{type(e).__name__}: {e}"
             return
@@ -291,21 +300,28 @@ class _Bench:
             note = f"io_uring unavailable ({e}); measured the thread pool instead"
             return Engine(opts.replace(engine="threads", threads=QUEUE_DEPTH)), note
 
-    def _storecomp(self, backend: str, direct: str, bs: int, sequential: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _storecomp(
+        self, backend: str, direct: str, bs: int, sequential: bool, dst: str = "slot"
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One measurement into ``dst``: ``slot`` (staging slots), ``numpy`` (``np.empty``) or ``torch`` (``torch.empty``)."""
         engine, note = self._engine(backend, direct)
         try:
             nreq = max(1, min(_BATCH_REQUESTS, _BATCH_BYTES // bs, self.size // bs))
-            pool = StagingPool(_SLOTS * nreq * bs, nreq * bs, engine=engine)
-            fixed = pool.fixed
+            pool = StagingPool(_SLOTS * nreq * bs, nreq * bs, engine=engine) if dst == "slot" else None
+            fixed = pool is not None and pool.fixed
             try:
+                dsts = _user_buffers(dst, _SLOTS, nreq * bs) if pool is None else None
                 with engine.open(self.path) as f:
-                    run = _drive(f, pool, nreq, bs, self.size, sequential, self.duration_s)
+                    run = _drive(f, pool, dsts, nreq, bs, self.size, sequential, self.duration_s)
             finally:
-                pool.close()
+                if pool is not None:
+                    pool.close()
             stats = engine.stats()
+            where = "staging slots" if dst == "slot" else f"{dst} buffers at address % 4096 = {dsts[0].ctypes.data % 4096}"  # type: ignore[index]
             meta: dict[str, Any] = {
-                "name": f"storecomp {engine.backend} qd={QUEUE_DEPTH} direct={direct} bs={_bs_name(bs)}",
+                "name": f"storecomp {engine.backend} qd={QUEUE_DEPTH} direct={direct} bs={_bs_name(bs)} into {where}",
                 "backend": engine.backend,
+                "destination": dst,
                 "fixed_buffers": fixed,
                 "engine_stats": {
                     k: stats[k]
@@ -328,18 +344,54 @@ class _Bench:
             engine.close()
 
 
-def _drive(f: Any, pool: StagingPool, nreq: int, bs: int, size: int, sequential: bool, duration_s: float) -> Run:
-    """Keep ``pool.nslots`` batches of ``nreq`` reads of ``bs`` bytes in flight for ``duration_s``.
+def _user_buffers(kind: str, n: int, nbytes: int) -> list[np.ndarray]:
+    """``n`` destinations as a user makes them (touched once, as a training loop's would be):
+    ``np.empty`` arrays or ``torch.empty`` tensors (as numpy views), usually not page-aligned."""
+    if kind == "numpy":
+        out = [np.empty(nbytes, np.uint8) for _ in range(n)]
+    elif kind == "torch":
+        import torch
+
+        out = [torch.empty(nbytes, dtype=torch.uint8).numpy() for _ in range(n)]
+    else:
+        raise ValueError(f"unknown destination kind {kind!r}")
+    for a in out:
+        a.fill(0)
+    return out
+
+
+class _Dst:
+    """A user buffer in the place of a staging slot."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def release(self) -> None:
+        pass
+
+
+def _drive(
+    f: Any,
+    pool: StagingPool | None,
+    dsts: list[np.ndarray] | None,
+    nreq: int,
+    bs: int,
+    size: int,
+    sequential: bool,
+    duration_s: float,
+) -> Run:
+    """Keep ``pool.nslots`` batches (or one per array of ``dsts``) of ``nreq`` reads of ``bs`` bytes
+    in flight for ``duration_s``.
 
     Sequential batches walk the file and wrap around at its end; random
     batches draw aligned offsets uniformly. Each batch lands in its own
-    staging slot, which is reused once the batch completes.
+    staging slot (or user array), which is reused once the batch completes.
     """
     rng = np.random.default_rng()
     blocks = size // bs
     dst = np.arange(nreq, dtype=np.uint64) * np.uint64(bs)
     step = np.arange(nreq, dtype=np.uint64)
-    slots = [pool.acquire() for _ in range(pool.nslots)]
+    slots: list[Any] = [pool.acquire() for _ in range(pool.nslots)] if pool is not None else [_Dst(a) for a in dsts or []]
     inflight: collections.deque[tuple[Any, Any]] = collections.deque()
     nbytes = requests = 0
     cursor = 0
@@ -460,7 +512,12 @@ def device_sweep(path: str, ctx: Context) -> dict[str, Any]:
     return out
 
 
-_PEER_NAMES = {"storecomp_threads": "threads engine", "storecomp_buffered": "direct=off"}
+_PEER_NAMES = {
+    "storecomp_threads": "threads engine",
+    "storecomp_buffered": "direct=off",
+    "storecomp_numpy": "into np.empty",
+    "storecomp_torch": "into torch.empty",
+}
 
 
 def figures(result: dict[str, Any]) -> list[Figure]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import config
-from ..bench import DATA_FILE_NAME, SUITES, Context
+from ..bench import DATA_FILE_NAME, ON_REQUEST, SUITES, Context
 from ..errors import InvalidArgumentError
 from ..optional import require
 
@@ -39,7 +39,8 @@ def parse_size(text: str) -> int:
 
 def add_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="benchmark the data path against fio, memcpy and the peers")
-    b.add_argument("suite", nargs="?", default="all", choices=(*SUITES, "all"), help="what to measure (default: all)")
+    suites = (*SUITES, *ON_REQUEST, "all")
+    b.add_argument("suite", nargs="?", default="all", choices=suites, help="what to measure (default: all)")
     b.add_argument("--dir", help="directory for the data (default: a temporary directory in $STORECOMP_BENCH_DIR or /tmp)")
     b.add_argument(
         "--size",

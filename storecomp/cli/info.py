@@ -46,6 +46,7 @@ def gather(path: str | None = None, options: IOOptions | None = None) -> dict[st
         "io_paths": _io_paths(opts),
         "fio": fio_info(),
         "optional": {module: cuda.package_version(dist) for module, (dist, _extra) in INSTALL.items()},
+        "page_cache": _page_cache_info(Path(path) if path else None, opts),
     }
     doc["advice"] = advice(doc)
     return doc
@@ -69,6 +70,28 @@ def _engine_info(opts: IOOptions) -> dict[str, Any]:
         info["backend"] = None
         info["reason"] = str(e)
     return info
+
+
+def _page_cache_info(path: Path | None, opts: IOOptions) -> dict[str, Any]:
+    """Memory the page-cache tier may use and, for PATH (a file, or every file below a directory), the tier
+    a reader of local data would choose now, and why."""
+    from ..io import PageCachePolicy, memory_info
+    from ..io.tier import BUDGET_FRACTION, pressure_floor
+
+    mem = memory_info()
+    out: dict[str, Any] = {
+        "mem_total_bytes": mem.total,
+        "mem_available_bytes": mem.available,
+        "cgroup_limit_bytes": mem.cgroup_limit,
+        "budget_bytes": int(mem.available * BUDGET_FRACTION),
+        "pressure_floor_bytes": pressure_floor(mem),
+        "direct": opts.direct,
+        "choice": None,
+    }
+    if path is not None and path.exists():
+        files = [str(path)] if path.is_file() else [str(p) for p in sorted(path.rglob("*")) if p.is_file()]
+        out["choice"] = PageCachePolicy(opts.direct).choose(files).as_dict()
+    return out
 
 
 def _io_paths(opts: IOOptions) -> dict[str, Any]:
@@ -223,6 +246,13 @@ def render(doc: dict[str, Any]) -> str:
     for m, v in doc["optional"].items():
         if not v:
             lines.append(f"  missing:    {m} ({install_hint(m)})")
+    pc = doc["page_cache"]
+    lines.append(
+        f"page cache:   {pc['mem_available_bytes'] / 2**30:.1f} of {pc['mem_total_bytes'] / 2**30:.1f} GiB available, "
+        f"tier budget {pc['budget_bytes'] / 2**30:.1f} GiB, direct {pc['direct']}"
+    )
+    if pc["choice"]:
+        lines.append(f"tier:         {pc['choice']['tier']} for {p['path'] if p else 'PATH'}: {pc['choice']['reason']}")
     for a in doc["advice"]:
         lines.append(f"advice:       {a}")
     return "\n".join(lines)

@@ -64,6 +64,7 @@ class BatchPlan:
     n: int
     indices: np.ndarray
     reads: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    read_steps: list[np.ndarray] = field(default_factory=list)  # per read range: bytes per sample in it
     checks: list[Check] = field(default_factory=list)
     var_lengths: list[np.ndarray] = field(default_factory=list)
     nbytes: int = 0
@@ -130,12 +131,49 @@ def _add_reads(
         p = ds.parts[int(part[lo])]
         key = p.columns[column].key if column is not None else p.vars[var].key  # type: ignore[index]
         plan.reads.append((key, offs[lo:hi], lens[lo:hi], dst[lo:hi]))
+        step = np.full(hi - lo, ds.columns[column].nbytes, np.uint64) if column is not None else lens[lo:hi]
+        plan.read_steps.append(np.asarray(step, np.uint64))
 
 
-def find_corrupt(plan: BatchPlan, slot: np.ndarray) -> list[tuple[int, str]]:
-    """Rows (batch positions) whose bytes fail their crc32c, with a description of each."""
+def crc_steps(plan: BatchPlan) -> np.ndarray | None:
+    """Per read range (in :attr:`BatchPlan.reads` order), the bytes of one sample: the engine
+    computes one crc32c per sample as the range lands. None when nothing is checked."""
+    if not plan.checks or not plan.read_steps:
+        return None
+    return np.concatenate(plan.read_steps)
+
+
+def _crcs_by_sample(plan: BatchPlan, crcs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(slot offset, crc32c) of every sample chunk the engine checked, sorted by slot offset."""
+    dst = np.concatenate([r[3] for r in plan.reads]).astype(np.int64)
+    lens = np.concatenate([r[2] for r in plan.reads]).astype(np.int64)
+    steps = np.concatenate(plan.read_steps).astype(np.int64)
+    counts = -(-lens // np.maximum(steps, 1))
+    first = np.cumsum(counts) - counts
+    k = np.arange(int(counts.sum())) - np.repeat(first, counts)
+    at = np.repeat(dst, counts) + k * np.repeat(steps, counts)
+    order = np.argsort(at, kind="stable")
+    return at[order], crcs[order]
+
+
+def find_corrupt(plan: BatchPlan, slot: np.ndarray, crcs: np.ndarray | None = None) -> list[tuple[int, str]]:
+    """Rows (batch positions) whose bytes fail their crc32c, with a description of each.
+
+    ``crcs``: the engine's per-sample crc32c of the reads (the future's
+    ``checksums()`` for :func:`crc_steps`); without them each sample is
+    checksummed here.
+    """
     bad: list[tuple[int, str]] = []
+    table = _crcs_by_sample(plan, crcs) if crcs is not None and crcs.size else None
     for chk in plan.checks:
+        if table is not None:
+            at, vals = table
+            pos = np.minimum(np.searchsorted(at, chk.dst.astype(np.int64)), max(0, at.size - 1))
+            got_arr = np.where(chk.lengths > 0, vals[pos], np.uint32(0)).astype(np.uint32)
+            mismatch = np.flatnonzero(got_arr != chk.expected)
+            for i in mismatch.tolist():
+                bad.append((i, f"record {int(chk.local[i])} at offset {int(chk.file_offsets[i])}"))
+            continue
         ends = (chk.dst + chk.lengths).tolist()
         got = [crc32c(slot[d:e]) for d, e in zip(chk.dst.tolist(), ends, strict=True)]  # views of the slot
         mismatch = np.flatnonzero(np.array(got, np.uint32) != chk.expected)

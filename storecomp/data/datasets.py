@@ -109,6 +109,11 @@ class Dataset:
     def fields(self) -> list[FieldSpec]:
         return [f for c in self.columns for f, _ in c.fields] + list(self.var_fields)
 
+    def keys(self) -> list[str]:
+        """The reader's keys of every object that holds sample bytes (each once, in part order)."""
+        keys = [c.key for p in self.parts for c in p.columns] + [v.key for p in self.parts for v in p.vars]
+        return list(dict.fromkeys(keys))
+
     @property
     def sample_nbytes(self) -> int:
         """Fixed bytes read per sample (variable-length fields not counted)."""

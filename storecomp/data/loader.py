@@ -34,7 +34,7 @@ import numpy as np
 from ..errors import ClosedError, InvalidArgumentError, StorecompError
 from ..io import Engine, StagingPool
 from . import _stalls
-from ._plan import BatchPlan, SlotLayout, build_tensors, corrupt_error, drop_rows, find_corrupt, plan_batch
+from ._plan import BatchPlan, SlotLayout, build_tensors, corrupt_error, crc_steps, drop_rows, find_corrupt, plan_batch
 from .datasets import Dataset, open_dataset
 from .order import epoch_order, rank_steps
 from .readers import LocalReader
@@ -262,6 +262,9 @@ class DataLoader:
             import torch
 
             self.device = torch.device("cuda", torch.cuda.current_device())
+        if isinstance(self.dataset.reader, LocalReader):
+            # The page cache or O_DIRECT for this epoch (what is resident may have changed since the last).
+            self.dataset.reader.choose_tier(self.dataset.keys())
         n = len(self.dataset)
         order = epoch_order(n, self.seed, self.epoch, shuffle=self.shuffle, block=self.shuffle_block, window=self.shuffle_window)
         steps = _Lookahead(rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last))
@@ -403,7 +406,7 @@ class DataLoader:
             submitted = time.perf_counter()
             reader = self.dataset.reader
             if isinstance(reader, LocalReader) and plan.reads:
-                futures.append(reader.submit_many(slot.array, plan.reads))
+                futures.append(reader.submit_many(slot.array, plan.reads, crc_steps(plan)))
             else:
                 for key, offs, lens, dst in plan.reads:
                     futures.append(reader.submit(key, slot.array, offs, lens, dst))
@@ -431,7 +434,8 @@ class DataLoader:
         self._busy(item)
         plan = item.plan
         self._clock.enter("checksum")
-        bad = find_corrupt(plan, item.slot.array) if plan.checks else []
+        crcs = _engine_crcs(item.futures) if plan.checks else None
+        bad = find_corrupt(plan, item.slot.array, crcs) if plan.checks else []
         self._clock.enter("collate")
         if bad and self.on_corrupt == "raise":
             item.slot.release()
@@ -589,6 +593,9 @@ class DataLoader:
         ``bottleneck`` is ``consumer`` (data waits under 5 %), else the cause
         with the most wait: ``storage``, ``producer CPU (planning, checksums,
         collation)``, ``host-to-device`` (see :func:`_stalls.bottleneck`).
+        ``tier`` is how local data is read (``buffered``: through the page
+        cache, ``direct``: O_DIRECT; see :class:`~storecomp.io.PageCachePolicy`)
+        and ``tier_reason`` why.
         """
         m = self._m
         b = max(1.0, m["batches"])
@@ -630,6 +637,7 @@ class DataLoader:
             "batches_outside_staging": int(m["batches_outside_staging"]),
             "bottleneck": hint,
             "tier": getattr(self.dataset.reader, "tier", "store"),
+            "tier_reason": getattr(self.dataset.reader, "tier_reason", "read through a Store"),
         }
 
     def reset_metrics(self) -> None:
@@ -705,6 +713,14 @@ def _record_consumer_stream(batch: dict[str, Any], device: Any) -> None:
     for t in batch.values():
         if isinstance(t, torch.Tensor) and t.is_cuda:
             t.record_stream(stream)
+
+
+def _engine_crcs(futures: list[Any]) -> np.ndarray | None:
+    """The per-sample crc32c the engine computed for a batch read with one local submission, else None."""
+    if len(futures) != 1 or not hasattr(futures[0], "checksums"):
+        return None
+    crcs = futures[0].checksums()
+    return crcs if crcs.size else None
 
 
 def _done(item: _InFlight) -> bool:

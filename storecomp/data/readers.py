@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import InvalidArgumentError, NotFoundError
-from ..io import Engine, as_buffer, default_engine
+from ..io import Engine, PageCachePolicy, TierChoice, as_buffer, default_engine
 from ..store.base import RangeFuture, Store
 
 
@@ -37,52 +37,54 @@ class Reader(Protocol):
 class LocalReader:
     """Local files through the native engine (``engine``: default engine when None).
 
-    Tier choice for batches (:meth:`submit_many`) when the engine's read mode
-    is ``auto``: every read first tries the page cache (``RWF_NOWAIT``), which
-    costs a second submission per read when the data is not cached. After a
-    window of batches in which under 10 % of reads hit the cache, batches go
-    to an O_DIRECT engine; every 512 batches a window goes through the page
-    cache again to see whether the data became hot (a second epoch of a
-    dataset that fits in memory). ``tier`` says which is in use.
+    Batches (:meth:`submit_many`) read through the page cache or with
+    O_DIRECT as a :class:`~storecomp.io.PageCachePolicy` chooses for the data
+    set (:meth:`choose_tier`, called by the DataLoader at each epoch): when
+    the data fits the page-cache budget, buffered, so that later epochs run
+    from memory; when it does not, O_DIRECT. ``tier`` and ``tier_reason``
+    say which and why; the engine's ``direct`` option forces either
+    (``off``: buffered, ``on``: O_DIRECT).
     """
-
-    WINDOW = 16  # batches per measurement window
-    RECHECK = 512  # batches on O_DIRECT between two page-cache windows
-    MIN_HIT_RATIO = 0.1
 
     def __init__(self, engine: Engine | None = None) -> None:
         self._engine = engine
-        self._direct: Engine | None = None
-        self.tier = "auto"
-        self._batches = 0
-        self._snapshot: tuple[int, int] | None = None
+        self._policy: PageCachePolicy | None = None
+        self._own_policy = False
+        self.choice: TierChoice | None = None
 
     @property
     def engine(self) -> Engine:
         return self._engine or default_engine()
 
-    def _pick(self) -> Engine:
-        eng = self.engine
-        if eng.options.direct != "auto":
-            return eng
-        self._batches += 1
-        if self.tier == "auto":
-            st = eng.stats()
-            now = (st.get("nowait_hits", 0), st.get("nowait_misses", 0))
-            if self._snapshot is None:
-                self._snapshot = now
-            elif self._batches >= self.WINDOW:
-                hits, misses = now[0] - self._snapshot[0], now[1] - self._snapshot[1]
-                if misses and hits < self.MIN_HIT_RATIO * (hits + misses):
-                    self.tier = "direct"
-                self._batches, self._snapshot = 0, None
-            return eng
-        if self._batches >= self.RECHECK:
-            self.tier, self._batches, self._snapshot = "auto", 0, None
-            return eng
-        if self._direct is None or self._direct.closed:
-            self._direct = Engine(eng.options.replace(direct="on"))
-        return self._direct
+    @property
+    def tier(self) -> str:
+        """``buffered`` or ``direct`` once chosen; before, the engine's own ``direct`` mode (``auto``: RWF_NOWAIT first)."""
+        return self.choice.tier if self.choice is not None else "auto"
+
+    @property
+    def tier_reason(self) -> str:
+        return self.choice.reason if self.choice is not None else "no tier chosen yet (reads use the engine's direct mode)"
+
+    def policy(self) -> PageCachePolicy:
+        """The tier policy: the one set with :meth:`set_policy`, else one following the engine's ``direct`` option."""
+        if self._policy is None or (not self._own_policy and self._policy.direct != self.engine.options.direct):
+            self._policy = PageCachePolicy(self.engine.options.direct)
+        return self._policy
+
+    def set_policy(self, policy: PageCachePolicy) -> None:
+        """Use ``policy`` for every later tier choice."""
+        self._policy, self._own_policy = policy, True
+
+    def choose_tier(self, keys: list[str], data_bytes: int | None = None) -> TierChoice:
+        """Choose the tier for reading ``keys`` (``data_bytes`` of them; default all), again at each call."""
+        self.choice = self.policy().choose(keys, data_bytes)
+        return self.choice
+
+    def _mode(self, eng: Engine) -> int:
+        if self.choice is None:
+            return eng._read_mode
+        self.choice = self.policy().check(self.choice)
+        return self.choice.mode
 
     def size(self, key: str) -> int:
         try:
@@ -98,13 +100,19 @@ class LocalReader:
     def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> RangeFuture:
         return self.engine.cached_file(key).read_many_into(dst, offsets, lengths, dst_offsets)
 
-    def submit_many(self, dst: Any, reads: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> RangeFuture:
+    def submit_many(
+        self, dst: Any, reads: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], crc_steps: np.ndarray | None = None
+    ) -> RangeFuture:
         """All ``reads`` (key, offsets, lengths, dst offsets) of a batch as one native submission.
 
         The engine's per-call cost is large next to a 4 KiB read (tens of
         microseconds), so a batch touching several shards is still one call.
+        ``crc_steps`` (one per range, in order; 0: none): the engine's
+        threads compute the crc32c of each chunk of that many bytes of the
+        range as it lands (the future's ``checksums()``).
         """
-        eng = self._pick()
+        eng = self.engine
+        mode = self._mode(eng)
         files = [eng.cached_file(key) for key, *_ in reads]
         counts = np.array([r[1].size for r in reads], np.int64)
         fids = np.repeat(np.array([f._check_open() for f in files], np.uint32), counts)
@@ -123,11 +131,12 @@ class LocalReader:
             offs,
             lens,
             douts + np.uint64(ref.address),
-            eng._read_mode,
+            mode,
             [ref, files],
             exact=True,
             io_paths=("posix",) * int(offs.size),
             file_index=np.repeat(np.arange(len(files), dtype=np.int64), counts),
+            crc_steps=crc_steps,
         )
 
     def join(self, base: str, key: str) -> str:

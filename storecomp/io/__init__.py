@@ -20,6 +20,7 @@ from .. import _native
 from .buffers import BufferRef, StagingPool, StagingSlot, as_buffer
 from .engine import Engine, File, IOFuture, ReadRequest, checked_ranges
 from .paths import PATHS, choose, flat_u8, land_bytes
+from .tier import PageCachePolicy, TierChoice, memory_info, resident_bytes
 
 _default: Engine | None = None
 _default_lock = threading.Lock()
@@ -86,17 +87,21 @@ __all__ = [
     "File",
     "IOFuture",
     "PATHS",
+    "PageCachePolicy",
     "ReadRequest",
     "StagingPool",
     "StagingSlot",
+    "TierChoice",
     "as_buffer",
     "checked_ranges",
     "default_engine",
     "flat_u8",
     "io_path_for",
     "land_bytes",
+    "memory_info",
     "read_batch",
     "read_into",
+    "resident_bytes",
 ]
 
 #: Page-aligned host memory owned by the native engine (``address``, ``nbytes``, the
@@ -109,4 +114,3 @@ def io_uring_status() -> dict[str, Any]:
     with liburing, and whether this process may create a ring (seccomp, sysctl)."""
     probe = dict(_native.probe_io_uring())
     return {"compiled": bool(_native.HAVE_LIBURING), "permitted": bool(probe["permitted"]), "reason": str(probe["reason"])}
-

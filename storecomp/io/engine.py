@@ -161,6 +161,14 @@ class IOFuture:
             nbytes = ordered
         self._result = nbytes
 
+    def checksums(self, timeout: float | None = None) -> np.ndarray:
+        """crc32c (uint32) of each ``crc_steps[i]``-byte chunk of each request submitted with
+        ``crc_steps``, in request order, computed on the engine's threads as each request
+        landed. Raises like :meth:`result`; empty when no checks were asked for."""
+        self.result(timeout)
+        crcs = [p.crcs() for p in self._parts if hasattr(p, "crcs")]
+        return np.concatenate(crcs) if crcs else np.zeros(0, np.uint32)
+
     def _path(self, i: int) -> str:
         return self._paths[int(self._file_index[i])] if self._file_index.size else self._paths[0]
 
@@ -232,19 +240,22 @@ class File:
         dst_offsets: Sequence[int] | np.ndarray,
         *,
         exact: bool = True,
+        crc_step: int = 0,
     ) -> IOFuture:
         """Submit many reads from this file into one destination; returns at once.
 
         Request i reads ``lengths[i]`` bytes at file offset ``offsets[i]``
         into ``dst`` at byte ``dst_offsets[i]``. This is the hot path for
-        batches of samples: no per-request Python.
+        batches of samples: no per-request Python. ``crc_step`` (bytes, host
+        destinations): the engine's threads compute the crc32c of each chunk
+        of that many bytes of every request as it lands (``checksums()``).
         """
         fid = self._check_open()
         ref = as_buffer(dst)
         if np.isscalar(lengths):
             lengths = np.full(np.asarray(offsets).size, lengths)
         offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.path)
-        return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact)
+        return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact, crc_step)
 
     def read_checked(
         self, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, *, exact: bool = True
@@ -483,7 +494,10 @@ class Engine:
         exact: bool,
         io_paths: tuple[str, ...],
         file_index: np.ndarray | None = None,
+        crc_steps: np.ndarray | None = None,
     ) -> IOFuture:
+        """Submit one native batch. ``crc_steps`` (reads; uint64 per request, 0: none): the engine
+        computes the crc32c of each chunk of that many bytes (see :meth:`IOFuture.checksums`)."""
         self._check_open()
         n = offs.size
         try:
@@ -494,6 +508,7 @@ class Engine:
                 lens,
                 addrs,
                 mode,
+                None if crc_steps is None else np.asarray(crc_steps, np.uint64),
             )
         except RuntimeError as e:
             raise ClosedError(str(e)) from None
@@ -509,8 +524,11 @@ class Engine:
         lens: np.ndarray,
         douts: np.ndarray,
         exact: bool,
+        crc_step: int = 0,
     ) -> IOFuture:
         if ref.is_cuda:
+            if crc_step:
+                raise InvalidArgumentError(f"{f.path}: crc_step needs a host destination")
             from . import paths
 
             return paths.submit_device_reads(self, f, ref, offs, lens, douts, exact)
@@ -526,6 +544,7 @@ class Engine:
             [ref, f],
             exact=exact,
             io_paths=("posix",),
+            crc_steps=np.full(offs.size, crc_step, np.uint64) if crc_step else None,
         )
 
     def read_batch(self, requests: Sequence[ReadRequest], *, exact: bool = True) -> IOFuture:

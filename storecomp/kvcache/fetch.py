@@ -3,8 +3,8 @@
 A :class:`Fetch` issues its reads at once (the layout fixes every offset
 before the header is seen) and verifies as the caller asks for layers:
 header first (magic, version, fingerprint, key, shape, header crc), then
-the crc32c of each layer asked for. Anything that fails makes the fetch
-``bad``; it is never returned as data.
+the crc32c of each layer asked for. Anything that fails ends the fetch with
+a :class:`FetchOutcome` other than ``HIT``; its bytes are never used.
 
 From an encrypted tier (:class:`Sealing`), one job on a worker thread reads
 the whole sealed object and opens it (AES-GCM, every segment's tag checked)
@@ -13,19 +13,38 @@ into the chunk buffer; the checks above then run on the plaintext.
 
 from __future__ import annotations
 
+import enum
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 from .. import crypto
-from ..errors import CorruptDataError, NotFoundError, ShortReadError, StorecompError, VersionChangedError, WrongKeyError
+from ..errors import (
+    CorruptDataError,
+    InvalidArgumentError,
+    NotFoundError,
+    ShortReadError,
+    StorecompError,
+    VersionChangedError,
+    WrongKeyError,
+)
 from . import format as fmt
-from .tiers import Buffer, BufferPool, DiskTier, SharedTier
+from .tiers import Buffer, BufferPool, SharedTier, Tier, TierReads
 
 #: Plaintext per authenticated segment of a sealed chunk: chunks are read whole, so large
 #: segments (less per-segment work: 4.6 GB/s sealing at 1 MiB vs 2.3 at 64 KiB, one core).
 SEGMENT_BYTES = 1 << 20
+
+
+class FetchOutcome(enum.Enum):
+    """What fetching one chunk from one tier came to (:attr:`Fetch.outcome`), and what the store does then."""
+
+    HIT = "hit"  # every layer arrived and passed its checks: used, and promoted to upper tiers
+    MISS = "miss"  # the tier does not hold it (never stored, evicted, vanished): dropped from the index only
+    CORRUPT = "corrupt"  # bytes failed a check (truncated, header, crc32c, AES-GCM tag): deleted from the tier
+    UNDECRYPTABLE = "undecryptable"  # sealed under a key this store cannot unwrap: a counted failure, never deleted
+    UNAVAILABLE = "unavailable"  # the tier could not be read: nothing forgotten or deleted (the shared tier backs off)
 
 
 @dataclass(frozen=True)
@@ -49,11 +68,15 @@ class Sealing:
         out.array[n:] = 0
         return out
 
-    def read_and_open(self, read: Any, key: bytes, dst: Buffer, where: str) -> None:
-        """``read(sealed_array)`` the whole sealed object, then open it into ``dst``."""
+    def read_and_open(self, tier: Tier, key: bytes, dst: Buffer, where: str) -> None:
+        """Read the whole sealed object of ``key`` from ``tier``, then open it into ``dst``."""
         sealed = self.pool.get(self.nbytes)
         try:
-            read(sealed.array)
+            reads = tier.submit_reads(key, sealed.array, [(0, sealed.array.nbytes)])
+            try:
+                reads.futures[0].result()
+            finally:
+                reads.close()
             crypto.unseal_into(sealed.array, dst.array, self.name(key), self.keys, where)
         finally:
             self.pool.put(sealed)
@@ -63,7 +86,7 @@ class Fetch:
     """Chunk ``key`` (index ``index`` in the request) on its way from ``tier`` into ``buf``."""
 
     def __init__(
-        self, index: int, key: bytes, tier: str, buf: Buffer, layout: fmt.ChunkLayout, sealing: Sealing | None = None
+        self, index: int, key: bytes, tier: Tier, buf: Buffer, layout: fmt.ChunkLayout, sealing: Sealing | None = None
     ) -> None:
         self.index = index
         self.key = key
@@ -72,21 +95,24 @@ class Fetch:
         self.layout = layout
         self.header: fmt.Header | None = None
         self.futures: list[Any] = []  # [whole] or [header, layer 0, layer 1, ...]
-        self.file: Any = None
+        self.reads: TierReads | None = None
         self.checked: set[int] = set()
-        self.error: str | None = None  # why the chunk is unusable
-        self.corrupt = False
+        self.outcome: FetchOutcome | None = None  # None while layers are still unchecked
+        self.detail = ""  # why the chunk is unusable
         self.t0 = time.perf_counter()
         self.t1 = 0.0
         self.sealing = sealing
 
     @property
     def _where(self) -> str:
-        return f"{self.tier} chunk {self.key.hex()[:16]}"
+        return f"{self.tier.name} chunk {self.key.hex()[:16]}"
 
     @property
     def bad(self) -> bool:
-        return self.error is not None
+        return self.outcome is not None and self.outcome is not FetchOutcome.HIT
+
+    def _end(self, outcome: FetchOutcome, detail: str) -> None:
+        self.outcome, self.detail = outcome, detail
 
     def _ranges(self, per_layer: bool) -> list[tuple[int, int]]:
         lay = self.layout
@@ -94,41 +120,28 @@ class Fetch:
             return [(0, lay.nbytes)]
         return [(0, lay.header_bytes)] + [(lay.layer_offset(i), lay.layer_bytes) for i in range(lay.fingerprint.layers)]
 
-    def start_disk(self, disk: DiskTier, per_layer: bool) -> None:
+    def start(self, per_layer: bool) -> None:
+        """Issue every read of the chunk (whole, or header and layer by layer); returns at once.
+        Raises InvalidArgumentError when ``buf`` cannot hold the chunk (nothing read)."""
         if self.sealing is not None:
-            path = disk.path(self.key)
-
-            def read(dst: Any) -> None:
-                with disk.engine.open(path, "r") as f:
-                    f.read_many_into(dst, [0], [dst.nbytes], [0]).result()
-
-            self.futures.append(self.sealing.executor.submit(self.sealing.read_and_open, read, self.key, self.buf, self._where))
+            have, need = self.buf.array.nbytes, self.layout.nbytes
+            if have < need:
+                raise InvalidArgumentError(f"{self._where}: a {have}-byte buffer cannot hold the {need}-byte chunk")
+            sealing = self.sealing
+            self.futures.append(sealing.executor.submit(sealing.read_and_open, self.tier, self.key, self.buf, self._where))
             return
         try:
-            self.file = disk.engine.open(disk.path(self.key), "r")
-            for off, n in self._ranges(per_layer):
-                self.futures.append(self.file.read_many_into(self.buf.array, [off], [n], [off]))
+            self.reads = self.tier.submit_reads(self.key, self.buf.array, self._ranges(per_layer))
+        except InvalidArgumentError:
+            raise
         except NotFoundError:
-            self.error = "vanished"
-        except StorecompError as e:
-            self.error = str(e)
-
-    def start_shared(self, shared: SharedTier, per_layer: bool) -> None:
-        okey = shared.object_key(self.key)
-        if self.sealing is not None:
-
-            def read(dst: Any) -> None:
-                shared.store.read_ranges(okey, [0], [dst.nbytes], dst, [0])
-
-            self.futures.append(self.sealing.executor.submit(self.sealing.read_and_open, read, self.key, self.buf, self._where))
-            return
-        try:
-            for off, n in self._ranges(per_layer):
-                self.futures.append(shared.store.submit_ranges(okey, [off], [n], self.buf.array, [off]))
-        except NotFoundError:
-            self.error = "missing"
+            self._end(FetchOutcome.MISS, "missing")
         except (StorecompError, OSError) as e:
-            self.error = f"unavailable: {e}"
+            # A shared store that cannot be reached is skipped for a while; a disk chunk that
+            # cannot be opened is dropped from the index (as before the Tier protocol).
+            self._end(FetchOutcome.UNAVAILABLE if isinstance(self.tier, SharedTier) else FetchOutcome.MISS, str(e))
+        else:
+            self.futures = list(self.reads.futures)
 
     def _wait(self, i: int) -> bool:
         if self.bad:
@@ -139,15 +152,15 @@ class Fetch:
         try:
             f.result()
         except ShortReadError as e:
-            self.error, self.corrupt = f"truncated: {e}", True
+            self._end(FetchOutcome.CORRUPT, f"truncated: {e}")
         except WrongKeyError as e:  # a wrong or missing key, or a moved object: a miss, but not deleted
-            self.error = f"undecryptable: {e}"
+            self._end(FetchOutcome.UNDECRYPTABLE, str(e))
         except CorruptDataError as e:  # a segment failed its tag, or not a sealed object
-            self.error, self.corrupt = str(e), True
+            self._end(FetchOutcome.CORRUPT, str(e))
         except (NotFoundError, VersionChangedError):  # gone or replaced meanwhile: a miss, not a fault
-            self.error = "missing"
+            self._end(FetchOutcome.MISS, "missing")
         except (StorecompError, OSError) as e:
-            self.error = f"unavailable: {e}"
+            self._end(FetchOutcome.UNAVAILABLE, str(e))
         return not self.bad
 
     def wait_layer(self, layer: int) -> bool:
@@ -164,7 +177,7 @@ class Fetch:
             try:
                 self.header = fmt.read_header(self.buf.array, self.layout, self.key, where)
             except CorruptDataError as e:
-                self.error, self.corrupt = str(e), True
+                self._end(FetchOutcome.CORRUPT, str(e))
                 return False
         if not whole and not self._wait(layer + 1):
             return False
@@ -172,9 +185,11 @@ class Fetch:
             if self.sealing is None:  # a sealed chunk's every byte passed its AES-GCM tag
                 fmt.check_layer(self.buf.array, self.layout, self.header, layer, where)
         except CorruptDataError as e:
-            self.error, self.corrupt = str(e), True
+            self._end(FetchOutcome.CORRUPT, str(e))
             return False
         self.checked.add(layer)
+        if len(self.checked) == self.layout.fingerprint.layers:
+            self.outcome = FetchOutcome.HIT
         self.t1 = time.perf_counter()
         return True
 
@@ -188,6 +203,6 @@ class Fetch:
                 f.result()
             except BaseException:  # noqa: BLE001 - only waiting; errors were or will be reported
                 pass
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        if self.reads is not None:
+            self.reads.close()
+            self.reads = None

@@ -1,25 +1,30 @@
-"""KV-cache keys: a model fingerprint, its namespace, and the chunk key chain.
+"""KV-cache keys: a model fingerprint, its namespace, and the chunk keys.
 
-The scheme is byte-exact and documented in docs/kvcache.md so that another
-engine (C++, Rust, another Python) computes the same keys:
+The scheme is byte-exact, engine-neutral and documented in docs/kvcache.md,
+so that another engine (vLLM, SGLang, transformers; C++, Rust, another
+Python) computes the same keys:
 
 * the fingerprint's canonical form is compact JSON (sorted keys, no spaces,
   UTF-8) of its ten fields;
 * ``fingerprint digest = SHA-256(b"storecomp-kv-fingerprint\\x00" + canonical)``;
-* ``root = SHA-256(b"storecomp-kv-root\\x00" + fingerprint digest)``;
-* chunk ``i`` (tokens ``[i*N, (i+1)*N)``) has key
-  ``k_i = SHA-256(k_{i-1} + tokens as little-endian int32)``, with
-  ``k_{-1} = root``.
+* the *prefix hash* of chunk ``i`` (tokens ``[i*N, (i+1)*N)``) is
+  ``t_i = SHA-256(t_{i-1} + tokens as little-endian int32)``, with
+  ``t_{-1}`` empty (nothing is prepended for chunk 0): the token chain alone,
+  the same bytes SGLang's HiCache computes as a page hash (page size N, a
+  request without ``cache_salt``/``extra_key``);
+* chunk ``i``'s key is ``k_i = SHA-256(b"storecomp-kv-chunk\\x00" + digest + t_i)``.
 
-With a :class:`Tenant` (namespace + secret) the same chain is keyed:
-``root = HMAC-SHA-256(secret, b"storecomp-kv-tenant-root\x00" + fingerprint
-digest)`` and ``k_i = HMAC-SHA-256(secret, k_{i-1} + tokens)``. Without the
-secret nobody can compute, look up or probe a tenant's keys; tenants that
-share a prefix pool share a Tenant (the same secret and namespace).
+With a :class:`Tenant` (namespace + secret) the last step is keyed:
+``k_i = HMAC-SHA-256(secret, b"storecomp-kv-tenant-chunk\x00" + digest + t_i)``.
+Without the secret nobody can compute, look up or probe a tenant's keys;
+tenants that share a prefix pool share a Tenant (the same secret and
+namespace). The token chain ``t_i`` stays the engines' common page hash.
 
 Key i therefore names the whole prefix ``tokens[: (i+1)*N]`` under one
 model configuration: two prompts share key i exactly when they share that
-prefix. Python's ``hash()`` is never used.
+prefix; an engine that only has the prefix hashes (SGLang's storage API)
+derives the same keys as one that has the tokens. Python's ``hash()`` is
+never used.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ DTYPE_SIZES = {
 }
 
 _FP_DOMAIN = b"storecomp-kv-fingerprint\x00"
-_ROOT_DOMAIN = b"storecomp-kv-root\x00"
+_CHUNK_DOMAIN = b"storecomp-kv-chunk\x00"
 _MAX_TOKEN = (1 << 31) - 1
 
 
@@ -113,11 +118,6 @@ class ModelFingerprint:
         """Hex fingerprint digest: the directory / key prefix of this model's chunks."""
         return self.digest.hex()
 
-    @cached_property
-    def root(self) -> bytes:
-        """The chain's starting value (32 bytes)."""
-        return hashlib.sha256(_ROOT_DOMAIN + self.digest).digest()
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelFingerprint:
         return cls(**d)
@@ -140,7 +140,7 @@ class ModelFingerprint:
         )
 
 
-_TENANT_ROOT_DOMAIN = b"storecomp-kv-tenant-root\x00"
+_TENANT_CHUNK_DOMAIN = b"storecomp-kv-tenant-chunk\x00"
 _TENANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIN_TENANT_SECRET_BYTES = 16
 
@@ -165,10 +165,6 @@ class Tenant:
         if not isinstance(secret, (bytes, bytearray)) or len(secret) < MIN_TENANT_SECRET_BYTES:
             raise InvalidArgumentError(f"Tenant {self.namespace!r}: the secret must be at least {MIN_TENANT_SECRET_BYTES} bytes")
         object.__setattr__(self, "secret", bytes(secret))
-
-    def root(self, fingerprint: ModelFingerprint) -> bytes:
-        """The keyed chain's starting value for ``fingerprint`` (32 bytes)."""
-        return hmac.digest(self.secret, _TENANT_ROOT_DOMAIN + fingerprint.digest, "sha256")
 
     @property
     def prefix(self) -> str:
@@ -203,6 +199,48 @@ def token_array(tokens: Any) -> np.ndarray:
     return arr.astype("<i4", copy=False)
 
 
+def prefix_hashes(tokens: Any, chunk_tokens: int = 256, *, max_chunks: int | None = None) -> list[bytes]:
+    """The token chain ``t_i`` (32-byte digests) of every *full* chunk of ``tokens``; no fingerprint in it.
+
+    ``t_i = SHA-256(t_{i-1} + LE32(tokens[i*N:(i+1)*N]))``, ``t_{-1}`` empty.
+    """
+    if chunk_tokens <= 0:
+        raise InvalidArgumentError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    arr = token_array(tokens)
+    n = arr.size // chunk_tokens
+    if max_chunks is not None:
+        n = min(n, max_chunks)
+    data = arr[: n * chunk_tokens].tobytes()
+    step = 4 * chunk_tokens
+    out: list[bytes] = []
+    parent = b""
+    sha = hashlib.sha256
+    for i in range(n):
+        parent = sha(parent + data[i * step : (i + 1) * step]).digest()
+        out.append(parent)
+    return out
+
+
+def keys_from_prefix_hashes(
+    fingerprint: ModelFingerprint, hashes: Sequence[bytes | str], *, tenant: Tenant | None = None
+) -> list[bytes]:
+    """Chunk keys from prefix hashes (32 bytes, or 64 hex characters as SGLang passes them);
+    with ``tenant``, HMAC-SHA-256 under its secret (see the module docstring)."""
+    if tenant is not None and not isinstance(tenant, Tenant):
+        raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
+    head = (_CHUNK_DOMAIN if tenant is None else _TENANT_CHUNK_DOMAIN) + fingerprint.digest
+    out: list[bytes] = []
+    for h in hashes:
+        raw = bytes.fromhex(h) if isinstance(h, str) else bytes(h)
+        if len(raw) != 32:
+            raise InvalidArgumentError(f"a prefix hash is 32 bytes (64 hex characters), got {h!r}")
+        if tenant is None:
+            out.append(hashlib.sha256(head + raw).digest())
+        else:
+            out.append(hmac.digest(tenant.secret, head + raw, "sha256"))
+    return out
+
+
 def chunk_keys(
     fingerprint: ModelFingerprint,
     tokens: Any,
@@ -217,29 +255,8 @@ def chunk_keys(
     it is never stored, and callers recompute it. With ``tenant``, the keys
     are HMAC-SHA-256 under the tenant's secret (see the module docstring).
     """
-    if chunk_tokens <= 0:
-        raise InvalidArgumentError(f"chunk_tokens must be positive, got {chunk_tokens}")
-    arr = token_array(tokens)
-    n = arr.size // chunk_tokens
-    if max_chunks is not None:
-        n = min(n, max_chunks)
-    data = arr[: n * chunk_tokens].tobytes()
-    step = 4 * chunk_tokens
-    keys: list[bytes] = []
-    if tenant is None:
-        parent = fingerprint.root
-        sha = hashlib.sha256
-        for i in range(n):
-            parent = sha(parent + data[i * step : (i + 1) * step]).digest()
-            keys.append(parent)
-        return keys
-    if not isinstance(tenant, Tenant):
-        raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
-    parent, secret, mac = tenant.root(fingerprint), tenant.secret, hmac.digest
-    for i in range(n):
-        parent = mac(secret, parent + data[i * step : (i + 1) * step], "sha256")
-        keys.append(parent)
-    return keys
+    hashes = prefix_hashes(tokens, chunk_tokens, max_chunks=max_chunks)
+    return keys_from_prefix_hashes(fingerprint, hashes, tenant=tenant)
 
 
 def chunk_key_hex(

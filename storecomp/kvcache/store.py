@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -29,38 +30,79 @@ from ..errors import InvalidArgumentError, StorecompError
 from ..io import Engine
 from ..store.base import Store
 from . import format as fmt
-from .fetch import SEGMENT_BYTES, Fetch, Sealing
+from .fetch import SEGMENT_BYTES, Fetch, FetchOutcome, Sealing
 from .keys import ModelFingerprint, Tenant, chunk_keys, token_array
-from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, TierStats
+from .tiers import Buffer, BufferPool, DiskTier, HostTier, SharedTier, SharedTierOptions, TierStats
 
 GiB = 1 << 30
 
+#: The shared-tier keywords of earlier releases and the SharedTierOptions field each one became.
+#: Still accepted, with a DeprecationWarning, for one release.
+_LEGACY_SHARED = {
+    "shared_options": "store_options",
+    "shared_prefix": "prefix",
+    "shared_retry_seconds": "retry_seconds",
+    "shared_backoff": "backoff",
+    "shared_max_backoff": "max_backoff",
+    "shared_max_bytes": "max_bytes",
+    "shared_ttl_s": "ttl_s",
+    "shared_gc_grace_s": "gc_grace_s",
+    "shared_gc_interval_s": "gc_interval_s",
+}
 
-def _open_shared(shared: str | os.PathLike[str] | Store, options: dict[str, Any]) -> Store:
-    if isinstance(shared, Store):
+
+def _shared_tier_options(
+    shared: str | os.PathLike[str] | Store | SharedTierOptions | None, legacy: dict[str, Any]
+) -> SharedTierOptions | None:
+    """``shared=`` as one options object, with any deprecated ``shared_*`` keywords folded in."""
+    unknown = sorted(set(legacy) - _LEGACY_SHARED.keys())
+    if unknown:
+        raise TypeError(f"KVCacheStore() got an unexpected keyword argument {unknown[0]!r}")
+    if legacy:
+        old = ", ".join(f"{k}=" for k in legacy)
+        new = ", ".join(f"{_LEGACY_SHARED[k]}=" for k in legacy)
+        warnings.warn(
+            f"KVCacheStore({old}) is deprecated: pass shared=SharedTierOptions(store, {new})", DeprecationWarning, stacklevel=3
+        )
+        if isinstance(shared, SharedTierOptions):
+            raise InvalidArgumentError(f"shared= is a SharedTierOptions: set {new} in it instead of passing {old}")
+    if shared is None or isinstance(shared, SharedTierOptions):
         return shared
+    fields = {_LEGACY_SHARED[k]: v for k, v in legacy.items() if not (k == "shared_options" and v is None)}
+    return SharedTierOptions(shared, **fields)
+
+
+def _open_shared(opts: SharedTierOptions) -> Store:
+    if isinstance(opts.store, Store):
+        return opts.store
     from ..store.registry import open_store
 
-    return open_store(shared, **options)
+    return open_store(opts.store, **opts.store_options)
 
 
 class KVCacheStore:
     """A tiered KV-cache store for one model configuration (its ``fingerprint``).
 
     ``host_bytes`` and ``disk_bytes`` are the tiers' budgets in bytes;
-    ``disk_dir`` (None: no disk tier) and ``shared`` (a URL or a
-    :class:`~storecomp.store.Store`; None: no shared tier; ``shared_options``
-    go to ``open_store``) enable the lower tiers. Writes land in host memory during :meth:`store` and reach the
+    ``disk_dir`` (None: no disk tier) and ``shared`` (a
+    :class:`~storecomp.kvcache.tiers.SharedTierOptions`, or just its store: a
+    URL or a :class:`~storecomp.store.Store`; None: no shared tier) enable the
+    lower tiers. Writes land in host memory during :meth:`store` and reach the
     lower tiers in the background, unless ``write_through`` (then
     :meth:`store` returns once every tier has the chunk). A shared store
     that cannot be reached never fails a request: it is skipped, and
-    background writes retry for up to ``shared_retry_seconds``.
-    ``shared_max_bytes`` (bytes) and ``shared_ttl_s`` (seconds) bound this
+    background writes retry for up to ``SharedTierOptions.retry_seconds``.
+    ``SharedTierOptions.max_bytes`` (bytes) and ``ttl_s`` (seconds) bound this
     model's chunks in the shared store (None: unbounded): a writer runs a GC
-    pass at most every ``shared_gc_interval_s`` seconds, deleting the oldest
-    chunks, never one younger than ``shared_gc_grace_s`` (see
+    pass at most every ``gc_interval_s`` seconds, deleting the oldest chunks,
+    never one younger than ``gc_grace_s`` (see
     :mod:`storecomp.kvcache.maintenance`; ``storecomp kv gc`` does the same
-    for a whole shared store).
+    for a whole shared store). The keywords ``shared_options``,
+    ``shared_prefix``, ``shared_retry_seconds``, ``shared_backoff``,
+    ``shared_max_backoff``, ``shared_max_bytes``, ``shared_ttl_s``,
+    ``shared_gc_grace_s`` and ``shared_gc_interval_s`` still work, deprecated:
+    they are the options' fields of the same names without ``shared_``
+    (``store_options`` for ``shared_options``).
     ``spare_bytes`` (default: 16 chunks) of freed chunk buffers are kept for
     reuse: a fresh buffer costs page faults. ``copy_threads``: threads for
     each chunk's copy between CPU KV tensors and the host tier (1: the
@@ -87,24 +129,16 @@ class KVCacheStore:
         host_bytes: int = 4 * GiB,
         disk_dir: str | os.PathLike[str] | None = None,
         disk_bytes: int = 64 * GiB,
-        shared: str | os.PathLike[str] | Store | None = None,
-        shared_options: dict[str, Any] | None = None,
-        shared_prefix: str = "kvcache",
+        shared: str | os.PathLike[str] | Store | SharedTierOptions | None = None,
         write_through: bool = False,
         disk_direct: bool = True,
-        shared_retry_seconds: float = 60.0,
-        shared_backoff: float = 0.5,
-        shared_max_backoff: float = 30.0,
-        shared_max_bytes: int | None = None,
-        shared_ttl_s: float | None = None,
-        shared_gc_grace_s: float = 3600.0,
-        shared_gc_interval_s: float = 600.0,
         io_options: IOOptions | None = None,
         workers: int = 8,
         spare_bytes: int | None = None,
         copy_threads: int = 1,
         tenant: Tenant | None = None,
         encryption: crypto.KeyProvider | str | None = None,
+        **legacy: Any,
     ) -> None:
         if not isinstance(fingerprint, ModelFingerprint):
             raise InvalidArgumentError(f"fingerprint must be a ModelFingerprint, got {type(fingerprint).__name__}")
@@ -116,6 +150,7 @@ class KVCacheStore:
             raise InvalidArgumentError(f"copy_threads must be at least 1, got {copy_threads}")
         if tenant is not None and not isinstance(tenant, Tenant):
             raise InvalidArgumentError(f"tenant must be a Tenant, got {type(tenant).__name__}")
+        shared_opts = _shared_tier_options(shared, legacy)
         self.copy_threads = copy_threads
         self.tenant = tenant
         keys = crypto.key_provider(encryption)
@@ -128,7 +163,7 @@ class KVCacheStore:
         self.chunk_tokens = chunk_tokens
         self.layout = fmt.ChunkLayout(fingerprint, chunk_tokens)
         self.write_through = write_through
-        self.shared_retry_seconds = shared_retry_seconds
+        self._shared_opts = shared_opts
         # Spare buffers kept for reuse (loads from lower tiers, chunks evicted from host).
         self.pool = BufferPool(keep_bytes=16 * self.layout.nbytes if spare_bytes is None else spare_bytes)
         self.host = HostTier(host_bytes, self.pool)
@@ -138,9 +173,9 @@ class KVCacheStore:
         self._own_shared: Store | None = None
         try:
             self.disk = DiskTier(disk_dir, self.namespace, disk_bytes, self.engine) if disk_dir is not None else None
-            if shared is not None:
-                store = _open_shared(shared, shared_options or {})
-                if store is not shared:
+            if shared_opts is not None:
+                store = _open_shared(shared_opts)
+                if store is not shared_opts.store:
                     self._own_shared = store
         except BaseException:
             self.engine.close()
@@ -149,15 +184,15 @@ class KVCacheStore:
             SharedTier(
                 store,
                 self.namespace,
-                shared_prefix,
-                backoff=shared_backoff,
-                max_backoff=shared_max_backoff,
-                max_bytes=shared_max_bytes,
-                ttl_s=shared_ttl_s,
-                grace_s=shared_gc_grace_s,
-                gc_interval_s=shared_gc_interval_s,
+                shared_opts.prefix,
+                backoff=shared_opts.backoff,
+                max_backoff=shared_opts.max_backoff,
+                max_bytes=shared_opts.max_bytes,
+                ttl_s=shared_opts.ttl_s,
+                grace_s=shared_opts.gc_grace_s,
+                gc_interval_s=shared_opts.gc_interval_s,
             )
-            if shared is not None
+            if shared_opts is not None
             else None
         )
         # Up to eight writers: while some checksum a chunk or fsync and rename
@@ -201,6 +236,11 @@ class KVCacheStore:
         layout = as_layout(kv)
         layout.check(self.fingerprint)
         return layout
+
+    def _check_room(self, keys: list[bytes], layout: Any) -> None:
+        if len(keys) * self.chunk_tokens > layout.tokens:
+            n = len(keys) * self.chunk_tokens
+            raise InvalidArgumentError(f"{len(keys)} chunks need {n} token positions, the KV has {layout.tokens}")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -278,10 +318,7 @@ class KVCacheStore:
         returns the chunks now stored."""
         self._check_open()
         layout = self._layout_of(kv)
-        if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(
-                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
-            )
+        self._check_room(keys, layout)
         return self._store_keys(list(keys), layout)
 
     def _store_keys(self, keys: list[bytes], layout: Any) -> int:
@@ -370,9 +407,9 @@ class KVCacheStore:
             self.host.unref(buf)
 
     def _shared_job(self, key: bytes, buf: Buffer) -> bool:
-        shared = self.shared
-        assert shared is not None
-        deadline = time.monotonic() + self.shared_retry_seconds
+        shared, opts = self.shared, self._shared_opts
+        assert shared is not None and opts is not None
+        deadline = time.monotonic() + opts.retry_seconds
         sealed: Buffer | None = None
         try:
             self._seal(key, buf)
@@ -405,15 +442,16 @@ class KVCacheStore:
         for i, key in enumerate(keys):
             buf = self.host.acquire(key)
             if buf is not None:
-                f = Fetch(i, key, "host", buf, self.layout)
+                f = Fetch(i, key, self.host, buf, self.layout)
                 f.header = fmt.Header(self.chunk_tokens, ())
                 f.checked = set(range(self.fingerprint.layers))
+                f.outcome = FetchOutcome.HIT  # read in place: host chunks were checked on the way in
                 fetches.append(f)
                 continue
             self.host.stats.add(misses=1)
             if self.disk is not None and self.disk.has(key) and self.disk.pin(key):
-                f = Fetch(i, key, "disk", self._new_buf(), self.layout, self._sealing)
-                f.start_disk(self.disk, per_layer)
+                f = Fetch(i, key, self.disk, self._new_buf(), self.layout, self._sealing)
+                f.start(per_layer)
                 fetches.append(f)
                 continue
             if self.disk is not None:
@@ -425,8 +463,8 @@ class KVCacheStore:
             if key not in shared_present:
                 self.shared.stats.add(misses=1)
                 break
-            f = Fetch(i, key, "shared", self._new_buf(), self.layout, self._sealing)
-            f.start_shared(self.shared, per_layer)
+            f = Fetch(i, key, self.shared, self._new_buf(), self.layout, self._sealing)
+            f.start(per_layer)
             fetches.append(f)
         return fetches
 
@@ -436,60 +474,46 @@ class KVCacheStore:
         buf.sealed = False
         return buf
 
-    def _tier(self, name: str) -> Any:
-        return {"host": self.host, "disk": self.disk, "shared": self.shared}[name]
-
     def _finish(self, fetches: list[Fetch], good: int) -> None:
         """Account, promote the good chunks upward, release everything."""
         for f in fetches:
             f.drain()
-            tier = self._tier(f.tier)
+            tier = f.tier
             if f.index < good:
                 n = self.layout.nbytes
-                secs = (f.t1 or time.perf_counter()) - f.t0 if f.tier != "host" else 0.0
+                secs = (f.t1 or time.perf_counter()) - f.t0 if tier is not self.host else 0.0
                 tier.stats.add(hits=1, bytes_read=n, read_seconds=secs)
                 self._counts.add(hits=1, bytes_read=n)
             elif f.bad:
                 self._fail(f)
-            if f.tier == "host":
+            if tier is self.host:
                 self.host.release(f.key, f.buf)
                 continue
-            if f.tier == "disk":
-                assert self.disk is not None
-                self.disk.unpin(f.key)
+            if isinstance(tier, DiskTier):
+                tier.unpin(f.key)
             if f.index < good and len(f.checked) == self.fingerprint.layers:  # only fully verified chunks move up
                 f.buf.sealed = True
                 self.host.put(f.key, f.buf)
-                if f.tier == "shared" and self.disk is not None:
+                if isinstance(tier, SharedTier) and self.disk is not None:
                     self._write_lower(f.key, f.buf, disk=True)
             self.host.unref(f.buf)
 
     def _fail(self, f: Fetch) -> None:
-        tier = self._tier(f.tier)
-        if f.corrupt:
+        tier, outcome = f.tier, f.outcome
+        if outcome is FetchOutcome.CORRUPT:
             tier.stats.add(verify_failures=1, misses=1)
             self._counts.add(verify_failures=1)
-            if f.tier == "disk":
-                self.disk.forget(f.key)  # type: ignore[union-attr]
-            elif f.tier == "shared":
-                self.shared.forget(f.key)  # type: ignore[union-attr]
-                try:  # a corrupt object would shadow the good one forever (put_if_absent)
-                    self.shared.store.delete(self.shared.object_key(f.key))  # type: ignore[union-attr]
-                except (StorecompError, OSError):
-                    pass
-        elif f.error and f.error.startswith("unavailable"):
+            tier.forget(f.key, delete=True)
+        elif outcome is FetchOutcome.UNAVAILABLE:
             tier.stats.add(unavailable=1, misses=1)
-            if f.tier == "shared":
-                self.shared.mark_down(RuntimeError(f.error))  # type: ignore[union-attr]
+            if isinstance(tier, SharedTier):
+                tier.mark_down(RuntimeError(f"unavailable: {f.detail}"))
         else:
             tier.stats.add(misses=1)
-            if f.error and f.error.startswith("undecryptable"):  # counted, never deleted: the key may be what is wrong
+            if outcome is FetchOutcome.UNDECRYPTABLE:  # counted, never deleted: the key may be what is wrong
                 tier.stats.add(verify_failures=1)
                 self._counts.add(verify_failures=1)
-            if f.tier == "disk":
-                self.disk.forget(f.key, delete=False)  # type: ignore[union-attr]
-            elif f.tier == "shared":
-                self.shared.forget(f.key)  # type: ignore[union-attr]
+            tier.forget(f.key, delete=False)
 
     def retrieve(self, tokens: Any, out: Any) -> int:
         """Load the longest stored prefix of ``tokens`` into ``out``; returns its length in tokens.
@@ -509,10 +533,7 @@ class KVCacheStore:
         """:meth:`retrieve` for chunks named by ``keys``; returns the chunks loaded (a prefix of ``keys``)."""
         self._check_open()
         layout = self._layout_of(out)
-        if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(
-                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
-            )
+        self._check_room(keys, layout)
         return self._retrieve_keys(list(keys), layout)
 
     def _retrieve_keys(self, keys: list[bytes], layout: Any) -> int:
@@ -550,17 +571,14 @@ class KVCacheStore:
         finally:
             gen.close()  # an early stop releases the chunks now
 
-    def retrieve_layerwise_keys(self, keys: list[bytes], out: Any) -> Iterator[tuple[int, int]]:
+    def retrieve_layerwise_keys(self, keys: list[bytes], out: Any) -> Generator[tuple[int, int], None, None]:
         """:meth:`retrieve_layerwise` for chunks named by ``keys``; yields ``(layer, chunks)``."""
         self._check_open()
         layout = self._layout_of(out)
-        if len(keys) * self.chunk_tokens > layout.tokens:
-            raise InvalidArgumentError(
-                f"{len(keys)} chunks need {len(keys) * self.chunk_tokens} positions, KV has {layout.tokens}"
-            )
+        self._check_room(keys, layout)
         return self._retrieve_layerwise_keys(list(keys), layout)
 
-    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Iterator[tuple[int, int]]:
+    def _retrieve_layerwise_keys(self, keys: list[bytes], layout: Any) -> Generator[tuple[int, int], None, None]:
         fetches = self._plan(keys, per_layer=True)
         good = len(fetches)
         try:

@@ -3,7 +3,9 @@
 Each tier keeps an LRU index under a byte budget and counts what it does
 (:class:`TierStats`). Entries being read are *pinned* and never evicted;
 an entry whose buffer is still being written to a lower tier may leave the
-index, but its memory is reused only once every writer let go.
+index, but its memory is reused only once every writer let go. What the
+store does on every tier is the :class:`Tier` protocol; the shared tier's
+settings travel in one :class:`SharedTierOptions`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import NotFoundError, StorecompError
-from ..io import Engine, HostBuffer, cuda
+from ..errors import InvalidArgumentError, NotFoundError, ShortReadError, StorecompError
+from ..io import Engine, File, HostBuffer, cuda
+from ..store import RangeFuture
 from ..store.base import Store
 
 
@@ -53,6 +57,64 @@ class TierStats:
         d["read_gbps"] = d["bytes_read"] / d["read_seconds"] / 1e9 if d["read_seconds"] else 0.0
         d["write_gbps"] = d["bytes_written"] / d["write_seconds"] / 1e9 if d["write_seconds"] else 0.0
         return d
+
+
+class TierReads:
+    """Reads of one chunk in flight from a tier (:meth:`Tier.submit_reads`): ``futures[i]``
+    completes range i, and its ``result()`` raises what the tier's read raised."""
+
+    __slots__ = ("futures", "_file")
+
+    def __init__(self, futures: list[RangeFuture], file: File | None = None) -> None:
+        self.futures = futures
+        self._file = file  # a disk chunk's open file, held until close()
+
+    def close(self) -> None:
+        """Let go of what the reads hold (waits for reads still in flight). Idempotent."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@runtime_checkable
+class Tier(Protocol):
+    """What a KV store and a :class:`~storecomp.kvcache.fetch.Fetch` use on every tier.
+
+    A chunk is one object of bytes under a 32-byte key. Beyond this, the host
+    tier lends its buffers without a copy (``acquire``/``release``), the disk
+    tier pins files being read, and the shared tier backs off while its store
+    cannot be reached; the store uses those where it knows the tier.
+    """
+
+    name: str
+    stats: TierStats
+
+    def has(self, key: bytes) -> bool:
+        """Whether the tier holds chunk ``key`` (the shared tier may ask its store)."""
+        ...
+
+    def put(self, key: bytes, data: np.ndarray) -> bool:
+        """Store ``data`` (uint8) as chunk ``key``; False (counted) when it cannot."""
+        ...
+
+    def submit_reads(self, key: bytes, dst: np.ndarray, ranges: Sequence[tuple[int, int]]) -> TierReads:
+        """Start reading each ``(offset, nbytes)`` of chunk ``key`` into the same bytes of ``dst``.
+
+        Raises InvalidArgumentError, before any I/O, when a range falls outside
+        ``dst``; NotFoundError (here or from a future) for a chunk the tier does
+        not hold; other StorecompError/OSError when the tier cannot be read.
+        """
+        ...
+
+    def forget(self, key: bytes, *, delete: bool = False) -> None:
+        """Drop ``key`` from the tier's index; with ``delete``, its stored bytes too."""
+        ...
+
+
+def _check_ranges(where: str, dst: np.ndarray, ranges: Sequence[tuple[int, int]]) -> None:
+    for off, n in ranges:
+        if off < 0 or n < 0 or off + n > dst.nbytes:
+            raise InvalidArgumentError(f"{where}: range ({off}, {n}) does not fit a destination of {dst.nbytes} bytes")
 
 
 # ---------------------------------------------------------------- host memory
@@ -154,8 +216,24 @@ class HostTier:
     def __contains__(self, key: bytes) -> bool:
         return key in self.entries
 
-    def put(self, key: bytes, buf: Buffer) -> bool:
-        """Admit ``buf`` under ``key`` (the tier takes a reference); False when there is no room."""
+    def has(self, key: bytes) -> bool:
+        return key in self.entries
+
+    def put(self, key: bytes, data: Buffer | np.ndarray) -> bool:
+        """Admit ``data`` under ``key``; False when there is no room. A :class:`Buffer` is taken
+        as it is (the tier takes a reference); other bytes are copied into a pool buffer."""
+        if not isinstance(data, np.ndarray):
+            return self._admit(key, data)
+        src = data.reshape(-1).view(np.uint8)
+        buf = self.pool.get(src.nbytes)
+        buf.refs, buf.sealed = 1, True  # a whole chunk object as given
+        buf.array[:] = src
+        try:
+            return self._admit(key, buf)
+        finally:
+            self.unref(buf)
+
+    def _admit(self, key: bytes, buf: Buffer) -> bool:
         n = buf.array.nbytes
         with self.lock:
             if key in self.entries:
@@ -227,7 +305,30 @@ class HostTier:
         with self.lock:
             self._unref(buf)
 
-    def drop(self, key: bytes) -> None:
+    def submit_reads(self, key: bytes, dst: np.ndarray, ranges: Sequence[tuple[int, int]]) -> TierReads:
+        """Copy ranges of chunk ``key`` into ``dst`` (done on return). The store itself
+        reads host chunks in place (:meth:`acquire`), with no copy."""
+        _check_ranges(f"host chunk {key.hex()[:16]}", dst, ranges)
+        buf = self.acquire(key)
+        if buf is None:
+            raise NotFoundError(errno.ENOENT, f"host chunk {key.hex()}", None, "read")
+        futures: list[RangeFuture] = []
+        try:
+            for off, n in ranges:
+                got = max(0, min(n, buf.array.nbytes - off))
+                dst[off : off + got] = buf.array[off : off + got]
+                fut: Future[np.ndarray] = Future()
+                if got < n:  # exact, like every other tier's reads
+                    fut.set_exception(ShortReadError(f"host chunk {key.hex()}", off, n, got))
+                else:
+                    fut.set_result(np.array([got], np.uint64))
+                futures.append(fut)
+        finally:
+            self.release(key, buf)
+        return TierReads(futures)
+
+    def forget(self, key: bytes, *, delete: bool = False) -> None:
+        """Drop ``key`` unless a reader holds it (host memory is its own index: ``delete`` changes nothing)."""
         with self.lock:
             e = self.entries.get(key)
             if e is not None and e.pins == 0:
@@ -382,7 +483,18 @@ class DiskTier:
             if self.pins[key] <= 0:
                 del self.pins[key]
 
-    def forget(self, key: bytes, delete: bool = True) -> None:
+    def submit_reads(self, key: bytes, dst: np.ndarray, ranges: Sequence[tuple[int, int]]) -> TierReads:
+        """Open chunk ``key``'s file and start its reads (the file stays open until ``close()``)."""
+        path = self.path(key)
+        _check_ranges(path, dst, ranges)
+        f = self.engine.open(path, "r")
+        try:
+            return TierReads([f.read_many_into(dst, [off], [n], [off]) for off, n in ranges], f)
+        except BaseException:
+            f.close()  # after the reads already issued
+            raise
+
+    def forget(self, key: bytes, *, delete: bool = False) -> None:
         """Drop ``key`` from the index (and the file, when ``delete``): a corrupt or vanished chunk."""
         with self.lock:
             size = self.entries.pop(key, None)
@@ -426,6 +538,52 @@ def _unlink_quiet(path: str) -> None:
 
 
 # ---------------------------------------------------------------- shared store
+
+
+@dataclass(frozen=True)
+class SharedTierOptions:
+    """A KV store's shared tier, passed as ``KVCacheStore(shared=SharedTierOptions(...))``.
+
+    ``store``: a URL, opened with ``open_store(store, **store_options)`` and
+    closed with the KV store, or a :class:`~storecomp.store.Store` (the
+    caller's: left open). Chunks live under ``<prefix>/<namespace>/<xx>/<key>``.
+    While the store cannot be reached the tier is skipped for ``backoff``
+    seconds, doubling up to ``max_backoff``; background writes retry for up
+    to ``retry_seconds`` seconds, then are dropped and counted.
+    """
+
+    store: str | os.PathLike[str] | Store
+    store_options: Mapping[str, Any] = field(default_factory=dict)
+    prefix: str = "kvcache"
+    retry_seconds: float = 60.0
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    #: Bounds on this model's chunks in the shared store (None: unbounded), enforced by a GC pass
+    #: a writer runs at most every ``gc_interval_s`` seconds; never deletes a chunk younger than ``gc_grace_s``.
+    max_bytes: int | None = None
+    ttl_s: float | None = None
+    gc_grace_s: float = 3600.0
+    gc_interval_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.store, str | os.PathLike | Store):
+            raise InvalidArgumentError(f"SharedTierOptions.store must be a URL or a Store, got {type(self.store).__name__}")
+        if not isinstance(self.store_options, Mapping):
+            raise InvalidArgumentError(
+                f"SharedTierOptions.store_options must be a mapping, got {type(self.store_options).__name__}"
+            )
+        if not isinstance(self.prefix, str):
+            raise InvalidArgumentError(f"SharedTierOptions.prefix must be a string, got {type(self.prefix).__name__}")
+        for name in ("retry_seconds", "backoff", "max_backoff", "gc_grace_s", "gc_interval_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                raise InvalidArgumentError(f"SharedTierOptions.{name} must be a non-negative number of seconds, got {value!r}")
+        if self.max_bytes is not None and (
+            isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 0
+        ):
+            raise InvalidArgumentError(f"SharedTierOptions.max_bytes must be None or a non-negative int, got {self.max_bytes!r}")
+        if self.ttl_s is not None and (isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, int | float) or self.ttl_s < 0):
+            raise InvalidArgumentError(f"SharedTierOptions.ttl_s must be None or a non-negative number, got {self.ttl_s!r}")
 
 
 class SharedTier:
@@ -501,9 +659,50 @@ class SharedTier:
             while len(self.known) > 1_000_000:
                 self.known.popitem(last=False)
 
-    def forget(self, key: bytes) -> None:
+    def forget(self, key: bytes, *, delete: bool = False) -> None:
+        """Forget that the store holds ``key``; with ``delete``, delete the object too (best effort:
+        a corrupt object would shadow a good one forever, since writes are put_if_absent)."""
         with self.lock:
             self.known.pop(key, None)
+        if delete:
+            try:
+                self.store.delete(self.object_key(key))
+            except (StorecompError, OSError):
+                pass
+
+    def has(self, key: bytes) -> bool:
+        """Whether the store holds ``key``: known keys at once, else one stat (False while the tier is down)."""
+        if key in self.known:
+            return True
+        if not self.up:
+            return False
+        try:
+            self.store.stat(self.object_key(key))
+        except NotFoundError:
+            return False
+        except (StorecompError, OSError) as e:
+            self.mark_down(e)
+            return False
+        self.mark_up()
+        self.remember(key)
+        return True
+
+    def submit_reads(self, key: bytes, dst: np.ndarray, ranges: Sequence[tuple[int, int]]) -> TierReads:
+        """Start ranged reads of ``key``'s object (all of one version per range)."""
+        okey = self.object_key(key)
+        _check_ranges(self.store.name_of(okey), dst, ranges)
+        futures: list[RangeFuture] = []
+        try:
+            for off, n in ranges:
+                futures.append(self.store.submit_ranges(okey, [off], [n], dst, [off]))
+        except BaseException:
+            for f in futures:  # dst must not be reused while they write into it
+                try:
+                    f.result()
+                except BaseException:  # noqa: BLE001 - the first failure is the one raised
+                    pass
+            raise
+        return TierReads(futures)
 
     def exists_many(self, keys: Iterable[bytes], executor: Any) -> set[bytes]:
         """Which of ``keys`` the store holds: one batch of concurrent stats (known keys skip it).

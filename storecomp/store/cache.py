@@ -486,7 +486,8 @@ class CachedStore(WrapperStore):
         name = f"cache entry {self._root_s}/{ekey} ({hdr.meta.get('url')}/{hdr.meta.get('key')})"
         if self.verify == "once":
             return self._read_once(ekey, hdr, ident, offs, lens, dst, douts, name)
-        got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len)
+        file = self._file(ekey, ident) if ident is not None else None  # checks on the engine's threads
+        got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len, file=file)
         return [int(g) for g in got]
 
     def _read_once(

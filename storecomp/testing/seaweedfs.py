@@ -210,9 +210,22 @@ class SeaweedFS:
         self.proc = None
 
     def restart(self, timeout_s: float = 60.0) -> None:
-        """Start again on the same ports and data (after :meth:`stop` or :meth:`kill`)."""
+        """Start again on the same ports and data (after :meth:`stop` or :meth:`kill`).
+
+        weed sometimes exits at once when restarted on its old raft state (seen on a
+        loaded machine: "Not current leader", exit 255); it is started again, up to
+        three times, before UnavailableError (with the log tail) is raised.
+        """
         self.stop()
-        self._spawn(timeout_s)
+        for attempt in range(3):
+            try:
+                self._spawn(timeout_s)
+                return
+            except UnavailableError:
+                self.stop()
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
 
     def __enter__(self) -> SeaweedFS:
         return self

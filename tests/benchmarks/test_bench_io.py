@@ -20,4 +20,8 @@ def test_bench_io_tiny(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert set(doc["cases"]) == {"seq_1m", "rand_4k", "rand_64k", "hot"}
     assert all(case["storecomp"]["gbps"] > 0 for case in doc["cases"].values())
+    for case in ("rand_4k", "rand_64k"):  # users' own buffers, next to the staging slots
+        for kind in ("numpy", "torch"):
+            variant = doc["cases"][case][f"storecomp_{kind}"]
+            assert variant["destination"] == kind and variant["iops"] > 0
     assert "seq_1m" in proc.stdout and "ratio" in proc.stdout

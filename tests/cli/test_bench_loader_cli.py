@@ -15,7 +15,8 @@ def test_bench_loader_cli(tmp_path: Path) -> None:
     assert main(args) == 0
     doc = json.loads(out.read_text())
     figs = {f["case"]: f for f in doc["figures"] if f["suite"] == "loader"}
-    assert set(figs) == {"rand_64k", "rand_4k", "tokens", "data_wait", "peak_rss"}
+    assert set(figs) == {"rand_64k", "rand_4k", "tokens", "data_wait", "peak_rss", "cold_epoch_64k", "hot_64k", "user_buffer_64k"}
+    assert figs["hot_64k"]["limit"][0] == "fio buffered 2 jobs" and figs["user_buffer_64k"]["limit"][0] == "staging slots"
     for case in ("rand_64k", "rand_4k", "tokens"):
         assert figs[case]["value"] > 0
         assert figs[case]["limit"] is None or figs[case]["limit"][0] == "fio"

@@ -17,7 +17,9 @@ DOCUMENTED = [
     "platform.machine", "cpus", "packages", "io_uring.compiled", "io_uring.permitted", "io_uring.reason",
     "engine.requested", "engine.backend", "engine.reason", "engine.queue_depth", "engine.threads", "engine.direct",
     "engine.io_path", "path", "cuda.driver", "cuda.devices", "gds.kvikio", "gds.available", "gds.reason",
-    "io_paths.host", "io_paths.cuda", "io_paths.cuda_reason", "advice",
+    "io_paths.host", "io_paths.cuda", "io_paths.cuda_reason", "fio.path", "fio.version", "optional", "advice",
+    "page_cache.mem_total_bytes", "page_cache.mem_available_bytes", "page_cache.cgroup_limit_bytes",
+    "page_cache.budget_bytes", "page_cache.pressure_floor_bytes", "page_cache.direct", "page_cache.choice",
 ]  # fmt: skip
 
 
@@ -74,6 +76,20 @@ def test_path_probe_reports_o_direct(capsys: pytest.CaptureFixture[str], tmp_pat
     assert p["o_direct"]["supported"] is True and p["o_direct"]["alignment"] in (512, 1024, 2048, 4096)
     assert p["free_bytes"] > 0 and p["filesystem"]
     assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
+
+
+@pytest.mark.parametrize("direct,tier", [("auto", "buffered"), ("on", "direct")])
+def test_path_reports_the_page_cache_tier_and_why(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str, tier: str
+) -> None:
+    (tmp_path / "a.bin").write_bytes(b"x" * 8192)
+    monkeypatch.setenv("STORECOMP_DIRECT", direct)
+    doc = _info_json(capsys, str(tmp_path))
+    choice = doc["page_cache"]["choice"]
+    assert choice["tier"] == tier and choice["data_bytes"] == 8192 and choice["reason"]
+    assert 0 < doc["page_cache"]["budget_bytes"] <= doc["page_cache"]["mem_available_bytes"]
+    assert main(["info", str(tmp_path)]) == 0
+    assert f"tier:         {tier} for {tmp_path}" in capsys.readouterr().out
 
 
 def test_missing_path_is_reported_not_raised(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

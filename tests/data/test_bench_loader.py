@@ -20,7 +20,11 @@ def test_bench_loader_tiny(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert set(doc["cases"]) == {"rand_64k", "rand_4k", "tokens", "data_wait", "rss"}
+    assert set(doc["cases"]) == {"rand_64k", "rand_4k", "tokens", "data_wait", "rss", "hot_64k", "user_buffer_64k"}
+    hot = doc["cases"]["hot_64k"]
+    assert [e["epoch"] for e in hot["storecomp"]] == [0, 1, 2] and hot["storecomp"][1]["tier"] == "buffered"
+    assert hot["fio_buffered_2"]["iops"] > 0 and [t["num_workers"] for t in hot["torch"]] == [0]  # --tiny: num_workers 0 only
+    assert doc["cases"]["user_buffer_64k"]["numpy"] > 0 and doc["cases"]["user_buffer_64k"]["slot"] > 0
     for case in ("rand_64k", "rand_4k", "tokens"):
         assert doc["cases"][case]["storecomp"]["samples_per_s"] > 0
     assert doc["cases"]["rand_64k"]["torch"]["samples_per_s"] > 0

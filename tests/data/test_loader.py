@@ -223,22 +223,76 @@ def _evict(folder: str) -> None:
                 os.close(fd)
 
 
-def test_tier_goes_direct_when_the_page_cache_misses(tmp_path: Any) -> None:
+def _tier_ds(tmp_path: Any) -> tuple[str, int]:
     from storecomp.data import write_dataset
-    from storecomp.io import Engine
 
     n = 64 * 40
     write_dataset(tmp_path / "d", {"x": np.arange(n * 512, dtype=np.int64).reshape(n, 512)}, shard_bytes=1 << 20)
+    return str(tmp_path / "d"), n
+
+
+def _resident(folder: str) -> int:
+    import os
+
+    from storecomp.io import resident_bytes
+
+    return sum(resident_bytes(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
+
+
+def test_a_dataset_that_fits_is_read_through_the_page_cache(tmp_path: Any) -> None:
+    """The tier is chosen on purpose: a small data set is read buffered, so
+    the first epoch leaves it in the page cache and later epochs hit it."""
+    from storecomp.io import Engine
+
+    path, n = _tier_ds(tmp_path)
     with Engine(direct="auto") as eng:
-        _evict(str(tmp_path / "d"))
-        cold = DataLoader(str(tmp_path / "d"), 64, seed=1, shuffle_block=1, shuffle_window=1, engine=eng)
-        seen = [b["x"][:, 0].numpy() // 512 for b in cold]
+        _evict(path)
+        loader = DataLoader(path, 64, seed=1, shuffle_block=1, shuffle_window=1, engine=eng)
+        seen = [b["x"][:, 0].numpy() // 512 for b in loader]
         assert sorted(np.concatenate(seen).tolist()) == list(range(n))
-        assert cold.metrics()["tier"] == "direct"
-        for f in (tmp_path / "d" / "shards").iterdir():
-            f.read_bytes()  # through the page cache: now everything is cached
-        hot = DataLoader(str(tmp_path / "d"), 64, seed=2, engine=eng)
-        assert sum(b["x"].shape[0] for b in hot) == n and hot.metrics()["tier"] == "auto"
+        m = loader.metrics()
+        assert m["tier"] == "buffered" and "fits the page cache" in m["tier_reason"]
+        assert _resident(path + "/shards") >= n * 512 * 8  # the cold epoch filled the page cache
+        loader.epoch = 1
+        hits = eng.stats()["nowait_hits"]
+        assert sum(b["x"].shape[0] for b in loader) == n
+        assert eng.stats()["nowait_hits"] - hits >= 40  # every batch of the hot epoch came from memory
+
+
+@pytest.mark.parametrize("direct", ["on", "off"])
+def test_the_direct_option_forces_a_tier(tmp_path: Any, direct: str) -> None:
+    from storecomp.io import Engine
+
+    path, n = _tier_ds(tmp_path)
+    with Engine(direct=direct) as eng:
+        _evict(path)
+        loader = DataLoader(path, 64, seed=1, engine=eng)
+        assert sum(b["x"].shape[0] for b in loader) == n
+        m = loader.metrics()
+        assert m["tier"] == ("direct" if direct == "on" else "buffered")
+        assert m["tier_reason"] == f"forced: direct={direct}"
+        if direct == "on":  # O_DIRECT leaves the page cache alone
+            assert _resident(path + "/shards") < n * 512 * 8 // 4
+
+
+def test_memory_pressure_while_buffered_moves_reads_to_o_direct(tmp_path: Any) -> None:
+    """Buffered reads watch MemAvailable: below the floor (here set above
+    what the machine has) the loader moves to O_DIRECT, stating why, and
+    every sample still arrives."""
+    from storecomp.io import Engine, PageCachePolicy, memory_info
+
+    path, n = _tier_ds(tmp_path)
+    with Engine(direct="auto") as eng:
+        _evict(path)
+        loader = DataLoader(path, 64, seed=1, engine=eng)
+        reader = loader.dataset.reader
+        floor = memory_info().total + 1  # more than there is: pressure from the first check on
+        reader.set_policy(PageCachePolicy("auto", floor_bytes=floor))
+        assert reader.choose_tier(loader.dataset.keys()).tier == "buffered"  # it fits: the choice itself is buffered
+        seen = [b["x"][:, 0].numpy() // 512 for b in loader]
+        assert sorted(np.concatenate(seen).tolist()) == list(range(n))
+        m = loader.metrics()
+        assert m["tier"] == "direct" and m["tier_reason"].startswith("memory pressure")
 
 
 def test_close_during_iteration_stops_the_producer(shard_ds: str) -> None:

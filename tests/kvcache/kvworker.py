@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from storecomp import KVCacheStore
-from storecomp.kvcache import ModelFingerprint
+from storecomp.kvcache import ModelFingerprint, SharedTierOptions
 from storecomp.store.retry import RetryPolicy
 
 
@@ -44,8 +44,7 @@ def main(args: dict[str, Any]) -> None:
         fp,
         chunk_tokens=args["chunk_tokens"],
         disk_dir=args.get("disk_dir"),
-        shared=args["shared"],
-        shared_options=opts,
+        shared=SharedTierOptions(args["shared"], store_options=opts),
         write_through=True,
     )
     tokens = args.get("tokens", [])

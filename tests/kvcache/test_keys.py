@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storecomp.errors import InvalidArgumentError
-from storecomp.kvcache.keys import ModelFingerprint, chunk_keys, token_array
+from storecomp.kvcache.keys import ModelFingerprint, chunk_keys, keys_from_prefix_hashes, prefix_hashes, token_array
 
 FP = ModelFingerprint("meta-llama/Llama-3.1-8B", "bfloat16", layers=32, kv_heads=8, head_dim=128, revision="main")
 SMALL = ModelFingerprint("m", "float16", layers=2, kv_heads=2, head_dim=8)
@@ -25,8 +25,13 @@ VECTOR_CANONICAL = (
 )
 VECTOR_DIGEST = "8728a96a3a7ce55f75b8f8149690e040a2a99dd92618b8a244fcc01bce7ca605"
 VECTOR_KEYS = [
-    "2b4f9f2ecd7ae537f6f5c8bb09a8e2244b1fe42c1028527d6a7010b9606dc0f4",
-    "586cc932b98f4df97e97eef4682845a91bd558342d5778c120480dac01d18a77",
+    "aacf1c84466f11b77c57a933fa8f6645a24ca6e90e3074aef032e87128774ad2",
+    "82f542350a512994387d0ff5ec0deb2c4c142a320303048593454e735b4ff224",
+]
+# The token chain alone (no fingerprint): what SGLang passes as page hashes.
+VECTOR_PREFIX_HASHES = [
+    "8808405eec6fbe306fe3369f88daed79dd5613ddbb5e801f632b01d6218c5f08",
+    "705440bca5981da70aa2be86254ecd2a1d66e6b280edf72ba0c3b17074bb9061",
 ]
 
 
@@ -34,6 +39,8 @@ def test_documented_vector() -> None:
     assert FP.canonical().decode() == VECTOR_CANONICAL
     assert FP.digest.hex() == VECTOR_DIGEST
     assert [k.hex() for k in chunk_keys(FP, list(range(512)), 256)] == VECTOR_KEYS
+    assert [h.hex() for h in prefix_hashes(list(range(512)), 256)] == VECTOR_PREFIX_HASHES
+    assert [k.hex() for k in keys_from_prefix_hashes(FP, VECTOR_PREFIX_HASHES)] == VECTOR_KEYS
 
 
 def test_vector_from_first_principles() -> None:
@@ -57,11 +64,13 @@ def test_vector_from_first_principles() -> None:
         separators=(",", ":"),
     ).encode()
     digest = hashlib.sha256(b"storecomp-kv-fingerprint\x00" + canonical).digest()
-    parent = hashlib.sha256(b"storecomp-kv-root\x00" + digest).digest()
-    keys = []
+    parent = b""
+    keys, chain = [], []
     for c in range(2):
         parent = hashlib.sha256(parent + struct.pack("<256i", *range(c * 256, (c + 1) * 256))).digest()
-        keys.append(parent.hex())
+        chain.append(parent.hex())
+        keys.append(hashlib.sha256(b"storecomp-kv-chunk\x00" + digest + parent).hexdigest())
+    assert chain == VECTOR_PREFIX_HASHES
     assert keys == VECTOR_KEYS
 
 

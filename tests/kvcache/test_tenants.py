@@ -23,19 +23,19 @@ from tests.kvcache.test_keys import FP, VECTOR_KEYS
 ACME = Tenant("acme", b"acme-secret-0123456789abcdef")
 # The tenant test vector printed in docs/kvcache.md.
 TENANT_VECTOR_KEYS = [
-    "efe03720245a5a6fc84623f8f2544e88c92293f0b65697a8d140a3fc61743de8",
-    "dc416cf61d9296a22b9d6abdbf36a26ee9cd7b13ba619d47fb25d5e8f7238c8c",
+    "b834e90b14da1fa5c3289d9db59ada631176473ee28efa071a8b4637813765bc",
+    "49bcdb8663b8bda1b277b84c069cc384e63f09aa5195cb51cd136a696edb32b3",
 ]
 
 
 def test_tenant_vector_from_first_principles() -> None:
     """The keyed scheme as docs/kvcache.md states it, written with hmac and struct only."""
     secret = b"acme-secret-0123456789abcdef"
-    parent = hmac.new(secret, b"storecomp-kv-tenant-root\x00" + FP.digest, hashlib.sha256).digest()
+    chain = b""  # the token chain t_i, the engines' common page hash
     keys = []
     for i in range(2):
-        parent = hmac.new(secret, parent + struct.pack("<256i", *range(i * 256, (i + 1) * 256)), hashlib.sha256).digest()
-        keys.append(parent.hex())
+        chain = hashlib.sha256(chain + struct.pack("<256i", *range(i * 256, (i + 1) * 256))).digest()
+        keys.append(hmac.new(secret, b"storecomp-kv-tenant-chunk\x00" + FP.digest + chain, hashlib.sha256).hexdigest())
     assert keys == TENANT_VECTOR_KEYS
     assert chunk_key_hex(FP, list(range(512)), 256, tenant=ACME) == TENANT_VECTOR_KEYS
     # the untenanted keys and the positional signature are unchanged

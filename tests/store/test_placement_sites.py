@@ -156,12 +156,12 @@ def test_kill_9_of_place_never_leaves_a_complete_record_for_an_incomplete_copy(t
             h, _ = write_snapshot(st["a"], name, n=6, size=500_000, seed=100 + r)
             manifest = repo.get_manifest(h)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "storecomp", "place", f"sc://ds/{name}", "--to", "b", "--max-rate", "3M", "-j", "2"],
+                [sys.executable, "-m", "storecomp", "place", f"sc://ds/{name}", "--to", "b", "--max-rate", "1M", "-j", "2"],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            time.sleep(rng.uniform(0.2, 1.8))
+            time.sleep(rng.uniform(0.2, 1.8))  # the copy takes ~3 s at 1M/s: the kill lands before it ends
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
             rec = pl.read_record(st["a"])

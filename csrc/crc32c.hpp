@@ -1,0 +1,17 @@
+// crc32c (Castagnoli, S3's CRC32C): SSE4.2 crc32 instructions in three
+// interleaved streams (combined with precomputed shift tables, after Mark
+// Adler's crc32c.c) where the CPU has them, else a table-driven fallback.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace sc {
+
+// crc32c of n bytes at data, continuing from crc (0 to start).
+uint32_t crc32c(uint32_t crc, const void* data, size_t n);
+
+// Whether crc32c() uses the CPU's crc32 instructions.
+bool crc32c_hardware();
+
+}  // namespace sc

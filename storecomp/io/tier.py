@@ -1,0 +1,237 @@
+"""The page cache as a tier, chosen on purpose per data set.
+
+When the bytes a reader will touch fit the page-cache budget, reads go
+through the page cache (buffered): the first pass fills it and every later
+pass (epoch) runs at memory speed. When they do not fit, reads use O_DIRECT:
+a data set larger than memory would only churn the cache, evicting what the
+rest of the machine uses, and every pass would still come from the device.
+
+The budget is half of what the kernel says can be had without swapping
+(``MemAvailable``, or the cgroup's headroom when that is smaller); what is
+already resident (``cachestat(2)``, else ``mincore(2)``) costs nothing
+more. While buffered, :meth:`PageCachePolicy.check` watches ``MemAvailable``
+and moves to O_DIRECT under memory pressure, so a reader never pushes the
+machine towards the OOM killer.
+
+``IOOptions.direct`` forces a tier: ``"off"`` buffered, ``"on"`` O_DIRECT;
+``"auto"`` (the default) lets the policy choose.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .. import _native
+from ..errors import InvalidArgumentError
+
+#: Share of the available memory the page-cache tier may fill.
+BUDGET_FRACTION = 0.5
+#: While buffered: below this many available bytes (or this share of the
+#: machine's memory, whichever is smaller) reads move to O_DIRECT.
+PRESSURE_BYTES = 1 << 30
+PRESSURE_FRACTION = 0.05
+#: Seconds between two memory-pressure checks.
+CHECK_INTERVAL_S = 0.5
+
+BUFFERED = "buffered"
+DIRECT = "direct"
+
+_MODES = {BUFFERED: _native.MODE_BUFFERED, DIRECT: _native.MODE_DIRECT}
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """Memory the page cache may use, in bytes."""
+
+    total: int
+    available: int  # MemAvailable, capped by the cgroup's headroom
+    cgroup_limit: int | None  # memory.max of this process's cgroup (None: no limit)
+
+
+def memory_info() -> MemoryInfo:
+    """``MemTotal``/``MemAvailable`` from /proc/meminfo, capped by the cgroup v2 limit when one is set."""
+    fields: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    fields[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    total = fields.get("MemTotal", 0)
+    available = fields.get("MemAvailable", total)
+    limit = _cgroup_limit()
+    if limit is not None:
+        used = _cgroup_int("memory.current") or 0
+        # Page cache charged to the cgroup is reclaimable too.
+        reclaimable = _cgroup_stat("inactive_file") + _cgroup_stat("active_file")
+        available = min(available, max(0, limit - used + reclaimable))
+    return MemoryInfo(total, available, limit)
+
+
+def _cgroup_dir() -> str | None:
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return "/sys/fs/cgroup" + line[3:].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _cgroup_int(name: str) -> int | None:
+    d = _cgroup_dir()
+    if d is None:
+        return None
+    try:
+        with open(os.path.join(d, name)) as f:
+            raw = f.read().strip()
+    except OSError:
+        return None
+    return None if raw == "max" or not raw.isdigit() else int(raw)
+
+
+def _cgroup_limit() -> int | None:
+    return _cgroup_int("memory.max")
+
+
+def _cgroup_stat(key: str) -> int:
+    d = _cgroup_dir()
+    if d is None:
+        return 0
+    try:
+        with open(os.path.join(d, "memory.stat")) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def resident_bytes(path: str) -> int:
+    """Bytes of ``path`` in the page cache now (0 when it cannot be told)."""
+    try:
+        return int(_native.resident_bytes(path))
+    except OSError:
+        return 0
+
+
+@dataclass(frozen=True)
+class TierChoice:
+    """Which tier reads of a data set use, and why. Sizes in bytes."""
+
+    tier: str  # "buffered" | "direct"
+    reason: str
+    data_bytes: int
+    resident_bytes: int
+    available_bytes: int
+    budget_bytes: int
+    forced: bool = False
+
+    @property
+    def mode(self) -> int:
+        """The native engine's read mode for this tier."""
+        return _MODES[self.tier]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "tier": self.tier,
+            "reason": self.reason,
+            "data_bytes": self.data_bytes,
+            "resident_bytes": self.resident_bytes,
+            "available_bytes": self.available_bytes,
+            "budget_bytes": self.budget_bytes,
+            "forced": self.forced,
+        }
+
+
+class PageCachePolicy:
+    """Chooses the page cache or O_DIRECT for a set of files, and leaves the
+    page cache under memory pressure.
+
+    ``direct``: ``"auto"`` (choose), ``"off"`` (always buffered) or ``"on"``
+    (always O_DIRECT), as ``IOOptions.direct``. ``floor_bytes``: available
+    memory below which buffered reads give way to O_DIRECT (default
+    :func:`pressure_floor`). Shared by every reader of local files (the
+    DataLoader's :class:`~storecomp.data.readers.LocalReader`, stores and
+    cache tiers on local disks).
+    """
+
+    def __init__(self, direct: str = "auto", *, floor_bytes: int | None = None) -> None:
+        if direct not in ("auto", "on", "off"):
+            raise InvalidArgumentError(f"direct must be auto, on or off, got {direct!r}")
+        self.direct = direct
+        self.floor_bytes = floor_bytes
+        self._next_check = 0.0
+
+    def choose(self, paths: Iterable[str], data_bytes: int | None = None) -> TierChoice:
+        """The tier for reading ``paths`` (``data_bytes``: how much of them will be read; default all)."""
+        paths = list(dict.fromkeys(paths))
+        sizes = 0
+        for p in paths:
+            try:
+                sizes += os.stat(p).st_size
+            except OSError:
+                pass
+        need = sizes if data_bytes is None else min(sizes, data_bytes)
+        resident = min(need, sum(resident_bytes(p) for p in paths))
+        mem = memory_info()
+        budget = int(mem.available * BUDGET_FRACTION)
+        fields: dict[str, Any] = {
+            "data_bytes": need,
+            "resident_bytes": resident,
+            "available_bytes": mem.available,
+            "budget_bytes": budget,
+        }
+        self._next_check = 0.0  # the first check() looks at once
+        if self.direct == "off":
+            return TierChoice(BUFFERED, "forced: direct=off", forced=True, **fields)
+        if self.direct == "on":
+            return TierChoice(DIRECT, "forced: direct=on", forced=True, **fields)
+        missing = need - resident
+        gib = 1 << 30
+        if missing <= budget:
+            why = (
+                f"fits the page cache: {missing / gib:.2f} GiB to cache ({resident / gib:.2f} of {need / gib:.2f} GiB "
+                f"resident) <= budget {budget / gib:.2f} GiB ({BUDGET_FRACTION:.0%} of {mem.available / gib:.2f} GiB available)"
+            )
+            return TierChoice(BUFFERED, why, **fields)
+        why = (
+            f"larger than the page-cache budget: {missing / gib:.2f} GiB to cache ({resident / gib:.2f} of "
+            f"{need / gib:.2f} GiB resident) > budget {budget / gib:.2f} GiB ({BUDGET_FRACTION:.0%} of "
+            f"{mem.available / gib:.2f} GiB available)"
+        )
+        return TierChoice(DIRECT, why, **fields)
+
+    def check(self, choice: TierChoice) -> TierChoice:
+        """``choice``, or O_DIRECT when memory runs short while buffered (at
+        most one /proc/meminfo read per :data:`CHECK_INTERVAL_S`)."""
+        if choice.tier != BUFFERED or choice.forced:
+            return choice
+        now = time.monotonic()
+        if now < self._next_check:
+            return choice
+        self._next_check = now + CHECK_INTERVAL_S
+        mem = memory_info()
+        floor = pressure_floor(mem) if self.floor_bytes is None else self.floor_bytes
+        if mem.available >= floor:
+            return choice
+        gib = 1 << 30
+        why = (
+            f"memory pressure: {mem.available / gib:.2f} GiB available < {floor / gib:.2f} GiB "
+            f"while buffered; O_DIRECT leaves the page cache to the rest of the machine"
+        )
+        return replace(choice, tier=DIRECT, reason=why, available_bytes=mem.available)
+
+
+def pressure_floor(mem: MemoryInfo) -> int:
+    """Available bytes below which buffered reads give way to O_DIRECT."""
+    return int(min(PRESSURE_BYTES, PRESSURE_FRACTION * mem.total))

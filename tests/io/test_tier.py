@@ -1,0 +1,87 @@
+"""The page-cache tier policy (storecomp.io.tier) on real files and this machine's memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from storecomp.errors import InvalidArgumentError
+from storecomp.io import PageCachePolicy, memory_info, resident_bytes
+from tests.conftest import random_bytes, write_file
+
+
+def _evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_resident_bytes_follow_the_page_cache(tmp_path: Path) -> None:
+    path = write_file(tmp_path / "f.bin", random_bytes(1 << 20, seed=4))
+    _evict(path)
+    assert resident_bytes(str(path)) == 0
+    path.read_bytes()
+    assert resident_bytes(str(path)) == 1 << 20
+
+
+def test_resident_bytes_of_a_missing_file_is_zero(tmp_path: Path) -> None:
+    assert resident_bytes(str(tmp_path / "absent")) == 0
+
+
+def test_memory_info_is_this_machine(tmp_path: Path) -> None:
+    mem = memory_info()
+    assert 0 < mem.available <= mem.total
+
+
+def test_small_data_fits_and_large_data_does_not(tmp_path: Path) -> None:
+    path = write_file(tmp_path / "f.bin", random_bytes(1 << 20, seed=5))
+    _evict(path)
+    policy = PageCachePolicy("auto")
+    small = policy.choose([str(path)])
+    assert small.tier == "buffered" and small.data_bytes == 1 << 20 and not small.forced
+    assert "fits the page cache" in small.reason
+    # A data set larger than the machine's memory (a sparse file: no disk used).
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(2 * memory_info().total)
+    large = policy.choose([str(big)])
+    assert large.tier == "direct" and "larger than the page-cache budget" in large.reason
+    assert large.as_dict()["budget_bytes"] == large.budget_bytes < large.data_bytes
+
+
+def test_what_is_resident_costs_nothing(tmp_path: Path) -> None:
+    """A data set over the budget that is already in memory stays buffered:
+    reading it adds nothing to the page cache."""
+    path = write_file(tmp_path / "f.bin", random_bytes(4 << 20, seed=6))
+    path.read_bytes()
+    choice = PageCachePolicy("auto").choose([str(path)])
+    assert choice.resident_bytes == 4 << 20 and choice.tier == "buffered"
+
+
+@pytest.mark.parametrize("direct,tier", [("on", "direct"), ("off", "buffered")])
+def test_the_direct_option_forces_the_tier(tmp_path: Path, direct: str, tier: str) -> None:
+    path = write_file(tmp_path / "f.bin", random_bytes(4096, seed=7))
+    choice = PageCachePolicy(direct).choose([str(path)])
+    assert (choice.tier, choice.forced, choice.reason) == (tier, True, f"forced: direct={direct}")
+
+
+def test_memory_pressure_moves_buffered_reads_to_o_direct(tmp_path: Path) -> None:
+    path = write_file(tmp_path / "f.bin", random_bytes(4096, seed=8))
+    calm = PageCachePolicy("auto", floor_bytes=0)
+    choice = calm.choose([str(path)])
+    assert calm.check(choice) is choice
+    tight = PageCachePolicy("auto", floor_bytes=memory_info().total + 1)
+    choice = tight.choose([str(path)])
+    moved = tight.check(choice)
+    assert moved.tier == "direct" and moved.reason.startswith("memory pressure")
+    assert tight.check(moved) is moved  # forced and direct choices are left alone
+
+
+def test_bad_direct_value_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="direct must be"):
+        PageCachePolicy("sometimes")
