@@ -40,7 +40,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from . import config
-from .errors import ConfigError, CorruptDataError, InvalidArgumentError, UnavailableError, WrongKeyError
+from .errors import ConfigError, CorruptDataError, InvalidArgumentError, WrongKeyError
+from .optional import require
 
 MAGIC = b"SCEN"
 VERSION = 1
@@ -63,10 +64,7 @@ ENV_KEY_FILE = config.ENV_ENCRYPTION_KEY_FILE
 
 
 def _aesgcm(key: bytes) -> Any:
-    try:
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    except ImportError:
-        raise UnavailableError("encryption needs the cryptography package: pip install 'storecomp[crypto]'") from None
+    AESGCM = require("cryptography.hazmat.primitives.ciphers.aead", "encryption").AESGCM
     return AESGCM(key)
 
 

@@ -29,6 +29,7 @@ INSTALL: dict[str, tuple[str, str]] = {
     "zarr": ("zarr", "formats"),
     "safetensors": ("safetensors", "formats"),
     "prometheus_client": ("prometheus-client", "metrics"),
+    "cryptography": ("cryptography", "crypto"),
 }
 
 
