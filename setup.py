@@ -37,9 +37,13 @@ def _extension() -> Pybind11Extension:
         print("storecomp: liburing not found; building the thread-pool engine only", file=sys.stderr)
     extra = ["-O3", "-fvisibility=hidden", "-Wall", "-Wextra"]
     link = []
-    if os.environ.get("STORECOMP_SANITIZE") == "1":
+    sanitize = os.environ.get("STORECOMP_SANITIZE", "")
+    if sanitize in ("1", "address"):
         extra += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
         link += ["-fsanitize=address,undefined"]
+    elif sanitize == "thread":
+        extra += ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=thread"]
+        link += ["-fsanitize=thread"]
     return Pybind11Extension(
         "storecomp._native",
         sorted(str(p) for p in Path("csrc").glob("*.cpp")),

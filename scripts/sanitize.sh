@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Run the I/O tests against storecomp._native built with AddressSanitizer and
-# UndefinedBehaviorSanitizer.
+# UndefinedBehaviorSanitizer, or (SANITIZER=thread) with ThreadSanitizer.
 #
-# Usage:   scripts/sanitize.sh [SCRATCH_DIR] [pytest args...]
+# Usage:   [SANITIZER=address|thread] scripts/sanitize.sh [SCRATCH_DIR] [pytest args...]
 #          (default SCRATCH_DIR: /tmp/sanitize; default pytest args: -q tests/io)
+#
+# ThreadSanitizer: python is not instrumented, so only races between the
+# engine's own threads and code that synchronises through pthreads (the GIL
+# included, through the intercepted pthread calls) are seen. Suppressions for
+# known-benign reports live in scripts/tsan.supp, each with its reason.
 #
 # What it does:
 #   1. Copies the working tree (tracked and untracked-but-not-ignored files;
@@ -35,9 +40,15 @@ case "$scratch" in
   /|"$src"|"$src"/*) echo "sanitize.sh: refusing scratch dir $scratch" >&2; exit 2 ;;
 esac
 
-libasan="$(gcc -print-file-name=libasan.so)"
-if [ ! -e "$libasan" ] || [ "$libasan" = "libasan.so" ]; then
-  echo "sanitize.sh: gcc has no libasan.so (install libasan / gcc)" >&2
+sanitizer="${SANITIZER:-address}"
+case "$sanitizer" in
+  address) runtime=libasan.so; symbol=__asan_ ;;
+  thread) runtime=libtsan.so; symbol=__tsan_ ;;
+  *) echo "sanitize.sh: SANITIZER must be address or thread, not $sanitizer" >&2; exit 2 ;;
+esac
+libsan="$(gcc -print-file-name=$runtime)"
+if [ ! -e "$libsan" ] || [ "$libsan" = "$runtime" ]; then
+  echo "sanitize.sh: gcc has no $runtime (install the gcc sanitizer runtimes)" >&2
   exit 2
 fi
 
@@ -49,13 +60,13 @@ mkdir -p "$scratch"
 # Files removed from the working tree but still in the index are skipped by cp.
 rm -f "$scratch"/storecomp/_native*.so
 
-echo "== building storecomp._native with -fsanitize=address,undefined"
-(cd "$scratch" && STORECOMP_SANITIZE=1 python setup.py -q build_ext --inplace >build.log 2>&1) || {
+echo "== building storecomp._native with the $sanitizer sanitizer"
+(cd "$scratch" && STORECOMP_SANITIZE=$sanitizer python setup.py -q build_ext --inplace >build.log 2>&1) || {
   tail -50 "$scratch/build.log" >&2
   exit 2
 }
 so="$(ls "$scratch"/storecomp/_native*.so)"
-if ! nm -D "$so" | grep __asan_ >/dev/null; then
+if ! nm -D "$so" | grep "$symbol" >/dev/null; then
   echo "sanitize.sh: $so is not instrumented" >&2
   exit 2
 fi
@@ -63,7 +74,8 @@ fi
 logs="$scratch/sanitizer-logs"
 mkdir -p "$logs"
 libstdcxx="$(g++ -print-file-name=libstdc++.so)"
-export LD_PRELOAD="$libasan $(readlink -f "$libstdcxx")"
+export LD_PRELOAD="$libsan $(readlink -f "$libstdcxx")"
+export TSAN_OPTIONS="halt_on_error=0:die_after_fork=0:second_deadlock_stack=1:history_size=4:log_path=$logs/tsan:suppressions=$src/scripts/tsan.supp"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0:allocator_may_return_null=1:log_path=$logs/asan:log_exe_name=1:print_summary=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$logs/ubsan"
 export PYTHONDONTWRITEBYTECODE=1
