@@ -270,12 +270,7 @@ def test_off_mode_reads_through_the_page_cache(backend: str, tmp_path: Path) -> 
 
     data = random_bytes(1 << 20, seed=9)
     path = write_file(tmp_path / "cold.bin", data)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    drop_cache(path)
     eng = make_engine(backend, "off")
     try:
         dst = np.empty(1 << 20, np.uint8)

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from storecomp.errors import InvalidArgumentError
 from storecomp.io import PageCachePolicy, memory_info, resident_bytes
-from tests.conftest import random_bytes, write_file
+from tests.conftest import drop_cache, random_bytes, write_file
 
 
 def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    drop_cache(path)
 
 
 def test_resident_bytes_follow_the_page_cache(tmp_path: Path) -> None:
