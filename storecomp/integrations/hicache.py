@@ -103,7 +103,7 @@ class PageStore:
 
     def keys(self, hashes: Sequence[str | bytes]) -> list[bytes]:
         """The storecomp keys of SGLang page hashes (docs/kvcache.md: the engine-neutral scheme)."""
-        return keys_from_prefix_hashes(self.fingerprint, hashes)
+        return keys_from_prefix_hashes(self.fingerprint, hashes, tenant=self.store.tenant)
 
     def _count(self, **kw: int) -> None:
         with self._lock:

@@ -432,6 +432,9 @@ class StorecompConnector(KVConnectorBase_V1):
                 done[layer].set()
         except Exception:  # noqa: BLE001 - a failed load is a recompute, never an engine failure
             log.exception("StorecompConnector: load failed; its blocks are recomputed")
+            # Layers up to the failure may already be in use, the rest never arrived: every block of
+            # every request in this step is reported, so vLLM recomputes them all (never partial KV).
+            good = [0] * len(loads)
         finally:
             for g in gens:
                 g.close()

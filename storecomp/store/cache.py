@@ -614,6 +614,9 @@ class CachedStore(WrapperStore):
             except VersionChangedError:
                 if version is not None or attempt == VERSION_RETRIES - 1:
                     raise
+                # Unpinned: the entries disagree with the inner store (the object was replaced
+                # behind the cache). Drop this node's copies so the next try fills one version.
+                self.invalidate(key)
         raise AssertionError("unreachable")
 
     def _read_host(
@@ -682,6 +685,7 @@ class CachedStore(WrapperStore):
             except VersionChangedError:
                 if attempt == VERSION_RETRIES - 1:
                     raise
+                self.invalidate(key)  # an entry of a replaced version must not pin the next try to it
                 continue
             return buf[:n].tobytes()
         raise AssertionError("unreachable")

@@ -61,24 +61,28 @@ def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
     except ImportError:
         raise UnavailableError(f"{shown}: this URL needs fsspec: pip install fsspec") from None
     scheme = url.split("://", 1)[0] if "://" in url else "file"
+    failure: StorecompError | None = None
     try:
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
     except ImportError as e:
         known = known_implementations.get(scheme, {})
         package = str(known.get("class", "")).split(".", 1)[0]
         hint = f"pip install {package}" if package else "install its fsspec implementation"
-        raise UnavailableError(f"{shown}: the {scheme}:// protocol needs a package: {hint} ({known.get('err', e)})") from None
+        failure = UnavailableError(f"{shown}: the {scheme}:// protocol needs a package: {hint} ({known.get('err', e)})")
     except ValueError as e:
         if "protocol not known" in str(e).lower():
-            raise InvalidArgumentError(
+            failure = InvalidArgumentError(
                 f"{shown}: unknown URL scheme {scheme!r}: neither storecomp nor fsspec has a backend for it "
                 "(file paths, s3://, and fsspec protocols such as gs:// (pip install gcsfs), az:// (pip install adlfs), "
                 "http(s)://, hdfs:// are supported)"
-            ) from None
-        raise InvalidArgumentError(f"{shown}: {e}") from None
+            )
+        else:
+            failure = InvalidArgumentError(f"{shown}: {redact(str(e))}")
     except Exception as e:  # a client that needs more (hdfs:// needs a JVM and libhdfs)
-        first = str(e).strip().split("\n", 1)[0][:300]
-        raise UnavailableError(f"{shown}: could not open the {scheme}:// file system: {type(e).__name__}: {first}") from None
+        first = redact(str(e)).strip().split("\n", 1)[0][:300]
+        failure = UnavailableError(f"{shown}: could not open the {scheme}:// file system: {type(e).__name__}: {first}")
+    if failure is not None:
+        raise failure  # outside the handlers: the client's error (it may quote a URL with a password) is not chained
     return fs, str(root).rstrip("/")
 
 
@@ -129,7 +133,8 @@ class FsspecStore(Store):
         try:
             return call_with_retry(fn, self.retry, looks_transient)
         except Exception as e:
-            raise self._translate(e, key, op) from None
+            failure = self._translate(e, key, op)
+        raise failure  # outside the handler: the client's error (it may quote a URL with a password) is not chained
 
     # ------------------------------------------------------------ reads
 

@@ -320,3 +320,18 @@ def test_put_if_absent_drops_an_entry_of_an_object_removed_elsewhere(tmp_path: P
     assert not c.put_if_absent("obj/2", b"other")
     assert c.get("obj/2") == b"new object"
     c.close()
+
+
+def test_object_replaced_behind_a_block_cache_is_read_whole_again(tmp_path: Path) -> None:
+    """Block 0 cached at version 1, the object replaced in the inner store (not through the cache):
+    an unpinned read refills one version instead of failing forever on the stale block."""
+    remote = LocalStore(tmp_path / "remote")
+    old, new = os.urandom(40 * KiB), os.urandom(40 * KiB)
+    remote.put("obj", old)
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20, block_bytes=16 * KiB)
+    assert c.get("obj", 0, 100) == old[:100]  # caches block 0 of version 1
+    remote.put("obj", new)
+    assert c.get("obj") == new
+    buf = np.empty(40 * KiB, np.uint8)
+    c.read_ranges("obj", [0], [buf.size], buf, [0])
+    assert buf.tobytes() == new
