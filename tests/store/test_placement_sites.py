@@ -124,8 +124,10 @@ def test_far_site_goes_down_mid_copy_then_rerun_resumes(running_seaweedfs: Seawe
             far_site.restart()
         rec = pl.read_record(st["a"])
         assert rec.sites_of(h) == set()
+        # A blob seen at the far site before the kill -9 may not survive it (SeaweedFS had not synced
+        # it): what counts is that the copy is incomplete and the rerun skips exactly what is there.
         present = sum(far_site_has(st["far"], k) for k in keys)
-        assert 1 <= present < len(keys)
+        assert present < len(keys)
         r = place(URL, "far", namespace=ns, workers=2)
         assert r.transfer.skipped == present and r.transfer.copied == len(keys) - present
         assert complete_at(st["far"], repo.get_manifest(h)) and pl.read_record(st["a"]).sites_of(h) == {"far"}
