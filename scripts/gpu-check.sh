@@ -53,7 +53,7 @@ timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$out
 echo "pytest exit $?"
 
 step "bench read --path auto"
-timeout 240 python3 -m storecomp bench read --path auto --size "${GPU_CHECK_SIZE:-2G}" --duration 2 --repeats 2 \
+timeout 240 python3 -m storecomp bench read --path auto --size "${GPU_CHECK_SIZE:-2G}" --duration 1 --repeats 2 \
     --json "$out/bench-read.json"
 echo "bench read exit $?"
 
