@@ -82,7 +82,34 @@ def host_register(address: int, nbytes: int) -> bool:
         err = torch.cuda.cudart().cudaHostRegister(address, nbytes, _HOST_REGISTER_PORTABLE)
     except Exception:
         return False
-    return int(getattr(err, "value", err)) == 0
+    if int(getattr(err, "value", err)) == 0:
+        return True
+    # A failed runtime call stays the thread's "last error" until someone reads
+    # it, and torch reads it after its next kernel launch: the caller's next
+    # unrelated op would raise this error (seen on an H200: a range still
+    # registered failed the next index_copy_). Read it here, where it belongs.
+    _clear_last_error()
+    return False
+
+
+@functools.cache
+def _cudart() -> Any:
+    """The CUDA runtime library torch loaded (the one whose per-thread last error torch reads), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "/libcudart.so" in path:
+                    return ctypes.CDLL(path)
+    except OSError:
+        pass
+    return None
+
+
+def _clear_last_error() -> None:
+    lib = _cudart()
+    if lib is not None:
+        lib.cudaGetLastError()
 
 
 def host_unregister(address: int) -> None:

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ class Buffer:
     cores), hence the pool and :meth:`BufferPool.reserve`.
     """
 
-    __slots__ = ("_host", "array", "address", "pinned", "refs", "sealed", "seal_lock", "__weakref__")
+    __slots__ = ("_host", "array", "address", "pinned", "_unpin", "refs", "sealed", "seal_lock", "__weakref__")
 
     def __init__(self, nbytes: int, pin: bool) -> None:
         self._host = HostBuffer(max(nbytes, 1))
@@ -140,13 +141,17 @@ class Buffer:
         self.array: np.ndarray = np.frombuffer(memoryview(self._host), np.uint8, count=nbytes)
         self.address = int(self.array.ctypes.data)
         self.pinned = bool(pin) and nbytes > 0 and cuda.host_register(self.address, nbytes)
+        # Unpin however the buffer goes (free() or garbage collection), before its
+        # memory can be unmapped: a registration outliving its memory makes the next
+        # buffer mapped at that address fail to pin (cudaErrorHostMemoryAlreadyRegistered).
+        self._unpin = weakref.finalize(self, cuda.host_unregister, self.address) if self.pinned else None
         self.refs = 0  # readers and lower-tier writers holding this buffer
         self.sealed = False  # header and checksums written (done lazily, off the request path)
         self.seal_lock = threading.Lock()
 
     def free(self) -> None:
-        if self.pinned:
-            cuda.host_unregister(self.address)
+        if self._unpin is not None:
+            self._unpin()
             self.pinned = False
 
 

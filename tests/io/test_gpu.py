@@ -129,6 +129,19 @@ def test_staging_pool_is_pinned_with_cuda() -> None:
         assert eng.staging_pool().pinned
 
 
+def test_a_refused_pin_leaves_no_cuda_error_behind() -> None:
+    """cudaHostRegister of a range already registered fails; the failure must not
+    surface in the caller's next, unrelated kernel launch (torch reads the
+    thread's last CUDA error after each launch)."""
+    torch = _torch()
+    pool = scio.StagingPool(2 * SLOT, SLOT, pin=True)
+    assert pool.pinned
+    assert not cuda.host_register(pool.address, pool.nbytes)  # already registered: refused
+    x = torch.arange(16, device="cuda").add_(1)  # raised cudaErrorHostMemoryAlreadyRegistered before the fix
+    assert int(x.sum()) == 136
+    pool.close()
+
+
 def test_auto_path_prefers_gds_only_when_available() -> None:
     torch = _torch()
     t = torch.zeros(16, dtype=torch.uint8, device="cuda")

@@ -9,6 +9,7 @@ import torch
 
 from storecomp import KVCacheStore
 from storecomp.kvcache import PagedLayout
+from storecomp.kvcache.tiers import Buffer
 from tests.kvcache.kvhelpers import CHUNK, FP, make_kv
 
 pytestmark = pytest.mark.gpu
@@ -30,3 +31,15 @@ def test_cuda_contiguous_and_paged_round_trip(tmp_path: Path) -> None:
         for layer in range(FP.layers):
             for j, b in enumerate(ids):
                 assert torch.equal(caches[layer][b, 0], kv[layer][0][0, :, 4 * j : 4 * j + 4].transpose(0, 1))
+
+
+def test_host_buffers_dropped_without_free_are_unpinned() -> None:
+    """A pinned host buffer unpins when collected, before its memory is unmapped:
+    the next buffer mapped at the same address pins, and no CUDA error is left
+    for the next kernel launch (seen on an H200 as cudaErrorHostMemoryAlreadyRegistered)."""
+    for _ in range(4):
+        buf = Buffer(4 << 20, pin=True)
+        assert buf.pinned
+        del buf  # no free(): garbage collection alone
+    x = torch.ones(8, device="cuda").mul_(3)
+    assert float(x.sum()) == 24.0
