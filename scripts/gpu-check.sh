@@ -9,8 +9,9 @@
 # ignored by git): the wheels of storecomp's run and test dependencies that the
 # image lacks (crc32c, google-crc32c, cryptography + cffi + pycparser, obstore,
 # kvikio-cu13 + libkvikio-cu13 + rapids-logger), optionally deb/liburing*.deb
-# (io_uring) and weed.xz (the SeaweedFS binary, xz-compressed, for the S3
-# cases). It builds the extension in place, then runs, each with its own time
+# (io_uring), weed.xz (the SeaweedFS binary, xz-compressed, for the S3
+# cases) and *.tgz trees unpacked beside the wheels (boto3 with a botocore
+# trimmed to the S3 models: the SeaweedFS fixture uses it). It builds the extension in place, then runs, each with its own time
 # limit and log under OUTDIR: every gpu-marked test and `storecomp bench read
 # --path auto` (the device sweep next to the host cases).
 set -uo pipefail
@@ -37,6 +38,7 @@ if compgen -G "$wheels/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl || exit 1
 fi
 mkdir -p "$site/bin"
+for t in "$wheels"/*.tgz; do [ -f "$t" ] && tar xzf "$t" -C "$site"; done  # unpacked trees (a trimmed botocore)
 if [ -f "$wheels/weed.xz" ]; then
     python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
         "$wheels/weed.xz" "$site/bin/weed" && chmod +x "$site/bin/weed"
@@ -52,6 +54,7 @@ files=$(grep -rlE "mark\.gpu|pytestmark = pytest\.mark\.gpu" tests --include='te
 timeout 300 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --junitxml="$out/gpu-tests.xml" $files
 echo "pytest exit $?"
 
+[ "${GPU_CHECK_BENCH:-1}" = 0 ] && exit 0
 step "bench read --path auto"
 timeout 240 python3 -m storecomp bench read --path auto --size "${GPU_CHECK_SIZE:-2G}" --duration 1 --repeats 2 \
     --json "$out/bench-read.json"
