@@ -229,7 +229,12 @@ class File:
         """
         ref = as_buffer(dst)
         _, n = span(ref, dst_offset, length)
-        fut = self.read_many_into(ref, [offset], [n], [dst_offset], exact=exact)
+        if ref.is_cuda:  # waited for at once: the device path runs on this thread
+            fid = self._check_open()
+            offs, lens, douts = checked_ranges([offset], [n], [dst_offset], ref, self.path)
+            fut = self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact, inline=True)
+        else:
+            fut = self.read_many_into(ref, [offset], [n], [dst_offset], exact=exact)
         return int(fut.result()[0])
 
     def read_many_into(
@@ -525,13 +530,15 @@ class Engine:
         douts: np.ndarray,
         exact: bool,
         crc_step: int = 0,
+        *,
+        inline: bool = False,
     ) -> IOFuture:
         if ref.is_cuda:
             if crc_step:
                 raise InvalidArgumentError(f"{f.path}: crc_step needs a host destination")
             from . import paths
 
-            return paths.submit_device_reads(self, f, ref, offs, lens, douts, exact)
+            return paths.submit_device_reads(self, f, ref, offs, lens, douts, exact, inline=inline)
         addrs = douts + np.uint64(ref.address)
         return self._submit(
             [f.path],

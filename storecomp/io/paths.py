@@ -24,6 +24,7 @@ because a good bounce path often beats GDS.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import ctypes
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +58,21 @@ def choose(io_path: str, device: str) -> str:
 
 
 def submit_device_reads(
-    engine: Engine, f: File, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, exact: bool
+    engine: Engine,
+    f: File,
+    ref: BufferRef,
+    offs: np.ndarray,
+    lens: np.ndarray,
+    douts: np.ndarray,
+    exact: bool,
+    *,
+    inline: bool = False,
 ) -> IOFuture:
-    """Reads from ``f`` into the CUDA destination ``ref``, in the background."""
+    """Reads from ``f`` into the CUDA destination ``ref``, in the background,
+    or, with ``inline``, on the calling thread before this returns (for a
+    caller that waits at once: it saves the hand-off to a copier thread and
+    back, which on an H200 machine cost more than a 64 KiB read and its copy).
+    """
     from .engine import IOFuture
 
     if not cuda.device_count():
@@ -71,7 +84,14 @@ def submit_device_reads(
         raise UnavailableError("reads into CUDA memory need torch (pip install torch)")
     after = torch.cuda.Event()
     after.record(torch.cuda.current_stream(ref.device_index))  # the caller's queued work, as of now
-    fut = engine._copier_pool().submit(runner, engine, f, ref, offs, lens, douts, after)
+    if inline:
+        fut: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        try:
+            fut.set_result(runner(engine, f, ref, offs, lens, douts, after))
+        except BaseException as e:  # raised by the future's result(), as from a copier thread
+            fut.set_exception(e)
+    else:
+        fut = engine._copier_pool().submit(runner, engine, f, ref, offs, lens, douts, after)
     return IOFuture(
         [],
         [f.path],

@@ -51,6 +51,21 @@ def test_read_into_cuda_tensor(gpu_engine: Engine, data_file: DataFile, dtype: s
     assert scio.io_path_for(t, engine=gpu_engine) == gpu_engine.options.io_path
 
 
+def test_pread_into_cuda_waits_on_the_calling_thread(gpu_engine: Engine, data_file: DataFile) -> None:
+    """A synchronous read into CUDA memory drives its device path on the caller's
+    thread (no copier hand-off): whole, short at the end, ShortReadError when exact."""
+    torch = _torch()
+    t = torch.zeros(3 * SLOT + 5, dtype=torch.uint8, device="cuda")
+    with gpu_engine.open(data_file.path) as f:
+        assert f.pread_into(t, 11) == t.numel()
+        assert _host(t).tobytes() == data_file.data[11 : 11 + t.numel()]
+        tail = data_file.size - 100
+        assert f.pread_into(t, tail, length=1000) == 100
+        assert _host(t[:100]).tobytes() == data_file.data[tail:]
+        with pytest.raises(ShortReadError):
+            f.pread_into(t, tail, length=1000, exact=True)
+
+
 def test_request_larger_than_a_slot_spans_slots(gpu_engine: Engine, data_file: DataFile) -> None:
     torch = _torch()
     n = 20 * SLOT + 99  # more slots than the pool holds: slots are reused
