@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from storecomp import crypto
+from storecomp.bench.loader import evict_tree
 from storecomp.store import EncryptedStore, LocalStore
 
 KV_TARGET = 0.8
@@ -39,17 +40,6 @@ BATCH = 64
 
 def _keys() -> crypto.StaticKeys:
     return crypto.StaticKeys([("bench", os.urandom(32))], "bench keys")
-
-
-def _evict(root: Path) -> None:
-    for p in root.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def bench_kv_disk(fp: Any, chunk_tokens: int, chunks: int, repeats: int, directory: Path) -> dict[str, Any]:
@@ -130,7 +120,7 @@ def bench_loader_cold(size: int, duration: float, repeats: int, directory: Path,
     runs: dict[str, list[float]] = {"plain": [], "encrypted": []}
     for rep in range(repeats):
         for mode in ("plain", "encrypted") if rep % 2 == 0 else ("encrypted", "plain"):
-            _evict(plain_dir if mode == "plain" else sealed_dir)
+            evict_tree(plain_dir if mode == "plain" else sealed_dir)
             store = plain_store if mode == "plain" else sealed
             res = run_storecomp(open_dataset(store), duration)
             runs[mode].append(float(res["samples_per_s"]))

@@ -18,10 +18,12 @@
 #include "copy.hpp"
 #include "crc32c.hpp"
 #include "engine.hpp"
+#include "host_buffer.hpp"
 
 namespace py = pybind11;
 using sc::Batch;
 using sc::Engine;
+using sc::HostBuffer;
 
 namespace {
 
@@ -50,57 +52,6 @@ void copy_ops(const I64Array& ops, const I64Array& dst, const I64Array& src, uns
   py::gil_scoped_release nogil;
   sc::run_copy_ops(ops.data(), n, d.data(), s.data(), threads, nontemporal);
 }
-
-// One aligned, zero-filled allocation exposed through the buffer protocol.
-// Views (memoryview, numpy, torch) keep this object alive, so they cannot
-// dangle.
-//
-// Buffers of 2 MiB and more start on a 2 MiB boundary and ask for
-// transparent huge pages: a 1 MiB O_DIRECT read into 4 KiB pages needs 256
-// segments, more than many block devices take in one request (virtio-blk:
-// 254), so the kernel splits it in two; in a huge page it is one segment.
-class HostBuffer {
- public:
-  static constexpr uint64_t kHuge = 2ull << 20;
-
-  HostBuffer(uint64_t nbytes) : nbytes_(nbytes) {
-    if (nbytes == 0) throw std::invalid_argument("HostBuffer size must be positive");
-    bool huge = nbytes >= kHuge;
-    map_bytes_ = huge ? nbytes + kHuge : nbytes;
-    void* p = ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap staging buffer");
-    map_ = static_cast<uint8_t*>(p);
-    ptr_ = map_;
-    if (huge) {
-      auto a = reinterpret_cast<uintptr_t>(map_);
-      ptr_ = map_ + ((kHuge - a % kHuge) % kHuge);
-#ifdef MADV_HUGEPAGE
-      ::madvise(ptr_, map_bytes_ - static_cast<uint64_t>(ptr_ - map_), MADV_HUGEPAGE);  // advisory
-#endif
-    }
-  }
-  ~HostBuffer() {
-    if (map_) ::munmap(map_, map_bytes_);
-  }
-  HostBuffer(const HostBuffer&) = delete;
-  HostBuffer& operator=(const HostBuffer&) = delete;
-  uintptr_t address() const { return reinterpret_cast<uintptr_t>(ptr_); }
-  uint64_t nbytes() const { return nbytes_; }
-  // Maps every page now so that first use does not pay page faults: one
-  // madvise(MADV_POPULATE_WRITE) (Linux 5.14+), else a touch per page.
-  void prefault() {
-#ifdef MADV_POPULATE_WRITE
-    if (::madvise(ptr_, nbytes_, MADV_POPULATE_WRITE) == 0) return;
-#endif
-    for (uint64_t i = 0; i < nbytes_; i += 4096) ptr_[i] = 0;
-  }
-  uint8_t* ptr_ = nullptr;
-  uint64_t nbytes_;
-
- private:
-  uint8_t* map_ = nullptr;
-  uint64_t map_bytes_ = 0;
-};
 
 // Raises the OSError subclass that matches err (FileNotFoundError, ...),
 // naming filename.
@@ -313,8 +264,8 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("nbytes", &HostBuffer::nbytes)
       .def("prefault", &HostBuffer::prefault, py::call_guard<py::gil_scoped_release>())
       .def_buffer([](HostBuffer& b) -> py::buffer_info {
-        return py::buffer_info(b.ptr_, 1, py::format_descriptor<uint8_t>::format(), 1,
-                               {static_cast<py::ssize_t>(b.nbytes_)}, {1});
+        return py::buffer_info(b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.nbytes())}, {1});
       });
 
   py::class_<Batch, std::shared_ptr<Batch>>(m, "Batch")

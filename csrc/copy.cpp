@@ -1,7 +1,13 @@
 #include "copy.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -93,14 +99,14 @@ int64_t order_cost(int64_t n, int64_t d_inner, int64_t s_inner, int64_t d_outer,
 // other), ties broken so the source is read in address order. A single
 // outer step becomes the inner loop, so the outer range (which threads
 // split) has the rows.
-struct Op {
+struct CopyOp {
   char* dst;
   const char* src;
   int64_t outer, d_outer, s_outer, rows, d_row, s_row, len;
 };
 
-Op normalized(const int64_t* o, const CopyRegion* dst, const CopyRegion* src) {
-  Op op{reinterpret_cast<char*>(dst[o[0]].addr) + o[1], reinterpret_cast<const char*>(src[o[2]].addr) + o[3],
+CopyOp normalized(const int64_t* o, const CopyRegion* dst, const CopyRegion* src) {
+  CopyOp op{reinterpret_cast<char*>(dst[o[0]].addr) + o[1], reinterpret_cast<const char*>(src[o[2]].addr) + o[3],
         o[4], o[5], o[6], o[7], o[8], o[9], o[10]};
   const int64_t keep = order_cost(op.rows, op.d_row, op.s_row, op.d_outer, op.s_outer, op.len);
   const int64_t swap = order_cost(op.outer, op.d_outer, op.s_outer, op.d_row, op.s_row, op.len);
@@ -112,14 +118,14 @@ Op normalized(const int64_t* o, const CopyRegion* dst, const CopyRegion* src) {
   return op;
 }
 
-struct Piece {
+struct CopySpan {
   size_t op;
   int64_t o0, o1;  // outer range
 };
 
-void run_pieces(const Op* ops, const Piece* p, size_t np, bool streaming) {
+void run_spans(const CopyOp* ops, const CopySpan* p, size_t np, bool streaming) {
   for (size_t k = 0; k < np; ++k) {
-    const Op& op = ops[p[k].op];
+    const CopyOp& op = ops[p[k].op];
     const size_t len = static_cast<size_t>(op.len);
     for (int64_t o = p[k].o0; o < p[k].o1; ++o) {
       char* d = op.dst + o * op.d_outer;
@@ -150,6 +156,70 @@ bool in_bounds(int64_t off, int64_t outer, int64_t os, int64_t rows, int64_t rs,
 
 }  // namespace
 
+// ---------------------------------------------------------------- the copy pool
+
+CopyPool& CopyPool::shared() {
+  static std::mutex mu;
+  static CopyPool* pool = nullptr;
+  std::lock_guard<std::mutex> g(mu);
+  // A forked child inherits the parent's pool without its threads (and maybe
+  // with its mutex held): it gets a pool of its own; the old one is left as
+  // it is, never touched or destroyed.
+  if (pool == nullptr || pool->owner_pid_ != ::getpid()) pool = new CopyPool();  // lives until exit: never joined
+  return *pool;
+}
+
+CopyPool::CopyPool() : owner_pid_(::getpid()) {}
+
+unsigned CopyPool::grow(size_t want) {
+  std::lock_guard<std::mutex> g(mu_);
+  want = std::min<size_t>(want, kMaxWorkers);
+  try {
+    for (; workers_ < want; ++workers_) std::thread([this] { worker(); }).detach();
+  } catch (const std::system_error&) {
+    // No thread to be had: the pool keeps the workers it has.
+  }
+  return static_cast<unsigned>(workers_);
+}
+
+void CopyPool::worker() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_.wait(lk, [this] { return !queue_.empty(); });
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+void CopyPool::run(size_t n, const std::function<void(size_t)>& fn) {
+  if (n == 0) return;
+  const unsigned workers = n > 1 ? grow(n - 1) : 0;
+  if (workers == 0) {  // no helper thread at all: this thread runs everything
+    for (size_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  size_t left = n - 1;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (size_t i = 1; i < n; ++i)
+      queue_.emplace_back([&, i] {
+        fn(i);
+        std::lock_guard<std::mutex> d(done_mu);
+        if (--left == 0) done_cv.notify_one();
+      });
+  }
+  cv_.notify_all();
+  fn(0);
+  std::unique_lock<std::mutex> lk(done_mu);
+  done_cv.wait(lk, [&] { return left == 0; });
+}
+
 std::string check_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, size_t ndst, const CopyRegion* src,
                            size_t nsrc) {
   int64_t total = 0;
@@ -171,12 +241,12 @@ std::string check_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, 
 
 void run_copy_ops(const int64_t* raw, size_t n, const CopyRegion* dst, const CopyRegion* src, unsigned threads,
                   int nontemporal) {
-  std::vector<Op> ops;
+  std::vector<CopyOp> ops;
   ops.reserve(n);
   uint64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
     ops.push_back(normalized(raw + i * kCopyOpCols, dst, src));
-    const Op& op = ops.back();
+    const CopyOp& op = ops.back();
     total += static_cast<uint64_t>(op.outer) * static_cast<uint64_t>(op.rows) * static_cast<uint64_t>(op.len);
   }
   if (total == 0) return;
@@ -185,7 +255,7 @@ void run_copy_ops(const int64_t* raw, size_t n, const CopyRegion* dst, const Cop
   if (want > total / kPerThreadMin) want = total / kPerThreadMin > 0 ? total / kPerThreadMin : 1;
 
   // Cut the ops (splitting outer ranges where needed) into `want` runs of about equal bytes.
-  std::vector<Piece> pieces;
+  std::vector<CopySpan> spans;
   std::vector<size_t> cut{0};
   const uint64_t share = (total + want - 1) / want;
   uint64_t filled = 0;
@@ -195,29 +265,21 @@ void run_copy_ops(const int64_t* raw, size_t n, const CopyRegion* dst, const Cop
     while (per > 0 && o < ops[i].outer) {
       int64_t take = static_cast<int64_t>((share - filled + per - 1) / per);
       if (take > ops[i].outer - o) take = ops[i].outer - o;
-      pieces.push_back({i, o, o + take});
+      spans.push_back({i, o, o + take});
       o += take;
       filled += static_cast<uint64_t>(take) * per;
       if (filled >= share) {
-        cut.push_back(pieces.size());
+        cut.push_back(spans.size());
         filled = 0;
       }
     }
   }
-  if (cut.back() != pieces.size()) cut.push_back(pieces.size());
+  if (cut.back() != spans.size()) cut.push_back(spans.size());
 
-  std::vector<std::thread> helpers;
-  helpers.reserve(cut.size());  // emplace_back must not throw bad_alloc with threads running
-  size_t t = 1;
-  try {
-    for (; t + 1 < cut.size(); ++t)
-      helpers.emplace_back(run_pieces, ops.data(), pieces.data() + cut[t], cut[t + 1] - cut[t], streaming);
-  } catch (const std::system_error&) {
-    // No thread to be had: this thread copies what no helper took.
-    run_pieces(ops.data(), pieces.data() + cut[t], cut.back() - cut[t], streaming);
-  }
-  run_pieces(ops.data(), pieces.data(), cut[1], streaming);
-  for (auto& h : helpers) h.join();
+  // Run t copies spans [cut[t], cut[t+1]); run 0 is this thread's.
+  CopyPool::shared().run(cut.size() - 1, [&](size_t t) {
+    run_spans(ops.data(), spans.data() + cut[t], cut[t + 1] - cut[t], streaming);
+  });
 }
 
 }  // namespace sc

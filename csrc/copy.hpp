@@ -10,11 +10,17 @@
 // stores: a loop of 32 KiB memcpys from shuffled cache blocks reaches about
 // 0.7x of one large memcpy (each destination line is read before it is
 // written), streaming stores reach it. Optionally spread over threads by
-// bytes.
+// bytes, on the process's one copy pool.
 #pragma once
 
+#include <sys/types.h>
+
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <string>
 
 namespace sc {
@@ -40,5 +46,29 @@ std::string check_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, 
 // overlap give an unspecified (but in-bounds) result.
 void run_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, const CopyRegion* src, unsigned threads,
                   int nontemporal);
+
+// The process's copy threads: started on first use, grown to what a call
+// asks for (at most kMaxWorkers), kept for later calls (a thread start costs
+// tens of microseconds, a KV chunk copy about as much). Calls from several
+// threads share the workers. A forked child gets a pool of its own.
+class CopyPool {
+ public:
+  static constexpr size_t kMaxWorkers = 64;
+  static CopyPool& shared();
+  // Runs fn(i) for every i in [0, n): i = 0 on the calling thread, the rest on
+  // the workers (on the calling thread when no worker thread can be started);
+  // returns when all have returned. fn must not throw.
+  void run(size_t n, const std::function<void(size_t)>& fn);
+
+ private:
+  CopyPool();
+  unsigned grow(size_t want);  // starts workers up to want; returns how many there are
+  void worker();
+  pid_t owner_pid_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  size_t workers_ = 0;  // detached: the pool is never destroyed, its threads end with the process
+};
 
 }  // namespace sc

@@ -8,7 +8,9 @@
 # ThreadSanitizer: python is not instrumented, so only races between the
 # engine's own threads and code that synchronises through pthreads (the GIL
 # included, through the intercepted pthread calls) are seen. Suppressions for
-# known-benign reports live in scripts/tsan.supp, each with its reason.
+# known-benign reports live in scripts/tsan.supp, each with its reason; none
+# may silence libpython's own calls (TSan would then lose the GIL). The fork
+# tests skip themselves under TSan (tests/conftest.py UNDER_TSAN).
 #
 # What it does:
 #   1. Copies the working tree (tracked and untracked-but-not-ignored files;

@@ -11,10 +11,13 @@ arguments and notes, so an error built from a raw URL is safe to print.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
+
+T = TypeVar("T")
 
 # scheme://user:password@host  (the password may hold anything but '@', '/', whitespace)
 _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/@:]*:)(?P<pw>[^\s/@]+)@")
@@ -57,4 +60,27 @@ def redact_value(value: object) -> object:
     return redact(value) if isinstance(value, str) else value
 
 
-__all__ = ["MASK", "public_url", "redact", "redact_value"]
+def call_translated(fn: Callable[[], T], translate: Callable[[Exception], BaseException]) -> T:
+    """``fn()``; an ``Exception`` it raises is replaced by ``translate(e)``.
+
+    The translated error is raised outside the ``except`` block, so the
+    client's exception (whose message may quote an endpoint, a URL with a
+    password or a signature) is neither its ``__cause__`` nor its
+    ``__context__``: what the translation keeps of it is all that is shown."""
+    try:
+        return fn()
+    except Exception as e:
+        err = translate(e)
+    raise err
+
+
+async def acall_translated(fn: Callable[[], Awaitable[T]], translate: Callable[[Exception], BaseException]) -> T:
+    """:func:`call_translated` for a coroutine function: ``await fn()``, its failure translated, unchained."""
+    try:
+        return await fn()
+    except Exception as e:
+        err = translate(e)
+    raise err
+
+
+__all__ = ["MASK", "acall_translated", "call_translated", "public_url", "redact", "redact_value"]

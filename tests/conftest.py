@@ -51,6 +51,8 @@ WATCHDOG_S = 120
 
 _probe = _native.probe_io_uring()
 IO_URING_OK: bool = bool(_native.HAVE_LIBURING and _probe["permitted"])
+#: Running under scripts/sanitize.sh with ThreadSanitizer (its runtime preloaded).
+UNDER_TSAN: bool = "libtsan" in os.environ.get("LD_PRELOAD", "")
 IO_URING_REASON: str = str(_probe["reason"])
 needs_io_uring = pytest.mark.skipif(not IO_URING_OK, reason=f"io_uring unavailable: {IO_URING_REASON}")
 
@@ -312,11 +314,8 @@ def run_python(code: str, timeout: float = 60, env: dict[str, str] | None = None
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from storecomp.testing.seaweedfs import SeaweedFS
 
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("seaweedfs"))
-    try:
+    with SeaweedFS.start(tmp_path_factory.mktemp("seaweedfs")) as sw:
         yield sw
-    finally:
-        sw.stop()
 
 
 @pytest.fixture
@@ -349,6 +348,22 @@ def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     yield mount
     for target in reversed(mounted):
         subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def closed_port_with_416() -> int:
+    """A closed local port whose number contains "416" (41600-41699): an error
+    message naming the URL then holds "416", which once read as HTTP 416.
+    Skips the test when every port there is taken."""
+    import socket
+
+    for port in range(41699, 41599, -1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    pytest.skip("no free port in 41600-41699")
 
 
 def fill_disk(directory: Path) -> Path:

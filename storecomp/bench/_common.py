@@ -90,6 +90,16 @@ def evict(path: str) -> bool:
         os.close(fd)
 
 
+def evict_tree(path: str | os.PathLike[str]) -> None:
+    """:func:`evict` a file, or every file below a directory."""
+    if os.path.isdir(path):
+        for root, _dirs, files in os.walk(path):
+            for name in files:
+                evict(os.path.join(root, name))
+    else:
+        evict(os.fspath(path))
+
+
 def cache_file(path: str) -> None:
     """Read ``path`` once through the page cache so that later reads hit it."""
     buf = bytearray(16 << 20)

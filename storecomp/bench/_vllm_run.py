@@ -18,58 +18,40 @@ configuration, so the figures are over turns 2..n.
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import sys
 import time
 from typing import Any
 
+from storecomp.integrations import vllm_engine
+
 
 def make_model(model_dir: str, model: dict[str, int]) -> None:
-    if os.path.exists(os.path.join(model_dir, "config.json")):
-        return
-    from transformers import LlamaConfig
-
-    LlamaConfig(  # type: ignore[call-arg]  # torch_dtype is one of PretrainedConfig's **kwargs
-        vocab_size=32000,
-        hidden_size=model["hidden"],
-        intermediate_size=model["intermediate"],
-        num_hidden_layers=model["layers"],
-        num_attention_heads=model["heads"],
-        num_key_value_heads=model["kv_heads"],
-        max_position_embeddings=16384,
-        torch_dtype="bfloat16",
-    ).save_pretrained(model_dir)
+    vllm_engine.make_model(
+        model_dir,
+        vocab=32000,
+        hidden=model["hidden"],
+        intermediate=model["intermediate"],
+        layers=model["layers"],
+        heads=model["heads"],
+        kv_heads=model["kv_heads"],
+        max_positions=16384,
+    )
 
 
 def run_config(spec: dict[str, Any], name: str, connector: dict[str, Any] | None) -> dict[str, Any]:
-    from vllm import LLM, SamplingParams
-    from vllm.config import KVTransferConfig
+    from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    kw: dict[str, Any] = {}
-    if connector is not None:
-        kw["kv_transfer_config"] = KVTransferConfig(
-            kv_connector="StorecompConnector",
-            kv_connector_module_path="storecomp.integrations.vllm",
-            kv_role="kv_both",
-            kv_load_failure_policy="recompute",
-            kv_connector_extra_config=connector,
-        )
     t0 = time.perf_counter()
-    llm = LLM(
-        model=spec["model_dir"],
-        load_format="dummy",
-        skip_tokenizer_init=True,
-        enforce_eager=True,
-        dtype="bfloat16",
+    llm = vllm_engine.start_llm(
+        spec["model_dir"],
+        connector,
         max_model_len=16384,
-        kv_cache_memory_bytes=spec.get("kv_cache_bytes", 1 << 30),
-        enable_prefix_caching=False,
+        kv_cache_bytes=spec.get("kv_cache_bytes", 1 << 30),
         max_num_seqs=4,
-        seed=0,
-        **kw,
+        enable_prefix_caching=False,
     )
     start_s = time.perf_counter() - t0
     eng = llm.llm_engine

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import Context, _fio
-from ._common import Window, cache_file, evict, run_child
+from ._common import Window, cache_file, evict, evict_tree, run_child
 from .report import Figure
 
 BATCH = 64
@@ -90,16 +90,6 @@ def make_data(directory: str, size: int, say: Any) -> dict[str, str]:
         shutil.rmtree(paths[key], ignore_errors=True)
         write_dataset(paths[key], {"x": np.load(paths[src], mmap_mode="r")}, shard_bytes=max(1 << 20, min(256 << 20, size // 4)))
     return paths
-
-
-def _evict_tree(path: str) -> None:
-    """Evict a file, or every file below a directory, from the page cache."""
-    if os.path.isdir(path):
-        for root, _dirs, files in os.walk(path):
-            for name in files:
-                evict(os.path.join(root, name))
-    else:
-        evict(path)
 
 
 def run_storecomp(source: Any, duration: float, step_s: float = 0.0, **kw: Any) -> dict[str, Any]:
@@ -317,7 +307,7 @@ def run_suite(ctx: Context) -> dict[str, Any]:
     for case, shards, npy, bs in (("rand_64k", "shards64", "npy", 65536), ("rand_4k", "shards4", "npy4k", 4096)):
         ctx.say(f"loader {case}")
         f = fio(bs, paths[npy])
-        _evict_tree(paths[shards])
+        evict_tree(paths[shards])
         sc = run_storecomp(paths[shards], ctx.duration_s)
         res["cases"][case] = {"fio": f, "storecomp": sc, "torch": best_torch(paths[npy])}
     ctx.say("loader tokens")
@@ -329,7 +319,7 @@ def run_suite(ctx: Context) -> dict[str, Any]:
     step = min(1.5 * per_batch, 0.2)
     dur = max(ctx.duration_s, 30 * step)
     ctx.say(f"loader data_wait: simulated step {step * 1000:.1f} ms")
-    _evict_tree(paths["shards64"])
+    evict_tree(paths["shards64"])
     wait: dict[str, Any] = {"step_s": step, "storecomp": run_storecomp(paths["shards64"], dur, step_s=step)}
     if ctx.compare:
         evict(paths["npy"])
@@ -338,7 +328,7 @@ def run_suite(ctx: Context) -> dict[str, Any]:
     ctx.say("loader rss")
     res["cases"]["rss"] = rss_probe(paths["shards64"], ctx.duration_s, RSS_BUDGET)
     ctx.say("loader hot_64k: epochs of a data set that fits in memory")
-    _evict_tree(paths["shards64"])
+    evict_tree(paths["shards64"])
     hot: dict[str, Any] = {"storecomp": run_epochs(paths["shards64"], HOT_EPOCHS, ctx.duration_s)}
     if use_fio:
         cache_file(paths["npy"])

@@ -40,7 +40,7 @@ from ..errors import (
     VersionChangedError,
 )
 from ..io import BufferRef, land_bytes
-from ..redact import public_url, redact
+from ..redact import call_translated, public_url, redact
 from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
@@ -61,28 +61,26 @@ def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
     except ImportError:
         raise UnavailableError(f"{shown}: this URL needs fsspec: pip install fsspec") from None
     scheme = url.split("://", 1)[0] if "://" in url else "file"
-    failure: StorecompError | None = None
-    try:
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
-    except ImportError as e:
-        known = known_implementations.get(scheme, {})
-        package = str(known.get("class", "")).split(".", 1)[0]
-        hint = f"pip install {package}" if package else "install its fsspec implementation"
-        failure = UnavailableError(f"{shown}: the {scheme}:// protocol needs a package: {hint} ({known.get('err', e)})")
-    except ValueError as e:
-        if "protocol not known" in str(e).lower():
-            failure = InvalidArgumentError(
+
+    def failed(e: Exception) -> StorecompError:
+        if isinstance(e, ImportError):
+            known = known_implementations.get(scheme, {})
+            package = str(known.get("class", "")).split(".", 1)[0]
+            hint = f"pip install {package}" if package else "install its fsspec implementation"
+            return UnavailableError(f"{shown}: the {scheme}:// protocol needs a package: {hint} ({known.get('err', e)})")
+        if isinstance(e, ValueError) and "protocol not known" in str(e).lower():
+            return InvalidArgumentError(
                 f"{shown}: unknown URL scheme {scheme!r}: neither storecomp nor fsspec has a backend for it "
                 "(file paths, s3://, and fsspec protocols such as gs:// (pip install gcsfs), az:// (pip install adlfs), "
                 "http(s)://, hdfs:// are supported)"
             )
-        else:
-            failure = InvalidArgumentError(f"{shown}: {redact(str(e))}")
-    except Exception as e:  # a client that needs more (hdfs:// needs a JVM and libhdfs)
+        if isinstance(e, ValueError):
+            return InvalidArgumentError(f"{shown}: {redact(str(e))}")
+        # a client that needs more (hdfs:// needs a JVM and libhdfs)
         first = redact(str(e)).strip().split("\n", 1)[0][:300]
-        failure = UnavailableError(f"{shown}: could not open the {scheme}:// file system: {type(e).__name__}: {first}")
-    if failure is not None:
-        raise failure  # outside the handlers: the client's error (it may quote a URL with a password) is not chained
+        return UnavailableError(f"{shown}: could not open the {scheme}:// file system: {type(e).__name__}: {first}")
+
+    fs, root = call_translated(lambda: fsspec.core.url_to_fs(url, **storage_options), failed)
     return fs, str(root).rstrip("/")
 
 
@@ -130,11 +128,7 @@ class FsspecStore(Store):
         return err
 
     def _call(self, fn: Any, key: str | None, op: str) -> Any:
-        try:
-            return call_with_retry(fn, self.retry, looks_transient)
-        except Exception as e:
-            failure = self._translate(e, key, op)
-        raise failure  # outside the handler: the client's error (it may quote a URL with a password) is not chained
+        return call_translated(lambda: call_with_retry(fn, self.retry, looks_transient), lambda e: self._translate(e, key, op))
 
     # ------------------------------------------------------------ reads
 

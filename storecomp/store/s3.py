@@ -61,7 +61,7 @@ from ..errors import (
     VersionChangedError,
 )
 from ..io import BufferRef, as_buffer, land_bytes
-from ..redact import public_url, redact
+from ..redact import acall_translated, call_translated, public_url, redact
 from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
@@ -212,19 +212,16 @@ class S3Store(Store):
             "timeout": f"{int(self.retry.per_request_s() * 1000)}ms",  # no request outlives the deadline
             "pool_max_idle_per_host": str(max_concurrency),
         }
-        problem = ""
-        try:
-            self._store = _ObS3Store(
+        self._store = call_translated(
+            lambda: _ObS3Store(
                 bucket,
                 prefix=prefix or None,
                 config=config,  # type: ignore[arg-type]
                 client_options=client,  # type: ignore[arg-type]
                 retry_config=self.retry.obstore_config(),  # type: ignore[arg-type]
-            )
-        except Exception as e:
-            problem = self._redact(str(e))
-        if problem:  # raised outside the handler: the client's error (which may quote a secret) is not chained
-            raise InvalidArgumentError(f"{self.url}: bad S3 configuration: {problem}")
+            ),
+            lambda e: InvalidArgumentError(f"{self.url}: bad S3 configuration: {self._redact(str(e))}"),
+        )
         self._loop = _Loop()
         self._bucket_checked = False
         self._known: OrderedDict[str, tuple[str, int]] = OrderedDict()  # key -> (ETag, size) reads pin to
@@ -328,14 +325,15 @@ class S3Store(Store):
         """``fn()`` with retries; obstore errors translated (a lost precondition becomes ``_Lost``).
         ``capped``: the call, retries included, fails at ``retry.deadline_s`` (for calls of
         one request; a multipart put or a listing of many pages bounds each request only)."""
-        try:
+
+        def attempt() -> Any:
             if capped:
                 return self._capped(lambda: call_with_retry(fn, self.retry, _outer_transient))
             return call_with_retry(fn, self.retry, _outer_transient)
-        except Exception as e:
-            err = _Lost(self._redact(str(e))) if _is_precondition(e) else self._translate(e, key, op)
-        # Raised outside the handler: the client's error, which may quote the endpoint, is not chained.
-        raise err
+
+        return call_translated(
+            attempt, lambda e: _Lost(self._redact(str(e))) if _is_precondition(e) else self._translate(e, key, op)
+        )
 
     # ------------------------------------------------------------ reads
 
@@ -364,14 +362,14 @@ class S3Store(Store):
         with self._known_lock:
             known = None if fresh else self._known.get(key)
         if known is None or (version is not None and known[0] != version):
-            failure: StorecompError | None = None
-            try:
-                meta = await acall_with_retry(lambda: obstore.head_async(self._store, key), self.retry, _outer_transient)
-            except Exception as e:
+
+            def failed(e: Exception) -> StorecompError:
                 self._forget(key)
-                failure = self._translate(e, key, "stat")
-            if failure is not None:
-                raise failure  # outside the handler: the client's error (its URL, maybe a password) is not chained
+                return self._translate(e, key, "stat")
+
+            meta = await acall_translated(
+                lambda: acall_with_retry(lambda: obstore.head_async(self._store, key), self.retry, _outer_transient), failed
+            )
             known = (str(meta.get("e_tag") or ""), int(meta["size"]))
             self._remember(key, *known)
         if version is not None and known[0] != version:
@@ -461,18 +459,20 @@ class S3Store(Store):
         off, n = int(offs[i]), min(int(lens[i]), self.part_bytes)
 
         async def fetch() -> Any:
-            res = await obstore.get_async(self._store, key, options={"range": (off, off + n)})
+            try:
+                res = await obstore.get_async(self._store, key, options={"range": (off, off + n)})
+            except Exception as e:
+                if _status(e)[0] == 416:  # the range starts at or past the end: nothing to read
+                    return None
+                raise
             return res.meta, await res.bytes_async()
 
-        failure: StorecompError | None = None
-        try:
-            meta, data = await acall_with_retry(fetch, self.retry, _outer_transient)
-        except Exception as e:
-            if _status(e)[0] == 416:
-                return None
-            failure = self._translate(e, key, "read")
-        if failure is not None:
-            raise failure  # outside the handler: the client's error (its URL, maybe a password) is not chained
+        got = await acall_translated(
+            lambda: acall_with_retry(fetch, self.retry, _outer_transient), lambda e: self._translate(e, key, "read")
+        )
+        if got is None:
+            return None
+        meta, data = got
         etag, size = str(meta.get("e_tag") or ""), int(meta["size"])
         self._remember(key, etag, size)
         return etag, size, (i, data)
@@ -602,23 +602,24 @@ class S3Store(Store):
         if self._orphans:
             self._abort_orphans()
         started = time.time()
-        try:
-            res = obstore.put(
+
+        def failed(e: Exception) -> StorecompError:
+            err = e if isinstance(e, StorecompError) else self._translate(e, key, "put")  # ours: from a part's producer
+            self._orphaned(key, started, err)
+            return err
+
+        res = call_translated(
+            lambda: obstore.put(
                 self._store,
                 key,
                 counted(),
                 use_multipart=True,
                 chunk_size=max(5 << 20, self.part_bytes),
                 max_concurrency=min(self.max_concurrency, 16),
-            )
-        except StorecompError as e:  # raised by a part's producer
-            failure = e
-        except Exception as e:
-            failure = self._translate(e, key, "put")
-        else:
-            return ObjectInfo(key, size, str(res["e_tag"]), None)
-        self._orphaned(key, started, failure)
-        raise failure  # outside the handler: the client's error (its URL, maybe a password) is not chained
+            ),
+            failed,
+        )
+        return ObjectInfo(key, size, str(res["e_tag"]), None)
 
     def put_if_absent(self, key: str, data: Any) -> bool:
         validate_key(key)
@@ -841,11 +842,7 @@ class S3Store(Store):
 
     def _admin_call(self, fn: Any, key: str | None, op: str) -> Any:
         """A boto3 call, its errors translated (no secret is in botocore's messages)."""
-        try:
-            return fn()
-        except Exception as e:
-            err = self._translate_boto(e, key, op)
-        raise err
+        return call_translated(fn, lambda e: self._translate_boto(e, key, op))
 
     def _translate_boto(self, e: BaseException, key: str | None, op: str) -> StorecompError:
         name = self.name_of(key) if key else self.url

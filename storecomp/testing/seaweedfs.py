@@ -184,11 +184,12 @@ class SeaweedFS:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace_s: float = 2.0) -> None:
-        """SIGTERM the server (its process group), SIGKILL after ``grace_s`` seconds."""
+        """SIGTERM the server (its process group; SIGCONT first, in case a test froze it), SIGKILL after ``grace_s`` seconds."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             try:
+                os.killpg(self.proc.pid, signal.SIGCONT)
                 os.killpg(self.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass

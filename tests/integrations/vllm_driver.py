@@ -21,6 +21,8 @@ import shutil
 import sys
 import time
 
+from storecomp.integrations import vllm_engine
+
 
 def damage(root: str, mode: str) -> int:
     n = 0
@@ -42,23 +44,6 @@ def damage(root: str, mode: str) -> int:
     return n
 
 
-def make_model(model_dir: str, layers: int = 2, hidden: int = 256, heads: int = 4, kv_heads: int = 2) -> None:
-    if os.path.exists(os.path.join(model_dir, "config.json")):
-        return
-    from transformers import LlamaConfig
-
-    LlamaConfig(
-        vocab_size=2048,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        torch_dtype="bfloat16",
-    ).save_pretrained(model_dir)
-
-
 def kv_usage(llm: object) -> float:
     """The engine's KV cache usage gauge after its requests finished (0.0: no block left held), after
     a few idle steps so that blocks waiting for a save to finish come back."""
@@ -74,32 +59,17 @@ def kv_usage(llm: object) -> float:
 
 
 def run_engine(spec: dict, step: dict) -> dict:
-    from vllm import LLM, SamplingParams
-    from vllm.config import KVTransferConfig
+    from vllm import SamplingParams
 
-    kw: dict = {}
-    if step.get("connector") is not None:
-        kw["kv_transfer_config"] = KVTransferConfig(
-            kv_connector="StorecompConnector",
-            kv_connector_module_path="storecomp.integrations.vllm",
-            kv_role=step.get("role", "kv_both"),
-            kv_load_failure_policy=step.get("failure_policy", "recompute"),
-            kv_connector_extra_config=step["connector"],
-        )
     t0 = time.perf_counter()
     try:
-        llm = LLM(
-            model=spec["model_dir"],
-            load_format="dummy",
-            skip_tokenizer_init=True,
-            enforce_eager=True,
-            dtype="bfloat16",
-            max_model_len=4096,
-            kv_cache_memory_bytes=spec.get("kv_cache_bytes", 256 << 20),
-            max_num_seqs=8,
-            seed=0,
+        llm = vllm_engine.start_llm(
+            spec["model_dir"],
+            step.get("connector"),
+            role=step.get("role", "kv_both"),
+            failure_policy=step.get("failure_policy", "recompute"),
+            kv_cache_bytes=spec.get("kv_cache_bytes", 256 << 20),
             disable_log_stats=False,
-            **kw,
         )
     except Exception as e:  # noqa: BLE001 - the scenario checks the message
         return {"name": step["engine"], "error": f"{type(e).__name__}: {e}"}
@@ -135,7 +105,7 @@ def run_engine(spec: dict, step: dict) -> dict:
 
 def main() -> None:
     spec = json.load(open(sys.argv[1]))
-    make_model(spec["model_dir"], **spec.get("model", {}))
+    vllm_engine.make_model(spec["model_dir"], **spec.get("model", {}))
     with open(sys.argv[2], "a") as out:
         for step in spec["steps"]:
             if "engine" in step:

@@ -8,6 +8,7 @@ import torch
 
 from storecomp import _native
 from storecomp.io import memcopy
+from tests.conftest import UNDER_TSAN, run_python
 
 CASES = {
     # name: (source tensor maker, view of it), destination is a fresh contiguous tensor of the view's shape
@@ -55,6 +56,65 @@ def test_large_batch_streams_over_threads() -> None:
     assert ops is not None
     memcopy.run(ops, [memcopy.tensor_region(dst)], [memcopy.tensor_region(src)], threads=5)
     assert torch.equal(dst, view)
+
+
+def test_callers_on_several_threads_share_the_copy_pool() -> None:
+    """Eight threads at once, each asking for 4 copy threads (GIL released): every copy is whole."""
+    import threading
+
+    srcs = [torch.randint(0, 255, (64, 1 << 16), dtype=torch.uint8) for _ in range(8)]
+    dsts = [torch.empty(s.shape, dtype=torch.uint8) for s in srcs]
+    errors: list[BaseException] = []
+
+    def copy(i: int) -> None:
+        try:
+            for _ in range(3):
+                ops = _ops_for(dsts[i], srcs[i])
+                assert ops is not None
+                memcopy.run(ops, [memcopy.tensor_region(dsts[i])], [memcopy.tensor_region(srcs[i])], threads=4)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=copy, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert all(torch.equal(d, s) for d, s in zip(dsts, srcs, strict=True))
+
+
+@pytest.mark.skipif(UNDER_TSAN, reason="ThreadSanitizer does not support threads in the child of a threaded fork")
+def test_a_forked_child_gets_a_copy_pool_of_its_own() -> None:
+    """The parent's copy threads do not exist in a forked child: its multi-threaded copies still finish."""
+    run_python(
+        """
+        import multiprocessing as mp
+        import numpy as np
+        from storecomp.io import memcopy
+
+        def copy():
+            src = np.arange(8 << 20, dtype=np.uint8)
+            dst = np.zeros_like(src)
+            ops = np.array([[0, 0, 0, 0, 1, 0, 0, 8, 1 << 20, 1 << 20, 1 << 20]], np.int64)
+            memcopy.run(ops, [memcopy.array_region(dst, writable=True)], [memcopy.array_region(src)], threads=4)
+            assert np.array_equal(dst, src)
+
+        def child(q):
+            copy()
+            q.put("ok")
+
+        copy()  # the parent's pool starts its workers
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=child, args=(q,))
+        p.start()
+        assert q.get(timeout=60) == "ok"
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        """,
+        timeout=120,
+    )
 
 
 def test_template_declines_what_is_not_row_copies() -> None:

@@ -20,6 +20,7 @@ from storecomp.errors import InvalidArgumentError
 from storecomp.kvcache import ModelFingerprint, PagedLayout
 from storecomp.store import LocalStore, open_store
 from storecomp.testing.seaweedfs import SeaweedFS, free_port
+from tests.conftest import closed_port_with_416
 from tests.kvcache.kvhelpers import CHUNK, FAST_RETRY, FP, make_kv, same_prefix, untouched_after, zeros_kv
 
 Make = Callable[..., KVCacheStore]
@@ -284,17 +285,6 @@ class _Proxy:
         self.conns.clear()
 
 
-def _free_port_with_416() -> int:
-    for port in range(41699, 41599, -1):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    pytest.skip("no free port in 41600-41699")
-
-
 def test_shared_tier_keeps_good_chunks_when_a_416_port_is_unreachable(
     kvstore: Make, tmp_path: Path, running_seaweedfs: SeaweedFS
 ) -> None:
@@ -303,7 +293,7 @@ def test_shared_tier_keeps_good_chunks_when_a_416_port_is_unreachable(
     and every object is still in the bucket (before: read as 0 bytes, taken for truncated
     chunks and deleted)."""
     sw = running_seaweedfs
-    proxy = _Proxy(_free_port_with_416(), int(sw.endpoint.rsplit(":", 1)[1]))
+    proxy = _Proxy(closed_port_with_416(), int(sw.endpoint.rsplit(":", 1)[1]))
     proxy.start()
     url = sw.url()
     opts = dict(sw.store_options(), endpoint=f"http://127.0.0.1:{proxy.port}", retry=FAST_RETRY)

@@ -4,6 +4,8 @@
 * ``s3_store``: an S3Store on a fresh prefix of that server.
 * ``any_store``: parametrised over every backend (local, s3, fsspec memory:// and file://)
   and the wrappers (a CachedStore over a LocalStore, a ReplicatedStore of two).
+* ``remote``: a LocalStore holding ``obj/0`` .. ``obj/7``, ``obj/i`` = ``random_bytes(100 KiB + i, seed=i)``
+  (the backing store of the cache tests).
 """
 
 from __future__ import annotations
@@ -17,9 +19,18 @@ import pytest
 from storecomp.store import LocalStore, Store, open_store
 from storecomp.store.retry import RetryPolicy
 from storecomp.testing.seaweedfs import SeaweedFS
+from tests.conftest import random_bytes
 
 #: Short bounds so fault tests finish fast; production defaults are longer.
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.5, deadline_s=5.0, connect_timeout_s=1.0)
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> LocalStore:
+    store = LocalStore(tmp_path / "remote")
+    for i in range(8):
+        store.put(f"obj/{i}", random_bytes(100 * 1024 + i, seed=i))
+    return store
 
 
 @pytest.fixture

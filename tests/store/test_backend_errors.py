@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +22,7 @@ from storecomp.errors import (
 from storecomp.store import LocalStore, backends, open_store, register_backend
 from storecomp.store.retry import RetryPolicy, call_with_retry, looks_transient
 from storecomp.testing.seaweedfs import SeaweedFS
+from tests.conftest import closed_port_with_416
 
 AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
@@ -153,24 +153,11 @@ def test_unreachable_endpoint_fails_fast_and_names_it(no_aws_env: None) -> None:
     assert exc.value.endpoint == "http://127.0.0.1:9" and "127.0.0.1:9" in str(exc.value)
 
 
-def _closed_port_with_416() -> int:
-    """A closed local port whose number contains "416" (41600-41699): an error
-    message naming the URL then holds "416", which once read as HTTP 416."""
-    for port in range(41699, 41599, -1):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    pytest.skip("no free port in 41600-41699")
-
-
 @pytest.mark.parametrize("key", ["k", "416", "a/416 Range Not Satisfiable"])
 def test_unreachable_endpoint_with_416_in_the_url_is_never_zero_bytes(no_aws_env: None, key: str) -> None:
     """Issue 16, 0b: every read of an unreachable store raises StoreUnavailableError, whatever digits
     or words the endpoint and key hold: never 0 bytes, never ShortReadError."""
-    port = _closed_port_with_416()
+    port = closed_port_with_416()
     policy = RetryPolicy(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.02, deadline_s=2.0, connect_timeout_s=0.5)
     store = open_store(
         "s3://b416/p416", endpoint=f"http://127.0.0.1:{port}", access_key_id="a", secret_access_key="s" * 20, retry=policy

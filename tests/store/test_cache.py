@@ -14,20 +14,9 @@ import pytest
 from storecomp.errors import InvalidArgumentError, NotFoundError, ShortReadError
 from storecomp.store import LocalStore
 from storecomp.store.cache import CachedStore
+from tests.conftest import random_bytes as blob
 
 KiB = 1024
-
-
-def blob(n: int, seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> LocalStore:
-    store = LocalStore(tmp_path / "remote")
-    for i in range(6):
-        store.put(f"obj/{i}", blob(100 * KiB + i, seed=i))
-    return store
 
 
 def test_whole_object_miss_then_hit(tmp_path: Path, remote: LocalStore) -> None:

@@ -22,20 +22,9 @@ from storecomp.store import LocalStore
 from storecomp.store.cache import CachedStore
 from storecomp.store.cache_entry import ALIGN, MAGIC
 from tests.conftest import fill_disk
+from tests.conftest import random_bytes as blob
 
 KiB = 1024
-
-
-def blob(n: int, seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
-
-
-@pytest.fixture
-def remote(tmp_path: Path) -> LocalStore:
-    store = LocalStore(tmp_path / "remote")
-    for i in range(8):
-        store.put(f"obj/{i}", blob(100 * KiB + i, seed=i))
-    return store
 
 
 # ---------------------------------------------------------------- a full cache disk

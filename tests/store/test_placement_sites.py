@@ -38,11 +38,8 @@ KILL_ROUNDS = int(os.environ.get("STORECOMP_TEST_KILL_ROUNDS", "5"))
 
 @pytest.fixture(scope="module")
 def site_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("site-b"))
-    try:
+    with SeaweedFS.start(tmp_path_factory.mktemp("site-b")) as sw:
         yield sw
-    finally:
-        sw.stop()
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +49,8 @@ def far_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         pytest.skip(f"no far site: {reason}")
     link = SlowLink.create("16mbit")  # 2 MB/s each way
     try:
-        sw = SeaweedFS.start(tmp_path_factory.mktemp("site-far"), ip=link.ns_ip, netns=link.name)
-        try:
+        with SeaweedFS.start(tmp_path_factory.mktemp("site-far"), ip=link.ns_ip, netns=link.name) as sw:
             yield sw
-        finally:
-            sw.stop()
     finally:
         link.remove()
 

@@ -27,13 +27,8 @@ DEADLINE = RetryPolicy(max_attempts=4, initial_backoff_s=0.05, max_backoff_s=0.5
 
 @pytest.fixture(scope="module")
 def private_seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("frozen-seaweedfs"))
-    try:
+    with SeaweedFS.start(tmp_path_factory.mktemp("frozen-seaweedfs")) as sw:  # stop() also wakes a frozen server
         yield sw
-    finally:
-        if sw.proc is not None:
-            os.killpg(sw.proc.pid, signal.SIGCONT)
-        sw.stop()
 
 
 class Frozen:

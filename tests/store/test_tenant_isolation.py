@@ -48,13 +48,10 @@ def _identity(t: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("isolation"), bucket="pool", identities=[_identity("a"), _identity("b")])
-    try:
+    with SeaweedFS.start(tmp_path_factory.mktemp("isolation"), bucket="pool", identities=[_identity("a"), _identity("b")]) as sw:
         for t in "ab":
             sw.make_bucket(f"tenant-{t}")
         yield sw
-    finally:
-        sw.stop()
 
 
 def _creds(sw: SeaweedFS, t: str) -> dict[str, Any]:

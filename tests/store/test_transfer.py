@@ -91,9 +91,8 @@ def test_put_stream_publishes_the_parts_atomically(tmp_path: Path, running_seawe
 def test_destination_down_is_a_clear_transfer_error(tmp_path: Path, seaweedfs: Any, tmp_path_factory: Any) -> None:
     from storecomp.testing.seaweedfs import SeaweedFS
 
-    sw = SeaweedFS.start(tmp_path_factory.mktemp("down"))
-    dst = open_store(sw.url(), retry=FAST_RETRY, **sw.store_options())
-    sw.stop()
+    with SeaweedFS.start(tmp_path_factory.mktemp("down")) as sw:
+        dst = open_store(sw.url(), retry=FAST_RETRY, **sw.store_options())
     src = LocalStore(tmp_path / "src")
     files = fill(src, [1000, 2000])
     with pytest.raises(TransferError, match=f"destination s3://.*unreachable \\({sw.endpoint}\\)"):
