@@ -262,6 +262,16 @@ def is_sealed(head: bytes | np.ndarray | memoryview) -> bool:
     return bytes(head[:4]) == MAGIC
 
 
+def peek_plaintext_size(head: bytes | np.ndarray | memoryview) -> int | None:
+    """The plaintext size a sealed header declares (None: not a sealed header). No key is
+    needed and nothing is authenticated: for listings; reads check it with the data key."""
+    raw = bytes(memoryview(head).cast("B")[:HEADER_BYTES])
+    if len(raw) < HEADER_BYTES or raw[:4] != MAGIC:
+        return None
+    _, version, _, _, _, plaintext_bytes = struct.unpack_from("<4sHBBIQ", raw)
+    return int(plaintext_bytes) if version == VERSION else None
+
+
 @dataclass
 class Envelope:
     """A sealed object's header, its data key unwrapped: enough to open any segment."""
@@ -465,6 +475,7 @@ __all__ = [
     "new_envelope",
     "open_header",
     "parse_keys",
+    "peek_plaintext_size",
     "plaintext_size",
     "rewrap",
     "seal",

@@ -16,10 +16,15 @@ DataLoader like any other store. Plaintext never reaches the inner store.
   checked) and lands the bytes in the destination (host memory, or a CUDA
   tensor through ``storecomp.io.land_bytes``). A failed tag is a
   ``CorruptDataError`` (``WrongKeyError`` for a key problem); no byte lands
-  in the destination unless every segment the call needs authenticates. A cached header that no
-  longer matches (the object was replaced) is re-read once.
-* Sizes are the plaintext's: ``stat`` reads them from the header, ``list``
-  computes them from the sealed size and this store's ``segment_bytes``.
+  in the destination unless every segment the call needs authenticates. Every read of one
+  call (header and segments) is pinned to one version of the object: the caller's
+  ``version``, else the cached header's or a fresh ``stat``'s; when an unpinned read finds
+  that version replaced, it restarts from a fresh ``stat`` (a few times, then
+  ``VersionChangedError``, as every Store), so a concurrent replace never reads as a
+  failed tag.
+* Sizes are the plaintext's: ``stat`` reads them from the header (of the version it
+  reports), ``list`` computes them from the sealed size and this store's
+  ``segment_bytes`` (with ``allow_plaintext``: from each object's header).
 * An object that is not sealed (written around this store) is refused as
   ``CorruptDataError``, unless ``allow_plaintext=True``, which reads such
   objects as they are (an explicit, per-store choice for a migration).
@@ -44,14 +49,17 @@ from ..errors import (
     ConflictError,
     CorruptDataError,
     InvalidArgumentError,
+    NotFoundError,
     ShortReadError,
+    VersionChangedError,
 )
 from ..io import BufferRef, land_bytes
-from .base import Capabilities, Listing, ObjectInfo, Store, WrapperStore
+from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, WrapperStore
 from .futures import PendingRanges
 from .keys import payload_view, validate_key
 
 _HEADER_CACHE = 4096
+_LIST_BATCH = 256  # listed objects whose headers are read at once (allow_plaintext)
 
 
 class EncryptedStore(WrapperStore):
@@ -84,7 +92,8 @@ class EncryptedStore(WrapperStore):
         self.allow_plaintext = allow_plaintext
         self._threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="storecomp-decrypt")
-        self._headers: collections.OrderedDict[str, crypto.Envelope | None] = collections.OrderedDict()
+        # key -> (version, its opened header; None for an allowed plaintext object)
+        self._headers: collections.OrderedDict[str, tuple[str, crypto.Envelope | None]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     #: Reads return plaintext: a cache tier must not wrap this store (CachedStore checks).
@@ -114,13 +123,19 @@ class EncryptedStore(WrapperStore):
 
     # ------------------------------------------------------------ headers
 
-    def _envelope(self, key: str, fresh: bool, version: str | None = None) -> tuple[crypto.Envelope | None, bool]:
-        """The object's opened header (None: a plaintext object, allowed), and whether it came from the cache."""
-        if not fresh:
-            with self._lock:
-                if key in self._headers:
-                    self._headers.move_to_end(key)
-                    return self._headers[key], True
+    def _envelope(self, key: str, version: str | None) -> tuple[str, crypto.Envelope | None]:
+        """The opened header of ``key`` at ``version`` (None: the current version, from a fresh
+        ``stat``) and that version; the envelope is None for a plaintext object (allowed).
+
+        Headers are cached by (key, version): a cached one is used only for reads pinned to its
+        version, so it can never be applied to the segments of another version."""
+        if version is None:
+            version = self.inner.stat(key).version
+        with self._lock:
+            hit = self._headers.get(key)
+            if hit is not None and hit[0] == version:
+                self._headers.move_to_end(key)
+                return hit
         head = np.zeros(crypto.HEADER_BYTES, np.uint8)
         got = int(self.inner.read_ranges(key, [0], [crypto.HEADER_BYTES], head, [0], exact=False, version=version)[0])
         env: crypto.Envelope | None
@@ -134,10 +149,14 @@ class EncryptedStore(WrapperStore):
                 "allow_plaintext=True reads such objects as they are)"
             )
         with self._lock:
-            self._headers[key] = env
+            self._headers[key] = (version, env)
             while len(self._headers) > _HEADER_CACHE:
                 self._headers.popitem(last=False)
-        return env, False
+        return version, env
+
+    def _cached(self, key: str) -> tuple[str, crypto.Envelope | None] | None:
+        with self._lock:
+            return self._headers.get(key)
 
     def _forget(self, key: str) -> None:
         with self._lock:
@@ -148,33 +167,38 @@ class EncryptedStore(WrapperStore):
     def _submit_ranges(
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> PendingRanges:
-        with self._lock:
-            env = self._headers.get(key)
-        if env is not None:
+        """Every read of the call (header and segments) is pinned to one version: ``version`` when
+        given, else the cached header's (checked by the inner store) or a fresh ``stat``'s."""
+        hit = self._cached(key)
+        if hit is not None and hit[1] is not None and (version is None or hit[0] == version):
             # Header known: the segment reads start now (the inner store's own concurrency); a worker
             # thread waits for them and opens the segments.
-            plan = _Plan(self, key, env, offs, lens, douts, version)
-            return PendingRanges(self._pool.submit(self._finish_cached, plan, ref), ref)
+            plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0])
+            return PendingRanges(self._pool.submit(self._finish, plan, ref, version is None), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
 
-    def _finish_cached(self, plan: _Plan, ref: BufferRef) -> np.ndarray:
+    def _finish(self, plan: _Plan, ref: BufferRef, restart: bool) -> np.ndarray:
         try:
             return plan.finish(ref)
-        except CorruptDataError:
-            pass
-        # The cached header may be of an earlier version of the object: once more, fresh.
-        env, _ = self._envelope(plan.key, fresh=True, version=plan.version)
-        if env is None:
-            return self.inner.read_ranges(plan.key, plan.offs, plan.lens, ref, plan.douts, exact=False, version=plan.version)
-        return _Plan(self, plan.key, env, plan.offs, plan.lens, plan.douts, plan.version).finish(ref)
+        except VersionChangedError:
+            if not restart:
+                raise
+        # Unpinned, and the cached header's version was replaced: again from a fresh stat.
+        return self._read(plan.key, plan.offs, plan.lens, plan.douts, ref, None)
 
     def _read(
         self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, version: str | None
     ) -> np.ndarray:
-        env, _ = self._envelope(key, fresh=True, version=version)
-        if env is None:
-            return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=version)
-        return _Plan(self, key, env, offs, lens, douts, version).finish(ref)
+        for attempt in range(VERSION_RETRIES):
+            try:
+                pin, env = self._envelope(key, version)
+                if env is None:
+                    return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=pin)
+                return _Plan(self, key, env, offs, lens, douts, pin).finish(ref)
+            except VersionChangedError:
+                if version is not None or attempt == VERSION_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ writes
 
@@ -205,7 +229,11 @@ class EncryptedStore(WrapperStore):
         with compare-and-swap). False when it already uses the current key or changed meanwhile."""
         validate_key(key)
         info = self.inner.stat(key)
-        raw = self.inner.get(key)
+        raw = np.empty(info.size, np.uint8)
+        try:
+            self.inner.read_ranges(key, [0], [info.size], raw, [0], version=info.version)
+        except VersionChangedError:
+            return False
         where = self._where(key)
         if not crypto.is_sealed(raw):
             raise CorruptDataError(f"{where}: not an encrypted object: nothing to rewrap")
@@ -213,8 +241,9 @@ class EncryptedStore(WrapperStore):
         if env.key_id == self.keys.current()[0]:
             return False
         head = crypto.rewrap(raw, key.encode(), self.keys, where)
+        raw[: crypto.HEADER_BYTES] = np.frombuffer(head, np.uint8)
         try:
-            self.inner.compare_and_swap(key, info.version, head + raw[crypto.HEADER_BYTES :])
+            self.inner.compare_and_swap(key, info.version, raw)
         except ConflictError:
             return False
         self._forget(key)
@@ -223,24 +252,64 @@ class EncryptedStore(WrapperStore):
     # ------------------------------------------------------------ metadata
 
     def stat(self, key: str) -> ObjectInfo:
+        """Plaintext size and version of ``key``, both of one version (the header is read pinned
+        to the version the inner store's ``stat`` gave; a replacement in between restarts)."""
         validate_key(key)
-        info = self.inner.stat(key)
-        env, _ = self._envelope(key, fresh=True)
-        return ObjectInfo(key, info.size if env is None else env.plaintext_bytes, info.version, info.mtime)
+        for attempt in range(VERSION_RETRIES):
+            info = self.inner.stat(key)
+            try:
+                _, env = self._envelope(key, info.version)
+            except VersionChangedError:
+                if attempt == VERSION_RETRIES - 1:
+                    raise
+                continue
+            return ObjectInfo(key, info.size if env is None else env.plaintext_bytes, info.version, info.mtime)
+        raise AssertionError("unreachable")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` with their plaintext sizes (see :meth:`_listed`)."""
+        batch: list[ObjectInfo] = []
         for info in self.inner.list(prefix):
-            yield self._listed(info)
+            batch.append(info)
+            if len(batch) == _LIST_BATCH:
+                yield from self._listed(batch)
+                batch = []
+        yield from self._listed(batch)
 
     def list_dir(self, prefix: str = "") -> Listing:
         """One level under ``prefix``; sizes are plaintext sizes, as :meth:`list` reports them."""
         inner = self.inner.list_dir(prefix)
-        return Listing([self._listed(info) for info in inner.objects], inner.prefixes, inner.skipped)
+        return Listing(self._listed(inner.objects), inner.prefixes, inner.skipped)
 
-    def _listed(self, info: ObjectInfo) -> ObjectInfo:
-        """A listed sealed object's info with its plaintext size (from the sealed size alone)."""
-        n = crypto.plaintext_size(info.size, self.segment_bytes)
-        return ObjectInfo(info.key, n if n >= 0 and not self.allow_plaintext else info.size, info.version, info.mtime)
+    def _listed(self, infos: list[ObjectInfo]) -> list[ObjectInfo]:
+        """Listed objects with their plaintext sizes. Sealed objects only: from the sealed size and
+        this store's ``segment_bytes``, no read. With ``allow_plaintext`` (sealed and plaintext objects
+        side by side), each object's header says which it is: read pinned to the listed version (a
+        plaintext object keeps its size; one replaced or deleted since the listing is stat'ed again or left out)."""
+        if not self.allow_plaintext:
+            out = []
+            for info in infos:
+                n = crypto.plaintext_size(info.size, self.segment_bytes)
+                out.append(ObjectInfo(info.key, n if n >= 0 else info.size, info.version, info.mtime))
+            return out
+        return [i for i in self._pool.map(self._listed_mixed, infos) if i is not None]
+
+    def _listed_mixed(self, info: ObjectInfo) -> ObjectInfo | None:
+        head = np.zeros(crypto.HEADER_BYTES, np.uint8)
+        for attempt in range(VERSION_RETRIES):
+            try:
+                if attempt:
+                    info = self.inner.stat(info.key)
+                got = int(self.inner.read_ranges(info.key, [0], [head.size], head, [0], exact=False, version=info.version)[0])
+            except NotFoundError:
+                return None
+            except VersionChangedError:
+                if attempt == VERSION_RETRIES - 1:
+                    raise
+                continue
+            n = crypto.peek_plaintext_size(head[:got])
+            return ObjectInfo(info.key, info.size if n is None else n, info.version, info.mtime)
+        raise AssertionError("unreachable")
 
     def delete(self, key: str) -> None:
         self._forget(key)

@@ -219,6 +219,26 @@ def test_plaintext_objects_are_refused_or_read_explicitly(enc: EncryptedStore, t
     mixed.close()
 
 
+def test_mixed_listings_give_plaintext_sizes(enc: EncryptedStore, tmp_path: Path) -> None:
+    """With allow_plaintext, a listing tells sealed objects from plain ones by their headers:
+    every size is the bytes a read returns, under any segment size."""
+    inner = LocalStore(tmp_path / "objects")
+    inner.put("d/plain", b"written around the encrypted store")
+    inner.put("d/short", b"SCEN")  # shorter than a header, starting like one
+    enc.put("d/sealed", DATA)
+    other = EncryptedStore(inner, enc.keys, segment_bytes=4096)
+    other.put("d/small-segments", DATA[:50_000])
+    mixed = EncryptedStore(inner, enc.keys, allow_plaintext=True)
+    want = {k: len(mixed.get(k)) for k in ("d/plain", "d/sealed", "d/short", "d/small-segments")}
+    assert want == {"d/plain": 34, "d/sealed": len(DATA), "d/short": 4, "d/small-segments": 50_000}
+    assert {i.key: i.size for i in mixed.list("d/")} == want
+    assert {i.key: i.size for i in mixed.list_dir("d").objects} == want
+    assert {i.key: i.version for i in mixed.list("d/")} == {i.key: i.version for i in inner.list("d/")}
+    assert enc.stat("d/sealed").size == len(DATA)
+    mixed.close()
+    other.close()
+
+
 def test_cache_tier_under_an_encrypted_store_holds_ciphertext(tmp_path: Path) -> None:
     store = EncryptedStore(CachedStore(LocalStore(tmp_path / "remote"), tmp_path / "cache", 64 << 20), _keys(("k1", KEY1)))
     store.put("a", DATA)
