@@ -58,7 +58,9 @@ from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, Wra
 from .futures import PendingRanges
 from .keys import payload_view, validate_key
 
-_HEADER_CACHE = 4096
+_HEADER_CACHE = 4096  # objects whose headers are kept
+_HEADER_CACHE_BYTES = 64 << 20  # and the most bytes of tag tables kept with them
+_MAX_CACHED_HEAD = 1 << 20  # a larger tag table (a 4 GiB object in 64 KiB segments) is read per call, in part
 _LIST_BATCH = 256  # listed objects whose headers are read at once (allow_plaintext)
 
 
@@ -94,6 +96,10 @@ class EncryptedStore(WrapperStore):
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="storecomp-decrypt")
         # key -> (version, its opened header; None for an allowed plaintext object)
         self._headers: collections.OrderedDict[str, tuple[str, crypto.Envelope | None]] = collections.OrderedDict()
+        self._head_bytes = 0
+        #: Objects whose head (header and tag table) is at most this many bytes keep their tag table
+        #: cached; larger ones read the tags a call needs with its segments.
+        self.max_cached_head = _MAX_CACHED_HEAD
         self._lock = threading.Lock()
 
     #: Reads return plaintext: a cache tier must not wrap this store (CachedStore checks).
@@ -127,8 +133,9 @@ class EncryptedStore(WrapperStore):
         """The opened header of ``key`` at ``version`` (None: the current version, from a fresh
         ``stat``) and that version; the envelope is None for a plaintext object (allowed).
 
-        Headers are cached by (key, version): a cached one is used only for reads pinned to its
-        version, so it can never be applied to the segments of another version."""
+        Headers (with their tag tables up to ``max_cached_head`` bytes) are cached by (key, version):
+        a cached one is used only for reads pinned to its version, so it can never be applied to
+        the segments of another version."""
         if version is None:
             version = self.inner.stat(key).version
         with self._lock:
@@ -136,22 +143,31 @@ class EncryptedStore(WrapperStore):
             if hit is not None and hit[0] == version:
                 self._headers.move_to_end(key)
                 return hit
-        head = np.zeros(crypto.HEADER_BYTES, np.uint8)
-        got = int(self.inner.read_ranges(key, [0], [crypto.HEADER_BYTES], head, [0], exact=False, version=version)[0])
+        where = self._where(key)
+        head = np.zeros(crypto.ALIGN, np.uint8)
+        got = int(self.inner.read_ranges(key, [0], [head.size], head, [0], exact=False, version=version)[0])
         env: crypto.Envelope | None
-        if got == crypto.HEADER_BYTES and crypto.is_sealed(head):
-            env = crypto.open_header(head, key.encode(), self.keys, self._where(key))
+        if got >= crypto.HEADER_BYTES and crypto.is_sealed(head):
+            env = crypto.open_header(head[:got], key.encode(), self.keys, where)
+            if env.tags is None and env.data_offset <= self.max_cached_head:
+                whole = np.zeros(env.data_offset, np.uint8)
+                whole[: head.size] = head
+                rest = env.data_offset - head.size
+                n = int(self.inner.read_ranges(key, [head.size], [rest], whole, [head.size], exact=False, version=version)[0])
+                env.load_tags(whole[: head.size + n], where)
         elif self.allow_plaintext:
             env = None
         else:
             raise CorruptDataError(
-                f"{self._where(key)}: not an encrypted object (plaintext under an encrypted store; "
+                f"{where}: not an encrypted object (plaintext under an encrypted store; "
                 "allow_plaintext=True reads such objects as they are)"
             )
         with self._lock:
+            old = self._headers.pop(key, None)
+            self._head_bytes += _head_nbytes(env) - _head_nbytes(old[1] if old else None)
             self._headers[key] = (version, env)
-            while len(self._headers) > _HEADER_CACHE:
-                self._headers.popitem(last=False)
+            while len(self._headers) > _HEADER_CACHE or (self._head_bytes > _HEADER_CACHE_BYTES and len(self._headers) > 1):
+                self._head_bytes -= _head_nbytes(self._headers.popitem(last=False)[1][1])
         return version, env
 
     def _cached(self, key: str) -> tuple[str, crypto.Envelope | None] | None:
@@ -160,7 +176,9 @@ class EncryptedStore(WrapperStore):
 
     def _forget(self, key: str) -> None:
         with self._lock:
-            self._headers.pop(key, None)
+            old = self._headers.pop(key, None)
+            if old is not None:
+                self._head_bytes -= _head_nbytes(old[1])
 
     # ------------------------------------------------------------ reads
 
@@ -173,18 +191,18 @@ class EncryptedStore(WrapperStore):
         if hit is not None and hit[1] is not None and (version is None or hit[0] == version):
             # Header known: the segment reads start now (the inner store's own concurrency); a worker
             # thread waits for them and opens the segments.
-            plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0])
-            return PendingRanges(self._pool.submit(self._finish, plan, ref, version is None), ref)
+            plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref)
+            return PendingRanges(self._pool.submit(self._finish, plan, version is None), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
 
-    def _finish(self, plan: _Plan, ref: BufferRef, restart: bool) -> np.ndarray:
+    def _finish(self, plan: _Plan, restart: bool) -> np.ndarray:
         try:
-            return plan.finish(ref)
+            return plan.finish()
         except VersionChangedError:
             if not restart:
                 raise
         # Unpinned, and the cached header's version was replaced: again from a fresh stat.
-        return self._read(plan.key, plan.offs, plan.lens, plan.douts, ref, None)
+        return self._read(plan.key, plan.offs, plan.lens, plan.douts, plan.ref, None)
 
     def _read(
         self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, version: str | None
@@ -194,7 +212,7 @@ class EncryptedStore(WrapperStore):
                 pin, env = self._envelope(key, version)
                 if env is None:
                     return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=pin)
-                return _Plan(self, key, env, offs, lens, douts, pin).finish(ref)
+                return _Plan(self, key, env, offs, lens, douts, pin, ref).finish()
             except VersionChangedError:
                 if version is not None or attempt == VERSION_RETRIES - 1:
                     raise
@@ -324,9 +342,13 @@ class EncryptedStore(WrapperStore):
 
 
 class _Plan:
-    """One sealed read: the segments that cover the ranges, their records being read (started at
-    construction, pinned to ``version`` when given), then :meth:`finish` opens them and lands the
-    ranges in the destination. Ranges past the end read short (the Store template checks ``exact``)."""
+    """One sealed read, pinned to ``version``: the ciphertext of every segment that lies whole inside
+    a range is read straight into the destination and decrypted there, in place; the segments at
+    the ranges' edges (and every segment, for a CUDA destination) go through a host scratch buffer;
+    the tags come from the envelope's cached table or are read with the segments. The reads start
+    at construction; :meth:`finish` waits, authenticates every segment, and only then copies the
+    edges in. On any failure the destination ranges are zeroed: no unauthenticated byte is left.
+    Ranges past the end read short (the Store template checks ``exact``)."""
 
     def __init__(
         self,
@@ -336,67 +358,141 @@ class _Plan:
         offs: np.ndarray,
         lens: np.ndarray,
         douts: np.ndarray,
-        version: str | None,
+        version: str,
+        ref: BufferRef,
     ) -> None:
-        self.key, self.env, self.offs, self.lens, self.douts, self.version = key, env, offs, lens, douts, version
+        self.key, self.env, self.offs, self.lens, self.douts, self.version, self.ref = key, env, offs, lens, douts, version, ref
         self.where = store._where(key)
-        size, seg = env.plaintext_bytes, env.segment_bytes
-        self.ends = np.minimum(offs + lens, size)
-        self.got = np.where(self.ends > offs, self.ends - offs, 0).astype(np.uint64)
-        self.live = np.flatnonzero(self.got > 0)
-        self.future: Any = None
-        if not self.live.size:
-            return
-        first, last = offs[self.live] // seg, (self.ends[self.live] - 1) // seg
-        self.wanted = np.unique(np.concatenate([np.arange(f, g + 1, dtype=np.int64) for f, g in zip(first, last, strict=True)]))
-        self.plens = np.minimum(seg, size - self.wanted * seg)
-        self.positions = np.zeros(self.wanted.size + 1, np.int64)
-        np.cumsum(self.plens + crypto.RECORD_OVERHEAD, out=self.positions[1:])
-        self.plain_at = self.positions[:-1] - np.arange(self.wanted.size) * crypto.RECORD_OVERHEAD
-        # Records of consecutive segments are adjacent in the object: one read per run of them.
-        breaks = np.flatnonzero(np.diff(self.wanted) != 1) + 1
-        run_starts = np.concatenate([[0], breaks])
-        run_ends = np.concatenate([breaks, [self.wanted.size]])
-        self.records = np.empty(int(self.positions[-1]), np.uint8)
+        size, seg, base = env.plaintext_bytes, env.segment_bytes, env.data_offset
+        ends = np.minimum(offs + lens, size)
+        self.got = np.where(ends > offs, ends - offs, 0).astype(np.uint64)
+        live = np.flatnonzero(self.got > 0)
+        self.ranges = [(int(o), int(e), int(d)) for o, e, d in zip(offs[live], ends[live], douts[live], strict=True)]
+        self.direct: list[tuple[int, int]] = []  # (segment, its offset in the destination): decrypted in place
+        self.copies: list[tuple[int, int, int, int]] = []  # (segment, plaintext from, to, destination offset)
+        direct_reads: list[tuple[int, int, int]] = []
+        edges: set[int] = set()
+        for o, e, d in self.ranges:
+            a, b = o // seg, (e - 1) // seg
+            first = a if o == a * seg else a + 1  # the segments wholly inside [o, e)
+            last = b if e == min((b + 1) * seg, size) else b - 1
+            if ref.is_cuda:
+                first, last = b + 1, b  # none: a CUDA destination lands host plaintext
+            if first <= last:
+                start, stop = first * seg, min((last + 1) * seg, size)
+                direct_reads.append((base + start, stop - start, d + start - o))
+                self.direct.extend((j, d + j * seg - o) for j in range(first, last + 1))
+            for j in range(a, b + 1) if first > last else sorted({a, b}):
+                if first <= j <= last:
+                    continue  # read whole, in place
+                lo, hi = max(o, j * seg), min(e, (j + 1) * seg, size)
+                edges.add(j)
+                self.copies.append((j, lo, hi, d + lo - o))
+        self.scratch_segments = sorted(edges)
+        self.scratch_at: dict[int, int] = {}
+        at = 0
+        for j in self.scratch_segments:
+            self.scratch_at[j] = at
+            at += env.segment_plain(j)[1]
+        self.scratch = np.empty(at, np.uint8)
+        self.tag_rows: dict[int, int] | None = None
+        self.tag_buf: np.ndarray | None = None
+        self.futures: list[Any] = []
+        inner = store.inner
         try:
-            self.future = store.inner.submit_ranges(
-                key,
-                crypto.HEADER_BYTES + self.wanted[run_starts] * (seg + crypto.RECORD_OVERHEAD),
-                self.positions[run_ends] - self.positions[run_starts],
-                self.records,
-                self.positions[run_starts],
-                version=version,
-            )
-        except Exception as e:  # noqa: BLE001 - reported by finish(), on the future
-            self.future = _failed(e)
+            if direct_reads:
+                o_, n_, d_ = (np.array(x, np.uint64) for x in zip(*direct_reads, strict=True))
+                self.futures.append(inner.submit_ranges(key, o_, n_, ref, d_, version=version))
+            if self.scratch_segments:
+                runs = _runs(self.scratch_segments)
+                self.futures.append(
+                    inner.submit_ranges(
+                        key,
+                        [base + j0 * seg for j0, _ in runs],
+                        [min((j1 + 1) * seg, size) - j0 * seg for j0, j1 in runs],
+                        self.scratch,
+                        [self.scratch_at[j0] for j0, _ in runs],
+                        version=version,
+                    )
+                )
+            if env.tags is None:
+                needed = sorted(edges | {j for j, _ in self.direct})
+                self.tag_rows = {j: r for r, j in enumerate(needed)}
+                self.tag_buf = np.empty((len(needed), crypto.TAG_BYTES), np.uint8)
+                runs = _runs(needed)
+                spans = [env.tag_span(j0, j1 - j0 + 1) for j0, j1 in runs]
+                self.futures.append(
+                    inner.submit_ranges(
+                        key,
+                        [o for o, _ in spans],
+                        [n for _, n in spans],
+                        self.tag_buf,
+                        [crypto.TAG_BYTES * self.tag_rows[j0] for j0, _ in runs],
+                        version=version,
+                    )
+                )
+        except Exception as e:  # noqa: BLE001 - reported by finish(), after the reads already started
+            self.futures.append(_failed(e))
 
-    def finish(self, ref: BufferRef) -> np.ndarray:
-        """Wait for the records, open every segment (all before any byte lands in ``ref``), copy the ranges."""
-        if self.future is None:
-            return self.got
-        env, seg, where = self.env, self.env.segment_bytes, self.where
-        try:
-            self.future.result()
-        except ShortReadError as e:
-            raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
-        plain = np.empty(int(self.positions[-1]) - self.wanted.size * crypto.RECORD_OVERHEAD, np.uint8)
-        pos, at, plens, wanted = self.positions, self.plain_at, self.plens, self.wanted
-        for j in range(wanted.size):
-            env.open_segment(
-                int(wanted[j]), self.records[int(pos[j]) : int(pos[j + 1])], plain[int(at[j]) : int(at[j]) + int(plens[j])], where
-            )
+    def _tag(self, j: int) -> np.ndarray:
+        if self.tag_rows is None:
+            assert self.env.tags is not None
+            return self.env.tags[j]
+        assert self.tag_buf is not None
+        return self.tag_buf[self.tag_rows[j]]
+
+    def finish(self) -> np.ndarray:
+        """Wait for the reads, open every segment (all before an edge lands), copy the edges in."""
+        ref, env, where = self.ref, self.env, self.where
         dst = None if ref.is_cuda else np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
-        # A range's segments are consecutive in ``wanted`` (sorted, unique), so its plaintext is contiguous in ``plain``.
-        index = {int(w): j for j, w in enumerate(wanted)}
-        for i in self.live:
-            o, end, d = int(self.offs[i]), int(self.ends[i]), int(self.douts[i])
-            j = index[o // seg]
-            src = int(at[j]) + o - int(wanted[j]) * seg
+        try:
+            error: BaseException | None = None
+            for f in self.futures:  # every read is waited for: none may still write into the destination
+                try:
+                    f.result()
+                except BaseException as e:  # noqa: BLE001 - the first failure is raised below
+                    error = error or e
+            if isinstance(error, ShortReadError):
+                raise CorruptDataError(f"{where}: encrypted object truncated ({error})") from None
+            if error is not None:
+                raise error
+            if dst is not None:
+                view = memoryview(dst)
+                for j, at in self.direct:
+                    n = env.segment_plain(j)[1]
+                    env.open_segment(j, view[at : at + n], view[at : at + n], self._tag(j), where)
+            for j in self.scratch_segments:
+                at, n = self.scratch_at[j], env.segment_plain(j)[1]
+                part = self.scratch[at : at + n]
+                env.open_segment(j, part, part, self._tag(j), where)
+        except BaseException:
+            if dst is not None:
+                for o, e, d in self.ranges:
+                    dst[d : d + e - o] = 0
+            raise
+        seg = env.segment_bytes
+        for j, lo, hi, d in self.copies:
+            src = self.scratch_at[j] + lo - j * seg
             if dst is None:
-                land_bytes(ref, d, plain[src : src + end - o])  # a CUDA destination: the io copy, on this thread's stream
+                land_bytes(ref, d, self.scratch[src : src + hi - lo])  # a CUDA destination: the io copy, on this thread's stream
             else:
-                dst[d : d + end - o] = plain[src : src + end - o]
+                dst[d : d + hi - lo] = self.scratch[src : src + hi - lo]
         return self.got
+
+
+def _runs(sorted_ints: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive integers in a sorted list, as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for j in sorted_ints:
+        if runs and runs[-1][1] == j - 1:
+            runs[-1] = (runs[-1][0], j)
+        else:
+            runs.append((j, j))
+    return runs
+
+
+def _head_nbytes(env: crypto.Envelope | None) -> int:
+    return 0 if env is None or env.tags is None else int(env.tags.nbytes)
 
 
 def _failed(e: BaseException) -> Any:

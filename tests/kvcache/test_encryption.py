@@ -120,9 +120,9 @@ def test_flipped_or_truncated_chunk_is_a_counted_miss(kvstore: Callable[..., KVC
     writer = _stored(kvstore, tmp_path, keys)
     path = _chunk_files(writer)[2]
     data = bytearray(path.read_bytes())
-    first = crypto.HEADER_BYTES
-    body = crypto.sealed_size(writer.layout.nbytes, SEGMENT_BYTES) - crypto.HEADER_BYTES  # one segment here
-    pos = {"tag": first + body - 1, "nonce": first, "ciphertext": first + 100, "header": 40}.get(damage)
+    base = crypto.data_offset(writer.layout.nbytes, SEGMENT_BYTES)
+    # the first tag; the header's nonce base (bytes 80-92); a ciphertext byte; the wrapped data key
+    pos = {"tag": crypto.HEADER_BYTES + 3, "nonce": 85, "ciphertext": base + 100, "header": 40}.get(damage)
     if pos is None:
         data = data[: len(data) // 2]
     else:
