@@ -15,6 +15,7 @@ run on the plaintext.
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Sealing:
     executor: Executor
     threads: int  # the executor's workers (reads and opens in flight at once)
     writers: int  # threads that seal (disk and shared tier writers)
+    cores: threading.Semaphore  # chunks sealed at once: one per core
 
     def name(self, key: bytes) -> bytes:
         return f"{self.namespace}/{key.hex()}".encode()
@@ -73,9 +75,14 @@ class Sealing:
         self.pool.reserve(self.nbytes, min(jobs, at_once))
 
     def seal(self, key: bytes, plain: Buffer) -> Buffer:
-        """A pool buffer holding chunk ``key`` sealed (the caller returns it with ``pool.put``)."""
+        """A pool buffer holding chunk ``key`` sealed (the caller returns it with ``pool.put``).
+
+        At most one chunk per core is sealed at a time: the writers that wait write the chunks
+        already sealed meanwhile (eight chunks sealed at once on two cores all finished together,
+        and the disk then had the writes of all eight and nothing to overlap them with)."""
         out = self.pool.get(self.nbytes)
-        n = crypto.seal_into(plain.array, out.array, self.name(key), self.keys, SEGMENT_BYTES)
+        with self.cores:
+            n = crypto.seal_into(plain.array, out.array, self.name(key), self.keys, SEGMENT_BYTES)
         out.array[n:] = 0
         return out
 

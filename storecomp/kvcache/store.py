@@ -217,6 +217,7 @@ class KVCacheStore:
                 ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-open"),
                 workers,
                 sealers,
+                threading.BoundedSemaphore(max(1, len(os.sched_getaffinity(0)))),
             )
             if keys is not None
             else None
