@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -148,6 +150,27 @@ def bench_loader_cold(size: int, duration: float, repeats: int, directory: Path,
     }
 
 
+def _machine() -> str:
+    """CPU model and the cores this process may use (the figures depend on AES-NI and on sharing)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {platform.system()} {platform.release()}"
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="toy sizes (seconds): the smoke run")
@@ -172,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         chunk_tokens, chunks, repeats, loader_bytes, duration = 256, a.chunks, a.repeats, a.loader_bytes, a.duration
     directory = Path(a.dir or tempfile.mkdtemp(prefix="sc-bench-crypto-", dir="/var/tmp"))
     directory.mkdir(parents=True, exist_ok=True)
-    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_start": os.getloadavg()}
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": _machine(),
+        "commit": _commit(),
+        "loadavg_start": os.getloadavg(),
+    }
     try:
         res["kv_disk"] = bench_kv_disk(fp, chunk_tokens, chunks, repeats, directory)
         res["loader_cold"] = bench_loader_cold(loader_bytes, duration, repeats, directory, a.segment_bytes)
