@@ -10,18 +10,21 @@ DataLoader like any other store. Plaintext never reaches the inner store.
 * Writes seal the object on the writer's thread (one data key per object,
   wrapped by the provider's current key) and publish it whole through the
   inner store (put, put_if_absent and compare_and_swap keep their meaning).
-* Reads (``submit_ranges``, through the Store template) return at once; a
-  worker thread fetches the header (cached per key) and the segments covering
-  the ranges, all of one version of the object, opens them (every tag
-  checked) and lands the bytes in the destination (host memory, or a CUDA
-  tensor through ``storecomp.io.land_bytes``). A failed tag is a
-  ``CorruptDataError`` (``WrongKeyError`` for a key problem); no byte lands
-  in the destination unless every segment the call needs authenticates. Every read of one
-  call (header and segments) is pinned to one version of the object: the caller's
-  ``version``, else the cached header's or a fresh ``stat``'s; when an unpinned read finds
-  that version replaced, it restarts from a fresh ``stat`` (a few times, then
-  ``VersionChangedError``, as every Store), so a concurrent replace never reads as a
-  failed tag.
+* Reads (``submit_ranges``, through the Store template) return at once. The
+  ciphertext sits at the plaintext's offsets (shifted by the aligned head), so
+  the segments wholly inside a range are read straight into the destination,
+  with the plaintext read's own I/O, and a worker thread decrypts them there,
+  in place; the segments at a range's edges (every segment, for a CUDA
+  destination, landed through ``storecomp.io.land_bytes``) go through a host
+  scratch buffer. Every tag is checked before an edge lands; a failed tag is a
+  ``CorruptDataError`` (``WrongKeyError`` for a key problem) and leaves zeros in
+  the destination ranges, never an unauthenticated byte. Headers and their tag
+  tables are cached per (key, version).
+* Every read of one call (header, tags and segments) is pinned to one version
+  of the object: the caller's ``version``, else the cached header's or a fresh
+  ``stat``'s; when an unpinned read finds that version replaced, it restarts
+  from a fresh ``stat`` (a few times, then ``VersionChangedError``, as every
+  Store), so a concurrent replace never reads as a failed tag.
 * Sizes are the plaintext's: ``stat`` reads them from the header (of the version it
   reports), ``list`` computes them from the sealed size and this store's
   ``segment_bytes`` (with ``allow_plaintext``: from each object's header).
