@@ -294,9 +294,16 @@ _CIPHERS: dict[bytes, Any] = {}
 _CIPHERS_LOCK = threading.Lock()
 
 
-def _aes(key: bytes) -> Any:
-    """The AES algorithm object of ``key`` (made once per key; OpenSSL's key schedule is per call)."""
-    return require("cryptography.hazmat.primitives.ciphers.algorithms", "encryption").AES(key)
+_GCM_API: tuple[Any, Any, Any] | None = None
+
+
+def _gcm_api() -> tuple[Any, Any, Any]:
+    """``cryptography``'s (Cipher, AES, GCM), imported once (a segment is opened in microseconds)."""
+    global _GCM_API
+    if _GCM_API is None:
+        ciphers = require("cryptography.hazmat.primitives.ciphers", "encryption")
+        _GCM_API = (ciphers.Cipher, ciphers.algorithms.AES, ciphers.modes.GCM)
+    return _GCM_API
 
 
 def _aesgcm(key: bytes) -> Any:
@@ -314,11 +321,22 @@ def _aesgcm(key: bytes) -> Any:
 class Envelope:
     """A sealed object's header, its data key unwrapped: enough to open any segment.
 
-    ``tags`` is the tag table (segments x 16 bytes) when it was read with the
-    header, else None (the caller reads the tags a read needs, :meth:`tag_span`).
+    ``tags`` is the tag table (16 bytes per segment; :meth:`tag`) when it was read
+    with the header, else None (the caller reads the tags a read needs, :meth:`tag_span`).
     """
 
-    __slots__ = ("name", "key_id", "plaintext_bytes", "segment_bytes", "segments", "data_offset", "tags", "_nonce", "_aes")
+    __slots__ = (
+        "name",
+        "key_id",
+        "plaintext_bytes",
+        "segment_bytes",
+        "segments",
+        "data_offset",
+        "tags",
+        "_nonce",
+        "_aes",
+        "_aad0",
+    )
 
     def __init__(
         self, name: bytes, key_id: str, plaintext_bytes: int, segment_bytes: int, nonce_base: bytes, data_key: bytes
@@ -327,9 +345,10 @@ class Envelope:
         self.plaintext_bytes, self.segment_bytes = plaintext_bytes, segment_bytes
         self.segments = segment_count(plaintext_bytes, segment_bytes)
         self.data_offset = data_offset(plaintext_bytes, segment_bytes)
-        self.tags: np.ndarray | None = None
+        self.tags: bytes | None = None
         self._nonce = (nonce_base[:4], int.from_bytes(nonce_base[4:], "little"))
-        self._aes = _aes(data_key)
+        self._aes = _gcm_api()[1](data_key)
+        self._aad0 = _SEG_DOMAIN + name + b"\x00"
 
     def __repr__(self) -> str:
         return f"Envelope({self.name!r}, key_id={self.key_id!r}, {self.plaintext_bytes} bytes)"
@@ -352,7 +371,12 @@ class Envelope:
             raise CorruptDataError(f"{where}: encrypted header truncated ({len(view)} of {self.data_offset} bytes)")
         if any(view[table_end : self.data_offset]):
             raise CorruptDataError(f"{where}: encrypted header damaged (non-zero padding after the tag table)")
-        self.tags = np.frombuffer(view[HEADER_BYTES:table_end], np.uint8).reshape(self.segments, TAG_BYTES).copy()
+        self.tags = bytes(view[HEADER_BYTES:table_end])
+
+    def tag(self, i: int) -> bytes:
+        """Segment ``i``'s tag from the table (which must be loaded)."""
+        assert self.tags is not None
+        return self.tags[TAG_BYTES * i : TAG_BYTES * (i + 1)]
 
     def tag_span(self, first: int, count: int = 1) -> tuple[int, int]:
         """(offset, length) in the sealed object of the tags of segments ``first .. first + count - 1``."""
@@ -360,29 +384,27 @@ class Envelope:
 
     def _gcm(self, i: int, tag: bytes | None) -> Any:
         salt, base = self._nonce
-        nonce = salt + ((base ^ i) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
-        ciphers = require("cryptography.hazmat.primitives.ciphers", "encryption")
-        return ciphers.Cipher(self._aes, ciphers.modes.GCM(nonce, tag))
+        cipher, _, gcm = _gcm_api()
+        return cipher(self._aes, gcm(salt + ((base ^ i) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little"), tag))
 
     def _aad(self, i: int) -> bytes:
-        return _SEG_DOMAIN + self.name + b"\x00" + _SEG_AAD.pack(i, self.segments)
+        return self._aad0 + _SEG_AAD.pack(i, self.segments)
 
     def open_segment(self, i: int, data: Any, out: Any, tag: Any, where: str) -> None:
-        """Decrypt segment ``i``'s ciphertext ``data`` into ``out`` (exactly its plaintext length;
-        ``out`` may be ``data`` itself: in place) and check it against ``tag`` (16 bytes).
+        """Decrypt segment ``i``'s ciphertext ``data`` into ``out`` (1-D byte buffers of exactly its
+        plaintext length; ``out`` may be ``data`` itself: in place) and check it against ``tag`` (16 bytes).
 
         Raises CorruptDataError naming ``where`` when the tag fails (tampered, moved, truncated,
         or sealed under another data key); ``out`` then holds unauthenticated bytes the caller
         must not use (it clears them)."""
-        src, dst = memoryview(data).cast("B"), memoryview(out).cast("B")
-        _, n = self.segment_plain(i)
-        if len(src) != n or len(dst) != n:
-            raise CorruptDataError(f"{where}: encrypted segment {i} truncated ({len(src)} of {n} bytes)")
+        n = min(self.segment_bytes, self.plaintext_bytes - i * self.segment_bytes)
+        if len(data) != n or len(out) != n:
+            raise CorruptDataError(f"{where}: encrypted segment {i} truncated ({len(data)} of {n} bytes)")
         try:
-            d = self._gcm(i, bytes(tag)).decryptor()
+            d = self._gcm(i, tag).decryptor()
             d.authenticate_additional_data(self._aad(i))
             if n:
-                d.update_into(src, dst)
+                d.update_into(data, out)
             d.finalize()
         except Exception as e:  # InvalidTag: the only failure of an authentic key
             if type(e).__name__ != "InvalidTag":
@@ -393,7 +415,7 @@ class Envelope:
         """Encrypt segment ``i`` of ``plain`` into ``out`` (the same length); returns its 16-byte tag."""
         e = self._gcm(i, None).encryptor()
         e.authenticate_additional_data(self._aad(i))
-        if len(memoryview(plain).cast("B")):
+        if len(plain):
             e.update_into(plain, out)
         e.finalize()
         return bytes(e.tag)
@@ -512,7 +534,7 @@ def unseal_into(sealed: Any, out: np.ndarray, name: bytes, keys: KeyProvider, wh
     try:
         for i in range(env.segments):
             off, n = env.segment_plain(i)
-            env.open_segment(i, src[base + off : base + off + n], dst[off : off + n], env.tags[i], where)
+            env.open_segment(i, src[base + off : base + off + n], dst[off : off + n], env.tag(i), where)
     except CorruptDataError:
         out.reshape(-1)[: env.plaintext_bytes] = 0
         raise

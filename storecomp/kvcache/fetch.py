@@ -119,7 +119,7 @@ class Sealing:
                 if len(futures) > 1 and i % GROUP_SEGMENTS == 0:
                     futures[1 + i // GROUP_SEGMENTS].result()
                 off, n = env.segment_plain(i)
-                env.open_segment(i, src[base + off : base + off + n], out[off : off + n], env.tags[i], where)
+                env.open_segment(i, src[base + off : base + off + n], out[off : off + n], env.tag(i), where)
         finally:
             for f in reads.futures:  # none may still write into the sealed buffer once it is back in the pool
                 try:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,7 +58,7 @@ from ..errors import (
     VersionChangedError,
 )
 from ..io import BufferRef, land_bytes
-from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, WrapperStore
+from .base import VERSION_RETRIES, Capabilities, ExactRanges, Listing, ObjectInfo, Store, WrapperStore
 from .futures import PendingRanges
 from .keys import payload_view, validate_key
 
@@ -97,6 +98,8 @@ class EncryptedStore(WrapperStore):
         self.allow_plaintext = allow_plaintext
         self._threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="storecomp-decrypt")
+        openers = max(1, min(4, self._threads, len(os.sched_getaffinity(0)) // 2))
+        self._openers = ThreadPoolExecutor(openers, thread_name_prefix="storecomp-open")
         # key -> (version, its opened header; None for an allowed plaintext object)
         self._headers: collections.OrderedDict[str, tuple[str, crypto.Envelope | None]] = collections.OrderedDict()
         self._head_bytes = 0
@@ -189,13 +192,19 @@ class EncryptedStore(WrapperStore):
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> PendingRanges:
         """Every read of the call (header and segments) is pinned to one version: ``version`` when
-        given, else the cached header's (checked by the inner store) or a fresh ``stat``'s."""
+        given, else the cached header's (checked by the inner store) or a fresh ``stat``'s.
+
+        Header known: the segment reads start now, on this thread (the inner store's own
+        concurrency), and an opener thread (one per two cores, at most four) opens the segments
+        of the calls in order as they land: few threads, so that a burst of calls (a DataLoader
+        batch touches every shard) wakes one thread once, not one thread per call, and the AES
+        work stays off the caller's thread. Else a worker reads the header first, then the segments."""
         hit = self._cached(key)
         if hit is not None and hit[1] is not None and (version is None or hit[0] == version):
             # Header known: the segment reads start now (the inner store's own concurrency); a worker
             # thread waits for them and opens the segments.
             plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref)
-            return PendingRanges(self._pool.submit(self._finish, plan, version is None), ref)
+            return PendingRanges(self._openers.submit(self._finish, plan, version is None), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
 
     def _finish(self, plan: _Plan, restart: bool) -> np.ndarray:
@@ -337,6 +346,7 @@ class EncryptedStore(WrapperStore):
         self.inner.delete(key)
 
     def close(self) -> None:
+        self._openers.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.inner.close()
 
@@ -367,10 +377,15 @@ class _Plan:
         self.key, self.env, self.offs, self.lens, self.douts, self.version, self.ref = key, env, offs, lens, douts, version, ref
         self.where = store._where(key)
         size, seg, base = env.plaintext_bytes, env.segment_bytes, env.data_offset
-        ends = np.minimum(offs + lens, size)
-        self.got = np.where(ends > offs, ends - offs, 0).astype(np.uint64)
-        live = np.flatnonzero(self.got > 0)
-        self.ranges = [(int(o), int(e), int(d)) for o, e, d in zip(offs[live], ends[live], douts[live], strict=True)]
+        # Plain Python ints from here: a call has a handful of ranges, and numpy costs microseconds per operation.
+        got = []
+        self.ranges: list[tuple[int, int, int]] = []  # live ranges: (plaintext from, to, destination offset)
+        for o, n, d in zip(offs.tolist(), lens.tolist(), douts.tolist(), strict=True):
+            e = min(o + n, size)
+            got.append(max(0, e - o))
+            if e > o:
+                self.ranges.append((o, e, d))
+        self.got = np.array(got, np.uint64)
         self.direct: list[tuple[int, int]] = []  # (segment, its offset in the destination): decrypted in place
         self.copies: list[tuple[int, int, int, int]] = []  # (segment, plaintext from, to, destination offset)
         direct_reads: list[tuple[int, int, int]] = []
@@ -404,8 +419,9 @@ class _Plan:
         inner = store.inner
         try:
             if direct_reads:
+                # Inside the caller's ranges, which the Store template checked: the backend's part directly.
                 o_, n_, d_ = (np.array(x, np.uint64) for x in zip(*direct_reads, strict=True))
-                self.futures.append(inner.submit_ranges(key, o_, n_, ref, d_, version=version))
+                self.futures.append(ExactRanges(inner._submit_ranges(key, o_, n_, ref, d_, version), self.where, o_, n_))
             if self.scratch_segments:
                 runs = _runs(self.scratch_segments)
                 self.futures.append(
@@ -437,13 +453,6 @@ class _Plan:
         except Exception as e:  # noqa: BLE001 - reported by finish(), after the reads already started
             self.futures.append(_failed(e))
 
-    def _tag(self, j: int) -> np.ndarray:
-        if self.tag_rows is None:
-            assert self.env.tags is not None
-            return self.env.tags[j]
-        assert self.tag_buf is not None
-        return self.tag_buf[self.tag_rows[j]]
-
     def finish(self) -> np.ndarray:
         """Wait for the reads, open every segment (all before an edge lands), copy the edges in."""
         ref, env, where = self.ref, self.env, self.where
@@ -459,15 +468,22 @@ class _Plan:
                 raise CorruptDataError(f"{where}: encrypted object truncated ({error})") from None
             if error is not None:
                 raise error
+            if self.tag_rows is None:
+                tag = env.tag
+            else:
+                assert self.tag_buf is not None
+                table, rows = self.tag_buf.tobytes(), self.tag_rows
+                tag = lambda j: table[crypto.TAG_BYTES * rows[j] : crypto.TAG_BYTES * (rows[j] + 1)]  # noqa: E731
+            seg, size, opener = env.segment_bytes, env.plaintext_bytes, env.open_segment
             if dst is not None:
                 view = memoryview(dst)
                 for j, at in self.direct:
-                    n = env.segment_plain(j)[1]
-                    env.open_segment(j, view[at : at + n], view[at : at + n], self._tag(j), where)
+                    part = view[at : at + min(seg, size - j * seg)]
+                    opener(j, part, part, tag(j), where)
             for j in self.scratch_segments:
-                at, n = self.scratch_at[j], env.segment_plain(j)[1]
-                part = self.scratch[at : at + n]
-                env.open_segment(j, part, part, self._tag(j), where)
+                at = self.scratch_at[j]
+                part = self.scratch[at : at + min(seg, size - j * seg)]
+                opener(j, part, part, tag(j), where)
         except BaseException:
             if dst is not None:
                 for o, e, d in self.ranges:
@@ -495,7 +511,7 @@ def _runs(sorted_ints: list[int]) -> list[tuple[int, int]]:
 
 
 def _head_nbytes(env: crypto.Envelope | None) -> int:
-    return 0 if env is None or env.tags is None else int(env.tags.nbytes)
+    return 0 if env is None or env.tags is None else len(env.tags)
 
 
 def _failed(e: BaseException) -> Any:
