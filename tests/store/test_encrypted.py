@@ -322,3 +322,24 @@ def test_datasets_read_through_an_encrypted_store_and_its_cache(tmp_path: Path) 
     with pytest.raises(InvalidArgumentError, match="inside the encryption"):
         CachedStore(sealed, tmp_path / "cache2", 1 << 20)  # would hold plaintext
     sealed.close()
+
+
+@pytest.mark.gpu
+def test_reads_into_a_cuda_tensor(tmp_path: Path) -> None:
+    """A CUDA destination gets the plaintext through host scratch (whole segments and edges);
+    a failed tag leaves nothing of the object in it."""
+    import torch
+
+    store = EncryptedStore(LocalStore(tmp_path / "o"), _keys(("k1", KEY1)), segment_bytes=4096)
+    store.put("a", DATA)
+    offs, lens = [0, 4096 + 7, len(DATA) - 100], [2 * 4096, 5000, 100]
+    dst = torch.zeros(sum(lens), dtype=torch.uint8, device="cuda")
+    assert store.read_ranges("a", offs, lens, dst, np.cumsum([0] + lens[:-1])).tolist() == lens
+    assert dst.cpu().numpy().tobytes() == b"".join(DATA[o : o + n] for o, n in zip(offs, lens, strict=True))
+    wrong = EncryptedStore(LocalStore(tmp_path / "o"), _keys(("k1", KEY2)))
+    dst.zero_()
+    with pytest.raises(CorruptDataError):
+        wrong.read_ranges("a", [0], [4096], dst, [0])
+    assert not bool(dst.any())
+    store.close()
+    wrong.close()
