@@ -130,12 +130,16 @@ def bench_loader_cold(size: int, duration: float, repeats: int, directory: Path,
     for info in plain_store.list(""):
         sealed.put(info.key, plain_store.get(info.key))
     runs: dict[str, list[float]] = {"plain": [], "encrypted": []}
+    cpu: dict[str, list[float]] = {"plain": [], "encrypted": []}
     for rep in range(repeats):
         for mode in ("plain", "encrypted") if rep % 2 == 0 else ("encrypted", "plain"):
             _evict(plain_dir if mode == "plain" else sealed_dir)
             store = plain_store if mode == "plain" else sealed
+            c0 = time.process_time()
             res = run_storecomp(open_dataset(store), duration)
             runs[mode].append(float(res["samples_per_s"]))
+            # This process's CPU (every thread) per sample: what the encryption costs, whatever the load.
+            cpu[mode].append((time.process_time() - c0) / max(1.0, res["samples_per_s"] * res["seconds"]) * 1e6)
     sealed.close()
     plain_store.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -145,6 +149,7 @@ def bench_loader_cold(size: int, duration: float, repeats: int, directory: Path,
         "segment_bytes": segment_bytes,
         "samples_per_s": med,
         "runs": runs,
+        "cpu_us_per_sample": {k: statistics.median(v) for k, v in cpu.items()},
         "ratio": med["encrypted"] / med["plain"],
         "target": LOADER_TARGET,
     }
