@@ -280,7 +280,7 @@ def is_sealed(head: bytes | np.ndarray | memoryview) -> bool:
     return bytes(head[:4]) == MAGIC
 
 
-def peek_plaintext_size(head: bytes | np.ndarray | memoryview) -> int | None:
+def peek_plaintext_size(head: Any) -> int | None:
     """The plaintext size a sealed header declares (None: not a sealed header of this format).
     No key is needed and nothing is authenticated: for listings; reads check it with the data key."""
     raw = bytes(memoryview(head).cast("B")[:HEADER_BYTES])

@@ -41,7 +41,7 @@ import collections
 import ctypes
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -65,6 +65,7 @@ from .keys import payload_view, validate_key
 _HEADER_CACHE = 4096  # objects whose headers are kept
 _HEADER_CACHE_BYTES = 64 << 20  # and the most bytes of tag tables kept with them
 _MAX_CACHED_HEAD = 1 << 20  # a larger tag table (a 4 GiB object in 64 KiB segments) is read per call, in part
+_Infos = list[ObjectInfo]  # (the class's own ``list`` method hides the builtin in its body)
 _LIST_BATCH = 256  # listed objects whose headers are read at once (allow_plaintext)
 
 
@@ -298,7 +299,7 @@ class EncryptedStore(WrapperStore):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Objects under ``prefix`` with their plaintext sizes (see :meth:`_listed`)."""
-        batch: list[ObjectInfo] = []
+        batch: _Infos = []
         for info in self.inner.list(prefix):
             batch.append(info)
             if len(batch) == _LIST_BATCH:
@@ -311,7 +312,7 @@ class EncryptedStore(WrapperStore):
         inner = self.inner.list_dir(prefix)
         return Listing(self._listed(inner.objects), inner.prefixes, inner.skipped)
 
-    def _listed(self, infos: list[ObjectInfo]) -> list[ObjectInfo]:
+    def _listed(self, infos: _Infos) -> _Infos:
         """Listed objects with their plaintext sizes. Sealed objects only: from the sealed size and
         this store's ``segment_bytes``, no read. With ``allow_plaintext`` (sealed and plaintext objects
         side by side), each object's header says which it is: read pinned to the listed version (a
@@ -468,6 +469,7 @@ class _Plan:
                 raise CorruptDataError(f"{where}: encrypted object truncated ({error})") from None
             if error is not None:
                 raise error
+            tag: Callable[[int], bytes]
             if self.tag_rows is None:
                 tag = env.tag
             else:
@@ -476,18 +478,18 @@ class _Plan:
                 tag = lambda j: table[crypto.TAG_BYTES * rows[j] : crypto.TAG_BYTES * (rows[j] + 1)]  # noqa: E731
             seg, size, opener = env.segment_bytes, env.plaintext_bytes, env.open_segment
             if dst is not None:
-                view = memoryview(dst)
+                view = dst.data
                 for j, at in self.direct:
-                    part = view[at : at + min(seg, size - j * seg)]
-                    opener(j, part, part, tag(j), where)
+                    seg_view = view[at : at + min(seg, size - j * seg)]
+                    opener(j, seg_view, seg_view, tag(j), where)
             for j in self.scratch_segments:
                 at = self.scratch_at[j]
                 part = self.scratch[at : at + min(seg, size - j * seg)]
                 opener(j, part, part, tag(j), where)
         except BaseException:
             if dst is not None:
-                for o, e, d in self.ranges:
-                    dst[d : d + e - o] = 0
+                for lo, hi, d in self.ranges:
+                    dst[d : d + hi - lo] = 0
             raise
         seg = env.segment_bytes
         for j, lo, hi, d in self.copies:
