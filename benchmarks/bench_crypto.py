@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -118,12 +120,16 @@ def bench_loader_cold(size: int, duration: float, repeats: int, directory: Path,
     for info in plain_store.list(""):
         sealed.put(info.key, plain_store.get(info.key))
     runs: dict[str, list[float]] = {"plain": [], "encrypted": []}
+    cpu: dict[str, list[float]] = {"plain": [], "encrypted": []}
     for rep in range(repeats):
         for mode in ("plain", "encrypted") if rep % 2 == 0 else ("encrypted", "plain"):
             evict_tree(plain_dir if mode == "plain" else sealed_dir)
             store = plain_store if mode == "plain" else sealed
+            c0 = time.process_time()
             res = run_storecomp(open_dataset(store), duration)
             runs[mode].append(float(res["samples_per_s"]))
+            # This process's CPU (every thread) per sample: what the encryption costs, whatever the load.
+            cpu[mode].append((time.process_time() - c0) / max(1.0, res["samples_per_s"] * res["seconds"]) * 1e6)
     sealed.close()
     plain_store.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -133,9 +139,31 @@ def bench_loader_cold(size: int, duration: float, repeats: int, directory: Path,
         "segment_bytes": segment_bytes,
         "samples_per_s": med,
         "runs": runs,
+        "cpu_us_per_sample": {k: statistics.median(v) for k, v in cpu.items()},
         "ratio": med["encrypted"] / med["plain"],
         "target": LOADER_TARGET,
     }
+
+
+def _machine() -> str:
+    """CPU model and the cores this process may use (the figures depend on AES-NI and on sharing)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {platform.system()} {platform.release()}"
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         chunk_tokens, chunks, repeats, loader_bytes, duration = 256, a.chunks, a.repeats, a.loader_bytes, a.duration
     directory = Path(a.dir or tempfile.mkdtemp(prefix="sc-bench-crypto-", dir="/var/tmp"))
     directory.mkdir(parents=True, exist_ok=True)
-    res: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loadavg_start": os.getloadavg()}
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": _machine(),
+        "commit": _commit(),
+        "loadavg_start": os.getloadavg(),
+    }
     try:
         res["kv_disk"] = bench_kv_disk(fp, chunk_tokens, chunks, repeats, directory)
         res["loader_cold"] = bench_loader_cold(loader_bytes, duration, repeats, directory, a.segment_bytes)

@@ -2,26 +2,35 @@
 
 Every sealed object gets its own random 256-bit *data key*, wrapped (AES-GCM)
 by the tenant's *key-encryption key* from a :class:`KeyProvider`. The object
-is cut into segments of ``SEGMENT_BYTES``; each segment has its own random
-nonce and tag, and its associated data binds the object's name, the segment
-index and the segment count, so a segment moved to another object or index,
-a flipped tag or nonce, or a truncated object fails its tag: a
-``CorruptDataError``, never bytes. The wrapped data key is bound to the
-name, sizes and key id, so a whole object moved to another name fails too.
-Rotation (:func:`rewrap`) re-wraps the data key under the provider's current
-key and leaves every segment as it is; old objects stay readable while the
-provider still holds the key that wrapped them.
+is cut into segments of ``SEGMENT_BYTES``; each segment has its own nonce
+(the object's random nonce base XOR the segment index: unique under its
+object's own data key) and its own tag, and its associated data binds the
+object's name, the segment index and the segment count, so a segment moved
+to another object or index, a flipped tag or nonce, or a truncated object
+fails its tag: a ``CorruptDataError``, never bytes. The wrapped data key is
+bound to the name, sizes and key id, so a whole object moved to another name
+fails too. Rotation (:func:`rewrap`) re-wraps the data key under the
+provider's current key and leaves every segment as it is; old objects stay
+readable while the provider still holds the key that wrapped them.
 
-Layout (little-endian)::
+Layout (little-endian; format version 2)::
 
-    [0, 256)        header: magic b"SCEN", version u16, key-id length u8, 0 u8,
-                    segment bytes u32, plaintext bytes u64, wrap nonce 12s,
-                    wrapped data key 48s (32 + tag), key id (<= 64 bytes), zero padding
-    then per segment i:  nonce 12s | ciphertext (segment bytes, the last one shorter) | tag 16s
+    [0, 256)            header: magic b"SCEN", version u16, key-id length u8, 0 u8,
+                        segment bytes u32, plaintext bytes u64, wrap nonce 12s,
+                        wrapped data key 48s (32 + tag), nonce base 12s,
+                        key id (<= 64 bytes), zero padding
+    [256, 256 + 16 S)   the tag table: segment i's 16-byte GCM tag at 256 + 16 i
+    zero padding to D, the data offset (a multiple of 4096)
+    [D, D + P)          the ciphertext: plaintext byte p at D + p (GCM keeps lengths)
 
-The AES work uses the ``cryptography`` package (OpenSSL, AES-NI); nothing
-here is a hand-written cipher. Key material never appears in a message or
-``repr``.
+The ciphertext sits at the plaintext's own offsets (shifted by D, aligned),
+so a read lands it straight in the caller's buffer with the same I/O as a
+plaintext read, and decrypts it there. Version 1 (per-segment records with
+their nonces and tags inline) is not read.
+
+The AES work uses the ``cryptography`` package (OpenSSL, AES-NI: its GCM
+mode, with the tag kept apart from the ciphertext); nothing here is a
+hand-written cipher. Key material never appears in a message or ``repr``.
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -44,16 +52,16 @@ from .errors import ConfigError, CorruptDataError, InvalidArgumentError, WrongKe
 from .optional import require
 
 MAGIC = b"SCEN"
-VERSION = 1
+VERSION = 2
 HEADER_BYTES = 256
+ALIGN = 4096  # the data offset's alignment (O_DIRECT)
 SEGMENT_BYTES = 64 << 10
 NONCE_BYTES = 12
 TAG_BYTES = 16
-RECORD_OVERHEAD = NONCE_BYTES + TAG_BYTES
 KEY_BYTES = 32
 MAX_KEY_ID = 64
-_FIXED = struct.Struct("<4sHBBIQ12s48s")
-_PREFIX = struct.calcsize("<4sHBBIQ")  # the header bytes before the wrap nonce
+_FIXED = struct.Struct("<4sHBBIQ12s48s12s")
+_PREFIX = struct.Struct("<4sHBBIQ")  # the header bytes before the wrap nonce (bound into the wrap)
 _SEG_AAD = struct.Struct("<QQ")
 _WRAP_DOMAIN = b"storecomp-wrap\x00"
 _SEG_DOMAIN = b"storecomp-seg\x00"
@@ -61,11 +69,6 @@ _SEG_DOMAIN = b"storecomp-seg\x00"
 #: Environment variables (read in :mod:`storecomp.config`) for ``encryption="env"`` / ``"file"``.
 ENV_KEYS = config.ENV_ENCRYPTION_KEYS
 ENV_KEY_FILE = config.ENV_ENCRYPTION_KEY_FILE
-
-
-def _aesgcm(key: bytes) -> Any:
-    AESGCM = require("cryptography.hazmat.primitives.ciphers.aead", "encryption").AESGCM
-    return AESGCM(key)
 
 
 # ---------------------------------------------------------------- key providers
@@ -239,22 +242,37 @@ def key_provider(spec: KeyProvider | str | None, environ: Mapping[str, str] | No
 # ---------------------------------------------------------------- the sealed format
 
 
+def _round_up(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def segment_count(plaintext_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int:
+    """Segments of an object of ``plaintext_bytes`` (an empty object has one, of 0 bytes)."""
+    return max(1, -(-plaintext_bytes // segment_bytes))
+
+
+def data_offset(plaintext_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int:
+    """Where the ciphertext starts in the sealed object: after the header and the tag table, on a 4096-byte boundary."""
+    return _round_up(HEADER_BYTES + TAG_BYTES * segment_count(plaintext_bytes, segment_bytes), ALIGN)
+
+
 def sealed_size(plaintext_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int:
     """Bytes of the sealed object holding ``plaintext_bytes``."""
-    segments = max(1, -(-plaintext_bytes // segment_bytes))
-    return HEADER_BYTES + plaintext_bytes + segments * RECORD_OVERHEAD
+    return data_offset(plaintext_bytes, segment_bytes) + plaintext_bytes
 
 
 def plaintext_size(sealed_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int:
     """Inverse of :func:`sealed_size` (-1 when no plaintext size gives ``sealed_bytes``)."""
-    body = sealed_bytes - HEADER_BYTES
-    if body < RECORD_OVERHEAD:
-        return -1
-    full = body // (segment_bytes + RECORD_OVERHEAD)
-    rest = body - full * (segment_bytes + RECORD_OVERHEAD)
-    if rest == 0:
-        return full * segment_bytes if full else -1
-    return full * segment_bytes + rest - RECORD_OVERHEAD if rest >= RECORD_OVERHEAD else -1
+    head = ALIGN
+    while head <= sealed_bytes:  # the head only grows with the plaintext: the first fixed point is the one
+        n = sealed_bytes - head
+        need = data_offset(n, segment_bytes)
+        if need == head:
+            return n
+        if need < head:
+            return -1
+        head = need
+    return -1
 
 
 def is_sealed(head: bytes | np.ndarray | memoryview) -> bool:
@@ -262,101 +280,180 @@ def is_sealed(head: bytes | np.ndarray | memoryview) -> bool:
     return bytes(head[:4]) == MAGIC
 
 
-@dataclass
+def peek_plaintext_size(head: Any) -> int | None:
+    """The plaintext size a sealed header declares (None: not a sealed header of this format).
+    No key is needed and nothing is authenticated: for listings; reads check it with the data key."""
+    raw = bytes(memoryview(head).cast("B")[:HEADER_BYTES])
+    if len(raw) < HEADER_BYTES or raw[:4] != MAGIC:
+        return None
+    _, version, _, _, _, plaintext_bytes = _PREFIX.unpack_from(raw)
+    return int(plaintext_bytes) if version == VERSION else None
+
+
+_CIPHERS: dict[bytes, Any] = {}
+_CIPHERS_LOCK = threading.Lock()
+
+
+_GCM_API: tuple[Any, Any, Any] | None = None
+
+
+def _gcm_api() -> tuple[Any, Any, Any]:
+    """``cryptography``'s (Cipher, AES, GCM), imported once (a segment is opened in microseconds)."""
+    global _GCM_API
+    if _GCM_API is None:
+        ciphers = require("cryptography.hazmat.primitives.ciphers", "encryption")
+        _GCM_API = (ciphers.Cipher, ciphers.algorithms.AES, ciphers.modes.GCM)
+    return _GCM_API
+
+
+def _aesgcm(key: bytes) -> Any:
+    """An AESGCM object for a key-encryption key, cached per key (a few per process)."""
+    aead = _CIPHERS.get(key)
+    if aead is None:
+        aead = require("cryptography.hazmat.primitives.ciphers.aead", "encryption").AESGCM(key)
+        with _CIPHERS_LOCK:
+            if len(_CIPHERS) >= 64:
+                _CIPHERS.clear()
+            _CIPHERS[key] = aead
+    return aead
+
+
 class Envelope:
-    """A sealed object's header, its data key unwrapped: enough to open any segment."""
+    """A sealed object's header, its data key unwrapped: enough to open any segment.
 
-    name: bytes
-    key_id: str
-    plaintext_bytes: int
-    segment_bytes: int
-    aead: Any = None
+    ``tags`` is the tag table (16 bytes per segment; :meth:`tag`) when it was read
+    with the header, else None (the caller reads the tags a read needs, :meth:`tag_span`).
+    """
 
-    @property
-    def segments(self) -> int:
-        return max(1, -(-self.plaintext_bytes // self.segment_bytes))
+    __slots__ = (
+        "name",
+        "key_id",
+        "plaintext_bytes",
+        "segment_bytes",
+        "segments",
+        "data_offset",
+        "tags",
+        "_nonce",
+        "_aes",
+        "_aad0",
+    )
+
+    def __init__(
+        self, name: bytes, key_id: str, plaintext_bytes: int, segment_bytes: int, nonce_base: bytes, data_key: bytes
+    ) -> None:
+        self.name, self.key_id = name, key_id
+        self.plaintext_bytes, self.segment_bytes = plaintext_bytes, segment_bytes
+        self.segments = segment_count(plaintext_bytes, segment_bytes)
+        self.data_offset = data_offset(plaintext_bytes, segment_bytes)
+        self.tags: bytes | None = None
+        self._nonce = (nonce_base[:4], int.from_bytes(nonce_base[4:], "little"))
+        self._aes = _gcm_api()[1](data_key)
+        self._aad0 = _SEG_DOMAIN + name + b"\x00"
+
+    def __repr__(self) -> str:
+        return f"Envelope({self.name!r}, key_id={self.key_id!r}, {self.plaintext_bytes} bytes)"
 
     @property
     def sealed_bytes(self) -> int:
-        return sealed_size(self.plaintext_bytes, self.segment_bytes)
+        return self.data_offset + self.plaintext_bytes
 
     def segment_plain(self, i: int) -> tuple[int, int]:
-        """(offset, length) of segment ``i``'s plaintext."""
+        """(offset, length) of segment ``i``'s plaintext; its ciphertext is at ``data_offset + offset``."""
         off = i * self.segment_bytes
         return off, max(0, min(self.segment_bytes, self.plaintext_bytes - off))
 
-    def record_span(self, i: int) -> tuple[int, int]:
-        """(offset, length) of segment ``i``'s record (nonce, ciphertext, tag) in the sealed object."""
-        off, n = self.segment_plain(i)
-        return HEADER_BYTES + off + i * RECORD_OVERHEAD, n + RECORD_OVERHEAD
+    def load_tags(self, head: Any, where: str) -> None:
+        """Keep the tag table from ``head`` (the object's first :attr:`data_offset` bytes at least).
+        Raises CorruptDataError naming ``where`` when the padding after the table is not zero."""
+        view = memoryview(head).cast("B")
+        table_end = HEADER_BYTES + TAG_BYTES * self.segments
+        if len(view) < self.data_offset:
+            raise CorruptDataError(f"{where}: encrypted header truncated ({len(view)} of {self.data_offset} bytes)")
+        if any(view[table_end : self.data_offset]):
+            raise CorruptDataError(f"{where}: encrypted header damaged (non-zero padding after the tag table)")
+        self.tags = bytes(view[HEADER_BYTES:table_end])
+
+    def tag(self, i: int) -> bytes:
+        """Segment ``i``'s tag from the table (which must be loaded)."""
+        assert self.tags is not None
+        return self.tags[TAG_BYTES * i : TAG_BYTES * (i + 1)]
+
+    def tag_span(self, first: int, count: int = 1) -> tuple[int, int]:
+        """(offset, length) in the sealed object of the tags of segments ``first .. first + count - 1``."""
+        return HEADER_BYTES + TAG_BYTES * first, TAG_BYTES * count
+
+    def _gcm(self, i: int, tag: bytes | None) -> Any:
+        salt, base = self._nonce
+        cipher, _, gcm = _gcm_api()
+        return cipher(self._aes, gcm(salt + ((base ^ i) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little"), tag))
 
     def _aad(self, i: int) -> bytes:
-        return _SEG_DOMAIN + self.name + b"\x00" + _SEG_AAD.pack(i, self.segments)
+        return self._aad0 + _SEG_AAD.pack(i, self.segments)
 
-    def open_segment(self, i: int, record: Any, out: Any, where: str) -> None:
-        """Decrypt and authenticate segment ``i`` from ``record`` into ``out`` (exactly its plaintext length).
+    def open_segment(self, i: int, data: Any, out: Any, tag: Any, where: str) -> None:
+        """Decrypt segment ``i``'s ciphertext ``data`` into ``out`` (1-D byte buffers of exactly its
+        plaintext length; ``out`` may be ``data`` itself: in place) and check it against ``tag`` (16 bytes).
 
-        Raises CorruptDataError naming ``where`` when the tag fails (tampered,
-        moved, truncated, or sealed under another data key)."""
-        rec = memoryview(record).cast("B")
-        _, n = self.segment_plain(i)
-        if len(rec) != n + RECORD_OVERHEAD:
-            raise CorruptDataError(f"{where}: encrypted segment {i} truncated ({len(rec)} of {n + RECORD_OVERHEAD} bytes)")
-        nonce, body = bytes(rec[:NONCE_BYTES]), rec[NONCE_BYTES:]
+        Raises CorruptDataError naming ``where`` when the tag fails (tampered, moved, truncated,
+        or sealed under another data key); ``out`` then holds unauthenticated bytes the caller
+        must not use (it clears them)."""
+        n = min(self.segment_bytes, self.plaintext_bytes - i * self.segment_bytes)
+        if len(data) != n or len(out) != n:
+            raise CorruptDataError(f"{where}: encrypted segment {i} truncated ({len(data)} of {n} bytes)")
         try:
-            if hasattr(self.aead, "decrypt_into"):
-                self.aead.decrypt_into(nonce, body, self._aad(i), out)
-            else:  # cryptography < 46
-                memoryview(out).cast("B")[:n] = self.aead.decrypt(nonce, bytes(body), self._aad(i))
+            d = self._gcm(i, tag).decryptor()
+            d.authenticate_additional_data(self._aad(i))
+            if n:
+                d.update_into(data, out)
+            d.finalize()
         except Exception as e:  # InvalidTag: the only failure of an authentic key
             if type(e).__name__ != "InvalidTag":
                 raise
             raise CorruptDataError(f"{where}: encrypted segment {i} failed its authentication tag") from None
 
-    def seal_segment(self, i: int, plain: Any, record: Any) -> None:
-        """Encrypt segment ``i`` of ``plain`` into ``record`` (nonce, ciphertext, tag)."""
-        rec = memoryview(record).cast("B")
-        nonce = os.urandom(NONCE_BYTES)
-        rec[:NONCE_BYTES] = nonce
-        if hasattr(self.aead, "encrypt_into"):
-            self.aead.encrypt_into(nonce, plain, self._aad(i), rec[NONCE_BYTES:])
-        else:  # cryptography < 46
-            rec[NONCE_BYTES:] = self.aead.encrypt(nonce, bytes(plain), self._aad(i))
-
-
-def _header_prefix(key_id: bytes, segment_bytes: int, plaintext_bytes: int) -> bytes:
-    return MAGIC + struct.pack("<HBBIQ", VERSION, len(key_id), 0, segment_bytes, plaintext_bytes)
+    def seal_segment(self, i: int, plain: Any, out: Any) -> bytes:
+        """Encrypt segment ``i`` of ``plain`` into ``out`` (the same length); returns its 16-byte tag."""
+        e = self._gcm(i, None).encryptor()
+        e.authenticate_additional_data(self._aad(i))
+        if len(plain):
+            e.update_into(plain, out)
+        e.finalize()
+        return bytes(e.tag)
 
 
 def _wrap_aad(prefix: bytes, key_id: bytes, name: bytes) -> bytes:
     return _WRAP_DOMAIN + prefix + key_id + b"\x00" + name
 
 
-def _make_header(data_key: bytes, name: bytes, plaintext_bytes: int, segment_bytes: int, keys: KeyProvider) -> bytes:
+def _make_header(
+    data_key: bytes, nonce_base: bytes, name: bytes, plaintext_bytes: int, segment_bytes: int, keys: KeyProvider
+) -> tuple[str, bytes]:
     key_id, kek = keys.current()
     kid = key_id.encode()
     if not 0 < len(kid) <= MAX_KEY_ID:
         raise ConfigError(f"{keys!r}: key id must be 1-{MAX_KEY_ID} bytes")
-    prefix = _header_prefix(kid, segment_bytes, plaintext_bytes)
+    prefix = _PREFIX.pack(MAGIC, VERSION, len(kid), 0, segment_bytes, plaintext_bytes)
     nonce = os.urandom(NONCE_BYTES)
     wrapped = _aesgcm(kek).encrypt(nonce, data_key, _wrap_aad(prefix, kid, name))
     head = bytearray(HEADER_BYTES)
-    _FIXED.pack_into(head, 0, MAGIC, VERSION, len(kid), 0, segment_bytes, plaintext_bytes, nonce, wrapped)
+    _FIXED.pack_into(head, 0, MAGIC, VERSION, len(kid), 0, segment_bytes, plaintext_bytes, nonce, wrapped, nonce_base)
     head[_FIXED.size : _FIXED.size + len(kid)] = kid
-    return bytes(head)
+    return key_id, bytes(head)
 
 
 def open_header(head: Any, name: bytes, keys: KeyProvider, where: str) -> Envelope:
-    """Parse a sealed header and unwrap its data key for object ``name``.
+    """Parse a sealed header and unwrap its data key for object ``name``; when ``head`` also holds
+    the whole tag table (the first ``data_offset`` bytes of the object), the envelope keeps it.
 
     Raises CorruptDataError naming ``where`` for a damaged or foreign header
-    (not sealed, other version, moved from another name), WrongKeyError (a
-    CorruptDataError) when the provider lacks the key id or holds another key.
+    (not sealed, other version, non-zero padding, moved from another name), WrongKeyError
+    (a CorruptDataError) when the provider lacks the key id or holds another key.
     """
-    raw = bytes(memoryview(head).cast("B")[:HEADER_BYTES])
+    view = memoryview(head).cast("B")
+    raw = bytes(view[:HEADER_BYTES])
     if len(raw) < HEADER_BYTES:
         raise CorruptDataError(f"{where}: encrypted header truncated ({len(raw)} of {HEADER_BYTES} bytes)")
-    magic, version, kid_len, _, segment_bytes, plaintext_bytes, nonce, wrapped = _FIXED.unpack_from(raw, 0)
+    magic, version, kid_len, _, segment_bytes, plaintext_bytes, nonce, wrapped, nonce_base = _FIXED.unpack_from(raw, 0)
     if magic != MAGIC:
         raise CorruptDataError(f"{where}: not an encrypted object (no {MAGIC!r} header)")
     if version != VERSION or not 0 < kid_len <= MAX_KEY_ID or segment_bytes <= 0:
@@ -369,24 +466,26 @@ def open_header(head: Any, name: bytes, keys: KeyProvider, where: str) -> Envelo
     if kek is None:
         raise WrongKeyError(f"{where}: sealed under key id {key_id!r}, which the key provider {keys!r} does not hold")
     try:
-        data_key = _aesgcm(kek).decrypt(nonce, wrapped, _wrap_aad(raw[:_PREFIX], kid, name))
+        data_key = _aesgcm(kek).decrypt(nonce, wrapped, _wrap_aad(raw[: _PREFIX.size], kid, name))
     except Exception as e:
         if type(e).__name__ != "InvalidTag":
             raise
         raise WrongKeyError(
             f"{where}: the data key does not unwrap with key id {key_id!r} (a wrong key, or an object moved or altered)"
         ) from None
-    return Envelope(name, key_id, plaintext_bytes, segment_bytes, _aesgcm(data_key))
+    env = Envelope(name, key_id, plaintext_bytes, segment_bytes, nonce_base, data_key)
+    if len(view) >= env.data_offset:
+        env.load_tags(view, where)
+    return env
 
 
 def new_envelope(
     name: bytes, plaintext_bytes: int, keys: KeyProvider, segment_bytes: int = SEGMENT_BYTES
 ) -> tuple[Envelope, bytes]:
-    """A fresh data key for object ``name``: its envelope and the header that carries it wrapped."""
-    data_key = os.urandom(KEY_BYTES)
-    header = _make_header(data_key, name, plaintext_bytes, segment_bytes, keys)
-    key_id = keys.current()[0]
-    return Envelope(name, key_id, plaintext_bytes, segment_bytes, _aesgcm(data_key)), header
+    """A fresh data key for object ``name``: its envelope and the 256-byte header that carries it wrapped."""
+    data_key, nonce_base = os.urandom(KEY_BYTES), os.urandom(NONCE_BYTES)
+    key_id, header = _make_header(data_key, nonce_base, name, plaintext_bytes, segment_bytes, keys)
+    return Envelope(name, key_id, plaintext_bytes, segment_bytes, nonce_base, data_key), header
 
 
 def seal_into(plain: Any, out: np.ndarray, name: bytes, keys: KeyProvider, segment_bytes: int = SEGMENT_BYTES) -> int:
@@ -400,10 +499,14 @@ def seal_into(plain: Any, out: np.ndarray, name: bytes, keys: KeyProvider, segme
         raise InvalidArgumentError(f"seal_into: destination of {out.nbytes} bytes, {total} needed")
     dst = out.reshape(-1).data.cast("B")
     dst[:HEADER_BYTES] = header
+    base = env.data_offset
+    tags = np.zeros(base - HEADER_BYTES, np.uint8)  # the tag table and the zero padding after it
     for i in range(env.segments):
         off, n = env.segment_plain(i)
-        roff, rlen = env.record_span(i)
-        env.seal_segment(i, src[off : off + n], dst[roff : roff + rlen])
+        tags[TAG_BYTES * i : TAG_BYTES * (i + 1)] = np.frombuffer(
+            env.seal_segment(i, src[off : off + n], dst[base + off : base + off + n]), np.uint8
+        )
+    dst[HEADER_BYTES:base] = tags.data
     return total
 
 
@@ -419,56 +522,65 @@ def unseal_into(sealed: Any, out: np.ndarray, name: bytes, keys: KeyProvider, wh
     """Open a whole sealed object (bytes past its sealed size are ignored) into ``out``; returns the plaintext size.
 
     Raises CorruptDataError (WrongKeyError for a key problem) naming ``where``;
-    on failure ``out`` may hold the segments opened before (authentic, but not the object)."""
+    on failure ``out``'s first plaintext-size bytes are zeroed (no unauthenticated byte is left)."""
     src = memoryview(sealed).cast("B")
     env = open_header(src, name, keys, where)
-    if len(src) < env.sealed_bytes:
+    if len(src) < env.sealed_bytes or env.tags is None:
         raise CorruptDataError(f"{where}: encrypted object truncated ({len(src)} of {env.sealed_bytes} bytes)")
     if out.nbytes < env.plaintext_bytes:
         raise CorruptDataError(f"{where}: encrypted object holds {env.plaintext_bytes} bytes, {out.nbytes} expected")
     dst = out.reshape(-1).data.cast("B")
-    for i in range(env.segments):
-        off, n = env.segment_plain(i)
-        roff, rlen = env.record_span(i)
-        env.open_segment(i, src[roff : roff + rlen], dst[off : off + n], where)
+    base = env.data_offset
+    try:
+        for i in range(env.segments):
+            off, n = env.segment_plain(i)
+            env.open_segment(i, src[base + off : base + off + n], dst[off : off + n], env.tag(i), where)
+    except CorruptDataError:
+        out.reshape(-1)[: env.plaintext_bytes] = 0
+        raise
     return env.plaintext_bytes
 
 
 def rewrap(head: Any, name: bytes, keys: KeyProvider, where: str) -> bytes:
-    """A new header for a sealed object: its data key re-wrapped under the provider's current key.
+    """A new 256-byte header for a sealed object: its data key re-wrapped under the provider's current key.
 
-    The segments stay as they are (no data is re-encrypted); the old key must
-    still be held by ``keys`` to unwrap. Raises as :func:`open_header`."""
+    The tag table and the ciphertext stay as they are (no data is re-encrypted);
+    the old key must still be held by ``keys`` to unwrap. Raises as :func:`open_header`."""
     raw = bytes(memoryview(head).cast("B")[:HEADER_BYTES])
     env = open_header(raw, name, keys, where)
-    _, _, kid_len, _, _, _, nonce, wrapped = _FIXED.unpack_from(raw, 0)
+    _, _, kid_len, _, _, _, nonce, wrapped, nonce_base = _FIXED.unpack_from(raw, 0)
     kek = keys.key(env.key_id)
     assert kek is not None  # open_header just used it
     kid = raw[_FIXED.size : _FIXED.size + kid_len]
-    data_key = _aesgcm(kek).decrypt(nonce, wrapped, _wrap_aad(raw[:_PREFIX], kid, name))
-    return _make_header(data_key, name, env.plaintext_bytes, env.segment_bytes, keys)
+    data_key = _aesgcm(kek).decrypt(nonce, wrapped, _wrap_aad(raw[: _PREFIX.size], kid, name))
+    return _make_header(data_key, nonce_base, name, env.plaintext_bytes, env.segment_bytes, keys)[1]
 
 
 __all__ = [
+    "ALIGN",
     "ENV_KEYS",
     "ENV_KEY_FILE",
     "HEADER_BYTES",
     "SEGMENT_BYTES",
+    "TAG_BYTES",
     "EnvKeyProvider",
     "Envelope",
     "FileKeyProvider",
     "KeyProvider",
     "StaticKeys",
+    "data_offset",
     "is_sealed",
     "key_id_of",
     "key_provider",
     "new_envelope",
     "open_header",
     "parse_keys",
+    "peek_plaintext_size",
     "plaintext_size",
     "rewrap",
     "seal",
     "seal_into",
     "sealed_size",
+    "segment_count",
     "unseal_into",
 ]

@@ -207,13 +207,17 @@ class KVCacheStore:
         self._meta = ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-meta")
         self._requests = ThreadPoolExecutor(2, thread_name_prefix="storecomp-kv-req")
         sealed_bytes = fmt.round_up(crypto.sealed_size(self.layout.nbytes, SEGMENT_BYTES))
+        sealers = writers + max(1, workers // 2)
         self._sealing = (
             Sealing(
                 keys,
                 self.namespace,
                 sealed_bytes,
-                BufferPool(keep_bytes=(workers + 8) * sealed_bytes),  # its own: sealed and plain sizes differ
+                BufferPool(keep_bytes=(workers + sealers) * sealed_bytes),  # its own: sealed and plain sizes differ
                 ThreadPoolExecutor(workers, thread_name_prefix="storecomp-kv-open"),
+                workers,
+                sealers,
+                threading.BoundedSemaphore(max(1, len(os.sched_getaffinity(0)))),
             )
             if keys is not None
             else None
@@ -331,6 +335,9 @@ class KVCacheStore:
             else:
                 todo.append((i, key))
         self._reserve_buffers(len(todo))
+        if self._sealing is not None and todo:
+            copies = (self.disk is not None) + (self.shared is not None)  # a sealed buffer per lower-tier write
+            self._sealing.reserve(len(todo) * copies, self._sealing.writers)
         for i, key in todo:
             buf = self._build(key, layout, i * self.chunk_tokens)
             self.host.put(key, buf)
@@ -439,8 +446,15 @@ class KVCacheStore:
         """Start loading the chunks of ``keys`` in order; stops at the first chunk no tier may hold."""
         fetches: list[Fetch] = []
         shared_present: set[bytes] | None = None
+        reserved = self._sealing is None
         for i, key in enumerate(keys):
             buf = self.host.acquire(key)
+            if buf is None and not reserved:
+                # Before the first sealed read starts: the sealed buffers its open jobs will use, so that
+                # none is faulted in by a job while the others' reads and decryption hold the cores.
+                assert self._sealing is not None
+                self._sealing.reserve(len(keys) - i, self._sealing.threads)
+                reserved = True
             if buf is not None:
                 f = Fetch(i, key, self.host, buf, self.layout)
                 f.header = fmt.Header(self.chunk_tokens, ())

@@ -10,16 +10,24 @@ DataLoader like any other store. Plaintext never reaches the inner store.
 * Writes seal the object on the writer's thread (one data key per object,
   wrapped by the provider's current key) and publish it whole through the
   inner store (put, put_if_absent and compare_and_swap keep their meaning).
-* Reads (``submit_ranges``, through the Store template) return at once; a
-  worker thread fetches the header (cached per key) and the segments covering
-  the ranges, all of one version of the object, opens them (every tag
-  checked) and lands the bytes in the destination (host memory, or a CUDA
-  tensor through ``storecomp.io.land_bytes``). A failed tag is a
-  ``CorruptDataError`` (``WrongKeyError`` for a key problem); no byte lands
-  in the destination unless every segment the call needs authenticates. A cached header that no
-  longer matches (the object was replaced) is re-read once.
-* Sizes are the plaintext's: ``stat`` reads them from the header, ``list``
-  computes them from the sealed size and this store's ``segment_bytes``.
+* Reads (``submit_ranges``, through the Store template) return at once. The
+  ciphertext sits at the plaintext's offsets (shifted by the aligned head), so
+  the segments wholly inside a range are read straight into the destination,
+  with the plaintext read's own I/O, and a worker thread decrypts them there,
+  in place; the segments at a range's edges (every segment, for a CUDA
+  destination, landed through ``storecomp.io.land_bytes``) go through a host
+  scratch buffer. Every tag is checked before an edge lands; a failed tag is a
+  ``CorruptDataError`` (``WrongKeyError`` for a key problem) and leaves zeros in
+  the destination ranges, never an unauthenticated byte. Headers and their tag
+  tables are cached per (key, version).
+* Every read of one call (header, tags and segments) is pinned to one version
+  of the object: the caller's ``version``, else the cached header's or a fresh
+  ``stat``'s; when an unpinned read finds that version replaced, it restarts
+  from a fresh ``stat`` (a few times, then ``VersionChangedError``, as every
+  Store), so a concurrent replace never reads as a failed tag.
+* Sizes are the plaintext's: ``stat`` reads them from the header (of the version it
+  reports), ``list`` computes them from the sealed size and this store's
+  ``segment_bytes`` (with ``allow_plaintext``: from each object's header).
 * An object that is not sealed (written around this store) is refused as
   ``CorruptDataError``, unless ``allow_plaintext=True``, which reads such
   objects as they are (an explicit, per-store choice for a migration).
@@ -31,8 +39,9 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -44,14 +53,20 @@ from ..errors import (
     ConflictError,
     CorruptDataError,
     InvalidArgumentError,
+    NotFoundError,
     ShortReadError,
+    VersionChangedError,
 )
 from ..io import BufferRef, land_bytes
-from .base import Capabilities, Listing, ObjectInfo, Store, WrapperStore
+from .base import VERSION_RETRIES, Capabilities, ExactRanges, Listing, ObjectInfo, Store, WrapperStore
 from .futures import PendingRanges
 from .keys import payload_view, validate_key
 
-_HEADER_CACHE = 4096
+_HEADER_CACHE = 4096  # objects whose headers are kept
+_HEADER_CACHE_BYTES = 64 << 20  # and the most bytes of tag tables kept with them
+_MAX_CACHED_HEAD = 1 << 20  # a larger tag table (a 4 GiB object in 64 KiB segments) is read per call, in part
+_Infos = list[ObjectInfo]  # (the class's own ``list`` method hides the builtin in its body)
+_LIST_BATCH = 256  # listed objects whose headers are read at once (allow_plaintext)
 
 
 class EncryptedStore(WrapperStore):
@@ -84,7 +99,14 @@ class EncryptedStore(WrapperStore):
         self.allow_plaintext = allow_plaintext
         self._threads = max(1, threads)
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="storecomp-decrypt")
-        self._headers: collections.OrderedDict[str, crypto.Envelope | None] = collections.OrderedDict()
+        openers = max(1, min(4, self._threads, len(os.sched_getaffinity(0)) // 2))
+        self._openers = ThreadPoolExecutor(openers, thread_name_prefix="storecomp-open")
+        # key -> (version, its opened header; None for an allowed plaintext object)
+        self._headers: collections.OrderedDict[str, tuple[str, crypto.Envelope | None]] = collections.OrderedDict()
+        self._head_bytes = 0
+        #: Objects whose head (header and tag table) is at most this many bytes keep their tag table
+        #: cached; larger ones read the tags a call needs with its segments.
+        self.max_cached_head = _MAX_CACHED_HEAD
         self._lock = threading.Lock()
 
     #: Reads return plaintext: a cache tier must not wrap this store (CachedStore checks).
@@ -114,67 +136,100 @@ class EncryptedStore(WrapperStore):
 
     # ------------------------------------------------------------ headers
 
-    def _envelope(self, key: str, fresh: bool, version: str | None = None) -> tuple[crypto.Envelope | None, bool]:
-        """The object's opened header (None: a plaintext object, allowed), and whether it came from the cache."""
-        if not fresh:
-            with self._lock:
-                if key in self._headers:
-                    self._headers.move_to_end(key)
-                    return self._headers[key], True
-        head = np.zeros(crypto.HEADER_BYTES, np.uint8)
-        got = int(self.inner.read_ranges(key, [0], [crypto.HEADER_BYTES], head, [0], exact=False, version=version)[0])
+    def _envelope(self, key: str, version: str | None) -> tuple[str, crypto.Envelope | None]:
+        """The opened header of ``key`` at ``version`` (None: the current version, from a fresh
+        ``stat``) and that version; the envelope is None for a plaintext object (allowed).
+
+        Headers (with their tag tables up to ``max_cached_head`` bytes) are cached by (key, version):
+        a cached one is used only for reads pinned to its version, so it can never be applied to
+        the segments of another version."""
+        if version is None:
+            version = self.inner.stat(key).version
+        with self._lock:
+            hit = self._headers.get(key)
+            if hit is not None and hit[0] == version:
+                self._headers.move_to_end(key)
+                return hit
+        where = self._where(key)
+        head = np.zeros(crypto.ALIGN, np.uint8)
+        got = int(self.inner.read_ranges(key, [0], [head.size], head, [0], exact=False, version=version)[0])
         env: crypto.Envelope | None
-        if got == crypto.HEADER_BYTES and crypto.is_sealed(head):
-            env = crypto.open_header(head, key.encode(), self.keys, self._where(key))
+        if got >= crypto.HEADER_BYTES and crypto.is_sealed(head):
+            env = crypto.open_header(head[:got], key.encode(), self.keys, where)
+            if env.tags is None and env.data_offset <= self.max_cached_head:
+                whole = np.zeros(env.data_offset, np.uint8)
+                whole[: head.size] = head
+                rest = env.data_offset - head.size
+                n = int(self.inner.read_ranges(key, [head.size], [rest], whole, [head.size], exact=False, version=version)[0])
+                env.load_tags(whole[: head.size + n], where)
         elif self.allow_plaintext:
             env = None
         else:
             raise CorruptDataError(
-                f"{self._where(key)}: not an encrypted object (plaintext under an encrypted store; "
+                f"{where}: not an encrypted object (plaintext under an encrypted store; "
                 "allow_plaintext=True reads such objects as they are)"
             )
         with self._lock:
-            self._headers[key] = env
-            while len(self._headers) > _HEADER_CACHE:
-                self._headers.popitem(last=False)
-        return env, False
+            old = self._headers.pop(key, None)
+            self._head_bytes += _head_nbytes(env) - _head_nbytes(old[1] if old else None)
+            self._headers[key] = (version, env)
+            while len(self._headers) > _HEADER_CACHE or (self._head_bytes > _HEADER_CACHE_BYTES and len(self._headers) > 1):
+                self._head_bytes -= _head_nbytes(self._headers.popitem(last=False)[1][1])
+        return version, env
+
+    def _cached(self, key: str) -> tuple[str, crypto.Envelope | None] | None:
+        with self._lock:
+            return self._headers.get(key)
 
     def _forget(self, key: str) -> None:
         with self._lock:
-            self._headers.pop(key, None)
+            old = self._headers.pop(key, None)
+            if old is not None:
+                self._head_bytes -= _head_nbytes(old[1])
 
     # ------------------------------------------------------------ reads
 
     def _submit_ranges(
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> PendingRanges:
-        with self._lock:
-            env = self._headers.get(key)
-        if env is not None:
+        """Every read of the call (header and segments) is pinned to one version: ``version`` when
+        given, else the cached header's (checked by the inner store) or a fresh ``stat``'s.
+
+        Header known: the segment reads start now, on this thread (the inner store's own
+        concurrency), and an opener thread (one per two cores, at most four) opens the segments
+        of the calls in order as they land: few threads, so that a burst of calls (a DataLoader
+        batch touches every shard) wakes one thread once, not one thread per call, and the AES
+        work stays off the caller's thread. Else a worker reads the header first, then the segments."""
+        hit = self._cached(key)
+        if hit is not None and hit[1] is not None and (version is None or hit[0] == version):
             # Header known: the segment reads start now (the inner store's own concurrency); a worker
             # thread waits for them and opens the segments.
-            plan = _Plan(self, key, env, offs, lens, douts, version)
-            return PendingRanges(self._pool.submit(self._finish_cached, plan, ref), ref)
+            plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref)
+            return PendingRanges(self._openers.submit(self._finish, plan, version is None), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
 
-    def _finish_cached(self, plan: _Plan, ref: BufferRef) -> np.ndarray:
+    def _finish(self, plan: _Plan, restart: bool) -> np.ndarray:
         try:
-            return plan.finish(ref)
-        except CorruptDataError:
-            pass
-        # The cached header may be of an earlier version of the object: once more, fresh.
-        env, _ = self._envelope(plan.key, fresh=True, version=plan.version)
-        if env is None:
-            return self.inner.read_ranges(plan.key, plan.offs, plan.lens, ref, plan.douts, exact=False, version=plan.version)
-        return _Plan(self, plan.key, env, plan.offs, plan.lens, plan.douts, plan.version).finish(ref)
+            return plan.finish()
+        except VersionChangedError:
+            if not restart:
+                raise
+        # Unpinned, and the cached header's version was replaced: again from a fresh stat.
+        return self._read(plan.key, plan.offs, plan.lens, plan.douts, plan.ref, None)
 
     def _read(
         self, key: str, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, ref: BufferRef, version: str | None
     ) -> np.ndarray:
-        env, _ = self._envelope(key, fresh=True, version=version)
-        if env is None:
-            return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=version)
-        return _Plan(self, key, env, offs, lens, douts, version).finish(ref)
+        for attempt in range(VERSION_RETRIES):
+            try:
+                pin, env = self._envelope(key, version)
+                if env is None:
+                    return self.inner.read_ranges(key, offs, lens, ref, douts, exact=False, version=pin)
+                return _Plan(self, key, env, offs, lens, douts, pin, ref).finish()
+            except VersionChangedError:
+                if version is not None or attempt == VERSION_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ writes
 
@@ -205,7 +260,11 @@ class EncryptedStore(WrapperStore):
         with compare-and-swap). False when it already uses the current key or changed meanwhile."""
         validate_key(key)
         info = self.inner.stat(key)
-        raw = self.inner.get(key)
+        raw = np.empty(info.size, np.uint8)
+        try:
+            self.inner.read_ranges(key, [0], [info.size], raw, [0], version=info.version)
+        except VersionChangedError:
+            return False
         where = self._where(key)
         if not crypto.is_sealed(raw):
             raise CorruptDataError(f"{where}: not an encrypted object: nothing to rewrap")
@@ -213,8 +272,9 @@ class EncryptedStore(WrapperStore):
         if env.key_id == self.keys.current()[0]:
             return False
         head = crypto.rewrap(raw, key.encode(), self.keys, where)
+        raw[: crypto.HEADER_BYTES] = np.frombuffer(head, np.uint8)
         try:
-            self.inner.compare_and_swap(key, info.version, head + raw[crypto.HEADER_BYTES :])
+            self.inner.compare_and_swap(key, info.version, raw)
         except ConflictError:
             return False
         self._forget(key)
@@ -223,30 +283,71 @@ class EncryptedStore(WrapperStore):
     # ------------------------------------------------------------ metadata
 
     def stat(self, key: str) -> ObjectInfo:
+        """Plaintext size and version of ``key``, both of one version (the header is read pinned
+        to the version the inner store's ``stat`` gave; a replacement in between restarts)."""
         validate_key(key)
-        info = self.inner.stat(key)
-        env, _ = self._envelope(key, fresh=True)
-        return ObjectInfo(key, info.size if env is None else env.plaintext_bytes, info.version, info.mtime)
+        for attempt in range(VERSION_RETRIES):
+            info = self.inner.stat(key)
+            try:
+                _, env = self._envelope(key, info.version)
+            except VersionChangedError:
+                if attempt == VERSION_RETRIES - 1:
+                    raise
+                continue
+            return ObjectInfo(key, info.size if env is None else env.plaintext_bytes, info.version, info.mtime)
+        raise AssertionError("unreachable")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` with their plaintext sizes (see :meth:`_listed`)."""
+        batch: _Infos = []
         for info in self.inner.list(prefix):
-            yield self._listed(info)
+            batch.append(info)
+            if len(batch) == _LIST_BATCH:
+                yield from self._listed(batch)
+                batch = []
+        yield from self._listed(batch)
 
     def list_dir(self, prefix: str = "") -> Listing:
         """One level under ``prefix``; sizes are plaintext sizes, as :meth:`list` reports them."""
         inner = self.inner.list_dir(prefix)
-        return Listing([self._listed(info) for info in inner.objects], inner.prefixes, inner.skipped)
+        return Listing(self._listed(inner.objects), inner.prefixes, inner.skipped)
 
-    def _listed(self, info: ObjectInfo) -> ObjectInfo:
-        """A listed sealed object's info with its plaintext size (from the sealed size alone)."""
-        n = crypto.plaintext_size(info.size, self.segment_bytes)
-        return ObjectInfo(info.key, n if n >= 0 and not self.allow_plaintext else info.size, info.version, info.mtime)
+    def _listed(self, infos: _Infos) -> _Infos:
+        """Listed objects with their plaintext sizes. Sealed objects only: from the sealed size and
+        this store's ``segment_bytes``, no read. With ``allow_plaintext`` (sealed and plaintext objects
+        side by side), each object's header says which it is: read pinned to the listed version (a
+        plaintext object keeps its size; one replaced or deleted since the listing is stat'ed again or left out)."""
+        if not self.allow_plaintext:
+            out = []
+            for info in infos:
+                n = crypto.plaintext_size(info.size, self.segment_bytes)
+                out.append(ObjectInfo(info.key, n if n >= 0 else info.size, info.version, info.mtime))
+            return out
+        return [i for i in self._pool.map(self._listed_mixed, infos) if i is not None]
+
+    def _listed_mixed(self, info: ObjectInfo) -> ObjectInfo | None:
+        head = np.zeros(crypto.HEADER_BYTES, np.uint8)
+        for attempt in range(VERSION_RETRIES):
+            try:
+                if attempt:
+                    info = self.inner.stat(info.key)
+                got = int(self.inner.read_ranges(info.key, [0], [head.size], head, [0], exact=False, version=info.version)[0])
+            except NotFoundError:
+                return None
+            except VersionChangedError:
+                if attempt == VERSION_RETRIES - 1:
+                    raise
+                continue
+            n = crypto.peek_plaintext_size(head[:got])
+            return ObjectInfo(info.key, info.size if n is None else n, info.version, info.mtime)
+        raise AssertionError("unreachable")
 
     def delete(self, key: str) -> None:
         self._forget(key)
         self.inner.delete(key)
 
     def close(self) -> None:
+        self._openers.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.inner.close()
 
@@ -255,9 +356,13 @@ class EncryptedStore(WrapperStore):
 
 
 class _Plan:
-    """One sealed read: the segments that cover the ranges, their records being read (started at
-    construction, pinned to ``version`` when given), then :meth:`finish` opens them and lands the
-    ranges in the destination. Ranges past the end read short (the Store template checks ``exact``)."""
+    """One sealed read, pinned to ``version``: the ciphertext of every segment that lies whole inside
+    a range is read straight into the destination and decrypted there, in place; the segments at
+    the ranges' edges (and every segment, for a CUDA destination) go through a host scratch buffer;
+    the tags come from the envelope's cached table or are read with the segments. The reads start
+    at construction; :meth:`finish` waits, authenticates every segment, and only then copies the
+    edges in. On any failure the destination ranges are zeroed: no unauthenticated byte is left.
+    Ranges past the end read short (the Store template checks ``exact``)."""
 
     def __init__(
         self,
@@ -267,67 +372,148 @@ class _Plan:
         offs: np.ndarray,
         lens: np.ndarray,
         douts: np.ndarray,
-        version: str | None,
+        version: str,
+        ref: BufferRef,
     ) -> None:
-        self.key, self.env, self.offs, self.lens, self.douts, self.version = key, env, offs, lens, douts, version
+        self.key, self.env, self.offs, self.lens, self.douts, self.version, self.ref = key, env, offs, lens, douts, version, ref
         self.where = store._where(key)
-        size, seg = env.plaintext_bytes, env.segment_bytes
-        self.ends = np.minimum(offs + lens, size)
-        self.got = np.where(self.ends > offs, self.ends - offs, 0).astype(np.uint64)
-        self.live = np.flatnonzero(self.got > 0)
-        self.future: Any = None
-        if not self.live.size:
-            return
-        first, last = offs[self.live] // seg, (self.ends[self.live] - 1) // seg
-        self.wanted = np.unique(np.concatenate([np.arange(f, g + 1, dtype=np.int64) for f, g in zip(first, last, strict=True)]))
-        self.plens = np.minimum(seg, size - self.wanted * seg)
-        self.positions = np.zeros(self.wanted.size + 1, np.int64)
-        np.cumsum(self.plens + crypto.RECORD_OVERHEAD, out=self.positions[1:])
-        self.plain_at = self.positions[:-1] - np.arange(self.wanted.size) * crypto.RECORD_OVERHEAD
-        # Records of consecutive segments are adjacent in the object: one read per run of them.
-        breaks = np.flatnonzero(np.diff(self.wanted) != 1) + 1
-        run_starts = np.concatenate([[0], breaks])
-        run_ends = np.concatenate([breaks, [self.wanted.size]])
-        self.records = np.empty(int(self.positions[-1]), np.uint8)
+        size, seg, base = env.plaintext_bytes, env.segment_bytes, env.data_offset
+        # Plain Python ints from here: a call has a handful of ranges, and numpy costs microseconds per operation.
+        got = []
+        self.ranges: list[tuple[int, int, int]] = []  # live ranges: (plaintext from, to, destination offset)
+        for o, n, d in zip(offs.tolist(), lens.tolist(), douts.tolist(), strict=True):
+            e = min(o + n, size)
+            got.append(max(0, e - o))
+            if e > o:
+                self.ranges.append((o, e, d))
+        self.got = np.array(got, np.uint64)
+        self.direct: list[tuple[int, int]] = []  # (segment, its offset in the destination): decrypted in place
+        self.copies: list[tuple[int, int, int, int]] = []  # (segment, plaintext from, to, destination offset)
+        direct_reads: list[tuple[int, int, int]] = []
+        edges: set[int] = set()
+        for o, e, d in self.ranges:
+            a, b = o // seg, (e - 1) // seg
+            first = a if o == a * seg else a + 1  # the segments wholly inside [o, e)
+            last = b if e == min((b + 1) * seg, size) else b - 1
+            if ref.is_cuda:
+                first, last = b + 1, b  # none: a CUDA destination lands host plaintext
+            if first <= last:
+                start, stop = first * seg, min((last + 1) * seg, size)
+                direct_reads.append((base + start, stop - start, d + start - o))
+                self.direct.extend((j, d + j * seg - o) for j in range(first, last + 1))
+            for j in range(a, b + 1) if first > last else sorted({a, b}):
+                if first <= j <= last:
+                    continue  # read whole, in place
+                lo, hi = max(o, j * seg), min(e, (j + 1) * seg, size)
+                edges.add(j)
+                self.copies.append((j, lo, hi, d + lo - o))
+        self.scratch_segments = sorted(edges)
+        self.scratch_at: dict[int, int] = {}
+        at = 0
+        for j in self.scratch_segments:
+            self.scratch_at[j] = at
+            at += env.segment_plain(j)[1]
+        self.scratch = np.empty(at, np.uint8)
+        self.tag_rows: dict[int, int] | None = None
+        self.tag_buf: np.ndarray | None = None
+        self.futures: list[Any] = []
+        inner = store.inner
         try:
-            self.future = store.inner.submit_ranges(
-                key,
-                crypto.HEADER_BYTES + self.wanted[run_starts] * (seg + crypto.RECORD_OVERHEAD),
-                self.positions[run_ends] - self.positions[run_starts],
-                self.records,
-                self.positions[run_starts],
-                version=version,
-            )
-        except Exception as e:  # noqa: BLE001 - reported by finish(), on the future
-            self.future = _failed(e)
+            if direct_reads:
+                # Inside the caller's ranges, which the Store template checked: the backend's part directly.
+                o_, n_, d_ = (np.array(x, np.uint64) for x in zip(*direct_reads, strict=True))
+                self.futures.append(ExactRanges(inner._submit_ranges(key, o_, n_, ref, d_, version), self.where, o_, n_))
+            if self.scratch_segments:
+                runs = _runs(self.scratch_segments)
+                self.futures.append(
+                    inner.submit_ranges(
+                        key,
+                        [base + j0 * seg for j0, _ in runs],
+                        [min((j1 + 1) * seg, size) - j0 * seg for j0, j1 in runs],
+                        self.scratch,
+                        [self.scratch_at[j0] for j0, _ in runs],
+                        version=version,
+                    )
+                )
+            if env.tags is None:
+                needed = sorted(edges | {j for j, _ in self.direct})
+                self.tag_rows = {j: r for r, j in enumerate(needed)}
+                self.tag_buf = np.empty((len(needed), crypto.TAG_BYTES), np.uint8)
+                runs = _runs(needed)
+                spans = [env.tag_span(j0, j1 - j0 + 1) for j0, j1 in runs]
+                self.futures.append(
+                    inner.submit_ranges(
+                        key,
+                        [o for o, _ in spans],
+                        [n for _, n in spans],
+                        self.tag_buf,
+                        [crypto.TAG_BYTES * self.tag_rows[j0] for j0, _ in runs],
+                        version=version,
+                    )
+                )
+        except Exception as e:  # noqa: BLE001 - reported by finish(), after the reads already started
+            self.futures.append(_failed(e))
 
-    def finish(self, ref: BufferRef) -> np.ndarray:
-        """Wait for the records, open every segment (all before any byte lands in ``ref``), copy the ranges."""
-        if self.future is None:
-            return self.got
-        env, seg, where = self.env, self.env.segment_bytes, self.where
-        try:
-            self.future.result()
-        except ShortReadError as e:
-            raise CorruptDataError(f"{where}: encrypted object truncated ({e})") from None
-        plain = np.empty(int(self.positions[-1]) - self.wanted.size * crypto.RECORD_OVERHEAD, np.uint8)
-        pos, at, plens, wanted = self.positions, self.plain_at, self.plens, self.wanted
-        for j in range(wanted.size):
-            env.open_segment(
-                int(wanted[j]), self.records[int(pos[j]) : int(pos[j + 1])], plain[int(at[j]) : int(at[j]) + int(plens[j])], where
-            )
+    def finish(self) -> np.ndarray:
+        """Wait for the reads, open every segment (all before an edge lands), copy the edges in."""
+        ref, env, where = self.ref, self.env, self.where
         dst = None if ref.is_cuda else np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
-        # A range's segments are consecutive in ``wanted`` (sorted, unique), so its plaintext is contiguous in ``plain``.
-        index = {int(w): j for j, w in enumerate(wanted)}
-        for i in self.live:
-            o, end, d = int(self.offs[i]), int(self.ends[i]), int(self.douts[i])
-            j = index[o // seg]
-            src = int(at[j]) + o - int(wanted[j]) * seg
-            if dst is None:
-                land_bytes(ref, d, plain[src : src + end - o])  # a CUDA destination: the io copy, on this thread's stream
+        try:
+            error: BaseException | None = None
+            for f in self.futures:  # every read is waited for: none may still write into the destination
+                try:
+                    f.result()
+                except BaseException as e:  # noqa: BLE001 - the first failure is raised below
+                    error = error or e
+            if isinstance(error, ShortReadError):
+                raise CorruptDataError(f"{where}: encrypted object truncated ({error})") from None
+            if error is not None:
+                raise error
+            tag: Callable[[int], bytes]
+            if self.tag_rows is None:
+                tag = env.tag
             else:
-                dst[d : d + end - o] = plain[src : src + end - o]
+                assert self.tag_buf is not None
+                table, rows = self.tag_buf.tobytes(), self.tag_rows
+                tag = lambda j: table[crypto.TAG_BYTES * rows[j] : crypto.TAG_BYTES * (rows[j] + 1)]  # noqa: E731
+            seg, size, opener = env.segment_bytes, env.plaintext_bytes, env.open_segment
+            if dst is not None:
+                view = dst.data
+                for j, at in self.direct:
+                    seg_view = view[at : at + min(seg, size - j * seg)]
+                    opener(j, seg_view, seg_view, tag(j), where)
+            for j in self.scratch_segments:
+                at = self.scratch_at[j]
+                part = self.scratch[at : at + min(seg, size - j * seg)]
+                opener(j, part, part, tag(j), where)
+        except BaseException:
+            if dst is not None:
+                for lo, hi, d in self.ranges:
+                    dst[d : d + hi - lo] = 0
+            raise
+        seg = env.segment_bytes
+        for j, lo, hi, d in self.copies:
+            src = self.scratch_at[j] + lo - j * seg
+            if dst is None:
+                land_bytes(ref, d, self.scratch[src : src + hi - lo])  # a CUDA destination: the io copy, on this thread's stream
+            else:
+                dst[d : d + hi - lo] = self.scratch[src : src + hi - lo]
         return self.got
+
+
+def _runs(sorted_ints: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive integers in a sorted list, as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for j in sorted_ints:
+        if runs and runs[-1][1] == j - 1:
+            runs[-1] = (runs[-1][0], j)
+        else:
+            runs.append((j, j))
+    return runs
+
+
+def _head_nbytes(env: crypto.Envelope | None) -> int:
+    return 0 if env is None or env.tags is None else len(env.tags)
 
 
 def _failed(e: BaseException) -> Any:

@@ -2,7 +2,8 @@
 
 Faults (a test each): a wrong key, a missing key provider, a chunk moved to
 another key, a flipped tag, nonce or ciphertext byte, a truncated chunk,
-key rotation while readers run, and encrypted and plaintext chunks side by side.
+key rotation while readers run (disk; and shared, under a tenant, with the old chunks
+rewrapped meanwhile), and encrypted and plaintext chunks side by side.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from storecomp import crypto
 from storecomp.errors import ConfigError
-from storecomp.kvcache import KVCacheStore
+from storecomp.kvcache import KVCacheStore, Tenant
 from storecomp.kvcache.fetch import SEGMENT_BYTES
+from storecomp.store import open_store
+from storecomp.store.retry import RetryPolicy
+from storecomp.testing.seaweedfs import SeaweedFS
 from tests.kvcache.kvhelpers import CHUNK, make_kv, same_prefix, zeros_kv
 
 KEY1 = bytes(range(32))
 KEY2 = bytes(range(100, 132))
 TOKENS = list(range(4 * CHUNK))
+ACME = Tenant("acme", b"acme-secret-0123456789abcdef")
+RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.5, deadline_s=60.0, connect_timeout_s=5.0)
 
 
 def _keys(*pairs: tuple[str, bytes]) -> crypto.StaticKeys:
@@ -120,9 +127,9 @@ def test_flipped_or_truncated_chunk_is_a_counted_miss(kvstore: Callable[..., KVC
     writer = _stored(kvstore, tmp_path, keys)
     path = _chunk_files(writer)[2]
     data = bytearray(path.read_bytes())
-    first = crypto.HEADER_BYTES
-    body = crypto.sealed_size(writer.layout.nbytes, SEGMENT_BYTES) - crypto.HEADER_BYTES  # one segment here
-    pos = {"tag": first + body - 1, "nonce": first, "ciphertext": first + 100, "header": 40}.get(damage)
+    base = crypto.data_offset(writer.layout.nbytes, SEGMENT_BYTES)
+    # the first tag; the header's nonce base (bytes 80-92); a ciphertext byte; the wrapped data key
+    pos = {"tag": crypto.HEADER_BYTES + 3, "nonce": 85, "ciphertext": base + 100, "header": 40}.get(damage)
     if pos is None:
         data = data[: len(data) // 2]
     else:
@@ -198,3 +205,64 @@ def test_encrypted_and_plaintext_chunks_are_separate_pools(kvstore: Callable[...
     shutil.copyfile(src, dst)
     n, reader = _retrieve(kvstore, tmp_path, keys, "disk")
     assert n == 0 and reader.stats()["verify_failures"] == 1 and not dst.exists()
+
+
+def test_shared_tier_key_rotation_under_a_tenant_while_readers_run(
+    kvstore: Callable[..., KVCacheStore], tmp_path: Path, running_seaweedfs: SeaweedFS
+) -> None:
+    """A tenant's sealed chunks in SeaweedFS: the key rotates and the old chunks are rewrapped
+    (compare-and-swap of whole objects) while readers retrieve; every read gets every chunk
+    (one request per chunk: one version, old or rewrapped). Then the old key retires."""
+    sw = running_seaweedfs
+    shared = open_store(sw.url(), retry=RETRY, **sw.store_options())
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"k1:{KEY1.hex()}\n")
+    provider = crypto.FileKeyProvider(key_file)
+    opts = {"shared": shared, "tenant": ACME, "host_bytes": 0}
+    writer = kvstore(encryption=provider, write_through=True, **opts)
+    writer.store(TOKENS, make_kv(len(TOKENS), seed=5))
+    writer.flush()
+    assert writer.shared is not None
+    okeys = [writer.shared.object_key(k) for k in writer._keys(TOKENS)]
+    assert all(k.split("/").count("enc") == 1 and "tenants/acme/" in k for k in okeys)
+    readers = [kvstore(encryption=crypto.FileKeyProvider(key_file), **opts) for _ in range(2)]
+    results: list[int] = []
+    stop = threading.Event()
+
+    def read(store: KVCacheStore) -> None:
+        for _ in range(100):
+            out = zeros_kv(len(TOKENS))
+            results.append(store.retrieve(TOKENS, out))
+            if stop.is_set():
+                return
+
+    threads = [threading.Thread(target=read, args=(r,)) for r in readers]
+    for t in threads:
+        t.start()
+    key_file.write_text(f"k2:{KEY2.hex()}\nk1:{KEY1.hex()}\n")  # rotate: k2 wraps new data keys, k1 still unwraps
+    os.utime(key_file, ns=(1, 1))
+    more = list(range(1000, 1000 + 2 * CHUNK))
+    writer.store(more, make_kv(len(more), seed=9))
+    writer.flush()
+    for okey, key in zip(okeys, writer._keys(TOKENS), strict=True):  # rewrap while the readers run
+        info = shared.stat(okey)
+        raw = np.empty(info.size, np.uint8)
+        shared.read_ranges(okey, [0], [info.size], raw, [0], version=info.version)
+        head = crypto.rewrap(raw, f"{writer.namespace}/{key.hex()}".encode(), provider, okey)
+        raw[: crypto.HEADER_BYTES] = np.frombuffer(head, np.uint8)
+        shared.compare_and_swap(okey, info.version, raw)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert results and all(n == len(TOKENS) for n in results), results
+    assert all(r.stats()["verify_failures"] == 0 for r in readers)
+    new_head = shared.get(writer.shared.object_key(writer._keys(more)[0]), 0, crypto.HEADER_BYTES)
+    assert b"k2" in new_head
+
+    key_file.write_text(f"k2:{KEY2.hex()}\n")  # retire k1: every chunk is under k2 now
+    only_k2 = kvstore(encryption=_keys(("k2", KEY2)), **opts)
+    assert only_k2.retrieve(TOKENS, zeros_kv(len(TOKENS))) == len(TOKENS)
+    only_k1 = kvstore(encryption=_keys(("k1", KEY1)), **opts)
+    assert only_k1.retrieve(TOKENS, zeros_kv(len(TOKENS))) == 0
+    assert only_k1.stats()["verify_failures"] == 1 and all(shared.exists(k) for k in okeys)  # counted, not deleted
+    shared.close()

@@ -128,21 +128,28 @@ def test_object_moved_to_another_key_fails(enc: EncryptedStore, tmp_path: Path) 
         enc.get("b")
 
 
-@pytest.mark.parametrize("damage", ["swap", "tag", "nonce", "ciphertext", "truncate", "truncate-header"])
+NONCE_BASE_AT = 80  # the header's nonce base: bytes 80-92 (storecomp.crypto's layout)
+
+
+@pytest.mark.parametrize("damage", ["swap", "tag", "nonce", "ciphertext", "padding", "truncate", "truncate-header"])
 def test_tampered_objects_fail_closed(enc: EncryptedStore, tmp_path: Path, damage: str) -> None:
     enc.put("a", DATA)
     path = tmp_path / "objects" / "a"
     raw = bytearray(path.read_bytes())
     env = crypto.open_header(raw, b"a", enc.keys, "a")
-    (o0, n0), (o1, n1) = env.record_span(0), env.record_span(1)
-    if damage == "swap":
-        raw[o0 : o0 + n0], raw[o1 : o1 + n1] = raw[o1 : o1 + n1], raw[o0 : o0 + n0]
+    base = env.data_offset
+    (t0, _), (t1, _) = env.tag_span(0), env.tag_span(1)
+    if damage == "swap":  # segments 0 and 1 change places, each with its tag
+        raw[base : base + SEG], raw[base + SEG : base + 2 * SEG] = raw[base + SEG : base + 2 * SEG], raw[base : base + SEG]
+        raw[t0 : t0 + 16], raw[t1 : t1 + 16] = raw[t1 : t1 + 16], raw[t0 : t0 + 16]
     elif damage == "tag":
-        raw[o1 + n1 - 1] ^= 1
+        raw[t1 + 15] ^= 1
     elif damage == "nonce":
-        raw[o1] ^= 1
+        raw[NONCE_BASE_AT + 3] ^= 1
     elif damage == "ciphertext":
-        raw[o1 + 500] ^= 1
+        raw[base + SEG + 500] ^= 1
+    elif damage == "padding":  # between the tag table and the ciphertext
+        raw[base - 1] ^= 1
     elif damage == "truncate":
         raw = raw[: len(raw) - 10]
     else:
@@ -158,12 +165,28 @@ def test_tampered_objects_fail_closed(enc: EncryptedStore, tmp_path: Path, damag
     else:
         with pytest.raises(CorruptDataError):
             fresh.read_ranges("a", [0], [2 * SEG], buf, [0])
-        assert not buf.any()  # nothing lands unless every segment authenticates (segment 1 is the bad one here)
+        assert not buf.any()  # nothing is left in the destination unless every segment authenticates
     with pytest.raises(CorruptDataError):
         fresh.get("a")
-    if damage in ("tag", "nonce", "ciphertext"):
+    if damage in ("tag", "ciphertext"):
         assert fresh.get("a", 0, SEG) == DATA[:SEG]  # an untouched segment still reads
     fresh.close()
+
+
+def test_reads_land_in_place_and_through_the_edges(tmp_path: Path) -> None:
+    """Ranges that cover whole segments are decrypted in the destination, their edges through
+    scratch; a tag table too large to cache is read per call, with the segments."""
+    for max_head in (1 << 20, 0):
+        store = EncryptedStore(LocalStore(tmp_path / "o"), _keys(("k1", KEY1)), segment_bytes=4096)
+        store.max_cached_head = max_head
+        store.put("a", DATA)
+        offs = [0, 4096, 5000, 3 * 4096 - 1, len(DATA) - 4096 - 10, 7]
+        lens = [4096, 3 * 4096, 100, 2, 4096 + 10, 0]
+        out = np.zeros(sum(lens), np.uint8)
+        douts = np.cumsum([0] + lens[:-1])
+        assert store.read_ranges("a", offs, lens, out, douts).tolist() == lens
+        assert out.tobytes() == b"".join(DATA[o : o + n] for o, n in zip(offs, lens, strict=True))
+        store.close()
 
 
 def test_key_rotation_while_readers_run(tmp_path: Path) -> None:
@@ -217,6 +240,26 @@ def test_plaintext_objects_are_refused_or_read_explicitly(enc: EncryptedStore, t
     assert mixed.get("plain") == b"written around the encrypted store"
     assert mixed.get("sealed") == b"secret bytes" and mixed.stat("sealed").size == len(b"secret bytes")
     mixed.close()
+
+
+def test_mixed_listings_give_plaintext_sizes(enc: EncryptedStore, tmp_path: Path) -> None:
+    """With allow_plaintext, a listing tells sealed objects from plain ones by their headers:
+    every size is the bytes a read returns, under any segment size."""
+    inner = LocalStore(tmp_path / "objects")
+    inner.put("d/plain", b"written around the encrypted store")
+    inner.put("d/short", b"SCEN")  # shorter than a header, starting like one
+    enc.put("d/sealed", DATA)
+    other = EncryptedStore(inner, enc.keys, segment_bytes=4096)
+    other.put("d/small-segments", DATA[:50_000])
+    mixed = EncryptedStore(inner, enc.keys, allow_plaintext=True)
+    want = {k: len(mixed.get(k)) for k in ("d/plain", "d/sealed", "d/short", "d/small-segments")}
+    assert want == {"d/plain": 34, "d/sealed": len(DATA), "d/short": 4, "d/small-segments": 50_000}
+    assert {i.key: i.size for i in mixed.list("d/")} == want
+    assert {i.key: i.size for i in mixed.list_dir("d").objects} == want
+    assert {i.key: i.version for i in mixed.list("d/")} == {i.key: i.version for i in inner.list("d/")}
+    assert enc.stat("d/sealed").size == len(DATA)
+    mixed.close()
+    other.close()
 
 
 def test_cache_tier_under_an_encrypted_store_holds_ciphertext(tmp_path: Path) -> None:
@@ -279,3 +322,24 @@ def test_datasets_read_through_an_encrypted_store_and_its_cache(tmp_path: Path) 
     with pytest.raises(InvalidArgumentError, match="inside the encryption"):
         CachedStore(sealed, tmp_path / "cache2", 1 << 20)  # would hold plaintext
     sealed.close()
+
+
+@pytest.mark.gpu
+def test_reads_into_a_cuda_tensor(tmp_path: Path) -> None:
+    """A CUDA destination gets the plaintext through host scratch (whole segments and edges);
+    a failed tag leaves nothing of the object in it."""
+    import torch
+
+    store = EncryptedStore(LocalStore(tmp_path / "o"), _keys(("k1", KEY1)), segment_bytes=4096)
+    store.put("a", DATA)
+    offs, lens = [0, 4096 + 7, len(DATA) - 100], [2 * 4096, 5000, 100]
+    dst = torch.zeros(sum(lens), dtype=torch.uint8, device="cuda")
+    assert store.read_ranges("a", offs, lens, dst, np.cumsum([0] + lens[:-1])).tolist() == lens
+    assert dst.cpu().numpy().tobytes() == b"".join(DATA[o : o + n] for o, n in zip(offs, lens, strict=True))
+    wrong = EncryptedStore(LocalStore(tmp_path / "o"), _keys(("k1", KEY2)))
+    dst.zero_()
+    with pytest.raises(CorruptDataError):
+        wrong.read_ranges("a", [0], [4096], dst, [0])
+    assert not bool(dst.any())
+    store.close()
+    wrong.close()
