@@ -269,7 +269,8 @@ def place(
     """Copy snapshot ``sc://mount/name`` to site ``to`` and publish it complete there.
 
     Copies only the blobs ``to`` lacks (or holds damaged), each verified by
-    crc32c at ``to``; ``max_rate`` caps bytes/s. Publishes "``to``
+    crc32c at ``to``; ``max_rate`` caps bytes/s (None: the mount policy's
+    ``max_rate``, else no cap). Publishes "``to``
     complete" in the placement record only after every blob and the
     manifest are there and verified. ``nice``: CPU niceness of the copy
     threads (readers on this node go first). Raises InvalidArgumentError for an
@@ -281,6 +282,9 @@ def place(
     try:
         mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
         dest = _site(sites, to, mount)
+        policy = ns.mounts[mount].placement
+        if max_rate is None and policy is not None:
+            max_rate = policy.max_rate  # the mount table's cap ([mounts.NAME.placement] max_rate)
         items = _blob_items(repo, manifest)
         total = sum(i.size for i in items)
         if dest.primary or to in read_record(primary.store).sites_of(h):
@@ -300,7 +304,7 @@ def place(
                 rec.inflight.pop(h, None)
 
         # The source blobs stay pinned while they are copied (GC keeps leased snapshots).
-        report = TransferReport(objects=len(items))
+        report = TransferReport(objects=len(items), max_rate=max_rate)
         with Lease(primary.store, h, primary.name):
             for attempt in range(_PUBLISH_TRIES):
                 epoch = update_record(primary.store, mark).drop_epoch(to)  # before any blob is checked

@@ -114,6 +114,7 @@ class TransferReport:
     bytes_verified: int = 0  # bytes read back from the destination and checked
     seconds: float = 0.0
     failed: list[str] = field(default_factory=list)
+    max_rate: float | None = None  # the cap the copy ran under, bytes/s (None: none)
 
     @property
     def rate(self) -> float:
@@ -131,6 +132,7 @@ class TransferReport:
             "bytes_verified": self.bytes_verified,
             "seconds": round(self.seconds, 3),
             "bytes_per_s": round(self.rate, 1),
+            "max_rate": self.max_rate,
         }
 
 
@@ -450,7 +452,7 @@ def copy_objects(
     """
     if workers <= 0 or part_bytes <= 0:
         raise InvalidArgumentError(f"workers and part_bytes must be positive, got {workers}, {part_bytes}")
-    report = TransferReport(objects=len(items))
+    report = TransferReport(objects=len(items), max_rate=max_rate)
     bar = Progress(sum(i.size for i in items), label, enabled=progress)
     c = _Copier(src, dst, part_bytes, RateLimiter(max_rate), bar, report, delete_bad)
     t0 = time.monotonic()
