@@ -37,6 +37,13 @@ def add_parser(sub: Any) -> None:
         help="CPU niceness of the copy, so readers on this node go first (default 10; 0 keeps the current priority)",
     )
     p.add_argument(
+        "--yield",
+        dest="yield_to_readers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="slow the copy while readers hold leases at either site (default: on; --no-yield copies at full speed)",
+    )
+    p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -120,7 +127,14 @@ def main(args: Any) -> int:
         else:
             raise InvalidArgumentError("say what to do: --to SITE, --status, --plan SITE, --drop SITE or --auto --near SITE")
         r = placement.place(
-            args.url, to, namespace=ns, max_rate=args.max_rate, workers=args.workers, progress=progress, nice=args.nice
+            args.url,
+            to,
+            namespace=ns,
+            max_rate=args.max_rate,
+            workers=args.workers,
+            progress=progress,
+            nice=args.nice,
+            yield_to_readers=args.yield_to_readers,
         )
         if args.json:
             print(json.dumps(r.to_json(), indent=2))

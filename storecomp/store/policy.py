@@ -131,6 +131,7 @@ def place_auto(
     workers: int = DEFAULT_WORKERS,
     progress: bool = False,
     nice: int = 0,
+    yield_to_readers: bool = True,
 ) -> AutoPlacement:
     """Apply the mount's placement policy to snapshot ``sc://mount/name``:
     decide (:func:`auto_decisions`) and copy to each site decided, one after
@@ -143,7 +144,16 @@ def place_auto(
         for d in result.decisions:
             if d.copy:
                 result.placed.append(
-                    place(url, d.site, namespace=ns, max_rate=max_rate, workers=workers, progress=progress, nice=nice)
+                    place(
+                        url,
+                        d.site,
+                        namespace=ns,
+                        max_rate=max_rate,
+                        workers=workers,
+                        progress=progress,
+                        nice=nice,
+                        yield_to_readers=yield_to_readers,
+                    )
                 )
         return result
     finally:
