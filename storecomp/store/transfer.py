@@ -219,7 +219,7 @@ class YieldPolicy:
     """
 
     readers: Callable[[], bool]
-    fraction: float = 0.15
+    fraction: float = 0.1
     base_rate: Callable[[], float] | None = None
     check_s: float = 1.0
     floor: float = float(1 << 20)
@@ -262,6 +262,7 @@ class _Yielder:
         if not readers:
             if self.yielding:
                 self.limiter.set_rate(self.max_rate)
+                self.copier.check_limiter.set_rate(None)
             self.yielding = False
             return
         base = self.full_rate
@@ -276,6 +277,7 @@ class _Yielder:
             rate = min(rate, self.max_rate)
         if not self.yielding or rate != self.yield_rate:
             self.limiter.set_rate(rate)
+            self.copier.check_limiter.set_rate(rate)  # reading copies back loads the sites too
         self.yielding, self.yield_rate = True, rate
 
     def _run(self) -> None:
@@ -372,15 +374,21 @@ def _read_part(store: Store, key: str, off: int, n: int, version: str | None = N
     return buf
 
 
-def verify_object(store: Store, key: str, sums: Checksums, part_bytes: int = DEFAULT_PART_BYTES) -> bool:
+def verify_object(
+    store: Store, key: str, sums: Checksums, part_bytes: int = DEFAULT_PART_BYTES, limiter: RateLimiter | None = None
+) -> bool:
     """True when ``key`` in ``store`` has ``sums.size`` bytes and every chunk
-    matches ``sums`` (read in parts); False when it is missing, short or differs."""
+    matches ``sums`` (read in parts, each part first taken from ``limiter``
+    when given); False when it is missing, short or differs."""
     try:
         if store.stat(key).size != sums.size:
             return False
         step = _part_size(part_bytes, sums)
         for off in range(0, sums.size, step):
-            sums.verify(_read_part(store, key, off, min(step, sums.size - off)), off, f"{store.url}/{key}")
+            n = min(step, sums.size - off)
+            if limiter is not None:
+                limiter.take(n)
+            sums.verify(_read_part(store, key, off, n), off, f"{store.url}/{key}")
     except (NotFoundError, CorruptDataError):
         return False
     except StorecompError as e:
@@ -417,6 +425,8 @@ class _Copier:
         self.stop = threading.Event()
         self.delete_bad = delete_bad
         self.moved = 0  # bytes read from the source for copies (the yield monitor's measure)
+        # Reads back from the destination: unlimited, except while yielding to readers (then at the yield rate).
+        self.check_limiter = RateLimiter(None)
 
     def _source_parts(self, item: CopyItem, step: int, crcs: list[int] | None) -> Iterator[np.ndarray]:
         label = f"{self.src.url}/{item.src_key}"
@@ -467,7 +477,7 @@ class _Copier:
             got = sums if sums is not None else Checksums(item.size, step, tuple(crcs or ()))
             t1 = time.monotonic()
             try:
-                ok = verify_object(self.check, item.dst_key, got, self.part_bytes)
+                ok = verify_object(self.check, item.dst_key, got, self.part_bytes, self.check_limiter)
             except StorecompError as e:
                 raise _destination_error(self.dst, item.dst_key, e) from None
             self._count(put_s=t1 - t0, verify_s=time.monotonic() - t1)
@@ -481,7 +491,7 @@ class _Copier:
 
     def _present(self, key: str, sums: Checksums) -> bool:
         try:
-            ok = verify_object(self.check, key, sums, self.part_bytes)
+            ok = verify_object(self.check, key, sums, self.part_bytes, self.check_limiter)
         except StorecompError as e:
             raise _destination_error(self.dst, key, e) from None
         return ok  # wrong bytes there are replaced by the copy (never deleted: another run may be writing good ones)

@@ -383,7 +383,7 @@ def test_place_yields_while_a_reader_holds_a_lease(ns: Namespace) -> None:
         assert resolved.site == "a" and pl.leases(st["a"])[0].purpose == "read"
         base = pl.read_record(st["a"]).rates["a->b"]  # the first copy's, at full speed
         r = place(URL, "b", namespace=ns)
-        assert r.transfer.yield_rate == max(float(1 << 20), 0.15 * base)
+        assert r.transfer.yield_rate == max(float(1 << 20), 0.1 * base)
         assert pl.read_record(st["a"]).rates["a->b"] == base  # a slowed copy does not lower the recorded rate
         drop(URL, "b", namespace=ns)
         assert place(URL, "b", namespace=ns, yield_to_readers=False).transfer.yield_rate is None
