@@ -141,7 +141,20 @@ def bench_boto3(a: SeaweedFS, a_url: str, keys: list[str], b: SeaweedFS, b_url: 
     }
 
 
-def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int) -> dict[str, Any]:
+def _parts_in_flight(sw: SeaweedFS, url: str) -> tuple[int, int]:
+    """(unfinished multipart uploads, bytes of their uploaded parts) under ``url`` at ``sw``:
+    what a kill -9 threw away (a rerun cannot resume them; obstore keeps no upload ids)."""
+    client = sw.boto3_client()
+    bucket, prefix = url[len("s3://") :].split("/", 1)
+    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    nbytes = 0
+    for up in uploads:
+        parts = client.list_parts(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"]).get("Parts", [])
+        nbytes += sum(int(p["Size"]) for p in parts)
+    return len(uploads), nbytes
+
+
+def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int, b: SeaweedFS, b_url: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STORECOMP_")}
     env["STORECOMP_MOUNTS"] = str(cfg)
     proc = subprocess.Popen([sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to", "resume"], env=env)
@@ -150,6 +163,11 @@ def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     present = sum(b_store.exists(k) for k in keys)
+    try:
+        uploads, thrown = _parts_in_flight(b, b_url)
+    except Exception as e:  # noqa: BLE001 - a measure only: the bench goes on without it
+        uploads, thrown = -1, -1
+        print(f"  .. could not list the unfinished uploads: {type(e).__name__}", file=sys.stderr)
     t0 = time.perf_counter()
     r = subprocess.run(
         [sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to", "resume", "--json"],
@@ -167,6 +185,8 @@ def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int
         "rerun_already_complete": doc.get("already_complete"),
         "rerun_seconds": time.perf_counter() - t0,
         "repeated_bytes": (doc.get("bytes_copied") or 0) - missing,
+        "uploads_in_flight_at_kill": uploads,
+        "part_bytes_thrown_away": thrown,
     }
 
 
@@ -241,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = Path(tmp) / "mounts.toml"
             _mount_toml(cfg, a, a_url, b, b.url("resume"), "resume")
             os.environ.update(a.env())  # both servers share the test credentials
-            out["resume"] = bench_resume(cfg, open_store(b.url("resume"), **b.store_options()), keys, total, blob)
+            out["resume"] = bench_resume(
+                cfg, open_store(b.url("resume"), **b.store_options()), keys, total, blob, b, b.url("resume")
+            )
             log("reader alone / during migrations")
             with _ns(a, a_url, b, b_url) as ns:
                 out["reader_alone"] = bench_reader(ns, args.read_s, None)
@@ -276,7 +298,10 @@ def print_table(out: dict[str, Any]) -> None:
             print(f"  {k:10} {r.get('skipped') or r.get('error')}")
     sc = out["storecomp"]
     if "verify_s" in sc:
-        print(f"  storecomp worker-seconds: streaming parts a -> b {sc['put_s']:.1f}, reading back from b {sc['verify_s']:.1f}")
+        print(
+            f"  storecomp worker-seconds: streaming parts a -> b {sc['put_s']:.1f} (of which waiting for source parts "
+            f"{sc.get('source_s', 0):.1f}), reading back from b {sc['verify_s']:.1f}"
+        )
     if out.get("ratio_vs_best_peer"):
         print(
             f"  storecomp / best peer: {out['ratio_vs_best_peer']:.2f}x (storecomp also reads every blob back and checks crc32c)"
@@ -284,7 +309,8 @@ def print_table(out: dict[str, Any]) -> None:
     rs = out["resume"]
     print(
         f"resume after kill -9: {rs['blobs_present_after_kill']} blobs kept, rerun copied {rs['rerun_bytes_copied']} bytes "
-        f"of {rs['bytes_missing_after_kill']} missing (repeated {rs['repeated_bytes']})"
+        f"of {rs['bytes_missing_after_kill']} missing (repeated {rs['repeated_bytes']}); {rs['uploads_in_flight_at_kill']} "
+        f"uploads were in flight at the kill, their {rs['part_bytes_thrown_away']} bytes of parts thrown away"
     )
     print(
         f"reader 64 KiB samples/s: alone {out['reader_alone']['samples_per_s']:.0f}, during a migration "

@@ -13,7 +13,10 @@ from .store import _human, _rate
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("place", help="copy a snapshot to a site (or show, plan, drop copies): sc://mount/name --to SITE")
-    p.add_argument("url", help="sc://mount/name (a snapshot), or sc://mount with --status")
+    p.add_argument(
+        "url",
+        help="sc://mount/name (a snapshot); sc://mount/prefix/ with --to (plain objects: a KV pool); sc://mount with --status",
+    )
     what = p.add_mutually_exclusive_group()
     what.add_argument("--to", metavar="SITE", help="site to copy the snapshot to")
     what.add_argument("--status", action="store_true", help="where each snapshot of the mount lives, what is in flight, leases")
@@ -121,6 +124,24 @@ def main(args: Any) -> int:
             for r in reports:
                 if not args.json:
                     _print_placed(args.url, r)
+            return 0
+        if args.to and args.url.endswith("/"):
+            t = placement.place_prefix(
+                args.url,
+                args.to,
+                namespace=ns,
+                max_rate=args.max_rate,
+                workers=args.workers,
+                progress=progress,
+                nice=args.nice,
+                yield_to_readers=args.yield_to_readers,
+            )
+            print(
+                json.dumps(t.to_json(), indent=2)
+                if args.json
+                else f"{args.url} at {args.to}: copied {t.copied} objects ({_human(t.bytes_copied)}), {t.skipped} already "
+                f"there and verified ({_human(t.bytes_skipped)}), {t.seconds:.1f} s"
+            )
             return 0
         if args.to:
             to = args.to

@@ -397,6 +397,7 @@ def _add(total: TransferReport, part: TransferReport) -> None:
         "yielded_s",
         "verify_s",
         "put_s",
+        "source_s",
     ):
         setattr(total, f, getattr(total, f) + getattr(part, f))
     total.yield_rate = part.yield_rate if part.yield_rate is not None else total.yield_rate
@@ -916,6 +917,63 @@ def placed_reader(url: str, *, namespace: Namespace | None = None, near: str | N
         except InvalidArgumentError:
             return None
         return PlacedReader(f"{SCHEME}{mount}/{name}", namespace=namespace, near=near)
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+# ---------------------------------------------------------------- plain objects (a KV shared pool)
+
+
+def place_prefix(
+    url: str,
+    to: str,
+    *,
+    namespace: Namespace | None = None,
+    max_rate: float | None = None,
+    workers: int = DEFAULT_WORKERS,
+    part_bytes: int = DEFAULT_PART_BYTES,
+    progress: bool = False,
+    nice: int = 0,
+    yield_to_readers: bool = True,
+) -> TransferReport:
+    """Copy every object under ``sc://mount/prefix/`` from the mount's primary to
+    site ``to``: plain immutable objects such as a KV shared pool
+    (docs/placement.md, "KV shared prefixes"). Only objects missing at ``to``
+    or different there move; each one's crc32c is computed while it streams
+    and checked read back at ``to``. No record is published: such objects are
+    usable one by one (a reader missing one at ``to`` falls back to another
+    replica). ``max_rate`` (None: the policy's), ``yield_to_readers`` and the
+    errors are those of :func:`place`."""
+    if not isinstance(url, str) or not url.startswith(SCHEME) or not url.endswith("/"):
+        raise InvalidArgumentError(f"{url!r}: expected sc://mount/prefix/ (ending in '/')")
+    mount, _, prefix = url[len(SCHEME) :].partition("/")
+    if not mount or prefix.startswith("/") or ".." in prefix.split("/"):
+        raise InvalidArgumentError(f"{url!r}: expected sc://mount/prefix/")
+    ns = namespace or Namespace()
+    try:
+        sites = mount_sites(ns, mount)
+        primary, dest = _primary(sites), _site(sites, to, mount)
+        policy = ns.mounts[mount].placement
+        if max_rate is None and policy is not None:
+            max_rate = policy.max_rate
+        if dest.primary:
+            return TransferReport(max_rate=max_rate)
+        items = [CopyItem(o.key, o.key, o.size) for o in primary.store.list(prefix) if not o.key.startswith("placement/")]
+        yielding = reader_yield(primary, dest, read_record(primary.store)) if yield_to_readers else None
+        return copy_objects(
+            primary.store,
+            dest.store,
+            items,
+            workers=workers,
+            part_bytes=part_bytes,
+            max_rate=max_rate,
+            progress=progress,
+            label=f"place {url} -> {to}",
+            delete_bad=False,  # another run may be writing the same object
+            nice=nice,
+            yield_to=yielding,
+        )
     finally:
         if namespace is None:
             ns.close()

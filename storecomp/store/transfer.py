@@ -118,6 +118,7 @@ class TransferReport:
     yielded_s: float = 0.0  # seconds spent slowed down for readers (YieldPolicy)
     verify_s: float = 0.0  # worker-seconds spent reading copies back from the destination (summed over threads)
     put_s: float = 0.0  # worker-seconds spent streaming source parts into the destination (summed over threads)
+    source_s: float = 0.0  # of put_s: worker-seconds waiting for source parts (read and checked)
     yield_rate: float | None = None  # the last rate used while yielding, bytes/s
 
     @property
@@ -140,6 +141,7 @@ class TransferReport:
             "yielded_s": round(self.yielded_s, 1),
             "verify_s": round(self.verify_s, 2),
             "put_s": round(self.put_s, 2),
+            "source_s": round(self.source_s, 2),
             "yield_rate": self.yield_rate,
         }
 
@@ -440,6 +442,7 @@ class _Copier:
                 raise TransferError(f"{self.dst.url}/{item.dst_key}: copy cancelled (another object failed)")
             n = min(step, item.size - off)
             self.limiter.take(n)
+            t0 = time.monotonic()
             try:  # pinned to the version stat named: a replacement mid-copy is refused, never read torn
                 part = _read_part(self.src, item.src_key, off, n, None if before is None else before.version)
             except VersionChangedError:
@@ -452,6 +455,7 @@ class _Copier:
                 crcs.append(crc32c(part))
             with self.lock:
                 self.moved += n
+                self.report.source_s += time.monotonic() - t0
             yield part
             self.progress.add(n)
         if before is not None and self.src.stat(item.src_key).version != before.version:
