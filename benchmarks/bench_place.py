@@ -25,7 +25,9 @@ Steps (two ``weed server`` processes on loopback, one per site):
    storecomp reader of a placed snapshot (``open_snapshot``), alone, then
    while a ``storecomp place`` subprocess migrates it to b: with the
    defaults (the copy yields to leased readers), and with ``--no-yield``
-   (the copy at full speed, as before the yield existed).
+   (the copy at full speed, as before the yield existed); during a
+   migration the count starts ``--settle-s`` seconds after the ``storecomp
+   place`` process starts (its interpreter start-up is not the copy).
 
 Prints a table and writes JSON with ``--json``. Never asserts speed.
 """
@@ -160,6 +162,7 @@ def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int
     proc = subprocess.Popen([sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to", "resume"], env=env)
     while proc.poll() is None and sum(b_store.exists(k) for k in keys) < len(keys) // 2:
         time.sleep(0.05)
+    exited = proc.poll()  # not None: the first run ended by itself (finished or failed) before the kill
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     present = sum(b_store.exists(k) for k in keys)
@@ -185,14 +188,17 @@ def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int
         "rerun_already_complete": doc.get("already_complete"),
         "rerun_seconds": time.perf_counter() - t0,
         "repeated_bytes": (doc.get("bytes_copied") or 0) - missing,
+        "first_run_exit": exited,
+        "rerun_error": doc.get("error"),
         "uploads_in_flight_at_kill": uploads,
         "part_bytes_thrown_away": thrown,
     }
 
 
-def bench_reader(ns: Namespace, seconds: float, migrate: list[str] | None) -> dict[str, Any]:
+def bench_reader(ns: Namespace, seconds: float, migrate: list[str] | None, settle_s: float = 0.0) -> dict[str, Any]:
     """Samples/s of one reader of random 64 KiB samples at site a, with ``migrate``
-    (a command) running meanwhile when given."""
+    (a command) running meanwhile when given; the count starts ``settle_s``
+    seconds after the command starts (its interpreter start is not the copy)."""
     res, lease = pl.open_snapshot("sc://ds/train", namespace=ns, near="a")
     snap = res.snapshot
     paths = snap.paths()
@@ -200,6 +206,8 @@ def bench_reader(ns: Namespace, seconds: float, migrate: list[str] | None) -> di
     rng = np.random.default_rng(1)
     buf = np.empty(64 << 10, np.uint8)
     proc = subprocess.Popen(migrate, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if migrate else None
+    if proc is not None and settle_s > 0:
+        time.sleep(settle_s)
     n, t0 = 0, time.perf_counter()
     try:
         while time.perf_counter() - t0 < seconds and (proc is None or proc.poll() is None or n == 0):
@@ -224,10 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--part-mib", type=int, default=8)
     ap.add_argument("--read-s", type=float, default=5.0, help="seconds of each reader measurement")
+    ap.add_argument(
+        "--settle-s", type=float, default=3.0, help="seconds between starting a migration and counting the reader's samples"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.tiny:
-        args.mib, args.blob_mib, args.read_s = 24, 4, 0.5
+        args.mib, args.blob_mib, args.read_s, args.settle_s = 24, 4, 0.5, 0.0
     total, blob, part = args.mib << 20, args.blob_mib << 20, args.part_mib << 20
     log = lambda m: print(f"  .. {m}", file=sys.stderr, flush=True)  # noqa: E731
     out: dict[str, Any] = {
@@ -271,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                 base = [sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to"]
                 _mount_toml(env_cfg, a, a_url, b, b.url("mig1"), "mig1")
                 os.environ["STORECOMP_MOUNTS"] = str(env_cfg)
-                out["reader_during"] = bench_reader(ns, args.read_s, base + ["mig1"])
+                out["reader_during"] = bench_reader(ns, args.read_s, base + ["mig1"], args.settle_s)
                 _mount_toml(env_cfg, a, a_url, b, b.url("mig2"), "mig2")
-                out["reader_during_no_yield"] = bench_reader(ns, args.read_s, base + ["mig2", "--no-yield"])
+                out["reader_during_no_yield"] = bench_reader(ns, args.read_s, base + ["mig2", "--no-yield"], args.settle_s)
                 del os.environ["STORECOMP_MOUNTS"]
             alone = out["reader_alone"]["samples_per_s"]
             out["reader_ratio"] = out["reader_during"]["samples_per_s"] / alone
@@ -312,6 +323,8 @@ def print_table(out: dict[str, Any]) -> None:
         f"of {rs['bytes_missing_after_kill']} missing (repeated {rs['repeated_bytes']}); {rs['uploads_in_flight_at_kill']} "
         f"uploads were in flight at the kill, their {rs['part_bytes_thrown_away']} bytes of parts thrown away"
     )
+    if rs.get("rerun_error"):
+        print(f"  the rerun failed: {rs['rerun_error']}")
     print(
         f"reader 64 KiB samples/s: alone {out['reader_alone']['samples_per_s']:.0f}, during a migration "
         f"{out['reader_during']['samples_per_s']:.0f} ({out['reader_ratio']:.2f}x, the copy yielding), with --no-yield "
