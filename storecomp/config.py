@@ -43,7 +43,7 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,236 @@ def _check(key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: align={value}: expected a power of two of at least 512")
     if key == "split_bytes" and value % 4096:
         raise ConfigError(f"{where}: split_bytes={value}: expected a multiple of 4096")
+
+
+# ---------------------------------------------------------------- mount tables
+
+_ENV_MOUNT = "STORECOMP_MOUNT_"
+#: Option names refused in mount tables (credentials belong in the environment).
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
+_MOUNT_KEYS = (
+    "url",
+    "options",
+    "replicas",
+    "primary",
+    "read_only",
+    "cache_dir",
+    "cache_max_bytes",
+    "cache_block_bytes",
+    "encryption",
+    "placement",
+)
+#: ``[mounts.NAME.placement]`` keys (storecomp.store.mounts.PlacementPolicy; rule in docs/placement.md).
+_PLACEMENT_KEYS = ("near", "min_copies", "max_rate", "auto", "reads")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One mount as configured, checked: ``values`` are the keyword arguments of
+    :class:`storecomp.store.mounts.Mount` (``replicas`` as dicts of Replica's,
+    ``placement`` as a dict of PlacementPolicy's or None). ``source`` names the
+    file or variable; :meth:`error` builds a one-line ConfigError naming it,
+    the line and the key."""
+
+    name: str
+    values: Mapping[str, Any]
+    source: str
+    text: str = ""  # the TOML text ("" for an environment variable)
+
+    def error(self, key: str, msg: str) -> ConfigError:
+        """A ConfigError for ``key`` of this mount (``placement.near`` names a key of the placement table)."""
+        if not self.text:
+            return ConfigError(f"{self.source}: {msg}")
+        table, _, leaf = f"mounts.{self.name}.{key}".rpartition(".")
+        return ConfigError(f"{self.source}:{_line_of(self.text, table, leaf)}: [{table}] {leaf}: {msg}")
+
+
+def mount_entries(environ: Mapping[str, str] | None = None) -> list[MountEntry]:
+    """The configured mounts, lowest precedence first (a later entry of the same
+    name replaces an earlier one): the ``[mounts]`` table of ``STORECOMP_CONFIG``,
+    then of ``STORECOMP_MOUNTS``, then ``STORECOMP_MOUNT_<NAME>=url[,url...]``.
+    Raises ConfigError naming the file, line and key of a malformed entry."""
+    env = os.environ if environ is None else environ
+    out: list[MountEntry] = []
+    for var in ("STORECOMP_CONFIG", "STORECOMP_MOUNTS"):
+        if env.get(var):
+            out += _mounts_from_file(Path(env[var]), var)
+    for var, value in sorted(env.items()):
+        if var.startswith(_ENV_MOUNT) and len(var) > len(_ENV_MOUNT):
+            urls = [u.strip() for u in value.split(",") if u.strip()]
+            entry = MountEntry(var[len(_ENV_MOUNT) :].lower(), {}, f"{var}={value!r}")
+            if not urls:
+                raise entry.error("url", "expected url[,url...]: mount has no replicas")
+            replicas = [{"url": u, "preference": i} for i, u in enumerate(urls)]
+            out.append(dataclasses.replace(entry, values={"replicas": replicas}))
+    return out
+
+
+def local_site(environ: Mapping[str, str] | None = None) -> str:
+    """This node's site (``STORECOMP_SITE``; "" when unset): its replicas are read first."""
+    return (os.environ if environ is None else environ).get("STORECOMP_SITE", "")
+
+
+def _mounts_from_file(path: Path, var: str) -> list[MountEntry]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (named by {var})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file (named by {var}): {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8 (named by {var})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    table = doc.get("mounts", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}:{_line_of(text, 'mounts')}: [mounts] must be a table of mounts")
+    return [_mount_entry(MountEntry(name, {}, str(path), text), spec) for name, spec in table.items()]
+
+
+def _mount_entry(entry: MountEntry, spec: Any) -> MountEntry:
+    fail = entry.error
+    if not isinstance(spec, dict):
+        raise fail("", "a mount must be a table with 'url' or 'replicas'")
+    for key in spec:
+        if key not in _MOUNT_KEYS:
+            raise fail(key, f"unknown key; known: {', '.join(sorted(_MOUNT_KEYS))}")
+    if ("url" in spec) == ("replicas" in spec):
+        raise fail("url", "give exactly one of 'url' or 'replicas'")
+    replicas: list[dict[str, Any]] = []
+    if "url" in spec:
+        if not isinstance(spec["url"], str) or not spec["url"]:
+            raise fail("url", "expected a non-empty string")
+        replicas.append({"url": spec["url"], "options": _options(spec.get("options", {}), lambda m: fail("options", m), 0)})
+    else:
+        reps = spec["replicas"]
+        if not isinstance(reps, list) or not reps:
+            raise fail("replicas", "expected a non-empty array of tables {url, site, preference}")
+        for i, r in enumerate(reps):
+            if isinstance(r, str):
+                r = {"url": r}
+            if not isinstance(r, dict) or not isinstance(r.get("url"), str) or not r["url"]:
+                raise fail("replicas", f"entry {i}: expected a table with a string 'url'")
+            extra = set(r) - {"url", "site", "preference", "options"}
+            if extra:
+                raise fail("replicas", f"entry {i}: unknown key {sorted(extra)[0]!r}; known: url, site, preference, options")
+            site, pref = r.get("site", ""), r.get("preference", i)
+            if not isinstance(site, str):
+                raise fail("replicas", f"entry {i}: site must be a string")
+            if not isinstance(pref, int) or isinstance(pref, bool):
+                raise fail("replicas", f"entry {i}: preference must be an integer")
+            options = _options(r.get("options", {}), lambda m: fail("replicas", m), i)
+            replicas.append({"url": r["url"], "site": site, "preference": pref, "options": options})
+    primary, read_only = spec.get("primary", ""), spec.get("read_only", False)
+    if not isinstance(primary, str):
+        raise fail("primary", "expected a site name or replica url")
+    if not isinstance(read_only, bool):
+        raise fail("read_only", "expected true or false")
+    cache_dir, cache_max, cache_block = spec.get("cache_dir", ""), spec.get("cache_max_bytes", 0), spec.get("cache_block_bytes")
+    if not isinstance(cache_dir, str):
+        raise fail("cache_dir", "expected a directory path")
+    if not _is_int(cache_max) or cache_max < 0:
+        raise fail("cache_max_bytes", "expected a positive integer (bytes)")
+    if cache_block is not None and (not _is_int(cache_block) or cache_block <= 0):
+        raise fail("cache_block_bytes", "expected a positive integer (bytes), a multiple of 4096")
+    encryption = spec.get("encryption", "")
+    if not isinstance(encryption, str) or not (encryption in ("", "off", "env", "file") or encryption.startswith("file:")):
+        raise fail("encryption", "expected 'env', 'file', 'file:PATH' or 'off'")
+    values = {
+        "replicas": replicas,
+        "primary": primary,
+        "read_only": read_only,
+        "cache_dir": cache_dir,
+        "cache_max_bytes": cache_max,
+        "cache_block_bytes": cache_block,
+        "encryption": encryption,
+        "placement": _placement(spec["placement"], entry) if "placement" in spec else None,
+    }
+    return dataclasses.replace(entry, values=values)
+
+
+def _placement(spec: Any, entry: MountEntry) -> dict[str, Any]:
+    """``[mounts.NAME.placement]``, checked for types and ranges (site names are
+    checked against the replicas where the mount is built)."""
+
+    def fail(key: str, msg: str) -> ConfigError:
+        return entry.error(f"placement.{key}" if key else "placement", msg)
+
+    if not isinstance(spec, dict):
+        raise fail("", f"expected a table with keys {', '.join(_PLACEMENT_KEYS)}")
+    for key in spec:
+        if key not in _PLACEMENT_KEYS:
+            raise fail(key, f"unknown key; known: {', '.join(_PLACEMENT_KEYS)}")
+    out: dict[str, Any] = {}
+    if "near" in spec:
+        near = spec["near"]
+        if isinstance(near, str):
+            near = [near]
+        if not isinstance(near, list) or not all(isinstance(s, str) and s for s in near):
+            raise fail("near", 'expected an array of site names, e.g. ["siteB"]')
+        out["near"] = tuple(near)
+    if "min_copies" in spec:
+        if not _is_int(spec["min_copies"]) or spec["min_copies"] < 1:
+            raise fail("min_copies", "expected a positive integer (complete copies, the primary's included)")
+        out["min_copies"] = spec["min_copies"]
+    if "max_rate" in spec:
+        rate = spec["max_rate"]
+        if isinstance(rate, str):
+            try:
+                rate = parse_size(rate)
+            except ValueError as e:
+                raise fail("max_rate", f"{e}; expected bytes/s such as 50M or 1G") from None
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0 or rate == float("inf"):
+            raise fail("max_rate", "expected a positive rate in bytes/s (a number, or a size such as '50M')")
+        out["max_rate"] = float(rate)
+    if "auto" in spec:
+        if not isinstance(spec["auto"], bool):
+            raise fail("auto", "expected true or false")
+        out["auto"] = spec["auto"]
+    if "reads" in spec:
+        reads = spec["reads"]
+        if isinstance(reads, bool) or not isinstance(reads, (int, float)) or not 0 <= reads < float("inf"):
+            raise fail("reads", "expected a number >= 0 (expected full reads of each snapshot)")
+        out["reads"] = float(reads)
+    return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _options(obj: Any, fail: Callable[[str], ConfigError], i: int) -> tuple[tuple[str, Any], ...]:
+    """Backend options of a replica, refusing anything that looks like a credential."""
+    if not isinstance(obj, dict):
+        raise fail(f"entry {i}: options must be a table (endpoint, region, ...)")
+    for k in obj:
+        if any(w in k.lower() for w in _SECRET_WORDS):
+            raise fail(f"entry {i}: option {k!r} looks like a credential; set it in the environment (AWS_*), not in a file")
+    return tuple(sorted(obj.items()))
+
+
+def _line_of(text: str, table: str, key: str = "") -> int:
+    """Best-effort 1-based line of ``key`` inside ``[table]`` (the header's line without a key)."""
+    parts = table.split(".")
+    header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(rf"[\"']?{re.escape(p)}[\"']?" for p in parts) + r"\s*\]")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if header.match(line):
+            if key:
+                for j in range(i + 1, len(lines)):
+                    if lines[j].lstrip().startswith("["):
+                        break
+                    if re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", lines[j]):
+                        return j + 1
+            return i + 1
+    # An inline table: `name = { ... }` under its parent.
+    name = parts[-1]
+    for i, line in enumerate(lines):
+        if re.match(rf"^\s*[\"']?{re.escape(name)}[\"']?\s*=", line):
+            return i + 1
+    return 1
 
 
 def vllm_venv(environ: Mapping[str, str] | None = None) -> Path:

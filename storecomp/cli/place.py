@@ -13,15 +13,24 @@ from .store import _human, _rate
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("place", help="copy a snapshot to a site (or show, plan, drop copies): sc://mount/name --to SITE")
-    p.add_argument("url", help="sc://mount/name (a snapshot), or sc://mount with --status")
+    p.add_argument(
+        "url",
+        help="sc://mount/name (a snapshot); sc://mount/prefix/ with --to (plain objects: a KV pool); sc://mount with --status",
+    )
     what = p.add_mutually_exclusive_group()
     what.add_argument("--to", metavar="SITE", help="site to copy the snapshot to")
     what.add_argument("--status", action="store_true", help="where each snapshot of the mount lives, what is in flight, leases")
     what.add_argument("--plan", metavar="SITE", help="dry run: bytes to move to SITE and the estimated time")
     what.add_argument("--drop", metavar="SITE", help="remove SITE's copy (refused for the only copy or a leased one)")
-    what.add_argument("--auto", action="store_true", help="decide from measured rates whether to copy near --near SITE")
-    p.add_argument("--near", metavar="SITE", help="with --auto: the site where the readers run")
-    p.add_argument("--reads", type=float, default=1.0, help="with --auto: expected full reads of the snapshot (default 1)")
+    what.add_argument(
+        "--auto",
+        action="store_true",
+        help="apply the mount's placement policy ([mounts.NAME.placement]) or decide for --near SITE, and say why",
+    )
+    p.add_argument("--near", metavar="SITE[,SITE]", help="with --auto: the site(s) where the readers run (default: the policy's)")
+    p.add_argument(
+        "--reads", type=float, default=None, help="with --auto: expected full reads of the snapshot (default: the policy's, 1)"
+    )
     p.add_argument("--max-rate", type=_rate, default=None, metavar="RATE", help="bandwidth cap, bytes/s (50M, 1G)")
     p.add_argument("-j", "--workers", type=int, default=8, help="blobs copied at once (default 8)")
     p.add_argument(
@@ -29,6 +38,13 @@ def add_parser(sub: Any) -> None:
         type=int,
         default=10,
         help="CPU niceness of the copy, so readers on this node go first (default 10; 0 keeps the current priority)",
+    )
+    p.add_argument(
+        "--yield",
+        dest="yield_to_readers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="slow the copy while readers hold leases at either site (default: on; --no-yield copies at full speed)",
     )
     p.add_argument(
         "--progress",
@@ -83,34 +99,80 @@ def main(args: Any) -> int:
             return 0
         progress = sys.stderr.isatty() if args.progress is None else args.progress
         if args.auto:
-            if not args.near:
-                raise InvalidArgumentError("--auto needs --near SITE (where the readers run)")
-            d = placement.decide(args.url, args.near, reads=args.reads, namespace=ns)
-            print(
-                json.dumps(d.to_json(), indent=2) if args.json else f"{'copy' if d.copy else 'stay'}: {d.why}",
-                file=sys.stderr if not args.json else sys.stdout,
+            from ..store import policy
+
+            near = [s.strip() for s in args.near.split(",") if s.strip()] if args.near else None
+            decisions = policy.auto_decisions(args.url, near=near, reads=args.reads, namespace=ns)
+            if not args.json:
+                for d in decisions:
+                    print(f"{d.site}: {'copy' if d.copy else 'stay'}: {d.why}", file=sys.stderr)
+            reports = [
+                placement.place(
+                    args.url,
+                    d.site,
+                    namespace=ns,
+                    max_rate=args.max_rate,
+                    workers=args.workers,
+                    progress=progress,
+                    nice=args.nice,
+                )
+                for d in decisions
+                if d.copy
+            ]
+            if args.json:
+                print(json.dumps(policy.AutoPlacement(args.url, decisions, reports).to_json(), indent=2))
+            for r in reports:
+                if not args.json:
+                    _print_placed(args.url, r)
+            return 0
+        if args.to and args.url.endswith("/"):
+            t = placement.place_prefix(
+                args.url,
+                args.to,
+                namespace=ns,
+                max_rate=args.max_rate,
+                workers=args.workers,
+                progress=progress,
+                nice=args.nice,
+                yield_to_readers=args.yield_to_readers,
             )
-            if not d.copy:
-                return 0
-            to = d.site
-        elif args.to:
+            print(
+                json.dumps(t.to_json(), indent=2)
+                if args.json
+                else f"{args.url} at {args.to}: copied {t.copied} objects ({_human(t.bytes_copied)}), {t.skipped} already "
+                f"there and verified ({_human(t.bytes_skipped)}), {t.seconds:.1f} s"
+            )
+            return 0
+        if args.to:
             to = args.to
         else:
             raise InvalidArgumentError("say what to do: --to SITE, --status, --plan SITE, --drop SITE or --auto --near SITE")
         r = placement.place(
-            args.url, to, namespace=ns, max_rate=args.max_rate, workers=args.workers, progress=progress, nice=args.nice
+            args.url,
+            to,
+            namespace=ns,
+            max_rate=args.max_rate,
+            workers=args.workers,
+            progress=progress,
+            nice=args.nice,
+            yield_to_readers=args.yield_to_readers,
         )
         if args.json:
             print(json.dumps(r.to_json(), indent=2))
-        elif r.already_complete:
-            print(f"{args.url} is already complete at {to}")
         else:
-            t = r.transfer
-            print(
-                f"{args.url} complete at {to}: copied {t.copied} blobs ({_human(t.bytes_copied)}), {t.skipped} already there "
-                f"and verified ({_human(t.bytes_skipped)}), {t.seconds:.1f} s"
-            )
+            _print_placed(args.url, r)
     return 0
+
+
+def _print_placed(url: str, r: Any) -> None:
+    if r.already_complete:
+        print(f"{url} is already complete at {r.site}")
+        return
+    t = r.transfer
+    print(
+        f"{url} complete at {r.site}: copied {t.copied} blobs ({_human(t.bytes_copied)}), {t.skipped} already there "
+        f"and verified ({_human(t.bytes_skipped)}), {t.seconds:.1f} s"
+    )
 
 
 def _print_status(doc: dict[str, Any], as_json: bool) -> int:

@@ -13,6 +13,7 @@ from .leases import Lease
 from .local import LocalStore
 from .namespace import Mount, Namespace, Replica, ReplicatedStore, StoreReader, load_mounts
 from .placement import PlacedReader, PlaceReport, Plan, Resolved, drop, open_snapshot, place, placed_reader, plan, resolve
+from .policy import AutoPlacement, auto_decisions, place_auto
 from .registry import backends, open_store, register_backend
 from .retry import RetryPolicy
 from .snapshots import ANY, Entry, GCReport, Manifest, RefState, Repository, Snapshot, SnapshotWriter
@@ -53,6 +54,7 @@ __all__ = [
     "Snapshot",
     "SnapshotWriter",
     # copies and placement across sites (transfer.py, placement.py, leases.py)
+    "AutoPlacement",
     "CopyItem",
     "Lease",
     "PlaceReport",
@@ -61,10 +63,12 @@ __all__ = [
     "Resolved",
     "TransferError",
     "TransferReport",
+    "auto_decisions",
     "copy_objects",
     "drop",
     "open_snapshot",
     "place",
+    "place_auto",
     "placed_reader",
     "plan",
     "resolve",

@@ -38,6 +38,8 @@ class LeaseInfo:
     site: str
     holder: str
     expires: float
+    #: "read" (a reader pins what it reads: copies yield to it) or "copy" (a placement's source pin).
+    purpose: str = "read"
 
     @property
     def live(self) -> bool:
@@ -57,7 +59,16 @@ def leases(store: Store, prefix: str = "", manifest: str | None = None) -> list[
         try:
             doc = json.loads(store.get(info.key))
             lease_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
-            out.append(LeaseInfo(lease_id, str(doc["manifest"]), str(doc["site"]), str(doc["holder"]), float(doc["expires"])))
+            out.append(
+                LeaseInfo(
+                    lease_id,
+                    str(doc["manifest"]),
+                    str(doc["site"]),
+                    str(doc["holder"]),
+                    float(doc["expires"]),
+                    str(doc.get("purpose", "read")),
+                )
+            )
         except NotFoundError:
             continue  # released while listing
         except (ValueError, KeyError, TypeError):
@@ -85,13 +96,26 @@ class Lease:
 
     ``store``: the mount's primary; ``ttl_s``: seconds a lease outlives its
     last renewal. Renewal failures are kept in :attr:`error` (the lease then
-    lapses after ``ttl_s``); :meth:`release` is idempotent.
+    lapses after ``ttl_s``); :meth:`release` is idempotent. ``purpose``:
+    "read" (copies touching ``site`` yield to the holder) or "copy".
     """
 
-    def __init__(self, store: Store, manifest: str, site: str, *, prefix: str = "", ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        manifest: str,
+        site: str,
+        *,
+        prefix: str = "",
+        ttl_s: float = DEFAULT_TTL_S,
+        purpose: str = "read",
+    ) -> None:
         if ttl_s <= 0:
             raise InvalidArgumentError(f"lease ttl_s must be positive, got {ttl_s}")
+        if purpose not in ("read", "copy"):
+            raise InvalidArgumentError(f"lease purpose must be 'read' or 'copy', got {purpose!r}")
         self.store, self.manifest, self.site, self.ttl_s = store, manifest, site, ttl_s
+        self.purpose = purpose
         self.id = uuid.uuid4().hex
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.key = _key(prefix, manifest, self.id)
@@ -107,6 +131,7 @@ class Lease:
             "site": self.site,
             "holder": self.holder,
             "expires": time.time() + self.ttl_s,
+            "purpose": self.purpose,
         }
         self.store.put(self.key, json.dumps(doc).encode())
 

@@ -1,21 +1,30 @@
-"""The mount table: :class:`Mount` and :class:`Replica`, and loading it from
-TOML files and ``STORECOMP_MOUNT_*`` variables (format in docs/store.md)."""
+"""The mount table's data model: :class:`Mount`, :class:`Replica` and a mount's
+:class:`PlacementPolicy`. The TOML files and ``STORECOMP_MOUNT_*`` variables
+are read and checked by :func:`storecomp.config.mount_entries` (format in
+docs/store.md); :func:`load_mounts` builds the table from them."""
 
 from __future__ import annotations
 
-import os
+import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InvalidArgumentError
+from .. import config
+from ..errors import InvalidArgumentError
 from ..redact import public_url
 
 SCHEME = "sc://"
 _MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ENV_MOUNT = "STORECOMP_MOUNT_"
+
+
+class _BadField(InvalidArgumentError):
+    """A mount field out of range; ``key`` names it as the mount table spells it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 # ---------------------------------------------------------------- mounts
@@ -36,8 +45,37 @@ class Replica:
         return f"Replica(url={public_url(self.url)!r}, site={self.site!r}, preference={self.preference})"
 
 
-#: Option names refused in mount tables (credentials belong in the environment).
-_SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
+@dataclass(frozen=True)
+class PlacementPolicy:
+    """Where ``storecomp place --auto`` puts a mount's snapshots (``[mounts.NAME.placement]``;
+    the rule is in docs/placement.md, section "The policy table").
+
+    ``near``: sites where the readers run, nearest first (candidates for a copy);
+    ``min_copies``: complete copies to keep, the primary's included (copied
+    whatever the rule says); ``max_rate``: bytes/s cap of this mount's copies
+    (None: the copy engine's default, which yields to readers); ``auto``: let
+    the decision rule add a copy at a ``near`` site when it pays off;
+    ``reads``: expected full reads of a snapshot at each ``near`` site.
+    """
+
+    near: tuple[str, ...] = ()
+    min_copies: int = 1
+    max_rate: float | None = None
+    auto: bool = True
+    reads: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.near, str) or not all(isinstance(s, str) and s for s in self.near):
+            raise _BadField("placement.near", f"near={self.near!r}: expected a sequence of site names")
+        object.__setattr__(self, "near", tuple(self.near))
+        if isinstance(self.min_copies, bool) or not isinstance(self.min_copies, int) or self.min_copies < 1:
+            raise _BadField("placement.min_copies", f"min_copies={self.min_copies!r}: expected a positive integer")
+        if self.max_rate is not None and not (0 < self.max_rate < math.inf):
+            raise _BadField("placement.max_rate", f"max_rate={self.max_rate!r}: expected a positive rate in bytes/s")
+        if not isinstance(self.auto, bool):
+            raise _BadField("placement.auto", f"auto={self.auto!r}: expected True or False")
+        if not (0 <= self.reads < math.inf):
+            raise _BadField("placement.reads", f"reads={self.reads!r}: expected a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -60,21 +98,40 @@ class Mount:
     #: Encryption at rest (storecomp.store.encrypted.EncryptedStore, outside the cache):
     #: "" (off), "env" (STORECOMP_ENCRYPTION_KEYS), "file" or "file:PATH" (a key file).
     encryption: str = ""
+    #: Where ``place --auto`` puts its snapshots (None: only ``--near`` decides).
+    placement: PlacementPolicy | None = None
 
     def __post_init__(self) -> None:
         if not _MOUNT_NAME.match(self.name):
-            raise InvalidArgumentError(f"mount name {self.name!r}: use letters, digits, '_', '.', '-'")
+            raise _BadField("url", f"mount name {self.name!r}: use letters, digits, '_', '.', '-'")
         if not self.replicas:
-            raise InvalidArgumentError(f"mount {self.name!r} has no replicas")
+            raise _BadField("url", f"mount {self.name!r} has no replicas")
         if self.primary and self.primary_replica is None:
-            raise InvalidArgumentError(f"mount {self.name!r}: primary {self.primary!r} is no replica's site or url")
+            raise _BadField("primary", f"mount {self.name!r}: primary {self.primary!r} is no replica's site or url")
         if self.cache_dir and self.cache_max_bytes <= 0:
-            raise InvalidArgumentError(f"mount {self.name!r}: cache_dir needs a positive cache_max_bytes")
+            raise _BadField("cache_max_bytes", f"mount {self.name!r}: cache_dir needs a positive cache_max_bytes")
+        if self.placement is not None:
+            sites = self.site_names
+            for s in self.placement.near:
+                if s not in sites:
+                    raise _BadField(
+                        "placement.near", f"mount {self.name!r}: {s!r} is no replica's site (sites: {', '.join(sites)})"
+                    )
+            if self.placement.min_copies > len(sites):
+                raise _BadField(
+                    "placement.min_copies",
+                    f"mount {self.name!r}: min_copies={self.placement.min_copies} but the mount has {len(sites)} site(s)",
+                )
 
     @classmethod
     def of(cls, name: str, *urls: str, read_only: bool = False) -> Mount:
         """A mount over ``urls`` (replicas in order of preference)."""
         return cls(name, tuple(Replica(u, preference=i) for i, u in enumerate(urls)), read_only=read_only)
+
+    @property
+    def site_names(self) -> list[str]:
+        """Each replica's site name (its URL when it has none), in table order, without repeats."""
+        return list(dict.fromkeys(r.site or r.url for r in self.replicas))
 
     @property
     def primary_replica(self) -> Replica | None:
@@ -90,149 +147,23 @@ class Mount:
 
 
 def load_mounts(environ: Mapping[str, str] | None = None) -> dict[str, Mount]:
-    """The mount table from files and environment (see the module docstring).
+    """The mount table from files and environment (read by :func:`storecomp.config.mount_entries`).
 
     Raises ConfigError naming the file, line and key of a malformed entry.
     """
-    env = os.environ if environ is None else environ
     mounts: dict[str, Mount] = {}
-    for var in ("STORECOMP_CONFIG", "STORECOMP_MOUNTS"):
-        if env.get(var):
-            mounts.update(_mounts_from_file(Path(env[var]), var))
-    for var, value in sorted(env.items()):
-        if var.startswith(_ENV_MOUNT) and len(var) > len(_ENV_MOUNT):
-            name = var[len(_ENV_MOUNT) :].lower()
-            urls = [u.strip() for u in value.split(",") if u.strip()]
-            try:
-                mounts[name] = Mount.of(name, *urls)
-            except InvalidArgumentError as e:
-                raise ConfigError(f"{var}={value!r}: {e}") from None
+    for entry in config.mount_entries(environ):
+        mounts[entry.name] = mount_from_entry(entry)
     return mounts
 
 
-def _mounts_from_file(path: Path, var: str) -> dict[str, Mount]:
-    import tomllib
-
+def mount_from_entry(entry: config.MountEntry) -> Mount:
+    """The :class:`Mount` a checked config entry describes; ConfigError naming the key it breaks."""
+    values = dict(entry.values)
+    replicas = tuple(Replica(**r) for r in values.pop("replicas"))
+    policy = values.pop("placement", None)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (named by {var})") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file (named by {var}): {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8 (named by {var})") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    table = doc.get("mounts", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}:{_line_of(text, 'mounts')}: [mounts] must be a table of mounts")
-    out: dict[str, Mount] = {}
-    for name, spec in table.items():
-        out[name] = _mount_from_table(path, text, name, spec)
-    return out
-
-
-def _mount_from_table(path: Path, text: str, name: str, spec: Any) -> Mount:
-    def fail(key: str, msg: str) -> ConfigError:
-        line = _line_of(text, f"mounts.{name}", key)
-        return ConfigError(f"{path}:{line}: [mounts.{name}] {key}: {msg}")
-
-    if not isinstance(spec, dict):
-        return _raise(fail("", "a mount must be a table with 'url' or 'replicas'"))
-    known = {
-        "url",
-        "options",
-        "replicas",
-        "primary",
-        "read_only",
-        "cache_dir",
-        "cache_max_bytes",
-        "cache_block_bytes",
-        "encryption",
-    }
-    for key in spec:
-        if key not in known:
-            raise fail(key, f"unknown key; known: {', '.join(sorted(known))}")
-    if ("url" in spec) == ("replicas" in spec):
-        raise fail("url", "give exactly one of 'url' or 'replicas'")
-    replicas: list[Replica] = []
-    if "url" in spec:
-        if not isinstance(spec["url"], str) or not spec["url"]:
-            raise fail("url", "expected a non-empty string")
-        replicas.append(Replica(spec["url"], options=_options(spec.get("options", {}), lambda m: fail("options", m), 0)))
-    else:
-        reps = spec["replicas"]
-        if not isinstance(reps, list) or not reps:
-            raise fail("replicas", "expected a non-empty array of tables {url, site, preference}")
-        for i, r in enumerate(reps):
-            if isinstance(r, str):
-                r = {"url": r}
-            if not isinstance(r, dict) or not isinstance(r.get("url"), str) or not r["url"]:
-                raise fail("replicas", f"entry {i}: expected a table with a string 'url'")
-            extra = set(r) - {"url", "site", "preference", "options"}
-            if extra:
-                raise fail("replicas", f"entry {i}: unknown key {sorted(extra)[0]!r}; known: url, site, preference, options")
-            site, pref = r.get("site", ""), r.get("preference", i)
-            if not isinstance(site, str):
-                raise fail("replicas", f"entry {i}: site must be a string")
-            if not isinstance(pref, int) or isinstance(pref, bool):
-                raise fail("replicas", f"entry {i}: preference must be an integer")
-            replicas.append(Replica(r["url"], site, pref, _options(r.get("options", {}), lambda m: fail("replicas", m), i)))
-    primary, read_only = spec.get("primary", ""), spec.get("read_only", False)
-    if not isinstance(primary, str):
-        raise fail("primary", "expected a site name or replica url")
-    if not isinstance(read_only, bool):
-        raise fail("read_only", "expected true or false")
-    cache_dir, cache_max, cache_block = spec.get("cache_dir", ""), spec.get("cache_max_bytes", 0), spec.get("cache_block_bytes")
-    if not isinstance(cache_dir, str):
-        raise fail("cache_dir", "expected a directory path")
-    if not isinstance(cache_max, int) or isinstance(cache_max, bool) or cache_max < 0:
-        raise fail("cache_max_bytes", "expected a positive integer (bytes)")
-    if cache_block is not None and (not isinstance(cache_block, int) or isinstance(cache_block, bool) or cache_block <= 0):
-        raise fail("cache_block_bytes", "expected a positive integer (bytes), a multiple of 4096")
-    encryption = spec.get("encryption", "")
-    if not isinstance(encryption, str) or not (encryption in ("", "off", "env", "file") or encryption.startswith("file:")):
-        raise fail("encryption", "expected 'env', 'file', 'file:PATH' or 'off'")
-    try:
-        return Mount(name, tuple(replicas), primary, read_only, cache_dir, cache_max, cache_block, encryption)
-    except InvalidArgumentError as e:
-        msg = str(e)
-        raise fail("primary" if "primary" in msg else "cache_max_bytes" if "cache" in msg else "url", msg) from None
-
-
-def _options(obj: Any, fail: Callable[[str], ConfigError], i: int) -> tuple[tuple[str, Any], ...]:
-    """Backend options of a replica, refusing anything that looks like a credential."""
-    if not isinstance(obj, dict):
-        raise fail(f"entry {i}: options must be a table (endpoint, region, ...)")
-    for k in obj:
-        if any(w in k.lower() for w in _SECRET_WORDS):
-            raise fail(f"entry {i}: option {k!r} looks like a credential; set it in the environment (AWS_*), not in a file")
-    return tuple(sorted(obj.items()))
-
-
-def _raise(e: Exception) -> Any:
-    raise e
-
-
-def _line_of(text: str, table: str, key: str = "") -> int:
-    """Best-effort 1-based line of ``key`` inside ``[table]`` (the header's line without a key)."""
-    parts = table.split(".")
-    header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(rf"[\"']?{re.escape(p)}[\"']?" for p in parts) + r"\s*\]")
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if header.match(line):
-            if key:
-                for j in range(i + 1, len(lines)):
-                    if lines[j].lstrip().startswith("["):
-                        break
-                    if re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", lines[j]):
-                        return j + 1
-            return i + 1
-    # An inline table: `name = { ... }` under [mounts].
-    name = parts[-1]
-    for i, line in enumerate(lines):
-        if re.match(rf"^\s*[\"']?{re.escape(name)}[\"']?\s*=", line):
-            return i + 1
-    return 1
+        placement = None if policy is None else PlacementPolicy(**policy)
+        return Mount(entry.name, replicas, placement=placement, **values)
+    except _BadField as e:
+        raise entry.error(e.key, str(e)) from None

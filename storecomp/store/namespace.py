@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import config
 from ..errors import InvalidArgumentError
 from .base import Store
 from .keys import validate_key, validate_prefix
@@ -126,7 +127,7 @@ class Namespace:
         for m in mounts:
             self._mounts[m.name] = m
         self._opener = opener or _default_opener
-        self.local_site = env.get("STORECOMP_SITE", "") if local_site is None else local_site
+        self.local_site = config.local_site(env) if local_site is None else local_site
         self._stores: dict[str, Store] = {}
         self._lock = threading.Lock()
 

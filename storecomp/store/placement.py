@@ -43,7 +43,7 @@ from .mounts import SCHEME
 from .namespace import Namespace
 from .replicas import ReplicatedStore
 from .snapshots import Manifest, Repository, Snapshot, sha256_hex
-from .transfer import DEFAULT_PART_BYTES, DEFAULT_WORKERS, CopyItem, TransferReport, copy_objects
+from .transfer import DEFAULT_PART_BYTES, DEFAULT_WORKERS, CopyItem, TransferReport, YieldPolicy, copy_objects
 
 RECORD_KEY = "placement/record.json"
 RECORD_FORMAT = "storecomp.placement/1"
@@ -265,14 +265,19 @@ def place(
     part_bytes: int = DEFAULT_PART_BYTES,
     progress: bool = False,
     nice: int = 0,
+    yield_to_readers: bool = True,
 ) -> PlaceReport:
     """Copy snapshot ``sc://mount/name`` to site ``to`` and publish it complete there.
 
     Copies only the blobs ``to`` lacks (or holds damaged), each verified by
-    crc32c at ``to``; ``max_rate`` caps bytes/s. Publishes "``to``
+    crc32c at ``to``; ``max_rate`` caps bytes/s (None: the mount policy's
+    ``max_rate``, else no cap). Publishes "``to``
     complete" in the placement record only after every blob and the
     manifest are there and verified. ``nice``: CPU niceness of the copy
-    threads (readers on this node go first). Raises InvalidArgumentError for an
+    threads (readers on this node go first). ``yield_to_readers``: while a
+    reader holds a live lease at the source or at ``to`` (any snapshot of
+    the mount), the copy slows to a fraction of its own rate
+    (:func:`reader_yield`; docs/placement.md, "Yielding to readers"). Raises InvalidArgumentError for an
     unknown mount or site, NotFoundError for an unknown snapshot,
     TransferError when ``to`` is down or full (nothing published; a rerun
     resumes), ConflictError when the record cannot be updated.
@@ -281,6 +286,9 @@ def place(
     try:
         mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
         dest = _site(sites, to, mount)
+        policy = ns.mounts[mount].placement
+        if max_rate is None and policy is not None:
+            max_rate = policy.max_rate  # the mount table's cap ([mounts.NAME.placement] max_rate)
         items = _blob_items(repo, manifest)
         total = sum(i.size for i in items)
         if dest.primary or to in read_record(primary.store).sites_of(h):
@@ -300,8 +308,9 @@ def place(
                 rec.inflight.pop(h, None)
 
         # The source blobs stay pinned while they are copied (GC keeps leased snapshots).
-        report = TransferReport(objects=len(items))
-        with Lease(primary.store, h, primary.name):
+        report = TransferReport(objects=len(items), max_rate=max_rate)
+        yielding = reader_yield(primary, dest, read_record(primary.store)) if yield_to_readers else None
+        with Lease(primary.store, h, primary.name, purpose="copy"):
             for attempt in range(_PUBLISH_TRIES):
                 epoch = update_record(primary.store, mark).drop_epoch(to)  # before any blob is checked
                 try:
@@ -316,6 +325,7 @@ def place(
                         label=f"place {url} -> {to}",
                         delete_bad=False,  # concurrent runs may write the same blob; only drop deletes
                         nice=nice,
+                        yield_to=yielding,
                     )
                     _copy_manifest(repo, h, dest.store)
                 except BaseException:
@@ -336,7 +346,9 @@ def place(
                     if not rec.inflight.get(h, True):
                         rec.inflight.pop(h, None)
                     rec.complete.setdefault(h, {})[to] = {"time": time.time(), "bytes": total}
-                    if part.bytes_copied and part.seconds > 0:
+                    if (
+                        part.bytes_copied and part.seconds > 0 and part.yield_rate is None
+                    ):  # a slowed copy says nothing of the link
                         rec.rates[f"{primary.name}->{to}"] = part.bytes_copied / part.seconds
 
                 try:
@@ -353,9 +365,42 @@ def place(
             ns.close()
 
 
+def reader_yield(src: Site, dst: Site, rec: PlacementRecord, fraction: float = YieldPolicy.fraction) -> YieldPolicy:
+    """The :class:`YieldPolicy` of a copy ``src`` -> ``dst``: readers are live
+    "read" leases (any snapshot of the mount) at either site, listed at the
+    primary (``src``); the copy's rate before it measures its own is the
+    record's last ``src->dst`` rate, else the fastest recorded from ``src``,
+    else one 4 MiB write probed at ``dst``."""
+    sites = {src.name, dst.name}
+
+    def readers() -> bool:
+        return any(le.live and le.purpose == "read" and le.site in sites for le in leases(src.store))
+
+    def base_rate() -> float:
+        rate = rec.rates.get(f"{src.name}->{dst.name}") or max(
+            (r for k, r in rec.rates.items() if k.startswith(f"{src.name}->")), default=0.0
+        )
+        return rate or probe_write_rate(dst.store)
+
+    return YieldPolicy(readers, fraction, base_rate)
+
+
 def _add(total: TransferReport, part: TransferReport) -> None:
-    for f in ("copied", "skipped", "recopied", "bytes_copied", "bytes_skipped", "bytes_verified", "seconds"):
+    for f in (
+        "copied",
+        "skipped",
+        "recopied",
+        "bytes_copied",
+        "bytes_skipped",
+        "bytes_verified",
+        "seconds",
+        "yielded_s",
+        "verify_s",
+        "put_s",
+        "source_s",
+    ):
         setattr(total, f, getattr(total, f) + getattr(part, f))
+    total.yield_rate = part.yield_rate if part.yield_rate is not None else total.yield_rate
     if part.objects and total.skipped > part.objects:  # a second pass re-verifies: count each blob once
         total.skipped, total.bytes_skipped = part.skipped, part.bytes_skipped
 
@@ -872,6 +917,63 @@ def placed_reader(url: str, *, namespace: Namespace | None = None, near: str | N
         except InvalidArgumentError:
             return None
         return PlacedReader(f"{SCHEME}{mount}/{name}", namespace=namespace, near=near)
+    finally:
+        if namespace is None:
+            ns.close()
+
+
+# ---------------------------------------------------------------- plain objects (a KV shared pool)
+
+
+def place_prefix(
+    url: str,
+    to: str,
+    *,
+    namespace: Namespace | None = None,
+    max_rate: float | None = None,
+    workers: int = DEFAULT_WORKERS,
+    part_bytes: int = DEFAULT_PART_BYTES,
+    progress: bool = False,
+    nice: int = 0,
+    yield_to_readers: bool = True,
+) -> TransferReport:
+    """Copy every object under ``sc://mount/prefix/`` from the mount's primary to
+    site ``to``: plain immutable objects such as a KV shared pool
+    (docs/placement.md, "KV shared prefixes"). Only objects missing at ``to``
+    or different there move; each one's crc32c is computed while it streams
+    and checked read back at ``to``. No record is published: such objects are
+    usable one by one (a reader missing one at ``to`` falls back to another
+    replica). ``max_rate`` (None: the policy's), ``yield_to_readers`` and the
+    errors are those of :func:`place`."""
+    if not isinstance(url, str) or not url.startswith(SCHEME) or not url.endswith("/"):
+        raise InvalidArgumentError(f"{url!r}: expected sc://mount/prefix/ (ending in '/')")
+    mount, _, prefix = url[len(SCHEME) :].partition("/")
+    if not mount or prefix.startswith("/") or ".." in prefix.split("/"):
+        raise InvalidArgumentError(f"{url!r}: expected sc://mount/prefix/")
+    ns = namespace or Namespace()
+    try:
+        sites = mount_sites(ns, mount)
+        primary, dest = _primary(sites), _site(sites, to, mount)
+        policy = ns.mounts[mount].placement
+        if max_rate is None and policy is not None:
+            max_rate = policy.max_rate
+        if dest.primary:
+            return TransferReport(max_rate=max_rate)
+        items = [CopyItem(o.key, o.key, o.size) for o in primary.store.list(prefix) if not o.key.startswith("placement/")]
+        yielding = reader_yield(primary, dest, read_record(primary.store)) if yield_to_readers else None
+        return copy_objects(
+            primary.store,
+            dest.store,
+            items,
+            workers=workers,
+            part_bytes=part_bytes,
+            max_rate=max_rate,
+            progress=progress,
+            label=f"place {url} -> {to}",
+            delete_bad=False,  # another run may be writing the same object
+            nice=nice,
+            yield_to=yielding,
+        )
     finally:
         if namespace is None:
             ns.close()

@@ -114,6 +114,12 @@ class TransferReport:
     bytes_verified: int = 0  # bytes read back from the destination and checked
     seconds: float = 0.0
     failed: list[str] = field(default_factory=list)
+    max_rate: float | None = None  # the cap the copy ran under, bytes/s (None: none)
+    yielded_s: float = 0.0  # seconds spent slowed down for readers (YieldPolicy)
+    verify_s: float = 0.0  # worker-seconds spent reading copies back from the destination (summed over threads)
+    put_s: float = 0.0  # worker-seconds spent streaming source parts into the destination (summed over threads)
+    source_s: float = 0.0  # of put_s: worker-seconds waiting for source parts (read and checked)
+    yield_rate: float | None = None  # the last rate used while yielding, bytes/s
 
     @property
     def rate(self) -> float:
@@ -131,33 +137,162 @@ class TransferReport:
             "bytes_verified": self.bytes_verified,
             "seconds": round(self.seconds, 3),
             "bytes_per_s": round(self.rate, 1),
+            "max_rate": self.max_rate,
+            "yielded_s": round(self.yielded_s, 1),
+            "verify_s": round(self.verify_s, 2),
+            "put_s": round(self.put_s, 2),
+            "source_s": round(self.source_s, 2),
+            "yield_rate": self.yield_rate,
         }
 
 
 class RateLimiter:
     """A token bucket shared by threads: at most ``rate`` bytes/s (None: unlimited),
-    bursts up to one second's worth."""
+    bursts up to one second's worth. :meth:`set_rate` changes the rate while
+    threads wait (they are served in the order they asked, at the new rate)."""
 
     def __init__(self, rate: float | None) -> None:
-        if rate is not None and rate <= 0:
-            raise InvalidArgumentError(f"max_rate must be positive bytes/s, got {rate}")
+        _check_rate(rate)
         self.rate = rate
         self._tokens = float(rate or 0)
+        self._filled = 0.0  # bytes paid back into the bucket since the start (waiters wait for their mark)
         self._last = time.monotonic()
         self._lock = threading.Lock()
 
+    def _refill(self) -> None:
+        now = time.monotonic()
+        if self.rate is not None:
+            add = min((now - self._last) * self.rate, self.rate - self._tokens)
+            if add > 0:
+                self._tokens += add
+                self._filled += add
+        self._last = now
+
+    def set_rate(self, rate: float | None) -> None:
+        """Move at most ``rate`` bytes/s from now on (None: unlimited)."""
+        _check_rate(rate)
+        with self._lock:
+            self._refill()
+            if rate is not None and self.rate is None:
+                self._tokens = float(rate)  # a fresh bucket: one second's burst
+            self.rate = rate
+            if rate is not None:
+                self._tokens = min(self._tokens, float(rate))
+
     def take(self, n: int) -> None:
         """Block until ``n`` bytes may move."""
-        if self.rate is None or n <= 0:
+        if n <= 0:
             return
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
-            self._last = now
+            if self.rate is None:
+                return
+            self._refill()
             self._tokens -= n
-            wait_s = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait_s > 0:
+            if self._tokens >= 0:
+                return
+            mark = self._filled - self._tokens  # paid back once the bucket refilled past this waiter's debt
+        while True:
+            with self._lock:
+                if self.rate is None:
+                    return
+                self._refill()
+                owed = mark - self._filled
+                if owed <= 0:
+                    return
+                wait_s = min(0.25, owed / self.rate)  # re-read the rate: set_rate may change it meanwhile
             time.sleep(wait_s)
+
+
+def _check_rate(rate: float | None) -> None:
+    if rate is not None and not rate > 0:
+        raise InvalidArgumentError(f"max_rate must be positive bytes/s, got {rate}")
+
+
+@dataclass(frozen=True)
+class YieldPolicy:
+    """How a copy gives way to foreground readers.
+
+    Every ``check_s`` seconds the copy asks ``readers()``; while it is true,
+    the copy moves at most ``fraction`` of its own rate measured while no
+    reader was there (before that is measured: ``base_rate()``, bytes/s),
+    never below ``floor`` bytes/s; when the readers go, the copy's own cap
+    (``max_rate`` or none) returns. ``readers`` is called from the copy's
+    monitor thread and should be cheap (a listing).
+    """
+
+    readers: Callable[[], bool]
+    fraction: float = 0.1
+    base_rate: Callable[[], float] | None = None
+    check_s: float = 1.0
+    floor: float = float(1 << 20)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1 or not self.check_s > 0 or not self.floor > 0:
+            raise InvalidArgumentError(
+                f"YieldPolicy: fraction in (0, 1], check_s and floor positive; got {self.fraction}, {self.check_s}, {self.floor}"
+            )
+
+
+class _Yielder:
+    """The monitor thread of one copy that applies a :class:`YieldPolicy` to its limiter."""
+
+    def __init__(self, policy: YieldPolicy, limiter: RateLimiter, max_rate: float | None, copier: _Copier) -> None:
+        self.policy, self.limiter, self.max_rate, self.copier = policy, limiter, max_rate, copier
+        self.full_rate: float | None = None  # bytes/s measured while no reader was there
+        self.yielding = False
+        self.yielded_s = 0.0
+        self.yield_rate: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sc-copy-yield", daemon=True)
+
+    def start(self) -> None:
+        self._apply(self._readers())  # before the first byte moves: a copy that starts under a reader starts slow
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _readers(self) -> bool:
+        try:
+            return bool(self.policy.readers())
+        except StorecompError:
+            return self.yielding  # cannot tell now: keep what was decided
+
+    def _apply(self, readers: bool) -> None:
+        if not readers:
+            if self.yielding:
+                self.limiter.set_rate(self.max_rate)
+                self.copier.check_limiter.set_rate(None)
+            self.yielding = False
+            return
+        base = self.full_rate
+        if base is None and self.policy.base_rate is not None:
+            try:
+                base = self.policy.base_rate()
+            except StorecompError:
+                base = None
+            self.full_rate = base if base and base > 0 else None
+        rate = max(self.policy.floor, self.policy.fraction * (base or 0.0))
+        if self.max_rate is not None:
+            rate = min(rate, self.max_rate)
+        if not self.yielding or rate != self.yield_rate:
+            self.limiter.set_rate(rate)
+            self.copier.check_limiter.set_rate(rate)  # reading copies back loads the sites too
+        self.yielding, self.yield_rate = True, rate
+
+    def _run(self) -> None:
+        last_t, last_b = time.monotonic(), self.copier.moved
+        while not self._done.wait(self.policy.check_s):
+            now, moved = time.monotonic(), self.copier.moved
+            if self.yielding:
+                self.yielded_s += now - last_t
+            elif moved > last_b:  # the copy's own speed without readers (a moving average)
+                rate = (moved - last_b) / max(now - last_t, 1e-9)
+                self.full_rate = rate if self.full_rate is None else 0.5 * (self.full_rate + rate)
+            last_t, last_b = now, moved
+            self._apply(self._readers())
 
 
 # ---------------------------------------------------------------- progress
@@ -241,15 +376,21 @@ def _read_part(store: Store, key: str, off: int, n: int, version: str | None = N
     return buf
 
 
-def verify_object(store: Store, key: str, sums: Checksums, part_bytes: int = DEFAULT_PART_BYTES) -> bool:
+def verify_object(
+    store: Store, key: str, sums: Checksums, part_bytes: int = DEFAULT_PART_BYTES, limiter: RateLimiter | None = None
+) -> bool:
     """True when ``key`` in ``store`` has ``sums.size`` bytes and every chunk
-    matches ``sums`` (read in parts); False when it is missing, short or differs."""
+    matches ``sums`` (read in parts, each part first taken from ``limiter``
+    when given); False when it is missing, short or differs."""
     try:
         if store.stat(key).size != sums.size:
             return False
         step = _part_size(part_bytes, sums)
         for off in range(0, sums.size, step):
-            sums.verify(_read_part(store, key, off, min(step, sums.size - off)), off, f"{store.url}/{key}")
+            n = min(step, sums.size - off)
+            if limiter is not None:
+                limiter.take(n)
+            sums.verify(_read_part(store, key, off, n), off, f"{store.url}/{key}")
     except (NotFoundError, CorruptDataError):
         return False
     except StorecompError as e:
@@ -285,6 +426,9 @@ class _Copier:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.delete_bad = delete_bad
+        self.moved = 0  # bytes read from the source for copies (the yield monitor's measure)
+        # Reads back from the destination: unlimited, except while yielding to readers (then at the yield rate).
+        self.check_limiter = RateLimiter(None)
 
     def _source_parts(self, item: CopyItem, step: int, crcs: list[int] | None) -> Iterator[np.ndarray]:
         label = f"{self.src.url}/{item.src_key}"
@@ -298,6 +442,7 @@ class _Copier:
                 raise TransferError(f"{self.dst.url}/{item.dst_key}: copy cancelled (another object failed)")
             n = min(step, item.size - off)
             self.limiter.take(n)
+            t0 = time.monotonic()
             try:  # pinned to the version stat named: a replacement mid-copy is refused, never read torn
                 part = _read_part(self.src, item.src_key, off, n, None if before is None else before.version)
             except VersionChangedError:
@@ -308,6 +453,9 @@ class _Copier:
                 item.checksums.verify(part, off, label)  # a bad source is never copied
             elif crcs is not None:
                 crcs.append(crc32c(part))
+            with self.lock:
+                self.moved += n
+                self.report.source_s += time.monotonic() - t0
             yield part
             self.progress.add(n)
         if before is not None and self.src.stat(item.src_key).version != before.version:
@@ -328,12 +476,15 @@ class _Copier:
         for attempt in range(2):
             step = _part_size(self.part_bytes, sums)
             crcs: list[int] | None = [] if sums is None else None
+            t0 = time.monotonic()
             self._put(item, self._source_parts(item, step, crcs))
             got = sums if sums is not None else Checksums(item.size, step, tuple(crcs or ()))
+            t1 = time.monotonic()
             try:
-                ok = verify_object(self.check, item.dst_key, got, self.part_bytes)
+                ok = verify_object(self.check, item.dst_key, got, self.part_bytes, self.check_limiter)
             except StorecompError as e:
                 raise _destination_error(self.dst, item.dst_key, e) from None
+            self._count(put_s=t1 - t0, verify_s=time.monotonic() - t1)
             if ok:
                 self._count(copied=1, bytes_copied=item.size, bytes_verified=item.size, recopied=attempt)
                 return
@@ -344,7 +495,7 @@ class _Copier:
 
     def _present(self, key: str, sums: Checksums) -> bool:
         try:
-            ok = verify_object(self.check, key, sums, self.part_bytes)
+            ok = verify_object(self.check, key, sums, self.part_bytes, self.check_limiter)
         except StorecompError as e:
             raise _destination_error(self.dst, key, e) from None
         return ok  # wrong bytes there are replaced by the copy (never deleted: another run may be writing good ones)
@@ -388,7 +539,7 @@ class _Copier:
         if info.size != item.size:
             raise CorruptDataError(f"{self.dst.url}/{item.dst_key}: wrote {item.size} bytes, the store reports {info.size}")
 
-    def _count(self, **kw: int) -> None:
+    def _count(self, **kw: float) -> None:
         with self.lock:
             for k, v in kw.items():
                 setattr(self.report, k, getattr(self.report, k) + v)
@@ -433,6 +584,7 @@ def copy_objects(
     on_copied: Callable[[CopyItem], None] | None = None,
     delete_bad: bool = True,
     nice: int = 0,
+    yield_to: YieldPolicy | None = None,
 ) -> TransferReport:
     """Copy ``items`` from ``src`` to ``dst`` (see the module docstring).
 
@@ -443,17 +595,23 @@ def copy_objects(
     (False where other runs may write the same content-addressed key at once:
     then only the protocol that publishes it ever deletes). ``nice``: raise the
     copy threads' CPU niceness by this much (Linux threads have their own), so
-    that readers on the node go first. Raises :class:`TransferError` when the destination is down or
-    full, CorruptDataError when the source fails its checksums or a copy
-    fails verification twice; objects finished before the failure stay (a
+    that readers on the node go first. ``yield_to``: slow down while its
+    ``readers()`` says foreground readers are there (:class:`YieldPolicy`).
+    Raises :class:`TransferError` when the destination is down or full,
+    CorruptDataError when the source fails its checksums or a copy fails
+    verification twice; objects finished before the failure stay (a
     rerun skips them).
     """
     if workers <= 0 or part_bytes <= 0:
         raise InvalidArgumentError(f"workers and part_bytes must be positive, got {workers}, {part_bytes}")
-    report = TransferReport(objects=len(items))
+    report = TransferReport(objects=len(items), max_rate=max_rate)
     bar = Progress(sum(i.size for i in items), label, enabled=progress)
-    c = _Copier(src, dst, part_bytes, RateLimiter(max_rate), bar, report, delete_bad)
+    limiter = RateLimiter(max_rate)
+    c = _Copier(src, dst, part_bytes, limiter, bar, report, delete_bad)
+    yielder = _Yielder(yield_to, limiter, max_rate, c) if yield_to is not None else None
     t0 = time.monotonic()
+    if yielder is not None:
+        yielder.start()
 
     def one(item: CopyItem) -> None:
         c.copy(item)
@@ -487,4 +645,7 @@ def copy_objects(
     finally:
         bar.close()
         report.seconds = time.monotonic() - t0
+        if yielder is not None:
+            yielder.stop()
+            report.yielded_s, report.yield_rate = yielder.yielded_s, yielder.yield_rate
     return report

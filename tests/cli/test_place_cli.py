@@ -56,7 +56,8 @@ def test_place_status_plan_drop(sites: dict[str, Any], capsys: pytest.CaptureFix
     rc, out, _ = run(["place", "sc://ds/train", "--drop", "b"], capsys)
     assert rc == 0 and "dropped b" in out and not complete_at(sites["b"], manifest)
     rc, out, _ = run(["place", "sc://ds/train", "--auto", "--near", "b", "--reads", "0", "--json"], capsys)
-    assert rc == 0 and json.loads(out)["copy"] is False
+    doc = json.loads(out)
+    assert rc == 0 and [d["copy"] for d in doc["decisions"]] == [False] and doc["placed"] == []
     rc, out, _ = run(["warm", "sc://ds/train", "--json"], capsys)
     assert rc == 0 and json.loads(out)["bytes"] == manifest.total_bytes
 
@@ -69,7 +70,8 @@ def test_place_status_plan_drop(sites: dict[str, Any], capsys: pytest.CaptureFix
         (["place", "sc://ds/missing", "--to", "b"], "refs/missing"),
         (["place", "/tmp/x", "--to", "b"], "expected sc://mount/name"),
         (["place", "sc://ds/train"], "say what to do"),
-        (["place", "sc://ds/train", "--auto"], "--auto needs --near"),
+        (["place", "sc://ds/train", "--auto"], "nothing to decide: give --near SITE"),
+        (["place", "sc://ds/train", "--auto", "--near", "zz"], "no site 'zz' (sites: a, b)"),
         (["place", "sc://ds/train", "--drop", "b"], "holds no complete copy"),
     ],
 )

@@ -371,3 +371,24 @@ def test_a_placement_waits_for_a_drop_in_progress(ns: Namespace) -> None:
     r = place(URL, "b", namespace=ns)
     assert r.transfer.bytes_verified >= 2 * Repository(st["a"]).get_manifest(h).total_bytes  # verified again after waiting
     assert pl.read_record(st["a"]).sites_of(h) == {"b"}
+
+
+def test_place_yields_while_a_reader_holds_a_lease(ns: Namespace) -> None:
+    st = sites(ns)
+    write_snapshot(st["a"], n=2)
+    assert place(URL, "b", namespace=ns).transfer.yield_rate is None  # nobody reading: full speed
+    drop(URL, "b", namespace=ns)
+    resolved, lease = open_snapshot(URL, namespace=ns, near="a")  # a reader at the source
+    try:
+        assert resolved.site == "a" and pl.leases(st["a"])[0].purpose == "read"
+        base = pl.read_record(st["a"]).rates["a->b"]  # the first copy's, at full speed
+        r = place(URL, "b", namespace=ns)
+        assert r.transfer.yield_rate == max(float(1 << 20), 0.1 * base)
+        assert pl.read_record(st["a"]).rates["a->b"] == base  # a slowed copy does not lower the recorded rate
+        drop(URL, "b", namespace=ns)
+        assert place(URL, "b", namespace=ns, yield_to_readers=False).transfer.yield_rate is None
+        drop(URL, "b", namespace=ns)
+    finally:
+        lease.release()
+    with Lease(st["a"], "0" * 64, "a", purpose="copy"):  # another placement's pin is no reader
+        assert place(URL, "b", namespace=ns).transfer.yield_rate is None

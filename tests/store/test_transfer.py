@@ -5,6 +5,7 @@ progress; between local directories and SeaweedFS."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,15 @@ from storecomp.cli import main
 from storecomp.errors import InvalidArgumentError
 from storecomp.store import LocalStore, Store, open_store
 from storecomp.store.integrity import Checksums
-from storecomp.store.transfer import CopyItem, RateLimiter, TransferError, copy_objects, put_stream, verify_object
+from storecomp.store.transfer import (
+    CopyItem,
+    RateLimiter,
+    TransferError,
+    YieldPolicy,
+    copy_objects,
+    put_stream,
+    verify_object,
+)
 
 from .conftest import FAST_RETRY
 
@@ -155,3 +164,36 @@ def _parts_of(src: Store, key: str) -> Any:
 
     c = _Copier(src, src, 1 << 20, RateLimiter(None), Progress(0, "t", enabled=False), TransferReport(), True)
     return c._source_parts(CopyItem(key, key, src.stat(key).size), 1 << 20, [])
+
+
+def test_rate_limiter_rate_changes_reach_threads_already_waiting() -> None:
+    lim = RateLimiter(1.0)  # 1 byte/s: a 1 GB take would wait for decades
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (lim.take(1 << 30), done.set()), daemon=True)
+    t.start()
+    assert not done.wait(0.3)  # blocked at 1 byte/s
+    lim.set_rate(None)
+    t.join(30)
+    assert done.is_set()
+    with pytest.raises(InvalidArgumentError):
+        lim.set_rate(-1)
+
+
+def test_copy_yields_to_readers_then_returns_to_its_own_cap(tmp_path: Path) -> None:
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    files = fill(src, [300_000, 1 << 20])
+    items = [CopyItem(k, "y/" + k, len(v)) for k, v in files.items()]
+    policy = YieldPolicy(lambda: True, fraction=0.5, base_rate=lambda: 400e6)
+    rep = copy_objects(src, dst, items, yield_to=policy, max_rate=1e9)
+    assert rep.copied == 2 and rep.yield_rate == 200e6 and rep.max_rate == 1e9  # half the copy's rate, under its cap
+    rep = copy_objects(src, dst, [CopyItem(k, "z/" + k, len(v)) for k, v in files.items()], yield_to=policy, max_rate=5e7)
+    assert rep.yield_rate == 5e7  # never above the caller's cap
+    quiet = YieldPolicy(lambda: False, base_rate=lambda: 400e6)
+    rep = copy_objects(src, dst, [CopyItem(k, "q/" + k, len(v)) for k, v in files.items()], yield_to=quiet)
+    assert rep.yield_rate is None and rep.yielded_s == 0.0
+    floor = YieldPolicy(lambda: True, fraction=0.1, base_rate=lambda: 1.0, floor=float(8 << 20))
+    rep = copy_objects(src, dst, [CopyItem(k, "f/" + k, len(v)) for k, v in files.items()], yield_to=floor)
+    assert rep.yield_rate == float(8 << 20)  # never below the floor
+    assert all(dst.get(p + k) == v for k, v in files.items() for p in ("y/", "z/", "q/", "f/"))
+    with pytest.raises(InvalidArgumentError, match="fraction"):
+        YieldPolicy(lambda: True, fraction=0)
