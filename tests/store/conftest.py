@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,9 @@ from tests.conftest import random_bytes
 
 #: Short bounds so fault tests finish fast; production defaults are longer.
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.5, deadline_s=5.0, connect_timeout_s=1.0)
+#: FAST_RETRY for tests that move multi-MiB parts: a part to a fresh SeaweedFS on a loaded
+#: 2-core machine (or over a rate-limited link) can outlast 5 s; a down server still fails at once.
+PART_RETRY = dataclasses.replace(FAST_RETRY, deadline_s=60.0)
 
 
 @pytest.fixture

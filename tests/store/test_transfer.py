@@ -26,7 +26,7 @@ from storecomp.store.transfer import (
     verify_object,
 )
 
-from .conftest import FAST_RETRY
+from .conftest import FAST_RETRY, PART_RETRY
 
 
 def fill(store: Store, sizes: list[int], seed: int = 0) -> dict[str, bytes]:
@@ -47,7 +47,7 @@ def test_copy_objects_streams_verifies_and_resumes(tmp_path: Path, dst_kind: str
     src = LocalStore(tmp_path / "src")
     if dst_kind == "s3":
         sw = request.getfixturevalue("running_seaweedfs")
-        dst: Store = open_store(sw.url(), retry=FAST_RETRY, **sw.store_options())
+        dst: Store = open_store(sw.url(), retry=PART_RETRY, **sw.store_options())
     else:
         dst = LocalStore(tmp_path / "dst")
     files = fill(src, SIZES)
