@@ -34,12 +34,24 @@ import numpy as np
 from ..errors import ClosedError, InvalidArgumentError, StorecompError
 from ..io import Engine, StagingPool
 from . import _stalls
-from ._plan import BatchPlan, SlotLayout, build_tensors, corrupt_error, crc_steps, drop_rows, find_corrupt, plan_batch
+from ._plan import (
+    BatchPlan,
+    SlotLayout,
+    build_tensors,
+    column_keys,
+    corrupt_error,
+    crc_steps,
+    drop_rows,
+    find_corrupt,
+    plan_batch,
+    plan_window,
+)
 from .datasets import Dataset, open_dataset
 from .order import epoch_order, rank_steps
-from .readers import LocalReader
+from .readers import capabilities
 
 STATE_FORMAT = "storecomp.loader/1"
+WINDOW = 16  #: batches planned at once (vectorised) when the reader has native batches
 
 
 @dataclass
@@ -142,8 +154,9 @@ class DataLoader:
             self.dataset = dataset
         else:
             self.dataset = open_dataset(dataset, seq_len=seq_len, **opening)
-        if engine is not None and isinstance(self.dataset.reader, LocalReader):
-            self.dataset.reader._engine = engine
+        self._caps = capabilities(self.dataset.reader)
+        if engine is not None and self._caps.engine:
+            self.dataset.reader.use_engine(engine)
         if len(self.dataset) == 0:
             raise InvalidArgumentError("the dataset has zero samples: nothing to load")
         self.batch_size = batch_size
@@ -249,7 +262,7 @@ class DataLoader:
 
     def _pool_for(self) -> StagingPool:
         if self._pool is None:
-            engine = self.dataset.reader.engine if isinstance(self.dataset.reader, LocalReader) else None
+            engine = self.dataset.reader.engine if self._caps.engine else None
             self._pool = StagingPool(self.max_slots * self.layout.nbytes, self.layout.nbytes, engine=engine)
         return self._pool
 
@@ -262,18 +275,16 @@ class DataLoader:
             import torch
 
             self.device = torch.device("cuda", torch.cuda.current_device())
-        if isinstance(self.dataset.reader, LocalReader):
+        if self._caps.page_cache_tier:
             # The page cache or O_DIRECT for this epoch (what is resident may have changed since the last).
             self.dataset.reader.choose_tier(self.dataset.keys())
         n = len(self.dataset)
         order = epoch_order(n, self.seed, self.epoch, shuffle=self.shuffle, block=self.shuffle_block, window=self.shuffle_window)
-        steps = _Lookahead(rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last))
+        plans = _Plans(self, order, rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last))
         pool = self._pool_for()
         ready: queue.Queue[Any] = queue.Queue()
         stop = threading.Event()
-        producer = threading.Thread(
-            target=self._produce, args=(order, steps, pool, ready, stop), name="storecomp-loader", daemon=True
-        )
+        producer = threading.Thread(target=self._produce, args=(plans, pool, ready, stop), name="storecomp-loader", daemon=True)
         bar = _progress_bar(self) if self.progress else None
         producer.start()
         running = (stop, producer)
@@ -323,9 +334,7 @@ class DataLoader:
             if bar is not None:
                 bar.close()
 
-    def _produce(
-        self, order: np.ndarray, steps: _Lookahead, pool: StagingPool, ready: queue.Queue[Any], stop: threading.Event
-    ) -> None:
+    def _produce(self, plans: _Plans, pool: StagingPool, ready: queue.Queue[Any], stop: threading.Event) -> None:
         """The producer thread: keep ``read_ahead`` batches submitted, then check, shape and hand them over in order.
 
         Planning, submission, checksums and the device copy all happen here,
@@ -335,10 +344,10 @@ class DataLoader:
         clock = self._clock
         try:
             while not stop.is_set():
-                while len(inflight) + ready.qsize() < self.read_ahead and steps.peek() is not None:
+                while len(inflight) + ready.qsize() < self.read_ahead and plans.more():
                     clock.enter("plan")
                     blocking = not inflight and ready.empty() and self._consumer_waiting
-                    item = self._submit_next(order, steps, pool, blocking)
+                    item = self._submit_next(plans, pool, blocking)
                     if item is None:
                         break
                     inflight.append(item)
@@ -355,7 +364,7 @@ class DataLoader:
                     clock.enter(None)
                     ready.put((head, batch))
                     del batch
-                elif steps.peek() is None:
+                elif not plans.more():
                     clock.enter(None)
                     ready.put(_END)
                     return
@@ -376,8 +385,8 @@ class DataLoader:
                         pass
                 item.slot.release()
 
-    def _submit_next(self, order: np.ndarray, steps: _Lookahead, pool: StagingPool, blocking: bool) -> _InFlight | None:
-        if steps.peek() is None:
+    def _submit_next(self, plans: _Plans, pool: StagingPool, blocking: bool) -> _InFlight | None:
+        if not plans.more():
             return None
         slot: Any
         try:
@@ -400,12 +409,15 @@ class DataLoader:
                 self._m["batches_outside_staging"] += 1
         futures = []
         try:
-            first, count, end = next(steps)
-            indices = np.sort(order[first : first + count])
-            plan = plan_batch(self.dataset, self.layout, indices, self.verify)
+            plan, end, files = plans.next()
             submitted = time.perf_counter()
             reader = self.dataset.reader
-            if isinstance(reader, LocalReader) and plan.reads:
+            flat = plan.flat
+            if flat is not None:
+                futures.append(
+                    reader.submit_flat(slot.array, files, flat.file_index, flat.offsets, flat.lengths, flat.dst, flat.crc_steps)
+                )
+            elif self._caps.native_batches and plan.reads:
                 futures.append(reader.submit_many(slot.array, plan.reads, crc_steps(plan)))
             else:
                 for key, offs, lens, dst in plan.reads:
@@ -434,8 +446,11 @@ class DataLoader:
         self._busy(item)
         plan = item.plan
         self._clock.enter("checksum")
-        crcs = _engine_crcs(item.futures) if plan.checks else None
-        bad = find_corrupt(plan, item.slot.array, crcs) if plan.checks else []
+        if plan.flat is not None:
+            bad = plan.flat.corrupt(item.futures[0].checksums()) if plan.verified else []
+        else:
+            crcs = _engine_crcs(item.futures) if plan.checks else None
+            bad = find_corrupt(plan, item.slot.array, crcs) if plan.checks else []
         self._clock.enter("collate")
         if bad and self.on_corrupt == "raise":
             item.slot.release()
@@ -725,6 +740,49 @@ def _engine_crcs(futures: list[Any]) -> np.ndarray | None:
 
 def _done(item: _InFlight) -> bool:
     return all(f.done() for f in item.futures)
+
+
+class _Plans:
+    """The plans of one epoch's batches for this rank, in order, made ahead a window at a time.
+
+    With native batches and fixed-size columns, a window of batches is
+    planned at once (vectorised, :func:`plan_window`) and its files opened
+    once; otherwise one batch at a time (:func:`plan_batch`).
+    """
+
+    def __init__(self, loader: DataLoader, order: np.ndarray, steps: Iterator[tuple[int, int, int]]) -> None:
+        self._loader = loader
+        self._order = order
+        self._steps = _Lookahead(steps)
+        self._ready: collections.deque[tuple[BatchPlan, int, Any]] = collections.deque()
+        ds = loader.dataset
+        self._windowed = capabilities(ds.reader).native_batches and not ds.var_fields
+        self._keys = column_keys(ds) if self._windowed else None
+
+    def more(self) -> bool:
+        return bool(self._ready) or self._steps.peek() is not None
+
+    def next(self) -> tuple[BatchPlan, int, Any]:
+        """The next batch's plan, its end position in the epoch and the open files it reads (or None)."""
+        if not self._ready:
+            lo = self._loader
+            want = min(WINDOW, max(2, 2 * lo.read_ahead)) if self._windowed else 1
+            taken = []
+            while len(taken) < want and self._steps.peek() is not None:
+                taken.append(next(self._steps))
+            if not taken:
+                raise StopIteration
+            batches = [np.sort(self._order[first : first + count]) for first, count, _ in taken]
+            if self._keys is not None:
+                plans = plan_window(lo.dataset, lo.layout, batches, lo.verify, self._keys)
+                flat = plans[0].flat
+                files = lo.dataset.reader.open_files(flat.keys) if flat is not None and flat.keys else None
+                self._ready.extend((p, t[2], files) for p, t in zip(plans, taken, strict=True))
+            else:
+                self._ready.extend(
+                    (plan_batch(lo.dataset, lo.layout, b, lo.verify), t[2], None) for b, t in zip(batches, taken, strict=True)
+                )
+        return self._ready.popleft()
 
 
 class _Lookahead:
