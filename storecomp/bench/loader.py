@@ -212,9 +212,10 @@ def run_epochs(source: Any, epochs: int, duration: float) -> list[dict[str, Any]
                     break
             dt = time.perf_counter() - t0
             m = loader.metrics()
-            out.append(
-                {"epoch": epoch, "samples_per_s": n / dt, "samples": n, "tier": m["tier"], "tier_reason": m["tier_reason"]}
-            )
+            out.append({
+                "epoch": epoch, "samples_per_s": n / dt, "samples": n, "tier": m["tier"], "tier_reason": m["tier_reason"],
+                "bottleneck": m["bottleneck"],
+            })  # fmt: skip
     finally:
         loader.close()
     return out
@@ -384,7 +385,7 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             peers[f"torch DataLoader (num_workers={t['num_workers']})"] = t["samples_per_s"]
             if case == "rand_64k":
                 note += f"; target >= {TORCH_TARGET}x torch DataLoader"
-        out.append(Figure("loader", case, unit, value, limit, TARGETS[case], peers, note=note))
+        out.append(Figure("loader", case, unit, value, limit, TARGETS[case], peers, note=note, bottleneck=sc["bottleneck"]))
     dw = result["cases"]["data_wait"]
     peers = {"torch DataLoader (num_workers=2)": dw["torch"]["data_wait_fraction_after_10"]} if "torch" in dw else {}
     out.append(Figure(
@@ -413,6 +414,7 @@ def _hot_figures(result: dict[str, Any]) -> list[Figure]:
             "loader", "cold_epoch_64k", "samples/s", cold["samples_per_s"],
             ("fio O_DIRECT", f["iops"]) if f and "iops" in f else None, TARGETS["cold_epoch_64k"], {},
             note=f"first epoch, page cache dropped; tier {cold['tier']}: {cold['tier_reason']}",
+            bottleneck=cold.get("bottleneck", ""),
         ))  # fmt: skip
         if later:
             value = float(np.median([e["samples_per_s"] for e in later]))
@@ -422,11 +424,14 @@ def _hot_figures(result: dict[str, Any]) -> list[Figure]:
             for t in hot.get("torch") or []:
                 peers[f"torch DataLoader (num_workers={t['num_workers']})"] = t["samples_per_s"]
             note = f"epochs 1..{len(later)} (median), tier {later[-1]['tier']}"
+            if later[-1].get("bottleneck"):
+                note += f"; bottleneck: {later[-1]['bottleneck']}"
             if best is not None:
                 note += f"; {'at or above' if value >= best['samples_per_s'] else 'BELOW'} torch's best num_workers"
             out.append(Figure(
                 "loader", "hot_64k", "samples/s", value,
                 ("fio buffered 2 jobs", f2["iops"]) if "iops" in f2 else None, TARGETS["hot_64k"], peers, note=note,
+                bottleneck=later[-1].get("bottleneck", ""),
             ))  # fmt: skip
     ub = cases.get("user_buffer_64k")
     if ub:
