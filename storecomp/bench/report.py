@@ -21,7 +21,9 @@ class Figure:
     ``value`` is storecomp's; ``limit`` is the hardware limit measured in
     the same run (fio, memcpy) as ``(name, value)``; ``peers`` are other
     libraries measured in the same run, name -> value. ``higher_is_better``
-    is False for times (lookup latency, time to first token).
+    is False for times (lookup latency, time to first token). ``bottleneck``
+    is what the component itself blamed for its waits (the DataLoader's
+    stall attribution, ``metrics()["bottleneck"]``), when it has one.
     """
 
     suite: str
@@ -33,6 +35,7 @@ class Figure:
     peers: dict[str, float] = field(default_factory=dict)
     higher_is_better: bool = True
     note: str = ""
+    bottleneck: str = ""
 
     def ratio_to(self, other: float) -> float | None:
         if not (other and self.value) or math.isnan(other) or math.isnan(self.value):
@@ -117,6 +120,19 @@ def plot(figures: Sequence[Figure], path: str) -> None:
     plt.close(fig)
 
 
+#: What to change when the DataLoader's stall attribution names a cause other than storage.
+_CURES = {
+    "producer CPU": (
+        "the producer thread's per-batch work (planning, checksums, collation) bounds it; "
+        "a faster engine or a deeper queue will not help: larger batches or free CPU cores will "
+        "(verify=False skips the per-sample crc32c)"
+    ),
+    "host-to-device": "the host-to-device copy bounds it: check the copies run from pinned memory",
+    "consumer": "the consumer (the training step) is slower than the data: nothing to change in storage",
+    "consumer holds every staging slot": "the consumer keeps every batch: drop batches once used, or raise max_memory",
+}
+
+
 def advice(figures: Sequence[Figure], hints: Sequence[str] = ()) -> list[str]:
     """What bounds the data path, from the measured figures, and what to change.
 
@@ -136,6 +152,13 @@ def advice(figures: Sequence[Figure], hints: Sequence[str] = ()) -> list[str]:
             )
         elif name.startswith("fio") and r >= 0.9:
             out.append(f"{f.suite}/{f.case}: storage-bound ({r:.2f}x {name}): the device is the limit here")
+        elif name.startswith("fio") and f.bottleneck and not f.bottleneck.startswith("storage"):
+            # Below the limit, but the component's own stall attribution says storage was not what it waited for.
+            cure = _CURES.get(f.bottleneck.split(" (")[0], _CURES["producer CPU"])
+            out.append(
+                f"{f.suite}/{f.case}: {r:.2f}x {name}, below the storage limit, and the loader's own stall attribution "
+                f"names the {f.bottleneck} as the limit, not storage: {cure}"
+            )
         elif name.startswith("fio"):
             out.append(
                 f"{f.suite}/{f.case}: {r:.2f}x {name}, below the storage limit: try STORECOMP_ENGINE=threads or a "

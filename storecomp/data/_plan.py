@@ -58,8 +58,45 @@ class Check:
 
 
 @dataclass
+class FlatReads:
+    """A batch's reads as flat arrays for one native submission (:meth:`LocalReader.submit_flat`).
+
+    ``file_index`` points into ``keys`` (every object of the plan's window); the engine computes one
+    crc32c per ``crc_steps[i]`` bytes of range i, in request order, which is
+    the order of ``expected`` (with the batch row, the record index in its
+    object and the object offset of each checked sample, for messages).
+    """
+
+    keys: list[str]
+    file_index: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    dst: np.ndarray
+    crc_steps: np.ndarray | None = None
+    expected: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    local: np.ndarray | None = None
+    file_offsets: np.ndarray | None = None
+
+    def corrupt(self, crcs: np.ndarray | None) -> list[tuple[int, str]]:
+        """Rows whose crc32c (the engine's ``crcs``, in request order) differs from the expected, described."""
+        if self.expected is None or not self.expected.size:
+            return []
+        if crcs is None or crcs.size != self.expected.size:
+            raise CorruptDataError(f"{self.keys[0] if self.keys else '?'}: the engine returned no checksums for a checked batch")
+        assert self.rows is not None and self.local is not None and self.file_offsets is not None
+        return [
+            (int(self.rows[k]), f"record {int(self.local[k])} at offset {int(self.file_offsets[k])}")
+            for k in np.flatnonzero(crcs != self.expected).tolist()
+        ]
+
+
+@dataclass
 class BatchPlan:
-    """The reads of one batch (per object: offsets, lengths, slot offsets) and what to check."""
+    """The reads of one batch (per object: offsets, lengths, slot offsets) and what to check.
+
+    Plans made by :func:`plan_window` carry their reads as :class:`FlatReads` (``flat``) instead.
+    """
 
     n: int
     indices: np.ndarray
@@ -68,6 +105,97 @@ class BatchPlan:
     checks: list[Check] = field(default_factory=list)
     var_lengths: list[np.ndarray] = field(default_factory=list)
     nbytes: int = 0
+    flat: FlatReads | None = None
+
+    @property
+    def verified(self) -> bool:
+        """Some bytes of this batch are checked against a crc32c."""
+        return bool(self.checks) or (self.flat is not None and self.flat.expected is not None and self.flat.expected.size > 0)
+
+
+def column_keys(ds: Dataset) -> tuple[list[str], list[np.ndarray]]:
+    """Every object key of ``ds``'s fixed-size columns once, and per column the key index of each part."""
+    keys = list(dict.fromkeys(p.columns[c].key for p in ds.parts for c in range(len(ds.columns))))
+    at = {k: i for i, k in enumerate(keys)}
+    return keys, [np.array([at[p.columns[c].key] for p in ds.parts], np.int64) for c in range(len(ds.columns))]
+
+
+def plan_window(
+    ds: Dataset, layout: SlotLayout, batches: list[np.ndarray], verify: bool, keys: tuple[list[str], list[np.ndarray]]
+) -> list[BatchPlan]:
+    """Plans of several batches (each one's indices sorted ascending) at once, vectorised over the window.
+
+    For datasets of fixed-size columns only (``ds.var_fields`` empty) and readers
+    with native batches; ``keys`` is :func:`column_keys`. Each plan holds its reads
+    as :class:`FlatReads`, columns in order and samples in batch order within a
+    column (runs of neighbours merged into one read), ready for one submission.
+    """
+    all_keys, key_of = keys
+    counts = np.array([b.size for b in batches], np.int64)
+    total = int(counts.sum())
+    idx = np.concatenate(batches) if batches else np.zeros(0, np.int64)
+    bid = np.repeat(np.arange(len(batches), dtype=np.int64), counts)
+    pos = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    part, local = ds.locate(idx)
+    ulocal, upos = local.astype(np.uint64), pos.astype(np.uint64)
+    r_bid, r_key, r_off, r_len, r_dst, r_step = [], [], [], [], [], []
+    c_bid, c_exp, c_row, c_local, c_off = [], [], [], [], []
+    for c, col in enumerate(ds.columns):
+        offs = ds._bases[c][part] + ulocal * np.uint64(col.step)
+        dst = np.uint64(layout.columns[c]) + upos * np.uint64(col.nbytes)
+        checked = verify and ds._crc[c] is not None
+        if col.step == col.nbytes and total > 1:
+            # Consecutive samples of one part in one batch land in consecutive slots: one read.
+            brk = (bid[1:] != bid[:-1]) | (part[1:] != part[:-1]) | (local[1:] != local[:-1] + 1)
+            starts = np.flatnonzero(np.concatenate([[True], brk]))
+            runs = np.diff(np.append(starts, total)).astype(np.uint64)
+            r_bid.append(bid[starts])
+            r_key.append(key_of[c][part[starts]])
+            r_off.append(offs[starts])
+            r_len.append(runs * np.uint64(col.nbytes))
+            r_dst.append(dst[starts])
+            nreads = starts.size
+        else:
+            r_bid.append(bid)
+            r_key.append(key_of[c][part])
+            r_off.append(offs)
+            r_len.append(np.full(total, col.nbytes, np.uint64))
+            r_dst.append(dst)
+            nreads = total
+        r_step.append(np.full(nreads, col.nbytes if checked else 0, np.uint64))
+        if checked:
+            crc = ds._crc[c]
+            assert crc is not None
+            c_bid.append(bid)
+            c_exp.append(crc[ds.starts[part] + local])
+            c_row.append(pos)
+            c_local.append(local)
+            c_off.append(offs)
+    # Batch by batch, columns in order (a stable sort keeps each column's reads in batch order).
+    rb = np.concatenate(r_bid)
+    order = np.argsort(rb, kind="stable")
+    rb = rb[order]
+    rkey, roff, rlen, rdst, rstep = (np.concatenate(a)[order] for a in (r_key, r_off, r_len, r_dst, r_step))
+    rbounds = np.searchsorted(rb, np.arange(len(batches) + 1))
+    used, rfile = np.unique(rkey, return_inverse=True)  # the objects this window touches: opened once for all of it
+    window_keys = [all_keys[i] for i in used.tolist()]
+    cbounds = None
+    if c_bid:
+        cb = np.concatenate(c_bid)
+        corder = np.argsort(cb, kind="stable")
+        cexp, crow, clocal, coff = (np.concatenate(a)[corder] for a in (c_exp, c_row, c_local, c_off))
+        cbounds = np.searchsorted(cb[corder], np.arange(len(batches) + 1))
+    per_sample = sum(col.nbytes for col in ds.columns)
+    plans = []
+    for k, indices in enumerate(batches):
+        lo, hi = int(rbounds[k]), int(rbounds[k + 1])
+        flat = FlatReads(window_keys, rfile[lo:hi], roff[lo:hi], rlen[lo:hi], rdst[lo:hi])
+        if cbounds is not None:
+            a, b = int(cbounds[k]), int(cbounds[k + 1])
+            flat.crc_steps = rstep[lo:hi]
+            flat.expected, flat.rows, flat.local, flat.file_offsets = cexp[a:b], crow[a:b], clocal[a:b], coff[a:b]
+        plans.append(BatchPlan(int(indices.size), indices, nbytes=int(indices.size) * per_sample, flat=flat))
+    return plans
 
 
 def plan_batch(ds: Dataset, layout: SlotLayout, indices: np.ndarray, verify: bool) -> BatchPlan:

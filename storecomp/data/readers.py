@@ -11,6 +11,8 @@ three operations: ``size``, ``read`` (small reads: manifests, indexes) and
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,8 +22,34 @@ from ..io import Engine, PageCachePolicy, TierChoice, as_buffer, default_engine
 from ..store.base import RangeFuture, Store
 
 
+@dataclass(frozen=True)
+class ReaderCapabilities:
+    """What a reader can do beyond the :class:`Reader` protocol (the DataLoader asks, never checks types).
+
+    ``native_batches``: :meth:`LocalReader.open_files` and :meth:`LocalReader.submit_flat` read a
+    whole batch over many objects as one native submission, with crc32c on the engine's threads.
+    ``page_cache_tier``: :meth:`LocalReader.choose_tier` picks buffered or O_DIRECT reads per epoch.
+    ``engine``: reads run on a storecomp :class:`~storecomp.io.Engine` (``reader.engine``; staging
+    slots are registered with it, and ``use_engine`` replaces it).
+    """
+
+    native_batches: bool = False
+    page_cache_tier: bool = False
+    engine: bool = False
+
+
+#: A reader that only has the :class:`Reader` protocol (no ``capabilities`` attribute).
+NO_CAPABILITIES = ReaderCapabilities()
+
+
+def capabilities(reader: Any) -> ReaderCapabilities:
+    """``reader.capabilities``, or none for readers that do not declare any."""
+    caps = getattr(reader, "capabilities", None)
+    return caps if isinstance(caps, ReaderCapabilities) else NO_CAPABILITIES
+
+
 class Reader(Protocol):
-    """What a dataset needs from its storage."""
+    """What a dataset needs from its storage (capabilities beyond it: :class:`ReaderCapabilities`)."""
 
     def size(self, key: str) -> int: ...
 
@@ -46,6 +74,8 @@ class LocalReader:
     (``off``: buffered, ``on``: O_DIRECT).
     """
 
+    capabilities = ReaderCapabilities(native_batches=True, page_cache_tier=True, engine=True)
+
     def __init__(self, engine: Engine | None = None) -> None:
         self._engine = engine
         self._policy: PageCachePolicy | None = None
@@ -55,6 +85,10 @@ class LocalReader:
     @property
     def engine(self) -> Engine:
         return self._engine or default_engine()
+
+    def use_engine(self, engine: Engine) -> None:
+        """Read through ``engine`` from now on."""
+        self._engine = engine
 
     @property
     def tier(self) -> str:
@@ -100,43 +134,68 @@ class LocalReader:
     def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> RangeFuture:
         return self.engine.cached_file(key).read_many_into(dst, offsets, lengths, dst_offsets)
 
-    def submit_many(
-        self, dst: Any, reads: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], crc_steps: np.ndarray | None = None
+    def open_files(self, keys: Sequence[str]) -> OpenFiles:
+        """The files behind ``keys``, open (reused from the engine's cache), for :meth:`submit_flat`."""
+        eng = self.engine
+        files = [eng.cached_file(key) for key in keys]
+        return OpenFiles(eng, files, np.array([f._check_open() for f in files], np.uint32))
+
+    def submit_flat(
+        self,
+        dst: Any,
+        files: OpenFiles,
+        file_index: np.ndarray,
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        dst_offsets: np.ndarray,
+        crc_steps: np.ndarray | None = None,
     ) -> RangeFuture:
-        """All ``reads`` (key, offsets, lengths, dst offsets) of a batch as one native submission.
+        """Ranges of several files (``file_index`` into ``files``; uint64 byte offsets, lengths, offsets in ``dst``)
+        as one native submission into host memory ``dst``.
 
         The engine's per-call cost is large next to a 4 KiB read (tens of
         microseconds), so a batch touching several shards is still one call.
         ``crc_steps`` (one per range, in order; 0: none): the engine's
         threads compute the crc32c of each chunk of that many bytes of the
-        range as it lands (the future's ``checksums()``).
+        range as it lands (the future's ``checksums()``). Raises
+        InvalidArgumentError for a CUDA or too small destination.
         """
-        eng = self.engine
-        mode = self._mode(eng)
-        files = [eng.cached_file(key) for key, *_ in reads]
-        counts = np.array([r[1].size for r in reads], np.int64)
-        fids = np.repeat(np.array([f._check_open() for f in files], np.uint32), counts)
-        offs = np.concatenate([r[1] for r in reads]).astype(np.uint64, copy=False)
-        lens = np.concatenate([r[2] for r in reads]).astype(np.uint64, copy=False)
-        douts = np.concatenate([r[3] for r in reads]).astype(np.uint64, copy=False)
+        eng = files.engine
         ref = as_buffer(dst)
         if ref.is_cuda:
-            raise InvalidArgumentError("submit_many reads into host memory (staging slots)")
-        if douts.size and int((douts + lens).max()) > ref.nbytes:
-            raise InvalidArgumentError(f"destination too small: reads need {int((douts + lens).max())} bytes of {ref.nbytes}")
+            raise InvalidArgumentError("submit_flat reads into host memory (staging slots)")
+        if dst_offsets.size and int((dst_offsets + lengths).max()) > ref.nbytes:
+            need = int((dst_offsets + lengths).max())
+            raise InvalidArgumentError(f"destination too small: reads need {need} bytes of {ref.nbytes}")
         return eng._submit(
-            [f.path for f in files],
-            fids,
+            [f.path for f in files.files],
+            files.ids[file_index],
             0,
-            offs,
-            lens,
-            douts + np.uint64(ref.address),
-            mode,
-            [ref, files],
+            offsets,
+            lengths,
+            dst_offsets + np.uint64(ref.address),
+            self._mode(eng),
+            [ref, files.files],
             exact=True,
-            io_paths=("posix",) * int(offs.size),
-            file_index=np.repeat(np.arange(len(files), dtype=np.int64), counts),
+            io_paths=("posix",) * int(offsets.size),
+            file_index=file_index,
             crc_steps=crc_steps,
+        )
+
+    def submit_many(
+        self, dst: Any, reads: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], crc_steps: np.ndarray | None = None
+    ) -> RangeFuture:
+        """All ``reads`` (key, offsets, lengths, dst offsets) of a batch as one native submission (:meth:`submit_flat`)."""
+        files = self.open_files([key for key, *_ in reads])
+        counts = np.array([r[1].size for r in reads], np.int64)
+        return self.submit_flat(
+            dst,
+            files,
+            np.repeat(np.arange(len(reads), dtype=np.int64), counts),
+            np.concatenate([r[1] for r in reads]).astype(np.uint64, copy=False),
+            np.concatenate([r[2] for r in reads]).astype(np.uint64, copy=False),
+            np.concatenate([r[3] for r in reads]).astype(np.uint64, copy=False),
+            crc_steps,
         )
 
     def join(self, base: str, key: str) -> str:
@@ -146,8 +205,19 @@ class LocalReader:
         return key
 
 
+@dataclass
+class OpenFiles:
+    """Files opened by :meth:`LocalReader.open_files`: the engine, the Files, their native ids."""
+
+    engine: Engine
+    files: list[Any]
+    ids: np.ndarray
+
+
 class StoreReader:
     """Objects of a :class:`~storecomp.store.base.Store` (ranged reads into the destination)."""
+
+    capabilities = NO_CAPABILITIES
 
     def __init__(self, store: Store) -> None:
         self.store = store

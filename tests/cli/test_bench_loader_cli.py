@@ -23,6 +23,31 @@ def test_bench_loader_cli(tmp_path: Path) -> None:
     assert figs["rand_64k"]["peers"] == {}
     assert "holds" in figs["peak_rss"]["note"]
     assert not (tmp_path / "storecomp-bench-loader").exists()
+    # The loader's own stall attribution travels with its figures, and the advice follows it.
+    hot = figs["hot_64k"]
+    assert hot["bottleneck"] and hot["bottleneck"] in hot["note"]
+    for tip in doc["advice"]:
+        if tip.startswith("loader/hot_64k") and "below the storage limit" in tip and not hot["bottleneck"].startswith("storage"):
+            assert hot["bottleneck"] in tip and "STORECOMP_ENGINE" not in tip
+
+
+def test_advice_names_the_producer_when_the_loader_blames_it() -> None:
+    """Below fio's page-cache limit with the producer as the loader's own bottleneck: no storage advice."""
+    from storecomp.bench.report import Figure, advice
+
+    producer = "producer CPU (planning, checksums, collation)"
+    hot = Figure("loader", "hot_64k", "samples/s", 40e3, ("fio buffered 2 jobs", 160e3), 0.7, bottleneck=producer)
+    (tip,) = advice([hot])
+    assert tip.startswith("loader/hot_64k: 0.25x fio buffered 2 jobs") and producer in tip
+    assert "STORECOMP_ENGINE" not in tip and "verify=False" in tip
+    # Storage blamed (or no attribution): the storage advice stays.
+    for blamed in ("storage", "storage (read-ahead at the max_memory limit)", ""):
+        cold = Figure("loader", "rand_64k", "samples/s", 5e3, ("fio", 10e3), 0.9, bottleneck=blamed)
+        (tip,) = advice([cold])
+        assert "STORECOMP_ENGINE=threads" in tip
+    # Other causes get their own cure.
+    h2d = Figure("loader", "rand_64k", "samples/s", 5e3, ("fio", 10e3), 0.9, bottleneck="host-to-device")
+    assert "pinned memory" in advice([h2d])[0]
 
 
 def test_loader_data_interrupted_while_writing_is_written_again(tmp_path: Path) -> None:

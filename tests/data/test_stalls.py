@@ -15,14 +15,15 @@ from storecomp.errors import InvalidArgumentError
 from storecomp.store import open_store
 from storecomp.testing.seaweedfs import SeaweedFS
 
-BURN_S = 0.010  # producer CPU per batch, as in the issue
+BURN_S = 0.010  # producer CPU per batch of 128 samples, as in the issue
 
 
 class BusyPlanning(NpyDataset):
-    """An .npy dataset whose batch planning costs ~10 ms of CPU in the producer thread."""
+    """An .npy dataset whose batch planning costs ~10 ms of CPU per 128 samples in the producer thread
+    (the loader plans a window of batches in one call: the cost follows the samples planned)."""
 
     def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        end = time.perf_counter() + BURN_S
+        end = time.perf_counter() + BURN_S * np.asarray(indices).size / 128
         x = 0
         while time.perf_counter() < end:  # CPU work, holding the GIL like Python collation would
             x += 1
