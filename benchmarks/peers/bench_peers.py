@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(table(results, skipped))
     doc = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "machine": machine(),
         "samples": n,
