@@ -258,11 +258,11 @@ class File:
         return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact, crc_step)
 
     def read_checked(
-        self, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, *, exact: bool = True
+        self, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, *, exact: bool = True, crc_step: int = 0
     ) -> IOFuture:
         """:meth:`read_many_into` for ranges that :func:`checked_ranges` has
         already checked against ``ref`` (uint64 arrays): no second check."""
-        return self._engine._submit_reads(self, self._check_open(), ref, offs, lens, douts, exact)
+        return self._engine._submit_reads(self, self._check_open(), ref, offs, lens, douts, exact, crc_step)
 
     def pwrite(self, src: Any, offset: int = 0) -> int:
         """Write all of ``src`` at file ``offset``; returns the bytes written."""
