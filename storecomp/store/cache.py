@@ -488,7 +488,7 @@ class CachedStore(WrapperStore):
             return self._read_once(ekey, hdr, ident, offs, lens, dst, douts, name)
         file = self._file(ekey, ident) if ident is not None else None  # checks on the engine's threads
         got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len, file=file)
-        return got.tolist()  # type: ignore[no-any-return]
+        return got.tolist()
 
     def _read_once(
         self,
