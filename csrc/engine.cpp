@@ -191,6 +191,39 @@ size_t FileTable::size() {
 
 // ---------------------------------------------------------------- batches
 
+namespace {
+
+// Chunk k of request r lies inside one piece (no piece boundary within it).
+bool chunk_in_piece(const Request& r, uint64_t k) {
+  uint64_t start = k * r.crc_step, end = std::min(start + r.crc_step, r.length);
+  return start / r.piece_bytes == (end - 1) / r.piece_bytes;
+}
+
+}  // namespace
+
+// The checks of request r's chunks (see Request::crc_step) once piece p has
+// landed with `got` bytes: the chunks inside p now, from what p read; the
+// chunks across piece boundaries when p is the request's last piece, from
+// what the request read (r.valid). Nothing after a failed piece: the
+// request fails as a whole.
+void Batch::check_piece(Request& r, const Piece& p, uint64_t got, int err) {
+  auto* base = reinterpret_cast<const uint8_t*>(r.addr);
+  const uint64_t s = r.crc_step;
+  if (!err) {
+    uint64_t read_end = p.rel + got;
+    for (uint64_t k = (p.rel + s - 1) / s; k * s < read_end; ++k) {
+      uint64_t end = std::min(k * s + s, r.length);
+      if (end > p.rel + p.len) break;  // runs into the next piece
+      r.crc_out[k] = crc32c(0, base + k * s, std::min(end, read_end) - k * s);
+    }
+  }
+  if (r.pieces_left.fetch_sub(1) != 1 || r.err.load() != 0) return;
+  if (r.piece_bytes % s == 0) return;  // every piece boundary is a chunk boundary: none spans
+  uint64_t valid = r.valid.load();
+  for (uint64_t k = 0; k * s < valid; ++k)
+    if (!chunk_in_piece(r, k)) r.crc_out[k] = crc32c(0, base + k * s, std::min(k * s + s, valid) - k * s);
+}
+
 void Batch::complete(Piece& p, uint64_t got, int err) {
   Request& r = reqs[p.req];
   if (err) {
@@ -203,14 +236,7 @@ void Batch::complete(Piece& p, uint64_t got, int err) {
     while (end < cur && !r.valid.compare_exchange_weak(cur, end)) {
     }
   }
-  if (r.crc_step && r.pieces_left.fetch_sub(1) == 1 && r.err.load() == 0) {
-    // The request's last piece landed: its checks run here, on this engine
-    // thread, while the memory is still warm in this core's cache.
-    uint64_t valid = r.valid.load();
-    auto* base = reinterpret_cast<const uint8_t*>(r.addr);
-    for (uint64_t at = 0, k = 0; at < valid; at += r.crc_step, ++k)
-      r.crc_out[k] = crc32c(0, base + at, std::min(r.crc_step, valid - at));
-  }
+  if (r.crc_step) check_piece(r, p, got, err);
   if (left.fetch_sub(1) == 1) {
     std::shared_ptr<Batch> keep;
     std::lock_guard<std::mutex> g(mu);
@@ -475,6 +501,7 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
     auto& r = batch->reqs[i];
     if (r.length == 0 || r.err) continue;
     r.pieces_left = static_cast<uint32_t>((r.length + cfg_.split_bytes - 1) / cfg_.split_bytes);
+    r.piece_bytes = cfg_.split_bytes;
     for (uint64_t rel = 0; rel < r.length; rel += cfg_.split_bytes) {
       Piece& p = batch->pieces[k++];
       p.batch = batch.get();

@@ -99,11 +99,14 @@ struct Request {
   std::atomic<uint64_t> valid{0};  // bytes valid from the start (min short end)
   std::atomic<int> err{0};
   std::atomic<uint64_t> err_offset{0};
-  // Checks: when crc_step > 0, the thread that completes the request's last
-  // piece writes the crc32c of each crc_step-byte chunk of what was read
-  // (the last may be shorter) to crc_out[0..].
+  // Checks: when crc_step > 0, crc_out[k] receives the crc32c of chunk k
+  // (crc_step bytes; the last may be shorter) of what was read. A chunk that
+  // lies inside one piece is checked by the thread that read that piece, as
+  // it lands (still warm in that core's cache, and spread over the threads);
+  // a chunk that spans pieces, by the thread that completes the last piece.
   uint64_t crc_step = 0;
   uint32_t* crc_out = nullptr;
+  uint64_t piece_bytes = 0;  // the split size of this request's pieces (set by submit)
   std::atomic<uint32_t> pieces_left{0};
 };
 
@@ -119,6 +122,7 @@ struct Batch {
   bool finished = false;
 
   void complete(Piece& p, uint64_t got, int err);
+  void check_piece(Request& r, const Piece& p, uint64_t got, int err);
   // Waits up to timeout seconds (negative: forever); true when finished.
   bool wait(double timeout);
   bool is_finished();

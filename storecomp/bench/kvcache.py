@@ -160,7 +160,10 @@ def bench_disk(fp: Any, chunks: int, repeats: int, directory: str, fio_s: float,
     skip = _fio.skip_reason(fio)
     # One long-lived store per side, as in a server: chunk buffers are reused
     # after the first round (a warm-up round, not timed, pays their page faults).
-    writer = KVCacheStore(fp, host_bytes=0, disk_dir=kv_dir, write_through=True, disk_bytes=(repeats + 2) * total)
+    # O_DIRECT on both sides, forced: the tier is measured against the device (fio O_DIRECT), not the page cache.
+    writer = KVCacheStore(
+        fp, host_bytes=0, disk_dir=kv_dir, write_through=True, disk_bytes=(repeats + 2) * total, disk_direct=True
+    )
     reader = None
     failures = 0
     try:
@@ -184,7 +187,7 @@ def bench_disk(fp: Any, chunks: int, repeats: int, directory: str, fio_s: float,
                     if os.path.exists(wfile):
                         os.unlink(wfile)
             if reader is None:  # opened after the first chunks exist: its index is rebuilt from disk
-                reader = KVCacheStore(fp, host_bytes=0, disk_dir=kv_dir)
+                reader = KVCacheStore(fp, host_bytes=0, disk_dir=kv_dir, disk_direct=True)
                 if reader.retrieve(_tokens(tokens, 40), dst) != tokens:  # warm-up
                     raise RuntimeError("disk tier lost the warm-up chunks")
             t0 = time.perf_counter()

@@ -246,6 +246,7 @@ class File:
         *,
         exact: bool = True,
         crc_step: int = 0,
+        direct: str | None = None,
     ) -> IOFuture:
         """Submit many reads from this file into one destination; returns at once.
 
@@ -254,20 +255,32 @@ class File:
         batches of samples: no per-request Python. ``crc_step`` (bytes, host
         destinations): the engine's threads compute the crc32c of each chunk
         of that many bytes of every request as it lands (``checksums()``).
+        ``direct``: the read mode for these reads (``auto``, ``on``, ``off``,
+        as ``IOOptions.direct``; a :class:`~storecomp.io.TierChoice`'s
+        ``direct``); None: the engine's option.
         """
         fid = self._check_open()
         ref = as_buffer(dst)
         if np.isscalar(lengths):
             lengths = np.full(np.asarray(offsets).size, lengths)
         offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, self.path)
-        return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact, crc_step)
+        return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact, crc_step, _read_mode(direct))
 
     def read_checked(
-        self, ref: BufferRef, offs: np.ndarray, lens: np.ndarray, douts: np.ndarray, *, exact: bool = True
+        self,
+        ref: BufferRef,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        *,
+        exact: bool = True,
+        crc_step: int = 0,
+        direct: str | None = None,
     ) -> IOFuture:
         """:meth:`read_many_into` for ranges that :func:`checked_ranges` has
         already checked against ``ref`` (uint64 arrays): no second check."""
-        return self._engine._submit_reads(self, self._check_open(), ref, offs, lens, douts, exact)
+        fid = self._check_open()
+        return self._engine._submit_reads(self, fid, ref, offs, lens, douts, exact, crc_step, _read_mode(direct))
 
     def pwrite(self, src: Any, offset: int = 0) -> int:
         """Write all of ``src`` at file ``offset``; returns the bytes written."""
@@ -315,6 +328,16 @@ class File:
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("rw" if self.writable else "r")
         return f"<storecomp.io.File {self.path!r} {state}>"
+
+
+def _read_mode(direct: str | None) -> int | None:
+    """The native read mode for an ``IOOptions.direct`` value (None: the engine's own)."""
+    if direct is None:
+        return None
+    try:
+        return int(_MODES[direct])
+    except (KeyError, TypeError):
+        raise InvalidArgumentError(f"direct must be auto, on or off, got {direct!r}") from None
 
 
 def _as_u64(values: Any, name: str) -> np.ndarray:
@@ -530,6 +553,7 @@ class Engine:
         douts: np.ndarray,
         exact: bool,
         crc_step: int = 0,
+        mode: int | None = None,
         *,
         inline: bool = False,
     ) -> IOFuture:
@@ -547,7 +571,7 @@ class Engine:
             offs,
             lens,
             addrs,
-            self._read_mode,
+            self._read_mode if mode is None else mode,
             [ref, f],
             exact=exact,
             io_paths=("posix",),

@@ -141,6 +141,11 @@ class TierChoice:
         """The native engine's read mode for this tier."""
         return _MODES[self.tier]
 
+    @property
+    def direct(self) -> str:
+        """This tier as an ``IOOptions.direct`` value: ``"off"`` (buffered) or ``"on"`` (O_DIRECT)."""
+        return "off" if self.tier == BUFFERED else "on"
+
     def as_dict(self) -> dict[str, object]:
         return {
             "tier": self.tier,
@@ -171,6 +176,7 @@ class PageCachePolicy:
         self.direct = direct
         self.floor_bytes = floor_bytes
         self._next_check = 0.0
+        self._mem: tuple[float, MemoryInfo] | None = None  # (good until, info)
 
     def choose(self, paths: Iterable[str], data_bytes: int | None = None) -> TierChoice:
         """The tier for reading ``paths`` (``data_bytes``: how much of them will be read; default all)."""
@@ -182,8 +188,16 @@ class PageCachePolicy:
             except OSError:
                 pass
         need = sizes if data_bytes is None else min(sizes, data_bytes)
-        resident = min(need, sum(resident_bytes(p) for p in paths))
-        mem = memory_info()
+        return self.choose_size(need, min(need, sum(resident_bytes(p) for p in paths)))
+
+    def choose_size(self, data_bytes: int, resident: int = 0) -> TierChoice:
+        """The tier for a working set of ``data_bytes`` bytes of which ``resident`` are in the page
+        cache already (a store's object, a cache tier's capacity). Raises InvalidArgumentError for
+        negative sizes."""
+        if data_bytes < 0 or resident < 0:
+            raise InvalidArgumentError(f"sizes must be non-negative, got data_bytes={data_bytes} resident={resident}")
+        need, resident = data_bytes, min(resident, data_bytes)
+        mem = self._memory()
         budget = int(mem.available * BUDGET_FRACTION)
         fields: dict[str, Any] = {
             "data_bytes": need,
@@ -210,6 +224,15 @@ class PageCachePolicy:
             f"{mem.available / gib:.2f} GiB available)"
         )
         return TierChoice(DIRECT, why, **fields)
+
+    def _memory(self) -> MemoryInfo:
+        """:func:`memory_info`, read again at most once per :data:`CHECK_INTERVAL_S` (a store
+        chooses per object it opens: /proc/meminfo and the cgroup files once per open would cost
+        more than a small read)."""
+        now = time.monotonic()
+        if self._mem is None or now >= self._mem[0]:
+            self._mem = (now + CHECK_INTERVAL_S, memory_info())
+        return self._mem[1]
 
     def check(self, choice: TierChoice) -> TierChoice:
         """``choice``, or O_DIRECT when memory runs short while buffered (at

@@ -27,7 +27,7 @@ from .. import crypto
 from ..config import IOOptions
 from ..crc import crc32c
 from ..errors import InvalidArgumentError, StorecompError
-from ..io import Engine
+from ..io import Engine, PageCachePolicy
 from ..store.base import Store
 from . import format as fmt
 from .fetch import SEGMENT_BYTES, Fetch, FetchOutcome, Sealing
@@ -87,7 +87,11 @@ class KVCacheStore:
     ``disk_dir`` (None: no disk tier) and ``shared`` (a
     :class:`~storecomp.kvcache.tiers.SharedTierOptions`, or just its store: a
     URL or a :class:`~storecomp.store.Store`; None: no shared tier) enable the
-    lower tiers. Writes land in host memory during :meth:`store` and reach the
+    lower tiers. The disk tier reads (and writes) through the page cache when
+    ``disk_bytes`` fits the page-cache budget and with O_DIRECT when it does
+    not (:class:`~storecomp.io.PageCachePolicy`; ``stats()["disk"]`` says which
+    and why); ``disk_direct`` forces either (True: O_DIRECT, False: buffered).
+    Writes land in host memory during :meth:`store` and reach the
     lower tiers in the background, unless ``write_through`` (then
     :meth:`store` returns once every tier has the chunk). A shared store
     that cannot be reached never fails a request: it is skipped, and
@@ -131,7 +135,7 @@ class KVCacheStore:
         disk_bytes: int = 64 * GiB,
         shared: str | os.PathLike[str] | Store | SharedTierOptions | None = None,
         write_through: bool = False,
-        disk_direct: bool = True,
+        disk_direct: bool | None = None,
         io_options: IOOptions | None = None,
         workers: int = 8,
         spare_bytes: int | None = None,
@@ -168,11 +172,14 @@ class KVCacheStore:
         self.pool = BufferPool(keep_bytes=16 * self.layout.nbytes if spare_bytes is None else spare_bytes)
         self.host = HostTier(host_bytes, self.pool)
         opts = io_options or IOOptions.load()
-        self.engine = Engine(opts, direct="on" if disk_direct else "auto")
+        # The disk tier's page-cache tier: forced by disk_direct, else chosen for its budget.
+        policy = PageCachePolicy("auto" if disk_direct is None else "on" if disk_direct else "off")
+        direct = policy.choose_size(disk_bytes).direct if disk_dir is not None else "auto"
+        self.engine = Engine(opts, direct=direct)  # writes too: O_DIRECT when the tier reads with it
         # A shared store opened here from a URL is ours to close; one passed in is the caller's.
         self._own_shared: Store | None = None
         try:
-            self.disk = DiskTier(disk_dir, self.namespace, disk_bytes, self.engine) if disk_dir is not None else None
+            self.disk = DiskTier(disk_dir, self.namespace, disk_bytes, self.engine, policy) if disk_dir is not None else None
             if shared_opts is not None:
                 store = _open_shared(shared_opts)
                 if store is not shared_opts.store:
@@ -651,10 +658,14 @@ class KVCacheStore:
         out["verify_failures"] = total["verify_failures"]
         out["host"] = self.host.stats.as_dict() | {"used_bytes": self.host.used, "budget_bytes": self.host.budget}
         if self.disk is not None:
+            pc = self.disk.page_cache
             out["disk"] = self.disk.stats.as_dict() | {
                 "used_bytes": self.disk.used,
                 "budget_bytes": self.disk.budget,
                 "rebuild_seconds": self.disk.rebuild_seconds,
+                "page_cache": pc.tier,  # buffered | direct, and why
+                "page_cache_reason": pc.reason,
+                "page_cache_buffered": int(pc.tier == "buffered"),
             }
         if self.shared is not None:
             out["shared"] = self.shared.stats.as_dict() | {

@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import InvalidArgumentError, NotFoundError, ShortReadError, StorecompError
-from ..io import Engine, File, HostBuffer, cuda
+from ..io import Engine, File, HostBuffer, PageCachePolicy, TierChoice, cuda
 from ..store import RangeFuture
 from ..store.base import Store
 
@@ -352,15 +352,31 @@ class DiskTier:
     renamed into place: a reader sees a whole chunk or none, even after a
     crash. The index is rebuilt at start by listing the directory (temp
     files left by dead writers are removed).
+
+    Reads go through the page cache or use O_DIRECT as ``policy`` (a
+    :class:`~storecomp.io.PageCachePolicy`; default: the engine's ``direct``
+    option) chooses for a working set of ``budget`` bytes: a tier that fits
+    the page-cache budget is read buffered, so chunks read again come from
+    memory; a larger one with O_DIRECT; under memory pressure, O_DIRECT.
+    ``page_cache`` is the choice, with its reason.
     """
 
     name = "disk"
     SUFFIX = ".kv"
 
-    def __init__(self, root: str | os.PathLike[str], namespace: str, budget: int, engine: Engine) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        namespace: str,
+        budget: int,
+        engine: Engine,
+        policy: PageCachePolicy | None = None,
+    ) -> None:
         self.root = os.path.join(os.fspath(root), namespace)
         self.budget = budget
         self.engine = engine
+        self.policy = policy or PageCachePolicy(engine.options.direct)
+        self.page_cache: TierChoice = self.policy.choose_size(budget)
         self.used = 0
         self.entries: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self.pins: collections.Counter[bytes] = collections.Counter()
@@ -493,8 +509,9 @@ class DiskTier:
         path = self.path(key)
         _check_ranges(path, dst, ranges)
         f = self.engine.open(path, "r")
+        self.page_cache = choice = self.policy.check(self.page_cache)
         try:
-            return TierReads([f.read_many_into(dst, [off], [n], [off]) for off, n in ranges], f)
+            return TierReads([f.read_many_into(dst, [off], [n], [off], direct=choice.direct) for off, n in ranges], f)
         except BaseException:
             f.close()  # after the reads already issued
             raise

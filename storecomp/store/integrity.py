@@ -24,6 +24,7 @@ In manifests the same values appear as JSON: ``{"chunk_bytes": N,
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..crc import crc32c
 from ..errors import CorruptDataError, InvalidArgumentError, ShortReadError
+from ..io import as_buffer
 from .base import ObjectInfo, Store
 from .keys import payload_view
 
@@ -71,6 +73,13 @@ class Checksums:
         arr = _u8(data)
         crcs = tuple(crc32c(arr[i : i + chunk_bytes]) for i in range(0, arr.size, chunk_bytes))
         return cls(arr.size, chunk_bytes, crcs)
+
+    @functools.cached_property
+    def array(self) -> np.ndarray:
+        """``crcs`` as a read-only uint32 array (made once: checks of many small ranges index it)."""
+        a = np.asarray(self.crcs, np.uint32)
+        a.flags.writeable = False
+        return a
 
     # -- encodings
 
@@ -187,69 +196,114 @@ def read_verified(
     :class:`storecomp.io.File` holding ``key``: chunk-aligned ranges are then
     read from it and checked on the engine's threads as they land."""
     label = name or f"{store.url}/{key}"
-    out = np.zeros(len(offsets), np.uint64)
-    direct: list[int] = []
-    staged: list[tuple[int, int, int]] = []  # range index, start, end
-    for i, (off, ln) in enumerate(zip(offsets, lengths, strict=True)):
-        start, end = sums.covering(int(off), int(ln))
-        if end <= start:
-            continue
-        if start == off and end == min(int(off) + int(ln), sums.size):
-            direct.append(i)
-        else:
-            staged.append((i, start, end))
-    if direct:
-        offs = [int(offsets[i]) for i in direct]
-        lens = [min(int(lengths[i]), sums.size - int(offsets[i])) for i in direct]
-        douts = [int(dst_offsets[i]) for i in direct]
-        if file is not None:
-            _read_checked(file, sums, offs, lens, dst, douts, label, base)
-        else:
-            _read(store, key, [o + base for o in offs], lens, dst, douts, label)
-            for off, ln, d in zip(offs, lens, douts, strict=True):
-                sums.verify(dst[d : d + ln], off, label)
-        out[direct] = lens
-    if staged:
-        total = sum(e - s for _, s, e in staged)
-        scratch = np.empty(total, np.uint8)
-        pos, places = 0, []
-        for _, s, e in staged:
-            places.append(pos)
-            pos += e - s
-        _read(store, key, [s + base for _, s, _ in staged], [e - s for _, s, e in staged], scratch, places, label)
-        for (i, s, e), p in zip(staged, places, strict=True):
+    if len(offsets) == 1 and len(lengths) == 1 and len(dst_offsets) == 1:
+        # One range (a large read, a get): Python ints cost less than numpy's calls.
+        off, ln, at = int(offsets[0]), int(lengths[0]), int(dst_offsets[0])
+        n = min(off + ln, sums.size) - off
+        c = sums.chunk_bytes
+        if min(off, ln, at) >= 0 and n > 0 and at + n <= dst.size and off % c == 0 and (n % c == 0 or off + n == sums.size):
+            _read_direct(store, key, sums, np.array([off]), np.array([n]), dst, np.array([at]), label, base, file)
+            return np.array([n], np.uint64)
+    # Vectorised, with few numpy calls: a cache hit must not pay Python per range.
+    try:
+        rows = np.array([offsets, lengths, dst_offsets], np.int64, ndmin=2)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidArgumentError(f"{label}: offsets, lengths and dst_offsets must be integer sequences of one length") from None
+    if rows.ndim != 2 or rows.shape[0] != 3:
+        raise InvalidArgumentError(f"{label}: offsets, lengths and dst_offsets must be 1-D")
+    if rows.shape[1] == 0:
+        return np.zeros(0, np.uint64)
+    offs, lens, douts = rows
+    if rows.min() < 0:
+        i = int(np.flatnonzero((rows < 0).any(axis=0))[0])
+        raise InvalidArgumentError(f"{label}: bad range: offset={int(offs[i])} length={int(lens[i])} at {int(douts[i])}")
+    c, size = sums.chunk_bytes, sums.size
+    end = np.minimum(offs + lens, size)  # the requested bytes, clipped at the object's end
+    n = end - offs
+    if int((douts + n).max()) > dst.size:
+        raise InvalidArgumentError(f"{label}: a range runs past the end of the {dst.size}-byte destination")
+    # Chunk-aligned ranges (start and end on chunk boundaries, or the object's end) land
+    # straight in dst; the others are read whole-chunk into scratch and copied out.
+    misfit = np.minimum(end % c, size - end)
+    misfit += offs % c  # 0 when chunk-aligned
+    if not misfit.any() and n.min() > 0:  # the usual case: every range aligned and inside the object
+        _read_direct(store, key, sums, offs, n, dst, douts, label, base, file)
+        return n.view(np.uint64)
+    out = np.zeros(rows.shape[1], np.uint64)
+    direct = (misfit == 0) & (n > 0)
+    di = np.flatnonzero(direct)
+    if di.size:
+        _read_direct(store, key, sums, offs[di], n[di], dst, douts[di], label, base, file)
+        out[di] = n[di]
+    staged = np.flatnonzero(~direct & (n > 0))
+    if staged.size:
+        s0 = offs[staged] // c * c
+        s1 = np.minimum(-(-end[staged] // c) * c, size)
+        places = np.concatenate([[0], np.cumsum(s1 - s0)[:-1]])
+        scratch = np.empty(int((s1 - s0).sum()), np.uint8)
+        _read(store, key, s0 + base, s1 - s0, scratch, places, label)
+        for i, s, e, p in zip(staged.tolist(), s0.tolist(), s1.tolist(), places.tolist(), strict=True):
             sums.verify(scratch[p : p + e - s], s, label)
-            off, d = int(offsets[i]), int(dst_offsets[i])
-            n = min(int(lengths[i]), sums.size - off)
-            dst[d : d + n] = scratch[p + off - s : p + off - s + n]
-            out[i] = n
+            off, at, m = int(offs[i]), int(douts[i]), int(n[i])
+            dst[at : at + m] = scratch[p + off - s : p + off - s + m]
+            out[i] = m
     return out
 
 
-def _read_checked(
-    file: Any, sums: Checksums, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int], label: str, base: int
+def _read_direct(
+    store: RangeReader,
+    key: str,
+    sums: Checksums,
+    offs: np.ndarray,
+    lens: np.ndarray,
+    dst: np.ndarray,
+    douts: np.ndarray,
+    label: str,
+    base: int,
+    file: Any,
 ) -> None:
-    """Chunk-aligned ranges from an open local file, each chunk's crc32c computed by the
-    engine's threads as it lands and compared here with numpy."""
+    """Chunk-aligned ranges (int64 arrays, checked against ``dst``) straight into ``dst``, verified:
+    through ``file``, each chunk's crc32c is computed by the engine's threads as it lands and
+    compared here with numpy; otherwise read, then checked chunk by chunk."""
+    if file is None:
+        _read(store, key, offs + base, lens, dst, douts, label)
+        for off, ln, at in zip(offs.tolist(), lens.tolist(), douts.tolist(), strict=True):
+            sums.verify(dst[at : at + ln], off, label)
+        return
     c = sums.chunk_bytes
     try:
-        fut = file.read_many_into(dst, [o + base for o in offs], lens, douts, exact=True, crc_step=c)
+        # Non-negative int64 values: their uint64 views are the same numbers, no copies.
+        u64 = np.uint64
+        fut = file.read_checked(as_buffer(dst), (offs + base).view(u64), lens.view(u64), douts.view(u64), crc_step=c)
         got = fut.checksums()
     except ShortReadError as e:
         raise CorruptDataError(f"{label}: object is shorter than its checksums say ({e})") from None
-    o = np.asarray(offs, np.int64)
-    counts = -(-np.asarray(lens, np.int64) // c)
-    first = np.repeat(o // c - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
-    want = np.asarray(sums.crcs, np.uint32)[first]
-    bad = np.flatnonzero(got != want)
-    if bad.size:
-        k = int(bad[0])
-        pos = int(first[k]) * c
+    if offs.size == 1:  # the chunks each request covers, in order
+        k0 = int(offs[0]) // c
+        want = sums.array[k0 : k0 + got.size]
+    elif int(lens.max()) <= c:
+        want = sums.array[offs // c]
+    else:
+        counts = -(-lens // c)
+        want = sums.array[np.repeat(offs // c - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))]
+    if got.tobytes() != want.tobytes():  # both uint32 (cheaper than numpy's compare for a few values)
+        k = int(np.flatnonzero(got != want)[0])
+        pos = _chunk_start(offs, lens, c, k)
         end, w, g = min(pos + c, sums.size), int(want[k]), int(got[k])
         raise CorruptDataError(f"{label}: crc32c mismatch in bytes [{pos}, {end}): expected {w:08x}, got {g:08x}")
 
 
-def _read(store: RangeReader, key: str, offs: list[int], lens: list[int], dst: np.ndarray, douts: list[int], label: str) -> None:
+def _chunk_start(offs: np.ndarray, lens: np.ndarray, c: int, k: int) -> int:
+    """Byte offset in the object of the k-th chunk read by chunk-aligned ranges ``offs``/``lens``."""
+    for o, n in zip(offs.tolist(), lens.tolist(), strict=True):
+        m = -(-n // c)
+        if k < m:
+            return o + k * c
+        k -= m
+    raise AssertionError("chunk index past the ranges")
+
+
+def _read(store: RangeReader, key: str, offs: Any, lens: Any, dst: np.ndarray, douts: Any, label: str) -> None:
     try:
         store.read_ranges(key, offs, lens, dst, douts, exact=True)
     except ShortReadError as e:

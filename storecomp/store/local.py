@@ -45,7 +45,7 @@ import numpy as np
 
 from ..config import IOOptions
 from ..errors import ConflictError, InvalidArgumentError, NotFoundError, StorecompError, VersionChangedError, from_errno
-from ..io import BufferRef, Engine, File, IOFuture, default_engine
+from ..io import BufferRef, Engine, File, IOFuture, PageCachePolicy, TierChoice, default_engine, resident_bytes
 from .base import Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 
@@ -81,9 +81,25 @@ class LocalStore(Store):
     ``options`` configures a private native engine; without it the
     process-wide default engine is used. Raises InvalidArgumentError when
     ``root`` exists and is not a directory.
+
+    Reads choose the page cache or O_DIRECT per object, by the rule of
+    :class:`~storecomp.io.PageCachePolicy` (the DataLoader's): an object whose
+    uncached bytes fit the page-cache budget is read buffered, so the next
+    read of it runs from memory; a larger one with O_DIRECT, so it does not
+    evict what the rest of the machine uses; under memory pressure, O_DIRECT.
+    ``page_cache`` sets the policy (default: one following the engine's
+    ``direct`` option, which forces either: ``off`` buffered, ``on``
+    O_DIRECT). :meth:`tier_stats` says what was chosen and why.
     """
 
-    def __init__(self, root: str | os.PathLike[str], options: IOOptions | None = None, *, engine: Engine | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        options: IOOptions | None = None,
+        *,
+        engine: Engine | None = None,
+        page_cache: PageCachePolicy | None = None,
+    ):
         self.root = Path(root).expanduser().absolute()
         if self.root.exists() and not self.root.is_dir():
             raise InvalidArgumentError(f"{self.root}: not a directory, cannot be a store root")
@@ -93,6 +109,11 @@ class LocalStore(Store):
         self._engine = engine if engine is not None else (Engine(options) if options is not None else None)
         self._files: OrderedDict[str, tuple[File, tuple[int, int, int, int]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._policy, self._own_policy = page_cache, page_cache is not None
+        # The tier of each file read lately (by identity), with the policy that chose it.
+        self._tiers: OrderedDict[tuple[int, int, int, int], tuple[PageCachePolicy, TierChoice]] = OrderedDict()
+        self._tier_reads = {"buffered": 0, "direct": 0}  # ranges read per tier
+        self._last_tier: TierChoice | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -105,6 +126,45 @@ class LocalStore(Store):
     def path_of(self, key: str) -> Path:
         """The file that holds ``key`` (it may not exist)."""
         return self.root / validate_key(key)
+
+    # ------------------------------------------------------------ page-cache tier
+
+    def policy(self) -> PageCachePolicy:
+        """The page-cache policy: the one given, else one following the engine's ``direct`` option."""
+        p = self._policy
+        if p is None or (not self._own_policy and p.direct != self.engine.options.direct):
+            p = self._policy = PageCachePolicy(self.engine.options.direct)
+        return p
+
+    def _tier(self, path: str, ident: tuple[int, int, int, int]) -> TierChoice:
+        """The tier for reading the file ``ident`` at ``path``: chosen once per file (its size,
+        what of it is resident), then moved to O_DIRECT if memory runs short."""
+        policy = self.policy()
+        with self._lock:
+            hit = self._tiers.get(ident)
+        if hit is not None and hit[0] is policy:
+            choice = hit[1]
+        else:  # a file not seen yet, or a new policy
+            choice = policy.choose_size(ident[2], resident_bytes(path) if policy.direct == "auto" else 0)
+        checked = policy.check(choice)
+        with self._lock:
+            self._tiers[ident] = (policy, checked)
+            self._tiers.move_to_end(ident)
+            while len(self._tiers) > _MAX_CACHED_FILES:
+                self._tiers.popitem(last=False)
+            self._tier_reads[checked.tier] += 1
+            self._last_tier = checked
+        return checked
+
+    def tier_stats(self) -> dict[str, Any]:
+        """Page-cache tier of this store's reads: ``reads_buffered`` and ``reads_direct``
+        (read calls per tier), and the latest choice (``tier``, ``reason``, sizes in bytes)."""
+        with self._lock:
+            out: dict[str, Any] = {f"reads_{k}": v for k, v in self._tier_reads.items()}
+            last = self._last_tier
+        out["policy"] = self.policy().direct
+        out.update(last.as_dict() if last is not None else {"tier": "none", "reason": "nothing read yet"})
+        return out
 
     # ------------------------------------------------------------ reads
 
@@ -147,7 +207,7 @@ class LocalStore(Store):
         f, ident = self._open(key)
         if version is not None and _token(*ident) != version:
             raise VersionChangedError(self.name_of(key), version, _token(*ident))
-        return f.read_checked(ref, offs, lens, douts, exact=False)
+        return f.read_checked(ref, offs, lens, douts, exact=False, direct=self._tier(f.path, ident).direct)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of ``key``; the size and the bytes both come from the file opened."""
@@ -155,7 +215,8 @@ class LocalStore(Store):
             return super().get(key, offset, length)
         f, ident = self._open(key)
         buf = np.empty(max(0, ident[2] - offset), np.uint8)
-        n = int(f.read_many_into(buf, [offset], [buf.size], [0], exact=False).result()[0])
+        direct = self._tier(f.path, ident).direct
+        n = int(f.read_many_into(buf, [offset], [buf.size], [0], exact=False, direct=direct).result()[0])
         return buf[:n].tobytes()
 
     # ------------------------------------------------------------ writes

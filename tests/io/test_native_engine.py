@@ -395,8 +395,11 @@ def test_native_crc32c_matches_the_crc32c_package() -> None:
         a, n = int(rng.integers(0, 64)), int(rng.integers(0, 1 << 20))
         v = int(rng.integers(0, 1 << 32))
         assert _native.crc32c(buf[a : a + n], v) == crc32c.crc32c(buf[a : a + n], v)
-    for n in (0, 1, 7, 8, 255, 767, 768, 769, 24575, 24576, 24577):  # around the stream block sizes
-        assert _native.crc32c(buf[3 : 3 + n]) == crc32c.crc32c(buf[3 : 3 + n])
+    # Around the stream block sizes and where carry-less folding takes over (1024 bytes, 256 per turn).
+    for n in (0, 1, 7, 8, 255, 767, 768, 769, 1023, 1024, 1025, 1279, 1280, 1281, 2047, 24575, 24576, 24577):
+        for a in (0, 3, 64):
+            assert _native.crc32c(buf[a : a + n]) == crc32c.crc32c(buf[a : a + n])
+            assert _native.crc32c(buf[a : a + n], 0xFFFFFFFF) == crc32c.crc32c(buf[a : a + n], 0xFFFFFFFF)
     with pytest.raises(ValueError, match="contiguous"):
         _native.crc32c(np.zeros(16, np.uint8)[::2])
 
@@ -404,17 +407,19 @@ def test_native_crc32c_matches_the_crc32c_package() -> None:
 @pytest.mark.parametrize("mode", ["on", "off", "auto"])
 def test_batch_checksums_are_computed_as_requests_land(native, data_file: DataFile, mode: str) -> None:
     """crc_steps: the engine's threads compute one crc32c per chunk of each
-    request (several pieces: split at 1 MiB), also for unaligned ones and short reads at end of file."""
+    request (several pieces: split at 1 MiB), also for unaligned ones and short reads at end of file.
+    Chunks inside one piece are checked as that piece lands; chunks across piece boundaries (a step
+    that does not divide the split, or one larger than it) once the request's last piece is in."""
     import crc32c
 
     fid = native.open(str(data_file.path))
-    offs = [0, 4097, 1 << 20, data_file.size - 100]
-    lens = [65536, 10001, (2 << 20) + 5, 100 + 50]  # the last runs 50 bytes past end of file
-    steps = [4096, 0, 65536, 64]
+    offs = [0, 4097, 1 << 20, data_file.size - 100, 3, 512, 0]
+    lens = [65536, 10001, (2 << 20) + 5, 100 + 50, (3 << 20) + 7, (2 << 20) + 100, data_file.size + 9000]
+    steps = [4096, 0, 65536, 64, 768 << 10, (3 << 20) // 2, 700_001]  # the 4th and last run past end of file
     raw = np.zeros(sum(lens) + 16, np.uint8)
     dst = 3 + np.concatenate([[0], np.cumsum(lens)[:-1]])
     batch = native.submit(
-        np.full(4, fid, np.uint32), np.zeros(4, np.uint8), np.array(offs, np.uint64), np.array(lens, np.uint64),
+        np.full(len(offs), fid, np.uint32), np.zeros(len(offs), np.uint8), np.array(offs, np.uint64), np.array(lens, np.uint64),
         (raw.ctypes.data + dst).astype(np.uint64), MODES[mode], np.array(steps, np.uint64),
     )  # fmt: skip
     assert batch.wait(30.0)
