@@ -203,28 +203,21 @@ class LocalStore(Store):
             raise
         return tmp, final
 
-    def _info(self, key: str, path: Path) -> ObjectInfo:
-        st = os.stat(path)
-        return ObjectInfo(key, st.st_size, version_of(st), st.st_mtime)
-
     def put(self, key: str, data: Any) -> ObjectInfo:
-        tmp, final = self._write_temp(validate_key(key), data)
-        try:
-            # A key that CAS writers use has a lock file: take it so that a
-            # put never lands between a CAS's compare and its rename.
-            with _flock(_lock_path(final), create=False):
-                _publish_rename(tmp, final)
-        except BaseException:
-            _unlink_quiet(tmp)
-            raise
-        return self._info(key, final)
+        return self.put_stream(key, (data,))
 
     def put_stream(self, key: str, parts: Iterable[Any]) -> ObjectInfo:
         """Publish the concatenation of ``parts`` (bytes-like, consumed one at a
-        time: the object is never whole in memory) under ``key``, atomically."""
+        time: the object is never whole in memory) under ``key``, atomically.
+
+        The returned info is that of the file this call published (stat'ed
+        before its rename): a writer that replaces or deletes the key right
+        after cannot lend its version to this put."""
         tmp, final = self._write_temp_parts(validate_key(key), parts)
         try:
-            st = os.stat(tmp)  # the published inode's identity (a delete right after the rename cannot hide it)
+            st = os.stat(tmp)
+            # A key that CAS writers use has a lock file: take it so that a
+            # put never lands between a CAS's compare and its rename.
             with _flock(_lock_path(final), create=False):
                 _publish_rename(tmp, final)
         except BaseException:
@@ -242,6 +235,7 @@ class LocalStore(Store):
     def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
         tmp, final = self._write_temp(validate_key(key), data)
         try:
+            st = os.stat(tmp)  # the version this call publishes, whatever replaces it after
             with _flock(_lock_path(final)):
                 if expected is None:
                     if not _publish_link(tmp, final):
@@ -256,7 +250,7 @@ class LocalStore(Store):
                     if current != expected:
                         raise ConflictError(f"{self.url}/{key}: compare-and-swap expected version {expected}, found {current}")
                     _publish_rename(tmp, final)
-                return self._info(key, final)
+                return ObjectInfo(key, st.st_size, version_of(st), st.st_mtime)
         finally:
             _unlink_quiet(tmp)
 
