@@ -735,6 +735,12 @@ class CachedStore(WrapperStore):
         self.inner.delete(key)
         self.invalidate(key)
 
+    def delete_if(self, key: str, version: str) -> bool:
+        deleted = self.inner.delete_if(key, version)
+        if deleted:
+            self.invalidate(key)
+        return deleted
+
     def close(self) -> None:
         with self._lock:
             files = list(self._files.values())

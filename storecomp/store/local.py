@@ -8,6 +8,9 @@ the page cache misses). Writes publish atomically:
   file or the new one; a crash leaves at most a hidden temp file.
 * ``put_if_absent``: the same temp file, published with ``link(2)``, which
   fails with EEXIST when the key exists (then False, nothing changed).
+* ``delete_if``: holding that lock, compares the version and unlinks (a
+  ``put`` or ``delete`` of a key that has a lock file takes it too, and a
+  ``put_if_absent`` cannot replace a file that exists).
 * ``compare_and_swap``: the temp file is written first; then, holding
   ``flock(2)`` on a sidecar lock file ``.sc-lock.<name>`` next to the key
   (``.sc-lock.h-<digest of name>`` when that name would be too long),
@@ -328,15 +331,23 @@ class LocalStore(Store):
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)
-        try:
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except IsADirectoryError:
-            return  # a "directory" is not an object
-        except OSError as e:
-            raise from_errno(e.errno or errno.EIO, str(path), None, "delete") from None
-        _fsync_dir(path.parent)
+        with _flock(_lock_path(path), create=False):  # never between a delete_if's compare and its unlink
+            _unlink_object(path)
+
+    def delete_if(self, key: str, version: str) -> bool:
+        path = self.path_of(key)
+        if not path.parent.is_dir():
+            return False
+        with _flock(_lock_path(path)):
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            except OSError as e:
+                raise from_errno(e.errno or errno.EIO, str(path), None, "stat") from None
+            if not _is_file(st) or version_of(st) != version:
+                return False
+            return _unlink_object(path)
 
     # ------------------------------------------------------------ maintenance
 
@@ -382,6 +393,20 @@ def _is_file(st: os.stat_result) -> bool:
     import stat as _stat
 
     return _stat.S_ISREG(st.st_mode)
+
+
+def _unlink_object(path: Path) -> bool:
+    """Unlink an object's file and make that durable; False when it was not there."""
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except IsADirectoryError:
+        return False  # a "directory" is not an object
+    except OSError as e:
+        raise from_errno(e.errno or errno.EIO, str(path), None, "delete") from None
+    _fsync_dir(path.parent)
+    return True
 
 
 def _unlink_quiet(path: Path) -> None:

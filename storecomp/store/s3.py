@@ -740,6 +740,20 @@ class S3Store(Store):
         self._forget(key)
         self._call(lambda: obstore.delete(self._store, key), key, "delete")
 
+    def delete_if(self, key: str, version: str) -> bool:
+        """DELETE with ``If-Match: <version>`` (the server compares; needs boto3, since
+        obstore sends no conditional DELETE). A 412 or a missing key is False."""
+        validate_key(key)
+        client = self._uploads_client()
+        try:
+            full = self._full_key(key)
+            self._admin_call(lambda: client.delete_object(Bucket=self.bucket, Key=full, IfMatch=version), key, "delete")
+        except (NotFoundError, ConflictError):
+            return False
+        finally:
+            self._forget(key)
+        return True
+
     # ------------------------------------------------------------ unfinished multipart uploads
     #
     # obstore offers neither the listing nor the abort of multipart uploads, so
@@ -857,6 +871,8 @@ class S3Store(Store):
             return BucketNotFoundError(self.bucket, self.where)
         if code in ("NoSuchUpload", "NoSuchKey"):
             return NotFoundError(errno.ENOENT, name, None, op)
+        if code in ("PreconditionFailed", "412"):
+            return ConflictError(f"{name}: {op}: the object is not at the version expected")
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return CredentialsError(f"{name}: {op} refused by {self.where} for access key id {self.access_key_id!r}")
         if not code:  # no answer: connection refused, timed out, endpoint unreachable
