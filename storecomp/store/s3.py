@@ -775,15 +775,24 @@ class S3Store(Store):
             }
             if c.get("skip_signature"):
                 options["signature_version"] = UNSIGNED
-            self._admin = boto3.session.Session().client(
-                "s3",
-                endpoint_url=c.get("endpoint"),
-                region_name=c.get("region"),
-                aws_access_key_id=c.get("access_key_id"),
-                aws_secret_access_key=c.get("secret_access_key"),
-                aws_session_token=c.get("session_token"),
-                config=Config(**options),
-            )
+            try:
+                self._admin = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=c.get("endpoint"),
+                    region_name=c.get("region"),
+                    aws_access_key_id=c.get("access_key_id"),
+                    aws_secret_access_key=c.get("secret_access_key"),
+                    aws_session_token=c.get("session_token"),
+                    config=Config(**options),
+                )
+            except ValueError as e:  # botocore's "Invalid endpoint: <the URL, password and all>"
+                err = InvalidArgumentError(
+                    f"{self._redact(self.where)}: boto3 refuses this endpoint (it serves the listing and abort of "
+                    f"multipart uploads and conditional deletes): {self._redact(str(e))[:300]}"
+                )
+            else:
+                return self._admin
+            raise err  # outside the handler: botocore's message is not chained
         return self._admin
 
     def _full_key(self, key: str) -> str:
