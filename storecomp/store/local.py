@@ -456,10 +456,10 @@ class _flock:
     def __enter__(self) -> None:
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0), 0o644)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError) as e:
             if self.create:
-                raise from_errno(errno.ENOENT, str(self.path), None, "lock") from None
-            return  # no lock file: nobody uses CAS on this key
+                raise from_errno(e.errno or errno.ENOENT, str(self.path), None, "lock") from None
+            return  # no lock file (or no such directory): nobody uses CAS on this key
         except OSError as e:
             raise from_errno(e.errno or errno.EIO, str(self.path), None, "lock") from None
         fcntl.flock(self.fd, fcntl.LOCK_EX)

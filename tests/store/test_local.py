@@ -129,3 +129,10 @@ def test_delete_if_removes_only_the_version_named(tmp_path):
     assert s.delete_if("d/k", v2) and not s.exists("d/k")
     assert not s.delete_if("d/k", v2) and not s.delete_if("nowhere/k", v2)
     assert [i.key for i in s.list()] == []  # its lock file is hidden
+
+
+def test_delete_under_an_object_is_a_no_op(tmp_path):
+    s = LocalStore(tmp_path)
+    s.put("a", b"x")
+    s.delete("a/b")  # "a" is an object, so "a/b" cannot exist
+    assert not s.delete_if("a/b", "0" * 16) and s.get("a") == b"x"
