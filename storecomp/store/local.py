@@ -207,15 +207,17 @@ class LocalStore(Store):
         return tmp, final
 
     def put(self, key: str, data: Any) -> ObjectInfo:
-        return self.put_stream(key, (data,))
+        return self._publish(key, (data,))
 
     def put_stream(self, key: str, parts: Iterable[Any]) -> ObjectInfo:
         """Publish the concatenation of ``parts`` (bytes-like, consumed one at a
-        time: the object is never whole in memory) under ``key``, atomically.
+        time: the object is never whole in memory) under ``key``, atomically."""
+        return self._publish(key, parts)
 
-        The returned info is that of the file this call published (stat'ed
-        before its rename): a writer that replaces or deletes the key right
-        after cannot lend its version to this put."""
+    def _publish(self, key: str, parts: Iterable[Any]) -> ObjectInfo:
+        """put and put_stream. The returned info is that of the file this call
+        published (stat'ed before its rename): a writer that replaces or deletes
+        the key right after cannot lend its version to this put."""
         tmp, final = self._write_temp_parts(validate_key(key), parts)
         try:
             st = os.stat(tmp)
