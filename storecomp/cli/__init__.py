@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import importlib
 import os
 import select
 import sys
+from typing import Any
 
 from ..errors import StorecompError
 from ..redact import redact
@@ -23,15 +25,25 @@ COMMANDS = ("info", "bench", "store", "place", "dataset", "gc", "kv")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that suggests the nearest command or option on a typo."""
+    """argparse that suggests the nearest command or option on a typo (in ``argv``, the
+    arguments being parsed: ``sys.argv[1:]`` when not given)."""
+
+    def __init__(self, *args: Any, argv: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.argv = argv
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("parser_class", functools.partial(_Parser, argv=self.argv))
+        return super().add_subparsers(**kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         hint = ""
-        words = [a for a in sys.argv[1:] if not a.startswith("-")] + [a for a in sys.argv[1:] if a.startswith("--")]
+        argv = sys.argv[1:] if self.argv is None else self.argv
+        words = [a for a in argv if not a.startswith("-")] + [a for a in argv if a.startswith("--")]
         choices = _words(self)
         for w in words:
             match = difflib.get_close_matches(w.split("=")[0], choices, n=1)
-            if match and match[0] != w:
+            if match and match[0] != w.split("=")[0]:
                 hint = f"\ndid you mean {match[0]!r}?"
                 break
         self.print_usage(sys.stderr)
@@ -50,16 +62,17 @@ def _words(parser: argparse.ArgumentParser) -> list[str]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="storecomp", description="Storage-compute coordination: storage to accelerator memory.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``storecomp`` parser; ``argv`` (default ``sys.argv[1:]``) is what its typo hints look at."""
+    p = _Parser(prog="storecomp", description="Storage-compute coordination: storage to accelerator memory.", argv=argv)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

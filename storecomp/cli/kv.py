@@ -9,7 +9,9 @@ under ``URL/prefix``, one namespace per model configuration (see
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import re
 import time
 from typing import Any
@@ -23,6 +25,17 @@ def size(text: str) -> int:
     if not m:
         raise ValueError(f"not a size: {text!r} (e.g. 500M, 20G, 1T)")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (``nan``, ``inf`` and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
 
 
 def add_parser(sub: Any) -> None:
@@ -47,9 +60,9 @@ def add_parser(sub: Any) -> None:
     q = kv.add_parser("gc", help="delete chunks past a TTL or over a byte budget, oldest first")
     common(q)
     q.add_argument("--max-bytes", type=size, default=None, metavar="SIZE", help="keep at most this much (e.g. 500G)")
-    q.add_argument("--ttl", type=float, default=None, metavar="SECONDS", help="delete chunks written longer ago than this")
+    q.add_argument("--ttl", type=seconds, default=None, metavar="SECONDS", help="delete chunks written longer ago than this")
     q.add_argument(
-        "--grace", type=float, default=3600.0, metavar="SECONDS", help="never delete a chunk younger than this (default 3600)"
+        "--grace", type=seconds, default=3600.0, metavar="SECONDS", help="never delete a chunk younger than this (default 3600)"
     )
     q.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     q.set_defaults(func=main)

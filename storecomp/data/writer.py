@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import ConflictError, CorruptDataError, InvalidArgumentError, StorecompError, from_errno
+from ..errors import (
+    ConflictError,
+    CorruptDataError,
+    InvalidArgumentError,
+    NotFoundError,
+    StorecompError,
+    VersionChangedError,
+    from_errno,
+)
 from ..store import Store
 from . import _urls
 from .format import (
@@ -49,6 +57,7 @@ from .format import (
 
 MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
+_SHARD_ATTEMPTS = 3  # turns to place a shard over objects that others replace meanwhile
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -353,7 +362,7 @@ class DatasetWriter:
         for s in self._shards:
             digest = _sha256_file(s["tmp"])
             key = f"{SHARD_DIR}/{digest}.scs"
-            place(s["tmp"], key, s["size"])
+            place(s["tmp"], key, digest)
             shards.append({"key": key, "sha256": digest, "size": s["size"], "num_records": s["num_records"]})
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -373,18 +382,32 @@ class DatasetWriter:
                 raise ConflictError(f"{self.path}: another writer published a dataset here first; nothing was changed")
         return manifest
 
-    def _move_shard(self, tmp: str, key: str, size: int) -> None:
+    def _move_shard(self, tmp: str, key: str, digest: str) -> None:
         os.replace(tmp, os.path.join(self.path, key))
 
-    def _upload_shard(self, tmp: str, key: str, size: int) -> None:
-        """Upload a finished shard under its content-hash key (an object already there must be this shard)."""
+    def _upload_shard(self, tmp: str, key: str, digest: str) -> None:
+        """Upload a finished shard under its content-hash key. An object already there is
+        accepted only when its bytes hash to ``digest`` (a rerun, or another writer of the
+        same data); a damaged one (a torn upload by another tool, bit rot) is replaced,
+        that version only. CorruptDataError when it cannot be replaced after a few turns."""
         assert self._store is not None
-        with open(tmp, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            if self._store.put_if_absent(self._prefix + key, data):
-                return
-        there = self._store.stat(self._prefix + key).size
-        if there != size:
-            raise CorruptDataError(f"{self.path}/{key}: an object of {there} bytes is already there, this shard has {size}")
+        store, full = self._store, self._prefix + key
+        with open(tmp, "rb") as f, _mapped(f) as data:
+            for _ in range(_SHARD_ATTEMPTS):
+                if store.put_if_absent(full, data):
+                    return
+                try:
+                    there, version = _object_sha256(store, full)
+                except (NotFoundError, VersionChangedError):
+                    continue  # deleted or replaced meanwhile: look again
+                if there == digest:
+                    return
+                try:
+                    store.compare_and_swap(full, version, data)
+                    return
+                except ConflictError:
+                    continue  # someone else replaced it meanwhile: check theirs
+        raise CorruptDataError(f"{self.path}/{key}: the object there is not this shard (another SHA-256), could not replace it")
 
     def abort(self) -> None:
         """Drop everything written so far; nothing is published."""
@@ -430,6 +453,32 @@ def _os_errors(path: str, op: str) -> Iterator[None]:
         raise
     except OSError as e:
         raise from_errno(e.errno or errno.EIO, str(e.filename or path), None, op) from None
+
+
+@contextlib.contextmanager
+def _mapped(f: Any) -> Iterator[mmap.mmap]:
+    """The open file ``f`` mapped read-only. An S3 client may let go of its view of the
+    payload a moment after the call returns (obstore drops it on its own thread): the map
+    is then unmapped when that view goes, not by ``close``."""
+    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        yield data
+    finally:
+        with contextlib.suppress(BufferError):
+            data.close()
+
+
+def _object_sha256(store: Store, key: str, part_bytes: int = 8 << 20) -> tuple[str, str]:
+    """(SHA-256 hex, version) of object ``key``, read in parts all pinned to one version
+    (VersionChangedError when it is replaced meanwhile)."""
+    info = store.stat(key)
+    h = hashlib.sha256()
+    buf = np.empty(min(max(info.size, 1), part_bytes), np.uint8)
+    for off in range(0, info.size, part_bytes):
+        n = min(part_bytes, info.size - off)
+        store.read_ranges(key, [off], [n], buf, [0], version=info.version)
+        h.update(buf[:n].data)
+    return h.hexdigest(), info.version
 
 
 def _sha256_file(path: str) -> str:

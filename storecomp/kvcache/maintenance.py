@@ -22,6 +22,7 @@ namespace is everything between ``prefix`` and ``<xx>`` (empty when
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..crc import crc32c
-from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, VersionChangedError
 from ..store.base import Store
 from . import format as fmt
 
@@ -139,14 +140,18 @@ def check_chunk(obj: np.ndarray, key: str, where: str) -> None:
 def verify(store: Store, prefix: str = "kvcache", *, delete_bad: bool = False) -> VerifyReport:
     """Read every chunk under ``prefix`` and check it (:func:`check_chunk`); with
     ``delete_bad``, delete the ones that fail (a bad object would shadow a good one,
-    since writers only add absent chunks)."""
+    since writers only add absent chunks): only the version that was read and found bad
+    (:meth:`Store.delete_if`), so a good chunk published in its place meanwhile stays."""
     report = VerifyReport()
     for c in chunks(store, prefix):
         where = f"{store.url}/{c.object_key}"
         try:
-            obj = np.frombuffer(store.get(c.object_key), np.uint8)
-        except NotFoundError:
-            report.vanished += 1  # deleted meanwhile (GC, a failed check elsewhere)
+            info = store.stat(c.object_key)
+            obj = np.empty(info.size, np.uint8)
+            if info.size:  # all of one version: the one a bad verdict may delete
+                store.read_ranges(c.object_key, [0], [info.size], obj, [0], version=info.version)
+        except (NotFoundError, VersionChangedError):
+            report.vanished += 1  # deleted or replaced meanwhile (GC, a failed check elsewhere)
             continue
         if obj[:4].tobytes() == SEALED_MAGIC:
             report.sealed += 1
@@ -155,8 +160,7 @@ def verify(store: Store, prefix: str = "kvcache", *, delete_bad: bool = False) -
             check_chunk(obj, c.key, where)
         except CorruptDataError as e:
             report.bad.append((c.object_key, str(e)))
-            if delete_bad:
-                store.delete(c.object_key)
+            if delete_bad and store.delete_if(c.object_key, info.version):  # never a good chunk written since
                 report.deleted += 1
             continue
         report.good += 1
@@ -178,7 +182,7 @@ def collect(
     found and deleted (with ``dry_run``, what would be)."""
     if max_bytes is not None and max_bytes < 0:
         raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
-    if (ttl_s is not None and ttl_s <= 0) or grace_s < 0:
+    if (ttl_s is not None and not (0 < ttl_s < math.inf)) or not (0 <= grace_s < math.inf):  # nan fails both
         raise InvalidArgumentError(f"ttl_s must be positive and grace_s >= 0, got ttl_s={ttl_s} grace_s={grace_s}")
     now = time.time()
     found = sorted(chunks(store, prefix), key=lambda c: (c.mtime if c.mtime is not None else now, c.object_key))

@@ -255,6 +255,21 @@ class Store(abc.ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
 
+    def delete_if(self, key: str, version: str) -> bool:
+        """Remove ``key`` only while ``version`` is its current version (compare and
+        delete); True when this call removed it, False when the key is absent or holds
+        another version (a writer replaced it meanwhile: that object is left alone).
+        LocalStore and S3Store compare and delete as one step; this default, for
+        backends without a conditional delete, compares with a ``stat`` just before
+        the delete (a window of one round trip remains)."""
+        try:
+            if self.stat(key).version != version:
+                return False
+        except NotFoundError:
+            return False
+        self.delete(key)
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and descriptors. Idempotent."""
 
@@ -310,6 +325,9 @@ class WrapperStore(Store):
 
     def delete(self, key: str) -> None:
         self.primary.delete(key)
+
+    def delete_if(self, key: str, version: str) -> bool:
+        return self.primary.delete_if(key, version)
 
     def close(self) -> None:
         for s in self.wrapped:

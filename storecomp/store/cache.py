@@ -32,7 +32,7 @@ the inner store: bytes that failed verification are never returned.
 Budget: ``usage`` holds the bytes the entries take; a fill adds to it under
 ``state.lock`` and, past ``max_bytes``, the directory is rescanned (the
 truth; this also repairs drift after a crash) and the least recently used
-entries (oldest mtime; a hit refreshes it at most once a second) are
+entries (oldest atime; a hit refreshes it at most once a second) are
 deleted down to 90% of the budget. The index is the directory itself, so
 the cache survives restarts.
 
@@ -80,7 +80,7 @@ from .cache_entry import (
     host_array,
 )
 from .integrity import Checksums, read_verified
-from .local import LocalStore
+from .local import LocalStore, _unique_mtime_ns
 
 _STRIPES = 256
 _TOUCH_INTERVAL_S = 1.0
@@ -89,8 +89,16 @@ _MAX_HEADERS = 1 << 16  # entry headers a process remembers
 _MAX_OPEN_FILES = 128  # verify="once": entry files a process keeps open
 _ATTEMPTS = 3  # cache lookups per read before it goes straight to the inner store
 
-#: An entry file's inode identity: (st_ino, st_dev, st_size).
-_Ident = tuple[int, int, int]
+#: An entry file's identity: (st_ino, st_dev, st_size, st_mtime_ns). A fill stamps its
+#: entry with a unique mtime (a hit touches only the atime), so an inode number that the
+#: file system hands out again after an eviction never passes for the entry it held.
+_Ident = tuple[int, int, int, int]
+
+
+def _ident(st: os.stat_result) -> _Ident:
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+
+
 #: An entry's header and the identity of the inode it was read from.
 _Found = tuple[Header, _Ident]
 
@@ -178,10 +186,10 @@ class CachedStore(WrapperStore):
         self._local = LocalStore(self.cache_dir / "entries")
         # Headers memoised by entry (LRU) and, for verify="once", open handles by entry inode
         # (LRU; bounded, so entries evicted by any process do not pin descriptors and disk space).
-        self._headers: OrderedDict[str, tuple[tuple[int, int, int], Header]] = OrderedDict()
-        self._files: OrderedDict[tuple[int, int, int], File] = OrderedDict()
+        self._headers: OrderedDict[str, tuple[_Ident, Header]] = OrderedDict()
+        self._files: OrderedDict[_Ident, File] = OrderedDict()
         self._root_s = str(self.cache_dir / "entries")
-        self._verified: OrderedDict[tuple[int, int, int], list[Any]] = OrderedDict()  # [checked chunks, unchecked count]
+        self._verified: OrderedDict[_Ident, list[Any]] = OrderedDict()  # [checked chunks, unchecked count]
         self._lock = threading.Lock()
         self._sweep_tmp()
         with FileLock(self.cache_dir / "state.lock"):
@@ -213,7 +221,7 @@ class CachedStore(WrapperStore):
         d = hashlib.sha256(f"{self.inner.url}\0{key}".encode()).hexdigest()[:40]
         return f"{d[:2]}/{d}" + ("" if block is None else f".b{block}")
 
-    def _header(self, ekey: str) -> tuple[Header, tuple[int, int, int]] | None:
+    def _header(self, ekey: str) -> tuple[Header, _Ident] | None:
         """The entry's header (memoised by inode) and the inode's identity,
         or None when the entry is absent."""
         path = f"{self._root_s}/{ekey}"
@@ -221,7 +229,7 @@ class CachedStore(WrapperStore):
             st = os.stat(path)
         except FileNotFoundError:
             return None
-        ident = (st.st_ino, st.st_dev, st.st_size)
+        ident = _ident(st)
         with self._lock:
             hit = self._headers.get(ekey)
             if hit is not None:
@@ -243,14 +251,11 @@ class CachedStore(WrapperStore):
                 self._headers[ekey] = (ident, hdr)
                 while len(self._headers) > _MAX_HEADERS:
                     self._headers.popitem(last=False)
-        if time.time() - st.st_mtime > _TOUCH_INTERVAL_S:
-            try:
-                os.utime(path)  # LRU: mtime is the last use
-            except FileNotFoundError:
-                return None
+        if time.time() - st.st_atime > _TOUCH_INTERVAL_S and not _touch(path, ident):
+            return None
         return hdr, ident
 
-    def _file(self, ekey: str, ident: tuple[int, int, int]) -> File:
+    def _file(self, ekey: str, ident: _Ident) -> File:
         """A read handle on exactly the inode ``ident`` of entry ``ekey``
         (NotFoundError when the entry was replaced or removed meanwhile)."""
         path = f"{self._root_s}/{ekey}"
@@ -264,7 +269,7 @@ class CachedStore(WrapperStore):
             st = os.stat(path)
         except FileNotFoundError:
             raise NotFoundError(errno.ENOENT, path, None, "open") from None
-        if (st.st_ino, st.st_dev, st.st_size) != ident:
+        if _ident(st) != ident:
             raise NotFoundError(errno.ENOENT, path, None, "open (entry replaced)")
         with self._lock:
             self._files[ident] = f
@@ -272,7 +277,7 @@ class CachedStore(WrapperStore):
                 self._files.popitem(last=False)  # closed when the last reader lets go
         return f
 
-    def _discard(self, ekey: str, ident: tuple[int, int, int] | None = None) -> None:
+    def _discard(self, ekey: str, ident: _Ident | None = None) -> None:
         """Delete entry ``ekey`` (only the inode ``ident`` when given: an entry
         another process has filled anew meanwhile is left alone)."""
         path = self._local.root / ekey
@@ -282,7 +287,7 @@ class CachedStore(WrapperStore):
                 self._files.pop(old[0], None)
         try:
             st = path.stat()
-            if ident is not None and (st.st_ino, st.st_dev, st.st_size) != ident:
+            if ident is not None and _ident(st) != ident:
                 return
             path.unlink()
         except FileNotFoundError:
@@ -354,6 +359,7 @@ class CachedStore(WrapperStore):
                 view = memoryview(data.data)
                 while view.nbytes:
                     view = view[os.write(fd, view) :]
+                os.utime(fd, ns=(time.time_ns(), _unique_mtime_ns()))  # the entry's identity (see _Ident)
             finally:
                 os.close(fd)
             final.parent.mkdir(exist_ok=True)
@@ -394,7 +400,7 @@ class CachedStore(WrapperStore):
                     st = e.stat()
                 except FileNotFoundError:
                     continue
-                found.append((f"{sub.name}/{e.name}", st.st_size, st.st_mtime))
+                found.append((f"{sub.name}/{e.name}", st.st_size, st.st_atime))
         return sum(n for _, n, _ in found), found
 
     def _account(self, delta: int) -> None:
@@ -473,7 +479,7 @@ class CachedStore(WrapperStore):
         self,
         ekey: str,
         hdr: Header,
-        ident: tuple[int, int, int],
+        ident: _Ident,
         offs: list[int],
         lens: list[int],
         dst: np.ndarray,
@@ -494,7 +500,7 @@ class CachedStore(WrapperStore):
         self,
         ekey: str,
         hdr: Header,
-        ident: tuple[int, int, int],
+        ident: _Ident,
         offs: list[int],
         lens: list[int],
         dst: np.ndarray,
@@ -735,6 +741,12 @@ class CachedStore(WrapperStore):
         self.inner.delete(key)
         self.invalidate(key)
 
+    def delete_if(self, key: str, version: str) -> bool:
+        deleted = self.inner.delete_if(key, version)
+        if deleted:
+            self.invalidate(key)
+        return deleted
+
     def close(self) -> None:
         with self._lock:
             files = list(self._files.values())
@@ -760,10 +772,29 @@ def _copy_ranges(data: np.ndarray, offs: list[int], lens: list[int], dst: np.nda
     return out
 
 
-def _read_header(path: str) -> tuple[Header, tuple[int, int, int]]:
+def _touch(path: str, ident: _Ident) -> bool:
+    """Mark the entry ``ident`` at ``path`` used now (its atime; the mtime is its identity).
+    False when the path no longer holds that entry (evicted or replaced: a miss)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if _ident(st) != ident:
+            return False
+        os.utime(fd, ns=(time.time_ns(), st.st_mtime_ns))
+    except OSError:
+        pass  # not the owner (a cache shared between users), read-only: the LRU order is a hint
+    finally:
+        os.close(fd)
+    return True
+
+
+def _read_header(path: str) -> tuple[Header, _Ident]:
     """Decode the header of the entry file at ``path``, reading one open inode (an entry
     replaced meanwhile is judged as the file that was read, never a mix of two);
-    returns it with that inode's (ino, dev, size). CorruptDataError when damaged."""
+    returns it with that inode's identity. CorruptDataError when damaged."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -775,4 +806,4 @@ def _read_header(path: str) -> tuple[Header, tuple[int, int, int]]:
             hdr = decode_header(os.pread(fd, hdr.header_len, 0), path)
     finally:
         os.close(fd)
-    return hdr, (st.st_ino, st.st_dev, st.st_size)
+    return hdr, _ident(st)

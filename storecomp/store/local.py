@@ -8,6 +8,9 @@ the page cache misses). Writes publish atomically:
   file or the new one; a crash leaves at most a hidden temp file.
 * ``put_if_absent``: the same temp file, published with ``link(2)``, which
   fails with EEXIST when the key exists (then False, nothing changed).
+* ``delete_if``: holding that lock, compares the version and unlinks (a
+  ``put`` or ``delete`` of a key that has a lock file takes it too, and a
+  ``put_if_absent`` cannot replace a file that exists).
 * ``compare_and_swap``: the temp file is written first; then, holding
   ``flock(2)`` on a sidecar lock file ``.sc-lock.<name>`` next to the key
   (``.sc-lock.h-<digest of name>`` when that name would be too long),
@@ -264,28 +267,23 @@ class LocalStore(Store):
             raise
         return tmp, final
 
-    def _info(self, key: str, path: Path) -> ObjectInfo:
-        st = os.stat(path)
-        return ObjectInfo(key, st.st_size, version_of(st), st.st_mtime)
-
     def put(self, key: str, data: Any) -> ObjectInfo:
-        tmp, final = self._write_temp(validate_key(key), data)
-        try:
-            # A key that CAS writers use has a lock file: take it so that a
-            # put never lands between a CAS's compare and its rename.
-            with _flock(_lock_path(final), create=False):
-                _publish_rename(tmp, final)
-        except BaseException:
-            _unlink_quiet(tmp)
-            raise
-        return self._info(key, final)
+        return self._publish(key, (data,))
 
     def put_stream(self, key: str, parts: Iterable[Any]) -> ObjectInfo:
         """Publish the concatenation of ``parts`` (bytes-like, consumed one at a
         time: the object is never whole in memory) under ``key``, atomically."""
+        return self._publish(key, parts)
+
+    def _publish(self, key: str, parts: Iterable[Any]) -> ObjectInfo:
+        """put and put_stream. The returned info is that of the file this call
+        published (stat'ed before its rename): a writer that replaces or deletes
+        the key right after cannot lend its version to this put."""
         tmp, final = self._write_temp_parts(validate_key(key), parts)
         try:
-            st = os.stat(tmp)  # the published inode's identity (a delete right after the rename cannot hide it)
+            st = os.stat(tmp)
+            # A key that CAS writers use has a lock file: take it so that a
+            # put never lands between a CAS's compare and its rename.
             with _flock(_lock_path(final), create=False):
                 _publish_rename(tmp, final)
         except BaseException:
@@ -303,6 +301,7 @@ class LocalStore(Store):
     def compare_and_swap(self, key: str, expected: str | None, data: Any) -> ObjectInfo:
         tmp, final = self._write_temp(validate_key(key), data)
         try:
+            st = os.stat(tmp)  # the version this call publishes, whatever replaces it after
             with _flock(_lock_path(final)):
                 if expected is None:
                     if not _publish_link(tmp, final):
@@ -317,7 +316,7 @@ class LocalStore(Store):
                     if current != expected:
                         raise ConflictError(f"{self.url}/{key}: compare-and-swap expected version {expected}, found {current}")
                     _publish_rename(tmp, final)
-                return self._info(key, final)
+                return ObjectInfo(key, st.st_size, version_of(st), st.st_mtime)
         finally:
             _unlink_quiet(tmp)
 
@@ -395,15 +394,23 @@ class LocalStore(Store):
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)
-        try:
-            os.unlink(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except IsADirectoryError:
-            return  # a "directory" is not an object
-        except OSError as e:
-            raise from_errno(e.errno or errno.EIO, str(path), None, "delete") from None
-        _fsync_dir(path.parent)
+        with _flock(_lock_path(path), create=False):  # never between a delete_if's compare and its unlink
+            _unlink_object(path)
+
+    def delete_if(self, key: str, version: str) -> bool:
+        path = self.path_of(key)
+        if not path.parent.is_dir():
+            return False
+        with _flock(_lock_path(path)):
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            except OSError as e:
+                raise from_errno(e.errno or errno.EIO, str(path), None, "stat") from None
+            if not _is_file(st) or version_of(st) != version:
+                return False
+            return _unlink_object(path)
 
     # ------------------------------------------------------------ maintenance
 
@@ -449,6 +456,20 @@ def _is_file(st: os.stat_result) -> bool:
     import stat as _stat
 
     return _stat.S_ISREG(st.st_mode)
+
+
+def _unlink_object(path: Path) -> bool:
+    """Unlink an object's file and make that durable; False when it was not there."""
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except IsADirectoryError:
+        return False  # a "directory" is not an object
+    except OSError as e:
+        raise from_errno(e.errno or errno.EIO, str(path), None, "delete") from None
+    _fsync_dir(path.parent)
+    return True
 
 
 def _unlink_quiet(path: Path) -> None:
@@ -498,10 +519,10 @@ class _flock:
     def __enter__(self) -> None:
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0), 0o644)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError) as e:
             if self.create:
-                raise from_errno(errno.ENOENT, str(self.path), None, "lock") from None
-            return  # no lock file: nobody uses CAS on this key
+                raise from_errno(e.errno or errno.ENOENT, str(self.path), None, "lock") from None
+            return  # no lock file (or no such directory): nobody uses CAS on this key
         except OSError as e:
             raise from_errno(e.errno or errno.EIO, str(self.path), None, "lock") from None
         fcntl.flock(self.fd, fcntl.LOCK_EX)

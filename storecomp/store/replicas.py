@@ -232,6 +232,9 @@ class ReplicatedStore(WrapperStore):
     def delete(self, key: str) -> None:
         self._writer().delete(key)
 
+    def delete_if(self, key: str, version: str) -> bool:
+        return self._writer().delete_if(key, version)
+
     def __repr__(self) -> str:
         return f"ReplicatedStore({self.url!r}, replicas={[r.url for r in self.mount.replicas]})"
 

@@ -741,6 +741,20 @@ class S3Store(Store):
         self._forget(key)
         self._call(lambda: obstore.delete(self._store, key), key, "delete")
 
+    def delete_if(self, key: str, version: str) -> bool:
+        """DELETE with ``If-Match: <version>`` (the server compares; needs boto3, since
+        obstore sends no conditional DELETE). A 412 or a missing key is False."""
+        validate_key(key)
+        client = self._uploads_client()
+        try:
+            full = self._full_key(key)
+            self._admin_call(lambda: client.delete_object(Bucket=self.bucket, Key=full, IfMatch=version), key, "delete")
+        except (NotFoundError, ConflictError):
+            return False
+        finally:
+            self._forget(key)
+        return True
+
     # ------------------------------------------------------------ unfinished multipart uploads
     #
     # obstore offers neither the listing nor the abort of multipart uploads, so
@@ -762,15 +776,24 @@ class S3Store(Store):
             }
             if c.get("skip_signature"):
                 options["signature_version"] = UNSIGNED
-            self._admin = boto3.session.Session().client(
-                "s3",
-                endpoint_url=c.get("endpoint"),
-                region_name=c.get("region"),
-                aws_access_key_id=c.get("access_key_id"),
-                aws_secret_access_key=c.get("secret_access_key"),
-                aws_session_token=c.get("session_token"),
-                config=Config(**options),
-            )
+            try:
+                self._admin = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=c.get("endpoint"),
+                    region_name=c.get("region"),
+                    aws_access_key_id=c.get("access_key_id"),
+                    aws_secret_access_key=c.get("secret_access_key"),
+                    aws_session_token=c.get("session_token"),
+                    config=Config(**options),
+                )
+            except ValueError as e:  # botocore's "Invalid endpoint: <the URL, password and all>"
+                err = InvalidArgumentError(
+                    f"{self._redact(self.where)}: boto3 refuses this endpoint (it serves the listing and abort of "
+                    f"multipart uploads and conditional deletes): {self._redact(str(e))[:300]}"
+                )
+            else:
+                return self._admin
+            raise err  # outside the handler: botocore's message is not chained
         return self._admin
 
     def _full_key(self, key: str) -> str:
@@ -854,6 +877,8 @@ class S3Store(Store):
             return BucketNotFoundError(self.bucket, self.where)
         if code in ("NoSuchUpload", "NoSuchKey"):
             return NotFoundError(errno.ENOENT, name, None, op)
+        if code in ("PreconditionFailed", "412"):
+            return ConflictError(f"{name}: {op}: the object is not at the version expected")
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return CredentialsError(f"{name}: {op} refused by {self.where} for access key id {self.access_key_id!r}")
         if not code:  # no answer: connection refused, timed out, endpoint unreachable

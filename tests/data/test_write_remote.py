@@ -128,3 +128,31 @@ def test_unwritable_urls_are_refused_in_one_line(tmp_path: Path, capsys: pytest.
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says in err and err.startswith("storecomp: error:"), err
     assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+@pytest.mark.parametrize("where", ["local-store", "s3"])
+def test_a_damaged_object_under_a_shard_name_is_replaced_not_accepted_by_size(
+    where: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Shards are named by their SHA-256, so an object already under that name is taken
+    for the shard: it must hash to that name (review finding: a damaged object of the
+    right size was accepted and the dataset published over it)."""
+    cols = _cols()
+    first = write_dataset(LocalStore(tmp_path / "first"), cols, var=["t"], shard_bytes=4096)  # the same shard names
+    if where == "s3":
+        sw = request.getfixturevalue("running_seaweedfs")
+        url, opts = sw.url(), sw.store_options()
+        store = open_store(url, **opts)
+    else:
+        store = LocalStore(tmp_path / "second")
+        url, opts = "", {}
+    good = LocalStore(tmp_path / "first")
+    for s in first["shards"][:2]:  # same size, one byte flipped
+        raw = bytearray(good.get(s["key"]))
+        raw[len(raw) // 2] ^= 0x01
+        store.put(s["key"], bytes(raw))
+    m = write_dataset(store if where != "s3" else url, cols, var=["t"], shard_bytes=4096, store_options=opts or None)
+    assert [s["key"] for s in m["shards"]] == [s["key"] for s in first["shards"]]
+    for s in m["shards"]:
+        assert store.get(s["key"]) == good.get(s["key"])
+    _check(open_dataset(store if where != "s3" else url, store_options=opts or None), cols)

@@ -160,3 +160,59 @@ def test_kv_command(kvstore: Make, shared: Any, monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SystemExit) as info:  # argparse: not a size
         main(["kv", "gc", "--max-bytes", "lots", url])
     assert info.value.code == 2 and "invalid size value: 'lots'" in capsys.readouterr().err
+
+
+def test_verify_delete_spares_a_good_chunk_published_over_the_bad_one(
+    kvstore: Make, shared: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``verify --delete`` deletes only the version it found bad: a good chunk that a writer
+    published in its place between the check and the delete stays (review finding: it
+    deleted whatever the key held by then)."""
+    store = shared[0]
+    _fill(kvstore, store, range(40, 41))
+    victim = next(iter(maintenance.chunks(store))).object_key
+    good = store.get(victim)
+    bad = bytearray(good)
+    bad[4096 + 10] ^= 0xFF  # the first layer (4 KiB header)
+    store.put(victim, bytes(bad))
+    real_check = maintenance.check_chunk
+
+    def check_then_a_writer_repairs(obj: np.ndarray, key: str, where: str) -> None:
+        try:
+            real_check(obj, key, where)
+        except Exception:
+            store.put(victim, good)  # a writer republishes the chunk, good this time
+            raise
+
+    monkeypatch.setattr(maintenance, "check_chunk", check_then_a_writer_repairs)
+    report = maintenance.verify(store, delete_bad=True)
+    assert [k for k, _ in report.bad] == [victim] and report.deleted == 0
+    assert store.get(victim) == good
+    monkeypatch.setattr(maintenance, "check_chunk", real_check)
+    store.put(victim, bytes(bad))  # without a writer in between, the bad version goes
+    report = maintenance.verify(store, delete_bad=True)
+    assert report.deleted == 1 and not store.exists(victim)
+    assert maintenance.verify(store).bad == []
+
+
+@pytest.mark.parametrize("flag", ["--ttl", "--grace"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-5", "soon"])
+def test_kv_gc_refuses_a_time_that_is_not_a_finite_number_of_seconds(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ttl nan`` compared false with every age and was accepted; a NaN grace period
+    would let GC delete chunks being written. Each is a one-line usage error."""
+    store = LocalStore(tmp_path / "shared")
+    store.put("kvcache/keep", b"x")
+    args = ["kv", "gc", f"{flag}={value}", str(tmp_path / "shared")] + (["--ttl", "1"] if flag == "--grace" else [])
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and f"argument {flag}:" in err[-1] and value in err[-1]
+    assert store.exists("kvcache/keep")
+
+
+@pytest.mark.parametrize("kw", [{"ttl_s": float("nan")}, {"ttl_s": float("inf")}, {"ttl_s": 10, "grace_s": float("nan")}])
+def test_collect_refuses_nan_and_infinite_times(kw: dict[str, float], tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError):
+        maintenance.collect(LocalStore(tmp_path), **kw)

@@ -161,6 +161,16 @@ def test_stat_list_delete(any_store: Store) -> None:
     assert [i.key for i in any_store.list("a/")] == ["a/1", "a/b/3"]
 
 
+def test_delete_if_removes_only_the_version_named(any_store: Store) -> None:
+    v1 = any_store.put("cd/k", b"one").version
+    v2 = any_store.put("cd/k", b"two!").version
+    assert not any_store.delete_if("cd/k", v1)
+    assert any_store.get("cd/k") == b"two!"
+    assert any_store.delete_if("cd/k", v2)
+    assert not any_store.exists("cd/k")
+    assert not any_store.delete_if("cd/k", v2)
+
+
 def test_missing_key_errors_name_the_key(any_store: Store) -> None:
     for call in (
         lambda: any_store.stat("no/such"),

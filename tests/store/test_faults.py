@@ -1,4 +1,4 @@
-"""Concurrency and faults on real backends: racing CAS writers in several processes,
+"""Concurrency and faults on real backends: racing CAS and put_if_absent writers in four processes,
 a writer killed mid-put, and SeaweedFS stopped mid-read then restarted."""
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def _context() -> Any:
     return ctx
 
 
-ROUNDS = 6
+#: Read at import (the autouse fixture clears STORECOMP_* variables): the fault campaign's
+#: full run (docs/reliability.md) sets STORECOMP_TEST_KILL_ROUNDS=20.
+ROUNDS = max(6, int(os.environ.get("STORECOMP_TEST_KILL_ROUNDS", "6")))
 SWAPS = 3
 
 
@@ -47,6 +49,17 @@ def _cas_worker(url: str, options: dict[str, Any], rounds: int, barrier: Any, re
             results.put((r, wid, True))
         except ConflictError:
             results.put((r, wid, False))
+        barrier.wait(60)
+    store.close()
+
+
+def _create_worker(url: str, options: dict[str, Any], rounds: int, barrier: Any, results: Any, wid: int) -> None:
+    """Each round: everyone tries to create the same new key with its own bytes (put_if_absent)."""
+    store = open_store(url, **options)
+    for r in range(rounds):
+        barrier.wait(60)
+        won = store.put_if_absent(f"claims/{r}", f"{wid}:".encode() * (1000 + 997 * wid))
+        results.put((r, wid, won))
         barrier.wait(60)
     store.close()
 
@@ -85,6 +98,18 @@ def _run_cas_race(url: str, options: dict[str, Any]) -> None:
     assert wins_per_round == [1] * ROUNDS, wins_per_round
     assert int(store.get("ref")) == ROUNDS  # no lost update: one increment per successful swap
 
+    creators = [ctx.Process(target=_create_worker, args=(url, options, ROUNDS, barrier, results, w)) for w in range(WORKERS)]
+    for p in creators:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in range(WORKERS * ROUNDS)]
+    for p in creators:
+        p.join(60)
+        assert p.exitcode == 0
+    for rnd in range(ROUNDS):
+        winners = [w for r, w, won in outcomes if r == rnd and won]
+        assert len(winners) == 1, (rnd, winners)  # exactly one creator per key
+        assert store.get(f"claims/{rnd}") == f"{winners[0]}:".encode() * (1000 + 997 * winners[0])  # and its bytes, whole
+
     store.compare_and_swap("counter", None, b"0")
     free = [ctx.Process(target=_free_cas_worker, args=(url, options, SWAPS, results)) for _ in range(WORKERS)]
     for p in free:
@@ -94,7 +119,7 @@ def _run_cas_race(url: str, options: dict[str, Any]) -> None:
         p.join(60)
         assert p.exitcode == 0
     assert int(store.get("counter")) == SWAPS * WORKERS
-    assert [i.key for i in store.list()] == ["counter", "ref"]  # lock files and claims stay hidden
+    assert [i.key for i in store.list() if not i.key.startswith("claims/")] == ["counter", "ref"]  # lock files, claims hidden
     store.close()
 
 

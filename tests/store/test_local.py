@@ -86,3 +86,53 @@ def test_os_errors_become_storecomp_errors(tmp_path):
         s.put("x" * 300 + "/y", b"1")  # mkdir of a too-long name: was a bare OSError
     with pytest.raises(StorecompError):
         s.compare_and_swap("x" * 300, None, b"1")
+
+
+@pytest.mark.parametrize("op", ["put", "put_stream"])
+def test_a_write_reports_its_own_version_when_another_replaces_it_at_once(tmp_path, monkeypatch, op):
+    """The info a write returns is that of the file it published, even when another
+    writer replaces the key between its rename and its return (review finding: put
+    stat'ed the path after the rename and reported the other writer's version)."""
+    import storecomp.store.local as local_mod
+
+    s = LocalStore(tmp_path)
+    other = LocalStore(tmp_path)
+    s.put("k", b"0")
+    real_rename = local_mod._publish_rename
+    raced: list = []
+
+    def rename_then_another_writer(tmp, final):  # the race window, made certain
+        real_rename(tmp, final)
+        if not raced:  # a writer that takes no lock: delete, then put_if_absent
+            other.delete("k")
+            assert other.put_if_absent("k", b"x" * 5000)
+            raced.append(other.stat("k"))
+
+    monkeypatch.setattr(local_mod, "_publish_rename", rename_then_another_writer)
+    if op == "put":
+        info = s.put("k", b"y" * 1000)
+    else:
+        info = s.put_stream("k", [b"y" * 500, b"y" * 500])
+    assert raced, "the injected writer did not run"
+    assert info.size == 1000
+    assert info.version != raced[0].version
+    assert s.stat("k").version == raced[0].version
+    with pytest.raises(ConflictError):  # the version it reported is its own, now replaced
+        s.compare_and_swap("k", info.version, b"z")
+
+
+def test_delete_if_removes_only_the_version_named(tmp_path):
+    s = LocalStore(tmp_path)
+    v1 = s.put("d/k", b"1").version
+    v2 = s.put("d/k", b"22").version
+    assert not s.delete_if("d/k", v1) and s.get("d/k") == b"22"
+    assert s.delete_if("d/k", v2) and not s.exists("d/k")
+    assert not s.delete_if("d/k", v2) and not s.delete_if("nowhere/k", v2)
+    assert [i.key for i in s.list()] == []  # its lock file is hidden
+
+
+def test_delete_under_an_object_is_a_no_op(tmp_path):
+    s = LocalStore(tmp_path)
+    s.put("a", b"x")
+    s.delete("a/b")  # "a" is an object, so "a/b" cannot exist
+    assert not s.delete_if("a/b", "0" * 16) and s.get("a") == b"x"

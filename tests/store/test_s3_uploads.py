@@ -100,3 +100,19 @@ def test_gc_command_sweeps_old_uploads_and_local_temp_files(
     assert sorted(p.name for p in local.iterdir()) == [".sc-tmp-live"]
     assert main(["gc", "--older-than", "-1", str(local)]) == 1
     assert "--older-than" in capsys.readouterr().err
+
+
+def test_an_endpoint_boto3_refuses_is_a_storecomp_error_without_the_password() -> None:
+    """botocore raises a bare ValueError quoting the endpoint, password included, for a
+    host name it will not take (review finding); obstore accepted the same endpoint."""
+    from storecomp.errors import InvalidArgumentError
+    from storecomp.store.s3 import S3Store
+
+    store = S3Store("bucket", endpoint="http://user:S3CRETPW@not_a_host:8333", access_key_id="AK", secret_access_key="S3CRETKEY")
+    for call in (lambda: store.uploads(), lambda: store.sweep_uploads(0), lambda: store.delete_if("k", "v")):
+        with pytest.raises(InvalidArgumentError) as info:
+            call()
+        err = info.value
+        assert "not_a_host" in str(err) and "boto3 refuses this endpoint" in str(err)
+        assert "S3CRET" not in f"{err} {err.args!r} {err!r}" and err.__context__ is None and err.__cause__ is None
+    store.close()
