@@ -1,9 +1,10 @@
-"""``storecomp dataset write | convert | inspect | verify``.
+"""``storecomp dataset write | convert | inspect | index | publish | verify``.
 
 * ``write DST FIELD=FILE.npy ...``: a shard dataset from .npy files (row i of each file is sample i), DST a folder or store URL;
 * ``convert SRC DST [--from FORMAT]``: from Parquet, .npy folders, .npz, Zarr, safetensors or WebDataset tar;
 * ``inspect URL``: fields, sample count, parts, sizes (JSON);
 * ``index URL``: write checksum sidecars for a dataset read in place (Megatron, token .npy, .npy rows, Zarr);
+* ``publish FOLDER sc://mount/name``: publish a dataset folder as a snapshot of a mount (what ``place`` moves);
 * ``verify URL``: read every byte and check every checksum; exit 0 when every byte was checked, 1 on the
   first bad record or byte range, 3 when some bytes had no checksum to check (the JSON says which).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -46,6 +48,11 @@ def add_parser(sub: Any) -> None:
     x.add_argument("--chunk-bytes", type=int, default=1 << 20, help="bytes per checksum (default 1 MiB)")
     x.add_argument("--replace", action="store_true", help="replace existing sidecars (they record what the data was)")
     x.set_defaults(func=main)
+
+    p = dsub.add_parser("publish", help="publish a dataset folder as snapshot sc://mount/name (then `storecomp place` moves it)")
+    p.add_argument("folder", help="a dataset folder (manifest.json and its shards)")
+    p.add_argument("url", help="sc://mount/name: the snapshot's ref at the mount's primary")
+    p.set_defaults(func=main)
 
     v = dsub.add_parser(
         "verify",
@@ -82,6 +89,17 @@ def main(args: argparse.Namespace) -> int:
     if cmd == "convert":
         manifest = convert.convert(args.src, args.dst, args.fmt, shard_bytes=args.shard_bytes)
         print(json.dumps({"dataset": args.dst, "num_samples": manifest["num_samples"], "shards": len(manifest["shards"])}))
+        return 0
+    if cmd == "publish":
+        from ..store import publish
+
+        if not os.path.isfile(os.path.join(args.folder, "manifest.json")):
+            raise InvalidArgumentError(
+                f"{args.folder}: not a storecomp dataset folder (no manifest.json): `storecomp dataset write` or `convert` first"
+            )
+        ds = open_dataset(args.folder)  # whole and readable before anything is published
+        h = publish(args.url, args.folder)
+        print(json.dumps({"snapshot": args.url, "manifest": h, "num_samples": len(ds)}))
         return 0
     ds = open_dataset(args.url, seq_len=args.seq_len)
     if cmd == "inspect":

@@ -12,7 +12,19 @@ from .keys import validate_key, validate_prefix
 from .leases import Lease
 from .local import LocalStore
 from .namespace import Mount, Namespace, Replica, ReplicatedStore, StoreReader, load_mounts
-from .placement import PlacedReader, PlaceReport, Plan, Resolved, drop, open_snapshot, place, placed_reader, plan, resolve
+from .placement import (
+    PlacedReader,
+    PlaceReport,
+    Plan,
+    Resolved,
+    drop,
+    open_snapshot,
+    place,
+    placed_reader,
+    plan,
+    publish,
+    resolve,
+)
 from .policy import AutoPlacement, auto_decisions, place_auto
 from .registry import backends, open_store, register_backend
 from .retry import RetryPolicy
@@ -70,6 +82,7 @@ __all__ = [
     "place",
     "place_auto",
     "placed_reader",
+    "publish",
     "plan",
     "resolve",
 ]

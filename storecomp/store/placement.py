@@ -465,6 +465,46 @@ def open_snapshot(
     raise ConflictError(f"{url}: copies kept moving while being opened")
 
 
+def publish(url: str, folder: str | os.PathLike[str], *, namespace: Namespace | None = None) -> str:
+    """Publish every file under ``folder`` (by its path relative to ``folder``) as
+    snapshot ``sc://mount/name`` at the mount's primary; returns the manifest hash.
+
+    Each file becomes a content-addressed blob with its crc32c sidecar (only
+    blobs the primary lacks are uploaded), and the ref moves last, by
+    compare-and-swap: a reader sees the old snapshot or the new, never a mix.
+    This is what :func:`place` copies and ``open_dataset(url)`` reads from the
+    nearest complete copy. InvalidArgumentError for a URL that is not
+    ``sc://mount/name`` or a folder with no files.
+    """
+    import mmap
+
+    mount, name = split_snapshot_url(url)
+    root = os.fspath(folder)
+    files = sorted(
+        os.path.relpath(path, root)
+        for d, _, names in os.walk(root)
+        for path in (os.path.join(d, f) for f in names)
+        if os.path.isfile(path) and not os.path.islink(path)  # regular files; links are not followed out of the folder
+    )
+    if not files:
+        raise InvalidArgumentError(f"{root}: no files to publish as {url}")
+    ns = namespace or Namespace()
+    try:
+        w = Repository(_primary(mount_sites(ns, mount)).store).writer()
+        for rel in files:
+            with open(os.path.join(root, rel), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    w.add(rel, b"")
+                    continue
+                with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
+                    w.add(rel, m)
+        return w.commit(name)
+    finally:
+        if namespace is None:
+            ns.close()
+
+
 # ---------------------------------------------------------------- drop, plan, status
 
 

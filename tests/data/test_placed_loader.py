@@ -73,3 +73,64 @@ def test_loader_moves_to_the_nearer_copy_mid_epoch_without_losing_its_order(
             drop("sc://ds/train", "b", namespace=ns, manifest_hash=h)  # the reader's lease pins b's copy
         reader.close()
         assert drop("sc://ds/train", "b", namespace=ns, manifest_hash=h) > 0
+
+
+def _two_site_mounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site: str = "a") -> None:
+    cfg = tmp_path / "mounts.toml"
+    cfg.write_text(
+        '[mounts.ds]\nprimary = "a"\n'
+        f'replicas = [{{url = "{tmp_path}/site-a", site = "a"}}, {{url = "{tmp_path}/site-b", site = "b"}}]\n'
+    )
+    monkeypatch.setenv("STORECOMP_MOUNTS", str(cfg))
+    monkeypatch.setenv("STORECOMP_SITE", site)
+
+
+def test_dataset_publish_makes_a_snapshot_that_place_moves_and_loaders_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`storecomp dataset publish FOLDER sc://mount/name`: the dataset as a snapshot
+    (no hand-made commit), read by a DataLoader in the same order as the folder,
+    placed at another site, and published again without a new manifest."""
+    import json
+
+    from storecomp.cli import main
+
+    n = 300
+    cols = {"x": np.random.default_rng(1).random((n, 4)).astype(np.float32), "label": np.arange(n, dtype=np.int64)}
+    write_dataset(tmp_path / "folder", cols, shard_bytes=2 << 10)
+    _two_site_mounts(tmp_path, monkeypatch)
+    assert main(["dataset", "publish", str(tmp_path / "folder"), "sc://ds/train"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_samples"] == n and out["snapshot"] == "sc://ds/train"
+    assert (tmp_path / "site-a" / "refs" / "train").is_file()  # the ref at the primary (what the refusals never write)
+    reference = _epoch(DataLoader(str(tmp_path / "folder"), 16, seed=2))
+    assert [b.tolist() for b in _epoch(DataLoader("sc://ds/train", 16, seed=2))] == [b.tolist() for b in reference]
+    place("sc://ds/train", "b")
+    monkeypatch.setenv("STORECOMP_SITE", "b")
+    ds = open_dataset("sc://ds/train")
+    assert ds.reader.site == "b" and ds.reader.manifest_hash == out["manifest"]
+    assert main(["dataset", "publish", str(tmp_path / "folder"), "sc://ds/train"]) == 0  # same files: same manifest
+    assert json.loads(capsys.readouterr().out)["manifest"] == out["manifest"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["FOLDER", "s3://bucket/train"], "sc://mount/name"),
+        (["FOLDER", "sc://ds/"], "sc://mount/name"),
+        (["FOLDER", "sc://nosuch/train"], "no such mount"),
+        (["EMPTY", "sc://ds/train"], "no manifest.json"),
+    ],
+)
+def test_dataset_publish_refuses_bad_input_and_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], words: str
+) -> None:
+    from storecomp.cli import main
+
+    write_dataset(tmp_path / "folder", {"x": np.zeros((10, 2), np.float32)})
+    (tmp_path / "empty").mkdir()
+    _two_site_mounts(tmp_path, monkeypatch)
+    argv = [a.replace("FOLDER", str(tmp_path / "folder")).replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    assert main(["dataset", "publish", *argv]) != 0
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "site-a" / "refs").exists()
