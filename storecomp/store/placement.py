@@ -490,7 +490,9 @@ def publish(url: str, folder: str | os.PathLike[str], *, namespace: Namespace | 
         raise InvalidArgumentError(f"{root}: no files to publish as {url}")
     ns = namespace or Namespace()
     try:
-        w = Repository(_primary(mount_sites(ns, mount)).store).writer()
+        # The mount's own store: writes reach the primary through every wrapper (an
+        # encrypting mount's blobs are sealed; never the raw replica behind it).
+        w = Repository(ns.store(mount)).writer()
         for rel in files:
             with open(os.path.join(root, rel), "rb") as f:
                 size = os.fstat(f.fileno()).st_size

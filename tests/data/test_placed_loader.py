@@ -134,3 +134,19 @@ def test_dataset_publish_refuses_bad_input_and_publishes_nothing(
     assert main(["dataset", "publish", *argv]) != 0
     assert words in capsys.readouterr().err
     assert not (tmp_path / "site-a" / "refs").exists()
+
+
+def test_dataset_publish_into_an_encrypted_mount_writes_no_plaintext(tmp_path: Path) -> None:
+    """Publishing goes through the mount's own store: an encrypting mount seals every blob."""
+    from storecomp import crypto
+    from storecomp.store import Mount, publish
+
+    marker = np.frombuffer(b"PLAINTEXT-MARKER" * 64, np.uint8).reshape(16, 64)
+    write_dataset(tmp_path / "folder", {"x": marker})
+    (tmp_path / "keys").write_text("k1:" + bytes(range(32)).hex() + "\n")
+    ns = Namespace([Mount("m", Mount.of("m", str(tmp_path / "site")).replicas, encryption=f"file:{tmp_path / 'keys'}")])
+    publish("sc://m/train", tmp_path / "folder", namespace=ns)
+    blobs = [p for p in (tmp_path / "site" / "blobs").rglob("*") if p.is_file() and not p.name.endswith(".crc32c")]
+    assert blobs and all(p.read_bytes()[:4] == crypto.MAGIC for p in blobs)
+    assert not any(b"PLAINTEXT-MARKER" in p.read_bytes() for p in (tmp_path / "site").rglob("*") if p.is_file())
+    ns.close()
