@@ -476,8 +476,6 @@ def publish(url: str, folder: str | os.PathLike[str], *, namespace: Namespace | 
     nearest complete copy. InvalidArgumentError for a URL that is not
     ``sc://mount/name`` or a folder with no files.
     """
-    import mmap
-
     mount, name = split_snapshot_url(url)
     root = os.fspath(folder)
     files = sorted(
@@ -494,13 +492,10 @@ def publish(url: str, folder: str | os.PathLike[str], *, namespace: Namespace | 
         # encrypting mount's blobs are sealed; never the raw replica behind it).
         w = Repository(ns.store(mount)).writer()
         for rel in files:
+            # One file in memory at a time (a shard: 256 MiB by default). Not an mmap: an
+            # S3 client may hold a view of the bytes a moment after put returns.
             with open(os.path.join(root, rel), "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size == 0:
-                    w.add(rel, b"")
-                    continue
-                with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
-                    w.add(rel, m)
+                w.add(rel, f.read())
         return w.commit(name)
     finally:
         if namespace is None:
