@@ -115,6 +115,7 @@ def main(args: Any) -> int:
                     workers=args.workers,
                     progress=progress,
                     nice=args.nice,
+                    yield_to_readers=args.yield_to_readers,
                 )
                 for d in decisions
                 if d.copy
