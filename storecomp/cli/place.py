@@ -98,6 +98,15 @@ def main(args: Any) -> int:
             )
             return 0
         progress = sys.stderr.isatty() if args.progress is None else args.progress
+        # The copy options, one set for every way this command copies (--auto, a prefix, --to).
+        copy_opts: dict[str, Any] = {
+            "namespace": ns,
+            "max_rate": args.max_rate,
+            "workers": args.workers,
+            "progress": progress,
+            "nice": args.nice,
+            "yield_to_readers": args.yield_to_readers,
+        }
         if args.auto:
             from ..store import policy
 
@@ -106,20 +115,7 @@ def main(args: Any) -> int:
             if not args.json:
                 for d in decisions:
                     print(f"{d.site}: {'copy' if d.copy else 'stay'}: {d.why}", file=sys.stderr)
-            reports = [
-                placement.place(
-                    args.url,
-                    d.site,
-                    namespace=ns,
-                    max_rate=args.max_rate,
-                    workers=args.workers,
-                    progress=progress,
-                    nice=args.nice,
-                    yield_to_readers=args.yield_to_readers,
-                )
-                for d in decisions
-                if d.copy
-            ]
+            reports = [placement.place(args.url, d.site, **copy_opts) for d in decisions if d.copy]
             if args.json:
                 print(json.dumps(policy.AutoPlacement(args.url, decisions, reports).to_json(), indent=2))
             for r in reports:
@@ -127,16 +123,7 @@ def main(args: Any) -> int:
                     _print_placed(args.url, r)
             return 0
         if args.to and args.url.endswith("/"):
-            t = placement.place_prefix(
-                args.url,
-                args.to,
-                namespace=ns,
-                max_rate=args.max_rate,
-                workers=args.workers,
-                progress=progress,
-                nice=args.nice,
-                yield_to_readers=args.yield_to_readers,
-            )
+            t = placement.place_prefix(args.url, args.to, **copy_opts)
             print(
                 json.dumps(t.to_json(), indent=2)
                 if args.json
@@ -148,16 +135,7 @@ def main(args: Any) -> int:
             to = args.to
         else:
             raise InvalidArgumentError("say what to do: --to SITE, --status, --plan SITE, --drop SITE or --auto --near SITE")
-        r = placement.place(
-            args.url,
-            to,
-            namespace=ns,
-            max_rate=args.max_rate,
-            workers=args.workers,
-            progress=progress,
-            nice=args.nice,
-            yield_to_readers=args.yield_to_readers,
-        )
+        r = placement.place(args.url, to, **copy_opts)
         if args.json:
             print(json.dumps(r.to_json(), indent=2))
         else:
