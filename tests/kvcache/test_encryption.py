@@ -8,10 +8,11 @@ rewrapped meanwhile), and encrypted and plaintext chunks side by side.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,37 @@ RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.5, d
 
 def _keys(*pairs: tuple[str, bytes]) -> crypto.StaticKeys:
     return crypto.StaticKeys(list(pairs))
+
+
+@contextlib.contextmanager
+def _readers_running(readers: list[KVCacheStore], rounds: int) -> Iterator[list[int]]:
+    """Each of ``readers`` retrieves TOKENS in a thread of its own, up to ``rounds``
+    times, while the block runs; yields the tokens each retrieve got (all of them
+    once the block has ended)."""
+    results: list[int] = []
+    stop = threading.Event()
+
+    def read(store: KVCacheStore) -> None:
+        for _ in range(rounds):
+            results.append(store.retrieve(TOKENS, zeros_kv(len(TOKENS))))
+            if stop.is_set():
+                return
+
+    threads = [threading.Thread(target=read, args=(r,)) for r in readers]
+    for t in threads:
+        t.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+
+
+def _rotate_to_k2(key_file: Path) -> None:
+    """k2 wraps new data keys, k1 still unwraps; a new mtime even within the file system's timestamp granularity."""
+    key_file.write_text(f"k2:{KEY2.hex()}\nk1:{KEY1.hex()}\n")
+    os.utime(key_file, ns=(1, 1))
 
 
 def _chunk_files(store: KVCacheStore) -> list[Path]:
@@ -147,27 +179,11 @@ def test_key_rotation_while_readers_run(kvstore: Callable[..., KVCacheStore], tm
     writer = _stored(kvstore, tmp_path, provider, host_bytes=0)
     old_files = _chunk_files(writer)
     readers = [kvstore(disk_dir=tmp_path / "disk", encryption=crypto.FileKeyProvider(key_file), host_bytes=0) for _ in range(2)]
-    results: list[int] = []
-    stop = threading.Event()
-
-    def read(store: KVCacheStore) -> None:
-        for _ in range(200):
-            out = zeros_kv(len(TOKENS))
-            results.append(store.retrieve(TOKENS, out))
-            if stop.is_set():
-                return
-
-    threads = [threading.Thread(target=read, args=(r,)) for r in readers]
-    for t in threads:
-        t.start()
-    key_file.write_text(f"k2:{KEY2.hex()}\nk1:{KEY1.hex()}\n")  # rotate: k2 wraps new data keys, k1 still unwraps
-    os.utime(key_file, ns=(1, 1))  # a new mtime even within the file system's timestamp granularity
     more = list(range(1000, 1000 + 2 * CHUNK))
-    writer.store(more, make_kv(len(more), seed=9))
-    writer.flush()
-    stop.set()
-    for t in threads:
-        t.join(60)
+    with _readers_running(readers, 200) as results:
+        _rotate_to_k2(key_file)
+        writer.store(more, make_kv(len(more), seed=9))
+        writer.flush()
     assert results and all(n == len(TOKENS) for n in results)  # every read during the rotation got every chunk
     new_file = Path(writer.disk.path(writer._keys(more)[0]))  # type: ignore[union-attr]
     assert b"k2" in new_file.read_bytes()[: crypto.HEADER_BYTES]
@@ -226,34 +242,18 @@ def test_shared_tier_key_rotation_under_a_tenant_while_readers_run(
     okeys = [writer.shared.object_key(k) for k in writer._keys(TOKENS)]
     assert all(k.split("/").count("enc") == 1 and "tenants/acme/" in k for k in okeys)
     readers = [kvstore(encryption=crypto.FileKeyProvider(key_file), **opts) for _ in range(2)]
-    results: list[int] = []
-    stop = threading.Event()
-
-    def read(store: KVCacheStore) -> None:
-        for _ in range(100):
-            out = zeros_kv(len(TOKENS))
-            results.append(store.retrieve(TOKENS, out))
-            if stop.is_set():
-                return
-
-    threads = [threading.Thread(target=read, args=(r,)) for r in readers]
-    for t in threads:
-        t.start()
-    key_file.write_text(f"k2:{KEY2.hex()}\nk1:{KEY1.hex()}\n")  # rotate: k2 wraps new data keys, k1 still unwraps
-    os.utime(key_file, ns=(1, 1))
     more = list(range(1000, 1000 + 2 * CHUNK))
-    writer.store(more, make_kv(len(more), seed=9))
-    writer.flush()
-    for okey, key in zip(okeys, writer._keys(TOKENS), strict=True):  # rewrap while the readers run
-        info = shared.stat(okey)
-        raw = np.empty(info.size, np.uint8)
-        shared.read_ranges(okey, [0], [info.size], raw, [0], version=info.version)
-        head = crypto.rewrap(raw, f"{writer.namespace}/{key.hex()}".encode(), provider, okey)
-        raw[: crypto.HEADER_BYTES] = np.frombuffer(head, np.uint8)
-        shared.compare_and_swap(okey, info.version, raw)
-    stop.set()
-    for t in threads:
-        t.join(60)
+    with _readers_running(readers, 100) as results:
+        _rotate_to_k2(key_file)
+        writer.store(more, make_kv(len(more), seed=9))
+        writer.flush()
+        for okey, key in zip(okeys, writer._keys(TOKENS), strict=True):  # rewrap while the readers run
+            info = shared.stat(okey)
+            raw = np.empty(info.size, np.uint8)
+            shared.read_ranges(okey, [0], [info.size], raw, [0], version=info.version)
+            head = crypto.rewrap(raw, f"{writer.namespace}/{key.hex()}".encode(), provider, okey)
+            raw[: crypto.HEADER_BYTES] = np.frombuffer(head, np.uint8)
+            shared.compare_and_swap(okey, info.version, raw)
     assert results and all(n == len(TOKENS) for n in results), results
     assert all(r.stats()["verify_failures"] == 0 for r in readers)
     new_head = shared.get(writer.shared.object_key(writer._keys(more)[0]), 0, crypto.HEADER_BYTES)
