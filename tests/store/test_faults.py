@@ -64,6 +64,19 @@ def _create_worker(url: str, options: dict[str, Any], rounds: int, barrier: Any,
     store.close()
 
 
+def _race(ctx: Any, worker: Any, url: str, options: dict[str, Any], barrier: Any, results: Any) -> list[Any]:
+    """Run ``worker`` in WORKERS processes for ROUNDS rounds; the (round, worker, won) each reported.
+    Every process must exit 0."""
+    procs = [ctx.Process(target=worker, args=(url, options, ROUNDS, barrier, results, w)) for w in range(WORKERS)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in range(WORKERS * ROUNDS)]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return outcomes
+
+
 def _free_cas_worker(url: str, options: dict[str, Any], swaps: int, results: Any) -> None:
     """Increment the counter ``swaps`` times through CAS retry loops (no barriers)."""
     store = open_store(url, **options)
@@ -87,24 +100,12 @@ def _run_cas_race(url: str, options: dict[str, Any]) -> None:
     store.compare_and_swap("ref", None, b"0")
     barrier = ctx.Barrier(WORKERS)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_cas_worker, args=(url, options, ROUNDS, barrier, results, w)) for w in range(WORKERS)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=120) for _ in range(WORKERS * ROUNDS)]
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    outcomes = _race(ctx, _cas_worker, url, options, barrier, results)
     wins_per_round = [sum(1 for r, _, won in outcomes if r == rnd and won) for rnd in range(ROUNDS)]
     assert wins_per_round == [1] * ROUNDS, wins_per_round
     assert int(store.get("ref")) == ROUNDS  # no lost update: one increment per successful swap
 
-    creators = [ctx.Process(target=_create_worker, args=(url, options, ROUNDS, barrier, results, w)) for w in range(WORKERS)]
-    for p in creators:
-        p.start()
-    outcomes = [results.get(timeout=120) for _ in range(WORKERS * ROUNDS)]
-    for p in creators:
-        p.join(60)
-        assert p.exitcode == 0
+    outcomes = _race(ctx, _create_worker, url, options, barrier, results)
     for rnd in range(ROUNDS):
         winners = [w for r, w, won in outcomes if r == rnd and won]
         assert len(winners) == 1, (rnd, winners)  # exactly one creator per key
