@@ -15,7 +15,8 @@ the page cache misses). Writes publish atomically:
   ``flock(2)`` on a sidecar lock file ``.sc-lock.<name>`` next to the key
   (``.sc-lock.h-<digest of name>`` when that name would be too long),
   the current version is compared with ``expected`` and the temp file is
-  renamed over the key. Every CAS writer of a key on this machine (any
+  renamed over the key. ``delete`` and ``delete_if`` remove the lock file
+  with the key (a waiter that then holds the unlinked file locks again). Every CAS writer of a key on this machine (any
   process) serialises on that lock; no server is involved. The lock is
   advisory and local: it is not safe on NFS mounts shared by several nodes.
 
@@ -302,7 +303,7 @@ class LocalStore(Store):
         tmp, final = self._write_temp(validate_key(key), data)
         try:
             st = os.stat(tmp)  # the version this call publishes, whatever replaces it after
-            with _flock(_lock_path(final)):
+            with _flock(_lock_path(final)) as lock:
                 if expected is None:
                     if not _publish_link(tmp, final):
                         raise ConflictError(f"{self.url}/{key}: compare-and-swap expected no object, but one exists")
@@ -310,6 +311,7 @@ class LocalStore(Store):
                     try:
                         current = version_of(os.stat(final))
                     except FileNotFoundError:
+                        lock.remove()  # no key, so no lock file either
                         raise ConflictError(
                             f"{self.url}/{key}: compare-and-swap expected version {expected}, but the object is gone"
                         ) from None
@@ -394,23 +396,27 @@ class LocalStore(Store):
 
     def delete(self, key: str) -> None:
         path = self.path_of(key)
-        with _flock(_lock_path(path), create=False):  # never between a delete_if's compare and its unlink
-            _unlink_object(path)
+        with _flock(_lock_path(path), create=False) as lock:  # never between a delete_if's compare and its unlink
+            if _unlink_object(path):
+                lock.remove()
 
     def delete_if(self, key: str, version: str) -> bool:
         path = self.path_of(key)
         if not path.parent.is_dir():
             return False
-        with _flock(_lock_path(path)):
+        with _flock(_lock_path(path)) as lock:
             try:
                 st = os.stat(path)
             except (FileNotFoundError, NotADirectoryError):
+                lock.remove()  # made just now for a key that is not there
                 return False
             except OSError as e:
                 raise from_errno(e.errno or errno.EIO, str(path), None, "stat") from None
             if not _is_file(st) or version_of(st) != version:
                 return False
-            return _unlink_object(path)
+            deleted = _unlink_object(path)
+            lock.remove()
+            return deleted
 
     # ------------------------------------------------------------ maintenance
 
@@ -509,23 +515,42 @@ def _publish_link(tmp: Path, final: Path) -> bool:
 
 
 class _flock:
-    """Exclusive flock(2) on ``path`` (created if missing) for a ``with`` block."""
+    """Exclusive flock(2) on ``path`` (created if missing) for a ``with`` block.
+
+    The lock file may be unlinked by its holder (:meth:`remove`, after the key
+    itself is gone), so a waiter that wakes up holding an unlinked inode opens
+    the path again: the lock is held only on the file the path names."""
 
     def __init__(self, path: Path, create: bool = True) -> None:
         self.path = path
         self.create = create
         self.fd = -1
 
-    def __enter__(self) -> None:
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0), 0o644)
-        except (FileNotFoundError, NotADirectoryError) as e:
-            if self.create:
-                raise from_errno(e.errno or errno.ENOENT, str(self.path), None, "lock") from None
-            return  # no lock file (or no such directory): nobody uses CAS on this key
-        except OSError as e:
-            raise from_errno(e.errno or errno.EIO, str(self.path), None, "lock") from None
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+    def __enter__(self) -> _flock:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.create else 0), 0o644)
+            except (FileNotFoundError, NotADirectoryError) as e:
+                if self.create:
+                    raise from_errno(e.errno or errno.ENOENT, str(self.path), None, "lock") from None
+                return self  # no lock file (or no such directory): nobody uses CAS on this key
+            except OSError as e:
+                raise from_errno(e.errno or errno.EIO, str(self.path), None, "lock") from None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                named = os.stat(self.path)
+            except FileNotFoundError:
+                named = None
+            if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                self.fd = fd
+                return self
+            os.close(fd)  # removed (or replaced) while we waited: lock what the path names now
+
+    def remove(self) -> None:
+        """Unlink the lock file while holding it (the key it guards is gone)."""
+        if self.fd >= 0:
+            _unlink_quiet(self.path)
 
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:

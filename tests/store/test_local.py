@@ -128,7 +128,55 @@ def test_delete_if_removes_only_the_version_named(tmp_path):
     assert not s.delete_if("d/k", v1) and s.get("d/k") == b"22"
     assert s.delete_if("d/k", v2) and not s.exists("d/k")
     assert not s.delete_if("d/k", v2) and not s.delete_if("nowhere/k", v2)
-    assert [i.key for i in s.list()] == []  # its lock file is hidden
+    assert [i.key for i in s.list()] == []
+    assert os.listdir(tmp_path / "d") == []  # the lock file went with the key
+
+
+def test_deleted_keys_leave_no_lock_files_and_cas_stays_exclusive(tmp_path):
+    """delete and delete_if remove the key's lock file; CAS writers that raced
+    with the removal lock the new file, so no two of them win the same version."""
+    s = LocalStore(tmp_path)
+    info = s.compare_and_swap("k", None, b"0")
+    s.delete("k")
+    assert sorted(os.listdir(tmp_path)) == []
+    info = s.compare_and_swap("k", None, b"0")
+    assert s.delete_if("k", info.version) and os.listdir(tmp_path) == []
+
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    wins = ctx.Queue()
+
+    def writer(n: int) -> None:
+        st = LocalStore(tmp_path)
+        log = []  # (expected version, published version, deleted it after)
+        for i in range(40):
+            try:
+                cur = st.stat("c").version
+            except NotFoundError:
+                cur = None
+            try:
+                new = st.compare_and_swap("c", cur, f"{n}-{i}".encode())
+            except ConflictError:
+                continue
+            log.append((cur, new.version, i % 3 == 0 and st.delete_if("c", new.version)))
+        wins.put(log)
+
+    procs = [ctx.Process(target=writer, args=(n,)) for n in range(3)]
+    for p in procs:
+        p.start()
+    logs = [wins.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    won = [entry for log in logs for entry in log]
+    from_version = [cur for cur, _, _ in won if cur is not None]
+    assert len(from_version) == len(set(from_version))  # no version was swapped away twice
+    deletes = sum(1 for _, _, deleted in won if deleted)
+    assert sum(1 for cur, _, _ in won if cur is None) <= 1 + deletes  # "absent" won once per absence
+    assert len(won) >= 3
+    leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".sc-")]
+    assert leftovers == ([".sc-lock.c"] if s.exists("c") else []), leftovers  # only a live key has a lock file
 
 
 def test_delete_under_an_object_is_a_no_op(tmp_path):
