@@ -527,22 +527,31 @@ class CachedStore(WrapperStore):
         if unchecked == 0:  # every chunk of this inode was checked already: one plain batched read
             live = n_arr > 0
             plain_o, plain_n, plain_d = o_arr[live], n_arr[live], d_arr[live]
-        else:
-            ns = n_arr.tolist()
-            check = [i for i, n in enumerate(ns) if n and not seen[offs[i] // c : -(-(offs[i] + n) // c)].all()]
-            if check:
+        else:  # one gather over the chunks the ranges cover (numpy, no Python per range)
+            live = n_arr > 0
+            first = o_arr // c
+            counts = np.where(live, -(-(o_arr + n_arr) // c) - first, 0)
+            starts = np.cumsum(counts) - counts
+            chunks = np.repeat(first - starts, counts) + np.arange(int(counts.sum()))
+            need = np.zeros(len(o_arr), bool)
+            if chunks.size:
+                unseen = ~seen[chunks]
+                need[live] = np.logical_or.reduceat(unseen, starts[live])
+            check = np.flatnonzero(need)
+            if check.size:
                 reader = FileReader(f, base)
-                co, cn, cd = [offs[i] for i in check], [ns[i] for i in check], [douts[i] for i in check]
-                read_verified(reader, ekey, hdr.sums, co, cn, dst, cd, name=name)
-                for o, n in zip(co, cn, strict=True):
-                    seen[o // c : -(-(o + n) // c)] = True
-                state[1] = int(len(seen) - np.count_nonzero(seen))
-            mask = n_arr > 0
-            mask[check] = False
+                read_verified(reader, ekey, hdr.sums, o_arr[check], n_arr[check], dst, d_arr[check], name=name)
+                covered = chunks[np.repeat(need, counts)]
+                fresh = np.unique(covered[~seen[covered]])
+                seen[fresh] = True
+                state[1] -= int(fresh.size)
+            mask = live & ~need
             plain_o, plain_n, plain_d = o_arr[mask], n_arr[mask], d_arr[mask]
         if plain_o.size:
             try:
-                f.read_many_into(dst, plain_o + base, plain_n, plain_d, exact=True).result()
+                # Ranges checked by submit_ranges, clipped non-negative int64: their uint64 views.
+                u64 = np.uint64
+                f.read_checked(as_buffer(dst), (plain_o + base).view(u64), plain_n.view(u64), plain_d.view(u64)).result()
             except ShortReadError as e:
                 raise CorruptDataError(f"{name}: truncated ({e})") from None
         return n_arr.tolist()
