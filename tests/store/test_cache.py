@@ -126,6 +126,34 @@ def test_verify_once_checks_each_chunk_before_first_use(tmp_path: Path, remote: 
     assert c.get("obj/0") == data
 
 
+def test_verify_once_checks_every_range_that_covers_an_unchecked_chunk(tmp_path: Path, remote: LocalStore) -> None:
+    """One batch of ranges: a range whose second chunk was never checked is checked (the
+    damage found, the entry refetched); ranges over checked chunks, empty ranges and
+    ranges past the end are read plainly, in the same call."""
+    data = blob(320 * KiB, 9)  # five 64 KiB chunks
+    remote.put("big", data)
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20, verify="once")
+    c.get("big")  # filled: served from the fetch, no chunk checked yet
+    assert c.get("big", 0, 100) == data[:100]  # checks chunk 0 only
+    path = c._local.root / c._entry_key("big", None)
+    header_len = path.stat().st_size - len(data)
+    st = path.stat()
+    with open(path, "r+b") as f:  # damage chunk 1 in place (same inode and mtime: chunk 0 stays checked)
+        f.seek(header_len + 64 * KiB + 5)
+        f.write(bytes([data[64 * KiB + 5] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    dst = np.zeros(4 * 64 * KiB, np.uint8)
+    offs, lens = [0, 0, 10, 400 * KiB, 3 * 64 * KiB], [64 * KiB, 100 * KiB, 0, 10, 64 * KiB]
+    douts = [0, 64 * KiB, 0, 0, 192 * KiB]
+    got = c.read_ranges("big", offs, lens, dst, douts, exact=False)
+    assert got.tolist() == [64 * KiB, 100 * KiB, 0, 0, 64 * KiB]
+    assert c.stats.corrupt_discarded == 1  # range 1 covers chunk 1: checked, found, refetched
+    assert dst[: 64 * KiB].tobytes() == data[: 64 * KiB]
+    assert dst[64 * KiB : 164 * KiB].tobytes() == data[: 100 * KiB]
+    assert dst[192 * KiB :].tobytes() == data[192 * KiB : 256 * KiB]
+    assert c.get("big") == data
+
+
 def test_restart_reuses_entries_and_rebuilds_usage(tmp_path: Path, remote: LocalStore) -> None:
     c = CachedStore(remote, tmp_path / "cache", 10 << 20, block_bytes=32 * KiB)
     c.get("obj/5")
