@@ -346,6 +346,11 @@ class EncryptedStore(WrapperStore):
         self._forget(key)
         self.inner.delete(key)
 
+    def delete_if(self, key: str, version: str) -> bool:
+        """The inner store's compare-and-delete; the cached header of ``key`` goes either way."""
+        self._forget(key)
+        return self.inner.delete_if(key, version)
+
     def close(self) -> None:
         self._openers.shutdown(wait=True)
         self._pool.shutdown(wait=True)

@@ -343,3 +343,14 @@ def test_reads_into_a_cuda_tensor(tmp_path: Path) -> None:
     assert not bool(dst.any())
     store.close()
     wrong.close()
+
+
+def test_delete_if_forgets_the_cached_header(enc: EncryptedStore) -> None:
+    v = enc.put("a", DATA).version
+    assert enc.stat("a").size == len(DATA) and enc._cached("a") is not None  # the header is cached
+    assert enc.delete_if("a", "not-the-version") is False
+    assert enc.get("a") == DATA
+    assert enc.delete_if("a", v) is True
+    assert enc._cached("a") is None and not enc.exists("a")
+    enc.put("a", b"new")
+    assert enc.get("a") == b"new"
