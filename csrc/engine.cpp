@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "aead.hpp"
 #include "crc32c.hpp"
 #include "uring.hpp"
 
@@ -237,6 +238,7 @@ void Batch::complete(Piece& p, uint64_t got, int err) {
     }
   }
   if (r.crc_step) check_piece(r, p, got, err);
+  else if (r.aead) aead_piece(r, p, got, err);
   if (left.fetch_sub(1) == 1) {
     std::shared_ptr<Batch> keep;
     std::lock_guard<std::mutex> g(mu);

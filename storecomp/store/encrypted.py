@@ -57,7 +57,7 @@ from ..errors import (
     ShortReadError,
     VersionChangedError,
 )
-from ..io import BufferRef, land_bytes
+from ..io import BufferRef, aead, land_bytes
 from .base import VERSION_RETRIES, Capabilities, ExactRanges, Listing, ObjectInfo, Store, WrapperStore
 from .futures import PendingRanges
 from .keys import payload_view, validate_key
@@ -108,6 +108,16 @@ class EncryptedStore(WrapperStore):
         #: cached; larger ones read the tags a call needs with its segments.
         self.max_cached_head = _MAX_CACHED_HEAD
         self._lock = threading.Lock()
+        #: Reads of a LocalStore are opened on its engine's threads as they land (one native batch per call).
+        self.native_reads = callable(getattr(inner, "open_version", None))
+
+    def crypto_stats(self) -> dict[str, str]:
+        """Who runs AES-GCM for this store: :func:`storecomp.crypto.backend_info` (``backend``, ``reason``,
+        ``openssl``) and ``opens_on``: ``engine threads`` (native, over a LocalStore) or ``worker threads``."""
+        info = crypto.backend_info()
+        native = info["backend"] == "openssl-evp" and self.native_reads
+        info["opens_on"] = "engine threads" if native else "worker threads"
+        return info
 
     #: Reads return plaintext: a cache tier must not wrap this store (CachedStore checks).
     decrypts = True
@@ -205,6 +215,8 @@ class EncryptedStore(WrapperStore):
             # Header known: the segment reads start now (the inner store's own concurrency); a worker
             # thread waits for them and opens the segments.
             plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref)
+            if plan.sealed is not None:  # the engine opens the segments: only the edges' copies are left
+                return _Landing(self, plan, version is None)
             return PendingRanges(self._openers.submit(self._finish, plan, version is None), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
 
@@ -404,7 +416,7 @@ class _Plan:
                 first, last = b + 1, b  # none: a CUDA destination lands host plaintext
             if first <= last:
                 start, stop = first * seg, min((last + 1) * seg, size)
-                direct_reads.append((base + start, stop - start, d + start - o))
+                direct_reads.append((base + start, stop - start, d + start - o, first))
                 self.direct.extend((j, d + j * seg - o) for j in range(first, last + 1))
             for j in range(a, b + 1) if first > last else sorted({a, b}):
                 if first <= j <= last:
@@ -422,47 +434,109 @@ class _Plan:
         self.tag_rows: dict[int, int] | None = None
         self.tag_buf: np.ndarray | None = None
         self.futures: list[Any] = []
+        self.sealed: aead.SealedFuture | None = None  # the native path's one batch
         inner = store.inner
         try:
-            if direct_reads:
-                # Inside the caller's ranges, which the Store template checked: the backend's part directly.
-                o_, n_, d_ = (np.array(x, np.uint64) for x in zip(*direct_reads, strict=True))
-                self.futures.append(ExactRanges(inner._submit_ranges(key, o_, n_, ref, d_, version), self.where, o_, n_))
-            if self.scratch_segments:
-                runs = _runs(self.scratch_segments)
-                self.futures.append(
-                    inner.submit_ranges(
-                        key,
-                        [base + j0 * seg for j0, _ in runs],
-                        [min((j1 + 1) * seg, size) - j0 * seg for j0, j1 in runs],
-                        self.scratch,
-                        [self.scratch_at[j0] for j0, _ in runs],
-                        version=version,
-                    )
-                )
-            if env.tags is None:
-                needed = sorted(edges | {j for j, _ in self.direct})
-                self.tag_rows = {j: r for r, j in enumerate(needed)}
-                self.tag_buf = np.empty((len(needed), crypto.TAG_BYTES), np.uint8)
-                runs = _runs(needed)
-                spans = [env.tag_span(j0, j1 - j0 + 1) for j0, j1 in runs]
-                self.futures.append(
-                    inner.submit_ranges(
-                        key,
-                        [o for o, _ in spans],
-                        [n for _, n in spans],
-                        self.tag_buf,
-                        [crypto.TAG_BYTES * self.tag_rows[j0] for j0, _ in runs],
-                        version=version,
-                    )
-                )
+            if store.native_reads and env.native is not None and env.tags is not None and not ref.is_cuda:
+                self._submit_native(inner, direct_reads)
+            else:
+                self._submit_inner(inner, direct_reads, edges)
         except Exception as e:  # noqa: BLE001 - reported by finish(), after the reads already started
             self.futures.append(_failed(e))
+
+    def _submit_inner(self, inner: Store, direct_reads: list[tuple[int, int, int, int]], edges: set[int]) -> None:
+        """The reads through the inner store: the segments in place, the edges into the scratch buffer,
+        the tags the call needs when the envelope has no table (opened by :meth:`finish`)."""
+        key, ref, version, env = self.key, self.ref, self.version, self.env
+        seg, size, base = env.segment_bytes, env.plaintext_bytes, env.data_offset
+        if direct_reads:
+            # Inside the caller's ranges, which the Store template checked: the backend's part directly.
+            o_, n_, d_, _ = (np.array(x, np.uint64) for x in zip(*direct_reads, strict=True))
+            self.futures.append(ExactRanges(inner._submit_ranges(key, o_, n_, ref, d_, version), self.where, o_, n_))
+        if self.scratch_segments:
+            runs = _runs(self.scratch_segments)
+            self.futures.append(
+                inner.submit_ranges(
+                    key,
+                    [base + j0 * seg for j0, _ in runs],
+                    [min((j1 + 1) * seg, size) - j0 * seg for j0, j1 in runs],
+                    self.scratch,
+                    [self.scratch_at[j0] for j0, _ in runs],
+                    version=version,
+                )
+            )
+        if env.tags is None:
+            needed = sorted(edges | {j for j, _ in self.direct})
+            self.tag_rows = {j: r for r, j in enumerate(needed)}
+            self.tag_buf = np.empty((len(needed), crypto.TAG_BYTES), np.uint8)
+            runs = _runs(needed)
+            spans = [env.tag_span(j0, j1 - j0 + 1) for j0, j1 in runs]
+            self.futures.append(
+                inner.submit_ranges(
+                    key,
+                    [o for o, _ in spans],
+                    [n for _, n in spans],
+                    self.tag_buf,
+                    [crypto.TAG_BYTES * self.tag_rows[j0] for j0, _ in runs],
+                    version=version,
+                )
+            )
+
+    def _submit_native(self, inner: Any, direct_reads: list[tuple[int, int, int, int]]) -> None:
+        """Every segment of the call (in place, and the edges into the scratch buffer) as one native
+        batch on the inner LocalStore's engine, opened on the engine's threads as each lands."""
+        env, seg, size, base = self.env, self.env.segment_bytes, self.env.plaintext_bytes, self.env.data_offset
+        assert env.tags is not None and env.native is not None
+        f, direct = inner.open_version(self.key, self.version)
+        reqs = [(o, n, self.ref.address + d, j) for o, n, d, j in direct_reads]
+        at = self.scratch.ctypes.data
+        for j0, j1 in _runs(self.scratch_segments):
+            start, stop = j0 * seg, min((j1 + 1) * seg, size)
+            reqs.append((base + start, stop - start, at + self.scratch_at[j0], j0))
+        if not reqs:
+            return
+        offs, lens, addrs, firsts = (np.array(x, np.uint64) for x in zip(*reqs, strict=True))
+        tags = b"".join(env.tags[crypto.TAG_BYTES * j : crypto.TAG_BYTES * (j + -(-n // seg))] for _, n, _, j in reqs)
+        self.sealed = aead.submit_sealed(
+            inner.engine,
+            [f],
+            np.zeros(len(reqs), np.int64),
+            offs,
+            lens,
+            addrs,
+            [self.ref, self.scratch],
+            [env.native],
+            np.zeros(len(reqs), np.int32),
+            firsts,
+            np.frombuffer(tags, np.uint8),
+            direct,
+        )
+
+    def _finish_native(self, dst: np.ndarray) -> None:
+        """Wait for the native batch; raise CorruptDataError for a short read or a failed tag."""
+        assert self.sealed is not None
+        try:
+            self.sealed.result()
+        except ShortReadError as e:
+            raise CorruptDataError(f"{self.where}: encrypted object truncated ({e})") from None
+        failed = self.sealed.failed_segments()
+        bad = failed[failed >= 0]
+        if bad.size:
+            raise CorruptDataError(f"{self.where}: encrypted segment {int(bad.min())} failed its authentication tag")
 
     def finish(self) -> np.ndarray:
         """Wait for the reads, open every segment (all before an edge lands), copy the edges in."""
         ref, env, where = self.ref, self.env, self.where
         dst = None if ref.is_cuda else np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
+        try:
+            if self.sealed is not None:
+                assert dst is not None
+                self._finish_native(dst)
+                return self._land()
+        except BaseException:
+            for lo, hi, d in self.ranges:
+                dst[d : d + hi - lo] = 0  # type: ignore[index]
+            raise
         try:
             error: BaseException | None = None
             for f in self.futures:  # every read is waited for: none may still write into the destination
@@ -496,7 +570,12 @@ class _Plan:
                 for lo, hi, d in self.ranges:
                     dst[d : d + hi - lo] = 0
             raise
-        seg = env.segment_bytes
+        return self._land()
+
+    def _land(self) -> np.ndarray:
+        """Copy the opened edge segments' wanted bytes into the destination; the bytes read per range."""
+        ref, seg = self.ref, self.env.segment_bytes
+        dst = None if ref.is_cuda else np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
         for j, lo, hi, d in self.copies:
             src = self.scratch_at[j] + lo - j * seg
             if dst is None:
@@ -504,6 +583,40 @@ class _Plan:
             else:
                 dst[d : d + hi - lo] = self.scratch[src : src + hi - lo]
         return self.got
+
+
+class _Landing:
+    """Completion of a call whose segments the engine opens (:meth:`_Plan._submit_native`): ``result()``
+    waits for the native batch, checks its tags and copies the edges in, on the caller's thread;
+    an unpinned call whose cached header's version was replaced restarts there from a fresh ``stat``."""
+
+    def __init__(self, store: EncryptedStore, plan: _Plan, restart: bool) -> None:
+        self._store, self._plan, self._restart = store, plan, restart
+        self._got: np.ndarray | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        sealed = self._plan.sealed
+        return self._got is not None or self._error is not None or (sealed is not None and sealed.done())
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        if self._got is None and self._error is None:
+            plan = self._plan
+            if timeout is not None and plan.sealed is not None and not plan.sealed.wait(timeout):
+                raise TimeoutError(f"ranged read not finished within {timeout} s")
+            try:
+                self._got = self._store._finish(plan, self._restart)
+            except BaseException as e:  # noqa: BLE001 - kept and raised at every result()
+                self._error = e
+        if self._error is not None:
+            raise self._error
+        assert self._got is not None
+        return self._got
+
+    def __del__(self) -> None:
+        sealed = self._plan.sealed
+        if sealed is not None:
+            sealed.wait()  # the engine may still write into the destination
 
 
 def _runs(sorted_ints: list[int]) -> list[tuple[int, int]]:
