@@ -97,10 +97,11 @@ def submit_sealed(
     (a request starts at a segment's start and holds whole segments), on the engine's threads
     as each lands. ``tags``: uint8, 16 bytes per segment read, requests in order.
 
-    The caller has checked the ranges (they lie inside ``keep``'s buffers and their objects). The future's
-    ``result()`` raises read errors as every IOFuture (``exact``: a short read raises
-    ShortReadError); :meth:`SealedFuture.failed_segments` reports tags that failed (those
-    segments are zeroed; a range that did not read whole is left as it landed)."""
+    The caller has checked the ranges (they lie inside ``keep``'s buffers). The future's
+    ``result()`` gives the bytes read per request (fewer past the end of a file: the caller
+    checks) and raises read errors as every IOFuture; :meth:`SealedFuture.failed_segments`
+    reports tags that failed and segments never opened (a failed one is zeroed; a request
+    that did not read whole is left as it landed: the caller zeroes it)."""
     engine._check_open()
     n = int(offsets.size)
     fids = np.array([f._check_open() for f in files], np.uint32)[file_index]
@@ -127,7 +128,7 @@ def submit_sealed(
         offsets,
         lengths,
         "read",
-        True,
+        False,
         [list(keep), list(files)],
         ("posix",) * n,
     )

@@ -41,7 +41,7 @@ import collections
 import ctypes
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -57,9 +57,9 @@ from ..errors import (
     ShortReadError,
     VersionChangedError,
 )
-from ..io import BufferRef, aead, land_bytes
-from .base import VERSION_RETRIES, Capabilities, ExactRanges, Listing, ObjectInfo, Store, WrapperStore
-from .futures import PendingRanges
+from ..io import BufferRef, aead, as_buffer, checked_ranges, land_bytes
+from .base import VERSION_RETRIES, Capabilities, ExactRanges, Listing, ObjectInfo, RangeFuture, Store, WrapperStore
+from .futures import JoinedRanges, PendingRanges
 from .keys import payload_view, validate_key
 
 _HEADER_CACHE = 4096  # objects whose headers are kept
@@ -215,10 +215,49 @@ class EncryptedStore(WrapperStore):
             # Header known: the segment reads start now (the inner store's own concurrency); a worker
             # thread waits for them and opens the segments.
             plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref)
-            if plan.sealed is not None:  # the engine opens the segments: only the edges' copies are left
+            if plan.native is not None:  # the engine opens the segments: only the edges' copies are left
                 return _Landing(self, plan, version is None)
             return PendingRanges(self._openers.submit(self._finish, plan, version is None), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
+
+    def submit_batch(self, reads: Sequence[tuple[str, Any, Any, Any]], dst: Any) -> RangeFuture:
+        """The reads of a batch over several objects (see :meth:`Store.submit_batch`). Over a LocalStore
+        into host memory, every read whose object's header is known goes into one native batch (its
+        segments opened on the engine's threads as they land; a DataLoader batch touching 16 shards is
+        one submission, not 16); the others are :meth:`submit_ranges` calls."""
+        ref = as_buffer(dst)
+        if not self.native_reads or ref.is_cuda:
+            return super().submit_batch(reads, dst)
+        parts: list[Any] = []
+        plans: list[_Plan] = []
+        others: list[Any] = []
+        try:
+            for key, offsets, lengths, dst_offsets in reads:
+                validate_key(key)
+                name = self.name_of(key)
+                offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, name)
+                hit = self._cached(key)
+                plan = None
+                if hit is not None and hit[1] is not None and hit[1].native is not None and hit[1].tags is not None:
+                    plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref, batched=True)
+                if plan is None or plan.native is None:  # header not known, or the object was replaced: the one-call path
+                    others.append(self.submit_ranges(key, offs, lens, ref, douts))
+                    parts.append(others[-1])
+                else:
+                    plans.append(plan)
+                    parts.append(ExactRanges(_Landing(self, plan, True), name, offs, lens))
+            _submit_plans(self.inner.engine, plans)
+        except BaseException:
+            for p in plans:  # what was submitted lands before the caller reuses dst
+                if p.sealed is not None:
+                    p.sealed.wait()
+            for f in others:
+                try:
+                    f.result()
+                except BaseException:  # noqa: BLE001 - the error being raised is the one that counts
+                    pass
+            raise
+        return JoinedRanges(parts)
 
     def _finish(self, plan: _Plan, restart: bool) -> np.ndarray:
         try:
@@ -391,6 +430,7 @@ class _Plan:
         douts: np.ndarray,
         version: str,
         ref: BufferRef,
+        batched: bool = False,
     ) -> None:
         self.key, self.env, self.offs, self.lens, self.douts, self.version, self.ref = key, env, offs, lens, douts, version, ref
         self.where = store._where(key)
@@ -434,11 +474,18 @@ class _Plan:
         self.tag_rows: dict[int, int] | None = None
         self.tag_buf: np.ndarray | None = None
         self.futures: list[Any] = []
-        self.sealed: aead.SealedFuture | None = None  # the native path's one batch
+        self.sealed: aead.SealedFuture | None = None  # the native path's batch (shared by the plans of a submit_batch)
+        self.sealed_at = slice(0, 0)  # this plan's requests in it
+        #: The native path's requests (file offset, bytes, address, first segment), when not yet submitted.
+        self.native: list[tuple[int, int, int, int]] | None = None
+        self.file: Any = None
+        self.mode = ""
         inner = store.inner
         try:
             if store.native_reads and env.native is not None and env.tags is not None and not ref.is_cuda:
-                self._submit_native(inner, direct_reads)
+                self._plan_native(inner, direct_reads)
+                if not batched:
+                    _submit_plans(inner.engine, [self])
             else:
                 self._submit_inner(inner, direct_reads, edges)
         except Exception as e:  # noqa: BLE001 - reported by finish(), after the reads already started
@@ -482,44 +529,30 @@ class _Plan:
                 )
             )
 
-    def _submit_native(self, inner: Any, direct_reads: list[tuple[int, int, int, int]]) -> None:
-        """Every segment of the call (in place, and the edges into the scratch buffer) as one native
-        batch on the inner LocalStore's engine, opened on the engine's threads as each lands."""
-        env, seg, size, base = self.env, self.env.segment_bytes, self.env.plaintext_bytes, self.env.data_offset
-        assert env.tags is not None and env.native is not None
-        f, direct = inner.open_version(self.key, self.version)
+    def _plan_native(self, inner: Any, direct_reads: list[tuple[int, int, int, int]]) -> None:
+        """The call's segments (in place, and the edges into the scratch buffer) as native requests
+        on the inner LocalStore's file (:func:`_submit_plans` submits them: the engine opens each
+        segment as it lands)."""
+        seg, size, base = self.env.segment_bytes, self.env.plaintext_bytes, self.env.data_offset
+        self.file, self.mode = inner.open_version(self.key, self.version)
         reqs = [(o, n, self.ref.address + d, j) for o, n, d, j in direct_reads]
         at = self.scratch.ctypes.data
         for j0, j1 in _runs(self.scratch_segments):
             start, stop = j0 * seg, min((j1 + 1) * seg, size)
             reqs.append((base + start, stop - start, at + self.scratch_at[j0], j0))
-        if not reqs:
-            return
-        offs, lens, addrs, firsts = (np.array(x, np.uint64) for x in zip(*reqs, strict=True))
-        tags = b"".join(env.tags[crypto.TAG_BYTES * j : crypto.TAG_BYTES * (j + -(-n // seg))] for _, n, _, j in reqs)
-        self.sealed = aead.submit_sealed(
-            inner.engine,
-            [f],
-            np.zeros(len(reqs), np.int64),
-            offs,
-            lens,
-            addrs,
-            [self.ref, self.scratch],
-            [env.native],
-            np.zeros(len(reqs), np.int32),
-            firsts,
-            np.frombuffer(tags, np.uint8),
-            direct,
-        )
+        self.native = reqs
 
     def _finish_native(self, dst: np.ndarray) -> None:
         """Wait for the native batch; raise CorruptDataError for a short read or a failed tag."""
-        assert self.sealed is not None
-        try:
-            self.sealed.result()
-        except ShortReadError as e:
-            raise CorruptDataError(f"{self.where}: encrypted object truncated ({e})") from None
-        failed = self.sealed.failed_segments()
+        if self.sealed is None:
+            return  # nothing to read (ranges past the end)
+        at = self.sealed_at
+        got = self.sealed.result()[at]
+        need = np.array([n for _, n, _, _ in self.native or ()], np.uint64)
+        if (got < need).any():
+            i = int(np.argmax(got < need))
+            raise CorruptDataError(f"{self.where}: encrypted object truncated ({int(got[i])} of {int(need[i])} bytes read)")
+        failed = self.sealed.failed_segments()[at]
         bad = failed[failed >= 0]
         if bad.size:
             raise CorruptDataError(f"{self.where}: encrypted segment {int(bad.min())} failed its authentication tag")
@@ -529,7 +562,7 @@ class _Plan:
         ref, env, where = self.ref, self.env, self.where
         dst = None if ref.is_cuda else np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
         try:
-            if self.sealed is not None:
+            if self.native is not None:
                 assert dst is not None
                 self._finish_native(dst)
                 return self._land()
@@ -617,6 +650,48 @@ class _Landing:
         sealed = self._plan.sealed
         if sealed is not None:
             sealed.wait()  # the engine may still write into the destination
+
+
+def _submit_plans(engine: Any, plans: list[_Plan]) -> None:
+    """The native requests of ``plans`` as one batch per read mode (usually one), shared by the plans."""
+    by_mode: dict[str, list[_Plan]] = {}
+    for p in plans:
+        if p.native:
+            by_mode.setdefault(p.mode, []).append(p)
+    for mode, group in by_mode.items():
+        files: dict[int, int] = {}
+        ciphers: dict[int, int] = {}
+        rows: list[tuple[int, int, int, int, int, int]] = []
+        tags: list[bytes] = []
+        for p in group:
+            fi = files.setdefault(id(p.file), len(files))
+            ci = ciphers.setdefault(id(p.env), len(ciphers))
+            p.sealed_at = slice(len(rows), len(rows) + len(p.native or ()))
+            seg, table = p.env.segment_bytes, p.env.tags
+            assert table is not None
+            for o, n, a, j in p.native or ():
+                rows.append((fi, ci, o, n, a, j))
+                tags.append(table[crypto.TAG_BYTES * j : crypto.TAG_BYTES * (j + -(-n // seg))])
+        fidx, cidx, offs, lens, addrs, firsts = (np.array(x, np.uint64) for x in zip(*rows, strict=True))
+        uniq_files = list({id(p.file): p.file for p in group}.values())
+        uniq_envs = list({id(p.env): p.env for p in group}.values())
+        keep = [b for p in group for b in (p.ref, p.scratch)]
+        fut = aead.submit_sealed(
+            engine,
+            uniq_files,
+            fidx.astype(np.int64),
+            offs,
+            lens,
+            addrs,
+            keep,
+            [e.native for e in uniq_envs],
+            cidx.astype(np.int32),
+            firsts,
+            np.frombuffer(b"".join(tags), np.uint8),
+            mode,
+        )
+        for p in group:
+            p.sealed = fut
 
 
 def _runs(sorted_ints: list[int]) -> list[tuple[int, int]]:
