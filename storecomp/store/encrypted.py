@@ -49,6 +49,7 @@ import numpy as np
 
 from .. import crypto
 from ..errors import (
+    ClosedError,
     ConfigError,
     ConflictError,
     CorruptDataError,
@@ -237,12 +238,21 @@ class EncryptedStore(WrapperStore):
                 name = self.name_of(key)
                 offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, name)
                 hit = self._cached(key)
-                plan = None
+                plan: _Plan | _Whole | None = None
                 if hit is not None and hit[1] is not None and hit[1].native is not None and hit[1].tags is not None:
-                    plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref, batched=True)
+                    try:
+                        plan = _Whole.of(self, key, hit[1], offs, lens, douts, hit[0], ref)
+                    except VersionChangedError:
+                        plan = None
+                    else:
+                        if plan is None:  # ranges with edges inside segments, or past the end
+                            plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref, batched=True)
                 if plan is None or plan.native is None:  # header not known, or the object was replaced: the one-call path
                     others.append(self.submit_ranges(key, offs, lens, ref, douts))
                     parts.append(others[-1])
+                elif isinstance(plan, _Whole):
+                    plans.append(plan)  # type: ignore[arg-type]
+                    parts.append(plan)
                 else:
                     plans.append(plan)
                     parts.append(ExactRanges(_Landing(self, plan, True), name, offs, lens))
@@ -652,6 +662,73 @@ class _Landing:
             sealed.wait()  # the engine may still write into the destination
 
 
+class _Whole:
+    """A read of whole segments only (every range starts at a segment and ends at one, or at the object's
+    end): read in place into the destination by a shared native batch (:func:`_submit_plans`), no plan,
+    no scratch, no edges; also its own future (``result()`` raises CorruptDataError for a short read or
+    a failed tag, the destination ranges then zeroed)."""
+
+    __slots__ = ("where", "env", "ref", "file", "mode", "native", "lens", "douts", "sealed", "sealed_at", "scratch")
+
+    @classmethod
+    def of(
+        cls,
+        store: EncryptedStore,
+        key: str,
+        env: crypto.Envelope,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        version: str,
+        ref: BufferRef,
+    ) -> _Whole | None:
+        """The read, or None when a range has edges inside a segment or runs past the end.
+        Raises VersionChangedError when ``key`` no longer holds ``version``."""
+        seg, size, base, at = env.segment_bytes, env.plaintext_bytes, env.data_offset, ref.address
+        native = []
+        for o, n, d in zip(offs.tolist(), lens.tolist(), douts.tolist(), strict=True):
+            if o % seg or not n or o + n > size or (n % seg and o + n != size):
+                return None
+            native.append((base + o, n, at + d, o // seg))
+        w = cls()
+        w.where, w.env, w.ref, w.native, w.lens, w.douts = store._where(key), env, ref, native, lens, douts
+        w.file, w.mode = store.inner.open_version(key, version)  # type: ignore[attr-defined]
+        w.sealed, w.sealed_at, w.scratch = None, slice(0, 0), None
+        return w
+
+    def done(self) -> bool:
+        return self.sealed is None or self.sealed.done()
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        sealed = self.sealed
+        if not self.native:
+            return self.lens  # no range
+        if sealed is None:
+            raise ClosedError(f"{self.where}: read never submitted")
+        if timeout is not None and not sealed.wait(timeout):
+            raise TimeoutError(f"ranged read not finished within {timeout} s")
+        try:
+            got = sealed.result()[self.sealed_at]
+            if (got < self.lens).any():
+                i = int(np.argmax(got < self.lens))
+                n, want = int(got[i]), int(self.lens[i])
+                raise CorruptDataError(f"{self.where}: encrypted object truncated ({n} of {want} bytes read)")
+            failed = sealed.failed_segments()[self.sealed_at]
+            bad = failed[failed >= 0]
+            if bad.size:
+                raise CorruptDataError(f"{self.where}: encrypted segment {int(bad.min())} failed its authentication tag")
+        except BaseException:
+            dst = np.ctypeslib.as_array((ctypes.c_uint8 * self.ref.nbytes).from_address(self.ref.address))
+            for n, d in zip(self.lens.tolist(), self.douts.tolist(), strict=True):
+                dst[d : d + n] = 0
+            raise
+        return self.lens
+
+    def __del__(self) -> None:
+        if self.sealed is not None:
+            self.sealed.wait()  # the engine may still write into the destination
+
+
 def _submit_plans(engine: Any, plans: list[_Plan]) -> None:
     """The native requests of ``plans`` as one batch per read mode (usually one), shared by the plans."""
     by_mode: dict[str, list[_Plan]] = {}
@@ -675,7 +752,7 @@ def _submit_plans(engine: Any, plans: list[_Plan]) -> None:
         fidx, cidx, offs, lens, addrs, firsts = (np.array(x, np.uint64) for x in zip(*rows, strict=True))
         uniq_files = list({id(p.file): p.file for p in group}.values())
         uniq_envs = list({id(p.env): p.env for p in group}.values())
-        keep = [b for p in group for b in (p.ref, p.scratch)]
+        keep = [b for p in group for b in (p.ref, p.scratch) if b is not None]
         fut = aead.submit_sealed(
             engine,
             uniq_files,
