@@ -176,10 +176,14 @@ bool AeadKey::run(int enc, uint64_t i, const uint8_t* in, uint8_t* out, uint64_t
 }
 
 bool AeadKey::open(uint64_t i, uint8_t* data, uint64_t n, const uint8_t* tag) const {
+  return open(i, data, data, n, tag);
+}
+
+bool AeadKey::open(uint64_t i, const uint8_t* in, uint8_t* out, uint64_t n, const uint8_t* tag) const {
   uint8_t t[kTagBytes];
   std::memcpy(t, tag, kTagBytes);
-  if (i < segments_ && run(0, i, data, data, n, t)) return true;
-  std::memset(data, 0, n);
+  if (i < segments_ && run(0, i, in, out, n, t)) return true;
+  std::memset(out, 0, n);
   return false;
 }
 

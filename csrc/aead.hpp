@@ -49,6 +49,8 @@ class AeadKey {
   // Decrypts segment i (n bytes at data, in place) and checks its tag; true
   // when authentic. On failure the n bytes are zeroed.
   bool open(uint64_t i, uint8_t* data, uint64_t n, const uint8_t* tag) const;
+  // The same from in to out (n bytes each); out is zeroed on failure.
+  bool open(uint64_t i, const uint8_t* in, uint8_t* out, uint64_t n, const uint8_t* tag) const;
   // Encrypts segment i from in to out (n bytes; may be the same) and writes its 16-byte tag.
   void seal(uint64_t i, const uint8_t* in, uint8_t* out, uint64_t n, uint8_t* tag) const;
 

@@ -127,14 +127,21 @@ void bind_aead(py::module_& m) {
       .def_property_readonly("segment_bytes", &AeadKey::segment_bytes)
       .def(
           "open",
-          [](const AeadKey& k, uint64_t i, const py::buffer& data, const py::buffer& tag) {
-            auto [dp, dn] = bytes_of(data, true, "data");
+          [](const AeadKey& k, uint64_t i, const py::buffer& data, const py::buffer& tag, const py::object& out) {
             auto [tp, tn] = bytes_of(tag, false, "tag");
             if (tn != AeadKey::kTagBytes) throw std::invalid_argument("tag must be 16 bytes");
+            if (out.is_none()) {
+              auto [dp, dn] = bytes_of(data, true, "data");
+              py::gil_scoped_release nogil;
+              return k.open(i, dp, dn, tp);
+            }
+            auto [ip, in] = bytes_of(data, false, "data");
+            auto [op, on] = bytes_of(out.cast<py::buffer>(), true, "out");
+            if (on != in) throw std::invalid_argument("out must be as long as data");
             py::gil_scoped_release nogil;
-            return k.open(i, dp, dn, tp);
+            return k.open(i, ip, op, in, tp);
           },
-          py::arg("index"), py::arg("data"), py::arg("tag"))
+          py::arg("index"), py::arg("data"), py::arg("tag"), py::arg("out") = py::none())
       .def(
           "seal",
           [](const AeadKey& k, uint64_t i, const py::buffer& plain, const py::buffer& out) {

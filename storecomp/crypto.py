@@ -440,9 +440,7 @@ class Envelope:
         if len(data) != n or len(out) != n:
             raise CorruptDataError(f"{where}: encrypted segment {i} truncated ({len(data)} of {n} bytes)")
         if self.native is not None:
-            if out is not data:
-                memoryview(out).cast("B")[:] = memoryview(data).cast("B")
-            if not self.native.open(i, out, tag):
+            if not self.native.open(i, data, tag, None if out is data else out):
                 raise CorruptDataError(f"{where}: encrypted segment {i} failed its authentication tag")
             return
         try:

@@ -46,10 +46,11 @@ class SegmentCipher:
     def __init__(self, key: bytes, nonce_base: bytes, aad_prefix: bytes, segments: int, segment_bytes: int) -> None:
         self._key = _native.AeadKey(key, nonce_base, aad_prefix, segments, segment_bytes)
 
-    def open(self, i: int, data: Any, tag: Any) -> bool:
-        """Decrypt segment ``i`` in place in ``data`` (a writable contiguous buffer of exactly its bytes)
-        and check it against ``tag`` (16 bytes); True when authentic, else False with ``data`` zeroed."""
-        return bool(self._key.open(i, data, tag))
+    def open(self, i: int, data: Any, tag: Any, out: Any = None) -> bool:
+        """Decrypt segment ``i`` (``data``: a contiguous buffer of exactly its bytes) in place, or into
+        ``out`` (as long), and check it against ``tag`` (16 bytes); True when authentic, else False
+        with the plaintext's buffer zeroed."""
+        return bool(self._key.open(i, data, tag, out))
 
     def seal(self, i: int, plain: Any, out: Any) -> bytes:
         """Encrypt segment ``i`` of ``plain`` into ``out`` (the same length; may be ``plain``); its 16-byte tag."""

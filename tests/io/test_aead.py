@@ -94,6 +94,11 @@ def test_segment_cipher_fails_closed() -> None:
         assert not opener.open(i, buf, bytes(t)), damage
         assert not buf.any(), damage  # zeroed, never unauthenticated bytes
     assert not c.open(4, ct.copy(), tag)  # past the last segment
+    out = np.full(SEG, 7, np.uint8)  # out of place: the ciphertext stays, the plaintext lands in out
+    assert c.open(2, ct, tag, out) and out.tobytes() == plain
+    bad = bytearray(tag)
+    bad[5] ^= 1
+    assert not c.open(2, ct, bytes(bad), out) and not out.any()
 
 
 @pytest.mark.parametrize("direct", ["off", "on"])
