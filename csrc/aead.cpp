@@ -2,12 +2,17 @@
 #include "aead.hpp"
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 
 #include "engine.hpp"
 
@@ -245,6 +250,65 @@ void aead_piece(Request& r, const Piece& p, uint64_t got, int err) {
     if (segment_in_piece(r, s, k)) continue;
     if (std::min(k * s + s, r.length) > valid) break;
     open_one(r, k);
+  }
+}
+
+namespace {
+
+// The AEAD threads: one per core, started on first use, never stopped (they
+// sleep when idle; the process's exit ends them).
+class AeadThreads {
+ public:
+  AeadThreads() : pid_(::getpid()) {
+    unsigned n = std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < n; ++i) std::thread([this] { run(); }).detach();
+  }
+  bool post(std::function<void()> job) {
+    if (::getpid() != pid_) return false;  // a forked child: these threads are the parent's
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+    return true;
+  }
+
+ private:
+  void run() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> g(mu_);
+        cv_.wait(g, [this] { return !jobs_.empty(); });
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+  pid_t pid_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+};
+
+AeadThreads& aead_threads() {
+  static AeadThreads* t = new AeadThreads();  // never destroyed: detached threads use it until exit
+  return *t;
+}
+
+}  // namespace
+
+void aead_defer(Request& r, Piece& p, uint64_t got, int err) {
+  Request* rp = &r;
+  Piece* pp = &p;
+  bool posted = aead_threads().post([rp, pp, got, err] {
+    aead_piece(*rp, *pp, got, err);
+    pp->batch->piece_done();
+  });
+  if (!posted) {
+    aead_piece(r, p, got, err);
+    p.batch->piece_done();
   }
 }
 

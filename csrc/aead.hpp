@@ -95,8 +95,14 @@ struct AeadBatch {
   int64_t verdict(size_t i, uint64_t length) const;
 };
 
-// Called by Batch::complete for a request with an AeadRequest, instead of the
-// crc32c checks (a request has one or the other).
+// Opens the segments piece p completes (see aead_piece) now, on this thread.
 void aead_piece(Request& r, const Piece& p, uint64_t got, int err);
+
+// Called by Batch::complete for a request with an AeadRequest, instead of the
+// crc32c checks (a request has one or the other): aead_piece, then the
+// batch's piece_done(), on one of the AEAD threads (one per core), so that
+// the AES work never holds the io_uring completion thread and spreads over
+// the cores. In a forked child (no such threads), on this thread.
+void aead_defer(Request& r, Piece& p, uint64_t got, int err);
 
 }  // namespace sc

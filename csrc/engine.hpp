@@ -126,6 +126,7 @@ struct Batch {
   bool finished = false;
 
   void complete(Piece& p, uint64_t got, int err);
+  void piece_done();  // the last step of complete(): may finish (and release) the batch
   void check_piece(Request& r, const Piece& p, uint64_t got, int err);
   // Waits up to timeout seconds (negative: forever); true when finished.
   bool wait(double timeout);
