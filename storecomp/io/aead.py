@@ -19,7 +19,6 @@ import numpy as np
 
 from .. import _native
 from ..errors import ClosedError
-from .buffers import BufferRef
 from .engine import Engine, File, IOFuture, _read_mode
 
 _STATUS: dict[str, Any] | None = None
@@ -84,7 +83,7 @@ def submit_sealed(
     offsets: np.ndarray,
     lengths: np.ndarray,
     addrs: np.ndarray,
-    keep: Sequence[BufferRef],
+    keep: Sequence[Any],
     ciphers: Sequence[SegmentCipher],
     cipher_index: np.ndarray,
     first_segments: np.ndarray,

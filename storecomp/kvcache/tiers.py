@@ -70,6 +70,11 @@ class TierReads:
         self.futures = futures
         self._file = file  # a disk chunk's open file, held until close()
 
+    @property
+    def file(self) -> File | None:
+        """A disk chunk's open file (the one version the reads come from), until :meth:`close`."""
+        return self._file
+
     def close(self) -> None:
         """Let go of what the reads hold (waits for reads still in flight). Idempotent."""
         if self._file is not None:
