@@ -16,7 +16,8 @@ import pytest
 
 from storecomp import crypto
 from storecomp.io import aead, as_buffer
-from tests.conftest import make_engine
+from storecomp.store import EncryptedStore, LocalStore
+from tests.conftest import make_engine, run_python
 
 SEG = 8192
 KEYS = crypto.StaticKeys([("k", bytes(range(32)))])
@@ -206,3 +207,46 @@ def test_bad_arguments_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             submit(0, bytes(32), index=1)
     finally:
         eng.close()
+
+
+def test_without_libcrypto_the_cryptography_path_runs_and_says_why(tmp_path: Path) -> None:
+    """A process where libcrypto.so.3 cannot be loaded (here: a broken file found first) falls back to
+    the ``cryptography`` package, says why in backend_info, crypto_stats and `storecomp info`, and
+    writes and reads the same sealed objects; ``STORECOMP_AEAD=native`` is then an error naming it."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libcrypto.so.3").write_bytes(b"not a library")
+    ld = os.pathsep.join(p for p in (str(tmp_path / "lib"), os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    proc = run_python(
+        f"""
+        import json, os
+        from storecomp import crypto
+        from storecomp.cli.info import gather
+        from storecomp.errors import ConfigError
+        from storecomp.store import EncryptedStore, LocalStore
+        info = crypto.backend_info()
+        assert info["backend"] == "cryptography", info
+        assert "cannot load libcrypto.so.3" in info["reason"], info
+        keys = crypto.StaticKeys([("k", bytes(range(32)))])
+        store = EncryptedStore(LocalStore({str(tmp_path / "objects")!r}), keys)
+        data = os.urandom(200000)
+        store.put("a", data)
+        assert store.get("a") == data and store.get("a", 70000, 1000) == data[70000:71000]
+        assert store.crypto_stats()["opens_on"] == "worker threads"
+        assert gather()["encryption"]["backend"] == "cryptography"
+        os.environ["STORECOMP_AEAD"] = "native"
+        try:
+            crypto.backend_info()
+        except ConfigError as e:
+            assert "STORECOMP_AEAD=native" in str(e) and "libcrypto" in str(e)
+        else:
+            raise AssertionError("STORECOMP_AEAD=native without libcrypto must fail")
+        print("ok")
+        """,
+        env={"LD_LIBRARY_PATH": ld},
+    )
+    assert proc.stdout.strip().endswith("ok")
+    # What the fallback sealed, the native path opens.
+    store = EncryptedStore(LocalStore(tmp_path / "objects"), crypto.StaticKeys([("k", bytes(range(32)))]))
+    assert store.crypto_stats()["opens_on"] == "engine threads"
+    assert len(store.get("a")) == 200000
+    store.close()
