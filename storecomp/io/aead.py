@@ -105,7 +105,8 @@ def submit_sealed(
     engine._check_open()
     n = int(offsets.size)
     fids = np.array([f._check_open() for f in files], np.uint32)[file_index]
-    mode = engine._read_mode if direct is None else _read_mode(direct)
+    chosen = _read_mode(direct)
+    mode = engine._read_mode if chosen is None else chosen
     try:
         batch = _native.submit_sealed(
             engine._native,

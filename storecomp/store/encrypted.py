@@ -202,7 +202,7 @@ class EncryptedStore(WrapperStore):
 
     def _submit_ranges(
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
-    ) -> PendingRanges:
+    ) -> RangeFuture:
         """Every read of the call (header and segments) is pinned to one version: ``version`` when
         given, else the cached header's (checked by the inner store) or a fresh ``stat``'s.
 
@@ -230,7 +230,7 @@ class EncryptedStore(WrapperStore):
         if not self.native_reads or ref.is_cuda:
             return super().submit_batch(reads, dst)
         parts: list[Any] = []
-        plans: list[_Plan] = []
+        plans: list[_Plan | _Whole] = []
         others: list[Any] = []
         try:
             for key, offsets, lengths, dst_offsets in reads:
@@ -238,25 +238,25 @@ class EncryptedStore(WrapperStore):
                 name = self.name_of(key)
                 offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, name)
                 hit = self._cached(key)
-                plan: _Plan | _Whole | None = None
+                whole: _Whole | None = None
+                plan: _Plan | None = None
                 if hit is not None and hit[1] is not None and hit[1].native is not None and hit[1].tags is not None:
                     try:
-                        plan = _Whole.of(self, key, hit[1], offs, lens, douts, hit[0], ref)
-                    except VersionChangedError:
-                        plan = None
-                    else:
-                        if plan is None:  # ranges with edges inside segments, or past the end
+                        whole = _Whole.of(self, key, hit[1], offs, lens, douts, hit[0], ref)
+                        if whole is None:  # ranges with edges inside segments, or past the end
                             plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref, batched=True)
-                if plan is None or plan.native is None:  # header not known, or the object was replaced: the one-call path
-                    others.append(self.submit_ranges(key, offs, lens, ref, douts))
-                    parts.append(others[-1])
-                elif isinstance(plan, _Whole):
-                    plans.append(plan)  # type: ignore[arg-type]
-                    parts.append(plan)
-                else:
+                    except VersionChangedError:
+                        pass
+                if whole is not None:
+                    plans.append(whole)
+                    parts.append(whole)
+                elif plan is not None and plan.native is not None:
                     plans.append(plan)
                     parts.append(ExactRanges(_Landing(self, plan, True), name, offs, lens))
-            _submit_plans(self.inner.engine, plans)
+                else:  # header not known, or the object was replaced: the one-call path
+                    others.append(self.submit_ranges(key, offs, lens, ref, douts))
+                    parts.append(others[-1])
+            _submit_plans(self.inner.engine, plans)  # type: ignore[attr-defined]  # native_reads: a LocalStore
         except BaseException:
             for p in plans:  # what was submitted lands before the caller reuses dst
                 if p.sealed is not None:
@@ -456,7 +456,7 @@ class _Plan:
         self.got = np.array(got, np.uint64)
         self.direct: list[tuple[int, int]] = []  # (segment, its offset in the destination): decrypted in place
         self.copies: list[tuple[int, int, int, int]] = []  # (segment, plaintext from, to, destination offset)
-        direct_reads: list[tuple[int, int, int]] = []
+        direct_reads: list[tuple[int, int, int, int]] = []
         edges: set[int] = set()
         for o, e, d in self.ranges:
             a, b = o // seg, (e - 1) // seg
@@ -495,7 +495,7 @@ class _Plan:
             if store.native_reads and env.native is not None and env.tags is not None and not ref.is_cuda:
                 self._plan_native(inner, direct_reads)
                 if not batched:
-                    _submit_plans(inner.engine, [self])
+                    _submit_plans(inner.engine, [self])  # type: ignore[attr-defined]  # native_reads: a LocalStore
             else:
                 self._submit_inner(inner, direct_reads, edges)
         except Exception as e:  # noqa: BLE001 - reported by finish(), after the reads already started
@@ -690,11 +690,25 @@ class _Whole:
             if o % seg or not n or o + n > size or (n % seg and o + n != size):
                 return None
             native.append((base + o, n, at + d, o // seg))
-        w = cls()
-        w.where, w.env, w.ref, w.native, w.lens, w.douts = store._where(key), env, ref, native, lens, douts
-        w.file, w.mode = store.inner.open_version(key, version)  # type: ignore[attr-defined]
-        w.sealed, w.sealed_at, w.scratch = None, slice(0, 0), None
-        return w
+        file, mode = store.inner.open_version(key, version)  # type: ignore[attr-defined]  # native_reads: a LocalStore
+        return cls(store._where(key), env, ref, native, lens, douts, file, mode)
+
+    def __init__(
+        self,
+        where: str,
+        env: crypto.Envelope,
+        ref: BufferRef,
+        native: list[tuple[int, int, int, int]],
+        lens: np.ndarray,
+        douts: np.ndarray,
+        file: Any,
+        mode: str,
+    ) -> None:
+        self.where, self.env, self.ref, self.native, self.lens, self.douts = where, env, ref, native, lens, douts
+        self.file, self.mode = file, mode
+        self.sealed: aead.SealedFuture | None = None
+        self.sealed_at = slice(0, 0)
+        self.scratch: np.ndarray | None = None
 
     def done(self) -> bool:
         return self.sealed is None or self.sealed.done()
@@ -729,9 +743,9 @@ class _Whole:
             self.sealed.wait()  # the engine may still write into the destination
 
 
-def _submit_plans(engine: Any, plans: list[_Plan]) -> None:
+def _submit_plans(engine: Any, plans: Sequence[_Plan | _Whole]) -> None:
     """The native requests of ``plans`` as one batch per read mode (usually one), shared by the plans."""
-    by_mode: dict[str, list[_Plan]] = {}
+    by_mode: dict[str, list[_Plan | _Whole]] = {}
     for p in plans:
         if p.native:
             by_mode.setdefault(p.mode, []).append(p)
@@ -761,7 +775,7 @@ def _submit_plans(engine: Any, plans: list[_Plan]) -> None:
             lens,
             addrs,
             keep,
-            [e.native for e in uniq_envs],
+            [e.native for e in uniq_envs if e.native is not None],
             cidx.astype(np.int32),
             firsts,
             np.frombuffer(b"".join(tags), np.uint8),
