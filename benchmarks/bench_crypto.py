@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": _machine(),
         "commit": _commit(),
         "loadavg_start": os.getloadavg(),
+        "aead": crypto.backend_info(),  # who runs AES-GCM (OpenSSL EVP on the engine, or cryptography) and why
     }
     try:
         res["kv_disk"] = bench_kv_disk(fp, chunk_tokens, chunks, repeats, directory)

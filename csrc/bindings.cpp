@@ -21,6 +21,9 @@
 #include "host_buffer.hpp"
 
 namespace py = pybind11;
+namespace sc {
+void bind_aead(py::module_& m);  // aead_py.cpp
+}
 using sc::Batch;
 using sc::Engine;
 using sc::HostBuffer;
@@ -359,4 +362,5 @@ PYBIND11_MODULE(_native, m) {
       .def("unregister_buffer", &Engine::unregister_buffer, py::call_guard<py::gil_scoped_release>())
       .def("stats", &stats_dict)
       .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>());
+  sc::bind_aead(m);
 }

@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "aead.hpp"
 #include "crc32c.hpp"
 #include "uring.hpp"
 
@@ -236,7 +237,16 @@ void Batch::complete(Piece& p, uint64_t got, int err) {
     while (end < cur && !r.valid.compare_exchange_weak(cur, end)) {
     }
   }
-  if (r.crc_step) check_piece(r, p, got, err);
+  if (r.crc_step) {
+    check_piece(r, p, got, err);
+  } else if (r.aead) {
+    aead_defer(r, p, got, err);  // opens the piece's segments on the AEAD threads, then calls piece_done()
+    return;
+  }
+  piece_done();
+}
+
+void Batch::piece_done() {
   if (left.fetch_sub(1) == 1) {
     std::shared_ptr<Batch> keep;
     std::lock_guard<std::mutex> g(mu);

@@ -70,6 +70,7 @@ class FileTable {
 };
 
 struct Batch;
+struct AeadRequest;  // aead.hpp
 
 struct Piece {
   Batch* batch = nullptr;
@@ -108,6 +109,8 @@ struct Request {
   uint32_t* crc_out = nullptr;
   uint64_t piece_bytes = 0;  // the split size of this request's pieces (set by submit)
   std::atomic<uint32_t> pieces_left{0};
+  // Decryption instead of checks (aead.hpp): sealed segments opened in place as they land.
+  AeadRequest* aead = nullptr;
 };
 
 struct Batch {
@@ -117,11 +120,13 @@ struct Batch {
   std::vector<uint32_t> crcs;  // Request::crc_out points in here
   std::atomic<size_t> left{0};
   std::shared_ptr<Batch> self;  // keeps the batch alive while pieces are in flight
+  std::shared_ptr<void> aead_state;  // what Request::aead points into (aead.hpp)
   std::mutex mu;
   std::condition_variable cv;
   bool finished = false;
 
   void complete(Piece& p, uint64_t got, int err);
+  void piece_done();  // the last step of complete(): may finish (and release) the batch
   void check_piece(Request& r, const Piece& p, uint64_t got, int err);
   // Waits up to timeout seconds (negative: forever); true when finished.
   bool wait(double timeout);

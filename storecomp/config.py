@@ -34,7 +34,10 @@ settings read are read here, by :func:`encryption_keys_text` and
 
 * ``STORECOMP_ENCRYPTION_KEYS``: ``[id:]key`` entries (32-byte keys in base64
   or hex), comma separated, the first one current;
-* ``STORECOMP_ENCRYPTION_KEY_FILE``: the path of a file of such lines.
+* ``STORECOMP_ENCRYPTION_KEY_FILE``: the path of a file of such lines;
+* ``STORECOMP_AEAD``: who runs AES-GCM on sealed segments: ``auto`` (OpenSSL's EVP
+  on the native engine when libcrypto.so.3 loads, else the ``cryptography`` package),
+  ``native`` (that or an error) or ``cryptography``.
 """
 
 from __future__ import annotations
@@ -91,6 +94,18 @@ def encryption_key_file(environ: Mapping[str, str] | None = None) -> str:
     if not path:
         raise ConfigError(f"encryption='file' but {ENV_ENCRYPTION_KEY_FILE} is not set (the path of a key file)")
     return path
+
+
+ENV_AEAD = "STORECOMP_AEAD"
+AEAD_BACKENDS = ("auto", "native", "cryptography")
+
+
+def aead_backend(environ: Mapping[str, str] | None = None) -> str:
+    """``STORECOMP_AEAD`` (default ``auto``). Raises ConfigError naming it when not one of AEAD_BACKENDS."""
+    value = (os.environ if environ is None else environ).get(ENV_AEAD, "auto").strip().lower() or "auto"
+    if value not in AEAD_BACKENDS:
+        raise ConfigError(f"{ENV_AEAD}={value!r}: expected one of {', '.join(AEAD_BACKENDS)}")
+    return value
 
 
 # The native engine's limits (csrc/engine.cpp Engine::Engine).

@@ -28,9 +28,14 @@ so a read lands it straight in the caller's buffer with the same I/O as a
 plaintext read, and decrypts it there. Version 1 (per-segment records with
 their nonces and tags inline) is not read.
 
-The AES work uses the ``cryptography`` package (OpenSSL, AES-NI: its GCM
-mode, with the tag kept apart from the ciphertext); nothing here is a
-hand-written cipher. Key material never appears in a message or ``repr``.
+The segments' AES work runs in OpenSSL's EVP AES-256-GCM on the native
+engine (:mod:`storecomp.io.aead`: libcrypto loaded at run time, one keyed
+context per data key and thread, the GIL released), which also opens the
+segments of a read on the engine's threads as they land; where libcrypto
+cannot be loaded (or ``STORECOMP_AEAD=cryptography``), in the ``cryptography``
+package's GCM mode (also OpenSSL). Both produce the same bytes. Key wrapping
+(the envelope) always uses ``cryptography``. Nothing here is a hand-written
+cipher. Key material never appears in a message or ``repr``.
 """
 
 from __future__ import annotations
@@ -295,6 +300,35 @@ _CIPHERS_LOCK = threading.Lock()
 
 
 _GCM_API: tuple[Any, Any, Any] | None = None
+_NATIVE: Any = None  # storecomp.io.aead, once imported
+
+
+def backend_info(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Who runs the segments' AES-GCM here: ``{"backend": "openssl-evp" | "cryptography",
+    "reason": why, "openssl": the version text when loaded}`` (``STORECOMP_AEAD`` chooses;
+    ``native`` when libcrypto cannot be loaded raises ConfigError naming the setting and why)."""
+    choice = config.aead_backend(environ)
+    st = _aead().status()
+    if choice == "cryptography":
+        return {"backend": "cryptography", "reason": f"{config.ENV_AEAD}=cryptography", "openssl": st["version"]}
+    if st["available"]:
+        return {"backend": "openssl-evp", "reason": "libcrypto loaded at run time", "openssl": st["version"]}
+    if choice == "native":
+        raise ConfigError(f"{config.ENV_AEAD}=native but OpenSSL's AES-GCM is unavailable: {st['reason']}")
+    return {"backend": "cryptography", "reason": f"native AES-GCM unavailable: {st['reason']}", "openssl": ""}
+
+
+def _aead() -> Any:
+    global _NATIVE
+    if _NATIVE is None:
+        from .io import aead
+
+        _NATIVE = aead
+    return _NATIVE
+
+
+def _native_wanted() -> bool:
+    return backend_info()["backend"] == "openssl-evp"
 
 
 def _gcm_api() -> tuple[Any, Any, Any]:
@@ -336,6 +370,7 @@ class Envelope:
         "_nonce",
         "_aes",
         "_aad0",
+        "native",
     )
 
     def __init__(
@@ -347,8 +382,12 @@ class Envelope:
         self.data_offset = data_offset(plaintext_bytes, segment_bytes)
         self.tags: bytes | None = None
         self._nonce = (nonce_base[:4], int.from_bytes(nonce_base[4:], "little"))
-        self._aes = _gcm_api()[1](data_key)
         self._aad0 = _SEG_DOMAIN + name + b"\x00"
+        #: The native segment cipher (storecomp.io.aead.SegmentCipher), None on the ``cryptography`` path.
+        self.native = (
+            _aead().segment_cipher(data_key, nonce_base, self._aad0, self.segments, segment_bytes) if _native_wanted() else None
+        )
+        self._aes = _gcm_api()[1](data_key) if self.native is None else None
 
     def __repr__(self) -> str:
         return f"Envelope({self.name!r}, key_id={self.key_id!r}, {self.plaintext_bytes} bytes)"
@@ -400,6 +439,10 @@ class Envelope:
         n = min(self.segment_bytes, self.plaintext_bytes - i * self.segment_bytes)
         if len(data) != n or len(out) != n:
             raise CorruptDataError(f"{where}: encrypted segment {i} truncated ({len(data)} of {n} bytes)")
+        if self.native is not None:
+            if not self.native.open(i, data, tag, None if out is data else out):
+                raise CorruptDataError(f"{where}: encrypted segment {i} failed its authentication tag")
+            return
         try:
             d = self._gcm(i, tag).decryptor()
             d.authenticate_additional_data(self._aad(i))
@@ -413,6 +456,8 @@ class Envelope:
 
     def seal_segment(self, i: int, plain: Any, out: Any) -> bytes:
         """Encrypt segment ``i`` of ``plain`` into ``out`` (the same length); returns its 16-byte tag."""
+        if self.native is not None:
+            return self.native.seal(i, plain, out)
         e = self._gcm(i, None).encryptor()
         e.authenticate_additional_data(self._aad(i))
         if len(plain):
@@ -568,6 +613,7 @@ __all__ = [
     "FileKeyProvider",
     "KeyProvider",
     "StaticKeys",
+    "backend_info",
     "data_offset",
     "is_sealed",
     "key_id_of",

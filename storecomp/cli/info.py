@@ -47,9 +47,20 @@ def gather(path: str | None = None, options: IOOptions | None = None) -> dict[st
         "fio": fio_info(),
         "optional": {module: cuda.package_version(dist) for module, (dist, _extra) in INSTALL.items()},
         "page_cache": _page_cache_info(Path(path) if path else None, opts),
+        "encryption": _encryption_info(),
     }
     doc["advice"] = advice(doc)
     return doc
+
+
+def _encryption_info() -> dict[str, Any]:
+    """Who runs encrypted stores' AES-GCM (storecomp.crypto.backend_info), or the setting's error."""
+    from .. import crypto
+
+    try:
+        return dict(crypto.backend_info())
+    except StorecompError as e:
+        return {"backend": None, "reason": str(e), "openssl": ""}
 
 
 def _engine_info(opts: IOOptions) -> dict[str, Any]:

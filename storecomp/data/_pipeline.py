@@ -183,7 +183,7 @@ class Producer:
                 futures.append(
                     reader.submit_flat(slot.array, files, flat.file_index, flat.offsets, flat.lengths, flat.dst, flat.crc_steps)
                 )
-            elif self._caps.native_batches and plan.reads:
+            elif (self._caps.native_batches or self._caps.store_batches) and plan.reads:
                 futures.append(reader.submit_many(slot.array, plan.reads, crc_steps(plan)))
             else:
                 for key, offs, lens, dst in plan.reads:

@@ -29,6 +29,7 @@ class ReaderCapabilities:
     ``native_batches``: :meth:`LocalReader.open_files` and :meth:`LocalReader.submit_flat` read a
     whole batch over many objects as one native submission, with crc32c on the engine's threads.
     ``page_cache_tier``: :meth:`LocalReader.choose_tier` picks buffered or O_DIRECT reads per epoch.
+    ``store_batches``: ``submit_many`` (without engine checksums) over a Store's ``submit_batch``.
     ``engine``: reads run on a storecomp :class:`~storecomp.io.Engine` (``reader.engine``; staging
     slots are registered with it, and ``use_engine`` replaces it).
     """
@@ -36,6 +37,9 @@ class ReaderCapabilities:
     native_batches: bool = False
     page_cache_tier: bool = False
     engine: bool = False
+    #: :meth:`StoreReader.submit_many` reads a batch over many objects through the store's ``submit_batch``
+    #: (one native submission for an EncryptedStore over a LocalStore).
+    store_batches: bool = False
 
 
 #: A reader that only has the :class:`Reader` protocol (no ``capabilities`` attribute).
@@ -217,10 +221,17 @@ class OpenFiles:
 class StoreReader:
     """Objects of a :class:`~storecomp.store.base.Store` (ranged reads into the destination)."""
 
-    capabilities = NO_CAPABILITIES
+    capabilities = ReaderCapabilities(store_batches=True)
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    def submit_many(
+        self, dst: Any, reads: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], crc_steps: np.ndarray | None = None
+    ) -> RangeFuture:
+        """All ``reads`` (key, offsets, lengths, dst offsets) of a batch through :meth:`Store.submit_batch`
+        (``crc_steps`` is not used: the caller checks what it must)."""
+        return self.store.submit_batch(reads, dst)
 
     def size(self, key: str) -> int:
         return self.store.stat(key).size

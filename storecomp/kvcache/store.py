@@ -23,10 +23,12 @@ from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from .. import crypto
 from ..config import IOOptions
 from ..crc import crc32c
-from ..errors import InvalidArgumentError, StorecompError
+from ..errors import CorruptDataError, InvalidArgumentError, StorecompError
 from ..io import Engine, PageCachePolicy
 from ..store.base import Store
 from . import format as fmt
@@ -198,6 +200,7 @@ class KVCacheStore:
                 ttl_s=shared_opts.ttl_s,
                 grace_s=shared_opts.gc_grace_s,
                 gc_interval_s=shared_opts.gc_interval_s,
+                check=self._check_object,
             )
             if shared_opts is not None
             else None
@@ -518,6 +521,21 @@ class KVCacheStore:
                 if isinstance(tier, SharedTier) and self.disk is not None:
                     self._write_lower(f.key, f.buf, disk=True)
             self.host.unref(f.buf)
+
+    def _check_object(self, key: bytes, obj: np.ndarray, where: str) -> None:
+        """Check chunk ``key``'s whole stored object as a read does (opened first when sealed);
+        raises CorruptDataError (WrongKeyError: not openable with this store's keys)."""
+        if self._sealing is not None:
+            plain = np.empty(self.layout.nbytes, np.uint8)
+            if crypto.unseal_into(obj, plain, self._sealing.name(key), self._sealing.keys, where) != plain.size:
+                raise CorruptDataError(f"{where}: sealed chunk does not hold {plain.size} bytes")
+            obj = plain
+        if obj.size != self.layout.nbytes:
+            raise CorruptDataError(f"{where}: {obj.size} bytes, a chunk is {self.layout.nbytes}")
+        header = fmt.read_header(obj, self.layout, key, where)
+        if self._sealing is None:  # a sealed chunk's layers carry no crc32c: every byte passed its tag
+            for layer in range(self.fingerprint.layers):
+                fmt.check_layer(obj, self.layout, header, layer, where)
 
     def _fail(self, f: Fetch) -> None:
         tier, outcome = f.tier, f.outcome

@@ -17,14 +17,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InvalidArgumentError, NotFoundError, ShortReadError, StorecompError
+from ..errors import CorruptDataError, InvalidArgumentError, NotFoundError, ShortReadError, StorecompError, WrongKeyError
 from ..io import Engine, File, HostBuffer, PageCachePolicy, TierChoice, cuda
 from ..store import RangeFuture
 from ..store.base import Store
@@ -69,6 +69,11 @@ class TierReads:
     def __init__(self, futures: list[RangeFuture], file: File | None = None) -> None:
         self.futures = futures
         self._file = file  # a disk chunk's open file, held until close()
+
+    @property
+    def file(self) -> File | None:
+        """A disk chunk's open file (the one version the reads come from), until :meth:`close`."""
+        return self._file
 
     def close(self) -> None:
         """Let go of what the reads hold (waits for reads still in flight). Idempotent."""
@@ -608,6 +613,11 @@ class SharedTierOptions:
             raise InvalidArgumentError(f"SharedTierOptions.ttl_s must be None or a non-negative number, got {self.ttl_s!r}")
 
 
+#: Checks a whole chunk object read from a tier: ``(chunk key, object bytes, where)``; raises
+#: CorruptDataError (WrongKeyError when it cannot be opened with this store's keys) when bad.
+ChunkCheck = Callable[[bytes, np.ndarray, str], None]
+
+
 class SharedTier:
     """Chunk objects in a :class:`Store` under ``<prefix>/<namespace>/<xx>/<key>``.
 
@@ -636,8 +646,10 @@ class SharedTier:
         ttl_s: float | None = None,
         grace_s: float = 3600.0,
         gc_interval_s: float = 600.0,
+        check: ChunkCheck | None = None,
     ):
         self.store = store
+        self.check = check
         self.prefix = f"{prefix.strip('/')}/{namespace}" if prefix else namespace
         self.stats = TierStats()
         self.known: collections.OrderedDict[bytes, None] = collections.OrderedDict()
@@ -682,15 +694,34 @@ class SharedTier:
                 self.known.popitem(last=False)
 
     def forget(self, key: bytes, *, delete: bool = False) -> None:
-        """Forget that the store holds ``key``; with ``delete``, delete the object too (best effort:
-        a corrupt object would shadow a good one forever, since writes are put_if_absent)."""
+        """Forget that the store holds ``key``; with ``delete``, delete the object too when it is
+        still bad (best effort: a corrupt object would shadow a good one forever, since writes are
+        put_if_absent). The read that failed was not pinned to a version, so the object is read
+        again, whole and pinned to the version a ``stat`` gives, checked with ``check`` (the
+        constructor's), and deleted only at that version (``delete_if``): a good chunk written in
+        its place meanwhile stays."""
         with self.lock:
             self.known.pop(key, None)
-        if delete:
-            try:
-                self.store.delete(self.object_key(key))
-            except (StorecompError, OSError):
-                pass
+        if not delete:
+            return
+        okey = self.object_key(key)
+        try:
+            info = self.store.stat(okey)
+            if self.check is not None:
+                obj = np.empty(info.size, np.uint8)
+                if info.size:
+                    self.store.read_ranges(okey, [0], [info.size], obj, [0], version=info.version)
+                try:
+                    self.check(key, obj, self.store.name_of(okey))
+                except WrongKeyError:
+                    return  # not this store's key (or moved): never deleted, the key may be what is wrong
+                except CorruptDataError:
+                    pass
+                else:
+                    return  # good now: replaced by a good chunk since the failed read
+            self.store.delete_if(okey, info.version)
+        except (StorecompError, OSError):
+            pass
 
     def has(self, key: bytes) -> bool:
         """Whether the store holds ``key``: known keys at once, else one stat (False while the tier is down)."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import NotFoundError, ShortReadError, VersionChangedError
 from ..io import BufferRef, as_buffer, checked_ranges
+from .futures import JoinedRanges
 from .keys import validate_key, validate_prefix
 
 #: Times a whole-object read restarts from a fresh stat when the object is
@@ -154,6 +155,25 @@ class Store(abc.ABC):
         offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, name)
         fut = self._submit_ranges(key, offs, lens, ref, douts, version)
         return ExactRanges(fut, name, offs, lens) if exact else fut
+
+    def submit_batch(self, reads: Sequence[tuple[str, Any, Any, Any]], dst: Any) -> RangeFuture:
+        """Start the reads of a batch over several objects: ``(key, offsets, lengths, dst_offsets)``
+        each, as :meth:`submit_ranges` (``exact``, unpinned) into the one destination ``dst``.
+        The future gives the bytes read per range, all reads in order, and raises the first failure
+        once every read is done. Backends that can submit a batch at once override this (one call
+        per object here)."""
+        futures: list[Any] = []
+        try:
+            for key, offs, lens, douts in reads:
+                futures.append(self.submit_ranges(key, offs, lens, dst, douts))
+        except BaseException:
+            for f in futures:  # the reads already submitted land before the caller reuses dst
+                try:
+                    f.result()
+                except BaseException:  # noqa: BLE001 - the error being raised is the one that counts
+                    pass
+            raise
+        return JoinedRanges(futures)
 
     @abc.abstractmethod
     def _submit_ranges(

@@ -41,7 +41,7 @@ import collections
 import ctypes
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +49,7 @@ import numpy as np
 
 from .. import crypto
 from ..errors import (
+    ClosedError,
     ConfigError,
     ConflictError,
     CorruptDataError,
@@ -57,9 +58,9 @@ from ..errors import (
     ShortReadError,
     VersionChangedError,
 )
-from ..io import BufferRef, land_bytes
-from .base import VERSION_RETRIES, Capabilities, ExactRanges, Listing, ObjectInfo, Store, WrapperStore
-from .futures import PendingRanges
+from ..io import BufferRef, aead, as_buffer, checked_ranges, land_bytes
+from .base import VERSION_RETRIES, Capabilities, ExactRanges, Listing, ObjectInfo, RangeFuture, Store, WrapperStore
+from .futures import JoinedRanges, PendingRanges
 from .keys import payload_view, validate_key
 
 _HEADER_CACHE = 4096  # objects whose headers are kept
@@ -108,6 +109,16 @@ class EncryptedStore(WrapperStore):
         #: cached; larger ones read the tags a call needs with its segments.
         self.max_cached_head = _MAX_CACHED_HEAD
         self._lock = threading.Lock()
+        #: Reads of a LocalStore are opened on its engine's threads as they land (one native batch per call).
+        self.native_reads = callable(getattr(inner, "open_version", None))
+
+    def crypto_stats(self) -> dict[str, str]:
+        """Who runs AES-GCM for this store: :func:`storecomp.crypto.backend_info` (``backend``, ``reason``,
+        ``openssl``) and ``opens_on``: ``engine threads`` (native, over a LocalStore) or ``worker threads``."""
+        info = crypto.backend_info()
+        native = info["backend"] == "openssl-evp" and self.native_reads
+        info["opens_on"] = "engine threads" if native else "worker threads"
+        return info
 
     #: Reads return plaintext: a cache tier must not wrap this store (CachedStore checks).
     decrypts = True
@@ -191,7 +202,7 @@ class EncryptedStore(WrapperStore):
 
     def _submit_ranges(
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
-    ) -> PendingRanges:
+    ) -> RangeFuture:
         """Every read of the call (header and segments) is pinned to one version: ``version`` when
         given, else the cached header's (checked by the inner store) or a fresh ``stat``'s.
 
@@ -205,8 +216,58 @@ class EncryptedStore(WrapperStore):
             # Header known: the segment reads start now (the inner store's own concurrency); a worker
             # thread waits for them and opens the segments.
             plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref)
+            if plan.native is not None:  # the engine opens the segments: only the edges' copies are left
+                return _Landing(self, plan, version is None)
             return PendingRanges(self._openers.submit(self._finish, plan, version is None), ref)
         return PendingRanges(self._pool.submit(self._read, key, offs, lens, douts, ref, version), ref)
+
+    def submit_batch(self, reads: Sequence[tuple[str, Any, Any, Any]], dst: Any) -> RangeFuture:
+        """The reads of a batch over several objects (see :meth:`Store.submit_batch`). Over a LocalStore
+        into host memory, every read whose object's header is known goes into one native batch (its
+        segments opened on the engine's threads as they land; a DataLoader batch touching 16 shards is
+        one submission, not 16); the others are :meth:`submit_ranges` calls."""
+        ref = as_buffer(dst)
+        if not self.native_reads or ref.is_cuda:
+            return super().submit_batch(reads, dst)
+        parts: list[Any] = []
+        plans: list[_Plan | _Whole] = []
+        others: list[Any] = []
+        try:
+            for key, offsets, lengths, dst_offsets in reads:
+                validate_key(key)
+                name = self.name_of(key)
+                offs, lens, douts = checked_ranges(offsets, lengths, dst_offsets, ref, name)
+                hit = self._cached(key)
+                whole: _Whole | None = None
+                plan: _Plan | None = None
+                if hit is not None and hit[1] is not None and hit[1].native is not None and hit[1].tags is not None:
+                    try:
+                        whole = _Whole.of(self, key, hit[1], offs, lens, douts, hit[0], ref)
+                        if whole is None:  # ranges with edges inside segments, or past the end
+                            plan = _Plan(self, key, hit[1], offs, lens, douts, hit[0], ref, batched=True)
+                    except VersionChangedError:
+                        pass
+                if whole is not None:
+                    plans.append(whole)
+                    parts.append(whole)
+                elif plan is not None and plan.native is not None:
+                    plans.append(plan)
+                    parts.append(ExactRanges(_Landing(self, plan, True), name, offs, lens))
+                else:  # header not known, or the object was replaced: the one-call path
+                    others.append(self.submit_ranges(key, offs, lens, ref, douts))
+                    parts.append(others[-1])
+            _submit_plans(self.inner.engine, plans)  # type: ignore[attr-defined]  # native_reads: a LocalStore
+        except BaseException:
+            for p in plans:  # what was submitted lands before the caller reuses dst
+                if p.sealed is not None:
+                    p.sealed.wait()
+            for f in others:
+                try:
+                    f.result()
+                except BaseException:  # noqa: BLE001 - the error being raised is the one that counts
+                    pass
+            raise
+        return JoinedRanges(parts)
 
     def _finish(self, plan: _Plan, restart: bool) -> np.ndarray:
         try:
@@ -346,6 +407,11 @@ class EncryptedStore(WrapperStore):
         self._forget(key)
         self.inner.delete(key)
 
+    def delete_if(self, key: str, version: str) -> bool:
+        """The inner store's compare-and-delete; the cached header of ``key`` goes either way."""
+        self._forget(key)
+        return self.inner.delete_if(key, version)
+
     def close(self) -> None:
         self._openers.shutdown(wait=True)
         self._pool.shutdown(wait=True)
@@ -374,6 +440,7 @@ class _Plan:
         douts: np.ndarray,
         version: str,
         ref: BufferRef,
+        batched: bool = False,
     ) -> None:
         self.key, self.env, self.offs, self.lens, self.douts, self.version, self.ref = key, env, offs, lens, douts, version, ref
         self.where = store._where(key)
@@ -389,7 +456,7 @@ class _Plan:
         self.got = np.array(got, np.uint64)
         self.direct: list[tuple[int, int]] = []  # (segment, its offset in the destination): decrypted in place
         self.copies: list[tuple[int, int, int, int]] = []  # (segment, plaintext from, to, destination offset)
-        direct_reads: list[tuple[int, int, int]] = []
+        direct_reads: list[tuple[int, int, int, int]] = []
         edges: set[int] = set()
         for o, e, d in self.ranges:
             a, b = o // seg, (e - 1) // seg
@@ -399,7 +466,7 @@ class _Plan:
                 first, last = b + 1, b  # none: a CUDA destination lands host plaintext
             if first <= last:
                 start, stop = first * seg, min((last + 1) * seg, size)
-                direct_reads.append((base + start, stop - start, d + start - o))
+                direct_reads.append((base + start, stop - start, d + start - o, first))
                 self.direct.extend((j, d + j * seg - o) for j in range(first, last + 1))
             for j in range(a, b + 1) if first > last else sorted({a, b}):
                 if first <= j <= last:
@@ -417,47 +484,102 @@ class _Plan:
         self.tag_rows: dict[int, int] | None = None
         self.tag_buf: np.ndarray | None = None
         self.futures: list[Any] = []
+        self.sealed: aead.SealedFuture | None = None  # the native path's batch (shared by the plans of a submit_batch)
+        self.sealed_at = slice(0, 0)  # this plan's requests in it
+        #: The native path's requests (file offset, bytes, address, first segment), when not yet submitted.
+        self.native: list[tuple[int, int, int, int]] | None = None
+        self.file: Any = None
+        self.mode = ""
         inner = store.inner
         try:
-            if direct_reads:
-                # Inside the caller's ranges, which the Store template checked: the backend's part directly.
-                o_, n_, d_ = (np.array(x, np.uint64) for x in zip(*direct_reads, strict=True))
-                self.futures.append(ExactRanges(inner._submit_ranges(key, o_, n_, ref, d_, version), self.where, o_, n_))
-            if self.scratch_segments:
-                runs = _runs(self.scratch_segments)
-                self.futures.append(
-                    inner.submit_ranges(
-                        key,
-                        [base + j0 * seg for j0, _ in runs],
-                        [min((j1 + 1) * seg, size) - j0 * seg for j0, j1 in runs],
-                        self.scratch,
-                        [self.scratch_at[j0] for j0, _ in runs],
-                        version=version,
-                    )
-                )
-            if env.tags is None:
-                needed = sorted(edges | {j for j, _ in self.direct})
-                self.tag_rows = {j: r for r, j in enumerate(needed)}
-                self.tag_buf = np.empty((len(needed), crypto.TAG_BYTES), np.uint8)
-                runs = _runs(needed)
-                spans = [env.tag_span(j0, j1 - j0 + 1) for j0, j1 in runs]
-                self.futures.append(
-                    inner.submit_ranges(
-                        key,
-                        [o for o, _ in spans],
-                        [n for _, n in spans],
-                        self.tag_buf,
-                        [crypto.TAG_BYTES * self.tag_rows[j0] for j0, _ in runs],
-                        version=version,
-                    )
-                )
+            if store.native_reads and env.native is not None and env.tags is not None and not ref.is_cuda:
+                self._plan_native(inner, direct_reads)
+                if not batched:
+                    _submit_plans(inner.engine, [self])  # type: ignore[attr-defined]  # native_reads: a LocalStore
+            else:
+                self._submit_inner(inner, direct_reads, edges)
         except Exception as e:  # noqa: BLE001 - reported by finish(), after the reads already started
             self.futures.append(_failed(e))
+
+    def _submit_inner(self, inner: Store, direct_reads: list[tuple[int, int, int, int]], edges: set[int]) -> None:
+        """The reads through the inner store: the segments in place, the edges into the scratch buffer,
+        the tags the call needs when the envelope has no table (opened by :meth:`finish`)."""
+        key, ref, version, env = self.key, self.ref, self.version, self.env
+        seg, size, base = env.segment_bytes, env.plaintext_bytes, env.data_offset
+        if direct_reads:
+            # Inside the caller's ranges, which the Store template checked: the backend's part directly.
+            o_, n_, d_, _ = (np.array(x, np.uint64) for x in zip(*direct_reads, strict=True))
+            self.futures.append(ExactRanges(inner._submit_ranges(key, o_, n_, ref, d_, version), self.where, o_, n_))
+        if self.scratch_segments:
+            runs = _runs(self.scratch_segments)
+            self.futures.append(
+                inner.submit_ranges(
+                    key,
+                    [base + j0 * seg for j0, _ in runs],
+                    [min((j1 + 1) * seg, size) - j0 * seg for j0, j1 in runs],
+                    self.scratch,
+                    [self.scratch_at[j0] for j0, _ in runs],
+                    version=version,
+                )
+            )
+        if env.tags is None:
+            needed = sorted(edges | {j for j, _ in self.direct})
+            self.tag_rows = {j: r for r, j in enumerate(needed)}
+            self.tag_buf = np.empty((len(needed), crypto.TAG_BYTES), np.uint8)
+            runs = _runs(needed)
+            spans = [env.tag_span(j0, j1 - j0 + 1) for j0, j1 in runs]
+            self.futures.append(
+                inner.submit_ranges(
+                    key,
+                    [o for o, _ in spans],
+                    [n for _, n in spans],
+                    self.tag_buf,
+                    [crypto.TAG_BYTES * self.tag_rows[j0] for j0, _ in runs],
+                    version=version,
+                )
+            )
+
+    def _plan_native(self, inner: Any, direct_reads: list[tuple[int, int, int, int]]) -> None:
+        """The call's segments (in place, and the edges into the scratch buffer) as native requests
+        on the inner LocalStore's file (:func:`_submit_plans` submits them: the engine opens each
+        segment as it lands)."""
+        seg, size, base = self.env.segment_bytes, self.env.plaintext_bytes, self.env.data_offset
+        self.file, self.mode = inner.open_version(self.key, self.version)
+        reqs = [(o, n, self.ref.address + d, j) for o, n, d, j in direct_reads]
+        at = self.scratch.ctypes.data
+        for j0, j1 in _runs(self.scratch_segments):
+            start, stop = j0 * seg, min((j1 + 1) * seg, size)
+            reqs.append((base + start, stop - start, at + self.scratch_at[j0], j0))
+        self.native = reqs
+
+    def _finish_native(self, dst: np.ndarray) -> None:
+        """Wait for the native batch; raise CorruptDataError for a short read or a failed tag."""
+        if self.sealed is None:
+            return  # nothing to read (ranges past the end)
+        at = self.sealed_at
+        got = self.sealed.result()[at]
+        need = np.array([n for _, n, _, _ in self.native or ()], np.uint64)
+        if (got < need).any():
+            i = int(np.argmax(got < need))
+            raise CorruptDataError(f"{self.where}: encrypted object truncated ({int(got[i])} of {int(need[i])} bytes read)")
+        failed = self.sealed.failed_segments()[at]
+        bad = failed[failed >= 0]
+        if bad.size:
+            raise CorruptDataError(f"{self.where}: encrypted segment {int(bad.min())} failed its authentication tag")
 
     def finish(self) -> np.ndarray:
         """Wait for the reads, open every segment (all before an edge lands), copy the edges in."""
         ref, env, where = self.ref, self.env, self.where
         dst = None if ref.is_cuda else np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
+        try:
+            if self.native is not None:
+                assert dst is not None
+                self._finish_native(dst)
+                return self._land()
+        except BaseException:
+            for lo, hi, d in self.ranges:
+                dst[d : d + hi - lo] = 0  # type: ignore[index]
+            raise
         try:
             error: BaseException | None = None
             for f in self.futures:  # every read is waited for: none may still write into the destination
@@ -491,7 +613,12 @@ class _Plan:
                 for lo, hi, d in self.ranges:
                     dst[d : d + hi - lo] = 0
             raise
-        seg = env.segment_bytes
+        return self._land()
+
+    def _land(self) -> np.ndarray:
+        """Copy the opened edge segments' wanted bytes into the destination; the bytes read per range."""
+        ref, seg = self.ref, self.env.segment_bytes
+        dst = None if ref.is_cuda else np.ctypeslib.as_array((ctypes.c_uint8 * ref.nbytes).from_address(ref.address))
         for j, lo, hi, d in self.copies:
             src = self.scratch_at[j] + lo - j * seg
             if dst is None:
@@ -499,6 +626,163 @@ class _Plan:
             else:
                 dst[d : d + hi - lo] = self.scratch[src : src + hi - lo]
         return self.got
+
+
+class _Landing:
+    """Completion of a call whose segments the engine opens (:meth:`_Plan._submit_native`): ``result()``
+    waits for the native batch, checks its tags and copies the edges in, on the caller's thread;
+    an unpinned call whose cached header's version was replaced restarts there from a fresh ``stat``."""
+
+    def __init__(self, store: EncryptedStore, plan: _Plan, restart: bool) -> None:
+        self._store, self._plan, self._restart = store, plan, restart
+        self._got: np.ndarray | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        sealed = self._plan.sealed
+        return self._got is not None or self._error is not None or (sealed is not None and sealed.done())
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        if self._got is None and self._error is None:
+            plan = self._plan
+            if timeout is not None and plan.sealed is not None and not plan.sealed.wait(timeout):
+                raise TimeoutError(f"ranged read not finished within {timeout} s")
+            try:
+                self._got = self._store._finish(plan, self._restart)
+            except BaseException as e:  # noqa: BLE001 - kept and raised at every result()
+                self._error = e
+        if self._error is not None:
+            raise self._error
+        assert self._got is not None
+        return self._got
+
+    def __del__(self) -> None:
+        sealed = self._plan.sealed
+        if sealed is not None:
+            sealed.wait()  # the engine may still write into the destination
+
+
+class _Whole:
+    """A read of whole segments only (every range starts at a segment and ends at one, or at the object's
+    end): read in place into the destination by a shared native batch (:func:`_submit_plans`), no plan,
+    no scratch, no edges; also its own future (``result()`` raises CorruptDataError for a short read or
+    a failed tag, the destination ranges then zeroed)."""
+
+    __slots__ = ("where", "env", "ref", "file", "mode", "native", "lens", "douts", "sealed", "sealed_at", "scratch")
+
+    @classmethod
+    def of(
+        cls,
+        store: EncryptedStore,
+        key: str,
+        env: crypto.Envelope,
+        offs: np.ndarray,
+        lens: np.ndarray,
+        douts: np.ndarray,
+        version: str,
+        ref: BufferRef,
+    ) -> _Whole | None:
+        """The read, or None when a range has edges inside a segment or runs past the end.
+        Raises VersionChangedError when ``key`` no longer holds ``version``."""
+        seg, size, base, at = env.segment_bytes, env.plaintext_bytes, env.data_offset, ref.address
+        native = []
+        for o, n, d in zip(offs.tolist(), lens.tolist(), douts.tolist(), strict=True):
+            if o % seg or not n or o + n > size or (n % seg and o + n != size):
+                return None
+            native.append((base + o, n, at + d, o // seg))
+        file, mode = store.inner.open_version(key, version)  # type: ignore[attr-defined]  # native_reads: a LocalStore
+        return cls(store._where(key), env, ref, native, lens, douts, file, mode)
+
+    def __init__(
+        self,
+        where: str,
+        env: crypto.Envelope,
+        ref: BufferRef,
+        native: list[tuple[int, int, int, int]],
+        lens: np.ndarray,
+        douts: np.ndarray,
+        file: Any,
+        mode: str,
+    ) -> None:
+        self.where, self.env, self.ref, self.native, self.lens, self.douts = where, env, ref, native, lens, douts
+        self.file, self.mode = file, mode
+        self.sealed: aead.SealedFuture | None = None
+        self.sealed_at = slice(0, 0)
+        self.scratch: np.ndarray | None = None
+
+    def done(self) -> bool:
+        return self.sealed is None or self.sealed.done()
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        sealed = self.sealed
+        if not self.native:
+            return self.lens  # no range
+        if sealed is None:
+            raise ClosedError(f"{self.where}: read never submitted")
+        if timeout is not None and not sealed.wait(timeout):
+            raise TimeoutError(f"ranged read not finished within {timeout} s")
+        try:
+            got = sealed.result()[self.sealed_at]
+            if (got < self.lens).any():
+                i = int(np.argmax(got < self.lens))
+                n, want = int(got[i]), int(self.lens[i])
+                raise CorruptDataError(f"{self.where}: encrypted object truncated ({n} of {want} bytes read)")
+            failed = sealed.failed_segments()[self.sealed_at]
+            bad = failed[failed >= 0]
+            if bad.size:
+                raise CorruptDataError(f"{self.where}: encrypted segment {int(bad.min())} failed its authentication tag")
+        except BaseException:
+            dst = np.ctypeslib.as_array((ctypes.c_uint8 * self.ref.nbytes).from_address(self.ref.address))
+            for n, d in zip(self.lens.tolist(), self.douts.tolist(), strict=True):
+                dst[d : d + n] = 0
+            raise
+        return self.lens
+
+    def __del__(self) -> None:
+        if self.sealed is not None:
+            self.sealed.wait()  # the engine may still write into the destination
+
+
+def _submit_plans(engine: Any, plans: Sequence[_Plan | _Whole]) -> None:
+    """The native requests of ``plans`` as one batch per read mode (usually one), shared by the plans."""
+    by_mode: dict[str, list[_Plan | _Whole]] = {}
+    for p in plans:
+        if p.native:
+            by_mode.setdefault(p.mode, []).append(p)
+    for mode, group in by_mode.items():
+        files: dict[int, int] = {}
+        ciphers: dict[int, int] = {}
+        rows: list[tuple[int, int, int, int, int, int]] = []
+        tags: list[bytes] = []
+        for p in group:
+            fi = files.setdefault(id(p.file), len(files))
+            ci = ciphers.setdefault(id(p.env), len(ciphers))
+            p.sealed_at = slice(len(rows), len(rows) + len(p.native or ()))
+            seg, table = p.env.segment_bytes, p.env.tags
+            assert table is not None
+            for o, n, a, j in p.native or ():
+                rows.append((fi, ci, o, n, a, j))
+                tags.append(table[crypto.TAG_BYTES * j : crypto.TAG_BYTES * (j + -(-n // seg))])
+        fidx, cidx, offs, lens, addrs, firsts = (np.array(x, np.uint64) for x in zip(*rows, strict=True))
+        uniq_files = list({id(p.file): p.file for p in group}.values())
+        uniq_envs = list({id(p.env): p.env for p in group}.values())
+        keep = [b for p in group for b in (p.ref, p.scratch) if b is not None]
+        fut = aead.submit_sealed(
+            engine,
+            uniq_files,
+            fidx.astype(np.int64),
+            offs,
+            lens,
+            addrs,
+            keep,
+            [e.native for e in uniq_envs if e.native is not None],
+            cidx.astype(np.int32),
+            firsts,
+            np.frombuffer(b"".join(tags), np.uint8),
+            mode,
+        )
+        for p in group:
+            p.sealed = fut
 
 
 def _runs(sorted_ints: list[int]) -> list[tuple[int, int]]:

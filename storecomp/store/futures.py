@@ -40,3 +40,28 @@ class PendingRanges:
                 self._fut.result()
             except BaseException:
                 pass
+
+
+class JoinedRanges:
+    """Completion of :meth:`~storecomp.store.base.Store.submit_batch`: the parts' bytes read per
+    range, concatenated in order. ``result()`` waits for every part (none may still write into the
+    destination) and raises the first failure."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self._parts = parts
+
+    def done(self) -> bool:
+        return all(p.done() for p in self._parts)
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        out, error = [], None
+        for p in self._parts:
+            try:
+                out.append(np.asarray(p.result(timeout), np.uint64))
+            except TimeoutError:
+                raise
+            except BaseException as e:  # noqa: BLE001 - the first failure, raised once all parts are done
+                error = error or e
+        if error is not None:
+            raise error
+        return np.concatenate(out) if out else np.zeros(0, np.uint64)

@@ -208,10 +208,17 @@ class LocalStore(Store):
     def _submit_ranges(
         self, key: str, offs: np.ndarray, lens: np.ndarray, ref: BufferRef, douts: np.ndarray, version: str | None
     ) -> IOFuture:
+        f, direct = self.open_version(key, version)
+        return f.read_checked(ref, offs, lens, douts, exact=False, direct=direct)
+
+    def open_version(self, key: str, version: str | None) -> tuple[File, str]:
+        """The open file of ``key`` (for reads on this store's engine, e.g. sealed reads that decrypt
+        on its threads) and the page-cache tier to read it with (``direct``: ``on`` or ``off``).
+        Raises NotFoundError, or VersionChangedError when ``version`` is given and the key holds another."""
         f, ident = self._open(key)
         if version is not None and _token(*ident) != version:
             raise VersionChangedError(self.name_of(key), version, _token(*ident))
-        return f.read_checked(ref, offs, lens, douts, exact=False, direct=self._tier(f.path, ident).direct)
+        return f, self._tier(f.path, ident).direct
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes of ``key``; the size and the bytes both come from the file opened."""

@@ -20,6 +20,7 @@ DOCUMENTED = [
     "io_paths.host", "io_paths.cuda", "io_paths.cuda_reason", "fio.path", "fio.version", "optional", "advice",
     "page_cache.mem_total_bytes", "page_cache.mem_available_bytes", "page_cache.cgroup_limit_bytes",
     "page_cache.budget_bytes", "page_cache.pressure_floor_bytes", "page_cache.direct", "page_cache.choice",
+    "encryption.backend", "encryption.reason", "encryption.openssl",
 ]  # fmt: skip
 
 

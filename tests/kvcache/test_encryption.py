@@ -150,11 +150,16 @@ def test_chunk_moved_to_another_key_is_a_miss(kvstore: Callable[..., KVCacheStor
     assert n == CHUNK and reader.stats()["verify_failures"] == 1
 
 
+@pytest.mark.parametrize("aead", ["native", "cryptography"])
 @pytest.mark.parametrize(
     "damage",
     ["tag", "nonce", "ciphertext", "header", "truncate"],
 )
-def test_flipped_or_truncated_chunk_is_a_counted_miss(kvstore: Callable[..., KVCacheStore], tmp_path: Path, damage: str) -> None:
+def test_flipped_or_truncated_chunk_is_a_counted_miss(
+    kvstore: Callable[..., KVCacheStore], tmp_path: Path, damage: str, aead: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both AES paths (the disk tier's chunks opened on the engine's threads, or the cryptography fallback)."""
+    monkeypatch.setenv("STORECOMP_AEAD", aead)
     keys = _keys(("k1", KEY1))
     writer = _stored(kvstore, tmp_path, keys)
     path = _chunk_files(writer)[2]

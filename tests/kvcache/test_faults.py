@@ -143,6 +143,43 @@ def test_corrupt_chunk_in_shared_store(kvstore: Make, tmp_path: Path) -> None:
     assert not store.exists(okey)  # removed so that a fresh put_if_absent can replace it
 
 
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_shared_tier_deletes_only_the_version_that_failed(kvstore: Make, tmp_path: Path, sealed: bool) -> None:
+    """A failed chunk is read again pinned to one version and deleted only at that version while
+    it still fails: a good chunk written in its place between the failed read and the delete
+    stays, a chunk sealed under another key stays, a still-bad one goes."""
+    from storecomp import crypto
+
+    enc = crypto.StaticKeys([("k", bytes(range(32)))]) if sealed else None
+    kv = make_kv(len(TOKENS))
+    shared = str(tmp_path / "shared")
+    kvstore(shared=shared, write_through=True, encryption=enc).store(TOKENS, kv)
+    s = kvstore(shared=shared, encryption=enc)
+    tier = s.shared
+    assert tier is not None and isinstance(tier.store, LocalStore)
+    key = s._keys(TOKENS)[1]
+    path = tier.store.path_of(tier.object_key(key))
+    good = path.read_bytes()
+    at = s.layout.layer_offset(0) + 100 + (crypto.data_offset(s.layout.nbytes) if sealed else 0)  # layer 0's bytes
+    _flip(path, at)
+    out = zeros_kv(len(TOKENS))
+    assert s.retrieve(TOKENS, out) == CHUNK  # the real failure path: counted, and the bad version deleted
+    assert s.stats()["shared"]["verify_failures"] == 1 and not path.exists()
+    # A good chunk published in its place after the failed read: the delete leaves it.
+    path.write_bytes(good)
+    tier.forget(key, delete=True)
+    assert path.read_bytes() == good
+    assert s.retrieve(TOKENS, zeros_kv(len(TOKENS))) == 4 * CHUNK
+    if sealed:  # sealed under a key this store does not hold: a miss, never deleted
+        other = kvstore(shared=shared, encryption=crypto.StaticKeys([("other", bytes(range(1, 33)))]))
+        assert other.shared is not None
+        other.shared.forget(key, delete=True)
+        assert path.read_bytes() == good
+    _flip(path, at)
+    tier.forget(key, delete=True)  # still bad when read again: deleted
+    assert not path.exists()
+
+
 def test_chunk_of_another_model_is_a_miss(kvstore: Make, tmp_path: Path) -> None:
     """An object copied under the right key but written for another fingerprint is never returned."""
     other = ModelFingerprint("tiny-test", "bfloat16", layers=3, kv_heads=2, head_dim=16, tag="other")

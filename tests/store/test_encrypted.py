@@ -31,6 +31,13 @@ def _keys(*pairs: tuple[str, bytes]) -> crypto.StaticKeys:
     return crypto.StaticKeys(list(pairs))
 
 
+@pytest.fixture(params=["native", "cryptography"])
+def aead_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Who opens segments: OpenSSL's EVP on the native engine, or the ``cryptography`` fallback."""
+    monkeypatch.setenv("STORECOMP_AEAD", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def enc(tmp_path: Path) -> EncryptedStore:
     s = EncryptedStore(LocalStore(tmp_path / "objects"), _keys(("k1", KEY1)))
@@ -82,7 +89,7 @@ def _shared_store(factory: pytest.TempPathFactory) -> EncryptedStore:
     return _STORES["s"]
 
 
-def test_wrong_key_fails_closed(enc: EncryptedStore, tmp_path: Path) -> None:
+def test_wrong_key_fails_closed(enc: EncryptedStore, tmp_path: Path, aead_backend: str) -> None:
     enc.put("a", DATA)
     for keys in (_keys(("k1", KEY2)), _keys(("k9", KEY1))):
         other = EncryptedStore(LocalStore(tmp_path / "objects"), keys)
@@ -132,7 +139,7 @@ NONCE_BASE_AT = 80  # the header's nonce base: bytes 80-92 (storecomp.crypto's l
 
 
 @pytest.mark.parametrize("damage", ["swap", "tag", "nonce", "ciphertext", "padding", "truncate", "truncate-header"])
-def test_tampered_objects_fail_closed(enc: EncryptedStore, tmp_path: Path, damage: str) -> None:
+def test_tampered_objects_fail_closed(enc: EncryptedStore, tmp_path: Path, damage: str, aead_backend: str) -> None:
     enc.put("a", DATA)
     path = tmp_path / "objects" / "a"
     raw = bytearray(path.read_bytes())
@@ -343,3 +350,79 @@ def test_reads_into_a_cuda_tensor(tmp_path: Path) -> None:
     assert not bool(dst.any())
     store.close()
     wrong.close()
+
+
+def test_delete_if_forgets_the_cached_header(enc: EncryptedStore) -> None:
+    v = enc.put("a", DATA).version
+    assert enc.stat("a").size == len(DATA) and enc._cached("a") is not None  # the header is cached
+    assert enc.delete_if("a", "not-the-version") is False
+    assert enc.get("a") == DATA
+    assert enc.delete_if("a", v) is True
+    assert enc._cached("a") is None and not enc.exists("a")
+    enc.put("a", b"new")
+    assert enc.get("a") == b"new"
+
+
+@pytest.mark.parametrize("damage", ["none", "swap", "tag", "nonce", "ciphertext", "truncate", "wrong-key"])
+def test_batches_open_on_the_engine_and_fail_closed(tmp_path: Path, aead_backend: str, damage: str) -> None:
+    """submit_batch over several objects (whole segments and edges): one native batch on the engine's
+    threads (or the cryptography fallback); any damage to one object fails the batch closed, with
+    nothing of the damaged object left in the destination; the other objects still read alone."""
+    store = EncryptedStore(LocalStore(tmp_path / "objects"), _keys(("k1", KEY1)))
+    other = np.random.default_rng(3).integers(0, 256, 2 * SEG, dtype=np.uint8).tobytes()
+    store.put("a", DATA)
+    store.put("b", other)
+    assert store.crypto_stats()["opens_on"] == ("engine threads" if aead_backend == "native" else "worker threads")
+    path = tmp_path / "objects" / "a"
+    raw = bytearray(path.read_bytes())
+    env = crypto.open_header(raw, b"a", store.keys, "a")
+    base, (t1, _), (t2, _) = env.data_offset, env.tag_span(1), env.tag_span(2)
+    if damage == "swap":  # segments 1 and 2 change places, each with its tag
+        raw[base + SEG : base + 2 * SEG], raw[base + 2 * SEG : base + 3 * SEG] = (
+            raw[base + 2 * SEG : base + 3 * SEG],
+            raw[base + SEG : base + 2 * SEG],
+        )
+        raw[t1 : t1 + 16], raw[t2 : t2 + 16] = raw[t2 : t2 + 16], raw[t1 : t1 + 16]
+    elif damage == "tag":
+        raw[t2 + 3] ^= 1
+    elif damage == "nonce":
+        raw[NONCE_BASE_AT + 5] ^= 1
+    elif damage == "ciphertext":
+        raw[base + 2 * SEG + 7] ^= 1
+    elif damage == "truncate":
+        raw = raw[: base + 2 * SEG + 100]
+    path.write_bytes(bytes(raw))
+    reader = EncryptedStore(LocalStore(tmp_path / "objects"), _keys(("k1", KEY2) if damage == "wrong-key" else ("k1", KEY1)))
+    if damage != "wrong-key":
+        reader.stat("b")
+    if damage not in ("nonce", "wrong-key", "truncate"):
+        reader.stat("a")  # headers known: every read goes into the one native batch
+    dst = np.zeros(7 * SEG, np.uint8)
+    reads = [
+        ("a", [SEG, 0], [2 * SEG, 100], [0, 2 * SEG]),  # whole segments 1-2, and an edge of segment 0
+        ("b", [0], [2 * SEG], [3 * SEG]),
+        ("a", [2 * SEG + 5], [SEG], [5 * SEG + 16]),  # edges of segments 2 and 3
+    ]
+    fut = reader.submit_batch(reads, dst)
+    if damage == "none":
+        assert fut.result().tolist() == [2 * SEG, 100, 2 * SEG, SEG]
+        assert dst[: 2 * SEG].tobytes() == DATA[SEG : 3 * SEG] and dst[2 * SEG : 2 * SEG + 100].tobytes() == DATA[:100]
+        assert dst[3 * SEG : 5 * SEG].tobytes() == other
+        assert dst[5 * SEG + 16 : 6 * SEG + 16].tobytes() == DATA[2 * SEG + 5 : 3 * SEG + 5]
+    else:
+        with pytest.raises(CorruptDataError):
+            fut.result()
+        a_ranges = [(0, 2 * SEG), (2 * SEG, 100), (5 * SEG + 16, SEG)]
+        assert not any(dst[d : d + n].any() for d, n in a_ranges)  # nothing of the damaged object
+        if damage == "wrong-key":  # every object fails closed: not a byte of garbage anywhere
+            with pytest.raises(CorruptDataError):
+                reader.submit_batch([reads[1]], dst).result()
+            assert not dst.any()
+            reader.close()
+            store.close()
+            return
+        dst[:] = 0
+        assert reader.submit_batch([reads[1]], dst).result().tolist() == [2 * SEG]
+        assert dst[3 * SEG : 5 * SEG].tobytes() == other
+    reader.close()
+    store.close()
