@@ -14,11 +14,14 @@ copied to the device once (from pinned memory, on a side stream).
 
 Several batches are in flight; the read-ahead grows when the consumer has
 to wait for storage, up to what ``max_memory`` (bytes of staging) allows.
-Waits are blamed on what the producer was doing meanwhile (storage, its own
-CPU work, the device copy): see ``metrics()`` and ``steps()``.
+Host batches from local files are made in ``next()`` itself (the engine's
+threads keep the read-ahead in flight; no second Python thread); store
+reads and CUDA devices have a producer thread. Waits are blamed on what
+the producer was doing meanwhile (storage, its own CPU work, the device
+copy): see ``metrics()`` and ``steps()``.
 
 This module is the consumer side and the run's state (epoch, position,
-resume); the producer thread is :mod:`._pipeline`, the read-ahead
+resume); the producer (thread or inline) is :mod:`._pipeline`, the read-ahead
 controller :mod:`._readahead`, the counters :mod:`._metrics`.
 """
 
@@ -250,6 +253,11 @@ class DataLoader:
             self._pool = StagingPool(self.max_slots * self.layout.nbytes, self.layout.nbytes, engine=engine)
         return self._pool
 
+    def _inline(self) -> bool:
+        """Host batches from local files are made in next() itself (the engine's threads keep the
+        read-ahead in flight); store reads and device copies have a producer thread."""
+        return self._caps.native_batches and self.device.type == "cpu"
+
     def _run_epoch(self) -> Iterator[dict[str, Any]]:
         """The consumer side: take finished batches from the producer thread, in order."""
         if self.device.type == "cuda" and self.device.index is None:
@@ -268,10 +276,7 @@ class DataLoader:
         steps = rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last)
         plans = Plans(self._producer, order, steps)
         pool = self._pool_for()
-        # Host batches from local files: made in next() itself (the engine's threads keep the
-        # read-ahead in flight); otherwise a producer thread (store reads, device copies).
-        inline = self._caps.native_batches and self.device.type == "cpu"
-        source: Inline | Threaded = (Inline if inline else Threaded)(self._producer, plans, pool)
+        source: Inline | Threaded = (Inline if self._inline() else Threaded)(self._producer, plans, pool)
         bar = _progress_bar(self) if self.progress else None
         self._producers.add(source)
         try:
@@ -345,7 +350,9 @@ class DataLoader:
         collation)``, ``host-to-device`` (see :func:`_stalls.bottleneck`).
         ``tier`` is how local data is read (``buffered``: through the page
         cache, ``direct``: O_DIRECT; see :class:`~storecomp.io.PageCachePolicy`)
-        and ``tier_reason`` why.
+        and ``tier_reason`` why. ``pipeline`` is where batches are made:
+        ``inline`` (in ``next()``, host batches from local files; the
+        producer stages are then the consumer thread's own) or ``thread``.
         """
         pool = self._pool
         return self._metrics.snapshot(
@@ -356,6 +363,7 @@ class DataLoader:
             max_memory=self.max_memory,
             tier=getattr(self.dataset.reader, "tier", "store"),
             tier_reason=getattr(self.dataset.reader, "tier_reason", "read through a Store"),
+            pipeline="inline" if self._inline() else "thread",
         )
 
     def reset_metrics(self) -> None:
