@@ -377,6 +377,9 @@ class Inline:
                 self._top_up()
                 if not inflight:
                     return None
+                # Reads that finished while this thread planned and submitted: noted as done by
+                # then, with that CPU work taken out of their latency (not as waited on).
+                p._poll(inflight, waited=False)
                 head = inflight[0]
                 if head.done_at is None:
                     clock.enter("io_wait")
