@@ -4,7 +4,8 @@
 
 The cases and how they are measured: storecomp.bench.loader (the same suite
 as ``storecomp bench loader --compare``). This script always runs the torch
-DataLoader peer and adds ``--workers``; ``--tiny`` is the smoke run the test
+DataLoader peer and adds ``--workers`` and ``--cases`` (e.g. ``--cases hot_64k``: the
+hot-epoch comparison alone); ``--tiny`` is the smoke run the test
 suite uses (8 MiB, 0.2 s, torch num_workers 0 only).
 """
 
@@ -29,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-fio", action="store_true", help="skip the fio limit")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--tiny", action="store_true", help="smoke run: 8 MiB, 0.2 s, torch num_workers 0 only")
+    p.add_argument("--cases", default=",".join(loader.CASES), help=f"cases to run (default: all of {','.join(loader.CASES)})")
     args = p.parse_args(argv)
+    cases = tuple(c for c in args.cases.split(",") if c)
+    unknown = sorted(set(cases) - set(loader.CASES))
+    if unknown:
+        p.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(loader.CASES)}")
+    loader.SELECTED = cases
     if args.tiny:
         args.size, args.duration, args.workers = 8 << 20, 0.2, "0"
     loader.TORCH_WORKERS = tuple(int(w) for w in args.workers.split(","))

@@ -32,6 +32,7 @@ before each measurement):
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -52,6 +53,9 @@ TORCH_TARGET = 3.0  #: storecomp / best torch DataLoader, 64 KiB samples
 WAIT_TARGET = 0.01  #: data-wait fraction after the first 10 batches
 RSS_BUDGET = 64 << 20
 TORCH_WORKERS = (0, 2, 4)  #: num_workers tried for the torch peer (best reported)
+CASES = ("rand_64k", "rand_4k", "tokens", "data_wait", "rss", "hot_64k", "user_buffer_64k")
+#: The cases run_suite measures (benchmarks/bench_loader.py --cases narrows it; data_wait needs rand_64k).
+SELECTED: tuple[str, ...] = CASES
 
 
 def make_data(directory: str, size: int, say: Any) -> dict[str, str]:
@@ -66,18 +70,23 @@ def make_data(directory: str, size: int, say: Any) -> dict[str, str]:
     paths = {k: os.path.join(base, v) for k, v in (("npy", "x64k.npy"), ("npy4k", "x4k.npy"), ("tokens", "tokens.npy"))}
     paths.update(shards64=os.path.join(base, "ds64k"), shards4=os.path.join(base, "ds4k"))
     rows = max(BATCH * 4, size // 65536)
-    complete = all(os.path.exists(paths[k]) for k in ("npy4k", "tokens")) and all(
-        os.path.exists(os.path.join(paths[k], "manifest.json")) for k in ("shards64", "shards4")
+    # Only what the selected cases read: the 4 KiB rows for rand_4k, the tokens for tokens.
+    arrays = [k for k in ("npy", "npy4k", "tokens") if k == "npy" or {"npy4k": "rand_4k", "tokens": "tokens"}[k] in SELECTED]
+    shard_sets = [k for k in ("shards64", "shards4") if k == "shards64" or "npy4k" in arrays]
+    complete = all(os.path.exists(paths[k]) for k in arrays if k != "npy") and all(
+        os.path.exists(os.path.join(paths[k], "manifest.json")) for k in shard_sets
     )
     if complete and os.path.exists(paths["npy"]) and np.load(paths["npy"], mmap_mode="r").shape[0] == rows:
         return paths  # a run interrupted while writing leaves some missing: those are written again
-    say(f"writing {rows * 65536 / 2**30:.2f} GiB of loader data in {base}")
+    say(f"writing {rows * 65536 / 2**30:.2f} GiB of loader data per kind ({', '.join(arrays)}) in {base}")
     rng = np.random.default_rng(0)
     for key, shape, dtype in (
         ("npy", (rows, 65536), np.uint8),
         ("npy4k", (rows * 16, 4096), np.uint8),
         ("tokens", (rows * 32768,), np.uint16),
     ):
+        if key not in arrays:
+            continue
         arr = np.lib.format.open_memmap(paths[key], mode="w+", dtype=dtype, shape=shape)
         with open(paths[key], "r+b") as f:  # a full disk is ENOSPC here, not SIGBUS on a later store into the map
             os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
@@ -88,6 +97,8 @@ def make_data(directory: str, size: int, say: Any) -> dict[str, str]:
         arr.flush()
         del arr, flat
     for key, src in (("shards64", "npy"), ("shards4", "npy4k")):
+        if key not in shard_sets:
+            continue
         shutil.rmtree(paths[key], ignore_errors=True)
         write_dataset(paths[key], {"x": np.load(paths[src], mmap_mode="r")}, shard_bytes=max(1 << 20, min(256 << 20, size // 4)))
     return paths
@@ -194,6 +205,9 @@ def run_epochs(source: Any, epochs: int, duration: float) -> list[dict[str, Any]
     try:
         for epoch in range(epochs):
             loader.epoch = epoch
+            # The interpreter's one full collection after the imports (torch: ~170k objects, 0.1-0.2 s)
+            # falls on whichever loop runs then; collected here, it lands in no timed epoch.
+            gc.collect()
             loader.reset_metrics()
             t0 = time.perf_counter()
             n = 0
@@ -307,29 +321,44 @@ def run_suite(ctx: Context) -> dict[str, Any]:
         return max(runs, key=lambda r: r["samples_per_s"]) if runs else None
 
     for case, shards, npy, bs in (("rand_64k", "shards64", "npy", 65536), ("rand_4k", "shards4", "npy4k", 4096)):
+        if case not in SELECTED:
+            continue
         ctx.say(f"loader {case}")
         f = fio(bs, paths[npy])
         evict_tree(paths[shards])
         sc = run_storecomp(paths[shards], ctx.duration_s)
         res["cases"][case] = {"fio": f, "storecomp": sc, "torch": best_torch(paths[npy])}
-    ctx.say("loader tokens")
-    f = fio(8192, paths["tokens"])
-    evict(paths["tokens"])
-    res["cases"]["tokens"] = {"fio": f, "storecomp": run_storecomp(paths["tokens"], ctx.duration_s, seq_len=2048)}
-    # A step 1.5x longer than the loader needs per batch (measured above, cold).
-    per_batch = BATCH / max(1.0, res["cases"]["rand_64k"]["storecomp"]["samples_per_s"])
-    step = min(1.5 * per_batch, 0.2)
-    dur = max(ctx.duration_s, 30 * step)
-    ctx.say(f"loader data_wait: simulated step {step * 1000:.1f} ms")
-    evict_tree(paths["shards64"])
-    wait: dict[str, Any] = {"step_s": step, "storecomp": run_storecomp(paths["shards64"], dur, step_s=step)}
-    if ctx.compare:
-        evict(paths["npy"])
-        wait["torch"] = run_torch(paths["npy"], dur, min(2, max(TORCH_WORKERS)), step_s=step)
-    res["cases"]["data_wait"] = wait
-    ctx.say("loader rss")
-    res["cases"]["rss"] = rss_probe(paths["shards64"], ctx.duration_s, RSS_BUDGET)
-    ctx.say("loader hot_64k: epochs of a data set that fits in memory")
+    if "tokens" in SELECTED:
+        ctx.say("loader tokens")
+        f = fio(8192, paths["tokens"])
+        evict(paths["tokens"])
+        res["cases"]["tokens"] = {"fio": f, "storecomp": run_storecomp(paths["tokens"], ctx.duration_s, seq_len=2048)}
+    if "data_wait" in SELECTED and "rand_64k" in res["cases"]:
+        # A step 1.5x longer than the loader needs per batch (measured above, cold).
+        per_batch = BATCH / max(1.0, res["cases"]["rand_64k"]["storecomp"]["samples_per_s"])
+        step = min(1.5 * per_batch, 0.2)
+        dur = max(ctx.duration_s, 30 * step)
+        ctx.say(f"loader data_wait: simulated step {step * 1000:.1f} ms")
+        evict_tree(paths["shards64"])
+        wait: dict[str, Any] = {"step_s": step, "storecomp": run_storecomp(paths["shards64"], dur, step_s=step)}
+        if ctx.compare:
+            evict(paths["npy"])
+            wait["torch"] = run_torch(paths["npy"], dur, min(2, max(TORCH_WORKERS)), step_s=step)
+        res["cases"]["data_wait"] = wait
+    if "rss" in SELECTED:
+        ctx.say("loader rss")
+        res["cases"]["rss"] = rss_probe(paths["shards64"], ctx.duration_s, RSS_BUDGET)
+    if "hot_64k" in SELECTED:
+        ctx.say("loader hot_64k: epochs of a data set that fits in memory")
+        res["cases"]["hot_64k"] = _run_hot(ctx, paths, fio, use_fio, workers)
+    if "user_buffer_64k" in SELECTED:
+        ctx.say("loader user_buffer_64k")
+        res["cases"]["user_buffer_64k"] = run_user_buffer(paths["npy"], ctx.duration_s)
+    return res
+
+
+def _run_hot(ctx: Context, paths: dict[str, str], fio: Any, use_fio: bool, workers: tuple[int, ...]) -> dict[str, Any]:
+    """The hot_64k case: fio O_DIRECT, the loader's epochs from a dropped cache, then fio buffered and torch, cached."""
     # fio O_DIRECT right before the cold epoch: the limit it is compared with, a minute apart at most
     # (rand_64k's was measured minutes earlier, and a shared machine's device rate drifts).
     hot: dict[str, Any] = {"fio_direct": fio(65536, paths["npy"])}
@@ -351,15 +380,14 @@ def run_suite(ctx: Context) -> dict[str, Any]:
             ctx.say(f"  torch DataLoader num_workers={w} (cached)")
             runs.append(run_torch(paths["npy"], ctx.duration_s, w))
         hot["torch"] = runs
-    res["cases"]["hot_64k"] = hot
-    ctx.say("loader user_buffer_64k")
-    res["cases"]["user_buffer_64k"] = run_user_buffer(paths["npy"], ctx.duration_s)
-    return res
+    return hot
 
 
 def figures(result: dict[str, Any]) -> list[Figure]:
     out = []
     for case in ("rand_64k", "rand_4k", "tokens"):
+        if case not in result["cases"]:
+            continue
         c = result["cases"][case]
         sc = c["storecomp"]
         f = c.get("fio")
@@ -380,18 +408,20 @@ def figures(result: dict[str, Any]) -> list[Figure]:
             if case == "rand_64k":
                 note += f"; target >= {TORCH_TARGET}x torch DataLoader"
         out.append(Figure("loader", case, unit, value, limit, TARGETS[case], peers, note=note, bottleneck=sc["bottleneck"]))
-    dw = result["cases"]["data_wait"]
-    peers = {"torch DataLoader (num_workers=2)": dw["torch"]["data_wait_fraction_after_10"]} if "torch" in dw else {}
-    out.append(Figure(
-        "loader", "data_wait", "fraction", dw["storecomp"]["data_wait_fraction_after_10"], None, None, peers,
-        higher_is_better=False,
-        note=f"time blocked in next() after 10 batches, step {dw['step_s'] * 1000:.1f} ms; target <= {WAIT_TARGET}",
-    ))  # fmt: skip
-    r = result["cases"]["rss"]
-    out.append(Figure(
-        "loader", "peak_rss", "MiB", r["growth"] / 2**20, None, None, {}, higher_is_better=False,
-        note=f"max_memory {r['max_memory'] >> 20} MiB: {'holds' if r['holds'] else 'EXCEEDED'}",
-    ))  # fmt: skip
+    dw = result["cases"].get("data_wait")
+    if dw:
+        peers = {"torch DataLoader (num_workers=2)": dw["torch"]["data_wait_fraction_after_10"]} if "torch" in dw else {}
+        out.append(Figure(
+            "loader", "data_wait", "fraction", dw["storecomp"]["data_wait_fraction_after_10"], None, None, peers,
+            higher_is_better=False,
+            note=f"time blocked in next() after 10 batches, step {dw['step_s'] * 1000:.1f} ms; target <= {WAIT_TARGET}",
+        ))  # fmt: skip
+    r = result["cases"].get("rss")
+    if r:
+        out.append(Figure(
+            "loader", "peak_rss", "MiB", r["growth"] / 2**20, None, None, {}, higher_is_better=False,
+            note=f"max_memory {r['max_memory'] >> 20} MiB: {'holds' if r['holds'] else 'EXCEEDED'}",
+        ))  # fmt: skip
     out.extend(_hot_figures(result))
     return out
 
@@ -437,9 +467,11 @@ def _hot_figures(result: dict[str, Any]) -> list[Figure]:
 
 
 def hints(result: dict[str, Any]) -> list[str]:
-    sc = result["cases"]["rand_64k"]["storecomp"]
-    wait = result["cases"]["data_wait"]["storecomp"]["data_wait_fraction_after_10"]
-    out = [f"loader: bottleneck {sc['bottleneck']} (from the loader's own metrics)"]
+    cases = result["cases"]
+    out = []
+    if "rand_64k" in cases:
+        out.append(f"loader: bottleneck {cases['rand_64k']['storecomp']['bottleneck']} (from the loader's own metrics)")
+    wait = cases["data_wait"]["storecomp"]["data_wait_fraction_after_10"] if "data_wait" in cases else 0.0
     if wait > WAIT_TARGET:
         out.append(f"loader: the training step waited {wait:.1%} of the time for data: raise max_memory (more read-ahead)")
     return out

@@ -144,12 +144,7 @@ class Producer:
         finally:
             clock.enter(None)
             for item in inflight:
-                for f in item.futures:
-                    try:
-                        f.result()
-                    except StorecompError:
-                        pass
-                item.slot.release()
+                _drain(item)
 
     def _submit_next(self, plans: Plans, pool: StagingPool, blocking: bool) -> _InFlight | None:
         if not plans.more():
@@ -222,15 +217,16 @@ class Producer:
             item.slot.release()
             raise corrupt_error(self.dataset, plan, bad)
         # A fresh array per batch whose lifetime is the batch's: when the
-        # consumer drops every tensor of the batch, the slot is reused.
+        # consumer drops every tensor of the batch, the slot is reused. The
+        # finalizer sits on the array's buffer export (a memoryview), which
+        # every view of it keeps alive, however numpy chains their bases.
         owner = np.frombuffer(memoryview(item.slot.array), np.uint8)
-        weakref.finalize(owner, item.slot.release)
-        host = torch.from_numpy(owner)
-        del owner
+        weakref.finalize(owner.base, item.slot.release)
         if self.device.type == "cpu":
-            batch = build_tensors(self.dataset, self.layout, plan, host)
+            batch = build_tensors(self.dataset, self.layout, plan, owner)
         else:
-            batch = self._to_device(plan, host)
+            batch = self._to_device(plan, torch.from_numpy(owner))
+        del owner
         if bad:
             keep = np.ones(plan.n, bool)
             keep[[i for i, _ in bad]] = False
@@ -266,13 +262,25 @@ class Producer:
         self._clock.enter("collate")
         return build_tensors(self.dataset, self.layout, plan, dev)
 
-    def _poll(self, pending: collections.deque[_InFlight], waited: bool) -> None:
+    def _poll(self, pending: collections.deque[_InFlight], waited: bool) -> int:
         """Note when in-flight batches completed: exactly (to a 5 ms slice) when the producer
-        was waiting on storage, else at most as late as the producer's last CPU stage."""
-        now, cpu = time.perf_counter(), self._clock.cpu()
+        was waiting on storage, else at most as late as the producer's last CPU stage.
+
+        Only the batches at the head that are done (reads complete mostly in
+        order; a later batch done early is noted once those before it are):
+        returns how many.
+        """
+        now = cpu = 0.0
+        n = 0
         for item in pending:
-            if item.done_at is None and _done(item):
+            if item.done_at is None:
+                if not _done(item):
+                    break
+                if not now:
+                    now, cpu = time.perf_counter(), self._clock.cpu()
                 item.done_at, item.cpu_at_done, item.seen_waiting = now, cpu, waited
+            n += 1
+        return n
 
 
 class _OwnSlot:
@@ -291,6 +299,115 @@ class _OwnSlot:
 END = object()  #: put on the queue after the last batch
 
 
+class Threaded:
+    """One iteration's batches made by a producer thread (:meth:`Producer.run`), handed over through a queue.
+
+    For readers without native batches (a Store: one submission per object,
+    waits on the network) and for CUDA devices (the host-to-device copy
+    overlaps the consumer's step).
+    """
+
+    inline = False
+
+    def __init__(self, producer: Producer, plans: Plans, pool: StagingPool) -> None:
+        self._producer = producer
+        self._ready: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=producer.run, args=(plans, pool, self._ready, self._stop), name="storecomp-loader", daemon=True
+        )
+        self._thread.start()
+
+    def queued(self) -> int:
+        """Batches ready now."""
+        return self._ready.qsize()
+
+    def get(self) -> tuple[_InFlight, dict[str, Any]] | None:
+        """The next batch in order (blocking), None after the last; raises the producer's error."""
+        self._producer.consumer_waiting = True
+        got = self._ready.get()
+        self._producer.consumer_waiting = False
+        if got is END:
+            return None
+        if isinstance(got, Failure):
+            raise got.error
+        return got  # type: ignore[no-any-return]
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the producer (it waits for its reads in flight); batches read but not taken give their slots back."""
+        self._stop.set()
+        self._thread.join(timeout)
+        while not self._ready.empty():
+            self._ready.get_nowait()
+
+
+class Inline:
+    """One iteration's batches made on the consumer's own thread, in ``next()``.
+
+    The engine's threads keep ``read_ahead`` batches in flight between calls;
+    each call tops the submissions up, waits for the head batch if it is not
+    already read, checks and shapes it. No second Python thread: no queue,
+    no hand-over, no GIL ping-pong per batch (local files read into host
+    memory, where a batch's Python is ~0.1 ms and the copies run on the engine's threads).
+    """
+
+    inline = True
+
+    def __init__(self, producer: Producer, plans: Plans, pool: StagingPool) -> None:
+        self._producer = producer
+        self._plans = plans
+        self._pool = pool
+        self._inflight: collections.deque[_InFlight] = collections.deque()
+        self._lock = threading.Lock()  # close() from another thread vs. the consumer
+        self._closed = False
+
+    def queued(self) -> int:
+        """Batches at the head already read (ready to hand over)."""
+        with self._lock:
+            return self._producer._poll(self._inflight, waited=False)
+
+    def get(self) -> tuple[_InFlight, dict[str, Any]] | None:
+        """The next batch in order, None after the last. Raises ClosedError after :meth:`stop`."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the DataLoader was closed during this iteration")
+            p, inflight = self._producer, self._inflight
+            clock = p._clock
+            try:
+                self._top_up()
+                if not inflight:
+                    return None
+                # Reads that finished while this thread planned and submitted: noted as done by
+                # then, with that CPU work taken out of their latency (not as waited on).
+                p._poll(inflight, waited=False)
+                head = inflight[0]
+                if head.done_at is None:
+                    clock.enter("io_wait")
+                    _wait(head, None)
+                    p._poll(inflight, waited=True)
+                inflight.popleft()
+                return head, p._complete(head)
+            finally:
+                clock.enter(None)
+
+    def _top_up(self) -> None:
+        p, inflight = self._producer, self._inflight
+        while len(inflight) < p.read_ahead.depth and self._plans.more():
+            p._clock.enter("plan")
+            # Nothing in flight and no free slot: the consumer holds them all (it keeps batches).
+            item = p._submit_next(self._plans, self._pool, blocking=not inflight)
+            if item is None:
+                break
+            inflight.append(item)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Wait for the reads in flight and give their slots back; a later :meth:`get` raises ClosedError."""
+        with self._lock:
+            self._closed = True
+            while self._inflight:
+                _drain(self._inflight.popleft())
+
+
 class Failure:
     """An error of the producer thread, raised again by the consumer."""
 
@@ -298,14 +415,24 @@ class Failure:
         self.error = error
 
 
-def _wait(item: _InFlight, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for every read of ``item``; True when all are done."""
-    deadline = time.perf_counter() + timeout
+def _drain(item: _InFlight) -> None:
+    """Wait for a batch's reads (their errors no longer matter: nobody takes the batch), then free its slot."""
+    for f in item.futures:
+        try:
+            f.result()
+        except StorecompError:
+            pass
+    item.slot.release()
+
+
+def _wait(item: _InFlight, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds (None: until done) for every read of ``item``; True when all are done."""
+    deadline = None if timeout is None else time.perf_counter() + timeout
     for f in item.futures:
         if f.done():
             continue
         wait = getattr(f, "wait", None)
-        left = max(0.0, deadline - time.perf_counter())
+        left = None if deadline is None else max(0.0, deadline - time.perf_counter())
         if wait is not None:
             if not wait(left):
                 return False

@@ -15,6 +15,7 @@ offset (bytes), index size (bytes), crc32c of the index, format version.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,7 @@ class FieldSpec:
     @property
     def nbytes(self) -> int:
         """Bytes of one sample of a fixed field."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # math, not numpy: ~30x cheaper, read per batch
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype.str, "shape": list(self.shape), "var": self.var}

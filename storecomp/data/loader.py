@@ -14,11 +14,14 @@ copied to the device once (from pinned memory, on a side stream).
 
 Several batches are in flight; the read-ahead grows when the consumer has
 to wait for storage, up to what ``max_memory`` (bytes of staging) allows.
-Waits are blamed on what the producer was doing meanwhile (storage, its own
-CPU work, the device copy): see ``metrics()`` and ``steps()``.
+Host batches from local files are made in ``next()`` itself (the engine's
+threads keep the read-ahead in flight; no second Python thread); store
+reads and CUDA devices have a producer thread. Waits are blamed on what
+the producer was doing meanwhile (storage, its own CPU work, the device
+copy): see ``metrics()`` and ``steps()``.
 
 This module is the consumer side and the run's state (epoch, position,
-resume); the producer thread is :mod:`._pipeline`, the read-ahead
+resume); the producer (thread or inline) is :mod:`._pipeline`, the read-ahead
 controller :mod:`._readahead`, the counters :mod:`._metrics`.
 """
 
@@ -26,8 +29,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import queue
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from ..errors import InvalidArgumentError
 from ..io import Engine, StagingPool
 from . import _stalls
 from ._metrics import LoaderMetrics
-from ._pipeline import END, Failure, Plans, Producer, record_consumer_stream
+from ._pipeline import Inline, Plans, Producer, Threaded, record_consumer_stream
 from ._plan import SlotLayout
 from ._readahead import ReadAhead
 from .datasets import Dataset, open_dataset
@@ -182,7 +183,7 @@ class DataLoader:
         self.epoch = 0
         self.position = 0
         self._pool: StagingPool | None = None
-        self._producers: set[tuple[threading.Event, threading.Thread]] = set()
+        self._producers: set[Inline | Threaded] = set()
         _live_loaders.add(self)
 
     @property
@@ -252,6 +253,11 @@ class DataLoader:
             self._pool = StagingPool(self.max_slots * self.layout.nbytes, self.layout.nbytes, engine=engine)
         return self._pool
 
+    def _inline(self) -> bool:
+        """Host batches from local files are made in next() itself (the engine's threads keep the
+        read-ahead in flight); store reads and device copies have a producer thread."""
+        return self._caps.native_batches and self.device.type == "cpu"
+
     def _run_epoch(self) -> Iterator[dict[str, Any]]:
         """The consumer side: take finished batches from the producer thread, in order."""
         if self.device.type == "cuda" and self.device.index is None:
@@ -270,32 +276,24 @@ class DataLoader:
         steps = rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last)
         plans = Plans(self._producer, order, steps)
         pool = self._pool_for()
-        ready: queue.Queue[Any] = queue.Queue()
-        stop = threading.Event()
-        producer = threading.Thread(
-            target=self._producer.run, args=(plans, pool, ready, stop), name="storecomp-loader", daemon=True
-        )
+        source: Inline | Threaded = (Inline if self._inline() else Threaded)(self._producer, plans, pool)
         bar = _progress_bar(self) if self.progress else None
-        producer.start()
-        running = (stop, producer)
-        self._producers.add(running)
+        self._producers.add(source)
         try:
             metrics, clock = self._metrics, self._metrics.clock
             while True:
                 t_enter = time.perf_counter()  # the consumer is blocked in next() from here
                 stages_before = clock.read()
-                queued = ready.qsize()
-                self._producer.consumer_waiting = True
-                got = ready.get()
-                self._producer.consumer_waiting = False
-                if got is END:
+                queued = source.queued()
+                got = source.get()
+                if got is None:
                     break
-                if isinstance(got, Failure):
-                    raise got.error
                 head, batch = got
                 del got
                 t_out = time.perf_counter()
-                waits = _stalls.blame(t_out - t_enter, stages_before, clock.read()) if queued == 0 else None
+                # Inline, next() itself plans, checks and shapes: its time is blamed even when the reads were done.
+                waited = queued == 0 or source.inline
+                waits = _stalls.blame(t_out - t_enter, stages_before, clock.read()) if waited else None
                 self.position = head.end_position
                 record = metrics.account(
                     head.plan.n, head.plan.nbytes, self.epoch, t_enter, t_out, queued, waits, self.read_ahead
@@ -316,11 +314,8 @@ class DataLoader:
             self.epoch += 1
             self.position = 0
         finally:
-            stop.set()
-            producer.join()
-            self._producers.discard(running)
-            while not ready.empty():  # batches read ahead but never delivered: their slots come back
-                ready.get_nowait()
+            source.stop()
+            self._producers.discard(source)
             if bar is not None:
                 bar.close()
 
@@ -355,7 +350,9 @@ class DataLoader:
         collation)``, ``host-to-device`` (see :func:`_stalls.bottleneck`).
         ``tier`` is how local data is read (``buffered``: through the page
         cache, ``direct``: O_DIRECT; see :class:`~storecomp.io.PageCachePolicy`)
-        and ``tier_reason`` why.
+        and ``tier_reason`` why. ``pipeline`` is where batches are made:
+        ``inline`` (in ``next()``, host batches from local files; the
+        producer stages are then the consumer thread's own) or ``thread``.
         """
         pool = self._pool
         return self._metrics.snapshot(
@@ -366,6 +363,7 @@ class DataLoader:
             max_memory=self.max_memory,
             tier=getattr(self.dataset.reader, "tier", "store"),
             tier_reason=getattr(self.dataset.reader, "tier_reason", "read through a Store"),
+            pipeline="inline" if self._inline() else "thread",
         )
 
     def reset_metrics(self) -> None:
@@ -378,9 +376,8 @@ class DataLoader:
         Memory goes when the last batch view is dropped. An iterator still
         held after close() raises ClosedError once the batches it had read are taken.
         """
-        for stop, producer in list(self._producers):
-            stop.set()  # the producer waits for its reads in flight before it exits
-            producer.join()
+        for source in list(self._producers):
+            source.stop()  # waits for its reads in flight
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -400,9 +397,8 @@ def _stop_producers_at_exit() -> None:
     close() saw it in about one exit in six).
     """
     for loader in list(_live_loaders):
-        for stop, producer in list(loader._producers):
-            stop.set()
-            producer.join(timeout=10)
+        for source in list(loader._producers):
+            source.stop(timeout=10)
 
 
 def _progress_bar_class() -> Any:

@@ -119,10 +119,12 @@ class LocalReader:
         return self.choice
 
     def _mode(self, eng: Engine) -> int:
-        if self.choice is None:
+        choice = self.choice
+        if choice is None:
             return eng._read_mode
-        self.choice = self.policy().check(self.choice)
-        return self.choice.mode
+        if choice.tier == "buffered" and not choice.forced:  # only a buffered choice moves (memory pressure)
+            self.choice = choice = self.policy().check(choice)
+        return choice.mode
 
     def size(self, key: str) -> int:
         try:
@@ -142,7 +144,7 @@ class LocalReader:
         """The files behind ``keys``, open (reused from the engine's cache), for :meth:`submit_flat`."""
         eng = self.engine
         files = [eng.cached_file(key) for key in keys]
-        return OpenFiles(eng, files, np.array([f._check_open() for f in files], np.uint32))
+        return OpenFiles(eng, files, np.array([f._check_open() for f in files], np.uint32), [f.path for f in files])
 
     def submit_flat(
         self,
@@ -172,7 +174,7 @@ class LocalReader:
             need = int((dst_offsets + lengths).max())
             raise InvalidArgumentError(f"destination too small: reads need {need} bytes of {ref.nbytes}")
         return eng._submit(
-            [f.path for f in files.files],
+            files.paths,
             files.ids[file_index],
             0,
             offsets,
@@ -211,11 +213,12 @@ class LocalReader:
 
 @dataclass
 class OpenFiles:
-    """Files opened by :meth:`LocalReader.open_files`: the engine, the Files, their native ids."""
+    """Files opened by :meth:`LocalReader.open_files`: the engine, the Files, their native ids and paths."""
 
     engine: Engine
     files: list[Any]
     ids: np.ndarray
+    paths: list[str]
 
 
 class StoreReader:

@@ -120,6 +120,15 @@ class IOFuture:
         return self._result
 
     def _collect(self) -> None:
+        if len(self._parts) == 1 and self._device_part is None and self._order is None:
+            # One native batch (a loader's batch, a plain read): no concatenation.
+            nbytes, err, err_off = self._parts[0].results()
+            self._keepalive = []
+            if err.any():
+                self._fail(nbytes, err, err_off)
+                return
+            self._check_exact(nbytes)
+            return
         counts, errs, err_offsets = [], [], []
         for p in self._parts:
             n, e, o = p.results()
@@ -141,25 +150,29 @@ class IOFuture:
         nbytes = np.concatenate(counts) if counts else np.zeros(0, np.uint64)
         err = np.concatenate(errs) if errs else np.zeros(0, np.int32)
         err_off = np.concatenate(err_offsets) if err_offsets else np.zeros(0, np.uint64)
-        failed = np.flatnonzero(err)
-        if failed.size:
-            i = int(failed[0])
-            exc = from_errno(int(err[i]), self._path(i), int(err_off[i]), self._op)
-            if failed.size > 1:
-                exc.add_note(f"{failed.size - 1} more of {err.size} requests in this batch failed too")
-            self._error = exc
-            return
-        if self._exact:
-            short = np.flatnonzero(nbytes < self._lengths)
-            if short.size:
-                i = int(short[0])
-                self._error = ShortReadError(self._path(i), int(self._offsets[i]), int(self._lengths[i]), int(nbytes[i]))
-                return
-        if self._order is not None:
+        if err.any():
+            self._fail(nbytes, err, err_off)
+        elif self._check_exact(nbytes) and self._order is not None:
             ordered = np.empty_like(nbytes)
             ordered[self._order] = nbytes
-            nbytes = ordered
+            self._result = ordered
+
+    def _fail(self, nbytes: np.ndarray, err: np.ndarray, err_off: np.ndarray) -> None:
+        failed = np.flatnonzero(err)
+        i = int(failed[0])
+        exc = from_errno(int(err[i]), self._path(i), int(err_off[i]), self._op)
+        if failed.size > 1:
+            exc.add_note(f"{failed.size - 1} more of {err.size} requests in this batch failed too")
+        self._error = exc
+
+    def _check_exact(self, nbytes: np.ndarray) -> bool:
+        """Set the result, or (``exact``) ShortReadError for the first request that got fewer bytes than asked."""
+        if self._exact and nbytes.size and (nbytes < self._lengths).any():
+            i = int(np.flatnonzero(nbytes < self._lengths)[0])
+            self._error = ShortReadError(self._path(i), int(self._offsets[i]), int(self._lengths[i]), int(nbytes[i]))
+            return False
         self._result = nbytes
+        return True
 
     def checksums(self, timeout: float | None = None) -> np.ndarray:
         """crc32c (uint32) of each ``crc_steps[i]``-byte chunk of each request submitted with

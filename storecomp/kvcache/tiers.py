@@ -363,7 +363,11 @@ class DiskTier:
     option) chooses for a working set of ``budget`` bytes: a tier that fits
     the page-cache budget is read buffered, so chunks read again come from
     memory; a larger one with O_DIRECT; under memory pressure, O_DIRECT.
-    ``page_cache`` is the choice, with its reason.
+    The choice is made again as memory changes (at most once per
+    :data:`RECHOOSE_S`), and writes follow it: while the tier is O_DIRECT a
+    written chunk's pages leave the page cache once it is synced, so chunks
+    the page cache cannot hold do not push out the rest of the machine's.
+    ``page_cache`` is the current choice, with its reason.
     """
 
     name = "disk"
@@ -382,6 +386,7 @@ class DiskTier:
         self.engine = engine
         self.policy = policy or PageCachePolicy(engine.options.direct)
         self.page_cache: TierChoice = self.policy.choose_size(budget)
+        self._rechoose_at = time.monotonic() + RECHOOSE_S
         self.used = 0
         self.entries: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self.pins: collections.Counter[bytes] = collections.Counter()
@@ -460,6 +465,8 @@ class DiskTier:
             with self.engine.open(tmp, "r+") as f:
                 f.pwrite(data, 0)
                 f.sync()
+            if self._tier().tier != "buffered":
+                _drop_pages(tmp)  # synced: clean pages, dropped (kept while buffered: the next read runs from memory)
             os.rename(tmp, final)
         except (OSError, StorecompError):
             _unlink_quiet(tmp)
@@ -514,12 +521,24 @@ class DiskTier:
         path = self.path(key)
         _check_ranges(path, dst, ranges)
         f = self.engine.open(path, "r")
-        self.page_cache = choice = self.policy.check(self.page_cache)
+        choice = self._tier()
         try:
             return TierReads([f.read_many_into(dst, [off], [n], [off], direct=choice.direct) for off, n in ranges], f)
         except BaseException:
             f.close()  # after the reads already issued
             raise
+
+    def _tier(self) -> TierChoice:
+        """The page cache or O_DIRECT now: chosen again for the budget once per :data:`RECHOOSE_S`
+        (available memory moves: a tier chosen O_DIRECT at start-up may fit later, and the
+        reverse), and O_DIRECT under memory pressure (the policy's check)."""
+        now = time.monotonic()
+        choice = self.page_cache
+        if now >= self._rechoose_at and not choice.forced:
+            self._rechoose_at = now + RECHOOSE_S
+            choice = self.policy.choose_size(self.budget)
+        self.page_cache = choice = self.policy.check(choice)
+        return choice
 
     def forget(self, key: bytes, *, delete: bool = False) -> None:
         """Drop ``key`` from the index (and the file, when ``delete``): a corrupt or vanished chunk."""
@@ -529,6 +548,24 @@ class DiskTier:
                 self.used -= size
         if delete:
             _unlink_quiet(self.path(key))
+
+
+#: Seconds between two choices of the disk tier's page-cache tier (:meth:`DiskTier._tier`).
+RECHOOSE_S = 1.0
+
+
+def _drop_pages(path: str) -> None:
+    """Take ``path``'s (synced, clean) pages out of the page cache; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _preallocate(path: str, nbytes: int) -> None:

@@ -30,3 +30,20 @@ def test_bench_loader_tiny(tmp_path: Path) -> None:
     assert doc["cases"]["rand_64k"]["torch"]["samples_per_s"] > 0
     assert doc["cases"]["rss"]["staging_bytes"] <= doc["cases"]["rss"]["max_memory"]
     assert "rand_64k" in proc.stdout and "torch DataLoader" in proc.stdout
+
+
+def test_bench_loader_one_case_writes_only_its_data(tmp_path: Path) -> None:
+    """--cases hot_64k measures the hot-epoch comparison alone, on the 64 KiB data only; an unknown case is refused."""
+    out = tmp_path / "loader.json"
+    script = str(ROOT / "benchmarks" / "bench_loader.py")
+    cmd = [sys.executable, script, "--tiny", "--cases", "hot_64k", "--dir", str(tmp_path), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["cases"]) == {"hot_64k"} and [e["epoch"] for e in doc["cases"]["hot_64k"]["storecomp"]] == [0, 1, 2]
+    assert "hot_64k" in proc.stdout
+    written = {p.name for p in (tmp_path / "storecomp-bench-loader").iterdir()}
+    assert written == {"x64k.npy", "ds64k"}, written
+    bad_cmd = [sys.executable, script, "--tiny", "--cases", "hot_64k,warp"]
+    bad = subprocess.run(bad_cmd, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown case(s) warp" in bad.stderr

@@ -317,6 +317,22 @@ def test_close_during_iteration_stops_the_producer(shard_ds: str) -> None:
     assert sum(1 for _ in loader) > 0  # a new iteration works after close()
 
 
+def test_host_batches_from_local_files_are_made_in_next(shard_ds: str) -> None:
+    """CPU batches from local files are made in next() itself (the engine's threads keep the read-ahead
+    in flight): no producer thread runs, metrics say so, and the stages are still attributed."""
+    import threading
+
+    loader = DataLoader(shard_ds, 8, seed=1)
+    it = iter(loader)
+    first = next(it)
+    assert not any(t.name == "storecomp-loader" for t in threading.enumerate())
+    rest = [b["x"] for b in it]
+    m = loader.metrics()
+    assert m["pipeline"] == "inline" and m["batches"] == 1 + len(rest) and m["samples"] == len(loader.dataset)
+    assert m["producer_s"]["plan"] > 0 and m["producer_s"]["collate"] > 0 and m["producer_cpu_s"] > 0
+    assert first["x"].shape[0] == 8
+
+
 @pytest.mark.parametrize("read_ahead", [-1, 0.5])
 def test_bad_read_ahead_is_refused(shard_ds: str, read_ahead: Any) -> None:
     with pytest.raises(storecomp.errors.InvalidArgumentError, match="read_ahead"):

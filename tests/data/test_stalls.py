@@ -75,6 +75,7 @@ def test_storage_is_blamed_for_real_io_and_read_ahead_grows(tmp_path: Path, runn
     assert m["data_wait_storage_s"] > m["data_wait_producer_cpu_s"], m
     assert m["bottleneck"].startswith("storage"), m
     assert m["read_ahead"] > start  # waits for storage grow the read-ahead
+    assert m["pipeline"] == "thread"  # store reads: a producer thread (local host batches are made in next())
 
 
 def test_step_log_is_bounded(tmp_path: Path) -> None:

@@ -80,3 +80,31 @@ def test_memory_pressure_moves_disk_reads_to_o_direct(tmp_path: Path) -> None:
         assert [int(f.result()[0]) for f in reads.futures] == [4096, 5904] and np.array_equal(dst, data)
         reads.close()
         assert disk.page_cache.tier == "direct" and disk.page_cache.reason.startswith("memory pressure")
+
+
+def test_disk_writes_follow_the_tier_as_memory_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tier is chosen again as memory changes, and writes follow it: a chunk written while the
+    tier is O_DIRECT (here: memory pressure) leaves no pages in the page cache; once the pressure is
+    gone, the tier is buffered again and a chunk written then stays in memory for its next read."""
+    import numpy as np
+
+    from storecomp.io import Engine, PageCachePolicy
+    from storecomp.kvcache import tiers
+
+    monkeypatch.setattr(tiers, "RECHOOSE_S", 0.0)  # choose again at every write and read
+    data = np.random.default_rng(3).integers(0, 256, 1 << 20, dtype=np.uint8)
+    with Engine() as eng:
+        policy = PageCachePolicy("auto", floor_bytes=memory_info().total + 1)  # short of memory from the start
+        disk = tiers.DiskTier(tmp_path / "disk", "ns", 16 << 20, eng, policy)
+        assert disk.put(b"\x01" * 32, data)
+        assert disk.page_cache.tier == "direct" and disk.page_cache.reason.startswith("memory pressure")
+        assert resident_bytes(disk.path(b"\x01" * 32)) == 0
+        policy.floor_bytes = 0  # the pressure is gone
+        assert disk.put(b"\x02" * 32, data)
+        assert disk.page_cache.tier == "buffered" and "fits the page cache" in disk.page_cache.reason
+        assert resident_bytes(disk.path(b"\x02" * 32)) == data.nbytes
+        for key in (b"\x01" * 32, b"\x02" * 32):  # both read back whole in either tier
+            dst = np.zeros_like(data)
+            reads = disk.submit_reads(key, dst, [(0, data.nbytes)])
+            assert int(reads.futures[0].result()[0]) == data.nbytes and np.array_equal(dst, data)
+            reads.close()
