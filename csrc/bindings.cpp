@@ -134,6 +134,7 @@ py::dict stats_dict(Engine& e) {
   d["nowait_misses"] = s.nowait_misses.load();
   d["fixed_buffer_pieces"] = s.fixed_buffer_pieces.load();
   d["cancelled"] = s.cancelled.load();
+  d["bounce_handoffs"] = s.bounce_handoffs.load();
   return d;
 }
 

@@ -353,17 +353,23 @@ void ThreadPool::submit(Piece* const* pieces, size_t n) {
     std::lock_guard<std::mutex> g(mu_);
     if (!stopping_) {
       queue_.insert(queue_.end(), pieces, pieces + n);
-      n = 0;
+      if (n == 1)
+        cv_.notify_one();
+      else
+        cv_.notify_all();
+      return;
     }
   }
-  if (n == 0) {
-    cv_.notify_all();
+  for (size_t i = 0; i < n; ++i) drop(pieces[i]);  // submitted after shutdown
+}
+
+void ThreadPool::drop(Piece* p) {
+  if (p->copy_out && copy_sink_) {
+    copy_sink_(p);  // the bytes have landed: finishing costs one copy, and frees the arena
     return;
   }
-  for (size_t i = 0; i < n; ++i) {  // submitted after shutdown
-    stats_.cancelled++;
-    pieces[i]->batch->complete(*pieces[i], pieces[i]->done, ECANCELED);
-  }
+  stats_.cancelled++;
+  p->batch->complete(*p, p->done, ECANCELED);
 }
 
 void ThreadPool::worker() {
@@ -378,6 +384,10 @@ void ThreadPool::worker() {
       if (stopping_) break;
       p = queue_.front();
       queue_.pop_front();
+    }
+    if (p->copy_out && copy_sink_) {
+      copy_sink_(p);
+      continue;
     }
     int err = 0;
     uint64_t got = p->done;
@@ -413,10 +423,7 @@ void ThreadPool::shutdown() {
     std::lock_guard<std::mutex> g(mu_);
     left.swap(queue_);
   }
-  for (Piece* p : left) {
-    stats_.cancelled++;
-    p->batch->complete(*p, p->done, ECANCELED);
-  }
+  for (Piece* p : left) drop(p);
 }
 
 // ---------------------------------------------------------------- engine

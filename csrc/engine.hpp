@@ -81,11 +81,13 @@ struct Piece {
   uint8_t issued = 0;  // io_uring: what the last submission was (Issued)
   bool nowait_tried = false;
   bool nowait_probe = false;  // thread pool: only try the page cache, hand a miss back
+  bool copy_out = false;      // thread pool: copy a landed bounce read out of the ring's arena
   // io_uring bounce (an unaligned O_DIRECT read through aligned arena pages):
   // the first arena unit, how many, and where the wanted bytes start in them.
   uint32_t bounce_first = 0;
   uint32_t bounce_units = 0;
   uint32_t bounce_skip = 0;
+  uint64_t done_copy = 0;  // io_uring bounce: bytes the pool copies out of the arena (copy_out)
 };
 
 enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2, ISSUED_BOUNCE = 3 };
@@ -131,7 +133,7 @@ struct Batch {
 struct Stats {
   std::atomic<uint64_t> requests{0}, pieces{0}, bytes_read{0}, bytes_written{0},
       errors{0}, bounce_pieces{0}, direct_fallbacks{0}, nowait_hits{0},
-      nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0};
+      nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0}, bounce_handoffs{0};
 };
 
 struct Config {
@@ -166,11 +168,19 @@ class ThreadPool {
   // Where pieces submitted with nowait_probe go when the page cache misses.
   // Set once, before such pieces are submitted.
   void set_miss_sink(std::function<void(Piece*)> sink) { miss_sink_ = std::move(sink); }
+  // What finishes pieces submitted with copy_out (the io_uring backend's
+  // bounce copies); it also runs for such pieces submitted after shutdown,
+  // on the submitting thread, so that none is left holding arena memory.
+  // Set once, before such pieces are submitted.
+  void set_copy_sink(std::function<void(Piece*)> sink) { copy_sink_ = std::move(sink); }
   void shutdown();
 
  private:
   void worker();
+  // Completes a piece that will not run (cancelled), or finishes its copy.
+  void drop(Piece* p);
   std::function<void(Piece*)> miss_sink_;
+  std::function<void(Piece*)> copy_sink_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Piece*> queue_;

@@ -67,6 +67,7 @@ def test_engine_reports_backend_and_config(backend_name: str) -> None:
             "nowait_misses",
             "fixed_buffer_pieces",
             "cancelled",
+            "bounce_handoffs",
         }
         assert all(v == 0 for v in eng.stats().values())
     finally:
