@@ -191,6 +191,7 @@ class Uring final : public UringBackend {
     }
     io_uring_queue_exit(&ring_);  // drops the fixed buffer registration too
     arena_.reset();
+    stats_.bounce_arena_bytes = 0;
     ::close(efd_);
     inited_ = false;
     fixed_base_ = 0;
@@ -210,8 +211,7 @@ class Uring final : public UringBackend {
     Request& r = p->batch->reqs[p->req];
     if (r.op != OP_READ || p->mode == MODE_BUFFERED || (p->mode == MODE_AUTO && !p->nowait_tried)) return false;
     uint64_t off = r.offset + p->rel + p->done;
-    if (direct_aligned(off, p->len - p->done, r.addr + p->rel + p->done, align_)) return false;
-    return r.file->direct_fd() >= 0;
+    return r.file->direct_fd() >= 0 && !r.file->direct_ok(off, p->len - p->done, r.addr + p->rel + p->done, align_);
   }
 
   // Maps (and registers, where it can) one more arena chunk; false when
@@ -219,6 +219,7 @@ class Uring final : public UringBackend {
   bool grow_arena() {
     int i = arena_->grow();
     if (i < 0) return false;
+    stats_.bounce_arena_bytes += arena_->chunk_bytes();
     struct iovec iov = {arena_->chunk_base(static_cast<unsigned>(i)), static_cast<size_t>(arena_->chunk_bytes())};
     arena_fixed_.push_back(sparse_ && io_uring_register_buffers_update_tag(&ring_, kFixedBounce + static_cast<unsigned>(i),
                                                                            &iov, nullptr, 1) == 1);
@@ -283,12 +284,12 @@ class Uring final : public UringBackend {
     uint64_t off = r.offset + p->rel + p->done;
     auto len = static_cast<unsigned>(p->len - p->done);
     uintptr_t addr = r.addr + p->rel + p->done;
-    bool aligned = direct_aligned(off, len, addr, align_);
     int fd = f.fd_buffered;
     p->issued = ISSUED_BUFFERED;
     if (r.op == OP_WRITE) {
       if (p->mode == MODE_DIRECT) {  // AUTO writes are buffered
-        int dfd = aligned ? f.direct_fd() : -1;
+        int dfd = f.direct_fd();
+        if (dfd >= 0 && !f.direct_ok(off, len, addr, align_)) dfd = -1;
         if (dfd < 0) {
           stats_.direct_fallbacks++;  // unaligned O_DIRECT write goes buffered
         } else {
@@ -302,7 +303,7 @@ class Uring final : public UringBackend {
       int dfd = f.direct_fd();
       if (dfd < 0) {
         stats_.direct_fallbacks++;
-      } else if (!aligned) {
+      } else if (!f.direct_ok(off, len, addr, align_)) {
         return false;  // unaligned O_DIRECT read without an arena: bounce in the pool
       } else {
         fd = dfd;

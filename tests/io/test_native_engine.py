@@ -68,6 +68,7 @@ def test_engine_reports_backend_and_config(backend_name: str) -> None:
             "fixed_buffer_pieces",
             "cancelled",
             "bounce_handoffs",
+            "bounce_arena_bytes",
         }
         assert all(v == 0 for v in eng.stats().values())
     finally:
