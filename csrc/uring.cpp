@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #endif
@@ -95,11 +96,26 @@ class Uring final : public UringBackend {
   }
 
   int init() {
-    // COOP_TASKRUN: completions are posted when the reaper next enters the
-    // kernel instead of by an interrupt to it (fewer IPIs and context
-    // switches at high IOPS); kernels before 5.19 refuse the flag.
-    int r = io_uring_queue_init(qd_ + 1, &ring_, IORING_SETUP_COOP_TASKRUN);  // +1: re-arming the wake poll
-    if (r == -EINVAL) r = io_uring_queue_init(qd_ + 1, &ring_, 0);
+    // The reaper is the ring's one submitter, and the one thread that waits
+    // for its completions: SINGLE_ISSUER | DEFER_TASKRUN (6.1+, as fio sets
+    // them) post completions only when the reaper asks for them, in batches,
+    // instead of by task work that interrupts it for each one. The ring
+    // starts disabled and the reaper enables it, so that it is the
+    // submitter; from then on only the reaper may register buffers (it runs
+    // the callers' requests, see RegCommand). Kernels without these flags:
+    // COOP_TASKRUN (5.19+, completions posted when the reaper next enters the
+    // kernel, not by an interrupt to it), else none.
+    const unsigned tries[] = {
+        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+        IORING_SETUP_COOP_TASKRUN, 0};
+    int r = -EINVAL;
+    for (unsigned flags : tries) {
+      r = io_uring_queue_init(qd_ + 1, &ring_, flags);  // +1: re-arming the wake poll
+      if (r != -EINVAL) {
+        disabled_ = r == 0 && (flags & IORING_SETUP_R_DISABLED);
+        break;
+      }
+    }
     if (r < 0) return r;
     efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd_ < 0) {
@@ -108,14 +124,6 @@ class Uring final : public UringBackend {
       return -err;
     }
     sparse_ = io_uring_register_buffers_sparse(&ring_, kFixedBounce + kMaxArenaChunks) == 0;
-    // Buffered reads that miss the page cache block in io-wq workers, by
-    // default at most 4 per CPU: on a small machine that caps a cold
-    // buffered (page-cache tier) pass at a fraction of the ring's queue
-    // depth. Allow one bounded worker per ring entry (advisory).
-    unsigned workers[2] = {qd_, 0};
-    (void)io_uring_register_iowq_max_workers(&ring_, workers);
-    arm_wake();
-    io_uring_submit(&ring_);
     inited_ = true;
     reaper_ = std::thread([this] { reap(); });
     pool_.set_miss_sink([this](Piece* p) { submit(&p, 1); });
@@ -144,30 +152,27 @@ class Uring final : public UringBackend {
   }
 
   bool register_buffer(uintptr_t addr, uint64_t len) override {
-    std::lock_guard<std::mutex> g(mu_);
+    std::unique_lock<std::mutex> g(mu_);
+    reg_cv_.wait(g, [this] { return !reg_.pending; });  // one request at a time
     if (fixed_len_ || stopping_) return false;
-    struct iovec iov = {reinterpret_cast<void*>(addr), static_cast<size_t>(len)};
-    int r = sparse_ ? io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &iov, nullptr, 1)
-                    : io_uring_register_buffers(&ring_, &iov, 1);
-    if (r < 0) return false;
+    reg_ = RegCommand{true, false, false, addr, len, false};
+    run_on_reaper(g);
+    if (!reg_.ok) return false;
     fixed_base_ = addr;
     fixed_len_ = len;
     return true;
   }
 
   void unregister_buffer(uintptr_t addr) override {
-    std::lock_guard<std::mutex> g(mu_);
+    std::unique_lock<std::mutex> g(mu_);
+    reg_cv_.wait(g, [this] { return !reg_.pending; });
     // After shutdown the ring is gone (its fd may already belong to another
     // ring); only the registration of addr is undone.
     if (!fixed_len_ || stopping_ || addr != fixed_base_) return;
-    if (sparse_) {
-      struct iovec none = {nullptr, 0};  // an empty slot; reads still in flight keep the old pages pinned
-      io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &none, nullptr, 1);
-    } else {
-      io_uring_unregister_buffers(&ring_);
-    }
-    fixed_base_ = 0;
+    fixed_base_ = 0;  // no new fixed read from here on
     fixed_len_ = 0;
+    reg_ = RegCommand{true, false, true, addr, 0, false};
+    run_on_reaper(g);
   }
 
   void shutdown() override {
@@ -199,6 +204,64 @@ class Uring final : public UringBackend {
   }
 
  private:
+  // A caller's buffer (un)registration, run by the reaper (the ring's
+  // submitter) at the top of its next round; reg_cv_ answers.
+  struct RegCommand {
+    bool pending = false;
+    bool done = false;
+    bool unregister = false;
+    uintptr_t addr = 0;
+    uint64_t len = 0;
+    bool ok = false;
+  };
+
+  // Hands reg_ (just set, under g) to the reaper and waits for it. Callers
+  // set it only before stopping_, and the reaper runs it before it exits.
+  void run_on_reaper(std::unique_lock<std::mutex>& g) {
+    bool w = reaper_waiting_;
+    g.unlock();
+    if (w) wake();
+    g.lock();
+    reg_cv_.wait(g, [this] { return reg_.done; });
+    reg_.pending = false;
+    reg_cv_.notify_all();
+  }
+
+  // On the reaper, under mu_.
+  void run_registration_locked() {
+    if (!reg_.pending || reg_.done) return;
+    if (reg_.unregister) {
+      if (sparse_) {
+        struct iovec none = {nullptr, 0};  // an empty slot; reads still in flight keep the old pages pinned
+        io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &none, nullptr, 1);
+      } else {
+        io_uring_unregister_buffers(&ring_);
+      }
+      reg_.ok = true;
+    } else {
+      struct iovec iov = {reinterpret_cast<void*>(reg_.addr), static_cast<size_t>(reg_.len)};
+      int r = sparse_ ? io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &iov, nullptr, 1)
+                      : io_uring_register_buffers(&ring_, &iov, 1);
+      reg_.ok = r >= 0;
+    }
+    reg_.done = true;
+    reg_cv_.notify_all();
+  }
+
+  // The reaper's first steps: become the ring's submitter, then register
+  // what only the submitter may.
+  void start_reaper() {
+    // io_uring_enable_rings() is missing from some liburing builds (2.3): the system call itself.
+    if (disabled_) ::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+    // Buffered reads that miss the page cache block in io-wq workers, by
+    // default at most 4 per CPU: on a small machine that caps a cold
+    // buffered (page-cache tier) pass at a fraction of the ring's queue
+    // depth. Allow one bounded worker per ring entry (advisory).
+    unsigned workers[2] = {qd_, 0};
+    (void)io_uring_register_iowq_max_workers(&ring_, workers);
+    arm_wake();
+  }
+
   void cancel(const std::vector<Piece*>& pieces) {
     for (Piece* p : pieces) {
       stats_.cancelled++;
@@ -530,11 +593,13 @@ class Uring final : public UringBackend {
   void reap() {
     std::vector<Piece*> to_pool, cancelled;
     Round rd;
+    start_reaper();
     for (;;) {
       bool exit;
       if (rearm_) arm_wake();
       {
         std::lock_guard<std::mutex> g(mu_);
+        run_registration_locked();
         fill_locked(&to_pool);
         exit = stopping_ && inflight_ == 0;
         reaper_waiting_ = !exit;
@@ -605,6 +670,9 @@ class Uring final : public UringBackend {
   uintptr_t fixed_base_ = 0;
   uint64_t fixed_len_ = 0;
   bool sparse_ = false;  // fixed buffers in a sparse table (kFixedStaging, kFixedBounce)
+  bool disabled_ = false;  // created disabled: the reaper enables it (SINGLE_ISSUER)
+  RegCommand reg_;
+  std::condition_variable reg_cv_;
   std::unique_ptr<BounceArena> arena_;  // made on the first unaligned O_DIRECT read
   uint64_t arena_chunk_bytes_ = kArenaChunkBytes;
   unsigned arena_max_chunks_ = 1;
