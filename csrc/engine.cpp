@@ -368,10 +368,9 @@ void ThreadPool::submit(Piece* const* pieces, size_t n) {
     std::lock_guard<std::mutex> g(mu_);
     if (!stopping_) {
       queue_.insert(queue_.end(), pieces, pieces + n);
-      if (n == 1)
-        cv_.notify_one();
-      else
-        cv_.notify_all();
+      // Wake a worker per piece, not all of them (a worker drains the queue
+      // before it sleeps): a wake-up costs a context switch.
+      for (size_t i = 0; i < n && i < workers_.size(); ++i) cv_.notify_one();
       return;
     }
   }

@@ -191,7 +191,7 @@ class Uring final : public UringBackend {
     {
       // Copies out of the arena still running on the pool (which outlives
       // this call) finish before the arena goes.
-      std::unique_lock<std::mutex> g(mu_);
+      std::unique_lock<std::mutex> g(arena_mu_);
       copies_cv_.wait(g, [this] { return copies_pending_ == 0; });
     }
     io_uring_queue_exit(&ring_);  // drops the fixed buffer registration too
@@ -292,6 +292,7 @@ class Uring final : public UringBackend {
   // Reserves arena units for a bouncing piece; false when there is no room
   // now (or no arena at all: then *to_pool is set).
   bool reserve_bounce(Piece* p, bool* to_pool) {
+    std::lock_guard<std::mutex> g(arena_mu_);
     if (!arena_) {
       arena_ = std::make_unique<BounceArena>(arena_chunk_bytes_, std::max<uint64_t>(align_, 4096), arena_max_chunks_);
       grow_arena();
@@ -307,7 +308,10 @@ class Uring final : public UringBackend {
     uint32_t units = arena_->units_for(alen);
     int64_t first = arena_->alloc(units);
     if (first < 0 && grow_arena()) first = arena_->alloc(units);
-    if (first < 0) return false;
+    if (first < 0) {
+      arena_blocked_ = true;  // the next copy to finish wakes the reaper
+      return false;
+    }
     p->bounce_first = static_cast<uint32_t>(first);
     p->bounce_units = units;
     p->bounce_skip = static_cast<uint32_t>(skip);
@@ -315,6 +319,7 @@ class Uring final : public UringBackend {
   }
 
   void release_bounce(Piece* p) {
+    std::lock_guard<std::mutex> g(arena_mu_);
     if (p->bounce_units) arena_->release(p->bounce_first, p->bounce_units);
     p->bounce_units = 0;
   }
@@ -400,7 +405,6 @@ class Uring final : public UringBackend {
 
   // Prepares SQEs for pending pieces; the reaper submits them.
   void fill_locked(std::vector<Piece*>* to_pool) {
-    arena_blocked_ = false;
     while (inflight_ < qd_ && !pending_.empty()) {
       Piece* p = pending_.front();
       if (probe_in_pool(p)) {
@@ -413,10 +417,7 @@ class Uring final : public UringBackend {
       if (bounce) {
         bool no_arena = false;
         if (!reserve_bounce(p, &no_arena)) {
-          if (!no_arena) {  // the arena is full: wait for completions and copies, keeping the order
-            arena_blocked_ = true;
-            break;
-          }
+          if (!no_arena) break;  // the arena is full: wait for completions and copies, keeping the order
           pending_.pop_front();
           to_pool->push_back(p);
           continue;
@@ -576,17 +577,16 @@ class Uring final : public UringBackend {
     p->done += n;
     stats_.bytes_read += n;
     stats_.bounce_handoffs++;
-    bool wake_reaper = false;
+    bool wake_reaper;
     {
-      std::lock_guard<std::mutex> g(mu_);
-      release_bounce(p);
-      if (arena_blocked_ && reaper_waiting_) {
-        arena_blocked_ = false;
-        wake_reaper = true;
-      }
-      if (--copies_pending_ == 0 && stopping_) copies_cv_.notify_all();
+      std::lock_guard<std::mutex> g(arena_mu_);  // not mu_: the reaper holds that while it fills the ring
+      arena_->release(p->bounce_first, p->bounce_units);
+      p->bounce_units = 0;
+      wake_reaper = arena_blocked_;
+      arena_blocked_ = false;
+      if (--copies_pending_ == 0) copies_cv_.notify_all();
     }
-    if (wake_reaper) wake();
+    if (wake_reaper) wake();  // pieces wait for the room just freed (harmless if the reaper is awake)
     p->batch->complete(*p, p->done, 0);  // may free the piece
   }
 
@@ -635,8 +635,11 @@ class Uring final : public UringBackend {
       {
         std::lock_guard<std::mutex> g(mu_);
         inflight_ -= pieces;
-        for (auto [first, n] : rd.freed) arena_->release(first, n);
-        copies_pending_ += rd.copies.size();
+        if (!rd.freed.empty() || !rd.copies.empty()) {
+          std::lock_guard<std::mutex> a(arena_mu_);
+          for (auto [first, n] : rd.freed) arena_->release(first, n);
+          copies_pending_ += rd.copies.size();
+        }
         if (stopping_) {
           cancelled.insert(cancelled.end(), rd.again.begin(), rd.again.end());
         } else {
@@ -677,7 +680,10 @@ class Uring final : public UringBackend {
   uint64_t arena_chunk_bytes_ = kArenaChunkBytes;
   unsigned arena_max_chunks_ = 1;
   std::vector<bool> arena_fixed_;  // per chunk: registered as fixed buffer kFixedBounce + i
-  bool arena_blocked_ = false;  // pending pieces wait for arena room (a finished copy wakes the reaper)
+  // The arena, the two fields below and copies_cv_: the pool's copies free
+  // arena units without taking mu_. Lock order: mu_, then arena_mu_.
+  std::mutex arena_mu_;
+  bool arena_blocked_ = false;  // a piece found no arena room: the next finished copy wakes the reaper
   size_t copies_pending_ = 0;   // bounce copies handed to the pool, not yet finished
   std::condition_variable copies_cv_;  // shutdown waits on it for copies_pending_ == 0
   std::thread reaper_;
