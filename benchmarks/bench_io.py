@@ -4,10 +4,13 @@
 
 Cases (see storecomp.bench.read): sequential 1 MiB O_DIRECT reads vs
 ``fio --rw=read --bs=1M --iodepth=32 --direct=1 --ioengine=io_uring``;
-random 4 KiB and 64 KiB O_DIRECT reads (io_uring and the thread pool) vs fio
-randread at iodepth 32; page-cache-hot reads vs memcpy; CPU-seconds per GB
-for each. Comparisons are interleaved and alternate in order; medians are
-reported. The same measurement is ``storecomp bench read``; this script adds
+random 4 KiB, 64 KiB and 1 MiB O_DIRECT reads (io_uring, and the thread pool
+below 1 MiB) vs fio randread at iodepth 32, each also into users' own buffers
+(np.empty, torch.empty: not page-aligned) next to staging slots and a
+page-aligned numpy array (``user_buffer`` in the JSON: unaligned / aligned,
+target 0.9); page-cache-hot reads vs memcpy; CPU-seconds per GB for each.
+Comparisons are interleaved and alternate in order; medians are reported,
+and for ratios also the median of the ratios within each round. The same measurement is ``storecomp bench read``; this script adds
 ``--cases`` and ``--repeats`` and keeps the data file for the next run.
 ``--tiny`` is the smoke run the test suite uses.
 """

@@ -137,6 +137,8 @@ py::dict stats_dict(Engine& e) {
   d["nowait_misses"] = s.nowait_misses.load();
   d["fixed_buffer_pieces"] = s.fixed_buffer_pieces.load();
   d["cancelled"] = s.cancelled.load();
+  d["bounce_handoffs"] = s.bounce_handoffs.load();
+  d["bounce_arena_bytes"] = s.bounce_arena_bytes.load();
   return d;
 }
 
@@ -354,6 +356,20 @@ PYBIND11_MODULE(_native, m) {
              if (::fstat(f->fd_buffered, &st) != 0) throw_oserror(errno, f->path);
              int64_t mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
              return py::make_tuple(uint64_t(st.st_dev), uint64_t(st.st_ino), int64_t(st.st_size), mtime_ns);
+           })
+      .def("direct_alignment",
+           [](Engine& e, uint32_t id) -> py::object {
+             // (memory, offset) alignment in bytes that O_DIRECT needs for this file; None without O_DIRECT.
+             auto f = e.files().get(id);
+             if (!f) throw std::invalid_argument("file is not open");
+             int fd;
+             {
+               py::gil_scoped_release nogil;
+               fd = f->direct_fd();
+             }
+             if (fd < 0) return py::none();
+             uint64_t a = e.config().align;
+             return py::make_tuple(f->dio_mem_align ? f->dio_mem_align : a, f->dio_offset_align ? f->dio_offset_align : a);
            })
       .def("open_files", [](Engine& e) { return e.files().size(); })
       .def("submit", &submit, py::arg("file_ids"), py::arg("ops"), py::arg("offsets"),

@@ -156,6 +156,13 @@ bool in_bounds(int64_t off, int64_t outer, int64_t os, int64_t rows, int64_t rs,
 
 }  // namespace
 
+void stream_memcpy(void* dst, const void* src, size_t n) {
+  stream_copy(static_cast<char*>(dst), static_cast<const char*>(src), n);
+#ifdef SC_X86
+  _mm_sfence();
+#endif
+}
+
 // ---------------------------------------------------------------- the copy pool
 
 CopyPool& CopyPool::shared() {

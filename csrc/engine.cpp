@@ -143,8 +143,21 @@ int FileEntry::direct_fd() {
     direct_unsupported = true;  // e.g. tmpfs: EINVAL; reads go buffered
     return -1;
   }
+#ifdef STATX_DIOALIGN
+  struct statx sx;
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) &&
+      sx.stx_dio_mem_align > 0 && sx.stx_dio_offset_align > 0) {
+    dio_mem_align = sx.stx_dio_mem_align;
+    dio_offset_align = sx.stx_dio_offset_align;
+  }
+#endif
   fd_direct.store(fd, std::memory_order_release);
   return fd;
+}
+
+bool FileEntry::direct_ok(uint64_t offset, uint64_t len, uintptr_t addr, uint64_t align) const {
+  if (!dio_mem_align) return direct_aligned(offset, len, addr, align);
+  return offset % dio_offset_align == 0 && len % dio_offset_align == 0 && addr % dio_mem_align == 0;
 }
 
 uint32_t FileTable::open(const std::string& path, bool writable, bool create) {
@@ -317,7 +330,7 @@ uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t
     int fd = -1;
     if (p.mode == MODE_DIRECT) {
       fd = f.direct_fd();
-      if (fd < 0 || !direct_aligned(off, len, reinterpret_cast<uintptr_t>(dst), align)) {
+      if (fd < 0 || !f.direct_ok(off, len, reinterpret_cast<uintptr_t>(dst), align)) {
         stats.direct_fallbacks++;
         fd = -1;
       }
@@ -341,7 +354,9 @@ uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t
     fd = f.direct_fd();
     if (fd < 0) stats.direct_fallbacks++;
   }
-  if (fd >= 0)
+  if (fd >= 0 && f.direct_ok(off, len, reinterpret_cast<uintptr_t>(dst), align))
+    got += pread_full(fd, dst, len, off, true, err);
+  else if (fd >= 0)
     got += direct_read(fd, off, len, dst, align, bounce, bounce_bytes, stats, err);
   else
     got += pread_full(f.fd_buffered, dst, len, off, false, err);
@@ -363,17 +378,22 @@ void ThreadPool::submit(Piece* const* pieces, size_t n) {
     std::lock_guard<std::mutex> g(mu_);
     if (!stopping_) {
       queue_.insert(queue_.end(), pieces, pieces + n);
-      n = 0;
+      // Wake a worker per piece, not all of them (a worker drains the queue
+      // before it sleeps): a wake-up costs a context switch.
+      for (size_t i = 0; i < n && i < workers_.size(); ++i) cv_.notify_one();
+      return;
     }
   }
-  if (n == 0) {
-    cv_.notify_all();
+  for (size_t i = 0; i < n; ++i) drop(pieces[i]);  // submitted after shutdown
+}
+
+void ThreadPool::drop(Piece* p) {
+  if (p->copy_out && copy_sink_) {
+    copy_sink_(p);  // the bytes have landed: finishing costs one copy, and frees the arena
     return;
   }
-  for (size_t i = 0; i < n; ++i) {  // submitted after shutdown
-    stats_.cancelled++;
-    pieces[i]->batch->complete(*pieces[i], pieces[i]->done, ECANCELED);
-  }
+  stats_.cancelled++;
+  p->batch->complete(*p, p->done, ECANCELED);
 }
 
 void ThreadPool::worker() {
@@ -388,6 +408,10 @@ void ThreadPool::worker() {
       if (stopping_) break;
       p = queue_.front();
       queue_.pop_front();
+    }
+    if (p->copy_out && copy_sink_) {
+      copy_sink_(p);
+      continue;
     }
     int err = 0;
     uint64_t got = p->done;
@@ -423,10 +447,7 @@ void ThreadPool::shutdown() {
     std::lock_guard<std::mutex> g(mu_);
     left.swap(queue_);
   }
-  for (Piece* p : left) {
-    stats_.cancelled++;
-    p->batch->complete(*p, p->done, ECANCELED);
-  }
+  for (Piece* p : left) drop(p);
 }
 
 // ---------------------------------------------------------------- engine

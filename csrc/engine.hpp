@@ -6,7 +6,9 @@
 // splits each request into pieces of at most `split_bytes`, and a backend
 // (io_uring when permitted, a pread/pwrite thread pool always) completes the
 // pieces. O_DIRECT pieces whose offset, length or address are not aligned go
-// through a per-thread aligned bounce area, so EINVAL never reaches a caller.
+// through an aligned bounce area, so EINVAL never reaches a caller. What is
+// aligned is what the kernel says for the file (statx STATX_DIOALIGN, Linux
+// 6.1+: on NVMe any 4-byte aligned address), else the configured `align`.
 #pragma once
 
 #include <atomic>
@@ -46,10 +48,20 @@ struct FileEntry {
   std::atomic<int> fd_direct{-1};
   std::atomic<bool> direct_unsupported{false};
   std::mutex open_mu;
+  // O_DIRECT alignment the kernel reports for this file (statx
+  // STATX_DIOALIGN) in bytes: of memory addresses, and of file offsets and
+  // lengths; 0 when it does not say. Set by direct_fd() before it publishes
+  // the descriptor.
+  uint32_t dio_mem_align = 0;
+  uint32_t dio_offset_align = 0;
   ~FileEntry();
   // O_DIRECT descriptor, opened on first use; -1 when the file system refuses
   // O_DIRECT (the caller then falls back to the buffered descriptor).
   int direct_fd();
+  // Whether an O_DIRECT transfer of `len` bytes at file `offset` and memory
+  // `addr` can go to the kernel as it is: aligned as the kernel reports for
+  // this file, else to `align`. Only after direct_fd() returned a descriptor.
+  bool direct_ok(uint64_t offset, uint64_t len, uintptr_t addr, uint64_t align) const;
 };
 
 // Open files by id. A batch holds its files, so closing an id while I/O is
@@ -82,11 +94,13 @@ struct Piece {
   uint8_t issued = 0;  // io_uring: what the last submission was (Issued)
   bool nowait_tried = false;
   bool nowait_probe = false;  // thread pool: only try the page cache, hand a miss back
+  bool copy_out = false;      // thread pool: copy a landed bounce read out of the ring's arena
   // io_uring bounce (an unaligned O_DIRECT read through aligned arena pages):
   // the first arena unit, how many, and where the wanted bytes start in them.
   uint32_t bounce_first = 0;
   uint32_t bounce_units = 0;
   uint32_t bounce_skip = 0;
+  uint64_t done_copy = 0;  // io_uring bounce: bytes the pool copies out of the arena (copy_out)
 };
 
 enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2, ISSUED_BOUNCE = 3 };
@@ -136,7 +150,8 @@ struct Batch {
 struct Stats {
   std::atomic<uint64_t> requests{0}, pieces{0}, bytes_read{0}, bytes_written{0},
       errors{0}, bounce_pieces{0}, direct_fallbacks{0}, nowait_hits{0},
-      nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0};
+      nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0}, bounce_handoffs{0};
+  std::atomic<uint64_t> bounce_arena_bytes{0};  // not a counter: the io_uring bounce arena's size now
 };
 
 struct Config {
@@ -171,11 +186,19 @@ class ThreadPool {
   // Where pieces submitted with nowait_probe go when the page cache misses.
   // Set once, before such pieces are submitted.
   void set_miss_sink(std::function<void(Piece*)> sink) { miss_sink_ = std::move(sink); }
+  // What finishes pieces submitted with copy_out (the io_uring backend's
+  // bounce copies); it also runs for such pieces submitted after shutdown,
+  // on the submitting thread, so that none is left holding arena memory.
+  // Set once, before such pieces are submitted.
+  void set_copy_sink(std::function<void(Piece*)> sink) { copy_sink_ = std::move(sink); }
   void shutdown();
 
  private:
   void worker();
+  // Completes a piece that will not run (cancelled), or finishes its copy.
+  void drop(Piece* p);
   std::function<void(Piece*)> miss_sink_;
+  std::function<void(Piece*)> copy_sink_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Piece*> queue_;

@@ -1,8 +1,12 @@
 #include "uring.hpp"
 
+#include "bounce_arena.hpp"
+#include "copy.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -13,6 +17,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #endif
@@ -52,82 +57,19 @@ namespace {
 // whichever thread issues it; issued from the ring, all copies would fall to
 // the one submitting thread, while the pool spreads them over every core.
 
-// Aligned memory for unaligned O_DIRECT reads issued in the ring: a read of
-// [off, off+len) into an unaligned address becomes an aligned read of
-// [round_down(off), round_up(off+len)) into arena units, copied to its
-// destination when it completes. Units are handed out first-fit from a
-// cursor (pieces complete roughly in submission order); a piece that finds
-// no room waits in the queue until completions free some, so unaligned
-// reads run at the ring's queue depth, bounded only by the arena's size.
-// Reaper thread only (and shutdown, after the reaper has exited).
-class BounceArena {
- public:
-  ~BounceArena() {
-    if (map_) ::munmap(map_, map_bytes_);
-  }
-  // Maps `bytes` (a multiple of `unit`), 2 MiB aligned with transparent huge
-  // pages asked for (a 1 MiB read then is one or two device segments); false
-  // when the memory cannot be had.
-  bool init(uint64_t bytes, uint64_t unit) {
-    constexpr uint64_t kHuge = 2ull << 20;
-    map_bytes_ = bytes + kHuge;
-    void* p = ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      map_ = nullptr;
-      return false;
-    }
-    map_ = static_cast<uint8_t*>(p);
-    auto a = reinterpret_cast<uintptr_t>(map_);
-    base_ = map_ + ((kHuge - a % kHuge) % kHuge);
-#ifdef MADV_HUGEPAGE
-    ::madvise(base_, bytes, MADV_HUGEPAGE);  // advisory
-#endif
-    bytes_ = bytes;
-    unit_ = unit;
-    used_.assign(bytes / unit, 0);
-    return true;
-  }
-  bool ready() const { return base_ != nullptr; }
-  uint8_t* base() const { return base_; }
-  uint64_t bytes() const { return bytes_; }
-  uint64_t unit() const { return unit_; }
-  uint32_t units_for(uint64_t nbytes) const { return static_cast<uint32_t>((nbytes + unit_ - 1) / unit_); }
-  // First unit of `n` free consecutive units, marked used; -1 when none.
-  int64_t alloc(uint32_t n) {
-    size_t total = used_.size();
-    if (n == 0 || n > total) return -1;
-    for (int pass = 0; pass < 2; ++pass) {
-      size_t i = pass == 0 ? cursor_ : 0;
-      size_t end = pass == 0 ? total : std::min(cursor_ + n, total);
-      size_t run = 0;
-      for (; i < end; ++i) {
-        run = used_[i] ? 0 : run + 1;
-        if (run == n) {
-          size_t first = i + 1 - n;
-          std::fill(used_.begin() + first, used_.begin() + first + n, 1);
-          cursor_ = (first + n) % total;
-          return static_cast<int64_t>(first);
-        }
-      }
-    }
-    return -1;
-  }
-  void release(uint32_t first, uint32_t n) { std::fill(used_.begin() + first, used_.begin() + first + n, 0); }
-
- private:
-  uint8_t* map_ = nullptr;
-  uint64_t map_bytes_ = 0;
-  uint8_t* base_ = nullptr;
-  uint64_t bytes_ = 0, unit_ = 4096;
-  std::vector<uint8_t> used_;
-  size_t cursor_ = 0;
-};
-
 // Fixed buffer slots (a sparse table where the kernel has one, 5.19+): the
-// staging pool the caller registers, and the bounce arena.
+// staging pool the caller registers, and the bounce arena's chunks.
 constexpr unsigned kFixedStaging = 0;
-constexpr unsigned kFixedBounce = 1;
-constexpr uint64_t kBounceArenaBytes = 16ull << 20;
+constexpr unsigned kFixedBounce = 1;  // the first chunk; chunk i is kFixedBounce + i
+constexpr unsigned kMaxArenaChunks = 4;
+constexpr uint64_t kArenaChunkBytes = 16ull << 20;  // unless two of the largest pieces need more
+constexpr uint64_t kArenaMaxBytes = 64ull << 20;    // the most the chunks add up to (but at least one chunk)
+
+// Bounce copies of at least this many bytes leave the reaper: the thread
+// pool's workers copy them out of the arena (and run the piece's checks)
+// while the reaper keeps the ring full. Smaller ones cost less to copy
+// than to hand over, and are copied on the reaper.
+constexpr uint64_t kBounceHandoffBytes = 32 << 10;
 
 // One ring, one submitter. Callers append pieces to the pending queue under
 // mu_ and wake the reaper through an eventfd (a multishot poll on it sits in
@@ -135,22 +77,45 @@ constexpr uint64_t kBounceArenaBytes = 16ull << 20;
 // fills the ring from the pending queue (at most queue_depth pieces in
 // flight), then submits and waits for completions in one system call, as
 // fio does. Unaligned O_DIRECT reads bounce through the arena, in the
-// ring; large AUTO reads go to the thread pool for their page-cache attempt
-// (misses come back here).
+// ring, and the copies out of it of all but small pieces run on the thread
+// pool (never serialised on the reaper); large AUTO reads go to the thread
+// pool for their page-cache attempt (misses come back here).
 class Uring final : public UringBackend {
  public:
   Uring(unsigned qd, ThreadPool& pool, Stats& stats, uint64_t align, uint64_t split_bytes)
       : qd_(qd), pool_(pool), stats_(stats), align_(align) {
-    // Room for the largest piece twice over (with its aligned head and tail).
-    arena_bytes_ = std::max(kBounceArenaBytes, 2 * (split_bytes + 2 * std::max<uint64_t>(align, 4096)));
+    // Chunks of 16 MiB (or two of the largest pieces, with their aligned
+    // heads and tails); as many as a full ring of the largest pieces and as
+    // many again waiting for their copies need, within kArenaMaxBytes.
+    uint64_t unit = std::max<uint64_t>(align, 4096);
+    uint64_t piece = split_bytes + 2 * unit;
+    arena_chunk_bytes_ = std::max(kArenaChunkBytes, (2 * piece + unit - 1) / unit * unit);
+    uint64_t want = (2 * uint64_t{qd} * piece + arena_chunk_bytes_ - 1) / arena_chunk_bytes_;
+    uint64_t most = std::max<uint64_t>(1, kArenaMaxBytes / arena_chunk_bytes_);
+    arena_max_chunks_ = static_cast<unsigned>(std::clamp<uint64_t>(want, 1, std::min<uint64_t>(most, kMaxArenaChunks)));
   }
 
   int init() {
-    // COOP_TASKRUN: completions are posted when the reaper next enters the
-    // kernel instead of by an interrupt to it (fewer IPIs and context
-    // switches at high IOPS); kernels before 5.19 refuse the flag.
-    int r = io_uring_queue_init(qd_ + 1, &ring_, IORING_SETUP_COOP_TASKRUN);  // +1: re-arming the wake poll
-    if (r == -EINVAL) r = io_uring_queue_init(qd_ + 1, &ring_, 0);
+    // The reaper is the ring's one submitter, and the one thread that waits
+    // for its completions: SINGLE_ISSUER | DEFER_TASKRUN (6.1+, as fio sets
+    // them) post completions only when the reaper asks for them, in batches,
+    // instead of by task work that interrupts it for each one. The ring
+    // starts disabled and the reaper enables it, so that it is the
+    // submitter; from then on only the reaper may register buffers (it runs
+    // the callers' requests, see RegCommand). Kernels without these flags:
+    // COOP_TASKRUN (5.19+, completions posted when the reaper next enters the
+    // kernel, not by an interrupt to it), else none.
+    const unsigned tries[] = {
+        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+        IORING_SETUP_COOP_TASKRUN, 0};
+    int r = -EINVAL;
+    for (unsigned flags : tries) {
+      r = io_uring_queue_init(qd_ + 1, &ring_, flags);  // +1: re-arming the wake poll
+      if (r != -EINVAL) {
+        disabled_ = r == 0 && (flags & IORING_SETUP_R_DISABLED);
+        break;
+      }
+    }
     if (r < 0) return r;
     efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd_ < 0) {
@@ -158,18 +123,11 @@ class Uring final : public UringBackend {
       io_uring_queue_exit(&ring_);
       return -err;
     }
-    sparse_ = io_uring_register_buffers_sparse(&ring_, 2) == 0;
-    // Buffered reads that miss the page cache block in io-wq workers, by
-    // default at most 4 per CPU: on a small machine that caps a cold
-    // buffered (page-cache tier) pass at a fraction of the ring's queue
-    // depth. Allow one bounded worker per ring entry (advisory).
-    unsigned workers[2] = {qd_, 0};
-    (void)io_uring_register_iowq_max_workers(&ring_, workers);
-    arm_wake();
-    io_uring_submit(&ring_);
+    sparse_ = io_uring_register_buffers_sparse(&ring_, kFixedBounce + kMaxArenaChunks) == 0;
     inited_ = true;
     reaper_ = std::thread([this] { reap(); });
     pool_.set_miss_sink([this](Piece* p) { submit(&p, 1); });
+    pool_.set_copy_sink([this](Piece* p) { finish_copy(p); });
     return 0;
   }
 
@@ -194,30 +152,27 @@ class Uring final : public UringBackend {
   }
 
   bool register_buffer(uintptr_t addr, uint64_t len) override {
-    std::lock_guard<std::mutex> g(mu_);
+    std::unique_lock<std::mutex> g(mu_);
+    reg_cv_.wait(g, [this] { return !reg_.pending; });  // one request at a time
     if (fixed_len_ || stopping_) return false;
-    struct iovec iov = {reinterpret_cast<void*>(addr), static_cast<size_t>(len)};
-    int r = sparse_ ? io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &iov, nullptr, 1)
-                    : io_uring_register_buffers(&ring_, &iov, 1);
-    if (r < 0) return false;
+    reg_ = RegCommand{true, false, false, addr, len, false};
+    run_on_reaper(g);
+    if (!reg_.ok) return false;
     fixed_base_ = addr;
     fixed_len_ = len;
     return true;
   }
 
   void unregister_buffer(uintptr_t addr) override {
-    std::lock_guard<std::mutex> g(mu_);
+    std::unique_lock<std::mutex> g(mu_);
+    reg_cv_.wait(g, [this] { return !reg_.pending; });
     // After shutdown the ring is gone (its fd may already belong to another
     // ring); only the registration of addr is undone.
     if (!fixed_len_ || stopping_ || addr != fixed_base_) return;
-    if (sparse_) {
-      struct iovec none = {nullptr, 0};  // an empty slot; reads still in flight keep the old pages pinned
-      io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &none, nullptr, 1);
-    } else {
-      io_uring_unregister_buffers(&ring_);
-    }
-    fixed_base_ = 0;
+    fixed_base_ = 0;  // no new fixed read from here on
     fixed_len_ = 0;
+    reg_ = RegCommand{true, false, true, addr, 0, false};
+    run_on_reaper(g);
   }
 
   void shutdown() override {
@@ -233,8 +188,15 @@ class Uring final : public UringBackend {
     cancel(cancelled);
     wake();
     reaper_.join();  // returns once nothing is in flight
+    {
+      // Copies out of the arena still running on the pool (which outlives
+      // this call) finish before the arena goes.
+      std::unique_lock<std::mutex> g(arena_mu_);
+      copies_cv_.wait(g, [this] { return copies_pending_ == 0; });
+    }
     io_uring_queue_exit(&ring_);  // drops the fixed buffer registration too
     arena_.reset();
+    stats_.bounce_arena_bytes = 0;
     ::close(efd_);
     inited_ = false;
     fixed_base_ = 0;
@@ -242,6 +204,64 @@ class Uring final : public UringBackend {
   }
 
  private:
+  // A caller's buffer (un)registration, run by the reaper (the ring's
+  // submitter) at the top of its next round; reg_cv_ answers.
+  struct RegCommand {
+    bool pending = false;
+    bool done = false;
+    bool unregister = false;
+    uintptr_t addr = 0;
+    uint64_t len = 0;
+    bool ok = false;
+  };
+
+  // Hands reg_ (just set, under g) to the reaper and waits for it. Callers
+  // set it only before stopping_, and the reaper runs it before it exits.
+  void run_on_reaper(std::unique_lock<std::mutex>& g) {
+    bool w = reaper_waiting_;
+    g.unlock();
+    if (w) wake();
+    g.lock();
+    reg_cv_.wait(g, [this] { return reg_.done; });
+    reg_.pending = false;
+    reg_cv_.notify_all();
+  }
+
+  // On the reaper, under mu_.
+  void run_registration_locked() {
+    if (!reg_.pending || reg_.done) return;
+    if (reg_.unregister) {
+      if (sparse_) {
+        struct iovec none = {nullptr, 0};  // an empty slot; reads still in flight keep the old pages pinned
+        io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &none, nullptr, 1);
+      } else {
+        io_uring_unregister_buffers(&ring_);
+      }
+      reg_.ok = true;
+    } else {
+      struct iovec iov = {reinterpret_cast<void*>(reg_.addr), static_cast<size_t>(reg_.len)};
+      int r = sparse_ ? io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &iov, nullptr, 1)
+                      : io_uring_register_buffers(&ring_, &iov, 1);
+      reg_.ok = r >= 0;
+    }
+    reg_.done = true;
+    reg_cv_.notify_all();
+  }
+
+  // The reaper's first steps: become the ring's submitter, then register
+  // what only the submitter may.
+  void start_reaper() {
+    // io_uring_enable_rings() is missing from some liburing builds (2.3): the system call itself.
+    if (disabled_) ::syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+    // Buffered reads that miss the page cache block in io-wq workers, by
+    // default at most 4 per CPU: on a small machine that caps a cold
+    // buffered (page-cache tier) pass at a fraction of the ring's queue
+    // depth. Allow one bounded worker per ring entry (advisory).
+    unsigned workers[2] = {qd_, 0};
+    (void)io_uring_register_iowq_max_workers(&ring_, workers);
+    arm_wake();
+  }
+
   void cancel(const std::vector<Piece*>& pieces) {
     for (Piece* p : pieces) {
       stats_.cancelled++;
@@ -254,21 +274,30 @@ class Uring final : public UringBackend {
     Request& r = p->batch->reqs[p->req];
     if (r.op != OP_READ || p->mode == MODE_BUFFERED || (p->mode == MODE_AUTO && !p->nowait_tried)) return false;
     uint64_t off = r.offset + p->rel + p->done;
-    if (direct_aligned(off, p->len - p->done, r.addr + p->rel + p->done, align_)) return false;
-    return r.file->direct_fd() >= 0;
+    return r.file->direct_fd() >= 0 && !r.file->direct_ok(off, p->len - p->done, r.addr + p->rel + p->done, align_);
+  }
+
+  // Maps (and registers, where it can) one more arena chunk; false when
+  // the arena may not grow or the memory cannot be had.
+  bool grow_arena() {
+    int i = arena_->grow();
+    if (i < 0) return false;
+    stats_.bounce_arena_bytes += arena_->chunk_bytes();
+    struct iovec iov = {arena_->chunk_base(static_cast<unsigned>(i)), static_cast<size_t>(arena_->chunk_bytes())};
+    arena_fixed_.push_back(sparse_ && io_uring_register_buffers_update_tag(&ring_, kFixedBounce + static_cast<unsigned>(i),
+                                                                           &iov, nullptr, 1) == 1);
+    return true;
   }
 
   // Reserves arena units for a bouncing piece; false when there is no room
   // now (or no arena at all: then *to_pool is set).
   bool reserve_bounce(Piece* p, bool* to_pool) {
+    std::lock_guard<std::mutex> g(arena_mu_);
     if (!arena_) {
-      arena_ = std::make_unique<BounceArena>();
-      if (arena_->init(arena_bytes_, std::max<uint64_t>(align_, 4096))) {
-        struct iovec iov = {arena_->base(), static_cast<size_t>(arena_->bytes())};
-        arena_fixed_ = sparse_ && io_uring_register_buffers_update_tag(&ring_, kFixedBounce, &iov, nullptr, 1) == 1;
-      }
+      arena_ = std::make_unique<BounceArena>(arena_chunk_bytes_, std::max<uint64_t>(align_, 4096), arena_max_chunks_);
+      grow_arena();
     }
-    if (!arena_->ready()) {
+    if (arena_->chunks() == 0) {
       *to_pool = true;  // no memory for an arena: the pool's per-thread bounce areas
       return false;
     }
@@ -276,15 +305,21 @@ class Uring final : public UringBackend {
     uint64_t off = r.offset + p->rel + p->done;
     uint64_t skip = off % align_;
     uint64_t alen = (skip + p->len - p->done + align_ - 1) / align_ * align_;
-    int64_t first = arena_->alloc(arena_->units_for(alen));
-    if (first < 0) return false;
+    uint32_t units = arena_->units_for(alen);
+    int64_t first = arena_->alloc(units);
+    if (first < 0 && grow_arena()) first = arena_->alloc(units);
+    if (first < 0) {
+      arena_blocked_ = true;  // the next copy to finish wakes the reaper
+      return false;
+    }
     p->bounce_first = static_cast<uint32_t>(first);
-    p->bounce_units = arena_->units_for(alen);
+    p->bounce_units = units;
     p->bounce_skip = static_cast<uint32_t>(skip);
     return true;
   }
 
   void release_bounce(Piece* p) {
+    std::lock_guard<std::mutex> g(arena_mu_);
     if (p->bounce_units) arena_->release(p->bounce_first, p->bounce_units);
     p->bounce_units = 0;
   }
@@ -296,10 +331,11 @@ class Uring final : public UringBackend {
     uint64_t aoff = off - p->bounce_skip;
     auto alen = static_cast<unsigned>(
         (p->bounce_skip + p->len - p->done + align_ - 1) / align_ * align_);
-    uint8_t* buf = arena_->base() + static_cast<uint64_t>(p->bounce_first) * arena_->unit();
+    uint8_t* buf = arena_->at(p->bounce_first);
+    unsigned chunk = arena_->chunk_of(p->bounce_first);
     int fd = r.file->direct_fd();
-    if (arena_fixed_) {
-      io_uring_prep_read_fixed(sqe, fd, buf, alen, aoff, kFixedBounce);
+    if (arena_fixed_[chunk]) {
+      io_uring_prep_read_fixed(sqe, fd, buf, alen, aoff, static_cast<int>(kFixedBounce + chunk));
       stats_.fixed_buffer_pieces++;
     } else {
       io_uring_prep_read(sqe, fd, buf, alen, aoff);
@@ -316,12 +352,12 @@ class Uring final : public UringBackend {
     uint64_t off = r.offset + p->rel + p->done;
     auto len = static_cast<unsigned>(p->len - p->done);
     uintptr_t addr = r.addr + p->rel + p->done;
-    bool aligned = direct_aligned(off, len, addr, align_);
     int fd = f.fd_buffered;
     p->issued = ISSUED_BUFFERED;
     if (r.op == OP_WRITE) {
       if (p->mode == MODE_DIRECT) {  // AUTO writes are buffered
-        int dfd = aligned ? f.direct_fd() : -1;
+        int dfd = f.direct_fd();
+        if (dfd >= 0 && !f.direct_ok(off, len, addr, align_)) dfd = -1;
         if (dfd < 0) {
           stats_.direct_fallbacks++;  // unaligned O_DIRECT write goes buffered
         } else {
@@ -335,7 +371,7 @@ class Uring final : public UringBackend {
       int dfd = f.direct_fd();
       if (dfd < 0) {
         stats_.direct_fallbacks++;
-      } else if (!aligned) {
+      } else if (!f.direct_ok(off, len, addr, align_)) {
         return false;  // unaligned O_DIRECT read without an arena: bounce in the pool
       } else {
         fd = dfd;
@@ -381,7 +417,7 @@ class Uring final : public UringBackend {
       if (bounce) {
         bool no_arena = false;
         if (!reserve_bounce(p, &no_arena)) {
-          if (!no_arena) break;  // the arena is full: wait for completions, keeping the order
+          if (!no_arena) break;  // the arena is full: wait for completions and copies, keeping the order
           pending_.pop_front();
           to_pool->push_back(p);
           continue;
@@ -432,28 +468,41 @@ class Uring final : public UringBackend {
     } while (n < 0 && errno == EINTR);  // EAGAIN: the counter is full, a wake-up is pending anyway
   }
 
+  // What one reaper round decided for the completions it saw.
+  struct Round {
+    std::vector<Piece*> again;                   // resubmit
+    std::vector<std::pair<Piece*, int>> done;    // complete with this error (0: none)
+    std::vector<Piece*> copies;                  // bounce copies for the pool
+    std::vector<std::pair<uint32_t, uint32_t>> freed;  // arena units (first, count) to release
+    void clear() {
+      again.clear();
+      done.clear();
+      copies.clear();
+      freed.clear();
+    }
+  };
+
   // Decides what a completion means for its piece: done, resubmit, or error.
-  void handle(Piece* p, int res, std::vector<Piece*>* again,
-              std::vector<std::pair<Piece*, int>>* done) {
+  void handle(Piece* p, int res, Round* rd) {
     Request& r = p->batch->reqs[p->req];
     if (p->issued == ISSUED_BOUNCE) {
-      handle_bounce(p, r, res, again, done);
+      handle_bounce(p, r, res, rd);
       return;
     }
     if (res < 0) {
       if (res == -EAGAIN && p->issued == ISSUED_NOWAIT) {
         stats_.nowait_misses++;
         p->nowait_tried = true;
-        again->push_back(p);
+        rd->again.push_back(p);
       } else if (res == -EOPNOTSUPP && p->issued == ISSUED_NOWAIT) {
         p->nowait_tried = true;  // file system without RWF_NOWAIT
         p->mode = MODE_BUFFERED;
-        again->push_back(p);
+        rd->again.push_back(p);
       } else if (res == -EINTR || res == -EAGAIN) {
-        again->push_back(p);
+        rd->again.push_back(p);
       } else {
         stats_.errors++;
-        done->emplace_back(p, -res);
+        rd->done.emplace_back(p, -res);
       }
       return;
     }
@@ -466,55 +515,91 @@ class Uring final : public UringBackend {
     p->done += n;
     if (n == want) {
       if (p->issued == ISSUED_NOWAIT) stats_.nowait_hits++;
-      done->emplace_back(p, 0);
+      rd->done.emplace_back(p, 0);
     } else if (n == 0 && r.op == OP_READ) {
-      done->emplace_back(p, 0);  // end of file
+      rd->done.emplace_back(p, 0);  // end of file
     } else if (n == 0) {
-      done->emplace_back(p, EIO);
+      rd->done.emplace_back(p, EIO);
     } else if (p->issued == ISSUED_DIRECT && r.op == OP_READ) {
-      done->emplace_back(p, 0);  // a short O_DIRECT read ends at end of file
+      rd->done.emplace_back(p, 0);  // a short O_DIRECT read ends at end of file
     } else {
       if (p->issued == ISSUED_NOWAIT) {
         stats_.nowait_misses++;  // partly cached: the rest with O_DIRECT
         p->nowait_tried = true;
       }
-      again->push_back(p);
+      rd->again.push_back(p);
     }
   }
 
-  // A bounced read completed: copy the wanted bytes to the destination and
-  // free the arena units. A short aligned read means end of file.
-  void handle_bounce(Piece* p, Request& r, int res, std::vector<Piece*>* again,
-                     std::vector<std::pair<Piece*, int>>* done) {
+  // A bounced read completed: the wanted bytes go to the destination (copied
+  // here when small, else by the pool) and the arena units are freed after
+  // the copy. A short aligned read means end of file.
+  void handle_bounce(Piece* p, Request& r, int res, Round* rd) {
     if (res < 0) {
-      release_bounce(p);
+      rd->freed.emplace_back(p->bounce_first, p->bounce_units);
+      p->bounce_units = 0;
       if (res == -EINTR || res == -EAGAIN) {
-        again->push_back(p);
+        rd->again.push_back(p);
       } else {
         stats_.errors++;
-        done->emplace_back(p, -res);
+        rd->done.emplace_back(p, -res);
       }
       return;
     }
     uint64_t want = p->len - p->done;
     auto got = static_cast<uint64_t>(res);
     uint64_t n = got > p->bounce_skip ? std::min<uint64_t>(got - p->bounce_skip, want) : 0;
-    const uint8_t* src = arena_->base() + static_cast<uint64_t>(p->bounce_first) * arena_->unit() + p->bounce_skip;
-    std::memcpy(reinterpret_cast<void*>(r.addr + p->rel + p->done), src, n);
-    release_bounce(p);
+    if (n >= kBounceHandoffBytes) {
+      p->copy_out = true;  // the units stay reserved until the pool has copied
+      p->done_copy = n;
+      rd->copies.push_back(p);
+      return;
+    }
+    std::memcpy(reinterpret_cast<void*>(r.addr + p->rel + p->done), bounce_src(p), n);
+    rd->freed.emplace_back(p->bounce_first, p->bounce_units);
+    p->bounce_units = 0;
     stats_.bytes_read += n;
     p->done += n;
-    done->emplace_back(p, 0);
+    rd->done.emplace_back(p, 0);
+  }
+
+  const uint8_t* bounce_src(const Piece* p) const {
+    return arena_->at(p->bounce_first) + p->bounce_skip;
+  }
+
+  // On a pool thread: copy a bounced piece out of the arena, free its units
+  // (waking the reaper when pieces wait for arena room) and complete it.
+  void finish_copy(Piece* p) {
+    Request& r = p->batch->reqs[p->req];
+    uint64_t n = p->done_copy;
+    stream_memcpy(reinterpret_cast<void*>(r.addr + p->rel + p->done), bounce_src(p), n);
+    p->copy_out = false;
+    p->done += n;
+    stats_.bytes_read += n;
+    stats_.bounce_handoffs++;
+    bool wake_reaper;
+    {
+      std::lock_guard<std::mutex> g(arena_mu_);  // not mu_: the reaper holds that while it fills the ring
+      arena_->release(p->bounce_first, p->bounce_units);
+      p->bounce_units = 0;
+      wake_reaper = arena_blocked_;
+      arena_blocked_ = false;
+      if (--copies_pending_ == 0) copies_cv_.notify_all();
+    }
+    if (wake_reaper) wake();  // pieces wait for the room just freed (harmless if the reaper is awake)
+    p->batch->complete(*p, p->done, 0);  // may free the piece
   }
 
   void reap() {
-    std::vector<Piece*> again, to_pool, cancelled;
-    std::vector<std::pair<Piece*, int>> done;
+    std::vector<Piece*> to_pool, cancelled;
+    Round rd;
+    start_reaper();
     for (;;) {
       bool exit;
       if (rearm_) arm_wake();
       {
         std::lock_guard<std::mutex> g(mu_);
+        run_registration_locked();
         fill_locked(&to_pool);
         exit = stopping_ && inflight_ == 0;
         reaper_waiting_ = !exit;
@@ -544,21 +629,28 @@ class Uring final : public UringBackend {
           continue;
         }
         pieces++;  // a piece, or the no-op left by one handed to the pool
-        if (data) handle(static_cast<Piece*>(data), cqe->res, &again, &done);
+        if (data) handle(static_cast<Piece*>(data), cqe->res, &rd);
       }
       io_uring_cq_advance(&ring_, count);
       {
         std::lock_guard<std::mutex> g(mu_);
         inflight_ -= pieces;
+        if (!rd.freed.empty() || !rd.copies.empty()) {
+          std::lock_guard<std::mutex> a(arena_mu_);
+          for (auto [first, n] : rd.freed) arena_->release(first, n);
+          copies_pending_ += rd.copies.size();
+        }
         if (stopping_) {
-          cancelled.insert(cancelled.end(), again.begin(), again.end());
+          cancelled.insert(cancelled.end(), rd.again.begin(), rd.again.end());
         } else {
-          pending_.insert(pending_.begin(), again.begin(), again.end());
+          pending_.insert(pending_.begin(), rd.again.begin(), rd.again.end());
         }
       }
-      again.clear();
-      for (auto& [p, err] : done) p->batch->complete(*p, p->done, err);
-      done.clear();
+      // The copies go to the pool before anything completes here: the ring
+      // is refilled at the top of the next round while they run.
+      if (!rd.copies.empty()) pool_.submit(rd.copies.data(), rd.copies.size());
+      for (auto& [p, err] : rd.done) p->batch->complete(*p, p->done, err);
+      rd.clear();
       cancel(cancelled);
       cancelled.clear();
     }
@@ -581,9 +673,19 @@ class Uring final : public UringBackend {
   uintptr_t fixed_base_ = 0;
   uint64_t fixed_len_ = 0;
   bool sparse_ = false;  // fixed buffers in a sparse table (kFixedStaging, kFixedBounce)
+  bool disabled_ = false;  // created disabled: the reaper enables it (SINGLE_ISSUER)
+  RegCommand reg_;
+  std::condition_variable reg_cv_;
   std::unique_ptr<BounceArena> arena_;  // made on the first unaligned O_DIRECT read
-  uint64_t arena_bytes_ = kBounceArenaBytes;
-  bool arena_fixed_ = false;
+  uint64_t arena_chunk_bytes_ = kArenaChunkBytes;
+  unsigned arena_max_chunks_ = 1;
+  std::vector<bool> arena_fixed_;  // per chunk: registered as fixed buffer kFixedBounce + i
+  // The arena, the two fields below and copies_cv_: the pool's copies free
+  // arena units without taking mu_. Lock order: mu_, then arena_mu_.
+  std::mutex arena_mu_;
+  bool arena_blocked_ = false;  // a piece found no arena room: the next finished copy wakes the reaper
+  size_t copies_pending_ = 0;   // bounce copies handed to the pool, not yet finished
+  std::condition_variable copies_cv_;  // shutdown waits on it for copies_pending_ == 0
   std::thread reaper_;
 };
 

@@ -4,11 +4,14 @@
 
 * ``seq_1m``: sequential 1 MiB O_DIRECT reads (io_uring, queue depth 32)
   against ``fio --rw=read --bs=1M --iodepth=32 --direct=1 --ioengine=io_uring``.
-* ``rand_4k`` / ``rand_64k``: random aligned O_DIRECT reads at queue depth
-  32, io_uring and the 32-thread pread pool, against fio ``randread``; and
-  the same io_uring reads into users' own buffers, which are rarely
-  O_DIRECT-aligned: a plain ``np.empty`` array (``storecomp_numpy``) and a
-  ``torch.empty`` tensor (``storecomp_torch``), next to the staging slots.
+* ``rand_4k`` / ``rand_64k`` / ``rand_1m``: random aligned O_DIRECT reads at
+  queue depth 32, io_uring (and, at 4 and 64 KiB, the 32-thread pread pool),
+  against fio ``randread``; and the same io_uring reads into users' own
+  buffers, which are rarely O_DIRECT-aligned: a plain ``np.empty`` array
+  (``storecomp_numpy``) and a ``torch.empty`` tensor (``storecomp_torch``),
+  next to the staging slots and a page-aligned numpy array
+  (``storecomp_aligned``). ``user_buffer`` holds the ratios of the unaligned
+  destinations to the aligned ones (per round, then the median), target 0.9.
 * ``hot``: reads of a file already in the page cache, with ``direct="auto"``
   (RWF_NOWAIT, O_DIRECT on a miss) and ``direct="off"``, against
   single-threaded memcpy (``np.copyto`` of 256 MiB).
@@ -25,6 +28,7 @@ from __future__ import annotations
 import collections
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,8 +42,10 @@ from . import Context, _fio
 from ._common import Run, Window, cache_file, data_file, evict, summarize
 from .report import Figure
 
-CASES = ("seq_1m", "rand_4k", "rand_64k", "hot")
-TARGETS = {"seq_1m": 0.95, "rand_4k": 0.9, "rand_64k": 0.9, "hot": 0.8}
+CASES = ("seq_1m", "rand_4k", "rand_64k", "rand_1m", "hot")
+TARGETS = {"seq_1m": 0.95, "rand_4k": 0.9, "rand_64k": 0.9, "rand_1m": 0.9, "hot": 0.8}
+USER_BUFFER_TARGET = 0.9  # unaligned destinations / aligned ones
+_BLOCK = {"rand_4k": 4096, "rand_64k": 65536, "rand_1m": 1 << 20}
 
 QUEUE_DEPTH = 32
 _BATCH_BYTES = 32 << 20  # destination bytes per submitted batch
@@ -167,21 +173,26 @@ class _Bench:
                 variants={"storecomp": ("io_uring", "on")},
                 fio_rw="read",
             )
-        if case in ("rand_4k", "rand_64k"):
-            bs = 4096 if case == "rand_4k" else 65536
-            return self._cold(
-                f"random aligned {bs // 1024} KiB O_DIRECT reads, queue depth 32",
+        if case in _BLOCK:
+            bs = _BLOCK[case]
+            variants = {
+                "storecomp": ("io_uring", "on"),
+                "storecomp_aligned": ("io_uring", "on", "aligned"),
+                "storecomp_numpy": ("io_uring", "on", "numpy"),
+                "storecomp_torch": ("io_uring", "on", "torch"),
+            }
+            if bs < 1 << 20:
+                variants["storecomp_threads"] = ("threads", "on")
+            result = self._cold(
+                f"random aligned {_bs_name(bs)} O_DIRECT reads, queue depth 32",
                 "iops",
                 bs,
                 sequential=False,
-                variants={
-                    "storecomp": ("io_uring", "on"),
-                    "storecomp_numpy": ("io_uring", "on", "numpy"),
-                    "storecomp_torch": ("io_uring", "on", "torch"),
-                    "storecomp_threads": ("threads", "on"),
-                },
+                variants=variants,
                 fio_rw="randread",
             )
+            result["user_buffer"] = _user_buffer_ratios(result)
+            return result
         return self._hot()
 
     def _cold(
@@ -217,13 +228,20 @@ class _Bench:
                         limit["skipped"] = f"fio failed: {e}"
                         continue
                     limit["command"] = "fio " + fig.pop("command")
+                    fig["round"] = rnd
                     limit_runs.append(fig)
                     self.say(f"  fio {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
                     continue
                 self._measure(name, variants[name], bs, sequential, metric, rnd, runs, info)
         if limit_runs and "skipped" not in limit:
             limit.update(summarize(limit_runs))
-        return self._result(description, metric, runs, info, limit)
+        result = self._result(description, metric, runs, info, limit)
+        # Ours over fio within each round (measured back to back), then the median.
+        fio_by_round = {r["round"]: r[metric] for r in limit_runs if r.get(metric)}
+        paired = [r[metric] / fio_by_round[r["round"]] for r in runs.get("storecomp", []) if r["round"] in fio_by_round]
+        result["paired_ratio"] = statistics.median(paired) if paired else None
+        result["paired_ratio_spread"] = [min(paired), max(paired)] if paired else None
+        return result
 
     def _hot(self) -> dict[str, Any]:
         variants = {
@@ -263,6 +281,7 @@ class _Bench:
         except (StorecompError, OSError) as e:
             info[name]["error"] = f"{type(e).__name__}: {e}"
             return
+        fig["round"] = rnd
         runs[name].append(fig)
         info[name].update(meta)
         self.say(f"  {name} {rnd + 1}/{self.repeats}: {_fmt(fig, metric)}")
@@ -303,7 +322,8 @@ class _Bench:
     def _storecomp(
         self, backend: str, direct: str, bs: int, sequential: bool, dst: str = "slot"
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One measurement into ``dst``: ``slot`` (staging slots), ``numpy`` (``np.empty``) or ``torch`` (``torch.empty``)."""
+        """One measurement into ``dst``: ``slot`` (staging slots), ``aligned`` (page-aligned numpy),
+        ``numpy`` (``np.empty``) or ``torch`` (``torch.empty``)."""
         engine, note = self._engine(backend, direct)
         try:
             nreq = max(1, min(_BATCH_REQUESTS, _BATCH_BYTES // bs, self.size // bs))
@@ -346,9 +366,13 @@ class _Bench:
 
 def _user_buffers(kind: str, n: int, nbytes: int) -> list[np.ndarray]:
     """``n`` destinations as a user makes them (touched once, as a training loop's would be):
-    ``np.empty`` arrays or ``torch.empty`` tensors (as numpy views), usually not page-aligned."""
+    ``np.empty`` arrays or ``torch.empty`` tensors (as numpy views), usually not page-aligned;
+    or (``aligned``) numpy arrays cut to start at a page boundary, the aligned reference."""
     if kind == "numpy":
         out = [np.empty(nbytes, np.uint8) for _ in range(n)]
+    elif kind == "aligned":
+        raws = [np.empty(nbytes + 4096, np.uint8) for _ in range(n)]
+        out = [r[(-r.ctypes.data) % 4096 :][:nbytes] for r in raws]
     elif kind == "torch":
         import torch
 
@@ -424,6 +448,34 @@ def _drive(
         for slot in slots:
             slot.release()
     return Run(nbytes, requests, seconds, cpu, busy)
+
+
+def _user_buffer_ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """Users' own (unaligned) destinations against the aligned ones of the same case:
+    ``{kind: {"vs_slots": r, "vs_aligned": r, "spread_vs_aligned": [lo, hi]}}`` with the
+    median over rounds of the ratio within each round (both measured minutes apart at
+    most, so a drift of the shared storage cancels), plus ``target`` and ``meets_target``
+    (every kind at least the target against page-aligned numpy and the staging slots)."""
+    metric = result["metric"]
+
+    def per_round(name: str) -> dict[int, float]:
+        return {r["round"]: r[metric] for r in result.get(name, {}).get("runs", []) if r.get(metric)}
+
+    slots, aligned = per_round("storecomp"), per_round("storecomp_aligned")
+    out: dict[str, Any] = {"target": USER_BUFFER_TARGET}
+    met = []
+    for kind in ("numpy", "torch"):
+        mine = per_round(f"storecomp_{kind}")
+        entry: dict[str, Any] = {}
+        for ref_name, ref in (("slots", slots), ("aligned", aligned)):
+            ratios = [mine[k] / ref[k] for k in mine if k in ref]
+            if ratios:
+                entry[f"vs_{ref_name}"] = statistics.median(ratios)
+                entry[f"spread_vs_{ref_name}"] = [min(ratios), max(ratios)]
+                met.append(entry[f"vs_{ref_name}"] >= USER_BUFFER_TARGET)
+        out[kind] = entry
+    out["meets_target"] = all(met) if met else None
+    return out
 
 
 def _memcpy(duration_s: float) -> dict[str, Any]:
@@ -514,6 +566,7 @@ def device_sweep(path: str, ctx: Context) -> dict[str, Any]:
 
 _PEER_NAMES = {
     "storecomp_threads": "threads engine",
+    "storecomp_aligned": "into page-aligned np",
     "storecomp_buffered": "direct=off",
     "storecomp_numpy": "into np.empty",
     "storecomp_torch": "into torch.empty",
@@ -540,6 +593,14 @@ def figures(result: dict[str, Any]) -> list[Figure]:
         ]
         if "skipped" in limit:
             notes.append(f"limit skipped: {limit['skipped']}")
+        user = r.get("user_buffer", {})
+        for kind in ("numpy", "torch"):
+            if "vs_aligned" in user.get(kind, {}):
+                u = user[kind]
+                notes.append(
+                    f"{kind} buffer / aligned {u['vs_aligned']:.2f}, / slots {u.get('vs_slots', float('nan')):.2f}"
+                    f" (target {user['target']})"
+                )
         if metric in ours and "cpu_s_per_gb" in ours:
             notes.append(f"CPU-s/GB {ours['cpu_s_per_gb']:.3f} (limit {limit.get('cpu_s_per_gb', float('nan')):.3f})")
         out.append(Figure(

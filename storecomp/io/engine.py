@@ -231,6 +231,16 @@ class File:
         """Current size in bytes of the opened file."""
         return self.fstat()[2]
 
+    def direct_alignment(self) -> tuple[int, int] | None:
+        """``(memory, offset)`` alignment in bytes that an O_DIRECT read of this file
+        needs to go to the kernel as it is (anything else bounces through aligned
+        memory): what the kernel reports (statx ``STATX_DIOALIGN``, Linux 6.1+; on
+        NVMe any 4-byte aligned address), else the engine's ``align``. None when
+        the file system refuses O_DIRECT (reads are buffered)."""
+        fid = self._check_open()
+        out = self._engine._native.direct_alignment(fid)
+        return None if out is None else (int(out[0]), int(out[1]))
+
     def pread_into(
         self, dst: Any, offset: int = 0, *, length: int | None = None, dst_offset: int = 0, exact: bool = False
     ) -> int:
@@ -459,7 +469,10 @@ class Engine:
         return self._closed or os.getpid() != self._pid
 
     def stats(self) -> dict[str, int]:
-        """Counters since creation: requests, pieces, bytes, bounces, page-cache hits, errors."""
+        """Counters since creation: requests, pieces, bytes, bounces, page-cache hits, errors;
+        and ``bounce_arena_bytes``, the size now of the io_uring bounce arena (aligned memory,
+        registered and so pinned, that unaligned O_DIRECT reads land in; at most 64 MiB).
+        ``bounce_handoffs``: bounced pieces whose copy out of the arena ran on the pool's threads."""
         return dict(self._native.stats())
 
     # ------------------------------------------------------------ files

@@ -67,6 +67,8 @@ def test_engine_reports_backend_and_config(backend_name: str) -> None:
             "nowait_misses",
             "fixed_buffer_pieces",
             "cancelled",
+            "bounce_handoffs",
+            "bounce_arena_bytes",
         }
         assert all(v == 0 for v in eng.stats().values())
     finally:
