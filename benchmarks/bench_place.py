@@ -5,13 +5,17 @@ repeats after kill -9, and a reader's samples/s during a migration vs without.
     python benchmarks/bench_place.py               # 2 GiB snapshot, 64 MiB blobs
     python benchmarks/bench_place.py --tiny        # smoke run (seconds)
     python benchmarks/bench_place.py --mib 512 --json out.json
+    python benchmarks/bench_place.py --rounds 3 --copy-only   # the copy alone, 3 interleaved rounds
 
 Steps (two ``weed server`` processes on loopback, one per site):
 
 1. write the snapshot (``--mib`` MiB in ``--blob-mib`` MiB blobs) at site a;
 2. ``storecomp.store.place`` a -> b (``--workers`` blobs at once, parts of
    ``--part-mib``; every blob read back from b and its crc32c checked), timed;
-3. peers, each copying the same blobs a -> a fresh prefix at b, timed:
+3. peers, each copying the same blobs a -> a fresh prefix at b, timed
+   (each copier to a fresh, warmed server for site b; ``--rounds N``: N
+   rounds, the three copiers in an order rotated per round; medians and
+   ranges reported):
    ``rclone copy`` (when the binary exists: ``--transfers`` = workers,
    ``--s3-chunk-size`` = part, ``--s3-upload-concurrency 4``, no checksum
    read-back) and boto3 (``get_object`` streamed into ``upload_fileobj`` with
@@ -39,6 +43,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,10 +90,10 @@ def _warm_up(*servers: SeaweedFS) -> None:
         st.close()
 
 
-def _ns(a: SeaweedFS, a_url: str, b: SeaweedFS, b_url: str) -> Namespace:
+def _ns(a: SeaweedFS, a_url: str, b: SeaweedFS, b_url: str, site: str = "b") -> Namespace:
     reps = (
         Replica(a_url, "a", 0, tuple(sorted(a.store_options().items()))),
-        Replica(b_url, "b", 1, tuple(sorted(b.store_options().items()))),
+        Replica(b_url, site, 1, tuple(sorted(b.store_options().items()))),
     )
     return Namespace([Mount("ds", reps, primary="a")], environ={})
 
@@ -224,6 +229,59 @@ def bench_reader(ns: Namespace, seconds: float, migrate: list[str] | None, settl
     return {"samples": n, "seconds": dt, "samples_per_s": n / dt}
 
 
+COPIERS = ("storecomp", "rclone", "boto3")
+
+
+def copy_round(
+    i: int, a: SeaweedFS, a_url: str, keys: list[str], tmp: Path, total: int, workers: int, part: int, log: Any
+) -> dict[str, Any]:
+    """One round: every copier copies the snapshot a -> a fresh site b of its own
+    (a new server, warmed: the same start for all, and deletes do not free a
+    SeaweedFS volume), in an order rotated by ``i`` (no copier always first)."""
+    out: dict[str, Any] = {"round": i, "load_before": os.getloadavg()[0]}
+    order = COPIERS[i % 3 :] + COPIERS[: i % 3]
+    for k in order:
+        log(f"round {i}: {k}")
+        b = SeaweedFS.start(tmp / f"b-{i}-{k}")
+        try:
+            _warm_up(b)
+            if k == "storecomp":
+                with _ns(a, a_url, b, b.url("site"), site=f"b{i}") as ns:
+                    t0 = time.perf_counter()
+                    r = place("sc://ds/train", f"b{i}", namespace=ns, workers=workers, part_bytes=part)
+                    out[k] = {"seconds": time.perf_counter() - t0, **r.to_json()}
+            elif k == "rclone":
+                out[k] = bench_rclone(a, a_url, b, b.url("rclone"), workers, part)
+            else:
+                out[k] = bench_boto3(a, a_url, list(keys), b, b.url("boto3"), workers, part)
+        finally:
+            b.stop()
+            shutil.rmtree(tmp / f"b-{i}-{k}", ignore_errors=True)
+        if "seconds" in out[k]:
+            out[k]["bytes_per_s"] = total / out[k]["seconds"]
+    peers = [out[k]["bytes_per_s"] for k in ("rclone", "boto3") if "bytes_per_s" in out[k]]
+    out["ratio_vs_best_peer"] = out["storecomp"]["bytes_per_s"] / max(peers) if peers else None
+    out["order"] = list(order)
+    out["load_after"] = os.getloadavg()[0]
+    return out
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians and ranges over the rounds (MiB/s per copier, storecomp / best peer)."""
+    out: dict[str, Any] = {}
+    for k in COPIERS:
+        rates = [r[k]["bytes_per_s"] / 2**20 for r in rounds if "bytes_per_s" in r[k]]
+        if rates:
+            out[f"{k}_mib_s"] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    ratios = [r["ratio_vs_best_peer"] for r in rounds if r.get("ratio_vs_best_peer")]
+    if ratios:
+        out["ratio_vs_best_peer"] = statistics.median(ratios)
+        out["ratio_range"] = [min(ratios), max(ratios)]
+    loads = [x for r in rounds for x in (r["load_before"], r["load_after"])]
+    out["load_range"] = [min(loads), max(loads)]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
@@ -235,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--settle-s", type=float, default=3.0, help="seconds between starting a migration and counting the reader's samples"
     )
+    ap.add_argument("--rounds", type=int, default=1, help="copy rounds (each to a fresh site b, the copiers' order rotated)")
+    ap.add_argument("--copy-only", action="store_true", help="only the copy rounds (no resume, no reader)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.tiny:
@@ -246,52 +306,46 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bench-place-") as tmp:
         a = SeaweedFS.start(Path(tmp) / "a")
-        b = SeaweedFS.start(Path(tmp) / "b")
+        b: SeaweedFS | None = None
         try:
-            _warm_up(a, b)
-            a_url, b_url = a.url("site"), b.url("site")
+            _warm_up(a)
+            a_url = a.url("site")
             sa = open_store(a_url, **a.store_options())
             log(f"writing a {args.mib} MiB snapshot at site a")
             h, keys = _write_snapshot(sa, total, blob)
             total = len(keys) * blob
-            with _ns(a, a_url, b, b_url) as ns:
-                log("storecomp place a -> b")
-                t0 = time.perf_counter()
-                r = place("sc://ds/train", "b", namespace=ns, workers=args.workers, part_bytes=part)
-                out["storecomp"] = {"seconds": time.perf_counter() - t0, **r.to_json()}
-            log("rclone")
-            out["rclone"] = bench_rclone(a, a_url, b, b.url("rclone"), args.workers, part)
-            log("boto3")
-            out["boto3"] = bench_boto3(a, a_url, [k for k in keys], b, b.url("boto3"), args.workers, part)
-            for k in ("storecomp", "rclone", "boto3"):
-                if "seconds" in out[k]:
-                    out[k]["bytes_per_s"] = total / out[k]["seconds"]
-            peers = [out[k]["bytes_per_s"] for k in ("rclone", "boto3") if "bytes_per_s" in out[k]]
-            out["ratio_vs_best_peer"] = out["storecomp"]["bytes_per_s"] / max(peers) if peers else None
-            log("resume after kill -9")
-            cfg = Path(tmp) / "mounts.toml"
-            _mount_toml(cfg, a, a_url, b, b.url("resume"), "resume")
-            os.environ.update(a.env())  # both servers share the test credentials
-            out["resume"] = bench_resume(
-                cfg, open_store(b.url("resume"), **b.store_options()), keys, total, blob, b, b.url("resume")
-            )
-            log("reader alone / during migrations")
-            with _ns(a, a_url, b, b_url) as ns:
-                out["reader_alone"] = bench_reader(ns, args.read_s, None)
-                env_cfg = Path(tmp) / "mig.toml"
-                base = [sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to"]
-                _mount_toml(env_cfg, a, a_url, b, b.url("mig1"), "mig1")
-                os.environ["STORECOMP_MOUNTS"] = str(env_cfg)
-                out["reader_during"] = bench_reader(ns, args.read_s, base + ["mig1"], args.settle_s)
-                _mount_toml(env_cfg, a, a_url, b, b.url("mig2"), "mig2")
-                out["reader_during_no_yield"] = bench_reader(ns, args.read_s, base + ["mig2", "--no-yield"], args.settle_s)
-                del os.environ["STORECOMP_MOUNTS"]
-            alone = out["reader_alone"]["samples_per_s"]
-            out["reader_ratio"] = out["reader_during"]["samples_per_s"] / alone
-            out["reader_ratio_no_yield"] = out["reader_during_no_yield"]["samples_per_s"] / alone
+            rounds = [copy_round(i, a, a_url, keys, Path(tmp), total, args.workers, part, log) for i in range(args.rounds)]
+            out["rounds"] = rounds
+            out.update(summarize(rounds))
+            if not args.copy_only:
+                b = SeaweedFS.start(Path(tmp) / "b")
+                _warm_up(b)
+                b_url = b.url("site")
+                log("resume after kill -9")
+                cfg = Path(tmp) / "mounts.toml"
+                _mount_toml(cfg, a, a_url, b, b.url("resume"), "resume")
+                os.environ.update(a.env())  # both servers share the test credentials
+                out["resume"] = bench_resume(
+                    cfg, open_store(b.url("resume"), **b.store_options()), keys, total, blob, b, b.url("resume")
+                )
+                log("reader alone / during migrations")
+                with _ns(a, a_url, b, b_url) as ns:
+                    out["reader_alone"] = bench_reader(ns, args.read_s, None)
+                    env_cfg = Path(tmp) / "mig.toml"
+                    base = [sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to"]
+                    _mount_toml(env_cfg, a, a_url, b, b.url("mig1"), "mig1")
+                    os.environ["STORECOMP_MOUNTS"] = str(env_cfg)
+                    out["reader_during"] = bench_reader(ns, args.read_s, base + ["mig1"], args.settle_s)
+                    _mount_toml(env_cfg, a, a_url, b, b.url("mig2"), "mig2")
+                    out["reader_during_no_yield"] = bench_reader(ns, args.read_s, base + ["mig2", "--no-yield"], args.settle_s)
+                    del os.environ["STORECOMP_MOUNTS"]
+                alone = out["reader_alone"]["samples_per_s"]
+                out["reader_ratio"] = out["reader_during"]["samples_per_s"] / alone
+                out["reader_ratio_no_yield"] = out["reader_during_no_yield"]["samples_per_s"] / alone
         finally:
             a.stop()
-            b.stop()
+            if b is not None:
+                b.stop()
     print_table(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
@@ -301,22 +355,31 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(out: dict[str, Any]) -> None:
     c = out["config"]
     print(f"copy of a {c['mib']} MiB snapshot ({c['blob_mib']} MiB blobs), {c['workers']} at once, parts of {c['part_mib']} MiB")
-    for k in ("storecomp", "rclone", "boto3"):
-        r = out[k]
-        if "bytes_per_s" in r:
-            print(f"  {k:10} {r['seconds']:8.2f} s  {r['bytes_per_s'] / 2**20:8.1f} MiB/s")
-        else:
-            print(f"  {k:10} {r.get('skipped') or r.get('error')}")
-    sc = out["storecomp"]
-    if "verify_s" in sc:
-        print(
-            f"  storecomp worker-seconds: streaming parts a -> b {sc['put_s']:.1f} (of which waiting for source parts "
-            f"{sc.get('source_s', 0):.1f}), reading back from b {sc['verify_s']:.1f}"
-        )
+    for r in out["rounds"]:
+        print(f" round {r['round']} (order {', '.join(r['order'])}; load {r['load_before']:.1f} -> {r['load_after']:.1f})")
+        for k in COPIERS:
+            x = r[k]
+            if "bytes_per_s" in x:
+                print(f"  {k:10} {x['seconds']:8.2f} s  {x['bytes_per_s'] / 2**20:8.1f} MiB/s")
+            else:
+                print(f"  {k:10} {x.get('skipped') or x.get('error')}")
+        sc = r["storecomp"]
+        if "verify_s" in sc:
+            print(
+                f"  storecomp worker-seconds: streaming parts a -> b {sc['put_s']:.1f} (of which waiting for source parts "
+                f"{sc.get('source_s', 0):.1f}), reading back from b {sc['verify_s']:.1f}"
+            )
+        if r.get("ratio_vs_best_peer"):
+            print(f"  storecomp / best peer: {r['ratio_vs_best_peer']:.2f}x")
     if out.get("ratio_vs_best_peer"):
+        lo, hi = out["ratio_range"]
         print(
-            f"  storecomp / best peer: {out['ratio_vs_best_peer']:.2f}x (storecomp also reads every blob back and checks crc32c)"
+            f"median storecomp / best peer over {len(out['rounds'])} round(s): {out['ratio_vs_best_peer']:.2f}x "
+            f"(range {lo:.2f}-{hi:.2f}; storecomp also reads every blob back and checks crc32c); "
+            f"load average {out['load_range'][0]:.1f}-{out['load_range'][1]:.1f}"
         )
+    if "resume" not in out:
+        return
     rs = out["resume"]
     print(
         f"resume after kill -9: {rs['blobs_present_after_kill']} blobs kept, rerun copied {rs['rerun_bytes_copied']} bytes "

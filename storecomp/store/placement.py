@@ -1,37 +1,33 @@
-"""Placement: which sites hold a complete, verified copy of each snapshot of a mount.
+"""Placement: copy a snapshot of a mount to a site, publish it there, drop it.
 
-A mount (``sc://mount``) has replicas in sites; its datasets are snapshots
-(:mod:`storecomp.store.snapshots`: blobs, a manifest, a ref at the
-primary). The *placement record*, one JSON object per mount at its primary
-(``placement/record.json``), moved only by compare-and-swap, says per
-snapshot (manifest hash) which non-primary sites hold a complete, verified
-copy, and which copies are in flight. The primary holds every committed
-snapshot (writers commit there) and is always complete.
+The sites of a mount and the placement record (which sites hold a complete,
+verified copy of each snapshot, moved by compare-and-swap at the mount's
+primary) are in :mod:`storecomp.store.placement_record`; the read side
+(resolve to the nearest complete copy, pin it, move readers) is in
+:mod:`storecomp.store.resolution`. This module changes where copies are:
 
 * :func:`place` copies the blobs a site lacks (only those: content-addressed)
   with :func:`storecomp.store.transfer.copy_objects` (parallel, streamed,
   crc32c-verified at the destination, resumable, rate-capped), then the
   manifest, and only then publishes "SITE complete". A crash or kill -9
   before that leaves at most an in-flight mark, never a complete one.
-* :func:`resolve` gives readers the nearest complete copy, never a partial one.
 * :func:`drop` removes a site's copy only when another complete copy exists
   (the primary) and no live lease names it.
-* Readers pin what they read with a :class:`~storecomp.store.leases.Lease`.
+* :func:`plan`, :func:`status`, :func:`decide`: what a copy would move, where
+  each snapshot lives, whether copying is worth it.
+* :func:`publish` makes a dataset folder a snapshot; :func:`place_prefix`
+  copies plain objects (a KV shared pool).
 
 The decision rule for ``--auto`` and its numbers are in docs/placement.md.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,169 +37,62 @@ from .base import Store
 from .leases import Lease, leases
 from .mounts import SCHEME
 from .namespace import Namespace
-from .replicas import ReplicatedStore
-from .snapshots import Manifest, Repository, Snapshot, sha256_hex
+from .placement_record import (
+    DROP_STALE_S,
+    RECORD_FORMAT,
+    RECORD_KEY,
+    PlacementRecord,
+    Site,
+    mount_sites,
+    primary_site,
+    read_record,
+    refuse_if_leased,
+    site_named,
+    snapshot_at,
+    split_snapshot_url,
+    update_record,
+)
+from .resolution import PlacedReader, Resolved, open_snapshot, placed_reader, resolve, warm
+from .snapshots import Manifest, Repository, sha256_hex
 from .transfer import DEFAULT_PART_BYTES, DEFAULT_WORKERS, CopyItem, TransferReport, YieldPolicy, copy_objects
 
-RECORD_KEY = "placement/record.json"
-RECORD_FORMAT = "storecomp.placement/1"
-_CAS_RETRIES = 32
-#: A drop that has not finished after this many seconds is taken for dead (its process was killed).
-DROP_STALE_S = 600.0
+__all__ = [
+    "DROP_STALE_S",
+    "RECORD_FORMAT",
+    "RECORD_KEY",
+    "Decision",
+    "PlaceReport",
+    "PlacedReader",
+    "PlacementRecord",
+    "Plan",
+    "Resolved",
+    "Site",
+    "decide",
+    "drop",
+    "leases",
+    "mount_sites",
+    "open_snapshot",
+    "place",
+    "place_prefix",
+    "placed_reader",
+    "plan",
+    "probe_site",
+    "probe_write_rate",
+    "publish",
+    "read_record",
+    "reader_yield",
+    "resolve",
+    "split_snapshot_url",
+    "status",
+    "update_record",
+    "warm",
+]
+
 _PUBLISH_TRIES = 8
 
 
 class _DropRaced(StorecompError):
     """A drop at the destination ran while the blobs were being verified: verify again."""
-
-
-# ---------------------------------------------------------------- sites
-
-
-@dataclass(frozen=True)
-class Site:
-    """One replica of a mount: its site name (the replica's URL when it has none) and store."""
-
-    name: str
-    url: str
-    store: Store
-    primary: bool
-    preference: int
-
-
-def mount_sites(ns: Namespace, mount: str) -> list[Site]:
-    """The sites of ``mount`` in read order (this node's site first, then
-    preference and measured latency). InvalidArgumentError for an unknown mount."""
-    st = ns.store(mount)
-    inner = getattr(st, "inner", None)  # a cache tier in front of the mount
-    if isinstance(inner, Store):
-        st = inner
-    m = ns.mounts[mount]
-    primary = m.primary_replica
-    if isinstance(st, ReplicatedStore):
-        order, stores = st.read_order(), st.stores
-    else:
-        order, stores = [0], [st]
-    return [
-        Site(
-            m.replicas[i].site or m.replicas[i].url,
-            m.replicas[i].url,
-            stores[i],
-            m.replicas[i] is primary,
-            m.replicas[i].preference,
-        )
-        for i in order
-    ]
-
-
-def _site(sites: list[Site], name: str, mount: str) -> Site:
-    for s in sites:
-        if s.name == name:
-            return s
-    known = ", ".join(s.name for s in sites)
-    raise InvalidArgumentError(f"{SCHEME}{mount}: no site {name!r} (sites: {known})")
-
-
-def _primary(sites: list[Site]) -> Site:
-    return next(s for s in sites if s.primary)
-
-
-def split_snapshot_url(url: str) -> tuple[str, str]:
-    """``sc://mount/name`` -> ``(mount, name)``; InvalidArgumentError otherwise."""
-    if not isinstance(url, str) or not url.startswith(SCHEME):
-        raise InvalidArgumentError(f"{url!r}: expected sc://mount/name (a snapshot of a mount)")
-    mount, _, name = url[len(SCHEME) :].partition("/")
-    if not mount or not name or name.endswith("/"):
-        raise InvalidArgumentError(f"{url!r}: expected sc://mount/name (a snapshot of a mount)")
-    return mount, name
-
-
-# ---------------------------------------------------------------- the record
-
-
-@dataclass
-class PlacementRecord:
-    """Per snapshot (manifest hash): complete non-primary sites and copies in flight.
-
-    ``complete[h][site] = {"time", "bytes"}``; ``inflight[h][site][run] =
-    {"started", "holder"}``; ``rates["SRC->DST"]`` = bytes/s of the last copy.
-    """
-
-    complete: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    inflight: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
-    rates: dict[str, float] = field(default_factory=dict)
-    drops: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> {"epoch", "done", "time"}
-    generation: int = 0
-    version: str | None = None  # the record object's version (None: no record yet)
-
-    def sites_of(self, manifest: str) -> set[str]:
-        return set(self.complete.get(manifest, {}))
-
-    def to_bytes(self) -> bytes:
-        doc = {
-            "format": RECORD_FORMAT,
-            "generation": self.generation,
-            "complete": self.complete,
-            "inflight": self.inflight,
-            "rates": self.rates,
-            "drops": self.drops,
-        }
-        return json.dumps(doc, sort_keys=True).encode()
-
-    def drop_epoch(self, site: str) -> int:
-        return int(self.drops.get(site, {}).get("epoch", 0))
-
-    def dropping(self, site: str) -> bool:
-        """True while a drop at ``site`` that started less than DROP_STALE_S ago has not finished."""
-        d = self.drops.get(site)
-        return d is not None and d["epoch"] != d["done"] and time.time() - d["time"] < DROP_STALE_S
-
-    @classmethod
-    def from_bytes(cls, raw: bytes, version: str, name: str) -> PlacementRecord:
-        try:
-            doc = json.loads(raw)
-            if doc.get("format") != RECORD_FORMAT:
-                raise CorruptDataError(f"{name}: not a {RECORD_FORMAT} record (format {doc.get('format')!r})")
-            return cls(
-                {h: dict(v) for h, v in doc["complete"].items()},
-                {h: {s: dict(r) for s, r in v.items()} for h, v in doc.get("inflight", {}).items()},
-                {k: float(v) for k, v in doc.get("rates", {}).items()},
-                {k: {f: float(x) for f, x in v.items()} for k, v in doc.get("drops", {}).items()},
-                int(doc.get("generation", 0)),
-                version,
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CorruptDataError(f"{name}: malformed placement record: {e}") from None
-
-
-def read_record(primary: Store) -> PlacementRecord:
-    """The mount's placement record (empty when none was written yet)."""
-    for _ in range(_CAS_RETRIES):
-        try:
-            info = primary.stat(RECORD_KEY)
-            raw = primary.get(RECORD_KEY)
-        except NotFoundError:
-            return PlacementRecord()
-        if primary.stat(RECORD_KEY).version == info.version:  # a consistent (version, bytes) pair
-            return PlacementRecord.from_bytes(raw, info.version, f"{primary.url}/{RECORD_KEY}")
-    raise ConflictError(f"{primary.url}/{RECORD_KEY}: placement record kept changing while being read")
-
-
-def update_record(primary: Store, change: Callable[[PlacementRecord], None]) -> PlacementRecord:
-    """Apply ``change`` to the current record and publish it by compare-and-swap;
-    on a lost race ``change`` is applied again to the newer record (no lost update)."""
-    for attempt in range(_CAS_RETRIES):
-        rec = read_record(primary)
-        change(rec)
-        rec.generation += 1
-        try:
-            info = primary.compare_and_swap(RECORD_KEY, rec.version, rec.to_bytes())
-        except ConflictError:
-            time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
-            continue
-        rec.version = info.version
-        return rec
-    raise ConflictError(f"{primary.url}/{RECORD_KEY}: lost {_CAS_RETRIES} compare-and-swap races to other writers")
 
 
 # ---------------------------------------------------------------- place
@@ -244,17 +133,6 @@ def _blob_items(repo: Repository, manifest: Manifest) -> list[CopyItem]:
     return list(seen.values())
 
 
-def _snapshot_at(ns: Namespace, url: str) -> tuple[str, list[Site], Site, Repository, str, Manifest]:
-    mount, name = split_snapshot_url(url)
-    sites = mount_sites(ns, mount)
-    primary = _primary(sites)
-    repo = Repository(primary.store)
-    state = repo.read_ref(name)
-    if state is None:
-        raise NotFoundError(2, f"{url} (ref {primary.url}/{repo.ref_key(name)})", None, "resolve snapshot")
-    return mount, sites, primary, repo, state.manifest, repo.get_manifest(state.manifest)
-
-
 def place(
     url: str,
     to: str,
@@ -284,8 +162,8 @@ def place(
     """
     ns = namespace or Namespace()
     try:
-        mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
-        dest = _site(sites, to, mount)
+        mount, sites, primary, repo, h, manifest = snapshot_at(ns, url)
+        dest = site_named(sites, to, mount)
         policy = ns.mounts[mount].placement
         if max_rate is None and policy is not None:
             max_rate = policy.max_rate  # the mount table's cap ([mounts.NAME.placement] max_rate)
@@ -420,51 +298,6 @@ def _copy_manifest(repo: Repository, h: str, dst: Store) -> None:
         raise CorruptDataError(f"{dst.url}/{key}: manifest failed verification at the destination")
 
 
-# ---------------------------------------------------------------- read side
-
-
-@dataclass
-class Resolved:
-    """A snapshot and the site whose complete copy reads go to."""
-
-    url: str
-    manifest: str
-    site: str
-    snapshot: Snapshot
-    sites: list[str]  # every site with a complete copy, nearest first
-
-
-def resolve(url: str, *, namespace: Namespace | None = None, near: str | None = None) -> Resolved:
-    """The nearest complete copy of ``sc://mount/name``: ``near`` (default this
-    node's ``STORECOMP_SITE``) if it holds one, else the next in read order;
-    never a site whose copy is partial."""
-    ns = namespace or Namespace()
-    mount, sites, primary, _, h, manifest = _snapshot_at(ns, url)
-    complete = read_record(primary.store).sites_of(h) | {primary.name}
-    near = ns.local_site if near is None else near
-    order = sorted((s for s in sites if s.name in complete), key=lambda s: (s.name != near,))  # stable: read order
-    best = order[0]
-    snap = Snapshot(Repository(best.store), h, manifest)
-    return Resolved(url, h, best.name, snap, [s.name for s in order])
-
-
-def open_snapshot(
-    url: str, *, namespace: Namespace | None = None, near: str | None = None, ttl_s: float = 60.0
-) -> tuple[Resolved, Lease]:
-    """:func:`resolve` and pin the copy with a renewed lease (release it when done).
-    The lease is taken before the record is read again, so a concurrent
-    ``--drop`` either sees the lease or has already unpublished the site."""
-    ns = namespace or Namespace()
-    for _ in range(_CAS_RETRIES):
-        r = resolve(url, namespace=ns, near=near)
-        primary = _primary(mount_sites(ns, split_snapshot_url(url)[0]))
-        lease = Lease(primary.store, r.manifest, r.site, ttl_s=ttl_s)
-        if r.site == primary.name or r.site in read_record(primary.store).sites_of(r.manifest):
-            return r, lease
-        lease.release()  # dropped between resolve and lease: resolve again
-    raise ConflictError(f"{url}: copies kept moving while being opened")
-
-
 def publish(url: str, folder: str | os.PathLike[str], *, namespace: Namespace | None = None) -> str:
     """Publish every file under ``folder`` (by its path relative to ``folder``) as
     snapshot ``sc://mount/name`` at the mount's primary; returns the manifest hash.
@@ -517,17 +350,17 @@ def drop(url: str, site: str, *, namespace: Namespace | None = None, manifest_ha
     """
     ns = namespace or Namespace()
     try:
-        mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
+        mount, sites, primary, repo, h, manifest = snapshot_at(ns, url)
         if manifest_hash is not None:
             h, manifest = manifest_hash, repo.get_manifest(manifest_hash)
-        dest = _site(sites, site, mount)
+        dest = site_named(sites, site, mount)
         rec = read_record(primary.store)
         others = (rec.sites_of(h) | {primary.name}) - {site}
         if dest.primary or not others:
             raise ConflictError(f"{url}: refusing to drop the only complete copy guaranteed to stay ({site} is the primary)")
         if site not in rec.sites_of(h):
             raise ConflictError(f"{url}: site {site} holds no complete copy of {h[:12]} (see `storecomp place --status`)")
-        _refuse_if_leased(primary.store, url, h, site)
+        refuse_if_leased(primary.store, url, h, site)
 
         my_epoch = [0]
 
@@ -552,7 +385,7 @@ def drop(url: str, site: str, *, namespace: Namespace | None = None, manifest_ha
 
         rec = update_record(primary.store, unpublish)
         try:
-            _refuse_if_leased(primary.store, url, h, site)  # a reader that pinned it meanwhile
+            refuse_if_leased(primary.store, url, h, site)  # a reader that pinned it meanwhile
         except ConflictError:
             update_record(primary.store, restore)
             raise
@@ -572,14 +405,6 @@ def drop(url: str, site: str, *, namespace: Namespace | None = None, manifest_ha
     finally:
         if namespace is None:
             ns.close()
-
-
-def _refuse_if_leased(primary: Store, url: str, h: str, site: str) -> None:
-    held = [le for le in leases(primary, manifest=h) if le.live and le.site == site]
-    if held:
-        raise ConflictError(
-            f"{url}: {len(held)} reader(s) hold a lease on the copy at {site} (e.g. {held[0].holder}); not dropped"
-        )
 
 
 @dataclass
@@ -607,8 +432,8 @@ def plan(url: str, to: str, *, namespace: Namespace | None = None, probe_bytes: 
     rate probed now (one ``probe_bytes`` object written to ``to`` and removed)."""
     ns = namespace or Namespace()
     try:
-        mount, sites, primary, repo, h, manifest = _snapshot_at(ns, url)
-        dest = _site(sites, to, mount)
+        mount, sites, primary, repo, h, manifest = snapshot_at(ns, url)
+        dest = site_named(sites, to, mount)
         items = _blob_items(repo, manifest)
         rec = read_record(primary.store)
         missing = []
@@ -647,7 +472,7 @@ def status(mount: str, *, namespace: Namespace | None = None) -> dict[str, Any]:
     ns = namespace or Namespace()
     try:
         sites = mount_sites(ns, mount)
-        primary = _primary(sites)
+        primary = primary_site(sites)
         repo = Repository(primary.store)
         rec = read_record(primary.store)
         live = [le for le in leases(primary.store) if le.live]
@@ -697,38 +522,7 @@ def status(mount: str, *, namespace: Namespace | None = None) -> dict[str, Any]:
             ns.close()
 
 
-# ---------------------------------------------------------------- warm, probe, decide
-
-
-def warm(url: str, *, namespace: Namespace | None = None, part_bytes: int = DEFAULT_PART_BYTES) -> dict[str, Any]:
-    """Read every blob of snapshot ``sc://mount/name`` through the mount's
-    node-local cache tier (verified), so later reads hit local disk.
-    InvalidArgumentError when the mount has no ``cache_dir``."""
-    ns = namespace or Namespace()
-    try:
-        mount, _, _, _, h, manifest = _snapshot_at(ns, url)
-        st = ns.store(mount)
-        cache_dir = ns.mounts[mount].cache_dir
-        if not cache_dir:
-            raise InvalidArgumentError(
-                f"{SCHEME}{mount}: no cache tier to warm (set cache_dir and cache_max_bytes in the mount table)"
-            )
-        repo = Repository(st)
-        blobs = {e.blob: e for e in manifest.entries.values()}
-        buf = np.empty(part_bytes, np.uint8)
-        total = 0
-        for e in blobs.values():
-            step = e.checksums.chunk_bytes * max(1, part_bytes // e.checksums.chunk_bytes)
-            if step > buf.size:
-                buf = np.empty(step, np.uint8)
-            for off in range(0, e.size, step):
-                n = min(step, e.size - off)
-                repo.read_blob_into(e, buf, [off], [n], [0])
-                total += n
-        return {"url": url, "manifest": h, "blobs": len(blobs), "bytes": total, "cache": cache_dir}
-    finally:
-        if namespace is None:
-            ns.close()
+# ---------------------------------------------------------------- probe, decide
 
 
 def probe_site(store: Store, nbytes: int = 4 << 20) -> dict[str, Any]:
@@ -785,8 +579,8 @@ def decide(url: str, near: str, *, reads: float = 1.0, namespace: Namespace | No
         raise InvalidArgumentError(f"reads must be >= 0, got {reads}")
     ns = namespace or Namespace()
     try:
-        mount, sites, primary, _, h, manifest = _snapshot_at(ns, url)
-        dest = _site(sites, near, mount)
+        mount, sites, primary, _, h, manifest = snapshot_at(ns, url)
+        dest = site_named(sites, near, mount)
         rec = read_record(primary.store)
         complete = rec.sites_of(h) | {primary.name}
         size = manifest.total_bytes
@@ -809,151 +603,6 @@ def decide(url: str, near: str, *, reads: float = 1.0, namespace: Namespace | No
             f"{m_dst['read_bps'] / 2**20:.1f} MiB/s takes {copy:.2f} s: {'copy to ' + near if do else 'stay on ' + src.name}"
         )
         return Decision(url, near, do, why, stay, copy, measures)
-    finally:
-        if namespace is None:
-            ns.close()
-
-
-# ---------------------------------------------------------------- readers that move
-
-
-class _Done:
-    """A finished :class:`~storecomp.store.base.RangeFuture` around a concurrent.futures.Future."""
-
-    def __init__(self, fut: Any) -> None:
-        self._fut = fut
-
-    def done(self) -> bool:
-        return bool(self._fut.done())
-
-    def result(self, timeout: float | None = None) -> np.ndarray:
-        return self._fut.result(timeout)
-
-
-class PlacedReader:
-    """The files of one snapshot, read from its nearest complete copy; moves to
-    a nearer copy when one completes, without stopping.
-
-    Implements the reader interface of :mod:`storecomp.data` (``size``,
-    ``read``, ``submit``, ``join``, ``describe``), so ``open_dataset`` and
-    the DataLoader read a placed snapshot through it. The snapshot is pinned
-    at open (its manifest hash): a writer moving the ref later changes
-    nothing here, so sample order and bytes stay exactly those of the
-    snapshot opened. Every read is verified against the manifest's crc32c.
-    At a file (shard) boundary, at most every ``recheck_s`` seconds, it reads
-    the placement record; when a nearer site (``near``, default
-    ``STORECOMP_SITE``) became complete, later reads go there. The copy being
-    read is pinned by a renewed :class:`Lease`; the previous copy's lease is
-    released at the next check, after the reads already submitted to it.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        namespace: Namespace | None = None,
-        near: str | None = None,
-        recheck_s: float = 5.0,
-        ttl_s: float = 60.0,
-        threads: int = 8,
-    ) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.url = url
-        self._own_ns = namespace is None
-        self._ns = namespace or Namespace()
-        self._near = self._ns.local_site if near is None else near
-        resolved, lease = open_snapshot(url, namespace=self._ns, near=self._near, ttl_s=ttl_s)
-        self.manifest_hash = resolved.manifest
-        self.snapshot = resolved.snapshot
-        self.site = resolved.site
-        self.switches = 0
-        self._ttl_s, self.recheck_s = ttl_s, recheck_s
-        self._lease: Lease = lease
-        self._old: Lease | None = None
-        self._sites = mount_sites(self._ns, split_snapshot_url(url)[0])
-        self._last_key: str | None = None
-        self._checked = time.monotonic()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sc-placed")
-        self._lock = threading.Lock()
-
-    def _maybe_move(self, key: str) -> None:
-        if key == self._last_key:
-            return
-        self._last_key = key
-        now = time.monotonic()
-        if now - self._checked < self.recheck_s:
-            return
-        self._checked = now
-        if self._old is not None:
-            self._old.release()  # the reads that used it finished a check period ago
-            self._old = None
-        primary = _primary(self._sites)
-        try:
-            complete = read_record(primary.store).sites_of(self.manifest_hash) | {primary.name}
-        except StorecompError:
-            return  # the record is unreachable: keep reading where we are
-        order = sorted((s for s in self._sites if s.name in complete), key=lambda s: s.name != self._near)
-        best = order[0] if order else None
-        if best is None or best.name == self.site:
-            return
-        lease = Lease(primary.store, self.manifest_hash, best.name, ttl_s=self._ttl_s)
-        if best.name != primary.name and best.name not in read_record(primary.store).sites_of(self.manifest_hash):
-            lease.release()  # dropped meanwhile
-            return
-        with self._lock:
-            self.snapshot = Snapshot(Repository(best.store), self.manifest_hash, self.snapshot.manifest)
-            self.site = best.name
-            self._old, self._lease = self._lease, lease
-            self.switches += 1
-
-    # -- the storecomp.data reader interface
-
-    def size(self, key: str) -> int:
-        return self.snapshot.entry(key).size
-
-    def read(self, key: str, offset: int, length: int) -> bytes:
-        return self.snapshot.read(key, offset, length)
-
-    def submit(self, key: str, dst: Any, offsets: np.ndarray, lengths: np.ndarray, dst_offsets: np.ndarray) -> Any:
-        """Start verified reads of ``key`` into host array ``dst`` (uint8); a future with ``result()``."""
-        self._maybe_move(key)
-        snap = self.snapshot
-        arr = dst if isinstance(dst, np.ndarray) and dst.dtype == np.uint8 else np.frombuffer(memoryview(dst).cast("B"), np.uint8)
-        return _Done(self._pool.submit(snap.read_into, key, arr, offsets, lengths, dst_offsets))
-
-    def join(self, base: str, key: str) -> str:
-        return f"{base.rstrip('/')}/{key}" if base else key
-
-    def describe(self, key: str) -> str:
-        return f"{self.url}@{self.manifest_hash[:12]}:{key} (site {self.site})"
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        for lease in (self._lease, self._old):
-            if lease is not None:
-                lease.release()
-        if self._own_ns:
-            self._ns.close()
-
-
-def placed_reader(url: str, *, namespace: Namespace | None = None, near: str | None = None) -> PlacedReader | None:
-    """A :class:`PlacedReader` when ``url`` (``sc://mount/name``) names a snapshot
-    (a ref at the mount's primary), else None (a plain path inside the mount)."""
-    if not isinstance(url, str) or not url.startswith(SCHEME):
-        return None
-    mount, _, name = url[len(SCHEME) :].rstrip("/").partition("/")
-    if not mount or not name:
-        return None
-    ns = namespace or Namespace()
-    try:
-        primary = _primary(mount_sites(ns, mount))
-        try:
-            if not primary.store.exists(Repository(primary.store).ref_key(name)):
-                return None
-        except InvalidArgumentError:
-            return None
-        return PlacedReader(f"{SCHEME}{mount}/{name}", namespace=namespace, near=near)
     finally:
         if namespace is None:
             ns.close()
@@ -990,7 +639,7 @@ def place_prefix(
     ns = namespace or Namespace()
     try:
         sites = mount_sites(ns, mount)
-        primary, dest = _primary(sites), _site(sites, to, mount)
+        primary, dest = primary_site(sites), site_named(sites, to, mount)
         policy = ns.mounts[mount].placement
         if max_rate is None and policy is not None:
             max_rate = policy.max_rate

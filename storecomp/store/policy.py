@@ -25,7 +25,8 @@ from typing import Any
 from ..errors import InvalidArgumentError
 from .mounts import SCHEME, PlacementPolicy
 from .namespace import Namespace
-from .placement import Decision, PlaceReport, _site, _snapshot_at, decide, place, read_record, split_snapshot_url
+from .placement import Decision, PlaceReport, decide, place
+from .placement_record import read_record, site_named, snapshot_at, split_snapshot_url
 from .transfer import DEFAULT_WORKERS
 
 __all__ = ["AutoPlacement", "auto_decisions", "place_auto", "policy_of"]
@@ -79,10 +80,10 @@ def auto_decisions(
     try:
         mount, _ = split_snapshot_url(url)
         policy = policy_of(ns, mount)
-        _, sites, primary, _, h, _ = _snapshot_at(ns, url)  # NotFoundError for an unknown snapshot
+        _, sites, primary, _, h, _ = snapshot_at(ns, url)  # NotFoundError for an unknown snapshot
         wanted = tuple(near) if near is not None else policy.near
         for s in wanted:
-            _site(sites, s, mount)  # an unknown site is an error, not a "stay"
+            site_named(sites, s, mount)  # an unknown site is an error, not a "stay"
         n_reads = policy.reads if reads is None else reads
         if not wanted and policy.min_copies <= 1:
             raise InvalidArgumentError(

@@ -213,16 +213,22 @@ class S3Store(Store):
             "timeout": f"{int(self.retry.per_request_s() * 1000)}ms",  # no request outlives the deadline
             "pool_max_idle_per_host": str(max_concurrency),
         }
-        self._store = call_translated(
-            lambda: _ObS3Store(
-                bucket,
-                prefix=prefix or None,
-                config=config,  # type: ignore[arg-type]
-                client_options=client,  # type: ignore[arg-type]
-                retry_config=self.retry.obstore_config(),  # type: ignore[arg-type]
-            ),
-            lambda e: InvalidArgumentError(f"{self.url}: bad S3 configuration: {self._redact(str(e))}"),
-        )
+
+        def client_with(**extra: Any) -> Any:
+            return call_translated(
+                lambda: _ObS3Store(
+                    bucket,
+                    prefix=prefix or None,
+                    config={**config, **extra},  # type: ignore[arg-type]
+                    client_options=client,  # type: ignore[arg-type]
+                    retry_config=self.retry.obstore_config(),  # type: ignore[arg-type]
+                ),
+                lambda e: InvalidArgumentError(f"{self.url}: bad S3 configuration: {self._redact(str(e))}"),
+            )
+
+        self._store = client_with()
+        self._client_with = client_with
+        self._unsigned_store: Any = None  # see put_stream_checked
         self._loop = _Loop()
         self._bucket_checked = False
         self._known: OrderedDict[str, tuple[str, int]] = OrderedDict()  # key -> (ETag, size) reads pin to
@@ -587,6 +593,23 @@ class S3Store(Store):
         time) under ``key`` as one multipart upload: never whole in memory,
         invisible until complete. Not retried as a whole (the parts cannot be
         replayed); each request is retried by the client."""
+        return self._put_stream(self._store, key, parts)
+
+    def put_stream_checked(self, key: str, parts: Iterable[Any]) -> ObjectInfo:
+        """:meth:`put_stream` for a caller that reads the object back from this
+        store and checks every byte before anyone relies on it (the copy engine,
+        :mod:`storecomp.store.transfer`). The requests are still signed, but the
+        body goes with SigV4's ``UNSIGNED-PAYLOAD``: its SHA-256 is neither
+        computed here nor checked by the server (a fifth to a quarter of a
+        SeaweedFS server's CPU per byte written, measured). Over HTTPS this is
+        what AWS's own SDKs send; over plain HTTP, where reads are unsigned
+        anyway, the caller's crc32c read-back is the body's check."""
+        with self._orphans_lock:
+            if self._unsigned_store is None:
+                self._unsigned_store = self._client_with(unsigned_payload=True)
+        return self._put_stream(self._unsigned_store, key, parts)
+
+    def _put_stream(self, client: Any, key: str, parts: Iterable[Any]) -> ObjectInfo:
         import obstore
 
         validate_key(key)
@@ -611,7 +634,7 @@ class S3Store(Store):
 
         res = call_translated(
             lambda: obstore.put(
-                self._store,
+                client,
                 key,
                 counted(),
                 use_multipart=True,

@@ -6,11 +6,12 @@
 * **parallel**: ``workers`` objects in flight at once;
 * **streamed**: each object moves in parts of ``part_bytes`` (a multiple of
   its checksum chunk), pulled from the source as the destination takes them
-  (:func:`put_stream`): an object is never whole in memory;
+  (:func:`put_stream`), the next ``read_ahead`` parts already being read: an
+  object is never whole in memory;
 * **verified**: every part read from the source is checked against the
   object's known crc32c (a manifest entry) or has its crc32c computed; after
   the destination publishes, the object is read back *from the destination*
-  and every chunk checked. A mismatch deletes the copy and copies again once;
+  (``verify_depth`` parts at once, one version) and every chunk checked. A mismatch deletes the copy and copies again once;
   a second mismatch is a :class:`CorruptDataError`;
 * **resumable**: an object already at the destination with the right size
   and matching crc32c is skipped (read back, nothing written), so a rerun
@@ -30,6 +31,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -48,12 +50,16 @@ from ..errors import (
     StoreUnavailableError,
     VersionChangedError,
 )
-from .base import ObjectInfo, Store
+from .base import ObjectInfo, RangeFuture, Store
 from .integrity import Checksums
 from .replicas import primary_of
 
 DEFAULT_PART_BYTES = 8 << 20
 DEFAULT_WORKERS = 8
+#: Parts of one object read at once when a copy is read back from its destination.
+DEFAULT_VERIFY_DEPTH = 4
+#: Source parts each copy worker reads ahead of the part its upload is taking.
+DEFAULT_READ_AHEAD = 2
 
 
 class TransferError(StorecompError, OSError):
@@ -76,14 +82,26 @@ class SupportsPutStream(Protocol):
     def put_stream(self, key: str, parts: Iterable[Any]) -> ObjectInfo: ...
 
 
-def put_stream(store: Store, key: str, parts: Iterable[Any]) -> ObjectInfo:
+@runtime_checkable
+class SupportsCheckedPutStream(Protocol):
+    """A Store whose streamed publish can skip its own per-request payload hashing
+    when the caller reads every byte back and checks it (S3: ``UNSIGNED-PAYLOAD``)."""
+
+    def put_stream_checked(self, key: str, parts: Iterable[Any]) -> ObjectInfo: ...
+
+
+def put_stream(store: Store, key: str, parts: Iterable[Any], *, checked: bool = False) -> ObjectInfo:
     """Publish the concatenation of ``parts`` under ``key``: streamed when the
-    backend can (local files, S3), else joined in memory and put once."""
+    backend can (local files, S3), else joined in memory and put once.
+    ``checked``: the caller reads the object back and verifies it, so the
+    backend may skip hashing the body for its request signature."""
+    if checked and isinstance(store, SupportsCheckedPutStream):
+        return store.put_stream_checked(key, parts)
     if isinstance(store, SupportsPutStream):
         return store.put_stream(key, parts)
     inner = getattr(store, "inner", None)
     if isinstance(inner, Store) and hasattr(store, "invalidate"):  # a cache tier: write behind it, then drop its entry
-        info = put_stream(inner, key, parts)
+        info = put_stream(inner, key, parts, checked=checked)
         store.invalidate(key)
         return info
     return store.put(key, b"".join(bytes(p) for p in parts))
@@ -377,27 +395,79 @@ def _read_part(store: Store, key: str, off: int, n: int, version: str | None = N
 
 
 def verify_object(
-    store: Store, key: str, sums: Checksums, part_bytes: int = DEFAULT_PART_BYTES, limiter: RateLimiter | None = None
+    store: Store,
+    key: str,
+    sums: Checksums,
+    part_bytes: int = DEFAULT_PART_BYTES,
+    limiter: RateLimiter | None = None,
+    depth: int = DEFAULT_VERIFY_DEPTH,
 ) -> bool:
     """True when ``key`` in ``store`` has ``sums.size`` bytes and every chunk
-    matches ``sums`` (read in parts, each part first taken from ``limiter``
-    when given); False when it is missing, short or differs."""
+    matches ``sums``; False when it is missing, short or differs.
+
+    Reads one version (the one ``stat`` names; a replacement mid-check
+    starts the check again, up to 3 times) in parts of about
+    ``part_bytes``, up to ``depth`` parts in flight at once (each first
+    taken from ``limiter`` when given), each checked as it lands."""
     try:
-        if store.stat(key).size != sums.size:
-            return False
-        step = _part_size(part_bytes, sums)
-        for off in range(0, sums.size, step):
-            n = min(step, sums.size - off)
-            if limiter is not None:
-                limiter.take(n)
-            sums.verify(_read_part(store, key, off, n), off, f"{store.url}/{key}")
+        for _ in range(3):
+            try:
+                return _verify_version(store, key, sums, part_bytes, limiter, depth)
+            except VersionChangedError:
+                continue  # replaced by another writer meanwhile (the same bytes, for a blob): check the new one
+        return False
     except (NotFoundError, CorruptDataError):
         return False
+    except StoreUnavailableError:
+        if store_answers(store, key):
+            return False  # the store answers, this object cannot be read (a crash cut it short): not a good copy
+        raise
     except StorecompError as e:
         if _is_short(e):
             return False
         raise
-    return True
+
+
+def store_answers(store: Store, key: str) -> bool:
+    """Whether ``store`` answers requests about ``key`` now (after a read of it
+    failed as unavailable): a stat of ``key``, else of a name beside it that
+    does not exist, gets an answer. True: the store is up and only that
+    object is unreadable (SeaweedFS answers 500 for an object a kill -9 cut
+    short); False: the store itself is down."""
+    for probe in (key, f"{key}.sc-absent"):
+        try:
+            store.stat(probe)
+            return True
+        except NotFoundError:
+            return True
+        except StorecompError:
+            continue
+    return False
+
+
+def _verify_version(store: Store, key: str, sums: Checksums, part_bytes: int, limiter: RateLimiter | None, depth: int) -> bool:
+    info = store.stat(key)
+    if info.size != sums.size:
+        return False
+    name = f"{store.url}/{key}"
+    step = _part_size(part_bytes, sums)
+    offsets = iter(range(0, sums.size, step))
+    pending: deque[tuple[int, np.ndarray, RangeFuture]] = deque()
+    while True:
+        while len(pending) < max(1, depth):
+            off = next(offsets, None)
+            if off is None:
+                break
+            n = min(step, sums.size - off)
+            if limiter is not None:
+                limiter.take(n)
+            buf = np.empty(n, np.uint8)
+            pending.append((off, buf, store.submit_ranges(key, [off], [n], buf, [0], exact=True, version=info.version)))
+        if not pending:
+            return True
+        off, buf, fut = pending.popleft()
+        fut.result()
+        sums.verify(buf, off, name)
 
 
 def _is_short(e: BaseException) -> bool:
@@ -418,8 +488,11 @@ class _Copier:
         progress: Progress,
         report: TransferReport,
         delete_bad: bool,
+        read_ahead: int = DEFAULT_READ_AHEAD,
+        verify_depth: int = DEFAULT_VERIFY_DEPTH,
     ) -> None:
         self.src, self.dst, self.part_bytes = src, dst, part_bytes
+        self.read_ahead, self.verify_depth = read_ahead, verify_depth
         # Checks read the copy that was written (a replicated mount's primary, behind any cache).
         self.check = primary_of(dst)
         self.limiter, self.progress, self.report = limiter, progress, report
@@ -431,33 +504,49 @@ class _Copier:
         self.check_limiter = RateLimiter(None)
 
     def _source_parts(self, item: CopyItem, step: int, crcs: list[int] | None) -> Iterator[np.ndarray]:
+        """The parts of ``item`` in order, each read and checked; the reads of the
+        next ``read_ahead`` parts are in flight while the destination takes one."""
         label = f"{self.src.url}/{item.src_key}"
         # Without known checksums, parts read at different times could come from two
         # versions of a source being replaced: the copy is refused unless one version was read.
         before = self.src.stat(item.src_key) if item.checksums is None else None
         if before is not None and before.size != item.size:
             raise ConflictError(f"{label}: changed while being copied ({item.size} bytes listed, {before.size} now); copy again")
-        for off in range(0, item.size, step):
-            if self.stop.is_set():
-                raise TransferError(f"{self.dst.url}/{item.dst_key}: copy cancelled (another object failed)")
-            n = min(step, item.size - off)
-            self.limiter.take(n)
+        version = None if before is None else before.version
+        offsets = iter(range(0, item.size, step))
+        pending: deque[tuple[int, np.ndarray, RangeFuture]] = deque()
+        while True:
+            while len(pending) <= self.read_ahead:
+                off = next(offsets, None)
+                if off is None:
+                    break
+                if self.stop.is_set():
+                    raise TransferError(f"{self.dst.url}/{item.dst_key}: copy cancelled (another object failed)")
+                n = min(step, item.size - off)
+                self.limiter.take(n)
+                buf = np.empty(n, np.uint8)
+                try:  # pinned to the version stat named: a replacement mid-copy is refused, never read torn
+                    fut = self.src.submit_ranges(item.src_key, [off], [n], buf, [0], exact=True, version=version)
+                except VersionChangedError:
+                    raise ConflictError(f"{label}: changed while being copied; nothing was published, copy again") from None
+                pending.append((off, buf, fut))
+            if not pending:
+                break
+            off, part, fut = pending.popleft()
             t0 = time.monotonic()
-            try:  # pinned to the version stat named: a replacement mid-copy is refused, never read torn
-                part = _read_part(self.src, item.src_key, off, n, None if before is None else before.version)
+            try:
+                fut.result()
             except VersionChangedError:
-                part = None
-            if part is None:
-                raise ConflictError(f"{label}: changed while being copied; nothing was published, copy again")
+                raise ConflictError(f"{label}: changed while being copied; nothing was published, copy again") from None
             if item.checksums is not None:
                 item.checksums.verify(part, off, label)  # a bad source is never copied
             elif crcs is not None:
                 crcs.append(crc32c(part))
             with self.lock:
-                self.moved += n
+                self.moved += part.size
                 self.report.source_s += time.monotonic() - t0
             yield part
-            self.progress.add(n)
+            self.progress.add(part.size)
         if before is not None and self.src.stat(item.src_key).version != before.version:
             raise ConflictError(f"{label}: changed while being copied; nothing was published, copy again")
 
@@ -481,7 +570,7 @@ class _Copier:
             got = sums if sums is not None else Checksums(item.size, step, tuple(crcs or ()))
             t1 = time.monotonic()
             try:
-                ok = verify_object(self.check, item.dst_key, got, self.part_bytes, self.check_limiter)
+                ok = verify_object(self.check, item.dst_key, got, self.part_bytes, self.check_limiter, self.verify_depth)
             except StorecompError as e:
                 raise _destination_error(self.dst, item.dst_key, e) from None
             self._count(put_s=t1 - t0, verify_s=time.monotonic() - t1)
@@ -495,7 +584,7 @@ class _Copier:
 
     def _present(self, key: str, sums: Checksums) -> bool:
         try:
-            ok = verify_object(self.check, key, sums, self.part_bytes, self.check_limiter)
+            ok = verify_object(self.check, key, sums, self.part_bytes, self.check_limiter, self.verify_depth)
         except StorecompError as e:
             raise _destination_error(self.dst, key, e) from None
         return ok  # wrong bytes there are replaced by the copy (never deleted: another run may be writing good ones)
@@ -512,7 +601,13 @@ class _Copier:
         step = self.part_bytes
         for off in range(0, item.size, step):
             n = min(step, item.size - off)
-            if crc32c(_read_part(self.src, item.src_key, off, n)) != crc32c(_read_part(self.check, item.dst_key, off, n)):
+            try:
+                there = _read_part(self.check, item.dst_key, off, n)
+            except StoreUnavailableError as e:
+                if store_answers(self.check, item.dst_key):
+                    return False  # that object alone is unreadable (cut short by a crash): copy it again
+                raise _destination_error(self.dst, item.dst_key, e) from None
+            if crc32c(_read_part(self.src, item.src_key, off, n)) != crc32c(there):
                 return False
         return True
 
@@ -527,7 +622,7 @@ class _Copier:
                 raise
 
         try:
-            info = put_stream(self.dst, item.dst_key, guarded())
+            info = put_stream(self.dst, item.dst_key, guarded(), checked=True)  # verify_object reads it back
         except BaseException as e:
             if failure:  # the source (or a cancel) failed, not the destination
                 raise failure[0] from None
@@ -585,6 +680,8 @@ def copy_objects(
     delete_bad: bool = True,
     nice: int = 0,
     yield_to: YieldPolicy | None = None,
+    read_ahead: int = DEFAULT_READ_AHEAD,
+    verify_depth: int = DEFAULT_VERIFY_DEPTH,
 ) -> TransferReport:
     """Copy ``items`` from ``src`` to ``dst`` (see the module docstring).
 
@@ -597,17 +694,25 @@ def copy_objects(
     copy threads' CPU niceness by this much (Linux threads have their own), so
     that readers on the node go first. ``yield_to``: slow down while its
     ``readers()`` says foreground readers are there (:class:`YieldPolicy`).
+    ``read_ahead``: source parts each worker reads ahead of the one being
+    uploaded (0: one at a time); ``verify_depth``: parts of one object read
+    back at once. Memory: about ``workers`` x (``read_ahead`` + 1 +
+    ``verify_depth``) x ``part_bytes`` in the copy's buffers, beside the
+    destination client's own upload buffers.
     Raises :class:`TransferError` when the destination is down or full,
     CorruptDataError when the source fails its checksums or a copy fails
     verification twice; objects finished before the failure stay (a
     rerun skips them).
     """
-    if workers <= 0 or part_bytes <= 0:
-        raise InvalidArgumentError(f"workers and part_bytes must be positive, got {workers}, {part_bytes}")
+    if workers <= 0 or part_bytes <= 0 or read_ahead < 0 or verify_depth <= 0:
+        raise InvalidArgumentError(
+            f"workers, part_bytes and verify_depth must be positive and read_ahead >= 0, "
+            f"got {workers}, {part_bytes}, {verify_depth}, {read_ahead}"
+        )
     report = TransferReport(objects=len(items), max_rate=max_rate)
     bar = Progress(sum(i.size for i in items), label, enabled=progress)
     limiter = RateLimiter(max_rate)
-    c = _Copier(src, dst, part_bytes, limiter, bar, report, delete_bad)
+    c = _Copier(src, dst, part_bytes, limiter, bar, report, delete_bad, read_ahead, verify_depth)
     yielder = _Yielder(yield_to, limiter, max_rate, c) if yield_to is not None else None
     t0 = time.monotonic()
     if yielder is not None:

@@ -22,9 +22,10 @@ def test_tiny_bench_place_runs_every_part(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert doc["storecomp"]["copied"] == doc["storecomp"]["objects"] > 0 and doc["storecomp"]["bytes_per_s"] > 0
-    assert "bytes_per_s" in doc["boto3"]
-    assert "bytes_per_s" in doc["rclone"] or "skipped" in doc["rclone"]
+    (rnd,) = doc["rounds"]
+    assert rnd["storecomp"]["copied"] == rnd["storecomp"]["objects"] > 0 and rnd["storecomp"]["bytes_per_s"] > 0
+    assert "bytes_per_s" in rnd["boto3"]
+    assert "bytes_per_s" in rnd["rclone"] or "skipped" in rnd["rclone"]
     rs = doc["resume"]
     if not rs["rerun_already_complete"]:  # the kill landed before the publish: the rerun copies exactly what is missing
         assert rs["rerun_skipped"] == rs["blobs_present_after_kill"]

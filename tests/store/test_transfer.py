@@ -197,3 +197,40 @@ def test_copy_yields_to_readers_then_returns_to_its_own_cap(tmp_path: Path) -> N
     assert all(dst.get(p + k) == v for k, v in files.items() for p in ("y/", "z/", "q/", "f/"))
     with pytest.raises(InvalidArgumentError, match="fraction"):
         YieldPolicy(lambda: True, fraction=0)
+
+
+def test_checked_stream_to_s3_publishes_the_same_bytes(running_seaweedfs: Any, tmp_path: Path) -> None:
+    """put_stream(checked=True), the copy engine's upload (it reads every object back),
+    goes to S3 with an unsigned payload (put_stream_checked); a store without that
+    path (local files) takes the plain streamed put. Same bytes either way."""
+    sw = running_seaweedfs
+    data = np.random.default_rng(3).integers(0, 256, (11 << 20) + 5, dtype=np.uint8)
+    parts = [data[o : o + (5 << 20)] for o in range(0, data.size, 5 << 20)]  # multipart: three parts
+    s3 = open_store(sw.url("checked"), retry=PART_RETRY, **sw.store_options())
+    local = LocalStore(tmp_path / "dst")
+    try:
+        for store in (s3, local):
+            info = put_stream(store, "obj", iter(parts), checked=True)
+            assert info.size == data.size and store.get("obj") == data.tobytes()
+        assert hasattr(s3, "put_stream_checked") and not hasattr(local, "put_stream_checked")
+    finally:
+        s3.close()
+
+
+def test_read_ahead_and_parallel_read_back_keep_every_check(tmp_path: Path) -> None:
+    """Deeper read-ahead and read-back change no result: parts in order, a damaged
+    destination object found by the read-back and rewritten, bad arguments refused."""
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    data = os.urandom((3 << 20) + 123)
+    src.put("blob", data)
+    sums = Checksums.compute(data, 64 << 10)
+    item = CopyItem("blob", "blob", len(data), sums)
+    for ra, depth in ((0, 1), (3, 8)):
+        dst.put("blob", data[:-1] + bytes([data[-1] ^ 1]))  # damaged at the destination: recopied
+        rep = copy_objects(src, dst, [item], part_bytes=256 << 10, read_ahead=ra, verify_depth=depth)
+        assert (rep.copied, rep.skipped) == (1, 0) and dst.get("blob") == data
+        assert verify_object(dst, "blob", sums, 256 << 10, depth=depth)
+    with pytest.raises(InvalidArgumentError, match="read_ahead"):
+        copy_objects(src, dst, [item], read_ahead=-1)
+    with pytest.raises(InvalidArgumentError, match="verify_depth"):
+        copy_objects(src, dst, [item], verify_depth=0)
