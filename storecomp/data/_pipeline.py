@@ -331,7 +331,7 @@ class Threaded:
             return None
         if isinstance(got, Failure):
             raise got.error
-        return got  # type: ignore[no-any-return]
+        return got
 
     def stop(self, timeout: float | None = None) -> None:
         """End the producer (it waits for its reads in flight); batches read but not taken give their slots back."""
