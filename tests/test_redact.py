@@ -184,12 +184,12 @@ def test_cli_never_prints_planted_secrets(running_seaweedfs: SeaweedFS, leaky_en
 
 def test_kv_store_stats_never_show_shared_store_secrets(leaky_endpoint: str, running_seaweedfs: SeaweedFS, tmp_path: Any) -> None:
     torch = pytest.importorskip("torch")
-    from storecomp.kvcache import KVCacheStore, ModelFingerprint
+    from storecomp.kvcache import KVCacheStore, ModelFingerprint, SharedTierOptions
 
     sw = running_seaweedfs
     fp = ModelFingerprint("leak-test", "float32", layers=1, kv_heads=1, head_dim=8)
     options = dict(endpoint=leaky_endpoint, region=sw.region, access_key_id=sw.access_key, secret_access_key=SECRET, retry=FAST)
-    kv = KVCacheStore(fp, chunk_tokens=4, host_bytes=1 << 20, shared=sw.url(), shared_options=options, shared_retry_seconds=0.5)
+    kv = KVCacheStore(fp, chunk_tokens=4, host_bytes=1 << 20, shared=SharedTierOptions(sw.url(), options, retry_seconds=0.5))
     try:
         cache = [(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8))]
         kv.store(list(range(8)), cache)

@@ -17,7 +17,7 @@ import torch
 
 from storecomp import KVCacheStore
 from storecomp.errors import InvalidArgumentError
-from storecomp.kvcache import ModelFingerprint, PagedLayout
+from storecomp.kvcache import ModelFingerprint, PagedLayout, SharedTierOptions
 from storecomp.store import LocalStore, open_store
 from storecomp.testing.seaweedfs import SeaweedFS, free_port
 from tests.conftest import closed_port_with_416
@@ -248,7 +248,7 @@ def test_shared_store_unreachable(kvstore: Make, tmp_path: Path) -> None:
         "secret_access_key": "b",
         "retry": FAST_RETRY,
     }
-    s = kvstore(disk_dir=tmp_path / "d", shared=url, shared_options=opts, shared_retry_seconds=1.0, shared_backoff=0.1)
+    s = kvstore(disk_dir=tmp_path / "d", shared=SharedTierOptions(url, opts, retry_seconds=1.0, backoff=0.1))
     kv = make_kv(len(TOKENS))
     t0 = time.perf_counter()
     assert s.store(TOKENS, kv) == 4 * CHUNK
@@ -335,14 +335,14 @@ def test_shared_tier_keeps_good_chunks_when_a_416_port_is_unreachable(
     url = sw.url()
     opts = dict(sw.store_options(), endpoint=f"http://127.0.0.1:{proxy.port}", retry=FAST_RETRY)
     try:
-        writer = kvstore(shared=url, shared_options=opts)
+        writer = kvstore(shared=SharedTierOptions(url, opts))
         kv = make_kv(len(TOKENS))
         assert writer.store(TOKENS, kv) == 4 * CHUNK
         writer.flush(timeout=60)
         direct = open_store(url, **sw.store_options())
         before = sorted(i.key for i in direct.list(""))
         assert len(before) >= 4
-        reader = kvstore(shared=url, shared_options=opts, shared_backoff=0.05, shared_max_backoff=0.1)
+        reader = kvstore(shared=SharedTierOptions(url, opts, backoff=0.05, max_backoff=0.1))
         assert reader.lookup(TOKENS) == 4 * CHUNK  # the reader knows the chunks are there
         proxy.stop()
         for _ in range(3):  # what the lookup brought to the host tier is served; the rest is unreachable
@@ -369,7 +369,7 @@ def test_shared_store_down_then_back(kvstore: Make, tmp_path: Path, running_seaw
     opts = dict(sw.store_options(), retry=FAST_RETRY)
     sw.stop()
     try:
-        s = kvstore(shared=url, shared_options=opts, shared_retry_seconds=60.0, shared_backoff=0.2, shared_max_backoff=0.5)
+        s = kvstore(shared=SharedTierOptions(url, opts, retry_seconds=60.0, backoff=0.2, max_backoff=0.5))
         kv = make_kv(len(TOKENS))
         assert s.store(TOKENS, kv) == 4 * CHUNK
         out = zeros_kv(len(TOKENS))
@@ -380,6 +380,6 @@ def test_shared_store_down_then_back(kvstore: Make, tmp_path: Path, running_seaw
         sw.restart()
     s.flush(timeout=60)
     assert s.stats()["shared"]["write_failures"] == 0
-    b = kvstore(shared=url, shared_options=opts)
+    b = kvstore(shared=SharedTierOptions(url, opts))
     out = zeros_kv(len(TOKENS))
     assert b.retrieve(TOKENS, out) == 4 * CHUNK and same_prefix(kv, out, 4 * CHUNK)

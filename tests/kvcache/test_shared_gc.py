@@ -15,7 +15,7 @@ import pytest
 
 from storecomp.cli import main
 from storecomp.errors import InvalidArgumentError
-from storecomp.kvcache import KVCacheStore, maintenance
+from storecomp.kvcache import KVCacheStore, SharedTierOptions, maintenance
 from storecomp.store import LocalStore, Store, open_store
 from tests.kvcache.kvhelpers import CHUNK, FAST_RETRY, FP, make_kv, same_prefix, zeros_kv
 
@@ -41,7 +41,7 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Sto
 
 
 def _fill(kvstore: Make, store: Store, seeds: range, **kw: Any) -> KVCacheStore:
-    kv = kvstore(shared=store, write_through=True, **kw)
+    kv = kvstore(shared=SharedTierOptions(store, **kw), write_through=True)
     for s in seeds:
         assert kv.store(tokens(s), make_kv(4 * CHUNK, seed=s)) == 4 * CHUNK
     return kv
@@ -100,10 +100,10 @@ def test_a_chunk_deleted_between_lookup_and_read_is_a_counted_miss(kvstore: Make
 
 def test_store_with_a_shared_budget_collects_as_it_writes(kvstore: Make, shared: Any) -> None:
     store = shared[0]
-    kv = _fill(kvstore, store, range(10, 12), shared_max_bytes=1, shared_gc_grace_s=3600, shared_gc_interval_s=0)
+    kv = _fill(kvstore, store, range(10, 12), max_bytes=1, gc_grace_s=3600, gc_interval_s=0)
     assert len(list(maintenance.chunks(store))) == 8  # over budget, but every chunk is inside the grace period
     time.sleep(1.1)
-    kv2 = _fill(kvstore, store, range(12, 13), shared_max_bytes=4 * kv.layout.nbytes, shared_gc_grace_s=0, shared_gc_interval_s=0)
+    kv2 = _fill(kvstore, store, range(12, 13), max_bytes=4 * kv.layout.nbytes, gc_grace_s=0, gc_interval_s=0)
     kv2.flush()
     left = list(maintenance.chunks(store))
     assert sum(c.size for c in left) <= 4 * kv.layout.nbytes

@@ -26,7 +26,7 @@ from storecomp.store import RetryPolicy, open_store
 from storecomp.testing.seaweedfs import SeaweedFS
 
 torch = pytest.importorskip("torch")
-from storecomp.kvcache import KVCacheStore, ModelFingerprint, Tenant  # noqa: E402
+from storecomp.kvcache import KVCacheStore, ModelFingerprint, SharedTierOptions, Tenant  # noqa: E402
 
 SECRETS = {"a": "tenant-a-secret-key-0123456789", "b": "tenant-b-secret-key-0123456789"}
 FAST = RetryPolicy(max_attempts=1, deadline_s=5.0, connect_timeout_s=1.0)
@@ -69,11 +69,9 @@ def _kv(sw: SeaweedFS, creds: str, tenant: str, **kw: Any) -> KVCacheStore:
         FP,
         chunk_tokens=CHUNK,
         host_bytes=0,
-        shared="s3://pool",
-        shared_options=_creds(sw, creds),
+        shared=SharedTierOptions("s3://pool", _creds(sw, creds), retry_seconds=2.0),
         tenant=TENANTS[tenant],
         encryption=KEYS[tenant],
-        shared_retry_seconds=2.0,
         **kw,
     )
 
