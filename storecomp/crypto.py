@@ -267,16 +267,22 @@ def sealed_size(plaintext_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int
 
 
 def plaintext_size(sealed_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int:
-    """Inverse of :func:`sealed_size` (-1 when no plaintext size gives ``sealed_bytes``)."""
-    head = ALIGN
-    while head <= sealed_bytes:  # the head only grows with the plaintext: the first fixed point is the one
-        n = sealed_bytes - head
-        need = data_offset(n, segment_bytes)
+    """Inverse of :func:`sealed_size` (-1 when no plaintext size gives ``sealed_bytes``).
+
+    The head ``h`` (a multiple of ALIGN) must equal ``data_offset(sealed_bytes - h)``;
+    that offset never grows as ``h`` grows, so ``data_offset(sealed_bytes - h) - h``
+    strictly falls and a binary search over the heads finds the one zero, if any."""
+    lo, hi = 1, sealed_bytes // ALIGN  # heads lo*ALIGN .. hi*ALIGN
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        head = mid * ALIGN
+        need = data_offset(sealed_bytes - head, segment_bytes)
         if need == head:
-            return n
-        if need < head:
-            return -1
-        head = need
+            return sealed_bytes - head
+        if need > head:
+            lo = mid + 1
+        else:
+            hi = mid - 1
     return -1
 
 
