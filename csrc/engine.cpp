@@ -1,6 +1,8 @@
 #include "engine.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -400,6 +402,7 @@ void ThreadPool::worker() {
   void* mem = nullptr;
   if (posix_memalign(&mem, align_, bounce_bytes_) != 0) mem = nullptr;
   auto* bounce = static_cast<uint8_t*>(mem);
+  bool batch = false;
   for (;;) {
     Piece* p;
     {
@@ -408,6 +411,11 @@ void ThreadPool::worker() {
       if (stopping_) break;
       p = queue_.front();
       queue_.pop_front();
+    }
+    if (!batch && batch_scheduling_.load(std::memory_order_relaxed)) {
+      struct sched_param none = {};
+      (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &none);
+      batch = true;
     }
     if (p->copy_out && copy_sink_) {
       copy_sink_(p);

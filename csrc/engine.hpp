@@ -191,6 +191,12 @@ class ThreadPool {
   // on the submitting thread, so that none is left holding arena memory.
   // Set once, before such pieces are submitted.
   void set_copy_sink(std::function<void(Piece*)> sink) { copy_sink_ = std::move(sink); }
+  // Runs the workers under SCHED_BATCH from their next task on: the same
+  // share of CPU, but no wake-up preemption of other threads. For a pool
+  // that only copies (the io_uring backend's): on a busy machine its copies
+  // then never hold off the ring's reaper, which keeps the device busy.
+  // Best effort (ignored where the policy is refused).
+  void set_batch_scheduling() { batch_scheduling_ = true; }
   void shutdown();
 
  private:
@@ -199,6 +205,7 @@ class ThreadPool {
   void drop(Piece* p);
   std::function<void(Piece*)> miss_sink_;
   std::function<void(Piece*)> copy_sink_;
+  std::atomic<bool> batch_scheduling_{false};
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Piece*> queue_;

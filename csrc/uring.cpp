@@ -128,6 +128,7 @@ class Uring final : public UringBackend {
     reaper_ = std::thread([this] { reap(); });
     pool_.set_miss_sink([this](Piece* p) { submit(&p, 1); });
     pool_.set_copy_sink([this](Piece* p) { finish_copy(p); });
+    pool_.set_batch_scheduling();  // with a ring, the pool copies (bounces, page-cache hits)
     return 0;
   }
 
