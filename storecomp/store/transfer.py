@@ -11,12 +11,15 @@
 * **verified**: every part read from the source is checked against the
   object's known crc32c (a manifest entry) or has its crc32c computed; after
   the destination publishes, the object is read back *from the destination*
-  (``verify_depth`` parts at once, one version) and every chunk checked. A mismatch deletes the copy and copies again once;
-  a second mismatch is a :class:`CorruptDataError`;
+  (``verify_depth`` parts at once, one version) and every chunk checked. A
+  mismatch copies again once; a second mismatch is a
+  :class:`CorruptDataError`. Because of that read-back, uploads may skip the
+  store's own payload hashing (``put_stream(..., checked=True)``);
 * **resumable**: an object already at the destination with the right size
   and matching crc32c is skipped (read back, nothing written), so a rerun
   after a crash or kill -9 moves only what is missing; an object whose upload
-  was cut short is invisible (atomic publish) and is copied again whole;
+  was cut short is invisible (atomic publish) and is copied again whole, and
+  so is one the store lists but cannot serve (:func:`store_answers`);
 * **rate-capped**: ``max_rate`` bytes/s over all workers (a token bucket);
 * **progress**: a rich bar, else tqdm, else a line every few seconds on stderr.
 
