@@ -172,7 +172,7 @@ class Producer:
         try:
             plan, end, files = plans.next()
             submitted = time.perf_counter()
-            reader = self.dataset.reader
+            reader: Any = self.dataset.reader  # its capabilities say which submit methods it has
             flat = plan.flat
             if flat is not None:
                 futures.append(
@@ -499,7 +499,7 @@ class Plans:
         if not self._ready:
             lo = self._producer
             want = min(WINDOW, max(2, 2 * lo.read_ahead.depth)) if self._windowed else 1
-            taken = []
+            taken: list[Any] = []
             while len(taken) < want and self._steps.peek() is not None:
                 taken.append(next(self._steps))
             if not taken:
@@ -508,7 +508,8 @@ class Plans:
             if self._keys is not None:
                 plans = plan_window(lo.dataset, lo.layout, batches, lo.verify, self._keys)
                 flat = plans[0].flat
-                files = lo.dataset.reader.open_files(flat.keys) if flat is not None and flat.keys else None
+                reader: Any = lo.dataset.reader  # a flat plan exists only for native_batches readers
+                files = reader.open_files(flat.keys) if flat is not None and flat.keys else None
                 self._ready.extend((p, t[2], files) for p, t in zip(plans, taken, strict=True))
             else:
                 self._ready.extend(

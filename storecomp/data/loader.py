@@ -32,7 +32,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from ..errors import InvalidArgumentError
 from ..io import Engine, StagingPool
@@ -137,7 +137,8 @@ class DataLoader:
             self.dataset = open_dataset(dataset, seq_len=seq_len, **opening)
         self._caps = capabilities(self.dataset.reader)
         if engine is not None and self._caps.engine:
-            self.dataset.reader.use_engine(engine)
+            reader: Any = self.dataset.reader  # capability-gated: self._caps.engine
+            reader.use_engine(engine)
         if len(self.dataset) == 0:
             raise InvalidArgumentError("the dataset has zero samples: nothing to load")
         self.batch_size = batch_size
@@ -249,7 +250,7 @@ class DataLoader:
 
     def _pool_for(self) -> StagingPool:
         if self._pool is None:
-            engine = self.dataset.reader.engine if self._caps.engine else None
+            engine = cast(Any, self.dataset.reader).engine if self._caps.engine else None
             self._pool = StagingPool(self.max_slots * self.layout.nbytes, self.layout.nbytes, engine=engine)
         return self._pool
 
@@ -270,7 +271,7 @@ class DataLoader:
         self._producer.device = self.device
         if self._caps.page_cache_tier:
             # The page cache or O_DIRECT for this epoch (what is resident may have changed since the last).
-            self.dataset.reader.choose_tier(self.dataset.keys())
+            cast(Any, self.dataset.reader).choose_tier(self.dataset.keys())
         n = len(self.dataset)
         order = epoch_order(n, self.seed, self.epoch, shuffle=self.shuffle, block=self.shuffle_block, window=self.shuffle_window)
         steps = rank_steps(n, self.position, self.batch_size, self.world_size, self.rank, self.drop_last)
