@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,7 @@ class SeaweedFS:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise UnavailableError(f"weed server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self._s3_answers():
+            if self._s3_answers() and self._volume_server_registered():
                 return
             time.sleep(0.1)
         self.stop()
@@ -173,6 +174,21 @@ class SeaweedFS:
         except Exception:
             return False
         return True
+
+    def _volume_server_registered(self) -> bool:
+        """True when the volume server has joined the master (``/dir/status`` lists a data node).
+
+        A restarted server answers S3 (and HEAD, from the filer's metadata) before its
+        volume server has loaded its volumes and joined: until then every GET of an
+        existing object is a 500."""
+        url = f"http://{self.ip}:{self.ports['master']}/dir/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                topo = json.load(r).get("Topology") or {}
+        except (OSError, ValueError):
+            return False
+        racks = [rack for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or []]
+        return any(rack.get("DataNodes") for rack in racks)
 
     def log_tail(self, n: int = 4000) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -21,6 +21,9 @@ def test_bench_crypto_tiny(tmp_path: Path) -> None:
     kv, loader = doc["kv_disk"], doc["loader_cold"]
     assert kv["verify_failures"] == 0 and kv["ratio_store"] > 0 and kv["ratio_retrieve"] > 0
     assert all(v > 0 for v in kv["gbps"].values())
+    cached = doc["kv_disk_page_cache"]
+    assert kv["disk_direct"] is True and cached["disk_direct"] is None
+    assert cached["verify_failures"] == 0 and all(v > 0 for v in cached["gbps"].values())
     assert loader["samples_per_s"]["plain"] > 0 and loader["samples_per_s"]["encrypted"] > 0
     assert "target" in proc.stderr
     assert "key" not in json.dumps(doc).lower()  # nothing about keys, let alone a key, in the figures
