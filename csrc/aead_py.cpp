@@ -10,21 +10,13 @@
 
 #include "aead.hpp"
 #include "engine.hpp"
+#include "py_arrays.hpp"
 
 namespace py = pybind11;
 
 namespace sc {
 
 namespace {
-
-template <typename T>
-py::array_t<T> array_of(const py::array& a, const char* name, size_t n) {
-  auto out = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
-  if (!out) throw std::invalid_argument(std::string(name) + ": not convertible to an array");
-  if (out.ndim() != 1 || (n != SIZE_MAX && static_cast<size_t>(out.shape(0)) != n))
-    throw std::invalid_argument(std::string(name) + ": must be 1-D with one entry per request");
-  return out;
-}
 
 // A writable (or readable) contiguous byte view of a Python buffer.
 std::pair<uint8_t*, size_t> bytes_of(const py::buffer& b, bool writable, const char* name) {

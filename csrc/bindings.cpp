@@ -19,6 +19,7 @@
 #include "crc32c.hpp"
 #include "engine.hpp"
 #include "host_buffer.hpp"
+#include "py_arrays.hpp"
 
 namespace py = pybind11;
 namespace sc {
@@ -27,6 +28,7 @@ void bind_aead(py::module_& m);  // aead_py.cpp
 using sc::Batch;
 using sc::Engine;
 using sc::HostBuffer;
+using sc::array_of;
 
 namespace {
 
@@ -64,28 +66,19 @@ void copy_ops(const I64Array& ops, const I64Array& dst, const I64Array& src, uns
   throw py::error_already_set();
 }
 
-template <typename T>
-py::array_t<T> checked(const py::array& a, const char* name, size_t n) {
-  auto out = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(a);
-  if (!out) throw std::invalid_argument(std::string(name) + ": not convertible to an array");
-  if (out.ndim() != 1 || static_cast<size_t>(out.shape(0)) != n)
-    throw std::invalid_argument(std::string(name) + ": must be 1-D with one entry per request");
-  return out;
-}
-
 std::shared_ptr<Batch> submit(Engine& e, const py::array& file_ids, const py::array& ops,
                               const py::array& offsets, const py::array& lengths,
                               const py::array& addrs, uint8_t mode, const py::object& crc_steps) {
   if (mode > sc::MODE_AUTO) throw std::invalid_argument("mode must be 0, 1 or 2");
   size_t n = static_cast<size_t>(py::len(offsets));
-  auto f = checked<uint32_t>(file_ids, "file_ids", n);
-  auto o = checked<uint8_t>(ops, "ops", n);
-  auto off = checked<uint64_t>(offsets, "offsets", n);
-  auto len = checked<uint64_t>(lengths, "lengths", n);
-  auto ad = checked<uint64_t>(addrs, "addrs", n);
+  auto f = array_of<uint32_t>(file_ids, "file_ids", n);
+  auto o = array_of<uint8_t>(ops, "ops", n);
+  auto off = array_of<uint64_t>(offsets, "offsets", n);
+  auto len = array_of<uint64_t>(lengths, "lengths", n);
+  auto ad = array_of<uint64_t>(addrs, "addrs", n);
   auto batch = std::make_shared<Batch>(n);
   if (!crc_steps.is_none()) {
-    auto cs = checked<uint64_t>(crc_steps, "crc_steps", n);
+    auto cs = array_of<uint64_t>(crc_steps, "crc_steps", n);
     const uint64_t* csp = cs.data();
     const uint64_t* lp = len.data();
     size_t total = 0;
