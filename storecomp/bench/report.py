@@ -145,7 +145,10 @@ def advice(figures: Sequence[Figure], hints: Sequence[str] = ()) -> list[str]:
         if r is None or f.limit is None:
             continue
         name = f.limit[0]
-        if name.startswith("fio") and r > 1.5:
+        cached = name.startswith("fio buffered")  # the limit is fio reading the page cache, not the device
+        if cached and r >= 0.9:
+            out.append(f"{f.suite}/{f.case}: at the page-cache limit ({r:.2f}x {name}): memory copies are the limit here")
+        elif name.startswith("fio") and r > 1.5:
             out.append(
                 f"{f.suite}/{f.case}: {r:.2f}x {name}: faster than the device, so the page cache served part of it "
                 "(a dataset smaller than the run reads, or already cached); use a larger --size for a cold figure"
@@ -156,8 +159,14 @@ def advice(figures: Sequence[Figure], hints: Sequence[str] = ()) -> list[str]:
             # Below the limit, but the component's own stall attribution says storage was not what it waited for.
             cure = _CURES.get(f.bottleneck.split(" (")[0], _CURES["producer CPU"])
             out.append(
-                f"{f.suite}/{f.case}: {r:.2f}x {name}, below the storage limit, and the loader's own stall attribution "
-                f"names the {f.bottleneck} as the limit, not storage: {cure}"
+                f"{f.suite}/{f.case}: {r:.2f}x {name}, below the {'page-cache' if cached else 'storage'} limit, and the "
+                f"loader's own stall attribution names the {f.bottleneck} as the limit, not storage: {cure}"
+            )
+        elif cached:
+            out.append(
+                f"{f.suite}/{f.case}: {r:.2f}x {name}, below the page-cache limit: these reads are copies out of "
+                "memory, bound by CPU (O_DIRECT and the queue depth do not apply): free cores, fewer and larger "
+                "samples, or a larger max_memory (more reads in flight, when the loader says it waits at that limit) help"
             )
         elif name.startswith("fio"):
             out.append(
