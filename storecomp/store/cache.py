@@ -542,9 +542,10 @@ class CachedStore(WrapperStore):
                 reader = FileReader(f, base)
                 read_verified(reader, ekey, hdr.sums, o_arr[check], n_arr[check], dst, d_arr[check], name=name)
                 covered = chunks[np.repeat(need, counts)]
-                fresh = np.unique(covered[~seen[covered]])
-                seen[fresh] = True
-                state[1] -= int(fresh.size)
+                with self._lock:  # readers of one entry on several threads: each chunk counted once
+                    fresh = np.unique(covered[~seen[covered]])
+                    seen[fresh] = True
+                    state[1] -= int(fresh.size)
             mask = live & ~need
             plain_o, plain_n, plain_d = o_arr[mask], n_arr[mask], d_arr[mask]
         if plain_o.size:

@@ -499,6 +499,7 @@ class _Plan:
             else:
                 self._submit_inner(inner, direct_reads, edges)
         except Exception as e:  # noqa: BLE001 - reported by finish(), after the reads already started
+            self.native = None  # not submitted natively: finish() takes the futures path, which raises and zeroes
             self.futures.append(_failed(e))
 
     def _submit_inner(self, inner: Store, direct_reads: list[tuple[int, int, int, int]], edges: set[int]) -> None:
@@ -555,6 +556,8 @@ class _Plan:
     def _finish_native(self, dst: np.ndarray) -> None:
         """Wait for the native batch; raise CorruptDataError for a short read or a failed tag."""
         if self.sealed is None:
+            if self.native:
+                raise ClosedError(f"{self.where}: the encrypted read was never submitted")  # never report unread bytes
             return  # nothing to read (ranges past the end)
         at = self.sealed_at
         got = self.sealed.result()[at]
@@ -639,8 +642,10 @@ class _Landing:
         self._error: BaseException | None = None
 
     def done(self) -> bool:
-        sealed = self._plan.sealed
-        return self._got is not None or self._error is not None or (sealed is not None and sealed.done())
+        plan = self._plan
+        if self._got is not None or self._error is not None:
+            return True
+        return plan.sealed.done() if plan.sealed is not None else not plan.native  # no sealed batch: nothing to read
 
     def result(self, timeout: float | None = None) -> np.ndarray:
         if self._got is None and self._error is None:

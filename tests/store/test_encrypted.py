@@ -363,6 +363,51 @@ def test_delete_if_forgets_the_cached_header(enc: EncryptedStore) -> None:
     assert enc.get("a") == b"new"
 
 
+def test_a_read_with_nothing_to_read_is_done_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zero-length ranges and ranges past the end: the future says done() without a result() call."""
+    monkeypatch.setenv("STORECOMP_AEAD", "native")
+    store = EncryptedStore(LocalStore(tmp_path / "objects"), _keys(("k1", KEY1)))
+    try:
+        store.put("a", DATA)
+        store.stat("a")
+        dst = np.zeros(SEG, np.uint8)
+        for offs, lens in (([0], [0]), ([len(DATA) + 10], [100])):
+            fut = store.submit_ranges("a", offs, lens, dst, [0], exact=False)
+            assert fut.done() and fut.result().tolist() == [0]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("ranges", [[(10, 100)], [(0, SEG)], [(0, SEG), (SEG + 5, 50)]], ids=["edge", "whole", "both"])
+def test_a_native_submit_that_fails_reports_it_and_leaves_no_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ranges: list[tuple[int, int]]
+) -> None:
+    """The engine refusing the sealed batch (closed meanwhile, out of memory): the read raises and
+    its destination ranges are zeroed, never left with stale or unauthenticated bytes."""
+    from storecomp.errors import ClosedError
+    from storecomp.store import encrypted as encrypted_mod
+
+    monkeypatch.setenv("STORECOMP_AEAD", "native")
+    store = EncryptedStore(LocalStore(tmp_path / "objects"), _keys(("k1", KEY1)))
+    try:
+        store.put("a", DATA)
+        store.stat("a")  # the header is cached: a single-object read goes native
+        assert store.crypto_stats()["opens_on"] == "engine threads"
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise ClosedError("engine closed while the read was being submitted")
+
+        monkeypatch.setattr(encrypted_mod.aead, "submit_sealed", refuse)
+        dst = np.full(2 * SEG, 0xAA, np.uint8)
+        douts = [i * SEG for i in range(len(ranges))]
+        with pytest.raises(ClosedError):
+            store.read_ranges("a", [o for o, _ in ranges], [n for _, n in ranges], dst, douts)
+        for (_, n), d in zip(ranges, douts, strict=True):
+            assert not dst[d : d + n].any()
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("damage", ["none", "swap", "tag", "nonce", "ciphertext", "truncate", "wrong-key"])
 def test_batches_open_on_the_engine_and_fail_closed(tmp_path: Path, aead_backend: str, damage: str) -> None:
     """submit_batch over several objects (whole segments and edges): one native batch on the engine's
