@@ -404,9 +404,15 @@ def verify_object(
     part_bytes: int = DEFAULT_PART_BYTES,
     limiter: RateLimiter | None = None,
     depth: int = DEFAULT_VERIFY_DEPTH,
+    unservable_is_bad: bool = True,
 ) -> bool:
     """True when ``key`` in ``store`` has ``sums.size`` bytes and every chunk
     matches ``sums``; False when it is missing, short or differs.
+
+    ``unservable_is_bad``: an object the store lists but cannot serve while
+    it answers other requests (:func:`store_answers`) is False (an old copy a
+    crash cut short); without it, StoreUnavailableError (an object this run
+    has just written is not judged bad because the store could not serve it).
 
     Reads one version (the one ``stat`` names; a replacement mid-check
     starts the check again, up to 3 times) in parts of about
@@ -422,7 +428,7 @@ def verify_object(
     except (NotFoundError, CorruptDataError):
         return False
     except StoreUnavailableError:
-        if store_answers(store, key):
+        if unservable_is_bad and store_answers(store, key):
             return False  # the store answers, this object cannot be read (a crash cut it short): not a good copy
         raise
     except StorecompError as e:
@@ -573,7 +579,9 @@ class _Copier:
             got = sums if sums is not None else Checksums(item.size, step, tuple(crcs or ()))
             t1 = time.monotonic()
             try:
-                ok = verify_object(self.check, item.dst_key, got, self.part_bytes, self.check_limiter, self.verify_depth)
+                ok = verify_object(
+                    self.check, item.dst_key, got, self.part_bytes, self.check_limiter, self.verify_depth, unservable_is_bad=False
+                )
             except StorecompError as e:
                 raise _destination_error(self.dst, item.dst_key, e) from None
             self._count(put_s=t1 - t0, verify_s=time.monotonic() - t1)
