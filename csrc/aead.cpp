@@ -12,6 +12,7 @@
 #include <functional>
 #include <mutex>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 #include "engine.hpp"
@@ -141,7 +142,8 @@ AeadKey::AeadKey(const uint8_t* key, const uint8_t* nonce_base, std::string aad_
     : id_(g_next_key_id.fetch_add(1)), aad_prefix_(std::move(aad_prefix)), segments_(segments),
       segment_bytes_(segment_bytes) {
   if (!aead_status().available) throw std::runtime_error("AES-GCM unavailable: " + aead_status().reason);
-  if (segment_bytes_ == 0) throw std::invalid_argument("segment_bytes must be positive");
+  if (segment_bytes_ == 0 || segment_bytes_ > (uint64_t{1} << 30))
+    throw std::invalid_argument("segment_bytes must be in [1, 2**30]");
   std::memcpy(key_, key, kKeyBytes);
   std::memcpy(salt_, nonce_base, 4);
   base_ = 0;
@@ -227,7 +229,7 @@ int64_t AeadBatch::verdict(size_t i, uint64_t length) const {
   const AeadRequest& a = reqs[i];
   if (!a.key) return -1;
   uint64_t s = a.key->segment_bytes();
-  return opened[i].load() == (length + s - 1) / s ? -1 : static_cast<int64_t>(a.first_segment);
+  return opened[i].load() == ceil_div(length, s) ? -1 : static_cast<int64_t>(a.first_segment);
 }
 
 // As Batch::check_piece: the segments inside piece p now, those across piece
@@ -236,7 +238,7 @@ void aead_piece(Request& r, const Piece& p, uint64_t got, int err) {
   const uint64_t s = r.aead->key->segment_bytes();
   if (!err) {
     uint64_t read_end = p.rel + got;
-    for (uint64_t k = (p.rel + s - 1) / s; k * s < read_end; ++k) {
+    for (uint64_t k = ceil_div(p.rel, s); k * s < read_end; ++k) {
       uint64_t end = std::min(k * s + s, r.length);
       if (end > p.rel + p.len) break;  // runs into the next piece
       if (end > read_end) break;       // not all of it was read (a short read): left for the caller to zero
@@ -261,10 +263,17 @@ class AeadThreads {
  public:
   AeadThreads() : pid_(::getpid()) {
     unsigned n = std::max(1u, std::thread::hardware_concurrency());
-    for (unsigned i = 0; i < n; ++i) std::thread([this] { run(); }).detach();
+    for (unsigned i = 0; i < n; ++i) {
+      try {
+        std::thread([this] { run(); }).detach();
+        ++started_;
+      } catch (const std::system_error&) {
+        break;  // no thread to be had (a process or memory limit): jobs run on the caller
+      }
+    }
   }
   bool post(std::function<void()> job) {
-    if (::getpid() != pid_) return false;  // a forked child: these threads are the parent's
+    if (::getpid() != pid_ || started_ == 0) return false;  // a forked child (these threads are the parent's), or none
     {
       std::lock_guard<std::mutex> g(mu_);
       jobs_.push_back(std::move(job));
@@ -287,6 +296,7 @@ class AeadThreads {
     }
   }
   pid_t pid_;
+  unsigned started_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;

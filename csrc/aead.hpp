@@ -36,6 +36,9 @@ struct AeadStatus {
 // Loads libcrypto once (thread-safe) and reports whether AES-256-GCM is usable.
 const AeadStatus& aead_status();
 
+// ceil(a / b) without the overflow of (a + b - 1) / b (b > 0).
+inline uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
 class AeadKey {
  public:
   static constexpr size_t kKeyBytes = 32, kNonceBytes = 12, kTagBytes = 16;

@@ -18,11 +18,22 @@ namespace sc {
 
 namespace {
 
-// A writable (or readable) contiguous byte view of a Python buffer.
-std::pair<uint8_t*, size_t> bytes_of(const py::buffer& b, bool writable, const char* name) {
+// A writable (or readable) contiguous byte view of a Python buffer. The view
+// holds the buffer export: while it lives (across a GIL release too) the
+// object cannot be resized or freed under the pointer. Destroy it with the
+// GIL held (declare it before any gil_scoped_release).
+struct View {
+  py::buffer_info info;
+  uint8_t* ptr;
+  size_t size;
+};
+
+View bytes_of(const py::buffer& b, bool writable, const char* name) {
   py::buffer_info info = b.request(writable);
   if (!PyBuffer_IsContiguous(info.view(), 'C')) throw std::invalid_argument(std::string(name) + ": not contiguous");
-  return {static_cast<uint8_t*>(info.ptr), static_cast<size_t>(info.size * info.itemsize)};
+  auto* ptr = static_cast<uint8_t*>(info.ptr);
+  auto size = static_cast<size_t>(info.size * info.itemsize);
+  return View{std::move(info), ptr, size};
 }
 
 std::string key_bytes(const py::bytes& b, size_t n, const char* name) {
@@ -49,7 +60,9 @@ std::shared_ptr<Batch> submit_sealed(Engine& e, const py::array& file_ids, const
   auto fs = array_of<uint64_t>(first_segments, "first_segments", n);
   std::vector<std::shared_ptr<const AeadKey>> ks;
   for (auto k : keys) ks.push_back(k.cast<std::shared_ptr<AeadKey>>());
-  auto [tp, tn] = bytes_of(tags, false, "tags");
+  View tv = bytes_of(tags, false, "tags");
+  const uint8_t* tp = tv.ptr;
+  size_t tn = tv.size;
   auto batch = std::make_shared<Batch>(n);
   auto state = std::make_shared<AeadBatch>(n);
   size_t total = 0;
@@ -57,7 +70,7 @@ std::shared_ptr<Batch> submit_sealed(Engine& e, const py::array& file_ids, const
     int32_t k = ki.data()[i];
     if (k < 0 || static_cast<size_t>(k) >= ks.size()) throw std::invalid_argument("key_index out of range");
     uint64_t s = ks[k]->segment_bytes(), l = len.data()[i];
-    uint64_t segs = (l + s - 1) / s;
+    uint64_t segs = ceil_div(l, s);
     if (fs.data()[i] > ks[k]->segments() || segs > ks[k]->segments() - fs.data()[i])
       throw std::invalid_argument("a request reaches past its object's last segment");
     total += segs;
@@ -85,7 +98,7 @@ std::shared_ptr<Batch> submit_sealed(Engine& e, const py::array& file_ids, const
     a.tags = state->tags.data() + at * AeadKey::kTagBytes;
     a.failed = &state->failed[i];
     a.opened = &state->opened[i];
-    at += (r.length + a.key->segment_bytes() - 1) / a.key->segment_bytes();
+    at += ceil_div(r.length, a.key->segment_bytes());
     r.aead = &a;
   }
   batch->aead_state = state;
@@ -120,30 +133,30 @@ void bind_aead(py::module_& m) {
       .def(
           "open",
           [](const AeadKey& k, uint64_t i, const py::buffer& data, const py::buffer& tag, const py::object& out) {
-            auto [tp, tn] = bytes_of(tag, false, "tag");
-            if (tn != AeadKey::kTagBytes) throw std::invalid_argument("tag must be 16 bytes");
+            View t = bytes_of(tag, false, "tag");
+            if (t.size != AeadKey::kTagBytes) throw std::invalid_argument("tag must be 16 bytes");
             if (out.is_none()) {
-              auto [dp, dn] = bytes_of(data, true, "data");
+              View d = bytes_of(data, true, "data");
               py::gil_scoped_release nogil;
-              return k.open(i, dp, dn, tp);
+              return k.open(i, d.ptr, d.size, t.ptr);
             }
-            auto [ip, in] = bytes_of(data, false, "data");
-            auto [op, on] = bytes_of(out.cast<py::buffer>(), true, "out");
-            if (on != in) throw std::invalid_argument("out must be as long as data");
+            View in = bytes_of(data, false, "data");
+            View o = bytes_of(out.cast<py::buffer>(), true, "out");
+            if (o.size != in.size) throw std::invalid_argument("out must be as long as data");
             py::gil_scoped_release nogil;
-            return k.open(i, ip, op, in, tp);
+            return k.open(i, in.ptr, o.ptr, in.size, t.ptr);
           },
           py::arg("index"), py::arg("data"), py::arg("tag"), py::arg("out") = py::none())
       .def(
           "seal",
           [](const AeadKey& k, uint64_t i, const py::buffer& plain, const py::buffer& out) {
-            auto [ip, in] = bytes_of(plain, false, "plain");
-            auto [op, on] = bytes_of(out, true, "out");
-            if (on != in) throw std::invalid_argument("out must be as long as plain");
+            View in = bytes_of(plain, false, "plain");
+            View o = bytes_of(out, true, "out");
+            if (o.size != in.size) throw std::invalid_argument("out must be as long as plain");
             uint8_t tag[AeadKey::kTagBytes];
             {
               py::gil_scoped_release nogil;
-              k.seal(i, ip, op, in, tag);
+              k.seal(i, in.ptr, o.ptr, in.size, tag);
             }
             return py::bytes(reinterpret_cast<const char*>(tag), sizeof tag);
           },

@@ -578,16 +578,16 @@ class Uring final : public UringBackend {
     p->done += n;
     stats_.bytes_read += n;
     stats_.bounce_handoffs++;
-    bool wake_reaper;
     {
       std::lock_guard<std::mutex> g(arena_mu_);  // not mu_: the reaper holds that while it fills the ring
       arena_->release(p->bounce_first, p->bounce_units);
       p->bounce_units = 0;
-      wake_reaper = arena_blocked_;
+      // Pieces wait for the room just freed: wake the reaper before this copy stops counting as
+      // pending (shutdown closes the eventfd once none is; the write never blocks).
+      if (arena_blocked_) wake();
       arena_blocked_ = false;
       if (--copies_pending_ == 0) copies_cv_.notify_all();
     }
-    if (wake_reaper) wake();  // pieces wait for the room just freed (harmless if the reaper is awake)
     p->batch->complete(*p, p->done, 0);  // may free the piece
   }
 

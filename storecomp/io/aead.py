@@ -59,9 +59,14 @@ class SegmentCipher:
         return f"SegmentCipher({self._key.segments} segments of {self._key.segment_bytes} bytes)"
 
 
+#: The largest segment the native cipher takes (csrc/aead.cpp checks the same bound).
+MAX_SEGMENT_BYTES = 1 << 30
+
+
 def segment_cipher(key: bytes, nonce_base: bytes, aad_prefix: bytes, segments: int, segment_bytes: int) -> SegmentCipher | None:
-    """A :class:`SegmentCipher`, or None when OpenSSL's AES-GCM is not available here (:func:`status`)."""
-    if not status()["available"]:
+    """A :class:`SegmentCipher`, or None when OpenSSL's AES-GCM is not available here (:func:`status`)
+    or the segments are larger than the native path takes (1 GiB; the caller's fallback opens them)."""
+    if not status()["available"] or not 0 < segment_bytes <= MAX_SEGMENT_BYTES:
         return None
     return SegmentCipher(key, nonce_base, aad_prefix, segments, segment_bytes)
 

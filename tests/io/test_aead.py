@@ -207,6 +207,14 @@ def test_bad_arguments_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             submit(0, bytes(32), index=1)
     finally:
         eng.close()
+    # Segment sizes the native cipher does not take (a size near 2**64 once wrapped its segment
+    # count to 0 and read a tag that was never given): no native cipher, the caller's fallback opens.
+    key, nonce = os.urandom(32), os.urandom(12)
+    for seg in (0, (1 << 30) + 1, (1 << 64) - 1):
+        assert aead.segment_cipher(key, nonce, b"aad\x00", 1, seg) is None
+    if aead.status()["available"]:
+        with pytest.raises(ValueError, match="segment_bytes"):
+            aead.SegmentCipher(key, nonce, b"aad\x00", 1, (1 << 64) - 1)
 
 
 def test_without_libcrypto_the_cryptography_path_runs_and_says_why(tmp_path: Path) -> None:
