@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import NotFoundError, ShortReadError, VersionChangedError
 from ..io import BufferRef, as_buffer, checked_ranges
-from .futures import JoinedRanges
+from .futures import JoinedRanges, settle
 from .keys import validate_key, validate_prefix
 
 #: Times a whole-object read restarts from a fresh stat when the object is
@@ -167,11 +167,7 @@ class Store(abc.ABC):
             for key, offs, lens, douts in reads:
                 futures.append(self.submit_ranges(key, offs, lens, dst, douts))
         except BaseException:
-            for f in futures:  # the reads already submitted land before the caller reuses dst
-                try:
-                    f.result()
-                except BaseException:  # noqa: BLE001 - the error being raised is the one that counts
-                    pass
+            settle(futures)  # the reads already submitted land before the caller reuses dst
             raise
         return JoinedRanges(futures)
 

@@ -60,7 +60,7 @@ from ..errors import (
 )
 from ..io import BufferRef, aead, as_buffer, checked_ranges, land_bytes
 from .base import VERSION_RETRIES, Capabilities, ExactRanges, Listing, ObjectInfo, RangeFuture, Store, WrapperStore
-from .futures import JoinedRanges, PendingRanges
+from .futures import JoinedRanges, PendingRanges, settle
 from .keys import payload_view, validate_key
 
 _HEADER_CACHE = 4096  # objects whose headers are kept
@@ -261,11 +261,7 @@ class EncryptedStore(WrapperStore):
             for p in plans:  # what was submitted lands before the caller reuses dst
                 if p.sealed is not None:
                     p.sealed.wait()
-            for f in others:
-                try:
-                    f.result()
-                except BaseException:  # noqa: BLE001 - the error being raised is the one that counts
-                    pass
+            settle(others)
             raise
         return JoinedRanges(parts)
 

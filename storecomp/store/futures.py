@@ -42,6 +42,16 @@ class PendingRanges:
                 pass
 
 
+def settle(futures: Any) -> None:
+    """Wait for every future of reads already submitted, ignoring their errors: a caller that
+    is raising another error lets them land before anyone reuses their destination."""
+    for f in futures:
+        try:
+            f.result()
+        except BaseException:  # noqa: BLE001 - the error being raised is the one that counts
+            pass
+
+
 class JoinedRanges:
     """Completion of :meth:`~storecomp.store.base.Store.submit_batch`: the parts' bytes read per
     range, concatenated in order. ``result()`` waits for every part (none may still write into the
