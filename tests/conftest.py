@@ -295,6 +295,28 @@ def make_dst() -> Iterator[Callable[[str, int], Dest]]:
 # ---------------------------------------------------------------- subprocesses
 
 
+def run_processes(
+    ctx: Any,
+    target: Callable[..., None],
+    args: list[tuple[Any, ...]],
+    results: Any,
+    n_results: int,
+    get_timeout: float = 120,
+    join_timeout: float = 60,
+) -> list[Any]:
+    """Run ``target(*a)`` for each ``a`` of ``args`` in a process of ``ctx``; the ``n_results``
+    items the processes put on ``results``, collected before joining (a full queue blocks its
+    writer's exit). Every process must exit 0."""
+    procs = [ctx.Process(target=target, args=a) for a in args]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=get_timeout) for _ in range(n_results)]
+    for p in procs:
+        p.join(join_timeout)
+        assert p.exitcode == 0
+    return out
+
+
 def run_python(code: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (same environment); raises on a non-zero exit."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("STORECOMP_")}

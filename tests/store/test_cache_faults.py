@@ -21,7 +21,7 @@ from storecomp.errors import VersionChangedError
 from storecomp.store import LocalStore
 from storecomp.store.cache import CachedStore
 from storecomp.store.cache_entry import ALIGN, MAGIC
-from tests.conftest import fill_disk
+from tests.conftest import fill_disk, run_processes
 from tests.conftest import random_bytes as blob
 
 KiB = 1024
@@ -197,16 +197,8 @@ def test_processes_evicting_each_other_never_fail_a_read(tmp_path: Path, remote:
     budget = 250 * KiB  # two of the eight ~100 KiB objects: every fill evicts
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [
-        ctx.Process(target=_pressure_reader, args=(str(remote.root), str(tmp_path / "cache"), budget, verify, 2.0, q))
-        for _ in range(4)
-    ]
-    for p in procs:
-        p.start()
-    results = [q.get(timeout=90) for _ in procs]
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    args = (str(remote.root), str(tmp_path / "cache"), budget, verify, 2.0, q)
+    results = run_processes(ctx, _pressure_reader, [args] * 4, q, 4, get_timeout=90, join_timeout=30)
     assert sum(r["reads"] for r in results) > 0
     for r in results:
         assert r["n_errors"] == 0, r["errors"]

@@ -18,6 +18,7 @@ from storecomp.errors import ConflictError, StorecompError, StoreUnavailableErro
 from storecomp.store import open_store
 from storecomp.store.retry import RetryPolicy
 from storecomp.testing.seaweedfs import SeaweedFS
+from tests.conftest import run_processes
 
 WORKERS = 4
 
@@ -67,14 +68,8 @@ def _create_worker(url: str, options: dict[str, Any], rounds: int, barrier: Any,
 def _race(ctx: Any, worker: Any, url: str, options: dict[str, Any], barrier: Any, results: Any) -> list[Any]:
     """Run ``worker`` in WORKERS processes for ROUNDS rounds; the (round, worker, won) each reported.
     Every process must exit 0."""
-    procs = [ctx.Process(target=worker, args=(url, options, ROUNDS, barrier, results, w)) for w in range(WORKERS)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=120) for _ in range(WORKERS * ROUNDS)]
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    return outcomes
+    args = [(url, options, ROUNDS, barrier, results, w) for w in range(WORKERS)]
+    return run_processes(ctx, worker, args, results, WORKERS * ROUNDS)
 
 
 def _free_cas_worker(url: str, options: dict[str, Any], swaps: int, results: Any) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from storecomp.errors import ConflictError, InvalidArgumentError, NotFoundError, StorecompError
 from storecomp.store import LocalStore
+from tests.conftest import run_processes
 
 
 def test_overwrite_is_read_through_a_fresh_handle(tmp_path):
@@ -162,13 +163,7 @@ def test_deleted_keys_leave_no_lock_files_and_cas_stays_exclusive(tmp_path):
             log.append((cur, new.version, i % 3 == 0 and st.delete_if("c", new.version)))
         wins.put(log)
 
-    procs = [ctx.Process(target=writer, args=(n,)) for n in range(3)]
-    for p in procs:
-        p.start()
-    logs = [wins.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    logs = run_processes(ctx, writer, [(n,) for n in range(3)], wins, 3, get_timeout=60)
     won = [entry for log in logs for entry in log]
     from_version = [cur for cur, _, _ in won if cur is not None]
     assert len(from_version) == len(set(from_version))  # no version was swapped away twice
