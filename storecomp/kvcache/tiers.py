@@ -45,6 +45,7 @@ class TierStats:
     write_failures: int = 0
     skipped: int = 0  # entries not admitted (no room: all pinned, or larger than the budget)
     unavailable: int = 0  # operations skipped or failed because the tier could not be reached
+    cleanup_failures: int = 0  # corrupt chunks that could not be re-checked or deleted (they stay, shadowing a rewrite)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: float) -> None:
@@ -547,7 +548,12 @@ class DiskTier:
             if size is not None:
                 self.used -= size
         if delete:
-            _unlink_quiet(self.path(key))
+            try:
+                os.unlink(self.path(key))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self.stats.add(cleanup_failures=1)
 
 
 #: Seconds between two choices of the disk tier's page-cache tier (:meth:`DiskTier._tier`).
@@ -757,8 +763,10 @@ class SharedTier:
                 else:
                     return  # good now: replaced by a good chunk since the failed read
             self.store.delete_if(okey, info.version)
+        except NotFoundError:
+            pass  # gone already
         except (StorecompError, OSError):
-            pass
+            self.stats.add(cleanup_failures=1)  # the read goes on as a miss; the count says a bad chunk stays
 
     def has(self, key: bytes) -> bool:
         """Whether the store holds ``key``: known keys at once, else one stat (False while the tier is down)."""

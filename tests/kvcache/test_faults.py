@@ -180,6 +180,52 @@ def test_shared_tier_deletes_only_the_version_that_failed(kvstore: Make, tmp_pat
     assert not path.exists()
 
 
+def test_disk_tier_counts_a_corrupt_chunk_it_cannot_delete(kvstore: Make, tmp_path: Path) -> None:
+    """A corrupt chunk whose file cannot be removed (a directory stands at its name: unlink
+    fails even as root) is a counted miss, and the failed cleanup is counted, not silent."""
+    kvstore(disk_dir=tmp_path / "d", write_through=True).store(TOKENS, make_kv(len(TOKENS)))
+    s = kvstore(disk_dir=tmp_path / "d")
+    tier = s.disk
+    assert tier is not None
+    key = s._keys(TOKENS)[1]
+    path = Path(tier.path(key))
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_bytes(b"x")
+    tier.forget(key, delete=True)
+    assert path.is_dir() and s.stats()["disk"]["cleanup_failures"] == 1
+    tier.forget(s._keys(TOKENS)[2], delete=True)  # an ordinary delete: not a failure
+    assert s.stats()["disk"]["cleanup_failures"] == 1
+
+
+def test_shared_tier_counts_a_cleanup_the_store_refused(kvstore: Make, tmp_path: Path, running_seaweedfs: SeaweedFS) -> None:
+    """The shared store becomes unreachable between a failed read and its cleanup: the object
+    stays (nothing could re-check or delete it) and the failed cleanup is counted in the tier's
+    stats instead of vanishing."""
+    sw = running_seaweedfs
+    proxy = _Proxy(free_port(), int(sw.endpoint.rsplit(":", 1)[1]))
+    proxy.start()
+    url = sw.url()
+    opts = dict(sw.store_options(), endpoint=f"http://127.0.0.1:{proxy.port}", retry=FAST_RETRY)
+    try:
+        s = kvstore(shared=SharedTierOptions(url, opts, backoff=0.05, max_backoff=0.1))
+        assert s.store(TOKENS, make_kv(len(TOKENS))) == 4 * CHUNK
+        s.flush(timeout=60)
+        tier = s.shared
+        assert tier is not None
+        key = s._keys(TOKENS)[1]
+        direct = open_store(url, **sw.store_options())
+        okey = tier.object_key(key)
+        assert direct.exists(okey)
+        proxy.stop()
+        tier.forget(key, delete=True)
+        assert s.stats()["shared"]["cleanup_failures"] == 1
+        assert direct.exists(okey)  # still there: a later cleanup can find it
+        direct.close()
+    finally:
+        proxy.stop()
+
+
 def test_chunk_of_another_model_is_a_miss(kvstore: Make, tmp_path: Path) -> None:
     """An object copied under the right key but written for another fingerprint is never returned."""
     other = ModelFingerprint("tiny-test", "bfloat16", layers=3, kv_heads=2, head_dim=16, tag="other")
