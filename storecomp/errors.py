@@ -151,15 +151,18 @@ class ConflictError(StorecompError, RuntimeError):
 
 
 class StoreUnavailableError(StorecompError, ConnectionError):
-    """A store could not be reached after bounded retries; ``endpoint`` names it."""
+    """A store could not be reached, or answered only with server errors, after bounded
+    retries; ``endpoint`` names it. ``status``: the HTTP status of the last answer (5xx,
+    408, 429), or None when nothing answered (refused, timed out, reset)."""
 
-    def __init__(self, endpoint: str, detail: str) -> None:
+    def __init__(self, endpoint: str, detail: str, status: int | None = None) -> None:
         super().__init__(f"{endpoint}: store unavailable: {detail}")
         self.endpoint = redact(endpoint)
         self.detail = redact(detail)
+        self.status = status
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.endpoint, self.detail))
+        return (type(self), (self.endpoint, self.detail, self.status))
 
 
 class CredentialsError(StorecompError, PermissionError):

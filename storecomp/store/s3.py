@@ -293,7 +293,7 @@ class S3Store(Store):
             or kind in _UNREACHABLE_KINDS
             or (status is not None and (status >= 500 or status in (408, 429)))
         ):
-            return StoreUnavailableError(self.where, f"{op} {name}: {first_line}")
+            return StoreUnavailableError(self.where, f"{op} {name}: {first_line}", status)
         err = StorageIOError(errno.EIO, name, None, op)
         err.add_note(first_line)
         return err

@@ -653,6 +653,14 @@ class _Copier:
 
 def _destination_error(dst: Store, key: str, e: StorecompError) -> StorecompError:
     """A clear error for a destination that is down or full; others pass through."""
+    if isinstance(e, StoreUnavailableError) and e.status is not None and e.status >= 500:
+        # It answered: not "unreachable". S3 servers give no cause (SeaweedFS answers a full
+        # disk with a bare 500 InternalError), so the message says what is known and where to look.
+        return TransferError(
+            f"destination {dst.url} failed {key}: it answered HTTP {e.status} to every retry, a fault on the "
+            f"server ({e.endpoint}: a full disk or a failed volume; its log says which): {e.detail}",
+            errno_=errno.EIO,
+        )
     if isinstance(e, StoreUnavailableError):
         return TransferError(f"destination {dst.url} is unreachable ({e.endpoint}): {e.detail}", errno_=errno.EHOSTUNREACH)
     if isinstance(e, StorageIOError) and e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,26 @@ FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0
 #: FAST_RETRY for tests that move multi-MiB parts: a part to a fresh SeaweedFS on a loaded
 #: 2-core machine (or over a rate-limited link) can outlast 5 s; a down server still fails at once.
 PART_RETRY = dataclasses.replace(FAST_RETRY, deadline_s=60.0)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Callable[[str], AbstractContextManager[Path]]:
+    """``with small_tmpfs("2m") as path``: a tmpfs of that size mounted under ``tmp_path``
+    (root only, as CI runs): a disk that fills up, unmounted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+
+    @contextmanager
+    def mount(size: str) -> Iterator[Path]:
+        path = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+        path.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+    return mount
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ progress; between local directories and SeaweedFS."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -107,6 +108,24 @@ def test_destination_down_is_a_clear_transfer_error(tmp_path: Path, seaweedfs: A
     with pytest.raises(TransferError, match=f"destination s3://.*unreachable \\({sw.endpoint}\\)"):
         copy_objects(src, dst, [CopyItem(k, k, len(v)) for k, v in files.items()])
     dst.close()
+
+
+def test_a_destination_answering_500_is_not_called_unreachable(tmp_path: Path, small_tmpfs: Any) -> None:
+    """A SeaweedFS destination whose disk fills mid-copy answers a bare 500 InternalError: the
+    copy stops with an error that says the server answered and failed (a full disk or a failed
+    volume), never "unreachable", and no object is left half written."""
+    from storecomp.testing.seaweedfs import SeaweedFS
+
+    src = LocalStore(tmp_path / "src")
+    files = fill(src, [8 << 20] * 6)  # 48 MiB into a 32 MiB disk
+    with small_tmpfs("32m") as disk, SeaweedFS.start(disk) as sw:
+        dst = open_store(sw.url(), retry=FAST_RETRY, **sw.store_options())
+        with pytest.raises(TransferError, match="answered HTTP 500 to every retry, a fault on the server") as ei:
+            copy_objects(src, dst, [CopyItem(k, k, len(v)) for k, v in files.items()], workers=2)
+        assert "unreachable" not in str(ei.value) and ei.value.errno == errno.EIO
+        for info in dst.list(""):  # what is there is whole
+            assert dst.get(info.key) == files[info.key]
+        dst.close()
 
 
 def test_rate_limiter_and_bad_arguments(tmp_path: Path) -> None:
