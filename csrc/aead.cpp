@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <climits>
 #include <condition_variable>
 #include <cstring>
@@ -14,6 +17,7 @@
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "engine.hpp"
 
@@ -41,6 +45,8 @@ constexpr unsigned long kMinVersion = 0x30000000UL;  // OpenSSL 3.0.0
 Evp g_evp;
 AeadStatus g_status;
 std::once_flag g_once;
+
+void drain_at_exit();  // below, with the AEAD threads
 
 template <typename F>
 bool sym(void* lib, const char* name, F* out) {
@@ -83,13 +89,38 @@ void load() {
     g_status.reason = "libcrypto has no AES-256-GCM";
     return;
   }
+  // Initialise libcrypto now (a first keying does), so that its exit-time cleanup is
+  // registered before ours: atexit runs in reverse, and ours (drain_at_exit) must
+  // let the AEAD threads' jobs finish before OpenSSL frees its state.
+  if (void* ctx = e.ctx_new()) {
+    static const unsigned char zeros[32] = {};
+    e.cipher_init_ex(ctx, e.aes_256_gcm(), nullptr, zeros, nullptr, 1);
+    e.ctx_free(ctx);
+  }
   g_evp = e;
   g_status.available = true;
+  std::atexit(drain_at_exit);
 }
 
 std::atomic<uint64_t> g_next_key_id{1};
 
+struct ContextCache;
+
+// Every thread's context cache, so that a key going away takes its keyed contexts
+// (their AES key schedules) out of every thread, not only out of the one that drops
+// it. Never destroyed: threads still running at exit may look at it.
+struct CacheRegistry {
+  std::mutex mu;
+  std::vector<ContextCache*> caches;
+};
+CacheRegistry& registry() {
+  static auto* r = new CacheRegistry();
+  return *r;
+}
+
 // One thread's EVP contexts, each keyed once with one AeadKey (and direction).
+// `mu` is held by its thread while it picks a context and by forget() from
+// other threads; a context is used outside it (its key outlives the use).
 struct ContextCache {
   static constexpr size_t kSlots = 8;
   struct Slot {
@@ -99,12 +130,38 @@ struct ContextCache {
     void* ctx = nullptr;
   } slots[kSlots];
   uint64_t clock = 0;
+  std::mutex mu;
+  ContextCache() {
+    auto& r = registry();
+    std::lock_guard<std::mutex> g(r.mu);
+    r.caches.push_back(this);
+  }
   ~ContextCache() {
+    auto& r = registry();
+    {
+      std::lock_guard<std::mutex> g(r.mu);
+      r.caches.erase(std::find(r.caches.begin(), r.caches.end(), this));
+    }
     for (auto& s : slots)
       if (s.ctx) g_evp.ctx_free(s.ctx);  // frees and cleanses the key schedule
   }
+  // Frees the contexts keyed with key `id` (caller holds mu).
+  void forget(uint64_t id) {
+    for (auto& s : slots)
+      if (s.ctx && s.id == id) {
+        g_evp.ctx_free(s.ctx);
+        s = Slot{};
+      }
+  }
+  size_t live() {
+    std::lock_guard<std::mutex> g(mu);
+    size_t n = 0;
+    for (auto& s : slots) n += s.ctx != nullptr && s.id != 0;
+    return n;
+  }
   // The context keyed with `key` (id) for direction enc; nullptr when OpenSSL fails.
   void* get(uint64_t id, int enc, const uint8_t* key) {
+    std::lock_guard<std::mutex> g(mu);
     Slot* victim = &slots[0];
     for (auto& s : slots) {
       if (s.ctx && s.id == id && s.enc == enc) {
@@ -150,7 +207,23 @@ AeadKey::AeadKey(const uint8_t* key, const uint8_t* nonce_base, std::string aad_
   for (int k = 7; k >= 0; --k) base_ = (base_ << 8) | nonce_base[4 + k];
 }
 
+size_t aead_cached_contexts() {
+  auto& r = registry();
+  std::lock_guard<std::mutex> g(r.mu);
+  size_t n = 0;
+  for (auto* c : r.caches) n += c->live();
+  return n;
+}
+
 AeadKey::~AeadKey() {
+  {
+    auto& r = registry();
+    std::lock_guard<std::mutex> g(r.mu);
+    for (auto* c : r.caches) {
+      std::lock_guard<std::mutex> cg(c->mu);
+      c->forget(id_);
+    }
+  }
   volatile uint8_t* p = key_;
   for (size_t k = 0; k < kKeyBytes; ++k) p[k] = 0;
 }
@@ -276,10 +349,19 @@ class AeadThreads {
     if (::getpid() != pid_ || started_ == 0) return false;  // a forked child (these threads are the parent's), or none
     {
       std::lock_guard<std::mutex> g(mu_);
+      if (stopping_) return false;
       jobs_.push_back(std::move(job));
     }
     cv_.notify_one();
     return true;
+  }
+  // At exit: take no more jobs and wait (up to 10 s) for the queued and running
+  // ones, so none is inside libcrypto when its own exit handler frees it. The
+  // threads then sleep until the process ends.
+  void drain() {
+    std::unique_lock<std::mutex> g(mu_);
+    stopping_ = true;
+    idle_.wait_for(g, std::chrono::seconds(10), [this] { return jobs_.empty() && running_ == 0; });
   }
 
  private:
@@ -291,20 +373,33 @@ class AeadThreads {
         cv_.wait(g, [this] { return !jobs_.empty(); });
         job = std::move(jobs_.front());
         jobs_.pop_front();
+        ++running_;
       }
       job();
+      job = nullptr;
+      std::lock_guard<std::mutex> g(mu_);
+      if (--running_ == 0 && jobs_.empty()) idle_.notify_all();
     }
   }
   pid_t pid_;
   unsigned started_ = 0;
+  unsigned running_ = 0;
+  bool stopping_ = false;
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_, idle_;
   std::deque<std::function<void()>> jobs_;
 };
 
+std::atomic<AeadThreads*> g_threads{nullptr};
+
 AeadThreads& aead_threads() {
   static AeadThreads* t = new AeadThreads();  // never destroyed: detached threads use it until exit
+  g_threads.store(t, std::memory_order_release);
   return *t;
+}
+
+void drain_at_exit() {
+  if (AeadThreads* t = g_threads.load(std::memory_order_acquire)) t->drain();
 }
 
 }  // namespace

@@ -39,6 +39,9 @@ const AeadStatus& aead_status();
 // ceil(a / b) without the overflow of (a + b - 1) / b (b > 0).
 inline uint64_t ceil_div(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 
+// How many keyed EVP contexts all threads hold (each AeadKey's go when it does).
+size_t aead_cached_contexts();
+
 class AeadKey {
  public:
   static constexpr size_t kKeyBytes = 32, kNonceBytes = 12, kTagBytes = 16;

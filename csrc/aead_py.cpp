@@ -116,6 +116,7 @@ void bind_aead(py::module_& m) {
     d["version"] = s.version;
     return d;
   });
+  m.def("aead_cached_contexts", &aead_cached_contexts);
   py::class_<AeadKey, std::shared_ptr<AeadKey>>(m, "AeadKey")
       .def(py::init([](const py::bytes& key, const py::bytes& nonce_base, const py::bytes& aad_prefix, uint64_t segments,
                        uint64_t segment_bytes) {

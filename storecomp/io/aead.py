@@ -33,6 +33,12 @@ def status() -> dict[str, Any]:
     return dict(_STATUS)
 
 
+def cached_contexts() -> int:
+    """How many keyed AES contexts the native threads hold now; a cipher's are freed with it,
+    in every thread (no key schedule outlives its data key)."""
+    return int(_native.aead_cached_contexts())
+
+
 class SegmentCipher:
     """One sealed object's data key, nonce base and associated-data prefix (see storecomp.crypto).
 
@@ -140,4 +146,4 @@ def submit_sealed(
     )
 
 
-__all__ = ["SealedFuture", "SegmentCipher", "segment_cipher", "status", "submit_sealed"]
+__all__ = ["SealedFuture", "SegmentCipher", "cached_contexts", "segment_cipher", "status", "submit_sealed"]

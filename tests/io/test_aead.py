@@ -258,3 +258,37 @@ def test_without_libcrypto_the_cryptography_path_runs_and_says_why(tmp_path: Pat
     assert store.crypto_stats()["opens_on"] == "engine threads"
     assert len(store.get("a")) == 200000
     store.close()
+
+
+def test_key_schedules_go_with_their_key_and_exit_waits_for_open_jobs(tmp_path: Path) -> None:
+    """A data key's keyed AES contexts are freed in every thread that used it (the caller's and
+    the engine's AEAD threads) when its cipher goes, not when the thread's cache evicts them; a
+    process that exits while sealed reads are still opening on the AEAD threads exits cleanly
+    (the threads' jobs finish before libcrypto's exit handler frees its state)."""
+    proc = run_python(
+        f"""
+        import gc, os, sys
+        import numpy as np
+        from storecomp import crypto
+        from storecomp.io import aead
+        from storecomp.store import EncryptedStore, LocalStore
+        keys = crypto.StaticKeys([("k", bytes(range(32)))])
+        store = EncryptedStore(LocalStore({str(tmp_path / "objects")!r}), keys, segment_bytes=65536)
+        data = os.urandom(8 << 20)
+        store.put("a", data)
+        assert aead.cached_contexts() == 0  # the seal's data key is gone, and its contexts with it
+        assert store.get("a") == data  # opened on the engine's AEAD threads
+        used = aead.cached_contexts()
+        assert used >= 1  # the store keeps the header (and its key) of what it read
+        store.close()
+        del store
+        gc.collect()
+        assert aead.cached_contexts() == 0, (used, aead.cached_contexts())
+        store = EncryptedStore(LocalStore({str(tmp_path / "objects")!r}), keys, segment_bytes=65536)
+        out = np.empty(len(data), np.uint8)
+        futs = [store.submit_batch([("a", [0], [len(data)], [0])], out) for _ in range(4)]  # left in flight
+        print("ok", used, flush=True)
+        sys.exit(0)
+        """
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("ok"), proc.stderr
