@@ -52,6 +52,7 @@ from ..errors import (
     ConflictError,
     CorruptDataError,
     InvalidArgumentError,
+    MissingPackageError,
     NotFoundError,
     StorageIOError,
     StorecompError,
@@ -700,6 +701,8 @@ class _Copier:
             return None
         try:
             up = dst.resumable_upload(item.dst_key, item.size, step, _upload_tag(sums, step), adopt=adopt)
+        except MissingPackageError:
+            return None  # no boto3 beside obstore: the plain put (a cut upload is then copied again whole)
         except StorecompError as e:
             raise _destination_error(self.dst, item.dst_key, e) from None
         if up.kept:
