@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -569,7 +569,7 @@ class _Copier:
 
     def _parts_at(
         self, item: CopyItem, step: int, crcs: list[int] | None, skip: Iterable[int] = ()
-    ) -> Iterator[tuple[int, np.ndarray]]:
+    ) -> Generator[tuple[int, np.ndarray], None, None]:
         """(offset, part) of the parts of ``item`` in order, but those whose index is in
         ``skip`` (kept at the destination: neither read nor sent; only with known checksums)."""
         label = f"{self.src.url}/{item.src_key}"

@@ -321,3 +321,27 @@ def test_markers_sit_beside_the_key_and_are_hidden(running_seaweedfs: SeaweedFS)
         assert _uploads(sw, prefix) == [] and _markers(sw, prefix) == []
     finally:
         store.close()
+
+
+def test_without_boto3_the_copy_takes_the_plain_put(running_seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    """obstore alone (boto3 missing): multi-part blobs still copy, through the plain put."""
+    sw = running_seaweedfs
+    code = f"""
+import sys
+sys.modules["boto3"] = None  # not installed
+import numpy as np
+from storecomp.store import LocalStore, open_store
+from storecomp.store.integrity import Checksums
+from storecomp.store.transfer import CopyItem, copy_objects
+data = np.random.default_rng(1).integers(0, 256, 12 << 20, dtype=np.uint8).tobytes()
+src = LocalStore({str(tmp_path)!r})
+src.put("blob", data)
+dst = open_store({sw.url(f"nb-{uuid.uuid4().hex[:8]}")!r})
+rep = copy_objects(src, dst, [CopyItem("blob", "blob", len(data), Checksums.compute(data, 256 << 10))], part_bytes={PART})
+assert dst.get("blob") == data
+print(rep.copied, rep.bytes_uploaded, rep.bytes_resumed)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STORECOMP_", "AWS_"))} | sw.env()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", str(12 << 20), "0"]
