@@ -21,9 +21,10 @@ Steps (two ``weed server`` processes on loopback, one per site):
    read-back) and boto3 (``get_object`` streamed into ``upload_fileobj`` with
    a TransferConfig of ``--part-mib`` chunks and 4 threads per object,
    ``--workers`` objects at once);
-4. resume: ``storecomp place`` in a subprocess to a third prefix, SIGKILL when
-   about half the blobs are at b, then a rerun: the bytes it copies against
-   what was missing (the repeat is the blobs in flight at the kill);
+4. resume: ``storecomp place`` in a subprocess to a third prefix, through a
+   byte-counting relay in front of b, SIGKILL when about half the blobs are at
+   b, then a rerun: the bytes both runs sent to b minus the snapshot's bytes
+   are the repeat (bound: one part per blob in flight at the kill);
 5. reader: one thread reading random 64 KiB samples (verified) of the
    snapshot at site a for ``--read-s`` seconds, holding a lease like every
    storecomp reader of a placed snapshot (``open_snapshot``), alone, then
@@ -56,6 +57,7 @@ import numpy as np
 
 from storecomp.store import Mount, Namespace, Replica, Repository, open_store, place
 from storecomp.store import placement as pl
+from storecomp.testing.relay import Relay
 from storecomp.testing.seaweedfs import SeaweedFS
 
 
@@ -70,11 +72,12 @@ def _write_snapshot(store: Any, total: int, blob: int) -> tuple[str, list[str]]:
     return h, [repo.blob_key(e.blob) for e in repo.get_manifest(h).entries.values()]
 
 
-def _mount_toml(path: Path, a: SeaweedFS, a_url: str, b: SeaweedFS, b_url: str, site: str) -> None:
+def _mount_toml(path: Path, a: SeaweedFS, a_url: str, b: SeaweedFS, b_url: str, site: str, b_endpoint: str = "") -> None:
+    b_at = b_endpoint or b.endpoint
     path.write_text(
         '[mounts.ds]\nprimary = "a"\nreplicas = [\n'
         f'  {{url = "{a_url}", site = "a", options = {{endpoint = "{a.endpoint}", region = "{a.region}"}}}},\n'
-        f'  {{url = "{b_url}", site = "{site}", options = {{endpoint = "{b.endpoint}", region = "{b.region}"}}}},\n]\n'
+        f'  {{url = "{b_url}", site = "{site}", options = {{endpoint = "{b_at}", region = "{b.region}"}}}},\n]\n'
     )
 
 
@@ -150,10 +153,10 @@ def bench_boto3(a: SeaweedFS, a_url: str, keys: list[str], b: SeaweedFS, b_url: 
 
 def _parts_in_flight(sw: SeaweedFS, url: str) -> tuple[int, int]:
     """(unfinished multipart uploads, bytes of their uploaded parts) under ``url`` at ``sw``:
-    what a kill -9 threw away (a rerun cannot resume them; obstore keeps no upload ids)."""
+    what a kill -9 left (a rerun keeps those parts: storecomp.store.s3_resume)."""
     client = sw.boto3_client()
     bucket, prefix = url[len("s3://") :].split("/", 1)
-    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", [])
     nbytes = 0
     for up in uploads:
         parts = client.list_parts(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"]).get("Parts", [])
@@ -161,20 +164,27 @@ def _parts_in_flight(sw: SeaweedFS, url: str) -> tuple[int, int]:
     return len(uploads), nbytes
 
 
-def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int, b: SeaweedFS, b_url: str) -> dict[str, Any]:
+def bench_resume(
+    cfg: Path, b_store: Any, keys: list[str], total: int, blob: int, part: int, b: SeaweedFS, b_url: str, relay: Relay
+) -> dict[str, Any]:
+    """Kill -9 a ``storecomp place`` when about half the blobs are at b, rerun it: the bytes
+    on the wire to b (``relay``), both runs together, minus the snapshot's bytes are the repeat."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STORECOMP_")}
     env["STORECOMP_MOUNTS"] = str(cfg)
+    sent0 = relay.sent
     proc = subprocess.Popen([sys.executable, "-m", "storecomp", "place", "sc://ds/train", "--to", "resume"], env=env)
     while proc.poll() is None and sum(b_store.exists(k) for k in keys) < len(keys) // 2:
         time.sleep(0.05)
     exited = proc.poll()  # not None: the first run ended by itself (finished or failed) before the kill
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    time.sleep(0.3)  # what the killed process had sent still passes the relay
+    sent_killed = relay.sent - sent0
     present = sum(b_store.exists(k) for k in keys)
     try:
-        uploads, thrown = _parts_in_flight(b, b_url)
+        uploads, kept = _parts_in_flight(b, b_url)
     except Exception as e:  # noqa: BLE001 - a measure only: the bench goes on without it
-        uploads, thrown = -1, -1
+        uploads, kept = -1, -1
         print(f"  .. could not list the unfinished uploads: {type(e).__name__}", file=sys.stderr)
     t0 = time.perf_counter()
     r = subprocess.run(
@@ -183,20 +193,25 @@ def bench_resume(cfg: Path, b_store: Any, keys: list[str], total: int, blob: int
         capture_output=True,
         text=True,
     )
+    sent_rerun = relay.sent - sent0 - sent_killed
     doc = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-500:]}
-    missing = total - present * blob
+    missing = total - present * blob  # blobs not complete at b: parts of them kept or uploaded by the rerun
     return {
         "blobs_present_after_kill": present,
+        "uploads_in_flight_at_kill": uploads,
+        "part_bytes_left_at_kill": kept,
         "bytes_missing_after_kill": missing,
-        "rerun_bytes_copied": doc.get("bytes_copied"),
+        "rerun_bytes_uploaded": doc.get("bytes_uploaded"),
+        "rerun_bytes_resumed": doc.get("bytes_resumed"),
         "rerun_skipped": doc.get("skipped"),
         "rerun_already_complete": doc.get("already_complete"),
         "rerun_seconds": time.perf_counter() - t0,
-        "repeated_bytes": (doc.get("bytes_copied") or 0) - missing,
+        "wire_bytes_killed_run": sent_killed,
+        "wire_bytes_rerun": sent_rerun,
+        "repeated_bytes": sent_killed + sent_rerun - total,  # request headers included
+        "repeat_bound": uploads * part,
         "first_run_exit": exited,
         "rerun_error": doc.get("error"),
-        "uploads_in_flight_at_kill": uploads,
-        "part_bytes_thrown_away": thrown,
     }
 
 
@@ -278,7 +293,8 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         out["ratio_vs_best_peer"] = statistics.median(ratios)
         out["ratio_range"] = [min(ratios), max(ratios)]
     loads = [x for r in rounds for x in (r["load_before"], r["load_after"])]
-    out["load_range"] = [min(loads), max(loads)]
+    if loads:
+        out["load_range"] = [min(loads), max(loads)]
     return out
 
 
@@ -323,11 +339,12 @@ def main(argv: list[str] | None = None) -> int:
                 b_url = b.url("site")
                 log("resume after kill -9")
                 cfg = Path(tmp) / "mounts.toml"
-                _mount_toml(cfg, a, a_url, b, b.url("resume"), "resume")
                 os.environ.update(a.env())  # both servers share the test credentials
-                out["resume"] = bench_resume(
-                    cfg, open_store(b.url("resume"), **b.store_options()), keys, total, blob, b, b.url("resume")
-                )
+                with Relay(b.ports["s3"]) as relay:
+                    _mount_toml(cfg, a, a_url, b, b.url("resume"), "resume", b_endpoint=relay.endpoint)
+                    out["resume"] = bench_resume(
+                        cfg, open_store(b.url("resume"), **b.store_options()), keys, total, blob, part, b, b.url("resume"), relay
+                    )
                 log("reader alone / during migrations")
                 with _ns(a, a_url, b, b_url) as ns:
                     out["reader_alone"] = bench_reader(ns, args.read_s, None)
@@ -382,9 +399,11 @@ def print_table(out: dict[str, Any]) -> None:
         return
     rs = out["resume"]
     print(
-        f"resume after kill -9: {rs['blobs_present_after_kill']} blobs kept, rerun copied {rs['rerun_bytes_copied']} bytes "
-        f"of {rs['bytes_missing_after_kill']} missing (repeated {rs['repeated_bytes']}); {rs['uploads_in_flight_at_kill']} "
-        f"uploads were in flight at the kill, their {rs['part_bytes_thrown_away']} bytes of parts thrown away"
+        f"resume after kill -9: {rs['blobs_present_after_kill']} blobs done and {rs['uploads_in_flight_at_kill']} in flight "
+        f"({rs['part_bytes_left_at_kill']} bytes of their parts at b); the rerun kept {rs['rerun_bytes_resumed']} bytes of "
+        f"parts and uploaded {rs['rerun_bytes_uploaded']} of the {rs['bytes_missing_after_kill']} not complete. Sent to b: "
+        f"killed run {rs['wire_bytes_killed_run']} + rerun {rs['wire_bytes_rerun']} bytes, repeated {rs['repeated_bytes']} "
+        f"(one part per blob in flight: {rs['repeat_bound']})"
     )
     if rs.get("rerun_error"):
         print(f"  the rerun failed: {rs['rerun_error']}")

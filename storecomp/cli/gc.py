@@ -3,7 +3,9 @@
 * S3-compatible stores: unfinished multipart uploads (a client killed with
   ``kill -9`` mid-put, a lost node) older than ``--older-than`` seconds are
   aborted, as a lifecycle rule's AbortIncompleteMultipartUpload would. Their
-  parts are invisible but hold storage until then.
+  parts are invisible but hold storage until then. A resumable upload of the
+  copy engine (``storecomp place``) is as old as its marker, which the run that
+  owns it renews every minute: it is kept while a run resumes it.
 * Local directories: temp files (``.sc-tmp-*``) of crashed writers older than
   ``--older-than``.
 

@@ -148,9 +148,11 @@ def _print_placed(url: str, r: Any) -> None:
         print(f"{url} is already complete at {r.site}")
         return
     t = r.transfer
+    resumed = f"; resumed {_human(t.bytes_resumed)} of parts an earlier run had uploaded" if t.bytes_resumed else ""
+    copied = f"{_human(t.bytes_copied)}, {_human(t.bytes_uploaded)} sent{resumed}"
     print(
-        f"{url} complete at {r.site}: copied {t.copied} blobs ({_human(t.bytes_copied)}), {t.skipped} already there "
-        f"and verified ({_human(t.bytes_skipped)}), {t.seconds:.1f} s"
+        f"{url} complete at {r.site}: copied {t.copied} blobs ({copied}), "
+        f"{t.skipped} already there and verified ({_human(t.bytes_skipped)}), {t.seconds:.1f} s"
     )
 
 

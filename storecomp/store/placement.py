@@ -271,6 +271,8 @@ def _add(total: TransferReport, part: TransferReport) -> None:
         "bytes_copied",
         "bytes_skipped",
         "bytes_verified",
+        "bytes_uploaded",
+        "bytes_resumed",
         "seconds",
         "yielded_s",
         "verify_s",

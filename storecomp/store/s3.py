@@ -67,6 +67,7 @@ from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, dir
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
 from .retry import DeadlineExceeded, RetryPolicy, acall_with_retry, call_with_retry
+from .s3_resume import MIN_PART_BYTES, ResumableUpload, marker_body, marker_key, open_upload
 
 #: An unfinished multipart upload: (key, upload id, initiated as Unix seconds by the server's clock).
 Upload = tuple[str, str, float]
@@ -237,6 +238,7 @@ class S3Store(Store):
         self._blocking_pid = os.getpid()
         self._config = config  # for the boto3 client of upload hygiene (_uploads_client)
         self._admin: Any = None
+        self._copier: Any = None  # see _copy_client
         self._orphans: list[tuple[str, float, float]] = []  # (key, started, failed): multipart puts to abort
         self._orphans_lock = threading.Lock()
 
@@ -785,40 +787,62 @@ class S3Store(Store):
     # these few calls go through boto3 (lazily imported, one client per store).
 
     def _uploads_client(self) -> Any:
+        """The boto3 client of upload hygiene and conditional deletes (one try per call:
+        a sweep that fails is run again later)."""
         if self._admin is None:
-            from ..optional import require
-
-            boto3 = require("boto3", f"{self.url}: listing and aborting multipart uploads")
-            from botocore import UNSIGNED
-            from botocore.config import Config
-
-            c = self._config
-            options: dict[str, Any] = {
-                "connect_timeout": self.retry.per_connect_s(),
-                "read_timeout": self.retry.per_request_s(),
-                "retries": {"max_attempts": 1},  # one try: a sweep that fails is run again later
-            }
-            if c.get("skip_signature"):
-                options["signature_version"] = UNSIGNED
-            try:
-                self._admin = boto3.session.Session().client(
-                    "s3",
-                    endpoint_url=c.get("endpoint"),
-                    region_name=c.get("region"),
-                    aws_access_key_id=c.get("access_key_id"),
-                    aws_secret_access_key=c.get("secret_access_key"),
-                    aws_session_token=c.get("session_token"),
-                    config=Config(**options),
-                )
-            except ValueError as e:  # botocore's "Invalid endpoint: <the URL, password and all>"
-                err = InvalidArgumentError(
-                    f"{self._redact(self.where)}: boto3 refuses this endpoint (it serves the listing and abort of "
-                    f"multipart uploads and conditional deletes): {self._redact(str(e))[:300]}"
-                )
-            else:
-                return self._admin
-            raise err  # outside the handler: botocore's message is not chained
+            self._admin = self._boto3_client("listing and aborting multipart uploads", {"retries": {"max_attempts": 1}})
         return self._admin
+
+    def _copy_client(self) -> Any:
+        """The boto3 client of resumable uploads (:mod:`storecomp.store.s3_resume`): retried
+        within this store's RetryPolicy; parts go with ``UNSIGNED-PAYLOAD`` (botocore honours
+        ``payload_signing_enabled=False`` over plain HTTP too) and without botocore's own
+        request checksum, for callers that read every byte back (the copy engine)."""
+        with self._orphans_lock:
+            if self._copier is None:
+                self._copier = self._boto3_client(
+                    "resumable uploads",
+                    {
+                        "retries": {"mode": "standard", "max_attempts": self.retry.max_attempts},
+                        "s3": {"payload_signing_enabled": False},
+                        "request_checksum_calculation": "when_required",
+                        "response_checksum_validation": "when_required",
+                        "max_pool_connections": self.max_concurrency,
+                    },
+                )
+            return self._copier
+
+    def _boto3_client(self, purpose: str, extra: dict[str, Any]) -> Any:
+        from ..optional import require
+
+        boto3 = require("boto3", f"{self.url}: {purpose}")
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        c = self._config
+        options: dict[str, Any] = {
+            "connect_timeout": self.retry.per_connect_s(),
+            "read_timeout": self.retry.per_request_s(),
+            **extra,
+        }
+        if c.get("skip_signature"):
+            options["signature_version"] = UNSIGNED
+        try:
+            return boto3.session.Session().client(
+                "s3",
+                endpoint_url=c.get("endpoint"),
+                region_name=c.get("region"),
+                aws_access_key_id=c.get("access_key_id"),
+                aws_secret_access_key=c.get("secret_access_key"),
+                aws_session_token=c.get("session_token"),
+                config=Config(**options),
+            )
+        except ValueError as e:  # botocore's "Invalid endpoint: <the URL, password and all>"
+            err = InvalidArgumentError(
+                f"{self._redact(self.where)}: boto3 refuses this endpoint (it serves the listing and abort of "
+                f"multipart uploads, resumable uploads and conditional deletes): {self._redact(str(e))[:300]}"
+            )
+        raise err  # outside the handler: botocore's message is not chained
 
     def _full_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -852,7 +876,8 @@ class S3Store(Store):
         if older_than < 0:
             raise InvalidArgumentError(f"older_than must be >= 0 seconds, got {older_than}")
         cutoff = time.time() - older_than
-        old = [u for u in self.uploads() if u[2] < cutoff]
+        # A resumable upload's age is that of its marker, rewritten while a run owns it (s3_resume's lease).
+        old = [u for u in self.uploads() if u[2] < cutoff and self._upload_renewed(u[0], u[1]) < cutoff]
         if not dry_run:
             for key, upload_id, _ in old:
                 self._abort_upload(key, upload_id)
@@ -868,6 +893,54 @@ class S3Store(Store):
             )
         except NotFoundError:
             pass  # finished or aborted meanwhile
+        self._delete_upload_marker(client, key, upload_id)
+
+    # ------------------------------------------------------------ resumable uploads (s3_resume)
+
+    #: The smallest part a multipart upload takes (all but the last), bytes.
+    min_part_bytes = MIN_PART_BYTES
+
+    def resumable_upload(self, key: str, size: int, part_bytes: int, tag: str, *, adopt: bool = True) -> ResumableUpload:
+        """A multipart upload of ``key`` (``size`` bytes in parts of ``part_bytes`` >=
+        :attr:`min_part_bytes`, the last shorter) that a later run can resume: with
+        ``adopt``, the newest unfinished upload an earlier call with the same ``tag``
+        started (a run killed mid-copy), its parts of the right size kept
+        (``.kept``); else a new one. Parts go unsigned: the caller must read the
+        object back and check it (see :mod:`storecomp.store.s3_resume`). Needs boto3."""
+        validate_key(key)
+        if part_bytes < MIN_PART_BYTES or size <= 0:
+            raise InvalidArgumentError(
+                f"{self.name_of(key)}: parts of >= {MIN_PART_BYTES} bytes and a positive size, got {part_bytes}, {size}"
+            )
+        if self._orphans:
+            self._abort_orphans()
+        self._forget(key)
+        return open_upload(self, key, size, part_bytes, tag, adopt)
+
+    def _write_upload_marker(self, client: Any, key: str, upload_id: str, size: int, part_bytes: int, tag: str) -> None:
+        full = self._full_key(key)
+        body = marker_body(full, upload_id, size, part_bytes, tag)
+        self._admin_call(
+            lambda: client.put_object(Bucket=self.bucket, Key=marker_key(full, upload_id), Body=body), key, "write upload marker"
+        )
+
+    def _delete_upload_marker(self, client: Any, key: str, upload_id: str) -> None:
+        full = self._full_key(key)
+        try:
+            self._admin_call(lambda: client.delete_object(Bucket=self.bucket, Key=marker_key(full, upload_id)), key, "delete")
+        except NotFoundError:
+            pass
+
+    def _upload_renewed(self, key: str, upload_id: str) -> float:
+        """When the marker of a resumable upload was last written (Unix seconds, server clock); 0 without one."""
+        client = self._uploads_client()
+        try:
+            head = self._admin_call(
+                lambda: client.head_object(Bucket=self.bucket, Key=marker_key(self._full_key(key), upload_id)), key, "stat"
+            )
+        except NotFoundError:
+            return 0.0
+        return float(head["LastModified"].timestamp())
 
     def _abort_orphans(self) -> None:
         """Abort the uploads of this store's failed multipart puts (best effort: what
@@ -899,7 +972,7 @@ class S3Store(Store):
             code = str(response.get("Error", {}).get("Code", ""))
         if code == "NoSuchBucket":
             return BucketNotFoundError(self.bucket, self.where)
-        if code in ("NoSuchUpload", "NoSuchKey"):
+        if code in ("NoSuchUpload", "NoSuchKey", "404", "NotFound"):
             return NotFoundError(errno.ENOENT, name, None, op)
         if code in ("PreconditionFailed", "412"):
             return ConflictError(f"{name}: {op}: the object is not at the version expected")

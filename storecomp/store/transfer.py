@@ -18,8 +18,12 @@
 * **resumable**: an object already at the destination with the right size
   and matching crc32c is skipped (read back, nothing written), so a rerun
   after a crash or kill -9 moves only what is missing; an object whose upload
-  was cut short is invisible (atomic publish) and is copied again whole, and
-  so is one the store lists but cannot serve (:func:`store_answers`);
+  was cut short is invisible (atomic publish). On a destination with
+  resumable uploads (S3, :class:`SupportsResumableUpload`) a rerun finds that
+  upload and sends only the parts it lacks (at most the one part per object
+  that was in flight at the kill is sent again; ``bytes_resumed`` counts the
+  parts kept); elsewhere it is copied again whole, and so is one the store
+  lists but cannot serve (:func:`store_answers`);
 * **rate-capped**: ``max_rate`` bytes/s over all workers (a token bucket);
 * **progress**: a rich bar, else tqdm, else a line every few seconds on stderr.
 
@@ -30,12 +34,13 @@ A destination that cannot be reached or is full stops the copy with
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -47,6 +52,7 @@ from ..errors import (
     ConflictError,
     CorruptDataError,
     InvalidArgumentError,
+    MissingPackageError,
     NotFoundError,
     StorageIOError,
     StorecompError,
@@ -93,6 +99,33 @@ class SupportsCheckedPutStream(Protocol):
     def put_stream_checked(self, key: str, parts: Iterable[Any]) -> ObjectInfo: ...
 
 
+class ResumableUpload(Protocol):
+    """A multipart upload a later run can resume (see :class:`SupportsResumableUpload`):
+    ``kept`` maps the 0-based indices of parts already there (an earlier run's) to
+    their ETags; the caller uploads the others, then completes."""
+
+    kept: dict[int, str]
+    part_bytes: int
+
+    @property
+    def kept_bytes(self) -> int: ...
+
+    def upload_part(self, index: int, data: Any) -> bool: ...
+
+    def complete(self) -> ObjectInfo | None: ...
+
+
+@runtime_checkable
+class SupportsResumableUpload(Protocol):
+    """A Store whose multipart uploads survive their writer (S3: tagged uploads found
+    again by a rerun, :mod:`storecomp.store.s3_resume`). Parts are at least
+    ``min_part_bytes``, except the last."""
+
+    min_part_bytes: int
+
+    def resumable_upload(self, key: str, size: int, part_bytes: int, tag: str, *, adopt: bool = True) -> ResumableUpload: ...
+
+
 def put_stream(store: Store, key: str, parts: Iterable[Any], *, checked: bool = False) -> ObjectInfo:
     """Publish the concatenation of ``parts`` under ``key``: streamed when the
     backend can (local files, S3), else joined in memory and put once.
@@ -133,6 +166,8 @@ class TransferReport:
     bytes_copied: int = 0
     bytes_skipped: int = 0
     bytes_verified: int = 0  # bytes read back from the destination and checked
+    bytes_uploaded: int = 0  # bytes this run sent to the destination (parts kept from an earlier run excluded)
+    bytes_resumed: int = 0  # bytes of parts an earlier (killed) run had uploaded, kept and not sent again
     seconds: float = 0.0
     failed: list[str] = field(default_factory=list)
     max_rate: float | None = None  # the cap the copy ran under, bytes/s (None: none)
@@ -156,6 +191,8 @@ class TransferReport:
             "bytes_copied": self.bytes_copied,
             "bytes_skipped": self.bytes_skipped,
             "bytes_verified": self.bytes_verified,
+            "bytes_uploaded": self.bytes_uploaded,
+            "bytes_resumed": self.bytes_resumed,
             "seconds": round(self.seconds, 3),
             "bytes_per_s": round(self.rate, 1),
             "max_rate": self.max_rate,
@@ -389,6 +426,18 @@ def _part_size(part_bytes: int, sums: Checksums | None) -> int:
     return sums.chunk_bytes * max(1, part_bytes // sums.chunk_bytes)
 
 
+def _upload_part_size(part_bytes: int, min_part: int, sums: Checksums) -> int:
+    """Parts of a resumable upload: whole checksum chunks, at least ``min_part`` bytes."""
+    c = sums.chunk_bytes
+    return c * max(1, -(-max(part_bytes, min_part) // c))
+
+
+def _upload_tag(sums: Checksums, part_bytes: int) -> str:
+    """What a resumable upload is for: the object's size, chunk crc32c list and part size."""
+    digest = hashlib.sha256(np.asarray(sums.crcs, np.uint32).tobytes()).hexdigest()[:32]
+    return f"{sums.size}/{sums.chunk_bytes}/{digest}/{part_bytes}"
+
+
 def _read_part(store: Store, key: str, off: int, n: int, version: str | None = None) -> np.ndarray:
     """``n`` bytes of ``key`` at ``off`` (of ``version`` when given: VersionChangedError once replaced)."""
     buf = np.empty(n, np.uint8)
@@ -515,14 +564,25 @@ class _Copier:
     def _source_parts(self, item: CopyItem, step: int, crcs: list[int] | None) -> Iterator[np.ndarray]:
         """The parts of ``item`` in order, each read and checked; the reads of the
         next ``read_ahead`` parts are in flight while the destination takes one."""
+        for _, part in self._parts_at(item, step, crcs):
+            yield part
+
+    def _parts_at(
+        self, item: CopyItem, step: int, crcs: list[int] | None, skip: Iterable[int] = ()
+    ) -> Generator[tuple[int, np.ndarray], None, None]:
+        """(offset, part) of the parts of ``item`` in order, but those whose index is in
+        ``skip`` (kept at the destination: neither read nor sent; only with known checksums)."""
         label = f"{self.src.url}/{item.src_key}"
+        skipped = frozenset(skip)
+        if skipped and item.checksums is None:
+            raise InvalidArgumentError(f"{label}: parts may be skipped only when the object's checksums are known")
         # Without known checksums, parts read at different times could come from two
         # versions of a source being replaced: the copy is refused unless one version was read.
         before = self.src.stat(item.src_key) if item.checksums is None else None
         if before is not None and before.size != item.size:
             raise ConflictError(f"{label}: changed while being copied ({item.size} bytes listed, {before.size} now); copy again")
         version = None if before is None else before.version
-        offsets = iter(range(0, item.size, step))
+        offsets = iter(o for o in range(0, item.size, step) if o // step not in skipped)
         pending: deque[tuple[int, np.ndarray, RangeFuture]] = deque()
         while True:
             while len(pending) <= self.read_ahead:
@@ -554,7 +614,7 @@ class _Copier:
             with self.lock:
                 self.moved += part.size
                 self.report.source_s += time.monotonic() - t0
-            yield part
+            yield off, part
             self.progress.add(part.size)
         if before is not None and self.src.stat(item.src_key).version != before.version:
             raise ConflictError(f"{label}: changed while being copied; nothing was published, copy again")
@@ -575,7 +635,14 @@ class _Copier:
             step = _part_size(self.part_bytes, sums)
             crcs: list[int] | None = [] if sums is None else None
             t0 = time.monotonic()
-            self._put(item, self._source_parts(item, step, crcs))
+            # The first attempt resumes an upload a killed run left (S3); a second one, after a
+            # failed check (a kept part with wrong bytes), starts afresh.
+            upload = self._resumable(item, adopt=attempt == 0)
+            if upload is not None:
+                self._put_parts(item, upload)
+            else:
+                self._put(item, self._source_parts(item, step, crcs))
+                self._count(bytes_uploaded=item.size)
             got = sums if sums is not None else Checksums(item.size, step, tuple(crcs or ()))
             t1 = time.monotonic()
             try:
@@ -621,6 +688,49 @@ class _Copier:
             if crc32c(_read_part(self.src, item.src_key, off, n)) != crc32c(there):
                 return False
         return True
+
+    def _resumable(self, item: CopyItem, adopt: bool) -> ResumableUpload | None:
+        """A resumable upload of ``item`` when the destination offers them and the object
+        spans more than one part (its checksums known: kept parts are checked by the
+        read-back alone); None: the plain streamed put."""
+        dst, sums = self.dst, item.checksums
+        if sums is None or not isinstance(dst, SupportsResumableUpload):
+            return None
+        step = _upload_part_size(self.part_bytes, dst.min_part_bytes, sums)
+        if item.size <= step:
+            return None
+        try:
+            up = dst.resumable_upload(item.dst_key, item.size, step, _upload_tag(sums, step), adopt=adopt)
+        except MissingPackageError:
+            return None  # no boto3 beside obstore: the plain put (a cut upload is then copied again whole)
+        except StorecompError as e:
+            raise _destination_error(self.dst, item.dst_key, e) from None
+        if up.kept:
+            self._count(bytes_resumed=up.kept_bytes)
+            self.progress.add(up.kept_bytes)
+        return up
+
+    def _put_parts(self, item: CopyItem, up: ResumableUpload) -> None:
+        """Upload the parts ``up`` lacks, one at a time (at most one part of this object
+        in flight: a kill -9 loses at most that one), and complete it. An upload found
+        gone (another run completed it, or it was aborted) ends here: the read-back
+        then says whether what is at the key is good."""
+        step = up.part_bytes
+        parts = self._parts_at(item, step, None, skip=up.kept)
+        try:
+            for off, part in parts:  # a source error propagates as is (the upload stays for a rerun)
+                try:
+                    if not up.upload_part(off // step, part):
+                        return
+                except StorecompError as e:
+                    raise _destination_error(self.dst, item.dst_key, e) from None
+                self._count(bytes_uploaded=part.size)
+            try:
+                up.complete()
+            except StorecompError as e:
+                raise _destination_error(self.dst, item.dst_key, e) from None
+        finally:
+            parts.close()
 
     def _put(self, item: CopyItem, parts: Iterator[np.ndarray]) -> None:
         failure: list[BaseException] = []

@@ -73,6 +73,30 @@ def test_sweep_aborts_uploads_of_a_killed_writer_and_keeps_young_ones(running_se
         store.close()
 
 
+def test_sweep_leaves_a_resumed_upload_whose_run_renewed_it(running_seaweedfs: SeaweedFS) -> None:
+    """A resumable upload (storecomp.store.s3_resume) is as old as its marker, which the
+    run that owns it rewrites when it adopts the upload and while parts go up: the
+    sweep leaves it to that run however long ago it began, and aborts it (marker and
+    all) once nobody renewed it within the grace period."""
+    sw = running_seaweedfs
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    store = open_store(sw.url(prefix), retry=FAST_RETRY, **sw.store_options())
+    try:
+        first = store.resumable_upload("blob", 12 << 20, 5 << 20, "tag")  # a run killed after this
+        time.sleep(2.5)
+        resumed = store.resumable_upload("blob", 12 << 20, 5 << 20, "tag")  # its rerun adopts it: the lease is renewed
+        assert resumed.upload_id == first.upload_id
+        assert store.sweep_uploads(older_than=1.5) == []  # begun 2.5 s ago, but a live run owns it
+        assert [u for _, u, _ in store.uploads()] == [first.upload_id]
+        time.sleep(2.5)  # the rerun died too: nobody renews it
+        assert [u for _, u, _ in store.sweep_uploads(older_than=1.5)] == [first.upload_id]
+        assert _uploads(sw, prefix + "/") == []
+        listed = sw.boto3_client().list_objects_v2(Bucket=sw.bucket, Prefix=prefix + "/").get("Contents", [])
+        assert listed == []  # its marker went with it
+    finally:
+        store.close()
+
+
 def test_gc_command_sweeps_old_uploads_and_local_temp_files(
     running_seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
