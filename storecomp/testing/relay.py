@@ -14,31 +14,41 @@ import threading
 
 
 class Relay:
-    """Forwards connections on ``127.0.0.1:port`` to ``host:target``; ``sent`` counts
-    client-to-server bytes and ``received`` server-to-client bytes, over all connections."""
+    """Forwards connections on ``127.0.0.1:port`` (a free one unless given) to
+    ``host:target``; ``sent`` counts client-to-server bytes and ``received``
+    server-to-client bytes, over all connections. :meth:`close` cuts it (as a
+    server going away would) and :meth:`start` opens it again on the same port."""
 
-    def __init__(self, target: int, host: str = "127.0.0.1") -> None:
-        self.target, self.host = target, host
+    def __init__(self, target: int, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.target, self.host, self.port = target, host, port
         self.sent = 0
         self.received = 0
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self.port = int(self._listener.getsockname()[1])
-        threading.Thread(target=self._accept, name="sc-relay", daemon=True).start()
+        self._listener: socket.socket | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Listen (again) on ``port``; a no-op while listening."""
+        if self._listener is not None:
+            return
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(64)
+        self.port = int(ls.getsockname()[1])
+        self._listener = ls
+        threading.Thread(target=self._accept, args=(ls,), name="sc-relay", daemon=True).start()
 
     @property
     def endpoint(self) -> str:
         """``http://127.0.0.1:PORT`` of the relay."""
         return f"http://127.0.0.1:{self.port}"
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except OSError:
                 return  # closed
             try:
@@ -70,11 +80,13 @@ class Relay:
 
     def close(self) -> None:
         """Stop listening and cut every connection."""
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(): close() alone leaves it listening
-        except OSError:
-            pass
-        self._listener.close()
+        ls, self._listener = self._listener, None
+        if ls is not None:
+            try:
+                ls.shutdown(socket.SHUT_RDWR)  # wakes the accept(): close() alone leaves it listening
+            except OSError:
+                pass
+            ls.close()
         with self._lock:
             conns, self._conns = self._conns, []
         for c in conns:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ from storecomp import KVCacheStore
 from storecomp.errors import InvalidArgumentError
 from storecomp.kvcache import ModelFingerprint, PagedLayout, SharedTierOptions
 from storecomp.store import LocalStore, open_store
+from storecomp.testing.relay import Relay
 from storecomp.testing.seaweedfs import SeaweedFS, free_port
 from tests.conftest import closed_port_with_416
 from tests.kvcache.kvhelpers import CHUNK, FAST_RETRY, FP, make_kv, same_prefix, untouched_after, zeros_kv
@@ -203,8 +202,7 @@ def test_shared_tier_counts_a_cleanup_the_store_refused(kvstore: Make, tmp_path:
     stays (nothing could re-check or delete it) and the failed cleanup is counted in the tier's
     stats instead of vanishing."""
     sw = running_seaweedfs
-    proxy = _Proxy(free_port(), int(sw.endpoint.rsplit(":", 1)[1]))
-    proxy.start()
+    proxy = Relay(int(sw.endpoint.rsplit(":", 1)[1]))
     url = sw.url()
     opts = dict(sw.store_options(), endpoint=f"http://127.0.0.1:{proxy.port}", retry=FAST_RETRY)
     try:
@@ -217,13 +215,13 @@ def test_shared_tier_counts_a_cleanup_the_store_refused(kvstore: Make, tmp_path:
         direct = open_store(url, **sw.store_options())
         okey = tier.object_key(key)
         assert direct.exists(okey)
-        proxy.stop()
+        proxy.close()
         tier.forget(key, delete=True)
         assert s.stats()["shared"]["cleanup_failures"] == 1
         assert direct.exists(okey)  # still there: a later cleanup can find it
         direct.close()
     finally:
-        proxy.stop()
+        proxy.close()
 
 
 def test_chunk_of_another_model_is_a_miss(kvstore: Make, tmp_path: Path) -> None:
@@ -310,64 +308,6 @@ def test_shared_store_unreachable(kvstore: Make, tmp_path: Path) -> None:
     assert st["unavailable"] >= 1 and st["write_failures"] == 4 and not st["last_error"] == ""
 
 
-class _Proxy:
-    """A TCP forwarder on a local port to the SeaweedFS S3 port, switched off and on:
-    "the server restarted" without touching the server (nothing mocked: real bytes pass)."""
-
-    def __init__(self, port: int, target: int) -> None:
-        self.port, self.target = port, target
-        self.conns: list[socket.socket] = []
-        self.listener: socket.socket | None = None
-
-    def start(self) -> None:
-        ls = socket.socket()
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("127.0.0.1", self.port))
-        ls.listen(64)
-        self.listener = ls
-        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
-
-    def _accept(self, ls: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = ls.accept()
-            except OSError:
-                return  # stopped
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for sock in (src, dst):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        if self.listener is not None:
-            try:
-                self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept(): close() alone leaves it listening
-            except OSError:
-                pass
-            self.listener.close()
-            self.listener = None
-        for c in self.conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-        self.conns.clear()
-
-
 def test_shared_tier_keeps_good_chunks_when_a_416_port_is_unreachable(
     kvstore: Make, tmp_path: Path, running_seaweedfs: SeaweedFS
 ) -> None:
@@ -376,8 +316,7 @@ def test_shared_tier_keeps_good_chunks_when_a_416_port_is_unreachable(
     and every object is still in the bucket (before: read as 0 bytes, taken for truncated
     chunks and deleted)."""
     sw = running_seaweedfs
-    proxy = _Proxy(closed_port_with_416(), int(sw.endpoint.rsplit(":", 1)[1]))
-    proxy.start()
+    proxy = Relay(int(sw.endpoint.rsplit(":", 1)[1]), port=closed_port_with_416())
     url = sw.url()
     opts = dict(sw.store_options(), endpoint=f"http://127.0.0.1:{proxy.port}", retry=FAST_RETRY)
     try:
@@ -390,7 +329,7 @@ def test_shared_tier_keeps_good_chunks_when_a_416_port_is_unreachable(
         assert len(before) >= 4
         reader = kvstore(shared=SharedTierOptions(url, opts, backoff=0.05, max_backoff=0.1))
         assert reader.lookup(TOKENS) == 4 * CHUNK  # the reader knows the chunks are there
-        proxy.stop()
+        proxy.close()
         for _ in range(3):  # what the lookup brought to the host tier is served; the rest is unreachable
             assert reader.retrieve(TOKENS, zeros_kv(len(TOKENS))) < 4 * CHUNK
             time.sleep(0.1)  # past the tier's backoff: it asks the store again
@@ -405,7 +344,7 @@ def test_shared_tier_keeps_good_chunks_when_a_416_port_is_unreachable(
         assert same_prefix(kv, out, 4 * CHUNK)
         direct.close()
     finally:
-        proxy.stop()
+        proxy.close()
 
 
 def test_shared_store_down_then_back(kvstore: Make, tmp_path: Path, running_seaweedfs: SeaweedFS) -> None:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -256,17 +254,10 @@ def test_a_blob_corrupted_at_the_destination_is_found_recopied_and_never_publish
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path) -> Any:
+def tiny_disk(small_tmpfs: Any) -> Any:
     """A 2 MiB tmpfs (root only): a destination that fills up."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path = tmp_path / f"full-{uuid.uuid4().hex[:6]}"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)], check=True)
-    try:
+    with small_tmpfs("2m") as path:
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_a_full_destination_is_a_clear_error_and_nothing_is_published(tmp_path: Path, tiny_disk: Path) -> None:
