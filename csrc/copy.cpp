@@ -1,8 +1,11 @@
 #include "copy.hpp"
 
+#include <setjmp.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -12,6 +15,8 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "crc32c.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -161,6 +166,96 @@ void stream_memcpy(void* dst, const void* src, size_t n) {
 #ifdef SC_X86
   _mm_sfence();
 #endif
+}
+
+// ---------------------------------------------------------------- copies out of file mappings
+
+namespace {
+
+// Per thread: where a SIGBUS inside mapped_copy jumps back to. Trivially
+// constructible, so the handler's access needs no TLS initialiser.
+struct SigbusGuard {
+  sigjmp_buf jump;
+  volatile sig_atomic_t active;
+};
+thread_local SigbusGuard tls_guard;
+
+std::mutex sigbus_mu;
+struct sigaction sigbus_prev;  // the handler ours replaced (written under sigbus_mu, before ours is live)
+
+void on_sigbus(int sig, siginfo_t* info, void* ctx) {
+  SigbusGuard& g = tls_guard;
+  if (g.active) {
+    g.active = 0;
+    siglongjmp(g.jump, 1);  // SA_NODEFER: SIGBUS is not blocked here, so no mask to restore
+  }
+  // Not a guarded copy: whoever handled SIGBUS before us.
+  const struct sigaction& prev = sigbus_prev;
+  if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction != nullptr) {
+    prev.sa_sigaction(sig, info, ctx);
+    return;
+  }
+  if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
+    prev.sa_handler(sig);
+    return;
+  }
+  // The default action: a fault repeats when this returns and then kills the
+  // process as it would have without us; a signal sent with kill(2) is sent again.
+  struct sigaction dfl = {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(SIGBUS, &dfl, nullptr);
+  if (info == nullptr || info->si_code <= 0) raise(sig);
+}
+
+constexpr uint64_t kCrcBlock = 16 << 10;  // copied, then checksummed while in L1/L2
+
+}  // namespace
+
+void install_sigbus_guard() {
+  std::lock_guard<std::mutex> g(sigbus_mu);
+  struct sigaction cur = {};
+  if (sigaction(SIGBUS, nullptr, &cur) != 0) return;
+  if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus) return;
+  sigbus_prev = cur;
+  struct sigaction ours = {};
+  ours.sa_sigaction = on_sigbus;
+  ours.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
+  sigemptyset(&ours.sa_mask);
+  sigaction(SIGBUS, &ours, nullptr);
+}
+
+uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t crc_begin, uint64_t crc_end, uint64_t step,
+                     uint32_t* crcs, bool* faulted) {
+  // Only plain data and volatile progress live across the jump (no objects to destroy).
+  volatile uint64_t done = 0;
+  SigbusGuard& g = tls_guard;
+  *faulted = false;
+  if (sigsetjmp(g.jump, 0) != 0) {
+    *faulted = true;
+    return done;
+  }
+  g.active = 1;
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // no load of src moves out of the guard
+  if (step == 0 || crc_begin >= crc_end) crc_begin = crc_end = len;
+  std::memcpy(dst, src, crc_begin);  // bytes before the first chunk
+  done = crc_begin;
+  for (uint64_t j = 0, at = crc_begin; at < crc_end; ++j) {
+    const uint64_t end = std::min(at + step, crc_end);
+    uint32_t crc = 0;
+    while (at < end) {
+      const uint64_t n = std::min(kCrcBlock, end - at);
+      std::memcpy(dst + at, src + at, n);
+      crc = crc32c(crc, dst + at, n);
+      at += n;
+      done = at;
+    }
+    crcs[j] = crc;
+  }
+  std::memcpy(dst + crc_end, src + crc_end, len - crc_end);  // bytes after the last chunk
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  g.active = 0;
+  return len;
 }
 
 // ---------------------------------------------------------------- the copy pool

@@ -54,6 +54,28 @@ void run_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, const Cop
 // user's buffer, whose bytes the caller reads later, is one).
 void stream_memcpy(void* dst, const void* src, size_t n);
 
+// Copies len bytes out of a file mapping (src) into dst, computing the
+// crc32c of chunks in the same pass: each cache-sized block is checksummed
+// from dst right after it is copied, while it is still in this core's L1/L2
+// (no second pass over memory). The chunks are [crc_begin + j*step,
+// min(crc_begin + (j+1)*step, crc_end)) for j = 0.. (offsets into the copy),
+// their crcs go to crcs[j]; bytes outside [crc_begin, crc_end) are only
+// copied. step 0: no checks.
+//
+// A file truncated under its mapping turns a load past its new end into
+// SIGBUS. The copy runs under a per-thread guard: such a fault ends it and
+// sets *faulted (the bytes copied before it are returned), instead of
+// killing the process. The handler is installed on first use and again
+// whenever another has replaced it (install_sigbus_guard); a SIGBUS outside
+// a guarded copy goes to the handler that was there before (Python's
+// faulthandler, say), or to the default action.
+uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t crc_begin, uint64_t crc_end, uint64_t step,
+                     uint32_t* crcs, bool* faulted);
+
+// Installs the SIGBUS handler of mapped_copy unless it is installed already
+// (cheap: one sigaction query). Called before a new mapping is used.
+void install_sigbus_guard();
+
 // The process's copy threads: started on first use, grown to what a call
 // asks for (at most kMaxWorkers), kept for later calls (a thread start costs
 // tens of microseconds, a KV chunk copy about as much). Calls from several
