@@ -60,8 +60,39 @@ void stream_sse2(char* d, const char* s, size_t n) {
   if (i < n) std::memcpy(d + i, s + i, n - i);
 }
 
+// As stream_avx2 with plain stores (unaligned ones: they cost the same as
+// aligned stores on an aligned address).
+__attribute__((target("avx2"))) void copy_avx2(char* d, const char* s, size_t n) {
+  size_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
+    __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 64));
+    __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 96));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
+  }
+  if (i < n) std::memcpy(d + i, s + i, n - i);
+}
+
 const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
 #endif
+
+// A copy between addresses of any alignment, best with a 64-byte aligned
+// destination: glibc's memcpy (rep movsb here) runs at a third to a quarter
+// of its speed when source and destination are not mutually aligned (AMD
+// Zen 4, 8-64 KiB), a vector loop does not.
+void vector_copy(uint8_t* d, const uint8_t* s, size_t n) {
+#ifdef SC_X86
+  if (kHaveAvx2) {
+    copy_avx2(reinterpret_cast<char*>(d), reinterpret_cast<const char*>(s), n);
+    return;
+  }
+#endif
+  std::memcpy(d, s, n);
+}
 
 // Streaming copy: plain stores up to the first 32-byte boundary of the
 // destination (stream stores need it), then streaming. Callers fence.
@@ -208,7 +239,7 @@ void on_sigbus(int sig, siginfo_t* info, void* ctx) {
   if (info == nullptr || info->si_code <= 0) raise(sig);
 }
 
-constexpr uint64_t kCrcBlock = 16 << 10;  // copied, then checksummed while in L1/L2
+constexpr uint64_t kCopyBlock = 64 << 10;  // progress is noted per block (the error offset of a fault)
 
 }  // namespace
 
@@ -237,22 +268,37 @@ uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t cr
   }
   g.active = 1;
   std::atomic_signal_fence(std::memory_order_seq_cst);  // no load of src moves out of the guard
-  if (step == 0 || crc_begin >= crc_end) crc_begin = crc_end = len;
-  std::memcpy(dst, src, crc_begin);  // bytes before the first chunk
-  done = crc_begin;
-  for (uint64_t j = 0, at = crc_begin; at < crc_end; ++j) {
-    const uint64_t end = std::min(at + step, crc_end);
-    uint32_t crc = 0;
-    while (at < end) {
-      const uint64_t n = std::min(kCrcBlock, end - at);
-      std::memcpy(dst + at, src + at, n);
-      crc = crc32c(crc, dst + at, n);
-      at += n;
-      done = at;
+  if (step == 0 || crc_begin >= crc_end) crc_begin = crc_end = 0;
+  // Blocks start on 64-byte boundaries of dst after a short head (a large
+  // np.empty starts 16 bytes past a page): plain copies use aligned stores
+  // (vector_copy), checked bytes are copied and checksummed in one pass
+  // (crc32c_copy), chunk by chunk.
+  uint64_t at = 0, chunk = 0;
+  uint32_t crc = 0;
+  while (at < len) {
+    uint64_t end = at == 0 ? (64 - reinterpret_cast<uintptr_t>(dst) % 64) % 64 : 0;
+    if (end == 0) end = at + kCopyBlock;
+    end = std::min(end, len);
+    // The block in segments cut at the checked region's ends and at chunk ends.
+    for (uint64_t x = at; x < end;) {
+      if (x < crc_begin || x >= crc_end) {
+        const uint64_t e = x < crc_begin ? std::min(end, crc_begin) : end;
+        vector_copy(dst + x, src + x, e - x);
+        x = e;
+        continue;
+      }
+      const uint64_t chunk_end = std::min(crc_begin + (chunk + 1) * step, crc_end);
+      const uint64_t e = std::min(end, chunk_end);
+      crc = crc32c_copy(crc, dst + x, src + x, e - x);
+      x = e;
+      if (x == chunk_end) {
+        crcs[chunk++] = crc;
+        crc = 0;
+      }
     }
-    crcs[j] = crc;
+    at = end;
+    done = at;
   }
-  std::memcpy(dst + crc_end, src + crc_end, len - crc_end);  // bytes after the last chunk
   std::atomic_signal_fence(std::memory_order_seq_cst);
   g.active = 0;
   return len;
