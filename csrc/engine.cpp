@@ -174,19 +174,22 @@ std::shared_ptr<const FileMapping> FileEntry::mapping(uint64_t end) {
   if (map_unsupported_ || writable) return nullptr;
   struct stat st;
   if (::fstat(fd_buffered, &st) != 0) return nullptr;
+  if (!S_ISREG(st.st_mode)) {
+    map_unsupported_ = true;  // a device or a pipe: reads stay system calls
+    return nullptr;
+  }
   auto size = static_cast<uint64_t>(st.st_size);
   if (map_ && size <= map_->len) return map_;  // not grown: a read past the end is short
-  auto m = std::make_shared<FileMapping>();
-  if (size > 0) {
-    void* a = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd_buffered, 0);
-    if (a == MAP_FAILED) {
-      map_unsupported_ = true;  // e.g. a file system without mmap: reads stay system calls
-      return nullptr;
-    }
-    install_sigbus_guard();  // before any copy touches the new mapping
-    m->addr = static_cast<const uint8_t*>(a);
-    m->len = size;
+  if (size == 0) return nullptr;  // nothing to map (and /proc files say 0 but have bytes): a system call
+  void* a = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd_buffered, 0);
+  if (a == MAP_FAILED) {
+    map_unsupported_ = true;  // e.g. a file system without mmap: reads stay system calls
+    return nullptr;
   }
+  install_sigbus_guard();  // before any copy touches the new mapping
+  auto m = std::make_shared<FileMapping>();
+  m->addr = static_cast<const uint8_t*>(a);
+  m->len = size;
   map_ = m;
   return m;
 }
