@@ -251,7 +251,9 @@ void install_sigbus_guard() {
   sigbus_prev = cur;
   struct sigaction ours = {};
   ours.sa_sigaction = on_sigbus;
-  ours.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
+  // Not SA_ONSTACK: a fault of a copy is no stack overflow, and the jump back leaves from the
+  // copying thread's own stack.
+  ours.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
   sigemptyset(&ours.sa_mask);
   sigaction(SIGBUS, &ours, nullptr);
 }

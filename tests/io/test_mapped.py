@@ -15,8 +15,15 @@ import pytest
 
 from storecomp.errors import CancelledIOError, ClosedError, ShortReadError, StorageIOError
 from storecomp.io import Engine
+from tests.conftest import UNDER_TSAN
 
 SIZE = 3 << 20
+
+# ThreadSanitizer calls a handler of a synchronous signal from its own; after the guard's
+# siglongjmp out of it, it reports races on the batch the thread then completes and the next
+# fault kills the process (scripts/sanitize.sh, SANITIZER=thread, 2026-12-05). The fault tests
+# run under AddressSanitizer and in the plain suite.
+_not_under_tsan = pytest.mark.skipif(UNDER_TSAN, reason="ThreadSanitizer does not follow a siglongjmp out of a SIGBUS handler")
 
 
 @pytest.fixture
@@ -98,6 +105,7 @@ def test_a_file_grown_after_mapping_is_mapped_again(data_file: tuple[str, bytes]
     assert buf.tobytes() == data + more
 
 
+@_not_under_tsan
 def test_a_file_truncated_under_the_mapping_is_an_error_not_a_crash(data_file: tuple[str, bytes], eng: Engine) -> None:
     """The copy's SIGBUS is caught on the thread that copies: the read fails naming the path (every
     time: the guard is armed again after a fault), the process lives on, and the part that is still
@@ -119,6 +127,7 @@ def test_a_file_truncated_under_the_mapping_is_an_error_not_a_crash(data_file: t
     assert buf[: 1 << 20].tobytes() == data[: 1 << 20]
 
 
+@_not_under_tsan
 def test_truncating_while_reads_run_never_crashes(data_file: tuple[str, bytes], eng: Engine) -> None:
     """A writer shrinks and regrows the file while mapped reads run on the pool: each read gives the
     bytes, a short read or the 'changed' error; nothing else, and the process lives."""
