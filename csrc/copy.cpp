@@ -210,6 +210,7 @@ struct SigbusGuard {
   volatile sig_atomic_t active;
 };
 thread_local SigbusGuard tls_guard;
+thread_local int tls_chaining;  // inside the previous handler, on this thread
 
 std::mutex sigbus_mu;
 struct sigaction sigbus_prev;  // the handler ours replaced (written under sigbus_mu, before ours is live)
@@ -220,14 +221,20 @@ void on_sigbus(int sig, siginfo_t* info, void* ctx) {
     g.active = 0;
     siglongjmp(g.jump, 1);  // SA_NODEFER: SIGBUS is not blocked here, so no mask to restore
   }
-  // Not a guarded copy: whoever handled SIGBUS before us.
+  // Not a guarded copy: whoever handled SIGBUS before us, once. Entered again
+  // while that runs (faulthandler, enabled after us and then replaced by us
+  // again, raises the signal anew to its previous handler, ours), the
+  // default action: never a loop of handlers that each return to the fault.
   const struct sigaction& prev = sigbus_prev;
-  if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction != nullptr) {
-    prev.sa_sigaction(sig, info, ctx);
-    return;
-  }
-  if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN) {
-    prev.sa_handler(sig);
+  const bool has_prev = (prev.sa_flags & SA_SIGINFO) ? prev.sa_sigaction != nullptr
+                                                     : prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN;
+  if (has_prev && tls_chaining == 0) {
+    ++tls_chaining;
+    if (prev.sa_flags & SA_SIGINFO)
+      prev.sa_sigaction(sig, info, ctx);
+    else
+      prev.sa_handler(sig);
+    --tls_chaining;
     return;
   }
   // The default action: a fault repeats when this returns and then kills the

@@ -65,15 +65,16 @@ void stream_memcpy(void* dst, const void* src, size_t n);
 // A file truncated under its mapping turns a load past its new end into
 // SIGBUS. The copy runs under a per-thread guard: such a fault ends it and
 // sets *faulted (the bytes copied before it are returned), instead of
-// killing the process. The handler is installed on first use and again
-// whenever another has replaced it (install_sigbus_guard); a SIGBUS outside
+// killing the process. The handler is installed with each new mapping and
+// each mapped batch, unless it is the current one (install_sigbus_guard); a SIGBUS outside
 // a guarded copy goes to the handler that was there before (Python's
 // faulthandler, say), or to the default action.
 uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t crc_begin, uint64_t crc_end, uint64_t step,
                      uint32_t* crcs, bool* faulted);
 
-// Installs the SIGBUS handler of mapped_copy unless it is installed already
-// (cheap: one sigaction query). Called before a new mapping is used.
+// Installs the SIGBUS handler of mapped_copy unless it is the current one
+// (cheap: one sigaction query). Called before a new mapping is used and at
+// each mapped batch's submission.
 void install_sigbus_guard();
 
 // The process's copy threads: started on first use, grown to what a call

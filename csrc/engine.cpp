@@ -646,6 +646,9 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
   bool has_reads = false, has_writes = false;
   for (const auto& r : batch->reqs) (r.op == OP_READ ? has_reads : has_writes) = true;
   if (mapped && !has_writes) {
+    // The guard first among SIGBUS handlers again if another was installed
+    // since (faulthandler.enable() after the mapping was made): one query.
+    install_sigbus_guard();
     // Copies out of mappings: a small batch here, on the calling thread (the
     // GIL is released; no wake-up of another thread), a larger one on the
     // pool's threads, spread over the cores. A piece whose file cannot be

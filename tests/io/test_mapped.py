@@ -242,3 +242,42 @@ def test_a_sigbus_outside_a_mapped_copy_reaches_the_previous_handler(data_file: 
     assert "reading" in proc.stdout and "survived" not in proc.stdout
     assert proc.returncode == -7  # SIGBUS
     assert "Fatal Python error: Bus error" in proc.stderr
+
+
+_REPLACED = """
+import faulthandler, mmap, os, sys
+import numpy as np
+from storecomp.errors import StorageIOError
+from storecomp.io import Engine
+path = sys.argv[1]
+with Engine() as e:
+    f = e.open(path)
+    f.read_many_into(np.empty(8192, np.uint8), [0], [8192], [0], direct="mapped").result()  # the guard, first
+    faulthandler.enable()  # now faulthandler first, the guard its previous handler
+    m = mmap.mmap(os.open(path, os.O_RDONLY), 1 << 20, prot=mmap.PROT_READ)
+    os.truncate(path, 4096)
+    try:  # the guard is put first again at this submission
+        f.read_many_into(np.empty(1 << 20, np.uint8), [0], [1 << 20], [0], direct="mapped").result()
+    except StorageIOError as exc:
+        print("guarded fault:", "changed under the read" in str(exc), flush=True)
+    print("reading", flush=True)
+    m[500000]
+print("survived")
+"""
+
+
+@_not_under_tsan
+def test_handlers_replaced_and_reinstalled_neither_lose_a_guarded_fault_nor_loop(tmp_path: Path) -> None:
+    """faulthandler enabled after the guard was installed: the next mapped batch puts the guard first
+    again, so a fault in its copy fails only that read. A SIGBUS outside any copy then goes to
+    faulthandler, which reports it and raises it again to its own previous handler, the guard's: the
+    default action ends the process, no loop between the two handlers."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":handle_sigbus=0"
+    proc = subprocess.run([sys.executable, "-c", _REPLACED, str(path)], capture_output=True, text=True, timeout=60, env=env)
+    assert "guarded fault: True" in proc.stdout
+    assert "reading" in proc.stdout and "survived" not in proc.stdout
+    assert proc.returncode == -7  # SIGBUS
+    assert proc.stderr.count("Fatal Python error: Bus error") == 1  # reported once, by faulthandler
