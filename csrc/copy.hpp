@@ -54,6 +54,29 @@ void run_copy_ops(const int64_t* ops, size_t n, const CopyRegion* dst, const Cop
 // user's buffer, whose bytes the caller reads later, is one).
 void stream_memcpy(void* dst, const void* src, size_t n);
 
+// Copies len bytes out of a file mapping (src) into dst, computing the
+// crc32c of chunks in the same pass (crc32c_copy: the carry-less folds run
+// on the registers each block is loaded into and stored from; no second pass
+// over the bytes). The destination may have any alignment. The chunks are [crc_begin + j*step,
+// min(crc_begin + (j+1)*step, crc_end)) for j = 0.. (offsets into the copy),
+// their crcs go to crcs[j]; bytes outside [crc_begin, crc_end) are only
+// copied. step 0: no checks.
+//
+// A file truncated under its mapping turns a load past its new end into
+// SIGBUS. The copy runs under a per-thread guard: such a fault ends it and
+// sets *faulted (the bytes copied before it are returned), instead of
+// killing the process. The handler is installed with each new mapping and
+// each mapped batch, unless it is the current one (install_sigbus_guard); a SIGBUS outside
+// a guarded copy goes to the handler that was there before (Python's
+// faulthandler, say), or to the default action.
+uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t crc_begin, uint64_t crc_end, uint64_t step,
+                     uint32_t* crcs, bool* faulted);
+
+// Installs the SIGBUS handler of mapped_copy unless it is the current one
+// (cheap: one sigaction query). Called before a new mapping is used and at
+// each mapped batch's submission.
+void install_sigbus_guard();
+
 // The process's copy threads: started on first use, grown to what a call
 // asks for (at most kMaxWorkers), kept for later calls (a thread start costs
 // tens of microseconds, a KV chunk copy about as much). Calls from several

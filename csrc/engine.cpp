@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -16,6 +17,7 @@
 #include <system_error>
 
 #include "aead.hpp"
+#include "copy.hpp"
 #include "crc32c.hpp"
 #include "uring.hpp"
 
@@ -162,6 +164,36 @@ bool FileEntry::direct_ok(uint64_t offset, uint64_t len, uintptr_t addr, uint64_
   return offset % dio_offset_align == 0 && len % dio_offset_align == 0 && addr % dio_mem_align == 0;
 }
 
+FileMapping::~FileMapping() {
+  if (addr != nullptr) ::munmap(const_cast<uint8_t*>(addr), len);
+}
+
+std::shared_ptr<const FileMapping> FileEntry::mapping(uint64_t end) {
+  std::lock_guard<std::mutex> g(map_mu_);
+  if (map_ && map_->len >= end) return map_;
+  if (map_unsupported_ || writable) return nullptr;
+  struct stat st;
+  if (::fstat(fd_buffered, &st) != 0) return nullptr;
+  if (!S_ISREG(st.st_mode)) {
+    map_unsupported_ = true;  // a device or a pipe: reads stay system calls
+    return nullptr;
+  }
+  auto size = static_cast<uint64_t>(st.st_size);
+  if (map_ && size <= map_->len) return map_;  // not grown: a read past the end is short
+  if (size == 0) return nullptr;  // nothing to map (and /proc files say 0 but have bytes): a system call
+  void* a = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd_buffered, 0);
+  if (a == MAP_FAILED) {
+    map_unsupported_ = true;  // e.g. a file system without mmap: reads stay system calls
+    return nullptr;
+  }
+  install_sigbus_guard();  // before any copy touches the new mapping
+  auto m = std::make_shared<FileMapping>();
+  m->addr = static_cast<const uint8_t*>(a);
+  m->len = size;
+  map_ = m;
+  return m;
+}
+
 uint32_t FileTable::open(const std::string& path, bool writable, bool create) {
   int flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC;
   if (writable && create) flags |= O_CREAT;
@@ -225,7 +257,7 @@ bool chunk_in_piece(const Request& r, uint64_t k) {
 void Batch::check_piece(Request& r, const Piece& p, uint64_t got, int err) {
   auto* base = reinterpret_cast<const uint8_t*>(r.addr);
   const uint64_t s = r.crc_step;
-  if (!err) {
+  if (!err && !p.crc_done) {
     uint64_t read_end = p.rel + got;
     for (uint64_t k = (p.rel + s - 1) / s; k * s < read_end; ++k) {
       uint64_t end = std::min(k * s + s, r.length);
@@ -318,6 +350,43 @@ bool nowait_read(Piece& p, Stats& stats, int* err) {
   if (got == 0) return true;  // end of file
   stats.nowait_misses++;  // partly cached
   return false;
+}
+
+bool mapped_read(Piece& p, Stats& stats, int* err) {
+  Request& r = p.batch->reqs[p.req];
+  if (p.done != 0 || r.op != OP_READ) return false;
+  const uint64_t off = r.offset + p.rel;
+  auto m = r.file->mapping(off + p.len);
+  if (!m) return false;
+  const uint64_t avail = m->len > off ? std::min(p.len, m->len - off) : 0;
+  // The chunks inside this piece (as check_piece: chunk k spans [k*s,
+  // min(k*s + s, length)) of the request), clipped at what can be read,
+  // in piece-relative bytes.
+  uint64_t crc_begin = 0, crc_end = 0, step = 0;
+  uint32_t* crcs = nullptr;
+  if (r.crc_step) {
+    const uint64_t s = r.crc_step, piece_end = p.rel + p.len, read_end = p.rel + avail;
+    const uint64_t k0 = (p.rel + s - 1) / s;
+    const uint64_t k1 = piece_end == r.length ? (r.length + s - 1) / s : piece_end / s;
+    if (k0 < k1 && k0 * s < read_end) {
+      step = s;
+      crcs = r.crc_out + k0;
+      crc_begin = k0 * s - p.rel;
+      crc_end = std::min(std::min(k1 * s, r.length), read_end) - p.rel;
+    }
+  }
+  bool faulted = false;
+  auto* dst = reinterpret_cast<uint8_t*>(r.addr + p.rel);
+  uint64_t got = mapped_copy(dst, m->addr + off, avail, crc_begin, crc_end, step, crcs, &faulted);
+  p.crc_done = true;
+  p.done += got;
+  stats.bytes_read += got;
+  stats.mapped_pieces++;
+  if (faulted) {
+    stats.mapped_faults++;
+    *err = ESTALE;  // the file shrank under the mapping: it changed while being read
+  }
+  return true;
 }
 
 uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t* bounce,
@@ -423,6 +492,15 @@ void ThreadPool::worker() {
     }
     int err = 0;
     uint64_t got = p->done;
+    if (p->mapped) {
+      p->mapped = false;
+      if (mapped_read(*p, stats_, &err)) {
+        if (err) stats_.errors++;
+        p->batch->complete(*p, p->done, err);
+        continue;
+      }
+      // The file cannot be mapped: the piece runs in its mode.
+    }
     if (p->nowait_probe && miss_sink_) {
       p->nowait_probe = false;
       if (!nowait_read(*p, stats_, &err)) {
@@ -511,6 +589,9 @@ static bool inline_probe(const Batch& batch, uint8_t mode) {
 
 std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode) {
   if (stopped_) throw std::runtime_error("engine is shut down");
+  bool mapped = (mode & MODE_MAPPED) != 0;
+  mode = static_cast<uint8_t>(mode & ~MODE_MAPPED);
+  if (mode == MODE_DIRECT) mapped = false;  // O_DIRECT leaves the page cache alone
   if (::getpid() != owner_pid_)
     throw std::runtime_error("engine was created in another process (before a fork); create a new one here");
   size_t npieces = 0;
@@ -548,6 +629,7 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
       p.rel = rel;
       p.len = std::min(cfg_.split_bytes, r.length - rel);
       p.mode = mode;
+      p.mapped = mapped && r.op == OP_READ && !r.file->writable;
     }
   }
   stats_.requests += batch->reqs.size();
@@ -563,6 +645,31 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
   ptrs.reserve(npieces);
   bool has_reads = false, has_writes = false;
   for (const auto& r : batch->reqs) (r.op == OP_READ ? has_reads : has_writes) = true;
+  if (mapped && !has_writes) {
+    // The guard first among SIGBUS handlers again if another was installed
+    // since (faulthandler.enable() after the mapping was made): one query.
+    install_sigbus_guard();
+    // Copies out of mappings: a small batch here, on the calling thread (the
+    // GIL is released; no wake-up of another thread), a larger one on the
+    // pool's threads, spread over the cores. A piece whose file cannot be
+    // mapped runs in the batch's mode (on the pool).
+    if (inline_probe(*batch, mode)) {
+      for (auto& p : batch->pieces) {
+        int err = 0;
+        p.mapped = false;
+        if (mapped_read(p, stats_, &err)) {
+          if (err) stats_.errors++;
+          batch->complete(p, p.done, err);  // may finish (and release) the batch's self-reference
+        } else {
+          ptrs.push_back(&p);
+        }
+      }
+    } else {
+      for (auto& p : batch->pieces) ptrs.push_back(&p);
+    }
+    if (!ptrs.empty()) pool_->submit(ptrs.data(), ptrs.size());
+    return batch;
+  }
   if (inline_probe(*batch, mode)) {
     // Small reads: try the page cache here, on the calling thread (the GIL is
     // released): a hit completes without waking the engine's threads (64 KiB:

@@ -36,10 +36,29 @@ enum Op : uint8_t { OP_READ = 0, OP_WRITE = 1 };
 //             what is not cached with O_DIRECT; writes are buffered.
 enum Mode : uint8_t { MODE_BUFFERED = 0, MODE_DIRECT = 1, MODE_AUTO = 2 };
 
+// A flag on BUFFERED or AUTO reads of files open read-only: copy out of a
+// mapping of the file the engine keeps (FileEntry::mapping) instead of a
+// read system call, on the engine's threads (a small batch on the caller's),
+// with the crc32c of each chunk computed in the same pass (mapped_copy). For
+// files the caller knows to be in the page cache: a page that is not faults
+// in from the device, as a buffered read would read it. Where the file
+// cannot be mapped, the read runs in the mode the flag is on.
+constexpr uint8_t MODE_MAPPED = 4;
+
 // Page-cache copies (AUTO mode) smaller than this cost less than a hand-off
 // to another thread: batches up to it probe on the submitting thread, and
 // reads from it up probe on the thread pool, which spreads copies over cores.
 constexpr uint64_t kNowaitHandoffBytes = 256 << 10;
+
+// A read-only MAP_SHARED mapping of a whole file, unmapped with its last holder.
+struct FileMapping {
+  const uint8_t* addr = nullptr;
+  uint64_t len = 0;  // the file's size when mapped
+  FileMapping() = default;
+  FileMapping(const FileMapping&) = delete;
+  FileMapping& operator=(const FileMapping&) = delete;
+  ~FileMapping();
+};
 
 struct FileEntry {
   std::string path;
@@ -62,6 +81,17 @@ struct FileEntry {
   // `addr` can go to the kernel as it is: aligned as the kernel reports for
   // this file, else to `align`. Only after direct_fd() returned a descriptor.
   bool direct_ok(uint64_t offset, uint64_t len, uintptr_t addr, uint64_t align) const;
+  // The mapping of this (read-only) file for a read that ends at byte `end`:
+  // the kept one, or a new one of the whole file when the kept one is shorter
+  // and the file has grown (fstat). Pieces hold it while they copy, so a
+  // remap or a close never unmaps under a copy. nullptr when the file cannot
+  // be mapped (writable, or mmap refused it: a later call does not retry).
+  std::shared_ptr<const FileMapping> mapping(uint64_t end);
+
+ private:
+  std::mutex map_mu_;
+  std::shared_ptr<const FileMapping> map_;
+  bool map_unsupported_ = false;
 };
 
 // Open files by id. A batch holds its files, so closing an id while I/O is
@@ -94,6 +124,8 @@ struct Piece {
   uint8_t issued = 0;  // io_uring: what the last submission was (Issued)
   bool nowait_tried = false;
   bool nowait_probe = false;  // thread pool: only try the page cache, hand a miss back
+  bool mapped = false;        // copy out of the file's mapping (MODE_MAPPED), then done
+  bool crc_done = false;      // the checks of the chunks inside this piece were computed as it was copied
   bool copy_out = false;      // thread pool: copy a landed bounce read out of the ring's arena
   // io_uring bounce (an unaligned O_DIRECT read through aligned arena pages):
   // the first arena unit, how many, and where the wanted bytes start in them.
@@ -150,7 +182,8 @@ struct Batch {
 struct Stats {
   std::atomic<uint64_t> requests{0}, pieces{0}, bytes_read{0}, bytes_written{0},
       errors{0}, bounce_pieces{0}, direct_fallbacks{0}, nowait_hits{0},
-      nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0}, bounce_handoffs{0};
+      nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0}, bounce_handoffs{0},
+      mapped_pieces{0}, mapped_faults{0};
   std::atomic<uint64_t> bounce_arena_bytes{0};  // not a counter: the io_uring bounce arena's size now
 };
 
@@ -174,6 +207,12 @@ uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes,
 // rest must come from the device: with O_DIRECT, or buffered where the file
 // system has no RWF_NOWAIT (p.mode is then MODE_BUFFERED).
 bool nowait_read(Piece& p, Stats& stats, int* err);
+
+// Copies a MODE_MAPPED piece out of its file's mapping (checks as it goes,
+// see Request::crc_step) and advances p.done. False when the file cannot be
+// mapped: the piece is untouched and must run in its mode. True otherwise;
+// *err is ESTALE when the file shrank under the copy (SIGBUS, caught).
+bool mapped_read(Piece& p, Stats& stats, int* err);
 
 // Whether a DIRECT piece can go to the kernel as it is (no bounce needed).
 bool direct_aligned(uint64_t offset, uint64_t len, uintptr_t addr, uint64_t align);

@@ -19,6 +19,9 @@ io_path            STORECOMP_IO_PATH           auto | gds | bounce | posix (CUDA
 staging_bytes      STORECOMP_STAGING_BYTES     bounce staging pool size in bytes
 staging_slot_bytes STORECOMP_STAGING_SLOT      one staging slot in bytes
 max_open_files     STORECOMP_MAX_OPEN_FILES    descriptors cached by path
+mapped             STORECOMP_MAPPED            auto | off  (page-cache tier reads of resident
+                                               data sets and cache hits copy out of a kept
+                                               mapping; off: read system calls; see io.tier)
 =================  ==========================  =====================================
 
 ``storecomp bench`` reads three more (the command-line options win):
@@ -57,6 +60,7 @@ _CHOICES = {
     "engine": ("auto", "io_uring", "threads"),
     "direct": ("auto", "on", "off"),
     "io_path": ("auto", "gds", "bounce", "posix"),
+    "mapped": ("auto", "off"),
 }
 _ENV = {
     "engine": "STORECOMP_ENGINE",
@@ -69,6 +73,7 @@ _ENV = {
     "staging_bytes": "STORECOMP_STAGING_BYTES",
     "staging_slot_bytes": "STORECOMP_STAGING_SLOT",
     "max_open_files": "STORECOMP_MAX_OPEN_FILES",
+    "mapped": "STORECOMP_MAPPED",
 }
 
 # Encryption at rest (storecomp.crypto) names its keys explicitly (encryption="env" / "file" /
@@ -126,6 +131,7 @@ class IOOptions:
     staging_bytes: int = 64 << 20
     staging_slot_bytes: int = 4 << 20
     max_open_files: int = 256
+    mapped: str = "auto"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

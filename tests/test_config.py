@@ -23,6 +23,7 @@ ENV = {
     "staging_bytes": ("STORECOMP_STAGING_BYTES", str(8 << 20), 8 << 20),
     "staging_slot_bytes": ("STORECOMP_STAGING_SLOT", str(1 << 20), 1 << 20),
     "max_open_files": ("STORECOMP_MAX_OPEN_FILES", "7", 7),
+    "mapped": ("STORECOMP_MAPPED", " Off", "off"),
 }
 
 
@@ -122,6 +123,7 @@ def test_non_integer_variable_names_the_variable(var: str, raw: str) -> None:
         ("STORECOMP_THREADS", "-2"),
         ("STORECOMP_ALIGN", "1000"),
         ("STORECOMP_SPLIT_BYTES", "1000"),
+        ("STORECOMP_MAPPED", "on"),
     ],
 )
 def test_invalid_variable_value_names_the_variable(var: str, raw: str) -> None:

@@ -219,7 +219,7 @@ def run_epochs(source: Any, epochs: int, duration: float) -> list[dict[str, Any]
             m = loader.metrics()
             out.append({
                 "epoch": epoch, "samples_per_s": n / dt, "samples": n, "tier": m["tier"], "tier_reason": m["tier_reason"],
-                "bottleneck": m["bottleneck"],
+                "read_path": m.get("read_path", ""), "bottleneck": m["bottleneck"],
             })  # fmt: skip
     finally:
         loader.close()
@@ -448,6 +448,8 @@ def _hot_figures(result: dict[str, Any]) -> list[Figure]:
             for t in hot.get("torch") or []:
                 peers[f"torch DataLoader (num_workers={t['num_workers']})"] = t["samples_per_s"]
             note = f"epochs 1..{len(later)} (median), tier {later[-1]['tier']}"
+            if later[-1].get("read_path"):
+                note += f", read path {later[-1]['read_path']}"
             if later[-1].get("bottleneck"):
                 note += f"; bottleneck: {later[-1]['bottleneck']}"
             if best is not None:

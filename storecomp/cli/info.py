@@ -97,11 +97,12 @@ def _page_cache_info(path: Path | None, opts: IOOptions) -> dict[str, Any]:
         "budget_bytes": int(mem.available * BUDGET_FRACTION),
         "pressure_floor_bytes": pressure_floor(mem),
         "direct": opts.direct,
+        "mapped": opts.mapped,
         "choice": None,
     }
     if path is not None and path.exists():
         files = [str(path)] if path.is_file() else [str(p) for p in sorted(path.rglob("*")) if p.is_file()]
-        out["choice"] = PageCachePolicy(opts.direct).choose(files).as_dict()
+        out["choice"] = PageCachePolicy(opts.direct, mapped=opts.mapped).choose(files).as_dict()
     return out
 
 
@@ -260,10 +261,11 @@ def render(doc: dict[str, Any]) -> str:
     pc = doc["page_cache"]
     lines.append(
         f"page cache:   {pc['mem_available_bytes'] / 2**30:.1f} of {pc['mem_total_bytes'] / 2**30:.1f} GiB available, "
-        f"tier budget {pc['budget_bytes'] / 2**30:.1f} GiB, direct {pc['direct']}"
+        f"tier budget {pc['budget_bytes'] / 2**30:.1f} GiB, direct {pc['direct']}, mapped {pc['mapped']}"
     )
     if pc["choice"]:
-        lines.append(f"tier:         {pc['choice']['tier']} for {p['path'] if p else 'PATH'}: {pc['choice']['reason']}")
+        c = pc["choice"]
+        lines.append(f"tier:         {c['tier']} ({c['read_path']} reads) for {p['path'] if p else 'PATH'}: {c['reason']}")
     for a in doc["advice"]:
         lines.append(f"advice:       {a}")
     return "\n".join(lines)

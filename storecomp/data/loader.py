@@ -351,7 +351,10 @@ class DataLoader:
         collation)``, ``host-to-device`` (see :func:`_stalls.bottleneck`).
         ``tier`` is how local data is read (``buffered``: through the page
         cache, ``direct``: O_DIRECT; see :class:`~storecomp.io.PageCachePolicy`)
-        and ``tier_reason`` why. ``pipeline`` is where batches are made:
+        and ``tier_reason`` why; ``read_path`` how the bytes are read (``mapped``:
+        copies out of the engine's mappings of shards all in the page cache, with
+        the checks in the same pass; ``buffered``; ``direct``; ``store``).
+        ``pipeline`` is where batches are made:
         ``inline`` (in ``next()``, host batches from local files; the
         producer stages are then the consumer thread's own) or ``thread``.
         """
@@ -364,6 +367,7 @@ class DataLoader:
             max_memory=self.max_memory,
             tier=getattr(self.dataset.reader, "tier", "store"),
             tier_reason=getattr(self.dataset.reader, "tier_reason", "read through a Store"),
+            read_path=getattr(self.dataset.reader, "read_path", "store"),
             pipeline="inline" if self._inline() else "thread",
         )
 

@@ -75,7 +75,9 @@ class LocalReader:
     the data fits the page-cache budget, buffered, so that later epochs run
     from memory; when it does not, O_DIRECT. ``tier`` and ``tier_reason``
     say which and why; the engine's ``direct`` option forces either
-    (``off``: buffered, ``on``: O_DIRECT).
+    (``off``: buffered, ``on``: O_DIRECT). A buffered choice over files that
+    are all in the page cache reads them ``mapped`` (:attr:`read_path`; the
+    engine's ``mapped`` option turns it off).
     """
 
     capabilities = ReaderCapabilities(native_batches=True, page_cache_tier=True, engine=True)
@@ -100,13 +102,22 @@ class LocalReader:
         return self.choice.tier if self.choice is not None else "auto"
 
     @property
+    def read_path(self) -> str:
+        """How batches are read now: ``mapped`` (copies out of the engine's mappings of resident files),
+        ``buffered`` (``preadv`` through the page cache), ``direct`` (O_DIRECT), or ``auto`` before a choice."""
+        return self.choice.read_path if self.choice is not None else "auto"
+
+    @property
     def tier_reason(self) -> str:
         return self.choice.reason if self.choice is not None else "no tier chosen yet (reads use the engine's direct mode)"
 
     def policy(self) -> PageCachePolicy:
         """The tier policy: the one set with :meth:`set_policy`, else one following the engine's ``direct`` option."""
-        if self._policy is None or (not self._own_policy and self._policy.direct != self.engine.options.direct):
-            self._policy = PageCachePolicy(self.engine.options.direct)
+        opts = self.engine.options
+        if self._policy is None or (
+            not self._own_policy and (self._policy.direct, self._policy.mapped) != (opts.direct, opts.mapped)
+        ):
+            self._policy = PageCachePolicy(opts.direct, mapped=opts.mapped)
         return self._policy
 
     def set_policy(self, policy: PageCachePolicy) -> None:

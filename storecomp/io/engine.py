@@ -15,6 +15,19 @@ Read modes (``IOOptions.direct``):
   ``stats()["direct_fallbacks"]``, on file systems without O_DIRECT.
 * ``off``: buffered reads.
 
+Per call (``File.read_many_into(direct=...)``) a fourth mode:
+
+* ``mapped``: copies out of a read-only mapping of the file that the engine
+  keeps (made on first use, remade when the file grows, dropped on close),
+  on the engine's threads, with the crc32c of ``crc_step`` chunks computed in
+  the same pass; no system call and no page-cache lookup per read. For files
+  already in the page cache (what is not faults in from the device, as a
+  buffered read would read it) that do not change: a file truncated under
+  the mapping fails the read with :class:`~storecomp.errors.StorageIOError`
+  (``ESTALE``, "file changed under the read"), it never crashes the process.
+  Counted in ``stats()["mapped_pieces"]``; files that cannot be mapped are
+  read buffered.
+
 Writes are buffered unless ``direct="on"`` (then O_DIRECT when aligned).
 """
 
@@ -44,7 +57,12 @@ from ..errors import (
 )
 from .buffers import BufferRef, StagingPool, as_buffer, span
 
-_MODES = {"auto": _native.MODE_AUTO, "on": _native.MODE_DIRECT, "off": _native.MODE_BUFFERED}
+_MODES = {
+    "auto": _native.MODE_AUTO,
+    "on": _native.MODE_DIRECT,
+    "off": _native.MODE_BUFFERED,
+    "mapped": _native.MODE_BUFFERED | _native.MODE_MAPPED,
+}
 _MAX_OFFSET = (1 << 63) - 1
 
 
@@ -160,7 +178,10 @@ class IOFuture:
     def _fail(self, nbytes: np.ndarray, err: np.ndarray, err_off: np.ndarray) -> None:
         failed = np.flatnonzero(err)
         i = int(failed[0])
-        exc = from_errno(int(err[i]), self._path(i), int(err_off[i]), self._op)
+        op = self._op
+        if int(err[i]) == errno.ESTALE and op == "read":  # a mapped copy met the file's new end (SIGBUS, caught)
+            op = "read (file changed under the read: it shrank while mapped)"
+        exc = from_errno(int(err[i]), self._path(i), int(err_off[i]), op)
         if failed.size > 1:
             exc.add_note(f"{failed.size - 1} more of {err.size} requests in this batch failed too")
         self._error = exc
@@ -279,8 +300,8 @@ class File:
         destinations): the engine's threads compute the crc32c of each chunk
         of that many bytes of every request as it lands (``checksums()``).
         ``direct``: the read mode for these reads (``auto``, ``on``, ``off``,
-        as ``IOOptions.direct``; a :class:`~storecomp.io.TierChoice`'s
-        ``direct``); None: the engine's option.
+        as ``IOOptions.direct``, or ``mapped``, see the module's docstring; a
+        :class:`~storecomp.io.TierChoice`'s ``direct``); None: the engine's option.
         """
         fid = self._check_open()
         ref = as_buffer(dst)
@@ -360,7 +381,7 @@ def _read_mode(direct: str | None) -> int | None:
     try:
         return int(_MODES[direct])
     except (KeyError, TypeError):
-        raise InvalidArgumentError(f"direct must be auto, on or off, got {direct!r}") from None
+        raise InvalidArgumentError(f"direct must be auto, on, off or mapped, got {direct!r}") from None
 
 
 def _as_u64(values: Any, name: str) -> np.ndarray:
@@ -472,7 +493,9 @@ class Engine:
         """Counters since creation: requests, pieces, bytes, bounces, page-cache hits, errors;
         and ``bounce_arena_bytes``, the size now of the io_uring bounce arena (aligned memory,
         registered and so pinned, that unaligned O_DIRECT reads land in; at most 64 MiB).
-        ``bounce_handoffs``: bounced pieces whose copy out of the arena ran on the pool's threads."""
+        ``bounce_handoffs``: bounced pieces whose copy out of the arena ran on the pool's threads.
+        ``mapped_pieces``: pieces copied out of a file mapping (``direct="mapped"``); ``mapped_faults``:
+        those that met a file shrunk under its mapping."""
         return dict(self._native.stats())
 
     # ------------------------------------------------------------ files

@@ -15,6 +15,16 @@ machine towards the OOM killer.
 
 ``IOOptions.direct`` forces a tier: ``"off"`` buffered, ``"on"`` O_DIRECT;
 ``"auto"`` (the default) lets the policy choose.
+
+Mapped reads: when the page cache is chosen for a data set whose files are
+all resident already (a later epoch), reads copy out of a mapping of each
+file that the engine keeps, with the checks in the same pass, instead of a
+``preadv`` per sample (no system call, no page-cache lookup: about a quarter
+less CPU per 64 KiB sample here). ``TierChoice.read_path`` says
+``"mapped"``; ``IOOptions.mapped = "off"`` (``STORECOMP_MAPPED=off``) keeps
+read system calls. A page evicted meanwhile faults in from the device, as a
+buffered read would read it; under memory pressure the tier moves to O_DIRECT
+and the mapping is no longer read.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ BUFFERED = "buffered"
 DIRECT = "direct"
 
 _MODES = {BUFFERED: _native.MODE_BUFFERED, DIRECT: _native.MODE_DIRECT}
+MAPPED = "mapped"
 
 
 @dataclass(frozen=True)
@@ -135,16 +146,26 @@ class TierChoice:
     available_bytes: int
     budget_bytes: int
     forced: bool = False
+    #: Buffered, and every file resident: reads copy out of the engine's mappings of the files.
+    mapped: bool = False
 
     @property
     def mode(self) -> int:
         """The native engine's read mode for this tier."""
-        return _MODES[self.tier]
+        return _MODES[self.tier] | (_native.MODE_MAPPED if self.mapped and self.tier == BUFFERED else 0)
 
     @property
     def direct(self) -> str:
-        """This tier as an ``IOOptions.direct`` value: ``"off"`` (buffered) or ``"on"`` (O_DIRECT)."""
-        return "off" if self.tier == BUFFERED else "on"
+        """This tier as a read mode of :meth:`~storecomp.io.File.read_many_into`: ``"off"`` (buffered),
+        ``"mapped"`` (buffered, copied out of a mapping) or ``"on"`` (O_DIRECT)."""
+        if self.tier != BUFFERED:
+            return "on"
+        return MAPPED if self.mapped else "off"
+
+    @property
+    def read_path(self) -> str:
+        """How the bytes are read: ``"mapped"``, ``"buffered"`` (``preadv`` through the page cache) or ``"direct"``."""
+        return MAPPED if self.tier == BUFFERED and self.mapped else self.tier
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -155,6 +176,7 @@ class TierChoice:
             "available_bytes": self.available_bytes,
             "budget_bytes": self.budget_bytes,
             "forced": self.forced,
+            "read_path": self.read_path,
         }
 
 
@@ -163,17 +185,22 @@ class PageCachePolicy:
     page cache under memory pressure.
 
     ``direct``: ``"auto"`` (choose), ``"off"`` (always buffered) or ``"on"``
-    (always O_DIRECT), as ``IOOptions.direct``. ``floor_bytes``: available
+    (always O_DIRECT), as ``IOOptions.direct``. ``mapped``: ``"auto"`` (a
+    buffered choice over files that are all resident reads them mapped) or
+    ``"off"``, as ``IOOptions.mapped``. ``floor_bytes``: available
     memory below which buffered reads give way to O_DIRECT (default
     :func:`pressure_floor`). Shared by every reader of local files (the
     DataLoader's :class:`~storecomp.data.readers.LocalReader`, stores and
     cache tiers on local disks).
     """
 
-    def __init__(self, direct: str = "auto", *, floor_bytes: int | None = None) -> None:
+    def __init__(self, direct: str = "auto", *, mapped: str = "auto", floor_bytes: int | None = None) -> None:
         if direct not in ("auto", "on", "off"):
             raise InvalidArgumentError(f"direct must be auto, on or off, got {direct!r}")
+        if mapped not in ("auto", "off"):
+            raise InvalidArgumentError(f"mapped must be auto or off, got {mapped!r}")
         self.direct = direct
+        self.mapped = mapped
         self.floor_bytes = floor_bytes
         self._next_check = 0.0
         self._mem: tuple[float, MemoryInfo] | None = None  # (good until, info)
@@ -181,14 +208,23 @@ class PageCachePolicy:
     def choose(self, paths: Iterable[str], data_bytes: int | None = None) -> TierChoice:
         """The tier for reading ``paths`` (``data_bytes``: how much of them will be read; default all)."""
         paths = list(dict.fromkeys(paths))
-        sizes = 0
+        sizes = resident = 0
+        whole = bool(paths)  # every file entirely in the page cache
         for p in paths:
             try:
-                sizes += os.stat(p).st_size
+                size = os.stat(p).st_size
             except OSError:
-                pass
+                whole = False
+                continue
+            sizes += size
+            r = min(resident_bytes(p), size)
+            resident += r
+            whole = whole and r == size
         need = sizes if data_bytes is None else min(sizes, data_bytes)
-        return self.choose_size(need, min(need, sum(resident_bytes(p) for p in paths)))
+        choice = self.choose_size(need, min(need, resident))
+        if whole and choice.tier == BUFFERED and self.mapped == "auto":
+            choice = replace(choice, mapped=True, reason=choice.reason + "; every file resident: copied out of mappings")
+        return choice
 
     def choose_size(self, data_bytes: int, resident: int = 0) -> TierChoice:
         """The tier for a working set of ``data_bytes`` bytes of which ``resident`` are in the page
@@ -252,7 +288,7 @@ class PageCachePolicy:
             f"memory pressure: {mem.available / gib:.2f} GiB available < {floor / gib:.2f} GiB "
             f"while buffered; O_DIRECT leaves the page cache to the rest of the machine"
         )
-        return replace(choice, tier=DIRECT, reason=why, available_bytes=mem.available)
+        return replace(choice, tier=DIRECT, reason=why, available_bytes=mem.available, mapped=False)
 
 
 def pressure_floor(mem: MemoryInfo) -> int:

@@ -67,7 +67,7 @@ from ..errors import (
     VersionChangedError,
     from_errno,
 )
-from ..io import BufferRef, File, as_buffer, land_bytes
+from ..io import BufferRef, File, as_buffer, land_bytes, resident_bytes
 from .base import VERSION_RETRIES, Capabilities, ObjectInfo, Store, WrapperStore
 from .cache_entry import (
     ALIGN,
@@ -87,6 +87,7 @@ _TOUCH_INTERVAL_S = 1.0
 _MAX_VERIFIED_ENTRIES = 1 << 16  # verify="once": entries whose checked chunks a process remembers
 _MAX_HEADERS = 1 << 16  # entry headers a process remembers
 _MAX_OPEN_FILES = 128  # verify="once": entry files a process keeps open
+_RESIDENCY_RECHECK_S = 0.5  # how long "this entry file is all in the page cache" is trusted
 _ATTEMPTS = 3  # cache lookups per read before it goes straight to the inner store
 
 #: An entry file's identity: (st_ino, st_dev, st_size, st_mtime_ns). A fill stamps its
@@ -190,6 +191,7 @@ class CachedStore(WrapperStore):
         self._files: OrderedDict[_Ident, File] = OrderedDict()
         self._root_s = str(self.cache_dir / "entries")
         self._verified: OrderedDict[_Ident, list[Any]] = OrderedDict()  # [checked chunks, unchecked count]
+        self._resident: OrderedDict[_Ident, tuple[float, bool]] = OrderedDict()  # (good until, all in the page cache)
         self._lock = threading.Lock()
         self._sweep_tmp()
         with FileLock(self.cache_dir / "state.lock"):
@@ -493,8 +495,32 @@ class CachedStore(WrapperStore):
         if self.verify == "once":
             return self._read_once(ekey, hdr, ident, offs, lens, dst, douts, name)
         file = self._file(ekey, ident) if ident is not None else None  # checks on the engine's threads
-        got = read_verified(self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len, file=file)
+        mode = self._hit_mode(ident, file.path) if file is not None else None
+        got = read_verified(
+            self._local, ekey, hdr.sums, offs, lens, dst, douts, name=name, base=hdr.header_len, file=file, read_mode=mode
+        )
         return got.tolist()
+
+    def _hit_mode(self, ident: _Ident, path: str) -> str | None:
+        """The read mode of a hit on the entry file ``ident``: ``"mapped"`` while the file is all in
+        the page cache (asked again every ``_RESIDENCY_RECHECK_S`` seconds): its chunks are then
+        copied out of the engine's mapping of it with their crc32c computed in the same pass, instead
+        of a read system call and a second pass for the check (entry files never change in place:
+        fills write a new file and rename it). Otherwise None: the engine's own mode (the page cache
+        without blocking, O_DIRECT for what is not cached). ``IOOptions.mapped = "off"`` keeps None."""
+        if self._local.engine.options.mapped == "off":
+            return None
+        now = time.monotonic()
+        with self._lock:
+            known = self._resident.get(ident)
+        if known is None or now >= known[0]:
+            known = (now + _RESIDENCY_RECHECK_S, resident_bytes(path) >= ident[2])
+            with self._lock:
+                self._resident[ident] = known
+                self._resident.move_to_end(ident)
+                while len(self._resident) > _MAX_OPEN_FILES:
+                    self._resident.popitem(last=False)
+        return "mapped" if known[1] else None
 
     def _read_once(
         self,
@@ -552,7 +578,10 @@ class CachedStore(WrapperStore):
             try:
                 # Ranges checked by submit_ranges, clipped non-negative int64: their uint64 views.
                 u64 = np.uint64
-                f.read_checked(as_buffer(dst), (plain_o + base).view(u64), plain_n.view(u64), plain_d.view(u64)).result()
+                mode = self._hit_mode(ident, f.path)
+                f.read_checked(
+                    as_buffer(dst), (plain_o + base).view(u64), plain_n.view(u64), plain_d.view(u64), direct=mode
+                ).result()
             except ShortReadError as e:
                 raise CorruptDataError(f"{name}: truncated ({e})") from None
         return n_arr.tolist()

@@ -185,6 +185,7 @@ def read_verified(
     name: str | None = None,
     base: int = 0,
     file: Any = None,
+    read_mode: str | None = None,
 ) -> np.ndarray:
     """Read ranges of ``key`` into host array ``dst`` (uint8), verifying every
     covering chunk. Ranges are clipped at the object's end (as ``exact=False``);
@@ -194,7 +195,9 @@ def read_verified(
     reported as read. ``base``: where the object starts inside ``key`` (bytes;
     for files that carry a header before the object). ``file``: an open
     :class:`storecomp.io.File` holding ``key``: chunk-aligned ranges are then
-    read from it and checked on the engine's threads as they land."""
+    read from it and checked on the engine's threads as they land, in
+    ``read_mode`` (a ``direct`` value of :meth:`storecomp.io.File.read_many_into`; ``"mapped"``:
+    the checks computed as the bytes are copied)."""
     label = name or f"{store.url}/{key}"
     if len(offsets) == 1 and len(lengths) == 1 and len(dst_offsets) == 1:
         # One range (a large read, a get): Python ints cost less than numpy's calls.
@@ -202,7 +205,7 @@ def read_verified(
         n = min(off + ln, sums.size) - off
         c = sums.chunk_bytes
         if min(off, ln, at) >= 0 and n > 0 and at + n <= dst.size and off % c == 0 and (n % c == 0 or off + n == sums.size):
-            _read_direct(store, key, sums, np.array([off]), np.array([n]), dst, np.array([at]), label, base, file)
+            _read_direct(store, key, sums, np.array([off]), np.array([n]), dst, np.array([at]), label, base, file, read_mode)
             return np.array([n], np.uint64)
     # Vectorised, with few numpy calls: a cache hit must not pay Python per range.
     try:
@@ -227,13 +230,13 @@ def read_verified(
     misfit = np.minimum(end % c, size - end)
     misfit += offs % c  # 0 when chunk-aligned
     if not misfit.any() and n.min() > 0:  # the usual case: every range aligned and inside the object
-        _read_direct(store, key, sums, offs, n, dst, douts, label, base, file)
+        _read_direct(store, key, sums, offs, n, dst, douts, label, base, file, read_mode)
         return n.view(np.uint64)
     out = np.zeros(rows.shape[1], np.uint64)
     direct = (misfit == 0) & (n > 0)
     di = np.flatnonzero(direct)
     if di.size:
-        _read_direct(store, key, sums, offs[di], n[di], dst, douts[di], label, base, file)
+        _read_direct(store, key, sums, offs[di], n[di], dst, douts[di], label, base, file, read_mode)
         out[di] = n[di]
     staged = np.flatnonzero(~direct & (n > 0))
     if staged.size:
@@ -261,6 +264,7 @@ def _read_direct(
     label: str,
     base: int,
     file: Any,
+    read_mode: str | None = None,
 ) -> None:
     """Chunk-aligned ranges (int64 arrays, checked against ``dst``) straight into ``dst``, verified:
     through ``file``, each chunk's crc32c is computed by the engine's threads as it lands and
@@ -274,7 +278,9 @@ def _read_direct(
     try:
         # Non-negative int64 values: their uint64 views are the same numbers, no copies.
         u64 = np.uint64
-        fut = file.read_checked(as_buffer(dst), (offs + base).view(u64), lens.view(u64), douts.view(u64), crc_step=c)
+        fut = file.read_checked(
+            as_buffer(dst), (offs + base).view(u64), lens.view(u64), douts.view(u64), crc_step=c, direct=read_mode
+        )
         got = fut.checksums()
     except ShortReadError as e:
         raise CorruptDataError(f"{label}: object is shorter than its checksums say ({e})") from None

@@ -19,7 +19,7 @@ DOCUMENTED = [
     "engine.io_path", "path", "cuda.driver", "cuda.devices", "gds.kvikio", "gds.available", "gds.reason",
     "io_paths.host", "io_paths.cuda", "io_paths.cuda_reason", "fio.path", "fio.version", "optional", "advice",
     "page_cache.mem_total_bytes", "page_cache.mem_available_bytes", "page_cache.cgroup_limit_bytes",
-    "page_cache.budget_bytes", "page_cache.pressure_floor_bytes", "page_cache.direct", "page_cache.choice",
+    "page_cache.budget_bytes", "page_cache.pressure_floor_bytes", "page_cache.direct", "page_cache.mapped", "page_cache.choice",
     "encryption.backend", "encryption.reason", "encryption.openssl",
 ]  # fmt: skip
 
@@ -79,18 +79,30 @@ def test_path_probe_reports_o_direct(capsys: pytest.CaptureFixture[str], tmp_pat
     assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
 
 
-@pytest.mark.parametrize("direct,tier", [("auto", "buffered"), ("on", "direct")])
+@pytest.mark.parametrize(
+    "direct,mapped,tier,read_path",
+    [("auto", "auto", "buffered", "mapped"), ("auto", "off", "buffered", "buffered"), ("on", "auto", "direct", "direct")],
+)
 def test_path_reports_the_page_cache_tier_and_why(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: str, tier: str
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    direct: str,
+    mapped: str,
+    tier: str,
+    read_path: str,
 ) -> None:
+    """The file was just written: all of it in the page cache, so a buffered tier reads it mapped."""
     (tmp_path / "a.bin").write_bytes(b"x" * 8192)
     monkeypatch.setenv("STORECOMP_DIRECT", direct)
+    monkeypatch.setenv("STORECOMP_MAPPED", mapped)
     doc = _info_json(capsys, str(tmp_path))
     choice = doc["page_cache"]["choice"]
     assert choice["tier"] == tier and choice["data_bytes"] == 8192 and choice["reason"]
+    assert choice["read_path"] == read_path and doc["page_cache"]["mapped"] == mapped
     assert 0 < doc["page_cache"]["budget_bytes"] <= doc["page_cache"]["mem_available_bytes"]
     assert main(["info", str(tmp_path)]) == 0
-    assert f"tier:         {tier} for {tmp_path}" in capsys.readouterr().out
+    assert f"tier:         {tier} ({read_path} reads) for {tmp_path}" in capsys.readouterr().out
 
 
 def test_missing_path_is_reported_not_raised(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

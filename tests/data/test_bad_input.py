@@ -164,21 +164,33 @@ def test_manifest_missing_a_key_is_corrupt_data(shard_ds: str, drop: str) -> Non
         open_dataset(shard_ds)
 
 
-@pytest.mark.parametrize("direct", ["off", "on"], ids=["buffered", "o_direct"])
-def test_dataset_modified_on_disk_between_epochs_is_a_checksum_error(shard_ds: str, direct: str) -> None:
-    """Epoch 0 reads the data set (buffered: it stays in the page cache);
-    then a sample changes on disk in place. Epoch 1 never hands out the old
-    bytes (the page cache holds the new ones) nor the new ones unchecked:
-    the engine's per-sample crc32c fails and the error names the sample."""
+@pytest.mark.parametrize(
+    "direct,mapped,read_path",
+    [("off", "auto", "mapped"), ("off", "off", "buffered"), ("on", "auto", "direct")],
+    ids=["mapped", "buffered", "o_direct"],
+)
+def test_dataset_modified_on_disk_between_epochs_is_a_checksum_error(
+    shard_ds: str, direct: str, mapped: str, read_path: str
+) -> None:
+    """Epoch 0 reads the data set (buffered: it stays in the page cache; its
+    shards, just written, are all resident, so they are read mapped unless
+    that is turned off); then a sample changes on disk in place. Epoch 1
+    never hands out the old bytes (the page cache, and the mapping of it,
+    hold the new ones) nor the new ones unchecked: the engine's per-sample
+    crc32c (computed as the bytes are copied, when mapped) fails and the
+    error names the sample."""
     from storecomp.io import Engine
 
     ds = open_dataset(shard_ds)
     stride = ds.columns[0].nbytes
     path = shard_paths(shard_ds)[0]
-    with Engine(direct=direct) as eng:
+    with Engine(direct=direct, mapped=mapped) as eng:
         loader = DataLoader(shard_ds, 32, seed=3, engine=eng)
         assert sum(b["label"].shape[0] for b in loader) == len(ds)
-        assert loader.metrics()["tier"] == ("buffered" if direct == "off" else "direct")
+        m = loader.metrics()
+        assert m["tier"] == ("buffered" if direct == "off" else "direct")
+        assert m["read_path"] == read_path
+        assert (eng.stats()["mapped_pieces"] > 0) == (read_path == "mapped")
         with open(path, "r+b") as f:  # the same inode, rewritten in place
             f.seek(7 * stride + 1)
             f.write(b"\xa5\x5a")

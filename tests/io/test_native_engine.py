@@ -69,6 +69,8 @@ def test_engine_reports_backend_and_config(backend_name: str) -> None:
             "cancelled",
             "bounce_handoffs",
             "bounce_arena_bytes",
+            "mapped_pieces",
+            "mapped_faults",
         }
         assert all(v == 0 for v in eng.stats().values())
     finally:

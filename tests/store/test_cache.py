@@ -107,6 +107,30 @@ def test_partial_and_corrupt_entries_are_never_served(tmp_path: Path, remote: Lo
     assert c4.get("obj/3") == data and c4.stats.hits >= 1
 
 
+def test_hits_on_resident_entries_are_copied_out_of_mappings_and_still_checked(tmp_path: Path, remote: LocalStore) -> None:
+    """verify="always": a hit on an entry file that is all in the page cache copies out of the
+    engine's mapping of it, the crc32c computed in the copy; bit rot written in place into that
+    very inode (the mapping shows it) is still caught, discarded and refetched."""
+    from storecomp.io import default_engine
+
+    data = blob(100 * KiB + 7, 7)
+    c = CachedStore(remote, tmp_path / "cache", 10 << 20)
+    assert c.get("obj/7") == data  # a miss: filled (the entry file is written through the page cache)
+    before = default_engine().stats()["mapped_pieces"]
+    dst = np.zeros(64 * KiB, np.uint8)
+    assert c.read_ranges("obj/7", [64 * KiB], [64 * KiB], dst, [0], exact=False).tolist() == [36 * KiB + 7]
+    assert dst[: 36 * KiB + 7].tobytes() == data[64 * KiB :]  # chunk-aligned: read from the entry file
+    assert default_engine().stats()["mapped_pieces"] > before
+    path = c._local.root / c._entry_key("obj/7", None)
+    with open(path, "r+b") as f:  # the same inode: the mapping the engine keeps sees the new byte
+        f.seek(-1000, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-1000, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x10]))
+    assert c.get("obj/7") == data  # detected, discarded, refetched
+    assert c.stats.corrupt_discarded == 1
+
+
 def test_verify_once_checks_each_chunk_before_first_use(tmp_path: Path, remote: LocalStore) -> None:
     b = CachedStore(remote, tmp_path / "cache-b", 10 << 20, block_bytes=64 * KiB, verify="once")
     assert b.get("obj/0", 90 * KiB) == blob(100 * KiB, 0)[90 * KiB :]
