@@ -127,6 +127,23 @@ def test_a_file_truncated_under_the_mapping_is_an_error_not_a_crash(data_file: t
     assert buf[: 1 << 20].tobytes() == data[: 1 << 20]
 
 
+def test_a_file_shrunk_inside_a_page_never_reads_as_zeros(data_file: tuple[str, bytes], eng: Engine) -> None:
+    """Shrunk to a size inside a page: the mapping still shows that page, zeros past the new end
+    (no SIGBUS). A read without checks that covers those bytes fails as changed, never returns
+    the zeros as the file's bytes; what is still the file's reads."""
+    path, data = data_file
+    f = eng.open(path)
+    buf = np.empty(SIZE, np.uint8)
+    f.read_many_into(buf, [0], [SIZE], [0], direct="mapped").result()  # mapped whole
+    new_end = (1 << 20) + 100
+    os.truncate(path, new_end)
+    for off, n in ((1 << 20, 4096), (0, 2 << 20)):  # inline, and on the pool
+        with pytest.raises(StorageIOError, match="changed under the read"):
+            f.read_many_into(buf, [off], [n], [0], direct="mapped").result()
+    assert int(f.read_many_into(buf, [1 << 20], [100], [0], direct="mapped").result()[0]) == 100
+    assert buf[:100].tobytes() == data[1 << 20 : new_end]
+
+
 @_not_under_tsan
 def test_truncating_while_reads_run_never_crashes(data_file: tuple[str, bytes], eng: Engine) -> None:
     """A writer shrinks and regrows the file while mapped reads run on the pool: each read gives the
