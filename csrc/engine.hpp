@@ -62,6 +62,10 @@ struct FileEntry {
   // `addr` can go to the kernel as it is: aligned as the kernel reports for
   // this file, else to `align`. Only after direct_fd() returned a descriptor.
   bool direct_ok(uint64_t offset, uint64_t len, uintptr_t addr, uint64_t align) const;
+  // The granularity, in bytes, of the file offsets and lengths of the
+  // O_DIRECT reads that bounce an unaligned one: `align`, or the kernel's
+  // (statx) when that is coarser (a 4 KiB-sector device under align=512).
+  uint64_t dio_align(uint64_t align) const { return align > dio_offset_align ? align : dio_offset_align; }
 };
 
 // Open files by id. A batch holds its files, so closing an id while I/O is
