@@ -76,8 +76,8 @@ constexpr uint64_t kBounceHandoffBytes = 32 << 10;
 // mu_ and wake the reaper through an eventfd (a multishot poll on it sits in
 // the ring); only the reaper touches the submission queue. Each round it
 // fills the ring from the pending queue (at most queue_depth pieces in
-// flight), then submits and waits for completions in one system call, as
-// fio does. Unaligned O_DIRECT reads bounce through the arena, in the
+// flight), each piece in its own io_uring_enter, then waits for at least one
+// completion and handles all that have come, as fio does. Unaligned O_DIRECT reads bounce through the arena, in the
 // ring, and the copies out of it of all but small pieces run on the thread
 // pool (never serialised on the reaper); large AUTO reads go to the thread
 // pool for their page-cache attempt (misses come back here).
