@@ -76,11 +76,12 @@ constexpr uint64_t kBounceHandoffBytes = 32 << 10;
 // mu_ and wake the reaper through an eventfd (a multishot poll on it sits in
 // the ring); only the reaper touches the submission queue. Each round it
 // fills the ring from the pending queue (at most queue_depth pieces in
-// flight), each piece in its own io_uring_enter, then waits for at least one
-// completion and handles all that have come, as fio does. Unaligned O_DIRECT reads bounce through the arena, in the
-// ring, and the copies out of it of all but small pieces run on the thread
-// pool (never serialised on the reaper); large AUTO reads go to the thread
-// pool for their page-cache attempt (misses come back here).
+// flight), each O_DIRECT piece in its own io_uring_enter, then waits for at
+// least one completion and handles all that have come, as fio does.
+// Unaligned O_DIRECT reads bounce through the arena, in the ring, and the
+// copies out of it of all but small pieces run on the thread pool (never
+// serialised on the reaper); large AUTO reads go to the thread pool for
+// their page-cache attempt (misses come back here).
 class Uring final : public UringBackend {
  public:
   Uring(unsigned qd, ThreadPool& pool, Stats& stats, uint64_t align, uint64_t split_bytes)
@@ -492,19 +493,22 @@ class Uring final : public UringBackend {
       io_uring_sqe_set_data(sqe, nullptr);
       to_pool->push_back(p);
     }
-    io_uring_submit(&ring_);  // an error leaves the SQE in the ring: the next enter submits it
+    // Reads and writes of the device go at once; page-cache ones (buffered, RWF_NOWAIT), which the
+    // kernel serves inline, go together with the round's wait. An error leaves the SQE in the ring:
+    // the next enter submits it.
+    if (p->issued == ISSUED_DIRECT || p->issued == ISSUED_BOUNCE) io_uring_submit(&ring_);
     return true;
   }
 
-  // Fills the ring from the pending queue, one piece per io_uring_enter, as
-  // fio submits by default (iodepth_batch_submit=1). On a virtio disk a
-  // burst of reads in one enter reaches the host as one batch, which it
-  // serves one by one: reads submitted ten at a time waited ~420 us in the
-  // device against ~290 us submitted one at a time, at the same queue
-  // depth. Returns with mu_'s last section having set reaper_waiting_ (or
-  // *exit): a piece queued after that wakes the reaper. (When the
-  // submission queue is full, it returns with pieces in flight, whose
-  // completions end the wait.)
+  // Fills the ring from the pending queue, one O_DIRECT piece per
+  // io_uring_enter, as fio submits by default (iodepth_batch_submit=1). On
+  // a virtio disk a burst of reads in one enter reaches the host as one
+  // batch, which it serves one by one: reads submitted ten at a time waited
+  // ~420 us in the device against ~290 us submitted one at a time, at the
+  // same queue depth. Returns with mu_'s last section having set
+  // reaper_waiting_ (or *exit): a piece queued after that wakes the reaper.
+  // (When the submission queue is full, it returns with pieces in flight,
+  // whose completions end the wait.)
   void fill(std::vector<Piece*>* to_pool, bool* exit) {
     for (;;) {
       Piece* p;
