@@ -416,8 +416,8 @@ class Uring final : public UringBackend {
       }
     }
     void* buf = reinterpret_cast<void*>(addr);
-    bool fixed = p->issued == ISSUED_DIRECT && fixed_len_ && addr >= fixed_base_ &&
-                 addr + len <= fixed_base_ + fixed_len_;
+    bool fixed = p->issued == ISSUED_DIRECT && seen_fixed_len_ && addr >= seen_fixed_base_ &&
+                 addr + len <= seen_fixed_base_ + seen_fixed_len_;
     if (r.op == OP_READ) {
       if (fixed)
         io_uring_prep_read_fixed(sqe, fd, buf, len, off, kFixedStaging);
@@ -516,6 +516,8 @@ class Uring final : public UringBackend {
       {
         std::lock_guard<std::mutex> g(mu_);
         run_registration_locked();
+        seen_fixed_base_ = fixed_base_;  // prep() reads them outside the lock
+        seen_fixed_len_ = fixed_len_;
         p = take_locked(to_pool, &bounce);
         if (!p) {
           *exit = stopping_ && inflight_ == 0;
@@ -760,6 +762,8 @@ class Uring final : public UringBackend {
   bool rearm_ = false;     // reaper thread only
   uintptr_t fixed_base_ = 0;
   uint64_t fixed_len_ = 0;
+  uintptr_t seen_fixed_base_ = 0;  // reaper only: fixed_base_ and fixed_len_ as of its last section under mu_
+  uint64_t seen_fixed_len_ = 0;
   bool sparse_ = false;  // fixed buffers in a sparse table (kFixedStaging, kFixedBounce)
   bool disabled_ = false;  // created disabled: the reaper enables it (SINGLE_ISSUER)
   RegCommand reg_;
