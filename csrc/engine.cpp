@@ -65,15 +65,21 @@ uint64_t pwrite_full(int fd, const uint8_t* src, uint64_t len, uint64_t off, int
   return done;
 }
 
-// Reads [off, off+len) with O_DIRECT through the aligned bounce area.
+// Reads [off, off+len) with O_DIRECT through the aligned bounce area, in
+// reads of whole `align` units (at most the bounce area's whole units).
 uint64_t bounce_read(int fd, uint64_t off, uint64_t len, uint8_t* dst, uint64_t align,
                      uint8_t* bounce, uint64_t bounce_bytes, int* err) {
+  uint64_t room = round_down(bounce_bytes, align);
+  if (room == 0) {
+    *err = EINVAL;  // a unit larger than the bounce area
+    return 0;
+  }
   uint64_t done = 0;
   while (done < len) {
     uint64_t cur = off + done;
     uint64_t aoff = round_down(cur, align);
     uint64_t skip = cur - aoff;
-    uint64_t want = std::min(len - done, bounce_bytes - skip);
+    uint64_t want = std::min(len - done, room - skip);
     uint64_t alen = round_up(skip + want, align);
     uint64_t got = pread_full(fd, bounce, alen, aoff, true, err);
     if (*err) break;
@@ -437,7 +443,7 @@ uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t
   if (fd >= 0 && f.direct_ok(off, len, reinterpret_cast<uintptr_t>(dst), align))
     got += pread_full(fd, dst, len, off, true, err);
   else if (fd >= 0)
-    got += direct_read(fd, off, len, dst, align, bounce, bounce_bytes, stats, err);
+    got += direct_read(fd, off, len, dst, f.dio_align(align), bounce, bounce_bytes, stats, err);
   else
     got += pread_full(f.fd_buffered, dst, len, off, false, err);
   stats.bytes_read += got;

@@ -88,6 +88,11 @@ struct FileEntry {
   // be mapped (writable, or mmap refused it: a later call does not retry).
   std::shared_ptr<const FileMapping> mapping(uint64_t end);
 
+  // The granularity, in bytes, of the file offsets and lengths of the
+  // O_DIRECT reads that bounce an unaligned one: `align`, or the kernel's
+  // (statx) when that is coarser (a 4 KiB-sector device under align=512).
+  uint64_t dio_align(uint64_t align) const { return align > dio_offset_align ? align : dio_offset_align; }
+
  private:
   std::mutex map_mu_;
   std::shared_ptr<const FileMapping> map_;

@@ -1,6 +1,7 @@
 """A real seccomp filter that makes io_uring_setup fail with EPERM, as container runtimes' default
-profiles do, installed from Python (prctl through ctypes) so that the production extension carries
-no test hook. Irreversible for the process: call it in a child process only."""
+profiles do (or io_uring_register only, as stricter hand-written profiles do), installed from Python
+(prctl through ctypes) so that the production extension carries no test hook. Irreversible for the
+process: call it in a child process only."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ _SECCOMP_RET_ERRNO = 0x00050000
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
-#: io_uring_setup has number 425 in the unified syscall table (x86_64, aarch64, ...).
-_NR_IO_URING_SETUP = 425
+#: The io_uring system calls' numbers in the unified syscall table (x86_64, aarch64, ...).
+_NR = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}
 
 
 class _SockFilter(ctypes.Structure):
@@ -29,13 +30,13 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def block_io_uring() -> None:
-    """Install the filter in this process (OSError when the kernel refuses it)."""
+def block_io_uring(syscall: str = "io_uring_setup") -> None:
+    """Install the filter, which fails ``syscall`` with EPERM, in this process (OSError when the kernel refuses it)."""
     if platform.machine() not in ("x86_64", "aarch64"):
         raise OSError(f"io_uring_setup's syscall number is not known for {platform.machine()}")
     prog = (_SockFilter * 4)(
         _SockFilter(_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
-        _SockFilter(_BPF_JMP_JEQ_K, 0, 1, _NR_IO_URING_SETUP),
+        _SockFilter(_BPF_JMP_JEQ_K, 0, 1, _NR[syscall]),
         _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 1),  # EPERM
         _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
     )

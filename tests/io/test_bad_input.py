@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -384,6 +385,80 @@ def test_io_uring_forced_by_environment_when_blocked() -> None:
         env={"STORECOMP_ENGINE": "io_uring"},
     )
     assert "refused: io_uring unavailable" in out.stdout
+
+
+def test_a_ring_that_cannot_be_enabled_falls_back_to_threads(small_file: DataFile) -> None:
+    """A seccomp profile that lets io_uring_setup through but refuses io_uring_register: the ring,
+    created disabled, cannot be enabled, so it would never complete a read (it hung, spinning on
+    EBADFD). The engine says why and reads with the thread pool; a forced io_uring is refused."""
+    if not __import__("storecomp")._native.HAVE_LIBURING:
+        pytest.skip("built without liburing: no ring to enable")
+    out = run_python(
+        f"""
+        import numpy as np
+        import storecomp.io as scio
+        from storecomp.errors import UnavailableError
+        from tests.seccomp import block_io_uring; block_io_uring("io_uring_register")
+        with scio.Engine(direct="on") as eng:
+            assert eng.backend == "threads", eng.backend
+            dst = np.zeros({small_file.size}, np.uint8)
+            assert scio.read_into({str(small_file.path)!r}, dst, engine=eng) == {small_file.size}
+            assert dst.tobytes() == open({str(small_file.path)!r}, "rb").read()
+            print("reason:", eng.backend_reason)
+        try:
+            scio.Engine(engine="io_uring")
+        except UnavailableError as e:
+            print("refused:", e)
+        """,
+        timeout=60,
+    )
+    reason = next(ln for ln in out.stdout.splitlines() if ln.startswith("reason:"))
+    assert "IORING_REGISTER_ENABLE_RINGS" in reason and "Operation not permitted" in reason
+    assert "refused: io_uring unavailable" in out.stdout and "IORING_REGISTER_ENABLE_RINGS" in out.stdout
+
+
+@pytest.fixture
+def sector_4k_device(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
+    """A loop block device with 4 KiB logical sectors over a 4 MiB file of random bytes:
+    O_DIRECT there needs 4096-aligned offsets and lengths (statx dio_offset_align 4096)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("needs root and losetup for a loop device with 4 KiB sectors")
+    data = np.random.default_rng(12).integers(0, 256, 4 << 20, dtype=np.uint8).tobytes()
+    image = tmp_path / "sectors.img"
+    image.write_bytes(data)
+    made = subprocess.run(["losetup", "-f", "--show", "-b", "4096", str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"losetup could not make a loop device here: {made.stderr.strip()}")
+    dev = made.stdout.strip()
+    try:
+        yield dev, data
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def test_bounces_use_the_devices_coarser_sector_size(backend: str, sector_4k_device: tuple[str, bytes]) -> None:
+    """An engine configured with align=512 on a device with 4 KiB sectors: an unaligned O_DIRECT
+    read must bounce in whole 4 KiB sectors (the kernel's statx alignment), not 512-byte units,
+    which the device refuses with EINVAL."""
+    dev, data = sector_4k_device
+    with make_engine(backend, direct="on", align=512, split_bytes=1 << 20) as eng:
+        f = eng.open(dev)
+        # aligned to 512 but not to 4096; unaligned; crossing a piece; a whole-sector read as control
+        ranges = [(512, 512), (1000, 3000), (4096 + 512, 70_000), ((1 << 20) - 700, 5000), (8192, 4096)]
+        pool = StagingPool(1 << 20, 1 << 20, pin=False)
+        with pool.acquire() as slot:
+            for unaligned_dst in (False, True):
+                buf = slot.array[1 if unaligned_dst else 0 :]
+                douts = np.cumsum([0] + [n for _, n in ranges[:-1]])
+                fut = f.read_many_into(buf, [o for o, _ in ranges], [n for _, n in ranges], douts)
+                assert fut.result().tolist() == [n for _, n in ranges]
+                for (o, n), d in zip(ranges, douts, strict=True):
+                    assert buf[d : d + n].tobytes() == data[o : o + n], (o, n, unaligned_dst)
+        pool.close()
+        assert eng.stats()["bounce_pieces"] > 0 and eng.stats()["direct_fallbacks"] == 0
 
 
 # ---------------------------------------------------------------- kernel errors
