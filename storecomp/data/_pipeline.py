@@ -352,6 +352,7 @@ class Inline:
     """
 
     inline = True
+    ready_at_get = 0  #: batches at the head already read when the last :meth:`get` looked (for the step log)
 
     def __init__(self, producer: Producer, plans: Plans, pool: StagingPool) -> None:
         self._producer = producer
@@ -379,7 +380,7 @@ class Inline:
                     return None
                 # Reads that finished while this thread planned and submitted: noted as done by
                 # then, with that CPU work taken out of their latency (not as waited on).
-                p._poll(inflight, waited=False)
+                self.ready_at_get = p._poll(inflight, waited=False)
                 head = inflight[0]
                 if head.done_at is None:
                     clock.enter("io_wait")
