@@ -14,7 +14,6 @@ from typing import Any
 
 from . import _stalls
 
-
 _WAIT_KEYS = tuple(f"wait_{cause}_s" for cause in _stalls.CAUSES)  #: the counters of the waits per cause
 
 
