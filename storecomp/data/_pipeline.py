@@ -319,6 +319,7 @@ class Threaded:
     """
 
     inline = False
+    ready_at_get = 0  #: not kept here: the loader asks :meth:`queued` before :meth:`get`
 
     def __init__(self, producer: Producer, plans: Plans, pool: StagingPool) -> None:
         self._producer = producer
