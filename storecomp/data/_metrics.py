@@ -8,10 +8,13 @@ and the consumer adds each handed-over batch (:meth:`LoaderMetrics.account`);
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from typing import Any
 
 from . import _stalls
+
+_WAIT_KEYS = tuple(f"wait_{cause}_s" for cause in _stalls.CAUSES)  #: the counters of the waits per cause
 
 
 class LoaderMetrics:
@@ -37,8 +40,6 @@ class LoaderMetrics:
         CPU work, that work is taken out (the reads may have finished long
         before it), so producer CPU never reads as storage latency.
         """
-        import time
-
         m = self.m
         end = done_at or time.perf_counter()
         m["io_busy_s"] += max(0.0, end - max(submitted, m["io_last_end"]))
@@ -51,7 +52,7 @@ class LoaderMetrics:
     def storage_is_the_cause(self, waits: dict[str, float]) -> bool:
         """This wait, and the waits so far, were mostly the producer waiting on storage."""
         m, total = self.m, sum(waits.values())
-        so_far = sum(m[f"wait_{cause}_s"] for cause in _stalls.CAUSES)
+        so_far = sum(m[key] for key in _WAIT_KEYS)
         return total > 0 and waits["storage"] >= 0.5 * total and m["wait_storage_s"] >= 0.5 * so_far
 
     def account(
@@ -76,8 +77,9 @@ class LoaderMetrics:
         m["waited_batches"] += int(waits is not None)
         if waits is None:  # a batch was ready: the short wait is the hand-over itself
             waits = dict.fromkeys(_stalls.CAUSES, 0.0)
-        for cause, s in waits.items():
-            m[f"wait_{cause}_s"] += s
+        else:
+            for key, s in zip(_WAIT_KEYS, waits.values(), strict=True):  # waits are keyed in CAUSES order
+                m[key] += s
         if m["batches"] <= 10:
             m["wait_s_first10"] += t1 - t0
         record = _stalls.step_record(self.step_no, epoch, samples, t1 - t0, waits, read_ahead, ready)

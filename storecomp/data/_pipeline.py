@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ClosedError, StorecompError
-from ..io import StagingPool
+from ..io import BufferRef, StagingPool
 from . import _stalls
 from ._metrics import LoaderMetrics
 from ._plan import (
@@ -43,7 +43,7 @@ from ._readahead import ReadAhead
 from .datasets import Dataset
 from .readers import capabilities
 
-WINDOW = 16  #: batches planned at once (vectorised) when the reader has native batches
+WINDOW = 64  #: batches planned at once (vectorised) when the reader has native batches
 
 
 @dataclass
@@ -175,8 +175,12 @@ class Producer:
             reader: Any = self.dataset.reader  # its capabilities say which submit methods it has
             flat = plan.flat
             if flat is not None:
+                # The slot described without as_buffer's probing (a staging slot: host memory, writable).
+                ref = BufferRef(slot.address, slot.nbytes, "cpu", 0, False, slot.array)
                 futures.append(
-                    reader.submit_flat(slot.array, files, flat.file_index, flat.offsets, flat.lengths, flat.dst, flat.crc_steps)
+                    reader.submit_flat(
+                        ref, files, flat.file_index, flat.offsets, flat.lengths, flat.dst, flat.crc_steps, dst_end=flat.dst_end
+                    )
                 )
             elif (self._caps.native_batches or self._caps.store_batches) and plan.reads:
                 futures.append(reader.submit_many(slot.array, plan.reads, crc_steps(plan)))
@@ -194,21 +198,23 @@ class Producer:
         return _InFlight(plan, slot, futures, submitted, end, cpu_at_submit=self._clock.cpu())
 
     def _complete(self, item: _InFlight) -> dict[str, Any]:
-        import torch
-
+        plan = item.plan
+        crcs = None
         try:
-            for f in item.futures:
-                f.result()
+            if plan.flat is not None and plan.verified:
+                crcs = item.futures[0].checksums()  # its one read's result, raised like result()
+            else:
+                for f in item.futures:
+                    f.result()
         except BaseException:
             item.slot.release()
             raise
         if item.done_at is None:
             item.done_at, item.cpu_at_done = time.perf_counter(), self._clock.cpu()
         self.metrics.busy(item.submitted, item.done_at, item.seen_waiting, item.cpu_at_submit, item.cpu_at_done)
-        plan = item.plan
         self._clock.enter("checksum")
         if plan.flat is not None:
-            bad = plan.flat.corrupt(item.futures[0].checksums()) if plan.verified else []
+            bad = plan.flat.corrupt(crcs) if plan.verified else []
         else:
             crcs = _engine_crcs(item.futures) if plan.checks else None
             bad = find_corrupt(plan, item.slot.array, crcs) if plan.checks else []
@@ -225,6 +231,8 @@ class Producer:
         if self.device.type == "cpu":
             batch = build_tensors(self.dataset, self.layout, plan, owner)
         else:
+            import torch
+
             batch = self._to_device(plan, torch.from_numpy(owner))
         del owner
         if bad:
@@ -233,6 +241,8 @@ class Producer:
             self._m["corrupt_skipped"] += len(bad)
             batch = drop_rows(batch, self.dataset, keep)
             if self.device.type == "cuda":  # the row selection ran on this thread's stream, not the consumer's
+                import torch
+
                 torch.cuda.current_stream(self.device).synchronize()
         return batch
 
@@ -291,6 +301,7 @@ class _OwnSlot:
 
         self._buffer = HostBuffer(nbytes)
         self.array: np.ndarray = np.frombuffer(self._buffer, np.uint8)  # type: ignore[call-overload]
+        self.address, self.nbytes = int(self.array.ctypes.data), nbytes
 
     def release(self) -> None:
         pass
@@ -308,6 +319,7 @@ class Threaded:
     """
 
     inline = False
+    ready_at_get = 0  #: not kept here: the loader asks :meth:`queued` before :meth:`get`
 
     def __init__(self, producer: Producer, plans: Plans, pool: StagingPool) -> None:
         self._producer = producer
@@ -352,6 +364,7 @@ class Inline:
     """
 
     inline = True
+    ready_at_get = 0  #: batches at the head already read when the last :meth:`get` looked (for the step log)
 
     def __init__(self, producer: Producer, plans: Plans, pool: StagingPool) -> None:
         self._producer = producer
@@ -379,7 +392,7 @@ class Inline:
                     return None
                 # Reads that finished while this thread planned and submitted: noted as done by
                 # then, with that CPU work taken out of their latency (not as waited on).
-                p._poll(inflight, waited=False)
+                self.ready_at_get = p._poll(inflight, waited=False)
                 head = inflight[0]
                 if head.done_at is None:
                     clock.enter("io_wait")
@@ -498,13 +511,13 @@ class Plans:
         """The next batch's plan, its end position in the epoch and the open files it reads (or None)."""
         if not self._ready:
             lo = self._producer
-            want = min(WINDOW, max(2, 2 * lo.read_ahead.depth)) if self._windowed else 1
+            want = min(WINDOW, max(2, 8 * lo.read_ahead.depth)) if self._windowed else 1
             taken: list[Any] = []
             while len(taken) < want and self._steps.peek() is not None:
                 taken.append(next(self._steps))
             if not taken:
                 raise StopIteration
-            batches = [np.sort(self._order[first : first + count]) for first, count, _ in taken]
+            batches = _sorted_batches(self._order, taken)
             if self._keys is not None:
                 plans = plan_window(lo.dataset, lo.layout, batches, lo.verify, self._keys)
                 flat = plans[0].flat
@@ -516,6 +529,17 @@ class Plans:
                     (plan_batch(lo.dataset, lo.layout, b, lo.verify), t[2], None) for b, t in zip(batches, taken, strict=True)
                 )
         return self._ready.popleft()
+
+
+def _sorted_batches(order: np.ndarray, taken: list[Any]) -> list[np.ndarray]:
+    """Each batch's indices (``(first, count, end)`` in ``taken``: a slice of ``order``) sorted ascending;
+    one 2-D gather and sort when the batches are the same size."""
+    counts = {t[1] for t in taken}
+    if len(counts) != 1 or len(taken) == 1:
+        return [np.sort(order[first : first + count]) for first, count, _ in taken]
+    count = counts.pop()
+    rows = np.sort(order[np.array([t[0] for t in taken], np.int64)[:, None] + np.arange(count)], axis=1)
+    return list(rows)
 
 
 class _Lookahead:

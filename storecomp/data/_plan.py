@@ -73,6 +73,7 @@ class FlatReads:
     lengths: np.ndarray
     dst: np.ndarray
     crc_steps: np.ndarray | None = None
+    dst_end: int | None = None  # max(dst + lengths): the slot bytes the reads need (None: not computed)
     expected: np.ndarray | None = None
     rows: np.ndarray | None = None
     local: np.ndarray | None = None
@@ -185,13 +186,20 @@ def plan_window(
         corder = np.argsort(cb, kind="stable")
         cexp, crow, clocal, coff = (np.concatenate(a)[corder] for a in (c_exp, c_row, c_local, c_off))
         cbounds = np.searchsorted(cb[corder], np.arange(len(batches) + 1))
+        cb_list = cbounds.tolist()
     per_sample = sum(col.nbytes for col in ds.columns)
+    # Each batch's slot bytes, for the destination size check at submission: one pass for the window.
+    ends = np.zeros(len(batches), np.int64)
+    has = np.flatnonzero(rbounds[1:] > rbounds[:-1])
+    if has.size:
+        ends[has] = np.maximum.reduceat((rdst + rlen).astype(np.int64), rbounds[:-1][has])
+    ends_list, rb_list = ends.tolist(), rbounds.tolist()
     plans = []
     for k, indices in enumerate(batches):
-        lo, hi = int(rbounds[k]), int(rbounds[k + 1])
-        flat = FlatReads(window_keys, rfile[lo:hi], roff[lo:hi], rlen[lo:hi], rdst[lo:hi])
+        lo, hi = rb_list[k], rb_list[k + 1]
+        flat = FlatReads(window_keys, rfile[lo:hi], roff[lo:hi], rlen[lo:hi], rdst[lo:hi], dst_end=ends_list[k])
         if cbounds is not None:
-            a, b = int(cbounds[k]), int(cbounds[k + 1])
+            a, b = cb_list[k], cb_list[k + 1]
             flat.crc_steps = rstep[lo:hi]
             flat.expected, flat.rows, flat.local, flat.file_offsets = cexp[a:b], crow[a:b], clocal[a:b], coff[a:b]
         plans.append(BatchPlan(int(indices.size), indices, nbytes=int(indices.size) * per_sample, flat=flat))

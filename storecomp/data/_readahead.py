@@ -9,7 +9,7 @@ depth would not help them.
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from ..errors import InvalidArgumentError
 from ._metrics import LoaderMetrics
@@ -48,7 +48,7 @@ class ReadAhead:
         need = self.depth
         if step > 0 and m["latency_ema"] > 0:
             # 2x the mean latency: storage latency has a long tail.
-            need = max(need, int(np.ceil(2 * m["latency_ema"] / step)) + 1)
+            need = max(need, math.ceil(2 * m["latency_ema"] / step) + 1)
         if storage_wait and m["batches"] > 1:
             need = max(need, 2 * self.depth)  # a wait despite the estimate: grow fast
         self.depth = int(min(max(1, need), self.max_slots - 1))

@@ -19,14 +19,21 @@ STAGES = ("plan", "io_wait", "checksum", "collate", "h2d", "idle")
 CPU_STAGES = ("plan", "checksum", "collate")
 #: What a wait is blamed on, from the stages the producer spent it in.
 CAUSES = {"storage": ("io_wait",), "producer_cpu": CPU_STAGES, "h2d": ("h2d",), "consumer_holds_slots": ("idle",)}
+_CPU = frozenset(CPU_STAGES)
+_CAUSE_STAGES = tuple(CAUSES.values())
+_CAUSE_OF = {s: i for i, stages in enumerate(_CAUSE_STAGES) for s in stages}
 
 
 class StageClock:
-    """Seconds the producer thread spent in each stage; thread-safe, readable mid-stage."""
+    """Seconds the producer thread spent in each stage; thread-safe, readable mid-stage.
+
+    :meth:`enter` and :meth:`cpu` are O(1) and build nothing (several calls per batch).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._totals = dict.fromkeys(STAGES, 0.0)
+        self._cpu = 0.0  # the CPU stages' part of _totals, kept as they close
         self._stage: str | None = None
         self._since = 0.0
 
@@ -34,8 +41,12 @@ class StageClock:
         """The producer starts ``stage`` now (None: between stages, not counted)."""
         now = time.perf_counter()
         with self._lock:
-            if self._stage is not None:
-                self._totals[self._stage] += now - self._since
+            running = self._stage
+            if running is not None:
+                spent = now - self._since
+                self._totals[running] += spent
+                if running in _CPU:
+                    self._cpu += spent
             self._stage, self._since = stage, now
 
     def reset(self) -> None:
@@ -43,6 +54,7 @@ class StageClock:
         now = time.perf_counter()
         with self._lock:
             self._totals = dict.fromkeys(STAGES, 0.0)
+            self._cpu = 0.0
             self._since = now
 
     def read(self) -> dict[str, float]:
@@ -54,20 +66,34 @@ class StageClock:
                 out[self._stage] += now - self._since
         return out
 
+    def causes(self) -> tuple[float, ...]:
+        """Seconds so far per cause of :data:`CAUSES` (in its order), the running stage included; for :func:`blame`."""
+        now = time.perf_counter()
+        with self._lock:
+            t = self._totals
+            running, since = self._stage, self._since
+            out = [sum(t[s] for s in stages) for stages in _CAUSE_STAGES]
+        if running is not None:
+            out[_CAUSE_OF[running]] += now - since
+        return tuple(out)
+
     def cpu(self) -> float:
         """Producer CPU seconds so far (planning, checksums, collation)."""
-        t = self.read()
-        return sum(t[s] for s in CPU_STAGES)
+        with self._lock:
+            if self._stage in _CPU:
+                return self._cpu + time.perf_counter() - self._since
+            return self._cpu
 
 
-def blame(wait_s: float, before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Split a consumer wait of ``wait_s`` seconds over :data:`CAUSES`, in proportion
-    to the producer's seconds per stage between the ``before`` and ``after`` readings."""
-    spent = {cause: sum(max(0.0, after[s] - before[s]) for s in stages) for cause, stages in CAUSES.items()}
-    total = sum(spent.values())
+def blame(wait_s: float, before: tuple[float, ...], after: tuple[float, ...]) -> dict[str, float]:
+    """Split a consumer wait of ``wait_s`` seconds over :data:`CAUSES`, in proportion to the producer's
+    seconds per cause between the ``before`` and ``after`` readings (:meth:`StageClock.causes`)."""
+    spent = [max(0.0, a - b) for a, b in zip(after, before, strict=True)]
+    total = sum(spent)
     if total <= 0:  # the producer did nothing we measure during the wait (it was already done)
         return dict.fromkeys(CAUSES, 0.0)
-    return {cause: wait_s * s / total for cause, s in spent.items()}
+    k = wait_s / total
+    return {cause: k * s for cause, s in zip(CAUSES, spent, strict=True)}
 
 
 def bottleneck(wait_fraction: float, waits: dict[str, float], read_ahead_at_limit: bool) -> str:

@@ -284,17 +284,19 @@ class DataLoader:
             metrics, clock = self._metrics, self._metrics.clock
             while True:
                 t_enter = time.perf_counter()  # the consumer is blocked in next() from here
-                stages_before = clock.read()
-                queued = source.queued()
+                stages_before = clock.causes()
+                queued = -1 if source.inline else source.queued()  # inline: counted by get() itself
                 got = source.get()
                 if got is None:
                     break
                 head, batch = got
                 del got
                 t_out = time.perf_counter()
+                if queued < 0:
+                    queued = source.ready_at_get
                 # Inline, next() itself plans, checks and shapes: its time is blamed even when the reads were done.
                 waited = queued == 0 or source.inline
-                waits = _stalls.blame(t_out - t_enter, stages_before, clock.read()) if waited else None
+                waits = _stalls.blame(t_out - t_enter, stages_before, clock.causes()) if waited else None
                 self.position = head.end_position
                 record = metrics.account(
                     head.plan.n, head.plan.nbytes, self.epoch, t_enter, t_out, queued, waits, self.read_ahead

@@ -166,6 +166,7 @@ class LocalReader:
         lengths: np.ndarray,
         dst_offsets: np.ndarray,
         crc_steps: np.ndarray | None = None,
+        dst_end: int | None = None,
     ) -> RangeFuture:
         """Ranges of several files (``file_index`` into ``files``; uint64 byte offsets, lengths, offsets in ``dst``)
         as one native submission into host memory ``dst``.
@@ -174,16 +175,18 @@ class LocalReader:
         microseconds), so a batch touching several shards is still one call.
         ``crc_steps`` (one per range, in order; 0: none): the engine's
         threads compute the crc32c of each chunk of that many bytes of the
-        range as it lands (the future's ``checksums()``). Raises
-        InvalidArgumentError for a CUDA or too small destination.
+        range as it lands (the future's ``checksums()``); ``dst_end``: ``max(dst_offsets + lengths)``
+        when the caller has it (a plan computes it for a window at once). ``dst`` may be a
+        :class:`~storecomp.io.BufferRef`. Raises InvalidArgumentError for a CUDA or too small destination.
         """
         eng = files.engine
         ref = as_buffer(dst)
         if ref.is_cuda:
             raise InvalidArgumentError("submit_flat reads into host memory (staging slots)")
-        if dst_offsets.size and int((dst_offsets + lengths).max()) > ref.nbytes:
-            need = int((dst_offsets + lengths).max())
-            raise InvalidArgumentError(f"destination too small: reads need {need} bytes of {ref.nbytes}")
+        if dst_offsets.size:
+            need = int((dst_offsets + lengths).max()) if dst_end is None else dst_end
+            if need > ref.nbytes:
+                raise InvalidArgumentError(f"destination too small: reads need {need} bytes of {ref.nbytes}")
         return eng._submit(
             files.paths,
             files.ids[file_index],

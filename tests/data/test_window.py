@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 
 from storecomp.data import DataLoader, open_dataset, write_dataset
+from storecomp.data._pipeline import _sorted_batches
 from storecomp.data._plan import SlotLayout, column_keys, plan_batch, plan_window
-from storecomp.errors import CorruptDataError
+from storecomp.data.readers import LocalReader
+from storecomp.errors import CorruptDataError, InvalidArgumentError
+from storecomp.io import IOFuture
 from tests.data.test_bad_input import flip, shard_paths
 
 N = 600
@@ -58,8 +61,17 @@ def test_window_plans_read_and_check_what_batch_plans_do(fixed_ds: str) -> None:
         assert flat.crc_steps is not None and flat.expected is not None
         chunks = int(np.sum(flat.lengths // np.maximum(flat.crc_steps, 1)))
         assert chunks == flat.expected.size == sum(c.expected.size for c in bp.checks)
+        # The slot bytes the reads need, computed for the window at once (the submission's size check).
+        assert flat.dst_end == int((flat.dst + flat.lengths).max())
     # Consecutive samples of one shard are one read.
     assert window[1].flat is not None and window[1].flat.offsets.size <= len({int(p) for p in ds.locate(batches[1])[0]})
+
+
+def test_window_batches_sorted_in_one_pass_match_one_by_one() -> None:
+    order = np.random.default_rng(5).permutation(1000)
+    for taken in ([(0, 64, 64), (64, 64, 128), (320, 64, 384)], [(0, 64, 64), (64, 30, 94)], [(7, 5, 12)]):
+        got = _sorted_batches(order, taken)
+        assert [g.tolist() for g in got] == [sorted(order[f : f + c].tolist()) for f, c, _ in taken]
 
 
 def test_fixed_columns_exact_epochs(fixed_ds: str) -> None:
@@ -104,3 +116,25 @@ def test_fixed_columns_modified_between_epochs_is_a_checksum_error(fixed_ds: str
         with pytest.raises(CorruptDataError, match=f"checksum mismatch in record 7 at offset {7 * stride}"):
             for _ in loader:
                 pass
+
+
+def test_submit_flat_refuses_a_destination_smaller_than_the_plan_needs(fixed_ds: str) -> None:
+    ds = open_dataset(fixed_ds)
+    layout = SlotLayout.for_dataset(ds, 64)
+    (plan,) = plan_window(ds, layout, [np.arange(64)], True, column_keys(ds))
+    flat = plan.flat
+    assert flat is not None and flat.dst_end is not None
+    reader = ds.reader
+    assert isinstance(reader, LocalReader)
+    files = reader.open_files(flat.keys)
+    small = np.empty(flat.dst_end - 1, np.uint8)
+    for dst_end in (None, flat.dst_end):  # computed here, or the plan's own figure
+        with pytest.raises(InvalidArgumentError, match=f"need {flat.dst_end} bytes of {flat.dst_end - 1}"):
+            reader.submit_flat(
+                small, files, flat.file_index, flat.offsets, flat.lengths, flat.dst, flat.crc_steps, dst_end=dst_end
+            )
+    big = np.empty(layout.nbytes, np.uint8)
+    fut = reader.submit_flat(
+        big, files, flat.file_index, flat.offsets, flat.lengths, flat.dst, flat.crc_steps, dst_end=flat.dst_end
+    )
+    assert isinstance(fut, IOFuture) and flat.corrupt(fut.checksums()) == []
