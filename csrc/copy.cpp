@@ -310,6 +310,9 @@ uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t cr
   }
   std::atomic_signal_fence(std::memory_order_seq_cst);
   g.active = 0;
+#ifdef SC_X86
+  _mm_sfence();  // crc32c_copy's streaming stores are visible before the piece completes
+#endif
   return len;
 }
 

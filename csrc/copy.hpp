@@ -57,7 +57,8 @@ void stream_memcpy(void* dst, const void* src, size_t n);
 // Copies len bytes out of a file mapping (src) into dst, computing the
 // crc32c of chunks in the same pass (crc32c_copy: the carry-less folds run
 // on the registers each block is loaded into and stored from; no second pass
-// over the bytes). The destination may have any alignment. The chunks are [crc_begin + j*step,
+// over the bytes; streaming stores where the destination is 64-byte aligned,
+// fenced before the return). The destination may have any alignment. The chunks are [crc_begin + j*step,
 // min(crc_begin + (j+1)*step, crc_end)) for j = 0.. (offsets into the copy),
 // their crcs go to crcs[j]; bytes outside [crc_begin, crc_end) are only
 // copied. step 0: no checks.
