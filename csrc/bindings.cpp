@@ -69,7 +69,8 @@ void copy_ops(const I64Array& ops, const I64Array& dst, const I64Array& src, uns
 std::shared_ptr<Batch> submit(Engine& e, const py::array& file_ids, const py::array& ops,
                               const py::array& offsets, const py::array& lengths,
                               const py::array& addrs, uint8_t mode, const py::object& crc_steps) {
-  if ((mode & ~sc::MODE_MAPPED) > sc::MODE_AUTO) throw std::invalid_argument("mode must be 0, 1 or 2, optionally | MODE_MAPPED");
+  if ((mode & ~(sc::MODE_MAPPED | sc::MODE_STREAM)) > sc::MODE_AUTO)
+    throw std::invalid_argument("mode must be 0, 1 or 2, optionally | MODE_MAPPED (| MODE_STREAM)");
   size_t n = static_cast<size_t>(py::len(offsets));
   auto f = array_of<uint32_t>(file_ids, "file_ids", n);
   auto o = array_of<uint8_t>(ops, "ops", n);
@@ -218,6 +219,7 @@ PYBIND11_MODULE(_native, m) {
   m.attr("MODE_DIRECT") = static_cast<int>(sc::MODE_DIRECT);
   m.attr("MODE_AUTO") = static_cast<int>(sc::MODE_AUTO);
   m.attr("MODE_MAPPED") = static_cast<int>(sc::MODE_MAPPED);
+  m.attr("MODE_STREAM") = static_cast<int>(sc::MODE_STREAM);
 
   m.def("probe_io_uring", [] {
     sc::UringProbe p;

@@ -266,7 +266,7 @@ void install_sigbus_guard() {
 }
 
 uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t crc_begin, uint64_t crc_end, uint64_t step,
-                     uint32_t* crcs, bool* faulted) {
+                     uint32_t* crcs, bool stream, bool* faulted) {
   // Only plain data and volatile progress live across the jump (no objects to destroy).
   volatile uint64_t done = 0;
   SigbusGuard& g = tls_guard;
@@ -298,7 +298,7 @@ uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t cr
       }
       const uint64_t chunk_end = std::min(crc_begin + (chunk + 1) * step, crc_end);
       const uint64_t e = std::min(end, chunk_end);
-      crc = crc32c_copy(crc, dst + x, src + x, e - x);
+      crc = crc32c_copy(crc, dst + x, src + x, e - x, stream);
       x = e;
       if (x == chunk_end) {
         crcs[chunk++] = crc;
@@ -311,7 +311,7 @@ uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t cr
   std::atomic_signal_fence(std::memory_order_seq_cst);
   g.active = 0;
 #ifdef SC_X86
-  _mm_sfence();  // crc32c_copy's streaming stores are visible before the piece completes
+  if (stream) _mm_sfence();  // crc32c_copy's streaming stores are visible before the piece completes
 #endif
   return len;
 }

@@ -57,8 +57,8 @@ void stream_memcpy(void* dst, const void* src, size_t n);
 // Copies len bytes out of a file mapping (src) into dst, computing the
 // crc32c of chunks in the same pass (crc32c_copy: the carry-less folds run
 // on the registers each block is loaded into and stored from; no second pass
-// over the bytes; streaming stores where the destination is 64-byte aligned,
-// fenced before the return). The destination may have any alignment. The chunks are [crc_begin + j*step,
+// over the bytes; with `stream`, streaming stores where the destination is
+// 64-byte aligned, fenced before the return). The destination may have any alignment. The chunks are [crc_begin + j*step,
 // min(crc_begin + (j+1)*step, crc_end)) for j = 0.. (offsets into the copy),
 // their crcs go to crcs[j]; bytes outside [crc_begin, crc_end) are only
 // copied. step 0: no checks.
@@ -71,7 +71,7 @@ void stream_memcpy(void* dst, const void* src, size_t n);
 // a guarded copy goes to the handler that was there before (Python's
 // faulthandler, say), or to the default action.
 uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t crc_begin, uint64_t crc_end, uint64_t step,
-                     uint32_t* crcs, bool* faulted);
+                     uint32_t* crcs, bool stream, bool* faulted);
 
 // Installs the SIGBUS handler of mapped_copy unless it is the current one
 // (cheap: one sigaction query). Called before a new mapping is used and at

@@ -310,15 +310,15 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t n) {
   return crc32c_sw(crc, p, n);
 }
 
-uint32_t crc32c_copy(uint32_t crc, void* dst, const void* src, size_t n) {
+uint32_t crc32c_copy(uint32_t crc, void* dst, const void* src, size_t n, bool stream) {
   auto* d = static_cast<uint8_t*>(dst);
   auto* p = static_cast<const uint8_t*>(src);
 #if defined(__x86_64__)
   if (n >= kFoldMin && have_fold()) {
     size_t bulk = n - n % kFoldBlock;
-    // Streaming stores when the destination is 64-byte aligned: its lines are
-    // not read before they are written (the caller fences once at its end).
-    uint32_t reg = reinterpret_cast<uintptr_t>(d) % 64 == 0 ? fold_copy_blocks<true>(~crc, d, p, bulk)
+    // Streaming stores (asked for, and the destination 64-byte aligned): its
+    // lines are not read before they are written (the caller fences at its end).
+    uint32_t reg = stream && reinterpret_cast<uintptr_t>(d) % 64 == 0 ? fold_copy_blocks<true>(~crc, d, p, bulk)
                                                             : fold_copy_blocks<false>(~crc, d, p, bulk);
     std::memcpy(d + bulk, p + bulk, n - bulk);
     return crc32c_hw(~reg, d + bulk, n - bulk);

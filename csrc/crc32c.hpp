@@ -16,7 +16,8 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t n);
 // Copies n bytes from src to dst and returns the crc32c of them continuing
 // from crc, in one pass where the CPU folds with carry-less multiplies (the
 // check then costs little beside a copy out of memory); else copy, then check.
-uint32_t crc32c_copy(uint32_t crc, void* dst, const void* src, size_t n);
+// stream: streaming stores where dst is 64-byte aligned (the caller fences).
+uint32_t crc32c_copy(uint32_t crc, void* dst, const void* src, size_t n, bool stream = false);
 
 // Whether crc32c() uses the CPU's crc32 instructions.
 bool crc32c_hardware();

@@ -383,7 +383,7 @@ bool mapped_read(Piece& p, Stats& stats, int* err) {
   }
   bool faulted = false;
   auto* dst = reinterpret_cast<uint8_t*>(r.addr + p.rel);
-  uint64_t got = mapped_copy(dst, m->addr + off, avail, crc_begin, crc_end, step, crcs, &faulted);
+  uint64_t got = mapped_copy(dst, m->addr + off, avail, crc_begin, crc_end, step, crcs, p.stream, &faulted);
   if (!faulted && got > 0 && !r.crc_step) {
     // A file shrunk under the mapping reads as zeros up to the end of the page
     // holding its new end (SIGBUS only past it). Without checksums to catch
@@ -605,7 +605,8 @@ static bool inline_probe(const Batch& batch, uint8_t mode) {
 std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode) {
   if (stopped_) throw std::runtime_error("engine is shut down");
   bool mapped = (mode & MODE_MAPPED) != 0;
-  mode = static_cast<uint8_t>(mode & ~MODE_MAPPED);
+  const bool stream = mapped && (mode & MODE_STREAM) != 0;
+  mode = static_cast<uint8_t>(mode & ~(MODE_MAPPED | MODE_STREAM));
   if (mode == MODE_DIRECT) mapped = false;  // O_DIRECT leaves the page cache alone
   if (::getpid() != owner_pid_)
     throw std::runtime_error("engine was created in another process (before a fork); create a new one here");
@@ -645,6 +646,7 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
       p.len = std::min(cfg_.split_bytes, r.length - rel);
       p.mode = mode;
       p.mapped = mapped && r.op == OP_READ && !r.file->writable;
+      p.stream = stream;
     }
   }
   stats_.requests += batch->reqs.size();

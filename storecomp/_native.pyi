@@ -7,6 +7,7 @@ HAVE_LIBURING: bool
 MODE_BUFFERED: int
 MODE_DIRECT: int
 MODE_AUTO: int
+MODE_STREAM: int  # a flag on MODE_MAPPED reads: the checked copy writes with streaming stores
 MODE_MAPPED: int  # a flag on MODE_BUFFERED or MODE_AUTO reads: copies out of the file's kept mapping
 
 def probe_io_uring() -> dict[str, Any]: ...

@@ -151,8 +151,12 @@ class TierChoice:
 
     @property
     def mode(self) -> int:
-        """The native engine's read mode for this tier."""
-        return _MODES[self.tier] | (_native.MODE_MAPPED if self.mapped and self.tier == BUFFERED else 0)
+        """The native engine's read mode for this tier. Mapped reads of a data set write with
+        streaming stores: a reader's batch slots rotate through more memory than the CPU's
+        cache holds, so their lines are not worth reading before they are written."""
+        if self.mapped and self.tier == BUFFERED:
+            return _MODES[self.tier] | _native.MODE_MAPPED | _native.MODE_STREAM
+        return _MODES[self.tier]
 
     @property
     def direct(self) -> str:

@@ -92,7 +92,7 @@ def test_a_buffered_choice_over_resident_files_reads_them_mapped(tmp_path: Path)
     a.read_bytes(), b.read_bytes()
     choice = PageCachePolicy("auto").choose([str(a), str(b)])
     assert (choice.tier, choice.mapped, choice.read_path, choice.direct) == ("buffered", True, "mapped", "mapped")
-    assert choice.mode == _native.MODE_BUFFERED | _native.MODE_MAPPED
+    assert choice.mode == _native.MODE_BUFFERED | _native.MODE_MAPPED | _native.MODE_STREAM  # a data set's batches stream
     assert choice.as_dict()["read_path"] == "mapped" and "copied out of mappings" in choice.reason
     assert PageCachePolicy("off").choose([str(a)]).read_path == "mapped"  # forced buffered: still the page cache
     assert PageCachePolicy("auto", mapped="off").choose([str(a), str(b)]).read_path == "buffered"
