@@ -30,17 +30,22 @@ constexpr uint64_t kStreamMin = 4ull << 20;   // auto: stream batches of at leas
 constexpr uint64_t kPerThreadMin = 1ull << 20;  // bytes per extra thread
 
 #ifdef SC_X86
-__attribute__((target("avx2"))) void stream_avx2(char* d, const char* s, size_t n) {
+// 128 bytes per round through four AVX2 registers: streaming stores
+// (kStream; d 32-byte aligned) or plain unaligned ones (which cost the same
+// as aligned stores on an aligned address); the tail with memcpy.
+template <bool kStream>
+__attribute__((target("avx2"))) void avx2_copy(char* d, const char* s, size_t n) {
   size_t i = 0;
   for (; i + 128 <= n; i += 128) {
-    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
-    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
-    __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 64));
-    __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 96));
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i), a);
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
+    __m256i v[4];
+    for (int k = 0; k < 4; ++k) v[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32 * k));
+    for (int k = 0; k < 4; ++k) {
+      auto* at = reinterpret_cast<__m256i*>(d + i + 32 * k);
+      if (kStream)
+        _mm256_stream_si256(at, v[k]);
+      else
+        _mm256_storeu_si256(at, v[k]);
+    }
   }
   if (i < n) std::memcpy(d + i, s + i, n - i);
 }
@@ -60,23 +65,6 @@ void stream_sse2(char* d, const char* s, size_t n) {
   if (i < n) std::memcpy(d + i, s + i, n - i);
 }
 
-// As stream_avx2 with plain stores (unaligned ones: they cost the same as
-// aligned stores on an aligned address).
-__attribute__((target("avx2"))) void copy_avx2(char* d, const char* s, size_t n) {
-  size_t i = 0;
-  for (; i + 128 <= n; i += 128) {
-    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
-    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 32));
-    __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 64));
-    __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i + 96));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), a);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 32), b);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 64), c);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i + 96), e);
-  }
-  if (i < n) std::memcpy(d + i, s + i, n - i);
-}
-
 const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
 #endif
 
@@ -87,7 +75,7 @@ const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
 void vector_copy(uint8_t* d, const uint8_t* s, size_t n) {
 #ifdef SC_X86
   if (kHaveAvx2) {
-    copy_avx2(reinterpret_cast<char*>(d), reinterpret_cast<const char*>(s), n);
+    avx2_copy<false>(reinterpret_cast<char*>(d), reinterpret_cast<const char*>(s), n);
     return;
   }
 #endif
@@ -105,7 +93,7 @@ void stream_copy(char* d, const char* s, size_t n) {
   }
   std::memcpy(d, s, head);
   if (kHaveAvx2)
-    stream_avx2(d + head, s + head, n - head);
+    avx2_copy<true>(d + head, s + head, n - head);
   else
     stream_sse2(d + head, s + head, n - head);
 #else

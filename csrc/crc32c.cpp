@@ -206,22 +206,11 @@ __m512i fold512(__m512i x, __m512i k, __m512i y) {
   return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x, k, 0x00), _mm512_clmulepi64_epi128(x, k, 0x11), y, 0x96);
 }
 
-// The crc register (not inverted) after `reg` and len bytes (len a positive
-// multiple of kFoldBlock).
+// The crc register (not inverted) of four 512-bit fold lanes: folded into
+// one, then to 128 bits, then reduced with the crc32 instruction.
 __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
-uint32_t fold_blocks(uint32_t reg, const uint8_t* p, size_t len) {
-  static const FoldConst by256(2048), by64(512), by48(384), by32(256), by16(128);
-  __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_castsi128_si512(_mm_cvtsi32_si128(static_cast<int>(reg))));
-  __m512i x1 = _mm512_loadu_si512(p + 64);
-  __m512i x2 = _mm512_loadu_si512(p + 128);
-  __m512i x3 = _mm512_loadu_si512(p + 192);
-  const __m512i k256 = lanes(by256);
-  for (p += kFoldBlock, len -= kFoldBlock; len >= kFoldBlock; p += kFoldBlock, len -= kFoldBlock) {
-    x0 = fold512(x0, k256, _mm512_loadu_si512(p));
-    x1 = fold512(x1, k256, _mm512_loadu_si512(p + 64));
-    x2 = fold512(x2, k256, _mm512_loadu_si512(p + 128));
-    x3 = fold512(x3, k256, _mm512_loadu_si512(p + 192));
-  }
+uint32_t reduce4(__m512i x0, __m512i x1, __m512i x2, __m512i x3) {
+  static const FoldConst by64(512), by48(384), by32(256), by16(128);
   const __m512i k64 = lanes(by64);
   x1 = fold512(x0, k64, x1);
   x2 = fold512(x1, k64, x2);
@@ -233,6 +222,25 @@ uint32_t fold_blocks(uint32_t reg, const uint8_t* p, size_t len) {
   uint64_t c = _mm_crc32_u64(0, static_cast<uint64_t>(_mm_cvtsi128_si64(x)));
   c = _mm_crc32_u64(c, static_cast<uint64_t>(_mm_extract_epi64(x, 1)));
   return static_cast<uint32_t>(c);
+}
+
+// The crc register (not inverted) after `reg` and len bytes (len a positive
+// multiple of kFoldBlock).
+__attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
+uint32_t fold_blocks(uint32_t reg, const uint8_t* p, size_t len) {
+  static const FoldConst by256(2048);
+  __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_castsi128_si512(_mm_cvtsi32_si128(static_cast<int>(reg))));
+  __m512i x1 = _mm512_loadu_si512(p + 64);
+  __m512i x2 = _mm512_loadu_si512(p + 128);
+  __m512i x3 = _mm512_loadu_si512(p + 192);
+  const __m512i k256 = lanes(by256);
+  for (p += kFoldBlock, len -= kFoldBlock; len >= kFoldBlock; p += kFoldBlock, len -= kFoldBlock) {
+    x0 = fold512(x0, k256, _mm512_loadu_si512(p));
+    x1 = fold512(x1, k256, _mm512_loadu_si512(p + 64));
+    x2 = fold512(x2, k256, _mm512_loadu_si512(p + 128));
+    x3 = fold512(x3, k256, _mm512_loadu_si512(p + 192));
+  }
+  return reduce4(x0, x1, x2, x3);
 }
 
 // fold_blocks that also stores each 64-byte block it loads at d: a copy
@@ -249,7 +257,7 @@ __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2"))) inline void put64(ui
 template <bool kStream>
 __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
 uint32_t fold_copy_blocks(uint32_t reg, uint8_t* d, const uint8_t* p, size_t len) {
-  static const FoldConst by256(2048), by64(512), by48(384), by32(256), by16(128);
+  static const FoldConst by256(2048);
   __m512i y0 = _mm512_loadu_si512(p), y1 = _mm512_loadu_si512(p + 64);
   __m512i y2 = _mm512_loadu_si512(p + 128), y3 = _mm512_loadu_si512(p + 192);
   put64<kStream>(d, y0);
@@ -274,17 +282,7 @@ uint32_t fold_copy_blocks(uint32_t reg, uint8_t* d, const uint8_t* p, size_t len
     x2 = fold512(x2, k256, y2);
     x3 = fold512(x3, k256, y3);
   }
-  const __m512i k64 = lanes(by64);
-  x1 = fold512(x0, k64, x1);
-  x2 = fold512(x1, k64, x2);
-  x3 = fold512(x2, k64, x3);
-  __m128i x = _mm512_extracti32x4_epi32(x3, 3);
-  x = _mm_xor_si128(x, fold128(_mm512_extracti32x4_epi32(x3, 0), by48));
-  x = _mm_xor_si128(x, fold128(_mm512_extracti32x4_epi32(x3, 1), by32));
-  x = _mm_xor_si128(x, fold128(_mm512_extracti32x4_epi32(x3, 2), by16));
-  uint64_t c = _mm_crc32_u64(0, static_cast<uint64_t>(_mm_cvtsi128_si64(x)));
-  c = _mm_crc32_u64(c, static_cast<uint64_t>(_mm_extract_epi64(x, 1)));
-  return static_cast<uint32_t>(c);
+  return reduce4(x0, x1, x2, x3);
 }
 
 bool have_fold() {

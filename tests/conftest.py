@@ -30,9 +30,11 @@ import faulthandler
 import math
 import mmap
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +317,24 @@ def run_processes(
         p.join(join_timeout)
         assert p.exitcode == 0
     return out
+
+
+def kill_when(proc: subprocess.Popen[Any], ready: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """SIGKILL ``proc`` once ``ready()`` holds (polled every 20 ms): a kill -9 mid-work. Fails when
+    ``proc`` ends first (its output in the message) or ``what`` has not happened within ``timeout``
+    seconds; the process is reaped either way."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                out = proc.stdout.read() if proc.stdout else proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(f"the process ended before the kill: {out!r}")
+            assert time.monotonic() < deadline, f"{what} did not happen within {timeout:g} s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
 
 
 def run_python(code: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ resume."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from storecomp.store.s3_resume import marker_dir
 from storecomp.store.transfer import CopyItem, TransferError, _upload_part_size, _upload_tag, copy_objects
 from storecomp.testing.relay import Relay
 from storecomp.testing.seaweedfs import SeaweedFS
+from tests.conftest import kill_when
 
 from .conftest import PART_RETRY
 from .placehelpers import complete_at, site_mount, write_snapshot
@@ -112,16 +112,7 @@ def test_kill_9_mid_copy_then_the_rerun_repeats_at_most_one_part_per_blob_in_fli
             part = _upload_part_size(8 << 20, S3Store.min_part_bytes, next(iter(manifest.entries.values())).checksums)
             cmd = [sys.executable, "-m", "storecomp", "place", URL, "--to", "b", "-j", "2", "--max-rate", "12M"]
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                deadline = time.monotonic() + 60
-                while _part_bytes_at(b, pb) < part:  # at least one part is there: kill mid-copy
-                    assert proc.poll() is None, f"place ended before the kill: {proc.stderr.read()!r}"  # type: ignore[union-attr]
-                    assert time.monotonic() < deadline, "no part was uploaded within 60 s"
-                    time.sleep(0.02)
-                proc.send_signal(signal.SIGKILL)
-            finally:
-                proc.kill()
-                proc.wait(30)
+            kill_when(proc, lambda: _part_bytes_at(b, pb) >= part, "a part upload")  # kill mid-copy
             time.sleep(0.3)  # the relay forwards what the killed process had sent
             sent_killed = relay.sent
             in_flight = len(_uploads(b, pb))  # blobs whose upload had started and not completed

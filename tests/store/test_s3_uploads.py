@@ -19,6 +19,7 @@ import pytest
 from storecomp.cli import main
 from storecomp.store import open_store
 from storecomp.testing.seaweedfs import SeaweedFS
+from tests.conftest import kill_when
 
 from .conftest import FAST_RETRY
 
@@ -40,16 +41,7 @@ def _kill_mid_multipart_put(sw: SeaweedFS, prefix: str, key: str) -> None:
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STORECOMP_", "AWS_"))} | sw.env()
     child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not any(u["Key"] == f"{prefix}/{key}" for u in _uploads(sw, prefix + "/")):
-            assert child.poll() is None, f"the child finished before it could be killed: {child.stdout.read()!r}"  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "no multipart upload appeared"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-    finally:
-        child.kill()
-        child.wait(30)
+    kill_when(child, lambda: any(u["Key"] == f"{prefix}/{key}" for u in _uploads(sw, prefix + "/")), "a multipart upload")
     assert child.returncode == -signal.SIGKILL
 
 
