@@ -261,6 +261,9 @@ uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t cr
   *faulted = false;
   if (sigsetjmp(g.jump, 0) != 0) {
     *faulted = true;
+#ifdef SC_X86
+    if (stream) _mm_sfence();  // what was copied before the fault is ordered like a whole copy
+#endif
     return done;
   }
   g.active = 1;
