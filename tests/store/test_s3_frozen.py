@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,3 +127,33 @@ def test_every_call_to_a_frozen_server_fails_within_the_deadline(private_seaweed
         assert store.get("obj") == b"y" * (3 << 20)  # the server answers again: so does the store
     finally:
         store.close()
+
+
+def test_a_server_that_loses_a_port_race_is_started_again_on_fresh_ports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port chosen free can be taken before weed binds it (a neighbour's server): weed exits at
+    start. ``SeaweedFS.start`` then starts it again on fresh ports instead of failing the run."""
+    import socket
+
+    import storecomp.testing.seaweedfs as swmod
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    real = swmod.free_port
+    calls = iter(range(1 << 20))
+
+    def racing_port() -> int:
+        return taken.getsockname()[1] if next(calls) == 3 else real()  # the first attempt's S3 port is in use
+
+    monkeypatch.setattr(swmod, "free_port", racing_port)
+    try:
+        sw = SeaweedFS.start(tmp_path / "sw")
+        try:
+            assert sw.ports["s3"] != taken.getsockname()[1]
+            store = open_store(sw.url(), **sw.store_options())
+            store.put("k", b"v")
+            assert store.get("k") == b"v"
+        finally:
+            sw.stop()
+    finally:
+        taken.close()
