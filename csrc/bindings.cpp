@@ -11,6 +11,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <system_error>
@@ -69,8 +71,8 @@ void copy_ops(const I64Array& ops, const I64Array& dst, const I64Array& src, uns
 std::shared_ptr<Batch> submit(Engine& e, const py::array& file_ids, const py::array& ops,
                               const py::array& offsets, const py::array& lengths,
                               const py::array& addrs, uint8_t mode, const py::object& crc_steps) {
-  if ((mode & ~(sc::MODE_MAPPED | sc::MODE_STREAM)) > sc::MODE_AUTO)
-    throw std::invalid_argument("mode must be 0, 1 or 2, optionally | MODE_MAPPED (| MODE_STREAM)");
+  if ((mode & ~(sc::MODE_MAPPED | sc::MODE_STREAM | sc::MODE_POPULATE)) > sc::MODE_AUTO)
+    throw std::invalid_argument("mode must be 0, 1 or 2, optionally | MODE_MAPPED (| MODE_STREAM) or | MODE_POPULATE");
   size_t n = static_cast<size_t>(py::len(offsets));
   auto f = array_of<uint32_t>(file_ids, "file_ids", n);
   auto o = array_of<uint8_t>(ops, "ops", n);
@@ -135,13 +137,54 @@ py::dict stats_dict(Engine& e) {
   d["bounce_arena_bytes"] = s.bounce_arena_bytes.load();
   d["mapped_pieces"] = s.mapped_pieces.load();
   d["mapped_faults"] = s.mapped_faults.load();
+  d["populated_bytes"] = s.populated_bytes.load();
+  d["populate_skipped"] = s.populate_skipped.load();
   return d;
 }
 
-// Bytes of the file at `path` in the page cache: cachestat(2) (Linux 6.5+),
-// else mincore(2) over a read-only mapping, in 1 GiB windows. -1 with errno
-// set when neither works (then nothing is known).
-int64_t resident_bytes(const std::string& path, int* err) {
+// Pages of [off, off + len) of `fd` in the page cache (cachestat(2), Linux
+// 6.5+; else mincore(2) over a read-only mapping, in 1 GiB windows; `off` a
+// multiple of the page size). -1 with *err set when neither works.
+int64_t cached_pages(int fd, uint64_t off, uint64_t len, uint64_t page, int* err) {
+#ifdef __NR_cachestat
+  constexpr long kCachestat = __NR_cachestat;
+#else
+  constexpr long kCachestat = 451;  // the same number on every architecture
+#endif
+  struct {
+    uint64_t off, len;
+  } range = {off, len};
+  struct {
+    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+  } cs = {};
+  if (::syscall(kCachestat, fd, &range, &cs, 0) == 0) return static_cast<int64_t>(cs.nr_cache);
+  constexpr uint64_t kWindow = 1ull << 30;
+  std::vector<unsigned char> vec;
+  uint64_t count = 0;
+  for (uint64_t at = off; at < off + len; at += kWindow) {
+    uint64_t n = std::min(kWindow, off + len - at);
+    void* m = ::mmap(nullptr, n, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(at));
+    if (m == MAP_FAILED) {
+      *err = errno;
+      return -1;
+    }
+    vec.resize((n + page - 1) / page);
+    int rc = ::mincore(m, n, vec.data());
+    if (rc != 0) *err = errno;
+    ::munmap(m, n);
+    if (rc != 0) return -1;
+    for (unsigned char v : vec) count += v & 1;
+  }
+  return static_cast<int64_t>(count);
+}
+
+// Bytes of the file at `path` in the page cache. `samples` > 0: a file larger
+// than 4 * samples * 64 KiB is estimated from `samples` ranges of 64 KiB, one
+// in each of as many equal strides, placed differently at each call (a walk
+// of the whole page cache of a file costs ~9 ms per GiB, once per epoch;
+// this ~1 us per range); the whole size when every sampled page is resident.
+// -1 with *err set when nothing can be known.
+int64_t resident_bytes(const std::string& path, uint32_t samples, int* err) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     *err = errno;
@@ -153,44 +196,31 @@ int64_t resident_bytes(const std::string& path, int* err) {
     ::close(fd);
     return -1;
   }
-  const long page = ::sysconf(_SC_PAGESIZE);
+  const auto page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const auto size = static_cast<uint64_t>(st.st_size);
+  constexpr uint64_t kSampleBytes = 64 << 10;
   int64_t out = -1;
-#ifdef __NR_cachestat
-  constexpr long kCachestat = __NR_cachestat;
-#else
-  constexpr long kCachestat = 451;  // the same number on every architecture
-#endif
-  struct {
-    uint64_t off, len;
-  } range = {0, 0};
-  struct {
-    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
-  } cs = {};
-  if (::syscall(kCachestat, fd, &range, &cs, 0) == 0) {
-    out = static_cast<int64_t>(std::min<uint64_t>(cs.nr_cache * static_cast<uint64_t>(page), st.st_size));
+  if (samples == 0 || size <= 4ull * samples * kSampleBytes) {
+    int64_t n = cached_pages(fd, 0, size, page, err);
+    if (n >= 0) out = static_cast<int64_t>(std::min<uint64_t>(static_cast<uint64_t>(n) * page, size));
   } else {
-    constexpr uint64_t kWindow = 1ull << 30;
-    std::vector<unsigned char> vec;
-    uint64_t size = static_cast<uint64_t>(st.st_size), count = 0;
+    static std::atomic<uint64_t> calls{0};
+    uint64_t h = (calls.fetch_add(1) + 1) * 0x9E3779B97F4A7C15ull;  // a different placement at each call
+    const uint64_t stride = size / samples, per = kSampleBytes / page;
+    uint64_t cached = 0;
     bool ok = true;
-    for (uint64_t off = 0; off < size && ok; off += kWindow) {
-      uint64_t len = std::min(kWindow, size - off);
-      void* m = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(off));
-      if (m == MAP_FAILED) {
-        *err = errno;
-        ok = false;
-        break;
-      }
-      vec.resize((len + page - 1) / page);
-      if (::mincore(m, len, vec.data()) != 0) {
-        *err = errno;
-        ok = false;
-      } else {
-        for (unsigned char v : vec) count += v & 1;
-      }
-      ::munmap(m, len);
+    for (uint32_t i = 0; i < samples && ok; ++i) {
+      h ^= h >> 29;
+      h *= 0xBF58476D1CE4E5B9ull;
+      const uint64_t start = (i * stride + h % (stride - kSampleBytes)) / page * page;
+      int64_t n = cached_pages(fd, start, kSampleBytes, page, err);
+      ok = n >= 0;
+      cached += ok ? std::min<uint64_t>(static_cast<uint64_t>(n), per) : 0;
     }
-    if (ok) out = static_cast<int64_t>(std::min<uint64_t>(count * page, size));
+    const uint64_t total = per * samples;
+    if (ok)
+      out = cached == total ? static_cast<int64_t>(size)
+                            : static_cast<int64_t>(static_cast<double>(size) * static_cast<double>(cached) / static_cast<double>(total));
   }
   ::close(fd);
   return out;
@@ -220,6 +250,7 @@ PYBIND11_MODULE(_native, m) {
   m.attr("MODE_AUTO") = static_cast<int>(sc::MODE_AUTO);
   m.attr("MODE_MAPPED") = static_cast<int>(sc::MODE_MAPPED);
   m.attr("MODE_STREAM") = static_cast<int>(sc::MODE_STREAM);
+  m.attr("MODE_POPULATE") = static_cast<int>(sc::MODE_POPULATE);
 
   m.def("probe_io_uring", [] {
     sc::UringProbe p;
@@ -247,17 +278,17 @@ PYBIND11_MODULE(_native, m) {
   m.attr("CRC32C_HARDWARE") = sc::crc32c_hardware();
   m.def(
       "resident_bytes",
-      [](const std::string& path) {
+      [](const std::string& path, uint32_t samples) {
         int err = 0;
         int64_t n;
         {
           py::gil_scoped_release nogil;
-          n = resident_bytes(path, &err);
+          n = resident_bytes(path, samples, &err);
         }
         if (n < 0) throw_oserror(err, path);
         return n;
       },
-      py::arg("path"));
+      py::arg("path"), py::arg("samples") = 0);
   m.def("copy_ops", &copy_ops, py::arg("ops"), py::arg("dst"), py::arg("src"), py::arg("threads") = 1,
         py::arg("nontemporal") = -1);
 
@@ -368,6 +399,13 @@ PYBIND11_MODULE(_native, m) {
              if (fd < 0) return py::none();
              uint64_t a = e.config().align;
              return py::make_tuple(f->dio_mem_align ? f->dio_mem_align : a, f->dio_offset_align ? f->dio_offset_align : a);
+           })
+      .def("release_mapping",
+           [](Engine& e, uint32_t id) {
+             auto f = e.files().get(id);
+             if (!f) throw std::invalid_argument("file is not open");
+             py::gil_scoped_release nogil;  // munmap of a large mapping takes a while
+             f->release_mapping();
            })
       .def("open_files", [](Engine& e) { return e.files().size(); })
       .def("submit", &submit, py::arg("file_ids"), py::arg("ops"), py::arg("offsets"),

@@ -200,6 +200,12 @@ std::shared_ptr<const FileMapping> FileEntry::mapping(uint64_t end) {
   return m;
 }
 
+void FileEntry::release_mapping() {
+  std::shared_ptr<const FileMapping> old;  // unmapped after the lock is released, unless a copy still holds it
+  std::lock_guard<std::mutex> g(map_mu_);
+  old.swap(map_);
+}
+
 uint32_t FileTable::open(const std::string& path, bool writable, bool create) {
   int flags = (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC;
   if (writable && create) flags |= O_CREAT;
@@ -301,6 +307,7 @@ void Batch::complete(Piece& p, uint64_t got, int err) {
 
 void Batch::piece_done() {
   if (left.fetch_sub(1) == 1) {
+    if (populate) populate->push(*this);
     std::shared_ptr<Batch> keep;
     std::lock_guard<std::mutex> g(mu);
     finished = true;
@@ -567,6 +574,7 @@ Engine::Engine(const Config& cfg) : cfg_(cfg), owner_pid_(::getpid()) {
   if (cfg_.backend != "auto" && cfg_.backend != "io_uring" && cfg_.backend != "threads")
     throw std::invalid_argument("backend must be auto, io_uring or threads");
   pool_ = std::make_unique<ThreadPool>(cfg_.threads, cfg_.align, cfg_.bounce_bytes, stats_);
+  populator_ = std::make_shared<Populator>(stats_);
   if (cfg_.backend != "threads") {
     UringProbe probe = probe_uring();
     if (probe.permitted) {
@@ -585,6 +593,90 @@ Engine::Engine(const Config& cfg) : cfg_(cfg), owner_pid_(::getpid()) {
 }
 
 Engine::~Engine() { shutdown(); }
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14
+#endif
+
+void Populator::push(const Batch& b) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (stopping_ || unsupported_) return;
+  }
+  std::vector<Range> ranges;
+  ranges.reserve(b.reqs.size());
+  const FileEntry* last = nullptr;
+  std::shared_ptr<const FileMapping> m;
+  for (const auto& r : b.reqs) {
+    const uint64_t got = r.valid.load(std::memory_order_relaxed);
+    if (r.op != OP_READ || r.err.load(std::memory_order_relaxed) != 0 || got == 0 || !r.file || r.file->writable) continue;
+    if (r.file.get() != last || !m || m->len < r.offset + got) {
+      m = r.file->mapping(r.offset + got);  // made once per file (an mmap), then a lookup
+      last = r.file.get();
+    }
+    if (!m || m->len < r.offset + got) {
+      stats_.populate_skipped += got;  // cannot be mapped, or shrank since it was read
+      continue;
+    }
+    ranges.push_back(Range{m, r.offset, got});
+  }
+  std::lock_guard<std::mutex> g(mu_);
+  if (stopping_) return;
+  for (auto& r : ranges) {
+    if (queue_.size() >= kMaxQueued) {
+      stats_.populate_skipped += r.length;
+      continue;
+    }
+    queue_.push_back(std::move(r));
+  }
+  if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+  cv_.notify_one();
+}
+
+void Populator::run() {
+  struct sched_param none = {};
+  (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);  // only the CPU nobody else wants
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::unique_lock<std::mutex> g(mu_);
+  for (;;) {
+    cv_.wait(g, [this] { return stopping_ || !queue_.empty(); });
+    if (stopping_) return;
+    Range r = std::move(queue_.front());
+    queue_.pop_front();
+    g.unlock();
+    bool refused = false;
+    if (auto m = r.map.lock()) {
+      // The whole pages the range touches: a partly read page is resident
+      // whole (a read brings in whole pages).
+      const uint64_t end = r.offset + r.length;
+      const uint64_t a = r.offset / page * page, b = std::min((end + page - 1) / page * page, m->len);
+      if (::madvise(const_cast<uint8_t*>(m->addr) + a, b - a, MADV_POPULATE_READ) == 0) {
+        stats_.populated_bytes += b - a;
+      } else {
+        refused = errno == EINVAL;  // a kernel without MADV_POPULATE_READ
+        stats_.populate_skipped += r.length;
+      }
+    } else {
+      stats_.populate_skipped += r.length;  // released meanwhile
+    }
+    g.lock();
+    if (refused) {
+      unsupported_ = true;
+      for (const auto& q : queue_) stats_.populate_skipped += q.length;
+      queue_.clear();
+    }
+  }
+}
+
+void Populator::shutdown() {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    stopping_ = true;
+    queue_.clear();
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();  // its thread holds no batch, so never the last reference
+}
 
 // Whether submit() probes the page cache inline: AUTO-mode reads of at most
 // kNowaitHandoffBytes in all (larger batches would hold the caller while the
@@ -606,8 +698,9 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
   if (stopped_) throw std::runtime_error("engine is shut down");
   bool mapped = (mode & MODE_MAPPED) != 0;
   const bool stream = mapped && (mode & MODE_STREAM) != 0;
-  mode = static_cast<uint8_t>(mode & ~(MODE_MAPPED | MODE_STREAM));
-  if (mode == MODE_DIRECT) mapped = false;  // O_DIRECT leaves the page cache alone
+  bool populate = !mapped && (mode & MODE_POPULATE) != 0;
+  mode = static_cast<uint8_t>(mode & ~(MODE_MAPPED | MODE_STREAM | MODE_POPULATE));
+  if (mode == MODE_DIRECT) mapped = populate = false;  // O_DIRECT leaves the page cache alone
   if (::getpid() != owner_pid_)
     throw std::runtime_error("engine was created in another process (before a fork); create a new one here");
   size_t npieces = 0;
@@ -656,6 +749,7 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
     batch->finished = true;
     return batch;
   }
+  if (populate) batch->populate = populator_;
   batch->left = npieces;
   batch->self = batch;
   std::vector<Piece*> ptrs;
@@ -745,6 +839,7 @@ void Engine::shutdown() {
   }
   if (uring_) uring_->shutdown();  // may still hand pieces to the pool
   pool_->shutdown();
+  populator_->shutdown();
 }
 
 }  // namespace sc

@@ -51,6 +51,16 @@ constexpr uint8_t MODE_MAPPED = 4;
 // 182-192k -> 224-231k hot 64 KiB samples/s). A reused small destination
 // (a cache hit read into the same buffer again) is faster without it.
 constexpr uint8_t MODE_STREAM = 8;
+// A flag on BUFFERED or AUTO reads of read-only files that will be read
+// again out of the engine's mapping (a loader's cold epoch over a data set
+// that fits the page cache, before its mapped epochs): when a batch
+// finishes, what it read is mapped into the file's kept mapping
+// (MADV_POPULATE_READ) on a background thread at SCHED_IDLE, which runs on
+// the CPU the cold epoch leaves idle while it waits for the device. The
+// first mapped epoch then copies at once instead of taking a page fault per
+// 4 KiB (measured: ~5 us of a 64 KiB sample's 13 us). Best effort: what the
+// queue cannot hold, or a kernel without MADV_POPULATE_READ, is skipped.
+constexpr uint8_t MODE_POPULATE = 16;
 
 // Page-cache copies (AUTO mode) smaller than this cost less than a hand-off
 // to another thread: batches up to it probe on the submitting thread, and
@@ -94,6 +104,11 @@ struct FileEntry {
   // remap or a close never unmaps under a copy. nullptr when the file cannot
   // be mapped (writable, or mmap refused it: a later call does not retry).
   std::shared_ptr<const FileMapping> mapping(uint64_t end);
+  // Drops the kept mapping (copies in flight keep theirs until they finish):
+  // its pages are no longer mapped in this process, so the page cache may
+  // drop them (posix_fadvise DONTNEED skips mapped pages). The next mapped
+  // read maps the file again.
+  void release_mapping();
 
   // The granularity, in bytes, of the file offsets and lengths of the
   // O_DIRECT reads that bounce an unaligned one: `align`, or the kernel's
@@ -172,6 +187,8 @@ struct Request {
   AeadRequest* aead = nullptr;
 };
 
+class Populator;
+
 struct Batch {
   explicit Batch(size_t n) : reqs(n) {}
   std::vector<Request> reqs;
@@ -180,6 +197,7 @@ struct Batch {
   std::atomic<size_t> left{0};
   std::shared_ptr<Batch> self;  // keeps the batch alive while pieces are in flight
   std::shared_ptr<void> aead_state;  // what Request::aead points into (aead.hpp)
+  std::shared_ptr<Populator> populate;  // MODE_POPULATE: gets what was read when the batch finishes
   std::mutex mu;
   std::condition_variable cv;
   bool finished = false;
@@ -196,7 +214,7 @@ struct Stats {
   std::atomic<uint64_t> requests{0}, pieces{0}, bytes_read{0}, bytes_written{0},
       errors{0}, bounce_pieces{0}, direct_fallbacks{0}, nowait_hits{0},
       nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0}, bounce_handoffs{0},
-      mapped_pieces{0}, mapped_faults{0};
+      mapped_pieces{0}, mapped_faults{0}, populated_bytes{0}, populate_skipped{0};
   std::atomic<uint64_t> bounce_arena_bytes{0};  // not a counter: the io_uring bounce arena's size now
 };
 
@@ -267,6 +285,35 @@ class ThreadPool {
   Stats& stats_;
 };
 
+// MODE_POPULATE's background thread: maps ranges just read into their
+// files' kept mappings (MADV_POPULATE_READ), one range at a time, at
+// SCHED_IDLE. Started by the first batch that needs it. The mappings are made
+// as batches finish (once per file), so that one released later is not
+// made again by a range still queued.
+class Populator {
+ public:
+  explicit Populator(Stats& stats) : stats_(stats) {}
+  ~Populator() { shutdown(); }
+  // Queues the reads of `b` that succeeded (called as it finishes).
+  void push(const Batch& b);
+  void shutdown();
+
+ private:
+  struct Range {
+    std::weak_ptr<const FileMapping> map;  // a mapping released meanwhile (FileEntry::release_mapping) is skipped
+    uint64_t offset, length;
+  };
+  void run();
+  static constexpr size_t kMaxQueued = 1 << 16;  // ranges; more are skipped (4 GiB of 64 KiB samples)
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Range> queue_;
+  std::thread thread_;
+  bool stopping_ = false;
+  bool unsupported_ = false;  // madvise refused MADV_POPULATE_READ (Linux < 5.14): nothing more is queued
+  Stats& stats_;
+};
+
 class UringBackend;  // defined in uring.cpp when liburing is present
 
 struct UringProbe {
@@ -300,6 +347,7 @@ class Engine {
   FileTable files_;
   std::unique_ptr<ThreadPool> pool_;
   std::unique_ptr<UringBackend> uring_;
+  std::shared_ptr<Populator> populator_;  // MODE_POPULATE
   std::atomic<bool> stopped_{false};
   pid_t owner_pid_;  // the process whose threads serve this engine (see shutdown)
 };

@@ -378,7 +378,8 @@ class DataLoader:
         self._metrics.reset()
 
     def close(self) -> None:
-        """Stop the producers of unfinished iterations, then release the staging pool.
+        """Stop the producers of unfinished iterations, then release the staging pool and the
+        engine's mappings of the data set's files.
 
         Memory goes when the last batch view is dropped. An iterator still
         held after close() raises ClosedError once the batches it had read are taken.
@@ -388,6 +389,10 @@ class DataLoader:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        if self._caps.page_cache_tier:
+            # Mapped reads and the cold epoch's population mapped the files: unmapped now, the
+            # kernel may drop their pages from the page cache again.
+            cast(Any, self.dataset.reader).release(self.dataset.keys())
 
 
 _live_loaders: weakref.WeakSet[DataLoader] = weakref.WeakSet()

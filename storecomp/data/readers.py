@@ -224,6 +224,11 @@ class LocalReader:
     def describe(self, key: str) -> str:
         return key
 
+    def release(self, keys: Sequence[str]) -> None:
+        """Drop the engine's mappings of ``keys`` (a closed loader leaves their pages unmapped,
+        free for the page cache to drop)."""
+        self.engine.release_mappings(keys)
+
 
 @dataclass
 class OpenFiles:

@@ -39,7 +39,7 @@ import errno
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -251,6 +251,15 @@ class File:
     def size(self) -> int:
         """Current size in bytes of the opened file."""
         return self.fstat()[2]
+
+    def release_mapping(self) -> None:
+        """Drop the engine's mapping of this file (made by mapped reads and by the
+        page-cache tier's background population), so that its pages are no longer
+        mapped in this process: the kernel may then drop them from the page cache
+        (``posix_fadvise(DONTNEED)`` skips mapped pages). Reads in flight keep what
+        they copy from; the next mapped read maps the file again."""
+        if not self.closed:
+            self._engine._native.release_mapping(self._id)
 
     def direct_alignment(self) -> tuple[int, int] | None:
         """``(memory, offset)`` alignment in bytes that an O_DIRECT read of this file
@@ -495,7 +504,10 @@ class Engine:
         registered and so pinned, that unaligned O_DIRECT reads land in; at most 64 MiB).
         ``bounce_handoffs``: bounced pieces whose copy out of the arena ran on the pool's threads.
         ``mapped_pieces``: pieces copied out of a file mapping (``direct="mapped"``); ``mapped_faults``:
-        those that met a file shrunk under its mapping."""
+        those that met a file shrunk under its mapping. ``populated_bytes``: bytes that the page-cache
+        tier's buffered reads mapped into the engine's mappings in the background, ready for mapped
+        reads (:class:`~storecomp.io.TierChoice` ``populate``); ``populate_skipped``: bytes it left
+        (queue full, file shrunk or its mapping released meanwhile)."""
         return dict(self._native.stats())
 
     # ------------------------------------------------------------ files
@@ -536,6 +548,13 @@ class Engine:
                 # descriptor closes when the last reference goes.
                 self._files.popitem(last=False)
         return f
+
+    def release_mappings(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        """:meth:`File.release_mapping` of the cached files of ``paths`` (those not cached are skipped)."""
+        with self._lock:
+            files = [hit[0] for p in paths if (hit := self._files.get((os.fspath(p), False))) is not None]
+        for f in files:
+            f.release_mapping()
 
     def _open_native(self, path: str, writable: bool, create: bool) -> int:
         self._check_open()

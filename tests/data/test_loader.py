@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import textwrap
@@ -215,8 +216,6 @@ def test_a_consumer_keeping_every_batch_does_not_deadlock(shard_ds: str) -> None
 
 
 def _evict(folder: str) -> None:
-    import os
-
     for root, _, files in os.walk(folder):
         for name in files:
             fd = os.open(os.path.join(root, name), os.O_RDONLY)
@@ -236,8 +235,6 @@ def _tier_ds(tmp_path: Any) -> tuple[str, int]:
 
 
 def _resident(folder: str) -> int:
-    import os
-
     from storecomp.io import resident_bytes
 
     return sum(resident_bytes(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
@@ -267,6 +264,55 @@ def test_a_dataset_that_fits_is_read_through_the_page_cache(tmp_path: Any) -> No
         # Every batch of the hot epoch came from memory: copied out of the mappings of the resident shards.
         assert loader.metrics()["read_path"] == "mapped"
         assert eng.stats()["mapped_pieces"] - mapped >= 40
+
+
+def _mapped_bytes(folder: str) -> int:
+    """Bytes of the files below ``folder`` mapped into this process's page tables (smaps ``Rss``)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line: range perms offset dev inode [path]
+                inside = len(head) >= 6 and head[5].startswith(folder)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1]) * 1024
+    return total
+
+
+def test_the_cold_epoch_maps_what_it_reads_and_close_unmaps_it(tmp_path: Any) -> None:
+    """While the cold epoch fills the page cache, what it reads is mapped into the engine's mappings
+    in the background (MODE_POPULATE): the page tables hold every sample before the first mapped
+    epoch touches one (no page fault per 4 KiB there). close() drops the mappings: the kernel may
+    drop the pages again (posix_fadvise DONTNEED skips mapped pages)."""
+    import time
+
+    from storecomp.io import Engine
+
+    path, n = _tier_ds(tmp_path)
+    shards = os.path.realpath(path + "/shards")
+    with Engine(direct="auto") as eng:
+        _evict(path)
+        loader = DataLoader(path, 64, seed=1, shuffle_block=1, shuffle_window=1, engine=eng)
+        assert sum(b["x"].shape[0] for b in loader) == n
+        assert loader.metrics()["read_path"] == "buffered"
+        deadline = time.monotonic() + 60  # the populating thread runs on idle CPU only
+        while time.monotonic() < deadline:
+            st = eng.stats()
+            if st["populated_bytes"] + st["populate_skipped"] >= n * 4096:
+                break
+            time.sleep(0.05)
+        st = eng.stats()
+        assert st["populated_bytes"] >= n * 4096 and st["populate_skipped"] == 0, st
+        assert _mapped_bytes(shards) >= n * 4096  # in the page tables before any mapped read
+        loader.epoch = 1
+        rows = np.concatenate([b["x"].numpy() for b in loader])
+        assert sorted((rows[:, 0] // 512).tolist()) == list(range(n))
+        assert (rows == rows[:, :1] + np.arange(512)).all()
+        assert loader.metrics()["read_path"] == "mapped"
+        loader.close()
+        assert _mapped_bytes(shards) == 0
+        _evict(path)
+        assert _resident(path + "/shards") == 0  # nothing left mapped: every page could go
 
 
 @pytest.mark.parametrize("direct", ["on", "off"])

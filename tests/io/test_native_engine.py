@@ -71,6 +71,8 @@ def test_engine_reports_backend_and_config(backend_name: str) -> None:
             "bounce_arena_bytes",
             "mapped_pieces",
             "mapped_faults",
+            "populated_bytes",
+            "populate_skipped",
         }
         assert all(v == 0 for v in eng.stats().values())
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,30 @@ def test_resident_bytes_follow_the_page_cache(tmp_path: Path) -> None:
     assert resident_bytes(str(path)) == 0
     path.read_bytes()
     assert resident_bytes(str(path)) == 1 << 20
+
+
+def test_sampled_residency_estimates_a_large_file(tmp_path: Path) -> None:
+    """``samples``: a file larger than 4 * samples * 64 KiB is estimated from that many ranges: its
+    size when all of it is resident, 0 when none is, about the resident share in between; a small
+    file is counted exactly."""
+    size = 16 << 20
+    path = write_file(tmp_path / "f.bin", random_bytes(size, seed=5))
+    path.read_bytes()
+    assert resident_bytes(str(path), samples=8) == size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # clean pages: DONTNEED skips dirty ones
+        os.posix_fadvise(fd, 0, size // 2, os.POSIX_FADV_DONTNEED)  # the first half leaves the page cache
+    finally:
+        os.close(fd)
+    assert resident_bytes(str(path)) == size // 2  # exact
+    estimates = [resident_bytes(str(path), samples=8) for _ in range(4)]
+    assert all(size // 4 <= e <= size * 3 // 4 for e in estimates), estimates  # 8 strides: 4 in each half
+    _evict(path)
+    assert resident_bytes(str(path), samples=8) == 0
+    small = write_file(tmp_path / "s.bin", random_bytes(1 << 20, seed=6))
+    small.read_bytes()
+    assert resident_bytes(str(small), samples=8) == 1 << 20  # under 4 * 8 * 64 KiB: the whole file counted
 
 
 def test_resident_bytes_of_a_missing_file_is_zero(tmp_path: Path) -> None:
@@ -93,6 +118,7 @@ def test_a_buffered_choice_over_resident_files_reads_them_mapped(tmp_path: Path)
     choice = PageCachePolicy("auto").choose([str(a), str(b)])
     assert (choice.tier, choice.mapped, choice.read_path, choice.direct) == ("buffered", True, "mapped", "mapped")
     assert choice.mode == _native.MODE_BUFFERED | _native.MODE_MAPPED | _native.MODE_STREAM  # a data set's batches stream
+    assert not choice.populate  # already mapped: nothing to populate
     assert choice.as_dict()["read_path"] == "mapped" and "copied out of mappings" in choice.reason
     assert PageCachePolicy("off").choose([str(a)]).read_path == "mapped"  # forced buffered: still the page cache
     assert PageCachePolicy("auto", mapped="off").choose([str(a), str(b)]).read_path == "buffered"
@@ -103,6 +129,12 @@ def test_a_buffered_choice_over_resident_files_reads_them_mapped(tmp_path: Path)
     _evict(b)
     choice = PageCachePolicy("auto").choose([str(a), str(b)])
     assert (choice.tier, choice.read_path, choice.direct) == ("buffered", "buffered", "off")
+    # The pass that fills the page cache maps what it reads, for the mapped passes after it.
+    assert choice.populate and choice.mode == _native.MODE_BUFFERED | _native.MODE_POPULATE
+    off = PageCachePolicy("auto", mapped="off").choose([str(a), str(b)])
+    assert not off.populate and off.mode == _native.MODE_BUFFERED  # no mapped passes: nothing to map
+    moved = tight.check(tight.choose([str(a), str(b)]))
+    assert (moved.tier, moved.populate, moved.mode) == ("direct", False, _native.MODE_DIRECT)
 
 
 def test_bad_mapped_value_is_refused() -> None:
