@@ -461,19 +461,29 @@ uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t
 
 ThreadPool::ThreadPool(unsigned threads, uint64_t align, uint64_t bounce_bytes, Stats& stats)
     : align_(align), bounce_bytes_(bounce_bytes), stats_(stats) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  cpus_ = sched_getaffinity(0, sizeof(set), &set) == 0 ? static_cast<size_t>(CPU_COUNT(&set)) : threads;
+  if (cpus_ == 0) cpus_ = 1;
+  std::lock_guard<std::mutex> g(mu_);
+  awake_ = threads;  // each worker counts as awake until its first wait
   for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { worker(); });
 }
 
 ThreadPool::~ThreadPool() { shutdown(); }
 
-void ThreadPool::submit(Piece* const* pieces, size_t n) {
+void ThreadPool::submit(Piece* const* pieces, size_t n, bool cpu_bound) {
   {
     std::lock_guard<std::mutex> g(mu_);
     if (!stopping_) {
       queue_.insert(queue_.end(), pieces, pieces + n);
       // Wake a worker per piece, not all of them (a worker drains the queue
-      // before it sleeps): a wake-up costs a context switch.
-      for (size_t i = 0; i < n && i < workers_.size(); ++i) cv_.notify_one();
+      // before it sleeps): a wake-up costs a context switch. Copies keep no
+      // more workers awake than there are CPUs: more only take turns on
+      // them (mapped 64 KiB samples on 2 CPUs: 227k/s with 4 awake, 245k with 2).
+      size_t wake = std::min(n, workers_.size());
+      if (cpu_bound) wake = std::min(wake, awake_ < cpus_ ? cpus_ - awake_ : size_t{0});
+      for (size_t i = 0; i < wake; ++i) cv_.notify_one();
       return;
     }
   }
@@ -498,7 +508,11 @@ void ThreadPool::worker() {
     Piece* p;
     {
       std::unique_lock<std::mutex> g(mu_);
-      cv_.wait(g, [this] { return stopping_ || !queue_.empty(); });
+      if (!stopping_ && queue_.empty()) {
+        --awake_;
+        cv_.wait(g, [this] { return stopping_ || !queue_.empty(); });
+        ++awake_;
+      }
       if (stopping_) break;
       p = queue_.front();
       queue_.pop_front();
@@ -778,7 +792,7 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
     } else {
       for (auto& p : batch->pieces) ptrs.push_back(&p);
     }
-    if (!ptrs.empty()) pool_->submit(ptrs.data(), ptrs.size());
+    if (!ptrs.empty()) pool_->submit(ptrs.data(), ptrs.size(), /*cpu_bound=*/true);
     return batch;
   }
   if (inline_probe(*batch, mode)) {

@@ -252,7 +252,9 @@ class ThreadPool {
  public:
   ThreadPool(unsigned threads, uint64_t align, uint64_t bounce_bytes, Stats& stats);
   ~ThreadPool();
-  void submit(Piece* const* pieces, size_t n);
+  // `cpu_bound`: pieces that only copy (mapped reads) wake workers only
+  // while fewer are awake than the process has CPUs.
+  void submit(Piece* const* pieces, size_t n, bool cpu_bound = false);
   // Where pieces submitted with nowait_probe go when the page cache misses.
   // Set once, before such pieces are submitted.
   void set_miss_sink(std::function<void(Piece*)> sink) { miss_sink_ = std::move(sink); }
@@ -280,6 +282,8 @@ class ThreadPool {
   std::condition_variable cv_;
   std::deque<Piece*> queue_;
   std::vector<std::thread> workers_;
+  size_t awake_ = 0;  // workers not waiting for work (under mu_)
+  size_t cpus_ = 1;   // CPUs this process may run on (sched_getaffinity at creation)
   bool stopping_ = false;
   uint64_t align_, bounce_bytes_;
   Stats& stats_;
