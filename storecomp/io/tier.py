@@ -29,7 +29,8 @@ cache, what it reads is mapped into the engine's mappings in the background
 (``MODE_POPULATE``, on CPU the pass leaves idle waiting for the device), so the
 first mapped pass takes no page fault per 4 KiB. What is resident is sampled
 for large files (:data:`RESIDENCY_SAMPLES`): a choice at every epoch then
-costs about a millisecond, not ~9 ms per GiB of data.
+costs about a millisecond, not ~9 ms per GiB of data. A file estimated whole
+with a few pages evicted is still read right: a mapped read faults them in.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ def _cgroup_stat(key: str) -> int:
     return 0
 
 
-#: Ranges of 64 KiB a tier choice samples per large file to estimate what is resident (see :func:`resident_bytes`).
-RESIDENCY_SAMPLES = 256
+#: Ranges of 64 KiB a tier choice samples, spread over the files (at least 16 a file), to estimate
+#: what of large files is resident (see :func:`resident_bytes`).
+RESIDENCY_SAMPLES = 512
 
 
 def resident_bytes(path: str, *, samples: int = 0) -> int:
@@ -231,6 +233,7 @@ class PageCachePolicy:
     def choose(self, paths: Iterable[str], data_bytes: int | None = None) -> TierChoice:
         """The tier for reading ``paths`` (``data_bytes``: how much of them will be read; default all)."""
         paths = list(dict.fromkeys(paths))
+        samples = max(16, RESIDENCY_SAMPLES // max(1, len(paths)))
         sizes = resident = 0
         whole = bool(paths)  # every file entirely in the page cache
         for p in paths:
@@ -240,7 +243,7 @@ class PageCachePolicy:
                 whole = False
                 continue
             sizes += size
-            r = min(resident_bytes(p, samples=RESIDENCY_SAMPLES), size)
+            r = min(resident_bytes(p, samples=samples), size)
             resident += r
             whole = whole and r == size
         need = sizes if data_bytes is None else min(sizes, data_bytes)
