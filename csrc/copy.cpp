@@ -271,8 +271,8 @@ uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t cr
   if (step == 0 || crc_begin >= crc_end) crc_begin = crc_end = 0;
   // Blocks start on 64-byte boundaries of dst after a short head (a large
   // np.empty starts 16 bytes past a page): plain copies use aligned stores
-  // (vector_copy), checked bytes are copied and checksummed in one pass
-  // (crc32c_copy), chunk by chunk.
+  // (vector_copy; streaming ones with `stream`: stream_copy), checked bytes
+  // are copied and checksummed in one pass (crc32c_copy), chunk by chunk.
   uint64_t at = 0, chunk = 0;
   uint32_t crc = 0;
   while (at < len) {
@@ -283,7 +283,10 @@ uint64_t mapped_copy(uint8_t* dst, const uint8_t* src, uint64_t len, uint64_t cr
     for (uint64_t x = at; x < end;) {
       if (x < crc_begin || x >= crc_end) {
         const uint64_t e = x < crc_begin ? std::min(end, crc_begin) : end;
-        vector_copy(dst + x, src + x, e - x);
+        if (stream)
+          stream_copy(reinterpret_cast<char*>(dst + x), reinterpret_cast<const char*>(src + x), e - x);
+        else
+          vector_copy(dst + x, src + x, e - x);
         x = e;
         continue;
       }

@@ -240,15 +240,17 @@ def _resident(folder: str) -> int:
     return sum(resident_bytes(os.path.join(r, f)) for r, _, fs in os.walk(folder) for f in fs)
 
 
-def test_a_dataset_that_fits_is_read_through_the_page_cache(tmp_path: Any) -> None:
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_dataset_that_fits_is_read_through_the_page_cache(tmp_path: Any, verify: bool) -> None:
     """The tier is chosen on purpose: a small data set is read buffered, so
-    the first epoch leaves it in the page cache and later epochs hit it."""
+    the first epoch leaves it in the page cache and later epochs hit it
+    (mapped copies with checks folded in, or plain streaming copies)."""
     from storecomp.io import Engine
 
     path, n = _tier_ds(tmp_path)
     with Engine(direct="auto") as eng:
         _evict(path)
-        loader = DataLoader(path, 64, seed=1, shuffle_block=1, shuffle_window=1, engine=eng)
+        loader = DataLoader(path, 64, seed=1, shuffle_block=1, shuffle_window=1, engine=eng, verify=verify)
         seen = [b["x"][:, 0].numpy() // 512 for b in loader]
         assert sorted(np.concatenate(seen).tolist()) == list(range(n))
         m = loader.metrics()
