@@ -252,8 +252,8 @@ class ThreadPool {
  public:
   ThreadPool(unsigned threads, uint64_t align, uint64_t bounce_bytes, Stats& stats);
   ~ThreadPool();
-  // `cpu_bound`: pieces that only copy (mapped reads) wake workers only
-  // while fewer are awake than the process has CPUs.
+  // `cpu_bound`: pieces that only copy (a data set's mapped batches) wake
+  // workers only while fewer are awake than the process has CPUs.
   void submit(Piece* const* pieces, size_t n, bool cpu_bound = false);
   // Where pieces submitted with nowait_probe go when the page cache misses.
   // Set once, before such pieces are submitted.
