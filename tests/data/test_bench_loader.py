@@ -10,6 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).parents[2]
 
 
+def _hot_epochs_last_the_duration(epochs: list[dict], duration: float) -> None:
+    """The cold epoch, then hot ones (at least two) adding up to the measurement's duration, as long as fio's."""
+    assert [e["epoch"] for e in epochs] == list(range(len(epochs))) and len(epochs) >= 3
+    assert sum(e["samples"] / e["samples_per_s"] for e in epochs[1:]) >= duration * 0.99
+
+
 def test_bench_loader_tiny(tmp_path: Path) -> None:
     out = tmp_path / "loader.json"
     proc = subprocess.run(
@@ -22,7 +28,8 @@ def test_bench_loader_tiny(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert set(doc["cases"]) == {"rand_64k", "rand_4k", "tokens", "data_wait", "rss", "hot_64k", "user_buffer_64k"}
     hot = doc["cases"]["hot_64k"]
-    assert [e["epoch"] for e in hot["storecomp"]] == [0, 1, 2] and hot["storecomp"][1]["tier"] == "buffered"
+    _hot_epochs_last_the_duration(hot["storecomp"], 0.2)  # --tiny: 0.2 s per measurement
+    assert hot["storecomp"][1]["tier"] == "buffered"
     assert hot["fio_buffered_2"]["iops"] > 0 and [t["num_workers"] for t in hot["torch"]] == [0]  # --tiny: num_workers 0 only
     assert doc["cases"]["user_buffer_64k"]["numpy"] > 0 and doc["cases"]["user_buffer_64k"]["slot"] > 0
     for case in ("rand_64k", "rand_4k", "tokens"):
@@ -40,7 +47,8 @@ def test_bench_loader_one_case_writes_only_its_data(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert set(doc["cases"]) == {"hot_64k"} and [e["epoch"] for e in doc["cases"]["hot_64k"]["storecomp"]] == [0, 1, 2]
+    assert set(doc["cases"]) == {"hot_64k"}
+    _hot_epochs_last_the_duration(doc["cases"]["hot_64k"]["storecomp"], 0.2)
     assert "hot_64k" in proc.stdout
     written = {p.name for p in (tmp_path / "storecomp-bench-loader").iterdir()}
     assert written == {"x64k.npy", "ds64k"}, written
