@@ -281,6 +281,35 @@ def _mapped_bytes(folder: str) -> int:
     return total
 
 
+def test_mapped_epochs_on_one_cpu(tmp_path: Any) -> None:
+    """A data set's mapped batches keep no more engine workers awake than the process has CPUs:
+    pinned to one CPU, every batch still completes (the one awake worker drains the queue) with the
+    right bytes, batches larger than a single inline read included (64 x 64 KiB)."""
+    from storecomp.data import write_dataset
+
+    n = 64 * 8
+    write_dataset(tmp_path / "d", {"x": np.arange(n * 8192, dtype=np.int64).reshape(n, 8192)}, shard_bytes=8 << 20)
+    script = textwrap.dedent(f"""
+        import os
+        os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
+        import numpy as np
+        from storecomp import DataLoader
+        from storecomp.io import Engine
+        with Engine(direct="auto") as eng:
+            loader = DataLoader({str(tmp_path / "d")!r}, 64, seed=1, shuffle_block=1, shuffle_window=1, engine=eng)
+            for epoch in range(3):
+                loader.epoch = epoch
+                rows = np.concatenate([b["x"].numpy() for b in loader])
+                assert sorted((rows[:, 0] // 8192).tolist()) == list(range({n}))
+                assert (rows == rows[:, :1] + np.arange(8192)).all()
+            assert loader.metrics()["read_path"] == "mapped", loader.metrics()["read_path"]
+            loader.close()
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
 def test_the_cold_epoch_maps_what_it_reads_and_close_unmaps_it(tmp_path: Any) -> None:
     """While the cold epoch fills the page cache, what it reads is mapped into the engine's mappings
     in the background (MODE_POPULATE): the page tables hold every sample before the first mapped
