@@ -836,11 +836,16 @@ std::shared_ptr<Batch> Engine::submit(std::shared_ptr<Batch> batch, uint8_t mode
   return batch;
 }
 
+// In a forked child the ring's reaper thread does not exist: a registration
+// change would wait for it forever (a staging pool dropped in a torch
+// DataLoader worker). There the engine's buffers stay as they are.
 bool Engine::register_buffer(uintptr_t addr, uint64_t len) {
+  if (::getpid() != owner_pid_) return false;
   return uring_ ? uring_->register_buffer(addr, len) : false;
 }
 
 void Engine::unregister_buffer(uintptr_t addr) {
+  if (::getpid() != owner_pid_) return;
   if (uring_) uring_->unregister_buffer(addr);
 }
 
@@ -853,6 +858,7 @@ void Engine::shutdown() {
     // the child leaves both alone (their memory dies with the process).
     (void)uring_.release();
     (void)pool_.release();
+    (void)new std::shared_ptr<Populator>(std::move(populator_));  // its thread too: never joined here
     return;
   }
   if (uring_) uring_->shutdown();  // may still hand pieces to the pool

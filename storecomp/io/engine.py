@@ -723,7 +723,7 @@ class Engine:
         return bool(self._native.register_buffer(address, nbytes))
 
     def _unregister_buffer(self, address: int) -> None:
-        if not self._closed:
+        if not self.closed:  # nor in a forked child: the parent's ring is not this process's to change
             self._native.unregister_buffer(address)
 
     # ------------------------------------------------------------ lifetime

@@ -90,3 +90,48 @@ def test_torch_dataloader_fork_workers_beside_an_engine(data_file: DataFile) -> 
     proc = run_python(textwrap.dedent(code), timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "terminate called" not in proc.stderr
+
+
+def test_forked_child_after_a_populating_epoch_exits_cleanly(tmp_path) -> None:
+    """A cold epoch over a data set that fits the page cache starts the engine's populating thread
+    (MODE_POPULATE); a child forked after it (torch DataLoader workers) drops the parent's engine
+    without joining that thread, which does not exist in the child."""
+    code = f"""
+        import gc, os, time, multiprocessing as mp, numpy as np
+        from storecomp.data import DataLoader, write_dataset
+        from storecomp.io import Engine
+        root = {str(tmp_path / "d")!r}
+        write_dataset(root, {{"x": np.arange(256 * 512, dtype=np.int64).reshape(256, 512)}}, shard_bytes=1 << 20)
+        for d, _, names in os.walk(root):
+            for name in names:
+                fd = os.open(os.path.join(d, name), os.O_RDONLY)
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+        eng = Engine(direct="auto")
+        loader = DataLoader(root, 64, seed=1, engine=eng)
+        assert sum(b["x"].shape[0] for b in loader) == 256
+        deadline = time.monotonic() + 60
+        while eng.stats()["populated_bytes"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert eng.stats()["populated_bytes"] > 0      # the populating thread ran in the parent
+
+        def child(q):
+            global eng, loader
+            del loader, eng                            # must not join the parent's threads
+            gc.collect()
+            q.put("ok")
+
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=child, args=(q,))
+        p.start()
+        assert q.get(timeout=60) == "ok"
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        loader.close()
+        eng.close()
+        print("ok")
+    """
+    proc = run_python(textwrap.dedent(code), timeout=120)
+    assert proc.stdout.strip().endswith("ok") and "terminate called" not in proc.stderr
