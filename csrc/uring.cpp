@@ -14,6 +14,7 @@
 #include <vector>
 
 #ifdef STORECOMP_HAVE_LIBURING
+#include <fcntl.h>
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -50,6 +51,10 @@ UringProbe probe_uring() {
   p.reason = "io_uring permitted";
   return p;
 }
+
+#ifndef IORING_REGISTER_USE_REGISTERED_RING
+#define IORING_REGISTER_USE_REGISTERED_RING (1U << 31)  // Linux 6.3; missing from older headers
+#endif
 
 namespace {
 
@@ -175,6 +180,8 @@ class Uring final : public UringBackend {
       std::lock_guard<std::mutex> g(mu_);
       if (stopping_) {
         cancelled.assign(pieces, pieces + n);
+      } else if (lost_) {
+        pool_.submit(pieces, n);  // the ring is gone (see lose()): the pool reads from here on
       } else {
         pending_.insert(pending_.end(), pieces, pieces + n);
         wake = reaper_waiting_;
@@ -187,7 +194,7 @@ class Uring final : public UringBackend {
   bool register_buffer(uintptr_t addr, uint64_t len) override {
     std::unique_lock<std::mutex> g(mu_);
     reg_cv_.wait(g, [this] { return !reg_.pending; });  // one request at a time
-    if (fixed_len_ || stopping_) return false;
+    if (fixed_len_ || stopping_ || lost_) return false;
     reg_ = RegCommand{true, false, false, addr, len, false};
     run_on_reaper(g);
     if (!reg_.ok) return false;
@@ -201,7 +208,7 @@ class Uring final : public UringBackend {
     reg_cv_.wait(g, [this] { return !reg_.pending; });
     // After shutdown the ring is gone (its fd may already belong to another
     // ring); only the registration of addr is undone.
-    if (!fixed_len_ || stopping_ || addr != fixed_base_) return;
+    if (!fixed_len_ || stopping_ || lost_ || addr != fixed_base_) return;
     fixed_base_ = 0;  // no new fixed read from here on
     fixed_len_ = 0;
     reg_ = RegCommand{true, false, true, addr, 0, false};
@@ -227,7 +234,12 @@ class Uring final : public UringBackend {
       std::unique_lock<std::mutex> g(arena_mu_);
       copies_cv_.wait(g, [this] { return copies_pending_ == 0; });
     }
+    // A descriptor the ring keeps (kernels before 6.3) may have been closed under the engine
+    // and its number given to another file since: that number is not closed here.
+    if (ring_.ring_fd >= 0 && !names_a_ring(ring_.ring_fd)) ring_.ring_fd = -1;
     io_uring_queue_exit(&ring_);  // drops the fixed buffer registration too
+    if (arena_leaked_)
+      (void)arena_.release();  // reads the lost ring may still land in it (see lose()): never unmapped
     arena_.reset();
     stats_.bounce_arena_bytes = 0;
     ::close(efd_);
@@ -266,15 +278,14 @@ class Uring final : public UringBackend {
     if (reg_.unregister) {
       if (sparse_) {
         struct iovec none = {nullptr, 0};  // an empty slot; reads still in flight keep the old pages pinned
-        io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &none, nullptr, 1);
+        update_buffer(kFixedStaging, &none);
       } else {
-        io_uring_unregister_buffers(&ring_);
+        reg(IORING_UNREGISTER_BUFFERS, nullptr, 0);
       }
       reg_.ok = true;
     } else {
       struct iovec iov = {reinterpret_cast<void*>(reg_.addr), static_cast<size_t>(reg_.len)};
-      int r = sparse_ ? io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &iov, nullptr, 1)
-                      : io_uring_register_buffers(&ring_, &iov, 1);
+      int r = sparse_ ? update_buffer(kFixedStaging, &iov) : reg(IORING_REGISTER_BUFFERS, &iov, 1);
       reg_.ok = r >= 0;
     }
     reg_.done = true;
@@ -294,8 +305,113 @@ class Uring final : public UringBackend {
     // depth. Allow one bounded worker per ring entry (advisory).
     unsigned workers[2] = {qd_, 0};
     (void)io_uring_register_iowq_max_workers(&ring_, workers);
+    make_private();
     arm_wake();
     return 0;
+  }
+
+  // Closes the ring's own descriptor where the kernel lets the reaper reach
+  // the ring without it: a registered ring (5.18+) for io_uring_enter, and
+  // for io_uring_register too (6.3+). Code that closes descriptors it does
+  // not own (os.closerange, a dup2 over them) then cannot touch the ring,
+  // and the number it had is never closed again at shutdown (by then it may
+  // name another file). Where only the enters can go through the index, the
+  // descriptor stays for the registrations; a kernel without registered
+  // rings keeps using it (a lost descriptor: see lose()).
+  void make_private() {
+    if (io_uring_register_ring_fd(&ring_) != 1) return;
+    unsigned query[2] = {0, 0};  // reads the io-wq limits, changes nothing
+    if (::syscall(__NR_io_uring_register, ring_.enter_ring_fd,
+                  IORING_REGISTER_IOWQ_MAX_WORKERS | IORING_REGISTER_USE_REGISTERED_RING, query, 2) < 0)
+      return;
+    ::close(ring_.ring_fd);
+    ring_.ring_fd = -1;  // io_uring_queue_exit's close(-1) is then a no-op
+    fd_private_ = true;
+  }
+
+  // Whether descriptor fd is an io_uring instance (anon_inode:[io_uring]).
+  static bool names_a_ring(int fd) {
+    if (::fcntl(fd, F_GETFD) < 0) return false;  // closed
+    char link[64], want[] = "anon_inode:[io_uring]";
+    std::string path = "/proc/self/fd/" + std::to_string(fd);
+    ssize_t n = ::readlink(path.c_str(), link, sizeof link);
+    if (n < 0) return true;  // no /proc to tell: the ring's, as far as is known
+    return static_cast<size_t>(n) == sizeof want - 1 && std::memcmp(link, want, sizeof want - 1) == 0;
+  }
+
+  // io_uring_register on this ring: by its registered index once its
+  // descriptor is closed (make_private), else by the descriptor. The
+  // result, or a negative errno.
+  int reg(unsigned op, const void* arg, unsigned nr) {
+    int fd = fd_private_ ? ring_.enter_ring_fd : ring_.ring_fd;
+    long r = ::syscall(__NR_io_uring_register, fd, op | (fd_private_ ? IORING_REGISTER_USE_REGISTERED_RING : 0u), arg, nr);
+    return r < 0 ? -errno : static_cast<int>(r);
+  }
+
+  // Puts *iov in fixed buffer slot `slot` (an empty iovec empties it): 1 when done.
+  int update_buffer(unsigned slot, const struct iovec* iov) {
+    struct io_uring_rsrc_update2 up {};
+    up.offset = slot;
+    up.data = reinterpret_cast<uint64_t>(iov);
+    up.nr = 1;
+    return reg(IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof up);
+  }
+
+  // What io_uring_enter answers when the ring's descriptor no longer names
+  // this ring: closed (EBADF), reused for another file (EOPNOTSUPP), or for
+  // another engine's ring (EEXIST: it has another submitter; EBADFD: not
+  // enabled yet), or the ring is torn down (ENXIO).
+  static bool ring_gone(int r) {
+    return r == -EBADF || r == -EOPNOTSUPP || r == -EEXIST || r == -EBADFD || r == -ENXIO;
+  }
+
+  // The ring's descriptor was closed under the engine (only possible where
+  // it could not be made private): nothing can be submitted to the ring or
+  // reaped from it any more. Pieces in the ring fail with EBADFD (storecomp
+  // names it: the engine's io_uring descriptor was closed under it); the
+  // kernel may still finish their reads, so the bounce arena is never
+  // unmapped. Pieces not yet in the ring, and every one submitted later, go
+  // to the thread pool, which reads them as if the ring had never been.
+  // Called on the reaper, which returns right after.
+  void lose() {
+    std::vector<Piece*> failed, to_pool;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      lost_ = true;
+      to_pool.assign(pending_.begin(), pending_.end());
+      pending_.clear();
+      failed.swap(live_);
+      inflight_ = 0;
+      if (reg_.pending && !reg_.done) {  // a caller waits for the reaper: it is leaving
+        reg_.ok = false;
+        reg_.done = true;
+        reg_cv_.notify_all();
+      }
+    }
+    stats_.ring_lost = 1;
+    ring_.ring_fd = -1;  // the number may name another file by now: never closed at shutdown
+    {
+      std::lock_guard<std::mutex> a(arena_mu_);
+      for (Piece* p : failed)
+        if (p->issued == ISSUED_BOUNCE) arena_leaked_ = true;
+    }
+    if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
+    for (Piece* p : failed) {
+      stats_.errors++;
+      p->batch->complete(*p, p->done, EBADFD);
+    }
+  }
+
+  // The pieces whose SQEs are in the ring (reaper only): each knows its place (Piece::ring_slot).
+  void track(Piece* p) {
+    p->ring_slot = static_cast<uint32_t>(live_.size());
+    live_.push_back(p);
+  }
+  void untrack(Piece* p) {
+    Piece* last = live_.back();
+    live_[p->ring_slot] = last;
+    last->ring_slot = p->ring_slot;
+    live_.pop_back();
   }
 
   void cancel(const std::vector<Piece*>& pieces) {
@@ -320,8 +436,7 @@ class Uring final : public UringBackend {
     if (i < 0) return false;
     stats_.bounce_arena_bytes += arena_->chunk_bytes();
     struct iovec iov = {arena_->chunk_base(static_cast<unsigned>(i)), static_cast<size_t>(arena_->chunk_bytes())};
-    arena_fixed_.push_back(sparse_ && io_uring_register_buffers_update_tag(&ring_, kFixedBounce + static_cast<unsigned>(i),
-                                                                           &iov, nullptr, 1) == 1);
+    arena_fixed_.push_back(sparse_ && update_buffer(kFixedBounce + static_cast<unsigned>(i), &iov) == 1);
     return true;
   }
 
@@ -488,10 +603,13 @@ class Uring final : public UringBackend {
     }
     if (bounce) {
       prep_bounce(sqe, p);
+      track(p);
     } else if (!prep(sqe, p)) {
       io_uring_prep_nop(sqe);  // the SQE is taken; make it a no-op (its completion counts as the piece's)
       io_uring_sqe_set_data(sqe, nullptr);
       to_pool->push_back(p);
+    } else {
+      track(p);
     }
     // Reads and writes of the device go at once; page-cache ones (buffered, RWF_NOWAIT), which the
     // kernel serves inline, go together with the round's wait. An error leaves the SQE in the ring:
@@ -702,7 +820,8 @@ class Uring final : public UringBackend {
         std::lock_guard<std::mutex> g(mu_);
         reaper_waiting_ = false;
       }
-      if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+      bool gone = ring_gone(r);  // completions already posted are handled first
+      if (r < 0 && !gone && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
         std::this_thread::yield();  // cannot happen with a valid ring; avoid spinning hot
       }
       unsigned head, count = 0, pieces = 0;
@@ -719,7 +838,10 @@ class Uring final : public UringBackend {
           continue;
         }
         pieces++;  // a piece, or the no-op left by one handed to the pool
-        if (data) handle(static_cast<Piece*>(data), cqe->res, &rd);
+        if (data) {
+          untrack(static_cast<Piece*>(data));
+          handle(static_cast<Piece*>(data), cqe->res, &rd);
+        }
       }
       io_uring_cq_advance(&ring_, count);
       {
@@ -743,6 +865,10 @@ class Uring final : public UringBackend {
       rd.clear();
       cancel(cancelled);
       cancelled.clear();
+      if (gone) {
+        lose();  // stats()["ring_lost"] says so
+        return;
+      }
     }
   }
 
@@ -765,6 +891,10 @@ class Uring final : public UringBackend {
   uintptr_t seen_fixed_base_ = 0;  // reaper only: fixed_base_ and fixed_len_ as of its last section under mu_
   uint64_t seen_fixed_len_ = 0;
   bool sparse_ = false;  // fixed buffers in a sparse table (kFixedStaging, kFixedBounce)
+  bool fd_private_ = false;  // reaper only: the ring's descriptor is closed, reached by its registered index
+  bool lost_ = false;        // under mu_: the ring's descriptor was closed under the engine (lose())
+  bool arena_leaked_ = false;  // under arena_mu_: the lost ring may still read into the arena
+  std::vector<Piece*> live_;   // reaper only: pieces whose SQEs are in the ring (track/untrack)
   bool disabled_ = false;  // created disabled: the reaper enables it (SINGLE_ISSUER)
   RegCommand reg_;
   std::condition_variable reg_cv_;

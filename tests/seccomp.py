@@ -32,15 +32,47 @@ class _SockFprog(ctypes.Structure):
 
 def block_io_uring(syscall: str = "io_uring_setup") -> None:
     """Install the filter, which fails ``syscall`` with EPERM, in this process (OSError when the kernel refuses it)."""
-    if platform.machine() not in ("x86_64", "aarch64"):
-        raise OSError(f"io_uring_setup's syscall number is not known for {platform.machine()}")
-    prog = (_SockFilter * 4)(
-        _SockFilter(_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
-        _SockFilter(_BPF_JMP_JEQ_K, 0, 1, _NR[syscall]),
-        _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 1),  # EPERM
-        _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+    _install(
+        [
+            _SockFilter(_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
+            _SockFilter(_BPF_JMP_JEQ_K, 0, 1, _nr(syscall)),
+            _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 1),  # EPERM
+            _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+        ]
     )
-    fprog = _SockFprog(4, prog)
+
+
+#: io_uring_register opcodes (linux/io_uring.h), and the flag that addresses the ring by its registered index.
+IORING_REGISTER_RING_FDS = 20
+IORING_REGISTER_VIA_INDEX = 1 << 31  # IORING_REGISTER_USE_REGISTERED_RING, Linux 6.3
+
+
+def refuse_io_uring_register(opcode: int) -> None:
+    """Install a filter that fails io_uring_register with ``opcode`` (its whole second argument,
+    flags included; EINVAL, as a kernel that does not know it answers) and lets every other call
+    through: e.g. IORING_REGISTER_RING_FDS, to run as on a kernel before 5.18, where a ring is
+    reached only through its descriptor."""
+    _install(
+        [
+            _SockFilter(_BPF_LD_W_ABS, 0, 0, 0),  # A = seccomp_data.nr
+            _SockFilter(_BPF_JMP_JEQ_K, 0, 3, _nr("io_uring_register")),
+            _SockFilter(_BPF_LD_W_ABS, 0, 0, 24),  # A = low 32 bits of args[1] (the opcode; little-endian)
+            _SockFilter(_BPF_JMP_JEQ_K, 0, 1, opcode),
+            _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 22),  # EINVAL
+            _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+        ]
+    )
+
+
+def _nr(syscall: str) -> int:
+    if platform.machine() not in ("x86_64", "aarch64"):
+        raise OSError(f"{syscall}'s syscall number is not known for {platform.machine()}")
+    return _NR[syscall]
+
+
+def _install(filters: list[_SockFilter]) -> None:
+    prog = (_SockFilter * len(filters))(*filters)
+    fprog = _SockFprog(len(filters), prog)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:

@@ -657,3 +657,105 @@ def test_destination_aligned_as_the_kernel_asks_goes_direct(backend: str, data_f
         assert eng.stats()["bounce_pieces"] == 0 and eng.stats()["errors"] == 0
     finally:
         eng.close()
+
+
+# ---------------------------------------------------------------- descriptors closed under the engine
+
+_RING_CLOSED_CHILD = """
+import os, numpy as np, storecomp.io as scio
+from storecomp.errors import EngineRingLostError
+{setup}
+
+def rings():
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{{fd}}") == "anon_inode:[io_uring]":
+                out.append(int(fd))
+        except OSError:
+            pass
+    return out
+
+path, how = {path!r}, {how!r}
+data = np.fromfile(path, np.uint8)
+n, size = 64, 64 << 10
+rng = np.random.default_rng(5)
+before = set(rings())
+with scio.Engine(direct="on", queue_depth=32) as eng:
+    assert eng.backend == "io_uring", eng.backend_reason
+    f = eng.open(path)
+    f.pread_into(np.empty(4096, np.uint8))  # the ring is up (and private, where the kernel allows)
+    mine = [fd for fd in rings() if fd not in before]
+    print("ring descriptors:", len(mine))
+
+    def submit():
+        offs = rng.integers(0, (len(data) - size) // 512, n) * 512
+        dst = np.empty(n * size + 1, np.uint8)[1:]  # unaligned: bounced through the ring's arena
+        return dst, offs, f.read_many_into(dst, offs, size, np.arange(n) * size)
+
+    def check(dst, offs):
+        for i, o in enumerate(offs):
+            assert np.array_equal(dst[i * size:(i + 1) * size], data[o:o + size]), i
+
+    inflight = [submit() for _ in range(12)]
+    for fd in mine:  # what os.closerange or a dup2 over the descriptor does to it
+        if how == "dup2":
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        else:
+            os.close(fd)
+    ok = lost = 0
+    for dst, offs, fut in inflight + [submit() for _ in range(4)]:
+        try:
+            fut.result(timeout=60)
+        except EngineRingLostError as e:
+            assert isinstance(e, OSError) and e.errno == 77, e
+            assert "io_uring descriptor was closed under it" in str(e) and path in str(e), e
+            lost += 1
+        else:
+            check(dst, offs)
+            ok += 1
+    for _ in range(4):  # from now on: correct bytes
+        dst, offs, fut = submit()
+        fut.result(timeout=60)
+        check(dst, offs)
+    print("ring_lost:", eng.stats()["ring_lost"], "ok:", ok, "lost:", lost)
+if how == "dup2":  # the numbers now name /dev/null, which closing the engine leaves open
+    for fd in mine:
+        assert os.readlink(f"/proc/self/fd/{{fd}}") == "/dev/null"
+"""
+
+
+@pytest.mark.parametrize("how", ["close", "dup2"])
+@pytest.mark.parametrize("kernel", ["registered ring", "registered enters only", "descriptor only"])
+def test_a_ring_descriptor_closed_under_the_engine(data_file: DataFile, kernel: str, how: str) -> None:
+    """User code that closes descriptors it does not own (os.closerange) or dup2s over them. Where
+    the kernel allows (registered rings, 6.3+), the engine keeps no ring descriptor at all, so
+    nothing can close it. Where only io_uring_enter takes the registered ring (5.18-6.2, here: a
+    seccomp filter refusing io_uring_register through it) the reads go on, and closing the engine
+    leaves alone the number that now names another file. Else (a kernel before 5.18, here: a filter
+    refusing IORING_REGISTER_RING_FDS) the reaper sees io_uring_enter fail: reads that were in the
+    ring fail with a clear error, the rest and every later read go to the thread pool. Before, the
+    reaper looped on EBADF and no read ever completed. In a child with a timeout, so that a
+    regression cannot hang the suite."""
+    if not __import__("storecomp")._native.HAVE_LIBURING:
+        pytest.skip("built without liburing: no ring")
+    setup = ""
+    if kernel == "descriptor only":
+        setup = "from tests.seccomp import IORING_REGISTER_RING_FDS, refuse_io_uring_register\n"
+        setup += "refuse_io_uring_register(IORING_REGISTER_RING_FDS)"
+    elif kernel == "registered enters only":
+        setup = "from tests.seccomp import IORING_REGISTER_VIA_INDEX, refuse_io_uring_register\n"
+        setup += "refuse_io_uring_register(19 | IORING_REGISTER_VIA_INDEX)  # IORING_REGISTER_IOWQ_MAX_WORKERS"
+    out = run_python(_RING_CLOSED_CHILD.format(setup=setup, path=str(data_file.path), how=how), timeout=120)
+    fds = int(next(ln for ln in out.stdout.splitlines() if ln.startswith("ring descriptors:")).split(":")[1])
+    last = next(ln for ln in out.stdout.splitlines() if ln.startswith("ring_lost:")).split()
+    ring_lost, ok, lost = int(last[1]), int(last[3]), int(last[5])
+    if kernel == "descriptor only":
+        assert fds == 1 and ring_lost == 1, out.stdout
+    elif kernel == "registered enters only":  # the enters never see the descriptor: nothing is lost
+        assert fds == 1 and ring_lost == 0 and lost == 0 and ok == 16, out.stdout
+    elif fds == 0:  # the ring is private: closing descriptors cannot reach it
+        assert ring_lost == 0 and lost == 0 and ok == 16, out.stdout
+    assert ok + lost == 16
