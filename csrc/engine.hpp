@@ -114,6 +114,9 @@ struct FileEntry {
   // O_DIRECT reads that bounce an unaligned one: `align`, or the kernel's
   // (statx) when that is coarser (a 4 KiB-sector device under align=512).
   uint64_t dio_align(uint64_t align) const { return align > dio_offset_align ? align : dio_offset_align; }
+  // The alignment, in bytes, of the memory such a bounce reads into:
+  // `align`, or the kernel's (statx dio_mem_align) when that is coarser.
+  uint64_t mem_align(uint64_t align) const { return align > dio_mem_align ? align : dio_mem_align; }
 
  private:
   std::mutex map_mu_;

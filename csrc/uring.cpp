@@ -443,9 +443,13 @@ class Uring final : public UringBackend {
   // Reserves arena units for a bouncing piece; false when there is no room
   // now (or no arena at all: then *to_pool is set).
   bool reserve_bounce(Piece* p, bool* to_pool) {
+    if (p->batch->reqs[p->req].file->mem_align(align_) > arena_unit()) {
+      *to_pool = true;  // the file needs memory aligned more than an arena unit is: the pool honours it
+      return false;
+    }
     std::lock_guard<std::mutex> g(arena_mu_);
     if (!arena_) {
-      arena_ = std::make_unique<BounceArena>(arena_chunk_bytes_, std::max<uint64_t>(align_, 4096), arena_max_chunks_);
+      arena_ = std::make_unique<BounceArena>(arena_chunk_bytes_, arena_unit(), arena_max_chunks_);
       grow_arena();
     }
     if (arena_->chunks() == 0) {
@@ -469,6 +473,9 @@ class Uring final : public UringBackend {
     p->bounce_skip = static_cast<uint32_t>(skip);
     return true;
   }
+
+  // The arena's unit, in bytes: each unit starts aligned to it (chunks are 2 MiB aligned).
+  uint64_t arena_unit() const { return std::max<uint64_t>(align_, 4096); }
 
   void release_bounce(Piece* p) {
     std::lock_guard<std::mutex> g(arena_mu_);
