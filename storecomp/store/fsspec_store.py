@@ -38,6 +38,7 @@ from ..errors import (
     StoreUnavailableError,
     UnavailableError,
     VersionChangedError,
+    from_errno,
 )
 from ..io import BufferRef, land_bytes
 from ..redact import call_translated, public_url, redact
@@ -128,7 +129,7 @@ class FsspecStore(Store):
             return err
         if looks_transient(e):
             return StoreUnavailableError(self.url, f"{op} {name}: {type(e).__name__}: {text[:300]}")
-        err = StorageIOError(getattr(e, "errno", None) or errno.EIO, name, None, op)
+        err = from_errno(getattr(e, "errno", None) or errno.EIO, name, None, op)  # EROFS: PermissionDeniedError
         err.add_note(f"{type(e).__name__}: {text[:300]}")
         return err
 

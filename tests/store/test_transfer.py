@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from storecomp.cli import main
-from storecomp.errors import InvalidArgumentError, PermissionDeniedError, StorageIOError
+from storecomp.errors import InvalidArgumentError, PermissionDeniedError, StorageIOError, StorecompError
 from storecomp.store import LocalStore, Store, open_store
 from storecomp.store.integrity import Checksums
 from storecomp.store.transfer import (
@@ -260,14 +260,18 @@ def test_read_ahead_and_parallel_read_back_keep_every_check(tmp_path: Path) -> N
 # ---------------------------------------------------------------- a full destination, by errno and status
 
 
-def test_a_full_local_destination_is_told_by_its_errno(tmp_path: Path, small_tmpfs: Any) -> None:
-    """A local destination that fills mid-copy stops the copy with a TransferError carrying ENOSPC;
-    a destination that fails for another reason is never called full, even when its keys hold the
-    words the copy engine once looked for in messages ("no space", "quota", ...)."""
+@pytest.mark.parametrize("kind", ["local", "fsspec"])
+def test_a_full_local_destination_is_told_by_its_errno(tmp_path: Path, small_tmpfs: Any, kind: str) -> None:
+    """A local destination (the native store, or fsspec's local file system) that fills mid-copy
+    stops the copy with a TransferError carrying ENOSPC; a destination that fails for another
+    reason is never called full, even when its keys hold the words the copy engine once looked
+    for in messages ("no space", "quota", ...)."""
+    from storecomp.store.fsspec_store import FsspecStore
+
     src = LocalStore(tmp_path / "src")
     files = fill(src, [700_000] * 4)  # 2.8 MB into a 2 MiB disk
     with small_tmpfs("2m") as disk:
-        dst = LocalStore(disk / "dst")
+        dst: Store = LocalStore(disk / "dst") if kind == "local" else FsspecStore(f"file://{disk}/dst")
         with pytest.raises(TransferError, match=f"destination file://{disk}/dst is full: writing src/") as ei:
             copy_objects(src, dst, [CopyItem(k, k, len(v)) for k, v in files.items()], workers=2)
         assert ei.value.errno == errno.ENOSPC
@@ -277,9 +281,11 @@ def test_a_full_local_destination_is_told_by_its_errno(tmp_path: Path, small_tmp
     src.put(worded, b"x" * 5000)
     with small_tmpfs("2m") as disk:
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)  # EROFS, not a full disk
-        with pytest.raises(PermissionDeniedError) as pe:
-            copy_objects(src, LocalStore(disk), [CopyItem(worded, worded, 5000)])
-        assert pe.value.errno == errno.EROFS and not isinstance(pe.value, TransferError)
+        ro: Store = LocalStore(disk) if kind == "local" else FsspecStore(f"file://{disk}")
+        with pytest.raises(StorecompError) as pe:
+            copy_objects(src, ro, [CopyItem(worded, worded, 5000)])
+        assert not isinstance(pe.value, TransferError) and "is full" not in str(pe.value)
+        assert isinstance(pe.value, PermissionDeniedError) and pe.value.errno == errno.EROFS
 
 
 class _RefusingS3(http.server.BaseHTTPRequestHandler):
