@@ -4,6 +4,7 @@
 #include "copy.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <condition_variable>
@@ -15,6 +16,7 @@
 
 #ifdef STORECOMP_HAVE_LIBURING
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -51,6 +53,15 @@ UringProbe probe_uring() {
   p.reason = "io_uring permitted";
   return p;
 }
+
+#ifndef FUTEX2_SIZE_U32
+#define FUTEX2_SIZE_U32 0x02   // linux/futex.h, Linux 6.7
+#endif
+#ifndef FUTEX2_PRIVATE
+#define FUTEX2_PRIVATE 128     // FUTEX_PRIVATE_FLAG
+#endif
+constexpr int kOpFutexWait = 51;  // IORING_OP_FUTEX_WAIT, Linux 6.7; missing from older headers
+constexpr long kIdleWaitNs = 100'000'000;  // an idle reaper's longest wait on an eventfd wake-up
 
 #ifndef IORING_REGISTER_USE_REGISTERED_RING
 #define IORING_REGISTER_USE_REGISTERED_RING (1U << 31)  // Linux 6.3; missing from older headers
@@ -129,8 +140,16 @@ class Uring final : public UringBackend {
       *why = std::string("io_uring_queue_init: ") + std::strerror(-r);
       return r;
     }
-    efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd_ < 0) {
+    // The reaper sleeps on a futex in the ring where the kernel has the
+    // operation (6.7+): callers wake it without a descriptor, which code that
+    // closes descriptors it does not own (os.closerange) could take away.
+    // Else on an eventfd, polled in the ring.
+    if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+      futex_wake_ = io_uring_opcode_supported(probe, kOpFutexWait);
+      io_uring_free_probe(probe);
+    }
+    if (!futex_wake_) efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!futex_wake_ && efd_ < 0) {
       int err = errno;
       io_uring_queue_exit(&ring_);
       *why = std::string("eventfd: ") + std::strerror(err);
@@ -142,7 +161,7 @@ class Uring final : public UringBackend {
     } catch (const std::system_error& e) {
       r = -(e.code().value() ? e.code().value() : EAGAIN);
       *why = std::string("io_uring reaper thread: ") + std::strerror(-r);
-      ::close(efd_);
+      if (efd_ >= 0) ::close(efd_);
       io_uring_queue_exit(&ring_);
       return r;
     }
@@ -157,7 +176,7 @@ class Uring final : public UringBackend {
     }
     if (r < 0) {
       reaper_.join();  // it returned without entering its loop
-      ::close(efd_);
+      if (efd_ >= 0) ::close(efd_);
       io_uring_queue_exit(&ring_);
       *why = std::string("io_uring ring could not be enabled (IORING_REGISTER_ENABLE_RINGS: ") + std::strerror(-r) + ")";
       return r;
@@ -242,7 +261,7 @@ class Uring final : public UringBackend {
       (void)arena_.release();  // reads the lost ring may still land in it (see lose()): never unmapped
     arena_.reset();
     stats_.bounce_arena_bytes = 0;
-    ::close(efd_);
+    if (efd_ >= 0) ::close(efd_);
     inited_ = false;
     fixed_base_ = 0;
     fixed_len_ = 0;
@@ -330,13 +349,32 @@ class Uring final : public UringBackend {
   }
 
   // Whether descriptor fd is an io_uring instance (anon_inode:[io_uring]).
-  static bool names_a_ring(int fd) {
-    if (::fcntl(fd, F_GETFD) < 0) return false;  // closed
-    char link[64], want[] = "anon_inode:[io_uring]";
+  static bool names_a_ring(int fd) { return names_anon(fd, "anon_inode:[io_uring]"); }
+
+  // Whether descriptor fd is open and its /proc link reads `want` (true when there is no /proc to tell).
+  static bool names_anon(int fd, const std::string& want) {
+    if (fd < 0 || ::fcntl(fd, F_GETFD) < 0) return false;  // closed
+    char link[64];
     std::string path = "/proc/self/fd/" + std::to_string(fd);
     ssize_t n = ::readlink(path.c_str(), link, sizeof link);
-    if (n < 0) return true;  // no /proc to tell: the ring's, as far as is known
-    return static_cast<size_t>(n) == sizeof want - 1 && std::memcmp(link, want, sizeof want - 1) == 0;
+    if (n < 0) return true;
+    return std::string(link, static_cast<size_t>(n)) == want;
+  }
+
+  // After an idle wait that nothing ended (the eventfd wake-up only): when
+  // pieces wait, their wake-up was lost, as when efd_ was closed or dup2-ed
+  // over under the engine. A new eventfd takes its place, with its poll in
+  // the ring; the old number is left alone (it may name another file now).
+  void check_wake() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (pending_.empty() && !stopping_ && !(reg_.pending && !reg_.done)) return;
+    }
+    if (names_anon(efd_, "anon_inode:[eventfd]")) return;  // ours still: a wake-up is on its way
+    int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) return;  // the next idle wait tries again
+    efd_ = fd;
+    arm_wake();
   }
 
   // io_uring_register on this ring: by its registered index once its
@@ -634,7 +672,7 @@ class Uring final : public UringBackend {
   // reaper_waiting_ (or *exit): a piece queued after that wakes the reaper.
   // (When the submission queue is full, it returns with pieces in flight,
   // whose completions end the wait.)
-  void fill(std::vector<Piece*>* to_pool, bool* exit) {
+  void fill(std::vector<Piece*>* to_pool, bool* exit, bool* idle) {
     for (;;) {
       Piece* p;
       bool bounce = false;
@@ -646,6 +684,7 @@ class Uring final : public UringBackend {
         p = take_locked(to_pool, &bounce);
         if (!p) {
           *exit = stopping_ && inflight_ == 0;
+          *idle = inflight_ == 0;
           reaper_waiting_ = !*exit;
           return;
         }
@@ -657,9 +696,11 @@ class Uring final : public UringBackend {
   // A tag no piece can have: the completion of the wake-up poll.
   static void* wake_tag() { return reinterpret_cast<void*>(uintptr_t{1}); }
 
-  // Puts the wake-up poll on efd_ in the ring (submitted with the next
-  // round). Multishot where the kernel has it (5.13+), else one-shot and
-  // re-armed after each wake-up.
+  // Puts the wake-up wait in the ring (submitted with the next round).
+  // futex_wake_: a wait for wake_word_ to leave 0 (one-shot: re-armed after
+  // each wake-up; a wake that comes before the wait is in the kernel makes it
+  // complete at once, as the word is 1 then). Else a poll on efd_:
+  // multishot where the kernel has it (5.13+), else one-shot.
   void arm_wake() {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (!sqe) {  // cannot happen: the ring has qd_ + 1 entries and every round submits them all
@@ -667,14 +708,24 @@ class Uring final : public UringBackend {
       return;
     }
     rearm_ = false;
-    if (multishot_)
+    if (futex_wake_) {
+      wake_word_.store(0, std::memory_order_seq_cst);  // before this round takes the pending pieces
+      io_uring_prep_rw(kOpFutexWait, sqe, FUTEX2_SIZE_U32 | FUTEX2_PRIVATE, &wake_word_, 0, 0);
+      sqe->addr3 = FUTEX_BITSET_MATCH_ANY;
+    } else if (multishot_) {
       io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
-    else
+    } else {
       io_uring_prep_poll_add(sqe, efd_, POLLIN);
+    }
     io_uring_sqe_set_data(sqe, wake_tag());
   }
 
   void wake() {
+    if (futex_wake_) {
+      wake_word_.store(1, std::memory_order_seq_cst);
+      ::syscall(SYS_futex, &wake_word_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+      return;
+    }
     uint64_t one = 1;
     ssize_t n;
     do {
@@ -818,11 +869,25 @@ class Uring final : public UringBackend {
     for (;;) {
       bool exit = false;
       if (rearm_) arm_wake();
-      fill(&to_pool, &exit);
+      bool idle = false;
+      fill(&to_pool, &exit, &idle);
       if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
       to_pool.clear();
       if (exit) return;
-      int r = io_uring_submit_and_wait(&ring_, 1);
+      int r;
+      if (idle && !futex_wake_ && (ring_.features & IORING_FEAT_EXT_ARG)) {
+        // Nothing in flight: only a wake-up ends the wait. An eventfd can be closed under the
+        // engine (os.closerange), so the wait is bounded and a lost wake-up found (check_wake).
+        struct __kernel_timespec ts = {0, kIdleWaitNs};
+        io_uring_cqe* first = nullptr;
+        r = io_uring_submit_and_wait_timeout(&ring_, &first, 1, &ts, nullptr);
+        if (r == -ETIME) {
+          r = 0;
+          check_wake();
+        }
+      } else {
+        r = io_uring_submit_and_wait(&ring_, 1);
+      }
       {
         std::lock_guard<std::mutex> g(mu_);
         reaper_waiting_ = false;
@@ -837,6 +902,10 @@ class Uring final : public UringBackend {
         count++;
         void* data = io_uring_cqe_get_data(cqe);
         if (data == wake_tag()) {
+          if (futex_wake_) {
+            rearm_ = true;  // woken, or the word was 1 already (-EAGAIN)
+            continue;
+          }
           uint64_t v;
           while (::read(efd_, &v, sizeof v) > 0) {
           }
@@ -889,8 +958,10 @@ class Uring final : public UringBackend {
   std::deque<Piece*> pending_;
   unsigned inflight_ = 0;
   bool stopping_ = false;
-  bool reaper_waiting_ = false;  // the reaper may be asleep: callers write efd_
-  int efd_ = -1;
+  bool reaper_waiting_ = false;  // the reaper may be asleep: callers wake it (wake())
+  bool futex_wake_ = false;      // set in init: the reaper waits on wake_word_, not efd_
+  std::atomic<uint32_t> wake_word_{0};
+  std::atomic<int> efd_{-1};  // replaced by the reaper when closed under it (check_wake)
   bool multishot_ = true;  // reaper thread only (and init, before it starts)
   bool rearm_ = false;     // reaper thread only
   uintptr_t fixed_base_ = 0;

@@ -43,6 +43,7 @@ def block_io_uring(syscall: str = "io_uring_setup") -> None:
 
 
 #: io_uring_register opcodes (linux/io_uring.h), and the flag that addresses the ring by its registered index.
+IORING_REGISTER_PROBE = 8
 IORING_REGISTER_RING_FDS = 20
 IORING_REGISTER_VIA_INDEX = 1 << 31  # IORING_REGISTER_USE_REGISTERED_RING, Linux 6.3
 
