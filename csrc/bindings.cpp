@@ -133,6 +133,7 @@ py::dict stats_dict(Engine& e) {
   d["nowait_misses"] = s.nowait_misses.load();
   d["fixed_buffer_pieces"] = s.fixed_buffer_pieces.load();
   d["cancelled"] = s.cancelled.load();
+  d["ring_lost"] = s.ring_lost.load();
   d["bounce_handoffs"] = s.bounce_handoffs.load();
   d["bounce_arena_bytes"] = s.bounce_arena_bytes.load();
   d["mapped_pieces"] = s.mapped_pieces.load();

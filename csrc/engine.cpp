@@ -91,16 +91,19 @@ uint64_t bounce_read(int fd, uint64_t off, uint64_t len, uint8_t* dst, uint64_t 
   return done;
 }
 
-// O_DIRECT read of any range into any address. When the destination and the
-// file offset share their alignment, only the unaligned head and tail go
-// through the bounce area; the middle lands in place.
-uint64_t direct_read(int fd, uint64_t off, uint64_t len, uint8_t* dst, uint64_t align,
+// O_DIRECT read of any range into any address, in reads of whole `align`
+// units of the file into memory aligned to `mem_align` (the bounce area must
+// be). When the destination and the file offset share their alignment, only
+// the unaligned head and tail go through the bounce area; the middle lands
+// in place.
+uint64_t direct_read(int fd, uint64_t off, uint64_t len, uint8_t* dst, uint64_t align, uint64_t mem_align,
                      uint8_t* bounce, uint64_t bounce_bytes, Stats& stats, int* err) {
   auto addr = reinterpret_cast<uintptr_t>(dst);
-  if (direct_aligned(off, len, addr, align)) return pread_full(fd, dst, len, off, true, err);
+  if (off % align == 0 && len % align == 0 && addr % mem_align == 0) return pread_full(fd, dst, len, off, true, err);
   stats.bounce_pieces++;
-  if (addr % align != off % align) return bounce_read(fd, off, len, dst, align, bounce, bounce_bytes, err);
   uint64_t head = std::min(round_up(off, align) - off, len);
+  if (addr % align != off % align || (addr + head) % mem_align != 0)
+    return bounce_read(fd, off, len, dst, align, bounce, bounce_bytes, err);
   uint64_t mid = round_down(len - head, align);
   uint64_t tail = len - head - mid;
   uint64_t done = 0;
@@ -447,10 +450,20 @@ uint64_t run_piece_sync(Piece& p, uint64_t align, uint64_t bounce_bytes, uint8_t
     fd = f.direct_fd();
     if (fd < 0) stats.direct_fallbacks++;
   }
+  // A bounce reads into the part of the bounce area aligned as the file needs (statx
+  // dio_mem_align may exceed align); a file that needs more than the area, or more
+  // than is left of it once aligned, has the piece read buffered.
+  uint64_t unit = f.dio_align(align), mem = f.mem_align(align);
+  uint64_t pad = mem <= bounce_bytes ? (mem - reinterpret_cast<uintptr_t>(bounce) % mem) % mem : bounce_bytes;
+  uint64_t room = round_down(bounce_bytes - pad, unit);
+  if (fd >= 0 && !f.direct_ok(off, len, reinterpret_cast<uintptr_t>(dst), align) && room == 0) {
+    stats.direct_fallbacks++;
+    fd = -1;
+  }
   if (fd >= 0 && f.direct_ok(off, len, reinterpret_cast<uintptr_t>(dst), align))
     got += pread_full(fd, dst, len, off, true, err);
   else if (fd >= 0)
-    got += direct_read(fd, off, len, dst, f.dio_align(align), bounce, bounce_bytes, stats, err);
+    got += direct_read(fd, off, len, dst, unit, mem, bounce + pad, room, stats, err);
   else
     got += pread_full(f.fd_buffered, dst, len, off, false, err);
   stats.bytes_read += got;

@@ -114,6 +114,9 @@ struct FileEntry {
   // O_DIRECT reads that bounce an unaligned one: `align`, or the kernel's
   // (statx) when that is coarser (a 4 KiB-sector device under align=512).
   uint64_t dio_align(uint64_t align) const { return align > dio_offset_align ? align : dio_offset_align; }
+  // The alignment, in bytes, of the memory such a bounce reads into:
+  // `align`, or the kernel's (statx dio_mem_align) when that is coarser.
+  uint64_t mem_align(uint64_t align) const { return align > dio_mem_align ? align : dio_mem_align; }
 
  private:
   std::mutex map_mu_;
@@ -161,6 +164,7 @@ struct Piece {
   uint32_t bounce_units = 0;
   uint32_t bounce_skip = 0;
   uint64_t done_copy = 0;  // io_uring bounce: bytes the pool copies out of the arena (copy_out)
+  uint32_t ring_slot = 0;  // io_uring: its place in the ring's list of pieces in flight
 };
 
 enum Issued : uint8_t { ISSUED_BUFFERED = 0, ISSUED_DIRECT = 1, ISSUED_NOWAIT = 2, ISSUED_BOUNCE = 3 };
@@ -216,6 +220,7 @@ struct Stats {
       nowait_misses{0}, fixed_buffer_pieces{0}, cancelled{0}, bounce_handoffs{0},
       mapped_pieces{0}, mapped_faults{0}, populated_bytes{0}, populate_skipped{0};
   std::atomic<uint64_t> bounce_arena_bytes{0};  // not a counter: the io_uring bounce arena's size now
+  std::atomic<uint64_t> ring_lost{0};  // not a counter: 1 once the ring's descriptor was closed under the engine
 };
 
 struct Config {

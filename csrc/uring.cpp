@@ -4,6 +4,7 @@
 #include "copy.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <condition_variable>
@@ -14,6 +15,8 @@
 #include <vector>
 
 #ifdef STORECOMP_HAVE_LIBURING
+#include <fcntl.h>
+#include <linux/futex.h>
 #include <liburing.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -50,6 +53,19 @@ UringProbe probe_uring() {
   p.reason = "io_uring permitted";
   return p;
 }
+
+#ifndef FUTEX2_SIZE_U32
+#define FUTEX2_SIZE_U32 0x02   // linux/futex.h, Linux 6.7
+#endif
+#ifndef FUTEX2_PRIVATE
+#define FUTEX2_PRIVATE 128     // FUTEX_PRIVATE_FLAG
+#endif
+constexpr int kOpFutexWait = 51;  // IORING_OP_FUTEX_WAIT, Linux 6.7; missing from older headers
+constexpr long kIdleWaitNs = 100'000'000;  // an idle reaper's longest wait on an eventfd wake-up
+
+#ifndef IORING_REGISTER_USE_REGISTERED_RING
+#define IORING_REGISTER_USE_REGISTERED_RING (1U << 31)  // Linux 6.3; missing from older headers
+#endif
 
 namespace {
 
@@ -124,8 +140,16 @@ class Uring final : public UringBackend {
       *why = std::string("io_uring_queue_init: ") + std::strerror(-r);
       return r;
     }
-    efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd_ < 0) {
+    // The reaper sleeps on a futex in the ring where the kernel has the
+    // operation (6.7+): callers wake it without a descriptor, which code that
+    // closes descriptors it does not own (os.closerange) could take away.
+    // Else on an eventfd, polled in the ring.
+    if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+      futex_wake_ = io_uring_opcode_supported(probe, kOpFutexWait);
+      io_uring_free_probe(probe);
+    }
+    if (!futex_wake_) efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!futex_wake_ && efd_ < 0) {
       int err = errno;
       io_uring_queue_exit(&ring_);
       *why = std::string("eventfd: ") + std::strerror(err);
@@ -137,7 +161,7 @@ class Uring final : public UringBackend {
     } catch (const std::system_error& e) {
       r = -(e.code().value() ? e.code().value() : EAGAIN);
       *why = std::string("io_uring reaper thread: ") + std::strerror(-r);
-      ::close(efd_);
+      if (efd_ >= 0) ::close(efd_);
       io_uring_queue_exit(&ring_);
       return r;
     }
@@ -152,7 +176,7 @@ class Uring final : public UringBackend {
     }
     if (r < 0) {
       reaper_.join();  // it returned without entering its loop
-      ::close(efd_);
+      if (efd_ >= 0) ::close(efd_);
       io_uring_queue_exit(&ring_);
       *why = std::string("io_uring ring could not be enabled (IORING_REGISTER_ENABLE_RINGS: ") + std::strerror(-r) + ")";
       return r;
@@ -175,6 +199,8 @@ class Uring final : public UringBackend {
       std::lock_guard<std::mutex> g(mu_);
       if (stopping_) {
         cancelled.assign(pieces, pieces + n);
+      } else if (lost_) {
+        pool_.submit(pieces, n);  // the ring is gone (see lose()): the pool reads from here on
       } else {
         pending_.insert(pending_.end(), pieces, pieces + n);
         wake = reaper_waiting_;
@@ -187,7 +213,7 @@ class Uring final : public UringBackend {
   bool register_buffer(uintptr_t addr, uint64_t len) override {
     std::unique_lock<std::mutex> g(mu_);
     reg_cv_.wait(g, [this] { return !reg_.pending; });  // one request at a time
-    if (fixed_len_ || stopping_) return false;
+    if (fixed_len_ || stopping_ || lost_) return false;
     reg_ = RegCommand{true, false, false, addr, len, false};
     run_on_reaper(g);
     if (!reg_.ok) return false;
@@ -201,7 +227,7 @@ class Uring final : public UringBackend {
     reg_cv_.wait(g, [this] { return !reg_.pending; });
     // After shutdown the ring is gone (its fd may already belong to another
     // ring); only the registration of addr is undone.
-    if (!fixed_len_ || stopping_ || addr != fixed_base_) return;
+    if (!fixed_len_ || stopping_ || lost_ || addr != fixed_base_) return;
     fixed_base_ = 0;  // no new fixed read from here on
     fixed_len_ = 0;
     reg_ = RegCommand{true, false, true, addr, 0, false};
@@ -227,10 +253,15 @@ class Uring final : public UringBackend {
       std::unique_lock<std::mutex> g(arena_mu_);
       copies_cv_.wait(g, [this] { return copies_pending_ == 0; });
     }
+    // A descriptor the ring keeps (kernels before 6.3) may have been closed under the engine
+    // and its number given to another file since: that number is not closed here.
+    if (ring_.ring_fd >= 0 && !names_a_ring(ring_.ring_fd)) ring_.ring_fd = -1;
     io_uring_queue_exit(&ring_);  // drops the fixed buffer registration too
+    if (arena_leaked_)
+      (void)arena_.release();  // reads the lost ring may still land in it (see lose()): never unmapped
     arena_.reset();
     stats_.bounce_arena_bytes = 0;
-    ::close(efd_);
+    if (efd_ >= 0) ::close(efd_);
     inited_ = false;
     fixed_base_ = 0;
     fixed_len_ = 0;
@@ -266,15 +297,14 @@ class Uring final : public UringBackend {
     if (reg_.unregister) {
       if (sparse_) {
         struct iovec none = {nullptr, 0};  // an empty slot; reads still in flight keep the old pages pinned
-        io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &none, nullptr, 1);
+        update_buffer(kFixedStaging, &none);
       } else {
-        io_uring_unregister_buffers(&ring_);
+        reg(IORING_UNREGISTER_BUFFERS, nullptr, 0);
       }
       reg_.ok = true;
     } else {
       struct iovec iov = {reinterpret_cast<void*>(reg_.addr), static_cast<size_t>(reg_.len)};
-      int r = sparse_ ? io_uring_register_buffers_update_tag(&ring_, kFixedStaging, &iov, nullptr, 1)
-                      : io_uring_register_buffers(&ring_, &iov, 1);
+      int r = sparse_ ? update_buffer(kFixedStaging, &iov) : reg(IORING_REGISTER_BUFFERS, &iov, 1);
       reg_.ok = r >= 0;
     }
     reg_.done = true;
@@ -294,8 +324,132 @@ class Uring final : public UringBackend {
     // depth. Allow one bounded worker per ring entry (advisory).
     unsigned workers[2] = {qd_, 0};
     (void)io_uring_register_iowq_max_workers(&ring_, workers);
+    make_private();
     arm_wake();
     return 0;
+  }
+
+  // Closes the ring's own descriptor where the kernel lets the reaper reach
+  // the ring without it: a registered ring (5.18+) for io_uring_enter, and
+  // for io_uring_register too (6.3+). Code that closes descriptors it does
+  // not own (os.closerange, a dup2 over them) then cannot touch the ring,
+  // and the number it had is never closed again at shutdown (by then it may
+  // name another file). Where only the enters can go through the index, the
+  // descriptor stays for the registrations; a kernel without registered
+  // rings keeps using it (a lost descriptor: see lose()).
+  void make_private() {
+    if (io_uring_register_ring_fd(&ring_) != 1) return;
+    unsigned query[2] = {0, 0};  // reads the io-wq limits, changes nothing
+    if (::syscall(__NR_io_uring_register, ring_.enter_ring_fd,
+                  IORING_REGISTER_IOWQ_MAX_WORKERS | IORING_REGISTER_USE_REGISTERED_RING, query, 2) < 0)
+      return;
+    ::close(ring_.ring_fd);
+    ring_.ring_fd = -1;  // io_uring_queue_exit's close(-1) is then a no-op
+    fd_private_ = true;
+  }
+
+  // Whether descriptor fd is an io_uring instance (anon_inode:[io_uring]).
+  static bool names_a_ring(int fd) { return names_anon(fd, "anon_inode:[io_uring]"); }
+
+  // Whether descriptor fd is open and its /proc link reads `want` (true when there is no /proc to tell).
+  static bool names_anon(int fd, const std::string& want) {
+    if (fd < 0 || ::fcntl(fd, F_GETFD) < 0) return false;  // closed
+    char link[64];
+    std::string path = "/proc/self/fd/" + std::to_string(fd);
+    ssize_t n = ::readlink(path.c_str(), link, sizeof link);
+    if (n < 0) return true;
+    return std::string(link, static_cast<size_t>(n)) == want;
+  }
+
+  // After an idle wait that nothing ended (the eventfd wake-up only): when
+  // pieces wait, their wake-up was lost, as when efd_ was closed or dup2-ed
+  // over under the engine. A new eventfd takes its place, with its poll in
+  // the ring; the old number is left alone (it may name another file now).
+  void check_wake() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (pending_.empty() && !stopping_ && !(reg_.pending && !reg_.done)) return;
+    }
+    if (names_anon(efd_, "anon_inode:[eventfd]")) return;  // ours still: a wake-up is on its way
+    int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0) return;  // the next idle wait tries again
+    efd_ = fd;
+    arm_wake();
+  }
+
+  // io_uring_register on this ring: by its registered index once its
+  // descriptor is closed (make_private), else by the descriptor. The
+  // result, or a negative errno.
+  int reg(unsigned op, const void* arg, unsigned nr) {
+    int fd = fd_private_ ? ring_.enter_ring_fd : ring_.ring_fd;
+    long r = ::syscall(__NR_io_uring_register, fd, op | (fd_private_ ? IORING_REGISTER_USE_REGISTERED_RING : 0u), arg, nr);
+    return r < 0 ? -errno : static_cast<int>(r);
+  }
+
+  // Puts *iov in fixed buffer slot `slot` (an empty iovec empties it): 1 when done.
+  int update_buffer(unsigned slot, const struct iovec* iov) {
+    struct io_uring_rsrc_update2 up {};
+    up.offset = slot;
+    up.data = reinterpret_cast<uint64_t>(iov);
+    up.nr = 1;
+    return reg(IORING_REGISTER_BUFFERS_UPDATE, &up, sizeof up);
+  }
+
+  // What io_uring_enter answers when the ring's descriptor no longer names
+  // this ring: closed (EBADF), reused for another file (EOPNOTSUPP), or for
+  // another engine's ring (EEXIST: it has another submitter; EBADFD: not
+  // enabled yet), or the ring is torn down (ENXIO).
+  static bool ring_gone(int r) {
+    return r == -EBADF || r == -EOPNOTSUPP || r == -EEXIST || r == -EBADFD || r == -ENXIO;
+  }
+
+  // The ring's descriptor was closed under the engine (only possible where
+  // it could not be made private): nothing can be submitted to the ring or
+  // reaped from it any more. Pieces in the ring fail with EBADFD (storecomp
+  // names it: the engine's io_uring descriptor was closed under it); the
+  // kernel may still finish their reads, so the bounce arena is never
+  // unmapped. Pieces not yet in the ring, and every one submitted later, go
+  // to the thread pool, which reads them as if the ring had never been.
+  // Called on the reaper, which returns right after.
+  void lose() {
+    std::vector<Piece*> failed, to_pool;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      lost_ = true;
+      to_pool.assign(pending_.begin(), pending_.end());
+      pending_.clear();
+      failed.swap(live_);
+      inflight_ = 0;
+      if (reg_.pending && !reg_.done) {  // a caller waits for the reaper: it is leaving
+        reg_.ok = false;
+        reg_.done = true;
+        reg_cv_.notify_all();
+      }
+    }
+    stats_.ring_lost = 1;
+    ring_.ring_fd = -1;  // the number may name another file by now: never closed at shutdown
+    {
+      std::lock_guard<std::mutex> a(arena_mu_);
+      for (Piece* p : failed)
+        if (p->issued == ISSUED_BOUNCE) arena_leaked_ = true;
+    }
+    if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
+    for (Piece* p : failed) {
+      stats_.errors++;
+      p->batch->complete(*p, p->done, EBADFD);
+    }
+  }
+
+  // The pieces whose SQEs are in the ring (reaper only): each knows its place (Piece::ring_slot).
+  void track(Piece* p) {
+    p->ring_slot = static_cast<uint32_t>(live_.size());
+    live_.push_back(p);
+  }
+  void untrack(Piece* p) {
+    Piece* last = live_.back();
+    live_[p->ring_slot] = last;
+    last->ring_slot = p->ring_slot;
+    live_.pop_back();
   }
 
   void cancel(const std::vector<Piece*>& pieces) {
@@ -320,17 +474,20 @@ class Uring final : public UringBackend {
     if (i < 0) return false;
     stats_.bounce_arena_bytes += arena_->chunk_bytes();
     struct iovec iov = {arena_->chunk_base(static_cast<unsigned>(i)), static_cast<size_t>(arena_->chunk_bytes())};
-    arena_fixed_.push_back(sparse_ && io_uring_register_buffers_update_tag(&ring_, kFixedBounce + static_cast<unsigned>(i),
-                                                                           &iov, nullptr, 1) == 1);
+    arena_fixed_.push_back(sparse_ && update_buffer(kFixedBounce + static_cast<unsigned>(i), &iov) == 1);
     return true;
   }
 
   // Reserves arena units for a bouncing piece; false when there is no room
   // now (or no arena at all: then *to_pool is set).
   bool reserve_bounce(Piece* p, bool* to_pool) {
+    if (p->batch->reqs[p->req].file->mem_align(align_) > arena_unit()) {
+      *to_pool = true;  // the file needs memory aligned more than an arena unit is: the pool honours it
+      return false;
+    }
     std::lock_guard<std::mutex> g(arena_mu_);
     if (!arena_) {
-      arena_ = std::make_unique<BounceArena>(arena_chunk_bytes_, std::max<uint64_t>(align_, 4096), arena_max_chunks_);
+      arena_ = std::make_unique<BounceArena>(arena_chunk_bytes_, arena_unit(), arena_max_chunks_);
       grow_arena();
     }
     if (arena_->chunks() == 0) {
@@ -354,6 +511,9 @@ class Uring final : public UringBackend {
     p->bounce_skip = static_cast<uint32_t>(skip);
     return true;
   }
+
+  // The arena's unit, in bytes: each unit starts aligned to it (chunks are 2 MiB aligned).
+  uint64_t arena_unit() const { return std::max<uint64_t>(align_, 4096); }
 
   void release_bounce(Piece* p) {
     std::lock_guard<std::mutex> g(arena_mu_);
@@ -488,10 +648,13 @@ class Uring final : public UringBackend {
     }
     if (bounce) {
       prep_bounce(sqe, p);
+      track(p);
     } else if (!prep(sqe, p)) {
       io_uring_prep_nop(sqe);  // the SQE is taken; make it a no-op (its completion counts as the piece's)
       io_uring_sqe_set_data(sqe, nullptr);
       to_pool->push_back(p);
+    } else {
+      track(p);
     }
     // Reads and writes of the device go at once; page-cache ones (buffered, RWF_NOWAIT), which the
     // kernel serves inline, go together with the round's wait. An error leaves the SQE in the ring:
@@ -509,7 +672,7 @@ class Uring final : public UringBackend {
   // reaper_waiting_ (or *exit): a piece queued after that wakes the reaper.
   // (When the submission queue is full, it returns with pieces in flight,
   // whose completions end the wait.)
-  void fill(std::vector<Piece*>* to_pool, bool* exit) {
+  void fill(std::vector<Piece*>* to_pool, bool* exit, bool* idle) {
     for (;;) {
       Piece* p;
       bool bounce = false;
@@ -521,6 +684,7 @@ class Uring final : public UringBackend {
         p = take_locked(to_pool, &bounce);
         if (!p) {
           *exit = stopping_ && inflight_ == 0;
+          *idle = inflight_ == 0;
           reaper_waiting_ = !*exit;
           return;
         }
@@ -532,9 +696,11 @@ class Uring final : public UringBackend {
   // A tag no piece can have: the completion of the wake-up poll.
   static void* wake_tag() { return reinterpret_cast<void*>(uintptr_t{1}); }
 
-  // Puts the wake-up poll on efd_ in the ring (submitted with the next
-  // round). Multishot where the kernel has it (5.13+), else one-shot and
-  // re-armed after each wake-up.
+  // Puts the wake-up wait in the ring (submitted with the next round).
+  // futex_wake_: a wait for wake_word_ to leave 0 (one-shot: re-armed after
+  // each wake-up; a wake that comes before the wait is in the kernel makes it
+  // complete at once, as the word is 1 then). Else a poll on efd_:
+  // multishot where the kernel has it (5.13+), else one-shot.
   void arm_wake() {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (!sqe) {  // cannot happen: the ring has qd_ + 1 entries and every round submits them all
@@ -542,14 +708,24 @@ class Uring final : public UringBackend {
       return;
     }
     rearm_ = false;
-    if (multishot_)
+    if (futex_wake_) {
+      wake_word_.store(0, std::memory_order_seq_cst);  // before this round takes the pending pieces
+      io_uring_prep_rw(kOpFutexWait, sqe, FUTEX2_SIZE_U32 | FUTEX2_PRIVATE, &wake_word_, 0, 0);
+      sqe->addr3 = FUTEX_BITSET_MATCH_ANY;
+    } else if (multishot_) {
       io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
-    else
+    } else {
       io_uring_prep_poll_add(sqe, efd_, POLLIN);
+    }
     io_uring_sqe_set_data(sqe, wake_tag());
   }
 
   void wake() {
+    if (futex_wake_) {
+      wake_word_.store(1, std::memory_order_seq_cst);
+      ::syscall(SYS_futex, &wake_word_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+      return;
+    }
     uint64_t one = 1;
     ssize_t n;
     do {
@@ -693,16 +869,31 @@ class Uring final : public UringBackend {
     for (;;) {
       bool exit = false;
       if (rearm_) arm_wake();
-      fill(&to_pool, &exit);
+      bool idle = false;
+      fill(&to_pool, &exit, &idle);
       if (!to_pool.empty()) pool_.submit(to_pool.data(), to_pool.size());
       to_pool.clear();
       if (exit) return;
-      int r = io_uring_submit_and_wait(&ring_, 1);
+      int r;
+      if (idle && !futex_wake_ && (ring_.features & IORING_FEAT_EXT_ARG)) {
+        // Nothing in flight: only a wake-up ends the wait. An eventfd can be closed under the
+        // engine (os.closerange), so the wait is bounded and a lost wake-up found (check_wake).
+        struct __kernel_timespec ts = {0, kIdleWaitNs};
+        io_uring_cqe* first = nullptr;
+        r = io_uring_submit_and_wait_timeout(&ring_, &first, 1, &ts, nullptr);
+        if (r == -ETIME) {
+          r = 0;
+          check_wake();
+        }
+      } else {
+        r = io_uring_submit_and_wait(&ring_, 1);
+      }
       {
         std::lock_guard<std::mutex> g(mu_);
         reaper_waiting_ = false;
       }
-      if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+      bool gone = ring_gone(r);  // completions already posted are handled first
+      if (r < 0 && !gone && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
         std::this_thread::yield();  // cannot happen with a valid ring; avoid spinning hot
       }
       unsigned head, count = 0, pieces = 0;
@@ -711,6 +902,10 @@ class Uring final : public UringBackend {
         count++;
         void* data = io_uring_cqe_get_data(cqe);
         if (data == wake_tag()) {
+          if (futex_wake_) {
+            rearm_ = true;  // woken, or the word was 1 already (-EAGAIN)
+            continue;
+          }
           uint64_t v;
           while (::read(efd_, &v, sizeof v) > 0) {
           }
@@ -719,7 +914,10 @@ class Uring final : public UringBackend {
           continue;
         }
         pieces++;  // a piece, or the no-op left by one handed to the pool
-        if (data) handle(static_cast<Piece*>(data), cqe->res, &rd);
+        if (data) {
+          untrack(static_cast<Piece*>(data));
+          handle(static_cast<Piece*>(data), cqe->res, &rd);
+        }
       }
       io_uring_cq_advance(&ring_, count);
       {
@@ -743,6 +941,10 @@ class Uring final : public UringBackend {
       rd.clear();
       cancel(cancelled);
       cancelled.clear();
+      if (gone) {
+        lose();  // stats()["ring_lost"] says so
+        return;
+      }
     }
   }
 
@@ -756,8 +958,10 @@ class Uring final : public UringBackend {
   std::deque<Piece*> pending_;
   unsigned inflight_ = 0;
   bool stopping_ = false;
-  bool reaper_waiting_ = false;  // the reaper may be asleep: callers write efd_
-  int efd_ = -1;
+  bool reaper_waiting_ = false;  // the reaper may be asleep: callers wake it (wake())
+  bool futex_wake_ = false;      // set in init: the reaper waits on wake_word_, not efd_
+  std::atomic<uint32_t> wake_word_{0};
+  std::atomic<int> efd_{-1};  // replaced by the reaper when closed under it (check_wake)
   bool multishot_ = true;  // reaper thread only (and init, before it starts)
   bool rearm_ = false;     // reaper thread only
   uintptr_t fixed_base_ = 0;
@@ -765,6 +969,10 @@ class Uring final : public UringBackend {
   uintptr_t seen_fixed_base_ = 0;  // reaper only: fixed_base_ and fixed_len_ as of its last section under mu_
   uint64_t seen_fixed_len_ = 0;
   bool sparse_ = false;  // fixed buffers in a sparse table (kFixedStaging, kFixedBounce)
+  bool fd_private_ = false;  // reaper only: the ring's descriptor is closed, reached by its registered index
+  bool lost_ = false;        // under mu_: the ring's descriptor was closed under the engine (lose())
+  bool arena_leaked_ = false;  // under arena_mu_: the lost ring may still read into the arena
+  std::vector<Piece*> live_;   // reaper only: pieces whose SQEs are in the ring (track/untrack)
   bool disabled_ = false;  // created disabled: the reaper enables it (SINGLE_ISSUER)
   RegCommand reg_;
   std::condition_variable reg_cv_;

@@ -101,6 +101,21 @@ class CancelledIOError(StorageIOError):
     """The operation was cancelled because its engine shut down."""
 
 
+class EngineRingLostError(StorageIOError):
+    """The I/O engine's io_uring descriptor was closed (or replaced) under it, by code that
+    closes descriptors it does not own (``os.closerange``, a ``dup2`` over it), on a kernel
+    where the engine cannot keep the ring private (before 5.18). Reads that were in the ring
+    fail with this (errno EBADFD); the engine reads everything else with its thread pool."""
+
+    def __init__(self, err: int, path: str, offset: int | None = None, op: str = "read") -> None:
+        super().__init__(err, path, offset, op)
+        where = f" at offset {offset}" if offset is not None else ""
+        self.strerror = (
+            f"{op} failed{where}: the engine's io_uring descriptor was closed under it "
+            f"[errno {err} {_errno.errorcode.get(err, '?')}]; later reads use its thread pool"
+        )
+
+
 class ShortReadError(StorecompError, EOFError):
     """Fewer bytes than requested were available (the range runs past the end of the file)."""
 
@@ -192,6 +207,8 @@ def from_errno(err: int, path: str, offset: int | None = None, op: str = "read")
         cls = PermissionDeniedError
     elif err == _errno.ECANCELED:
         cls = CancelledIOError
+    elif err == _errno.EBADFD:  # only the native engine's lost ring gives it (a read never does)
+        cls = EngineRingLostError
     else:
         cls = StorageIOError
     return cls(err, path, offset, op)
@@ -210,6 +227,7 @@ __all__ = [
     "IsADirectoryError_",
     "PermissionDeniedError",
     "CancelledIOError",
+    "EngineRingLostError",
     "ShortReadError",
     "CorruptDataError",
     "VersionChangedError",

@@ -10,6 +10,7 @@ import pytest
 from storecomp import errors
 from storecomp.errors import (
     CancelledIOError,
+    EngineRingLostError,
     IsADirectoryError_,
     NotFoundError,
     PermissionDeniedError,
@@ -58,6 +59,7 @@ def test_errors_also_inherit_the_matching_builtin(cls: type, builtin: type) -> N
         (errno.EPERM, PermissionDeniedError),
         (errno.EROFS, PermissionDeniedError),
         (errno.ECANCELED, CancelledIOError),
+        (errno.EBADFD, EngineRingLostError),
         (errno.EIO, StorageIOError),
         (errno.EINVAL, StorageIOError),
     ],

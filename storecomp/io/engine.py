@@ -507,7 +507,10 @@ class Engine:
         those that met a file shrunk under its mapping. ``populated_bytes``: bytes that the page-cache
         tier's buffered reads mapped into the engine's mappings in the background, ready for mapped
         reads (:class:`~storecomp.io.TierChoice` ``populate``); ``populate_skipped``: bytes it left
-        (queue full, file shrunk or its mapping released meanwhile)."""
+        (queue full, file shrunk or its mapping released meanwhile). ``ring_lost``: 1 once the
+        io_uring backend's descriptor was closed under it (possible only on kernels before 5.18,
+        where the ring cannot be kept private): the reads then in the ring failed with
+        :class:`~storecomp.errors.EngineRingLostError`, and the thread pool serves the rest."""
         return dict(self._native.stats())
 
     # ------------------------------------------------------------ files

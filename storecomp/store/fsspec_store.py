@@ -38,13 +38,14 @@ from ..errors import (
     StoreUnavailableError,
     UnavailableError,
     VersionChangedError,
+    from_errno,
 )
 from ..io import BufferRef, land_bytes
 from ..redact import call_translated, public_url, redact
 from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
-from .retry import RetryPolicy, call_with_retry, http_status, looks_transient
+from .retry import RetryPolicy, call_with_retry, http_status, looks_transient, storage_full_errno
 
 
 def filesystem_for(url: str, **storage_options: Any) -> tuple[Any, str]:
@@ -121,9 +122,14 @@ class FsspecStore(Store):
         if isinstance(e, PermissionError) or status in (401, 403):
             return CredentialsError(f"{name}: {op} refused: check the credentials and permissions")
         text = redact(str(e), (self._password,))
+        full = storage_full_errno(status)
+        if full is not None and not getattr(e, "errno", None):  # an errno, when there is one, says more
+            err = StorageIOError(full, name, None, op)
+            err.add_note(f"{type(e).__name__}: {text[:300]}")
+            return err
         if looks_transient(e):
             return StoreUnavailableError(self.url, f"{op} {name}: {type(e).__name__}: {text[:300]}")
-        err = StorageIOError(getattr(e, "errno", None) or errno.EIO, name, None, op)
+        err = from_errno(getattr(e, "errno", None) or errno.EIO, name, None, op)  # EROFS: PermissionDeniedError
         err.add_note(f"{type(e).__name__}: {text[:300]}")
         return err
 

@@ -182,6 +182,25 @@ def http_status(e: BaseException) -> int | None:
     return None
 
 
+#: S3 error codes that say the store will not take the bytes: the errno a store error carries for
+#: them. QuotaExceeded: Ceph RGW and others (HTTP 403); XMinioStorageFull: MinIO (507);
+#: EntityTooLarge: AWS and others, an object past the store's size limit (400).
+_FULL_CODES = {"QuotaExceeded": errno.EDQUOT, "XMinioStorageFull": errno.ENOSPC, "EntityTooLarge": errno.EFBIG}
+#: HTTP statuses that say the same: 507 Insufficient Storage; 413 Content Too Large (OpenStack
+#: Swift answers a full container quota with it).
+_FULL_STATUSES = {507: errno.ENOSPC, 413: errno.EFBIG}
+
+
+def storage_full_errno(status: int | None, code: str = "") -> int | None:
+    """ENOSPC, EDQUOT or EFBIG when an HTTP answer (``status``, S3 error ``code``) says the
+    store cannot take the bytes (full, over quota, object too large); None otherwise. By
+    status and code only, never by a message's words. (SeaweedFS answers a full disk with
+    a bare 500 InternalError, which says nothing more than any other server fault.)"""
+    if code in _FULL_CODES:
+        return _FULL_CODES[code]
+    return _FULL_STATUSES.get(status) if status is not None else None
+
+
 def looks_transient(e: BaseException) -> bool:
     """Generic test by type and status: timeouts, dropped or refused
     connections, 408/429/5xx. A message's words are never looked at (it holds

@@ -66,7 +66,7 @@ from ..redact import acall_translated, call_translated, public_url, redact
 from .base import VERSION_RETRIES, Capabilities, Listing, ObjectInfo, Store, dir_prefix
 from .futures import PendingRanges
 from .keys import RESERVED_PREFIX, payload_view, validate_key, validate_prefix
-from .retry import DeadlineExceeded, RetryPolicy, acall_with_retry, call_with_retry
+from .retry import DeadlineExceeded, RetryPolicy, acall_with_retry, call_with_retry, http_status, storage_full_errno
 from .s3_resume import MIN_PART_BYTES, ResumableUpload, marker_body, marker_key, open_upload
 
 #: An unfinished multipart upload: (key, upload id, initiated as Unix seconds by the server's clock).
@@ -278,6 +278,11 @@ class S3Store(Store):
             if key is not None and not self._bucket_exists():
                 return BucketNotFoundError(self.bucket, self.where)
             return NotFoundError(errno.ENOENT, name, None, op)
+        full = storage_full_errno(status, code)  # before the 403 check: QuotaExceeded comes as a 403
+        if full is not None:
+            err = StorageIOError(full, name, None, op)
+            err.add_note(first_line)
+            return err
         # DeleteObjects answers 200 and reports a refusal per key: obstore gives a generic error
         # carrying the S3 error code "(code: AccessDenied)", the one structured field it has.
         if (
@@ -976,6 +981,11 @@ class S3Store(Store):
             return NotFoundError(errno.ENOENT, name, None, op)
         if code in ("PreconditionFailed", "412"):
             return ConflictError(f"{name}: {op}: the object is not at the version expected")
+        full = storage_full_errno(http_status(e), code)
+        if full is not None:
+            err = StorageIOError(full, name, None, op)
+            err.add_note(f"{code}: {self._redact(str(e))[:300]}")
+            return err
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return CredentialsError(f"{name}: {op} refused by {self.where} for access key id {self.access_key_id!r}")
         if not code:  # no answer: connection refused, timed out, endpoint unreachable

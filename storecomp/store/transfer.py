@@ -773,11 +773,13 @@ def _destination_error(dst: Store, key: str, e: StorecompError) -> StorecompErro
         )
     if isinstance(e, StoreUnavailableError):
         return TransferError(f"destination {dst.url} is unreachable ({e.endpoint}): {e.detail}", errno_=errno.EHOSTUNREACH)
+    # Decided by errno, which each store sets from what it knows for sure (the OSError's errno;
+    # an S3 error code or HTTP status, see store.retry.storage_full_errno), never by words of a
+    # message (it names the key, which may hold any word).
     if isinstance(e, StorageIOError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return TransferError(f"destination {dst.url} is full: writing {key} failed ({e.strerror})", errno_=errno.ENOSPC)
-    text = str(e).lower()
-    if isinstance(e, StorageIOError) and any(w in text for w in ("no space", "quota", "entity too large", "insufficient")):
-        return TransferError(f"destination {dst.url} is full: writing {key} failed ({e})", errno_=errno.ENOSPC)
+        return TransferError(f"destination {dst.url} is full: writing {key} failed ({e.strerror})", errno_=e.errno)
+    if isinstance(e, StorageIOError) and e.errno == errno.EFBIG:
+        return TransferError(f"destination {dst.url} cannot hold {key}: larger than it takes ({e.strerror})", errno_=errno.EFBIG)
     return e
 
 

@@ -461,6 +461,59 @@ def test_bounces_use_the_devices_coarser_sector_size(backend: str, sector_4k_dev
         assert eng.stats()["bounce_pieces"] > 0 and eng.stats()["direct_fallbacks"] == 0
 
 
+_MEM_ALIGN_CHILD = """
+import numpy as np, storecomp.io as scio
+from tests.seccomp import emulate_dio_mem_align
+
+path, mem = {path!r}, {mem}
+data = np.fromfile(path, np.uint8)
+emulate_dio_mem_align(mem, enforce={enforce})
+for backend in {backends!r}:
+    with scio.Engine(engine=backend, direct="on", align=512, split_bytes=1 << 20) as eng:
+        f = eng.open(path)
+        assert f.direct_alignment() == (mem, 512), f.direct_alignment()
+        base = np.empty((4 << 20) + 2 * mem, np.uint8)
+        aligned = base[(-base.ctypes.data) % mem:]
+        # 512-aligned pieces (in place before), unaligned ones, one whole and aligned, one of 1 MiB
+        ranges = [(0, 65536), (512, 70000), (4608, 3000), ((1 << 20) - 700, 5000), (8192, 16384), (mem, 1 << 20)]
+        douts = np.cumsum([0] + [n for _, n in ranges[:-1]])
+        for shift in (0, 4096, 1):
+            buf = aligned[shift:]
+            fut = f.read_many_into(buf, [o for o, _ in ranges], [n for _, n in ranges], douts)
+            assert fut.result().tolist() == [n for _, n in ranges]
+            for (o, n), d in zip(ranges, douts):
+                assert np.array_equal(buf[d:d + n], data[o:o + n]), (backend, o, n, shift)
+        s = eng.stats()
+        print(backend, "bounces:", s["bounce_pieces"], "buffered:", s["direct_fallbacks"], "errors:", s["errors"],
+              "arena:", s["bounce_arena_bytes"])
+"""
+
+
+@pytest.mark.parametrize(("mem", "enforce"), [(16 << 10, True), (2 << 20, False)])
+def test_bounces_honour_a_device_memory_alignment_above_a_page(data_file: DataFile, mem: int, enforce: bool) -> None:
+    """A device whose O_DIRECT memory alignment (statx dio_mem_align) is coarser than align and
+    than a page: bounces read into memory aligned to it, not to align or 4 KiB (EINVAL before),
+    and a 512-aligned destination is not read in place. The io_uring arena gives page-aligned
+    units, so such pieces bounce in the thread pool, which aligns inside its bounce area; an
+    alignment larger than that area reads the piece buffered. No device here reports more than
+    512: a seccomp supervisor raises statx's answer and (16 KiB) refuses misaligned reads."""
+    import platform
+
+    if os.geteuid() != 0 or platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("the statx supervisor writes the reader's memory through /proc (root, x86_64 or aarch64)")
+    backends = ["threads"] + (["io_uring"] if __import__("storecomp")._native.HAVE_LIBURING else [])
+    code = _MEM_ALIGN_CHILD.format(path=str(data_file.path), mem=mem, enforce=enforce, backends=backends)
+    out = run_python(code, timeout=120)
+    assert len(out.stdout.splitlines()) == len(backends), out.stdout
+    for line in out.stdout.splitlines():
+        _, _, bounces, _, buffered, _, errors, _, arena = line.split()
+        assert int(errors) == 0 and int(arena) == 0, line  # never in the ring's page-aligned arena
+        if mem <= 1 << 20:
+            assert int(bounces) > 0 and int(buffered) == 0, line
+        else:
+            assert int(buffered) > 0, line
+
+
 # ---------------------------------------------------------------- kernel errors
 
 
@@ -657,3 +710,118 @@ def test_destination_aligned_as_the_kernel_asks_goes_direct(backend: str, data_f
         assert eng.stats()["bounce_pieces"] == 0 and eng.stats()["errors"] == 0
     finally:
         eng.close()
+
+
+# ---------------------------------------------------------------- descriptors closed under the engine
+
+_RING_CLOSED_CHILD = """
+import os, numpy as np, storecomp.io as scio
+from storecomp.errors import EngineRingLostError
+{setup}
+
+def rings():
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{{fd}}") == "anon_inode:[io_uring]":
+                out.append(int(fd))
+        except OSError:
+            pass
+    return out
+
+path, how = {path!r}, {how!r}
+data = np.fromfile(path, np.uint8)
+n, size = 64, 64 << 10
+rng = np.random.default_rng(5)
+before = set(rings())
+with scio.Engine(direct="on", queue_depth=32) as eng:
+    assert eng.backend == "io_uring", eng.backend_reason
+    f = eng.open(path)
+    f.pread_into(np.empty(4096, np.uint8))  # the ring is up (and private, where the kernel allows)
+    mine = [fd for fd in rings() if fd not in before]
+    print("ring descriptors:", len(mine))
+
+    def submit():
+        offs = rng.integers(0, (len(data) - size) // 512, n) * 512
+        dst = np.empty(n * size + 1, np.uint8)[1:]  # unaligned: bounced through the ring's arena
+        return dst, offs, f.read_many_into(dst, offs, size, np.arange(n) * size)
+
+    def check(dst, offs):
+        for i, o in enumerate(offs):
+            assert np.array_equal(dst[i * size:(i + 1) * size], data[o:o + size]), i
+
+    inflight = [submit() for _ in range(12)]
+    if how == "closerange":  # every descriptor but stdio: the ring's, its wake-up's, the files'
+        os.closerange(3, 1 << 16)
+        f = eng.open(path)  # the file again (reads through the closed descriptors fail, EBADF)
+    for fd in mine:  # what a dup2 over the ring's descriptor, or a close of it, does
+        if how == "dup2":
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        elif how == "close":
+            os.close(fd)
+    ok = lost = 0
+    for dst, offs, fut in inflight + [submit() for _ in range(4)]:
+        try:
+            fut.result(timeout=60)
+        except EngineRingLostError as e:
+            assert isinstance(e, OSError) and e.errno == 77, e
+            assert "io_uring descriptor was closed under it" in str(e) and path in str(e), e
+            lost += 1
+        except OSError as e:  # a read through a descriptor os.closerange closed
+            assert how == "closerange" and e.errno == 9 and path in str(e), e
+            lost += 1
+        else:
+            check(dst, offs)
+            ok += 1
+    for _ in range(4):  # from now on: correct bytes
+        dst, offs, fut = submit()
+        fut.result(timeout=60)
+        check(dst, offs)
+    print("ring_lost:", eng.stats()["ring_lost"], "ok:", ok, "lost:", lost)
+if how == "dup2":  # the numbers now name /dev/null, which closing the engine leaves open
+    for fd in mine:
+        assert os.readlink(f"/proc/self/fd/{{fd}}") == "/dev/null"
+"""
+
+
+@pytest.mark.parametrize("how", ["close", "dup2", "closerange"])
+@pytest.mark.parametrize("kernel", ["registered ring", "registered enters only", "descriptor only", "eventfd wake-up"])
+def test_a_ring_descriptor_closed_under_the_engine(data_file: DataFile, kernel: str, how: str) -> None:
+    """User code that closes descriptors it does not own (os.closerange) or dup2s over them. The
+    reaper sleeps on a futex in the ring (6.7+), so callers wake it without a descriptor; on an
+    eventfd (before 6.7) an idle reaper's wait is bounded, and a closed eventfd is replaced. Where
+    the kernel allows (registered rings, 6.3+), the engine keeps no ring descriptor at all, so
+    nothing can close it. Where only io_uring_enter takes the registered ring (5.18-6.2, here: a
+    seccomp filter refusing io_uring_register through it) the reads go on, and closing the engine
+    leaves alone the number that now names another file. Else (a kernel before 5.18, here: a filter
+    refusing IORING_REGISTER_RING_FDS) the reaper sees io_uring_enter fail: reads that were in the
+    ring fail with a clear error, the rest and every later read go to the thread pool. Before, the
+    reaper looped on EBADF and no read ever completed. In a child with a timeout, so that a
+    regression cannot hang the suite."""
+    if not __import__("storecomp")._native.HAVE_LIBURING:
+        pytest.skip("built without liburing: no ring")
+    setup = ""
+    if kernel == "descriptor only":
+        setup = "from tests.seccomp import IORING_REGISTER_RING_FDS, refuse_io_uring_register\n"
+        setup += "refuse_io_uring_register(IORING_REGISTER_RING_FDS)"
+    elif kernel == "eventfd wake-up":  # no futex operation in the ring (before 6.7): a refused probe says so
+        setup = "from tests.seccomp import IORING_REGISTER_PROBE, refuse_io_uring_register\n"
+        setup += "refuse_io_uring_register(IORING_REGISTER_PROBE)"
+    elif kernel == "registered enters only":
+        setup = "from tests.seccomp import IORING_REGISTER_VIA_INDEX, refuse_io_uring_register\n"
+        setup += "refuse_io_uring_register(19 | IORING_REGISTER_VIA_INDEX)  # IORING_REGISTER_IOWQ_MAX_WORKERS"
+    out = run_python(_RING_CLOSED_CHILD.format(setup=setup, path=str(data_file.path), how=how), timeout=120)
+    fds = int(next(ln for ln in out.stdout.splitlines() if ln.startswith("ring descriptors:")).split(":")[1])
+    last = next(ln for ln in out.stdout.splitlines() if ln.startswith("ring_lost:")).split()
+    ring_lost, ok, lost = int(last[1]), int(last[3]), int(last[5])
+    if how == "closerange":  # the reads through the closed file descriptors may fail (EBADF)
+        assert ring_lost == (kernel == "descriptor only"), out.stdout
+    elif kernel == "descriptor only":
+        assert fds == 1 and ring_lost == 1, out.stdout
+    elif kernel == "registered enters only":  # the enters never see the descriptor: nothing is lost
+        assert fds == 1 and ring_lost == 0 and lost == 0 and ok == 16, out.stdout
+    elif fds == 0:  # the ring is private: closing descriptors cannot reach it
+        assert ring_lost == 0 and lost == 0 and ok == 16, out.stdout
+    assert ok + lost == 16

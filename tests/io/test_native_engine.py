@@ -67,6 +67,7 @@ def test_engine_reports_backend_and_config(backend_name: str) -> None:
             "nowait_misses",
             "fixed_buffer_pieces",
             "cancelled",
+            "ring_lost",
             "bounce_handoffs",
             "bounce_arena_bytes",
             "mapped_pieces",

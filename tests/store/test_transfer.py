@@ -5,7 +5,9 @@ progress; between local directories and SeaweedFS."""
 from __future__ import annotations
 
 import errno
+import http.server
 import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from storecomp.cli import main
-from storecomp.errors import InvalidArgumentError
+from storecomp.errors import InvalidArgumentError, PermissionDeniedError, StorageIOError, StorecompError
 from storecomp.store import LocalStore, Store, open_store
 from storecomp.store.integrity import Checksums
 from storecomp.store.transfer import (
@@ -253,3 +255,117 @@ def test_read_ahead_and_parallel_read_back_keep_every_check(tmp_path: Path) -> N
         copy_objects(src, dst, [item], read_ahead=-1)
     with pytest.raises(InvalidArgumentError, match="verify_depth"):
         copy_objects(src, dst, [item], verify_depth=0)
+
+
+# ---------------------------------------------------------------- a full destination, by errno and status
+
+
+@pytest.mark.parametrize("kind", ["local", "fsspec"])
+def test_a_full_local_destination_is_told_by_its_errno(tmp_path: Path, small_tmpfs: Any, kind: str) -> None:
+    """A local destination (the native store, or fsspec's local file system) that fills mid-copy
+    stops the copy with a TransferError carrying ENOSPC; a destination that fails for another
+    reason is never called full, even when its keys hold the words the copy engine once looked
+    for in messages ("no space", "quota", ...)."""
+    from storecomp.store.fsspec_store import FsspecStore
+
+    src = LocalStore(tmp_path / "src")
+    files = fill(src, [700_000] * 4)  # 2.8 MB into a 2 MiB disk
+    with small_tmpfs("2m") as disk:
+        dst: Store = LocalStore(disk / "dst") if kind == "local" else FsspecStore(f"file://{disk}/dst")
+        with pytest.raises(TransferError, match=f"destination file://{disk}/dst is full: writing src/") as ei:
+            copy_objects(src, dst, [CopyItem(k, k, len(v)) for k, v in files.items()], workers=2)
+        assert ei.value.errno == errno.ENOSPC
+        for info in dst.list(""):  # what is there is whole
+            assert dst.get(info.key) == files[info.key]
+    worded = "no space, quota insufficient, entity too large.bin"
+    src.put(worded, b"x" * 5000)
+    with small_tmpfs("2m") as disk:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)  # EROFS, not a full disk
+        ro: Store = LocalStore(disk) if kind == "local" else FsspecStore(f"file://{disk}")
+        with pytest.raises(StorecompError) as pe:
+            copy_objects(src, ro, [CopyItem(worded, worded, 5000)])
+        assert not isinstance(pe.value, TransferError) and "is full" not in str(pe.value)
+        assert isinstance(pe.value, PermissionDeniedError) and pe.value.errno == errno.EROFS
+
+
+class _RefusingS3(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that has no objects and refuses every write with one S3 error answer
+    (``answer``: HTTP status and error code), as a full or over-quota server does."""
+
+    answer = (507, "XMinioStorageFull")
+
+    def _reply(self, status: int, body: bytes = b"") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        self._reply(404 if self.path.count("/") > 1 else 200)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.split("?", 1)[0].count("/") > 1:
+            self._reply(404, b"<Error><Code>NoSuchKey</Code><Message>none</Message></Error>")
+        else:
+            self._reply(200, b'<?xml version="1.0"?><ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>')
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, code = self.answer
+        self._reply(status, f"<Error><Code>{code}</Code><Message>refused</Message></Error>".encode())
+
+    do_POST = do_PUT
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "err", "says"),
+    [
+        (403, "QuotaExceeded", errno.EDQUOT, "is full"),  # Ceph RGW: a 403, yet not a credentials error
+        (507, "XMinioStorageFull", errno.ENOSPC, "is full"),  # MinIO
+        (507, "InsufficientStorage", errno.ENOSPC, "is full"),  # any server, by the status alone
+        (400, "EntityTooLarge", errno.EFBIG, "cannot hold"),  # AWS: an object past the size limit
+    ],
+)
+def test_a_full_s3_destination_is_told_by_its_status_and_code(
+    tmp_path: Path, status: int, code: str, err: int, says: str
+) -> None:
+    """The real S3 client (obstore) against an endpoint answering writes with a full store's S3
+    error: the store's error carries the errno (by status and code, never the message's words), and
+    the copy stops with a TransferError that says so."""
+    handler = type("Refusing", (_RefusingS3,), {"answer": (status, code)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    src = LocalStore(tmp_path / "src")
+    src.put("obj.bin", b"y" * 3000)
+    dst = open_store(
+        "s3://bucket/pre",
+        endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+        region="us-east-1",
+        access_key_id="id",
+        secret_access_key="secret",
+        retry=FAST_RETRY,
+    )
+    try:
+        with pytest.raises(StorageIOError) as se:
+            dst.put("direct.bin", b"z" * 100)
+        assert se.value.errno == err and "s3://bucket/pre/direct.bin" in str(se.value)
+        with pytest.raises(TransferError, match=f"destination s3://bucket/pre {says}") as ei:
+            copy_objects(src, dst, [CopyItem("obj.bin", "obj.bin", 3000)])
+        assert ei.value.errno == err
+    finally:
+        dst.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_storage_full_errno_reads_status_and_code_only() -> None:
+    from storecomp.store.retry import storage_full_errno
+
+    assert storage_full_errno(500, "InternalError") is None  # SeaweedFS's full disk: a fault like any other
+    assert storage_full_errno(None, "") is None and storage_full_errno(403, "AccessDenied") is None
+    assert storage_full_errno(413) == errno.EFBIG and storage_full_errno(507) == errno.ENOSPC
