@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from typing import Any
 
 # linux/filter.h, linux/seccomp.h, linux/prctl.h
 _BPF_LD_W_ABS = 0x00 | 0x00 | 0x20
@@ -71,13 +72,19 @@ def _nr(syscall: str) -> int:
     return _NR[syscall]
 
 
-def _install(filters: list[_SockFilter]) -> None:
+def _program(filters: list[_SockFilter]) -> tuple[Any, _SockFprog]:
+    """libc, with no_new_privs set (what installing a filter unprivileged needs), and ``filters`` as a BPF program."""
     prog = (_SockFilter * len(filters))(*filters)
-    fprog = _SockFprog(len(filters), prog)
+    fprog = _SockFprog(len(filters), prog)  # keeps prog alive
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    return libc, fprog
+
+
+def _install(filters: list[_SockFilter]) -> None:
+    libc, fprog = _program(filters)
     if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.cast(ctypes.byref(fprog), ctypes.c_void_p), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()) + ": prctl(PR_SET_SECCOMP)")
 
@@ -131,12 +138,7 @@ def emulate_dio_mem_align(mem_align: int, enforce: bool = True) -> None:
         _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 22),  # EINVAL
         _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
     ]
-    prog = (_SockFilter * len(filters))(*filters)
-    fprog = _SockFprog(len(filters), prog)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    libc, fprog = _program(filters)
     libc.syscall.restype = ctypes.c_long
     listener = libc.syscall(
         ctypes.c_long(nr_seccomp),
