@@ -51,6 +51,8 @@ from .report import Figure
 
 BATCH = 64
 TARGETS = {"rand_64k": 0.9, "rand_4k": 0.8, "tokens": 0.9, "hot_64k": 0.7, "cold_epoch_64k": 0.9, "user_buffer_64k": 0.9}
+#: hot_64k epochs shorter than this many batches are mostly the read-ahead's start-up and drain.
+SHORT_EPOCH_BATCHES = 256
 HOT_EPOCHS_MIN = 2  #: hot epochs of the hot_64k case at least (after the cold one), more while they last under --duration
 TORCH_TARGET = 3.0  #: storecomp / best torch DataLoader, 64 KiB samples
 WAIT_TARGET = 0.01  #: data-wait fraction after the first 10 batches
@@ -480,6 +482,11 @@ def _hot_figures(result: dict[str, Any]) -> list[Figure]:
             for t in hot.get("torch") or []:
                 peers[f"torch DataLoader (num_workers={t['num_workers']})"] = t["samples_per_s"]
             note = f"epochs 1..{len(later)} (median), tier {later[-1]['tier']}"
+            batches = cold["samples"] // BATCH
+            if batches < SHORT_EPOCH_BATCHES:
+                # Each epoch starts with an empty read-ahead and ends draining it: over a few batches
+                # that, not the steady rate, is what is measured.
+                note += f"; SHORT: an epoch is {batches} batches, mostly start-up and drain (use --size 1G or more)"
             if later[-1].get("read_path"):
                 note += f", read path {later[-1]['read_path']}"
             if later[-1].get("bottleneck"):

@@ -22,6 +22,7 @@ def test_bench_loader_cli(tmp_path: Path) -> None:
         assert figs[case]["limit"] is None or figs[case]["limit"][0] == "fio"
     assert figs["rand_64k"]["peers"] == {}
     assert "holds" in figs["peak_rss"]["note"]
+    assert "SHORT: an epoch is " in figs["hot_64k"]["note"]  # 8 MiB: the figure says what it measured
     assert not (tmp_path / "storecomp-bench-loader").exists()
     # The loader's own stall attribution travels with its figures, and the advice follows it.
     hot = figs["hot_64k"]
