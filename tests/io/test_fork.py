@@ -5,10 +5,11 @@ uses an inherited engine, and a working default engine of its own."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import IO_URING_OK, UNDER_TSAN, DataFile, run_python
+from tests.conftest import IO_URING_OK, UNDER_TSAN, DataFile, drop_cache, run_python
 
 BACKENDS = ["threads"] + (["io_uring"] if IO_URING_OK else [])
 
@@ -92,22 +93,24 @@ def test_torch_dataloader_fork_workers_beside_an_engine(data_file: DataFile) -> 
     assert "terminate called" not in proc.stderr
 
 
-def test_forked_child_after_a_populating_epoch_exits_cleanly(tmp_path) -> None:
+def test_forked_child_after_a_populating_epoch_exits_cleanly(tmp_path: Path) -> None:
     """A cold epoch over a data set that fits the page cache starts the engine's populating thread
     (MODE_POPULATE); a child forked after it (torch DataLoader workers) drops the parent's engine
     without joining that thread, which does not exist in the child."""
+    import numpy as np
+
+    from storecomp.data import write_dataset
+
+    root = tmp_path / "d"
+    write_dataset(root, {"x": np.arange(256 * 512, dtype=np.int64).reshape(256, 512)}, shard_bytes=1 << 20)
+    for f in root.rglob("*"):
+        if f.is_file():
+            drop_cache(f)  # not resident: the script's cold epoch reads buffered and populates
     code = f"""
-        import gc, os, time, multiprocessing as mp, numpy as np
-        from storecomp.data import DataLoader, write_dataset
+        import gc, time, multiprocessing as mp
+        from storecomp.data import DataLoader
         from storecomp.io import Engine
-        root = {str(tmp_path / "d")!r}
-        write_dataset(root, {{"x": np.arange(256 * 512, dtype=np.int64).reshape(256, 512)}}, shard_bytes=1 << 20)
-        for d, _, names in os.walk(root):
-            for name in names:
-                fd = os.open(os.path.join(d, name), os.O_RDONLY)
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                os.close(fd)
+        root = {str(root)!r}
         eng = Engine(direct="auto")
         loader = DataLoader(root, 64, seed=1, engine=eng)
         assert sum(b["x"].shape[0] for b in loader) == 256
