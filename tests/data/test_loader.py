@@ -16,6 +16,7 @@ import torch
 
 import storecomp
 from storecomp.data import DataLoader, epoch_order, open_dataset, rank_steps
+from tests.conftest import drop_cache
 from tests.data import datahelpers
 
 columns = datahelpers.columns  # fixtures
@@ -218,12 +219,7 @@ def test_a_consumer_keeping_every_batch_does_not_deadlock(shard_ds: str) -> None
 def _evict(folder: str) -> None:
     for root, _, files in os.walk(folder):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            drop_cache(os.path.join(root, name))
 
 
 def _tier_ds(tmp_path: Any) -> tuple[str, int]:
